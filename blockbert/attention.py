@@ -1,0 +1,145 @@
+"""Self-attention of three kinds behind one interface (plain PyTorch).
+
+* dense   -- ordinary multi-head attention (RoBERTa); ``sdpa`` or an ``eager`` path that
+             materialises the N x N probabilities.
+* block   -- BlockBERT (section 3 of the paper): the sequence is cut into n blocks, head h has a
+             shift k_h and query block i attends only to key block (i + k_h) mod n. Computed block
+             by block: n products of (N/n) x (N/n), never an N x N score matrix.
+* sparse  -- SparseBert: the bidirectional "fixed" pattern of the Sparse Transformer as fairseq's
+             ``sparse_multihead_attention.py`` builds it, applied as a mask on dense attention
+             (faithful to the paper, which does not save compute with it).
+
+Every kernel takes q, k, v of shape [B, H, N, d] and an optional key mask [B, N] (True = real
+token) and returns [B, H, N, d]. A query that can see no real key gets a zero output.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BlockBertConfig
+
+
+def _attend(q, k, v, keep, dropout_p: float, eager: bool):
+    """Masked softmax attention over the last two dims; ``keep`` broadcasts to [..., Nq, Nk]."""
+    # Rows with no visible key would be NaN: let them see everything, then zero their output.
+    visible = None
+    if keep is not None:
+        visible = keep.any(dim=-1, keepdim=True)  # [..., Nq or 1, 1]
+        keep = keep | ~visible
+    if eager:
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [..., Nq, Nk]
+        if keep is not None:
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
+        out = probs @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
+    if visible is not None:
+        out = out * visible.to(out.dtype)
+    return out
+
+
+def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, eager: bool = False):
+    keep = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, N]
+    return _attend(q, k, v, keep, dropout_p, eager)
+
+
+def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False):
+    """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s."""
+    B, H, N, d = q.shape
+    n = len(head_counts)
+    pad = -N % n  # footnote 4: pad N to a multiple of n, unpad on return
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        if key_mask is None:
+            key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
+        key_mask = F.pad(key_mask, (0, pad), value=False)
+    m = (N + pad) // n
+    q, k, v = (t.reshape(B, H, n, m, d) for t in (q, k, v))  # [B, H, n, N/n, d]
+    k, v = _shift_blocks(k, head_counts), _shift_blocks(v, head_counts)
+    keep = None
+    if key_mask is not None:
+        kb = key_mask.reshape(B, 1, n, m).expand(B, H, n, m)
+        keep = _shift_blocks(kb, head_counts)[:, :, :, None, :]  # [B, H, n, 1, N/n]
+    out = _attend(q, k, v, keep, dropout_p, eager)  # [B, H, n, N/n, d]
+    return out.reshape(B, H, n * m, d)[:, :, :N]
+
+
+def _shift_blocks(t, head_counts):
+    """Roll block dim 2 of the heads of shift s by -s, so query block i meets key block i + s."""
+    groups = torch.split(t, list(head_counts), dim=1)
+    return torch.cat([g.roll(-s, dims=2) if s else g for s, g in enumerate(groups)], dim=1)
+
+
+@functools.lru_cache(maxsize=32)
+def sparse_fixed_mask(seq_len: int, stride: int, expressivity: int) -> torch.Tensor:
+    """Boolean [N, N] mask (True = may attend) of fairseq's bidirectional fixed pattern.
+
+    Query i sees (1) its stride window -- positions floor(i/l)*l .. floor(i/l)*l + l, inclusive;
+    for i a non-zero multiple of l, i - l .. i instead -- and (2) the "summaries": for every window,
+    the c + 1 positions starting c before the window's end. fairseq asserts N > l; here N <= l is
+    allowed and simply gives full attention.
+    """
+    l, c = stride, expressivity
+    summaries: set[int] = set()
+    start = l - c
+    while start <= seq_len - 1:
+        summaries.update(range(start, min(start + c + 1, seq_len)))
+        start = _next_summary_start(start + l, l, c)
+    mask = torch.zeros(seq_len, seq_len, dtype=torch.bool)
+    mask[:, sorted(summaries)] = True
+    for i in range(seq_len):
+        if i % l == 0 and i != 0:
+            lo, hi = i - l, i + 1
+        else:
+            lo = (i // l) * l
+            hi = lo + l + 1
+        mask[i, lo:min(hi, seq_len)] = True
+    return mask
+
+
+def _next_summary_start(index: int, l: int, c: int) -> int:
+    if index % l == 0 and index != 0:
+        return index - c
+    return (index // l) * l + l - c
+
+
+def sparse_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
+                     dropout_p: float = 0.0, eager: bool = False):
+    N = q.shape[-2]
+    keep = sparse_fixed_mask(N, stride, expressivity).to(q.device)  # [N, N]
+    if key_mask is not None:
+        keep = keep & key_mask[:, None, None, :]  # [B, 1, N, N]
+    return _attend(q, k, v, keep, dropout_p, eager)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: projections around one of the three kernels."""
+
+    def __init__(self, config: BlockBertConfig):
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x, key_mask=None):
+        cfg = self.config
+        B, N, _ = x.shape
+        q, k, v = (
+            self.qkv(x).view(B, N, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        )  # 3 x [B, H, N, d]
+        p = cfg.attention_dropout if self.training else 0.0
+        eager = cfg.attention_impl == "eager"
+        if cfg.attention == "block":
+            z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager)
+        elif cfg.attention == "sparse":
+            z = sparse_attention(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)
+        else:
+            z = dense_attention(q, k, v, key_mask, p, eager)
+        return self.out(z.transpose(1, 2).reshape(B, N, cfg.hidden_size))  # [B, N, H*d]

@@ -1,0 +1,113 @@
+"""Model configuration: one dataclass, validated when it is built.
+
+Every bad value raises :class:`ConfigError` whose message is one line naming the bad value and
+what is accepted, so the CLI can print it as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ATTENTION_KINDS = ("dense", "block", "sparse")
+ATTENTION_IMPLS = ("sdpa", "eager")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not accepted; the message is a single line."""
+
+
+def parse_heads(heads: str, num_heads: int) -> tuple[int, ...]:
+    """Parse a head config such as ``"10:2"`` into head counts per shift.
+
+    Part ``k`` is the number of heads whose query block ``i`` attends to key block
+    ``(i + k) mod n``; ``n`` is the number of parts. Zero counts are legal (``"12:0"``).
+    """
+    text = str(heads).strip()
+    parts = text.split(":")
+    if not text or any(not p.strip().isdigit() for p in parts):
+        raise ConfigError(
+            f"heads={heads!r} is not a head config: expected non-negative integers separated "
+            f"by ':' summing to num_heads={num_heads}, e.g. '10:2' (n=2) or '8:2:2' (n=3)"
+        )
+    counts = tuple(int(p) for p in parts)
+    if sum(counts) != num_heads:
+        raise ConfigError(
+            f"heads={text!r} assigns {sum(counts)} heads but the model has num_heads={num_heads}: "
+            f"the counts must sum to {num_heads}"
+        )
+    return counts
+
+
+@dataclass
+class BlockBertConfig:
+    """A BERT/RoBERTa encoder whose self-attention is dense, blockwise or Sparse-Transformer."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 0  # 0 means 4 * hidden_size
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    attention: str = "dense"  # dense | block | sparse
+    heads: str = "10:2"  # read only when attention == "block"
+    sparse_stride: int = 128  # Sparse Transformer "fixed" pattern: stride l
+    sparse_expressivity: int = 32  # ... and expressivity c
+    attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities)
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    gradient_checkpointing: bool = False
+    head_counts: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.intermediate_size == 0:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention={self.attention!r} is unknown: accepted are {', '.join(ATTENTION_KINDS)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(
+                f"attention_impl={self.attention_impl!r} is unknown: accepted are {', '.join(ATTENTION_IMPLS)}"
+            )
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}: "
+                f"choose a hidden size that is a multiple of {self.num_heads}"
+            )
+        if self.attention == "sparse" and not (0 < self.sparse_expressivity <= self.sparse_stride):
+            raise ConfigError(
+                f"sparse_stride={self.sparse_stride}, sparse_expressivity={self.sparse_expressivity}: "
+                "need 0 < expressivity <= stride"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        self.head_counts = parse_heads(self.heads, self.num_heads) if self.attention == "block" else (self.num_heads,)
+
+    @property
+    def num_blocks(self) -> int:
+        """n, the number of blocks (1 unless attention is blockwise)."""
+        return len(self.head_counts)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("head_counts")
+        return d
+
+    def check_sequence_length(self, seq_len: int) -> None:
+        if seq_len > self.max_position_embeddings:
+            raise ConfigError(
+                f"sequence length {seq_len} exceeds max_position_embeddings={self.max_position_embeddings}: "
+                f"use sequences of at most {self.max_position_embeddings} tokens or a model with more positions"
+            )
