@@ -5,3 +5,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    import datasets
+
+    from blockbert.data.tokenizer import train_wordpiece
+
+    docs = datasets.Dataset.from_dict({"text": ["the model reads a long sequence of words and learns"] * 20})
+    return train_wordpiece(docs, 200, tmp_path_factory.mktemp("tok"))

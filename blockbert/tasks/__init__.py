@@ -1,0 +1,1 @@
+"""Task entry points (one module per command) and the hand-over from the CLI to Hydra."""

@@ -1,0 +1,114 @@
+"""What every training task shares: model config from Hydra, batch arithmetic, loggers, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from blockbert.config import BlockBertConfig, ConfigError
+
+log = logging.getLogger(__name__)
+
+LOGGER_KINDS = ("wandb", "csv", "none")
+
+
+def model_config(model_cfg: DictConfig, **overrides) -> dict:
+    """The BlockBertConfig fields of a ``model`` node (validated), with ``overrides`` applied."""
+    names = {f.name for f in fields(BlockBertConfig) if f.init}
+    values = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k in names}
+    values.update(overrides)
+    BlockBertConfig(**values)  # fail fast with a one-line ConfigError
+    return values
+
+
+def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
+    """(global batch B, per-device batch, gradient accumulation) with B x N = tokens_per_batch."""
+    if tokens_per_batch % seq_len:
+        raise ConfigError(
+            f"tokens_per_batch={tokens_per_batch} is not a multiple of max_seq_length={seq_len}: "
+            f"choose a multiple such as {max(1, tokens_per_batch // seq_len) * seq_len}"
+        )
+    batch = tokens_per_batch // seq_len
+    if batch % world_size:
+        raise ConfigError(f"the batch of {batch} sequences does not split over {world_size} devices: "
+                          "choose tokens_per_batch or devices so that it does")
+    per_device = min(per_device, batch // world_size)
+    while (batch // world_size) % per_device:
+        per_device -= 1
+    return batch, per_device, batch // world_size // per_device
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    devices = trainer_cfg.devices
+    if devices in (-1, "auto"):
+        import torch
+
+        devices = torch.cuda.device_count() if trainer_cfg.accelerator in ("gpu", "cuda") else 1
+    count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
+    return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="csv")
+    if kind == "wandb":
+        mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
+        if mode == "disabled":
+            return False
+        from pytorch_lightning.loggers import WandbLogger
+
+        id_file = run_dir / "wandb_run_id"  # the same W&B run when a run directory is resumed
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        logger = WandbLogger(save_dir=str(run_dir), project=cfg.logger.project, entity=cfg.logger.entity,
+                             group=cfg.logger.group, offline=mode == "offline", mode=mode, id=run_id,
+                             resume="allow" if run_id else None,
+                             config=OmegaConf.to_container(cfg, resolve=True))
+        id_file.write_text(logger.version or "")
+        return logger
+    raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
+
+
+def jsonable(value):
+    try:
+        value = value.item()
+    except AttributeError:
+        pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsJson(pl.Callback):
+    """Keep RUN_DIR/metrics.json current: flat JSON of the latest logged metrics and the step."""
+
+    def __init__(self, path: Path, extra: dict):
+        self.path, self.extra = Path(path), extra
+
+    def write(self, trainer: pl.Trainer, status: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        metrics = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
+        metrics.update(self.extra, step=trainer.global_step, epoch=trainer.current_epoch, status=status)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.path)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.write(trainer, "running")
+
+    def on_train_end(self, trainer, pl_module):
+        self.write(trainer, "finished")
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.write(trainer, "interrupted")

@@ -1,0 +1,84 @@
+"""`blockbert pretrain`: the Hydra entry point of pre-training."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+
+from blockbert.config import ConfigError
+from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, model_config, world_size
+from blockbert.tasks.pretrain_module import PretrainModule
+
+log = logging.getLogger(__name__)
+
+
+def main(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    seq_len = cfg.data.max_seq_length
+    if seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_length={seq_len} exceeds model.max_position_embeddings={cfg.model.max_position_embeddings}: "
+            f"set model.max_position_embeddings={seq_len} or a shorter data.max_seq_length"
+        )
+    model_config(cfg.model)  # a bad head config fails here, before any data work
+    world = world_size(cfg.trainer)
+    batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
+    log.info("batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
+             batch, seq_len, batch * seq_len, world, per_device, accumulate)
+
+    nsp = bool(cfg.model.next_sentence_prediction)
+    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world)
+    data.setup("fit")
+    tokenizer = data.tokenizer
+    overrides = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    if overrides["vocab_size"] != cfg.model.vocab_size:
+        log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
+    module = PretrainModule(model_config(cfg.model, **overrides), nsp,
+                            OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
+    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+
+    checkpoints = run_dir / "checkpoints"
+    metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "model": cfg.model.name,
+                                                     "batch_size": batch, "seq_len": seq_len})
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
+                        save_top_k=cfg.checkpoint_keep, every_n_train_steps=cfg.checkpoint_every_n_steps,
+                        save_last=True, auto_insert_metric_name=False),
+        OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"),
+        LearningRateMonitor(logging_interval="step"),
+        metrics,
+    ]
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["val_check_interval"] = trainer_args["val_check_interval"] * accumulate  # in micro-batches
+    trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, max_epochs=-1,
+                         check_val_every_n_epoch=None, default_root_dir=str(run_dir),
+                         logger=build_logger(cfg, run_dir), callbacks=callbacks, enable_progress_bar=cfg.progress_bar)
+    # Lightning cannot see that the data module restores the data position itself (its state_dict).
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from(cfg, checkpoints))
+    if trainer.global_rank == 0:
+        print(f"results: {run_dir.resolve()}  (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml)")
+    return dict(trainer.callback_metrics)
+
+
+def resume_from(cfg: DictConfig, checkpoints: Path) -> str | None:
+    """``ckpt_path`` if given, else the newest checkpoint of this run directory (resume), else None."""
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+        return str(path)
+    candidates = [p for p in (checkpoints / "last.ckpt", checkpoints / "interrupted.ckpt") if p.is_file()]
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)

@@ -1,0 +1,74 @@
+"""Lightning module for pre-training: masked-LM (+ NSP), AdamW and warm-up/linear decay (A.1)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from blockbert.config import BlockBertConfig
+from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
+
+
+class PretrainModule(pl.LightningModule):
+    def __init__(self, model_config: dict, next_sentence_prediction: bool, optim: dict, max_steps: int):
+        super().__init__()
+        self.save_hyperparameters()
+        config = BlockBertConfig(**model_config)
+        model_class = BlockBertForPreTraining if next_sentence_prediction else BlockBertForMaskedLM
+        self.model = model_class(config)
+        self._val_loss_sum = self._val_tokens = 0.0
+        self._last_time = None
+
+    def forward(self, batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch)
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        if self.hparams.next_sentence_prediction:
+            self.log_dict({"train/mlm_loss": out.mlm_loss, "train/nsp_loss": out.nsp_loss}, batch_size=size)
+        now = time.perf_counter()
+        if self._last_time is not None:
+            tokens = batch["attention_mask"].sum().item() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / (now - self._last_time), prog_bar=True, batch_size=size)
+        self._last_time = now
+        return out.loss
+
+    def on_validation_epoch_start(self):
+        self._val_loss_sum = self._val_tokens = 0.0
+
+    def validation_step(self, batch, batch_idx):
+        out = self(batch)
+        loss = out.mlm_loss if self.hparams.next_sentence_prediction else out.loss
+        masked = (batch["labels"] != -100).sum().item()
+        if masked:
+            self._val_loss_sum += loss.item() * masked
+            self._val_tokens += masked
+
+    def on_validation_epoch_end(self):
+        if not self._val_tokens:
+            return
+        sums = torch.tensor([self._val_loss_sum, self._val_tokens], device=self.device)
+        sums = self.all_gather(sums).reshape(-1, 2).sum(0)
+        loss = (sums[0] / sums[1]).item()
+        self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}, prog_bar=True, sync_dist=False)
+        self._last_time = None  # validation time is not training throughput
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        no_decay_ids = {id(p) for m in self.model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+        no_decay_ids |= {id(p) for n, p in self.model.named_parameters() if n.endswith("bias")}
+        params = list(self.model.parameters())
+        decay = [p for p in params if id(p) not in no_decay_ids]
+        no_decay = [p for p in params if id(p) in no_decay_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+        )
+        schedule = get_linear_schedule_with_warmup(optimizer, o["warmup_steps"], self.hparams.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

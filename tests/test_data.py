@@ -1,0 +1,79 @@
+import random
+
+import torch
+from transformers import DataCollatorForLanguageModeling
+
+from blockbert.data.pretrain_datamodule import ResumableSampler
+from blockbert.data.sequences import pack_documents, sentence_pairs, split_sentences
+from blockbert.tasks.common import derive_batch
+
+CLS, SEP = 2, 3
+
+
+def docs(n_docs=6, seed=0):
+    rng = random.Random(seed)
+    # token ids encode (document, sentence) so boundaries can be checked: 1000*doc + 10*sentence + k
+    return [[[1000 * (d + 1) + 10 * s + k for k in range(rng.randint(1, 9))] for s in range(rng.randint(1, 8))]
+            for d in range(n_docs)]
+
+
+def test_split_sentences():
+    assert split_sentences("One two. Three four!\nFive six?  Seven") == ["One two.", "Three four!", "Five six?", "Seven"]
+
+
+def test_packing_respects_length_and_document_boundaries():
+    documents = docs()
+    seqs = pack_documents(documents, 16, CLS, SEP)
+    for seq in seqs:
+        assert len(seq) <= 16 and seq[0] == CLS and seq[-1] == SEP
+        assert len({t // 1000 for t in seq[1:-1]}) == 1  # one document per sequence
+    flat = [t for seq in seqs for t in seq[1:-1]]
+    assert flat == [t for d in documents for s in d for t in s]  # nothing lost, order kept
+
+
+def test_packing_cuts_a_sentence_longer_than_n():
+    seqs = pack_documents([[list(range(10, 40))]], 12, CLS, SEP)
+    assert [len(s) for s in seqs] == [12, 12, 12]
+    assert [t for s in seqs for t in s[1:-1]] == list(range(10, 40))
+
+
+def test_sentence_pairs_have_segments_labels_and_fit():
+    pairs = sentence_pairs(docs(40, seed=1), 24, CLS, SEP, random.Random(0))
+    labels = [label for _, _, label in pairs]
+    assert 0.3 < sum(labels) / len(labels) < 0.7
+    for ids, types, label in pairs:
+        assert len(ids) <= 24 and ids[0] == CLS and ids.count(SEP) == 2 and ids[-1] == SEP
+        first_sep = ids.index(SEP)
+        assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
+        a_docs = {t // 1000 for t in ids[1:first_sep]}
+        b_docs = {t // 1000 for t in ids[first_sep + 1:-1]}
+        assert len(a_docs) == 1 and len(b_docs) == 1
+        assert (a_docs == b_docs) == (label == 0)  # label 0: B continues A's document
+
+
+def test_dynamic_masking_never_masks_special_tokens(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids = tok(["the model reads a long sequence of words " * 6] * 64)["input_ids"]
+    batch = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, seed=0)([{"input_ids": i} for i in ids])
+    masked = batch["labels"] != -100
+    special = torch.isin(torch.tensor(ids), torch.tensor(tok.all_special_ids))
+    assert not (masked & special).any()
+    rate = masked.sum() / (~special).sum()
+    assert 0.12 < rate < 0.18
+    replaced = batch["input_ids"][masked]
+    assert 0.7 < (replaced == tok.mask_token_id).float().mean() < 0.9
+
+
+def test_derive_batch_from_tokens_per_batch():
+    assert derive_batch(131072, 512, 8, 32) == (256, 8, 1)
+    assert derive_batch(131072, 1024, 8, 8) == (128, 8, 2)
+    assert derive_batch(2048, 128, 8, 1) == (16, 8, 2)
+    assert derive_batch(2048, 128, 6, 1) == (16, 4, 4)
+
+
+def test_resumed_sampler_continues_the_same_stream():
+    full = ResumableSampler(10, seed=3)
+    stream = list(full) + list(full) + list(full)  # three epochs, each a permutation
+    resumed = ResumableSampler(10, seed=3, position=13)  # interrupted 3 samples into epoch 2
+    assert list(resumed) + list(resumed) == stream[13:30]
+    assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]
