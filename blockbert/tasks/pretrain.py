@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
     seq_len = cfg.data.max_seq_length
     if seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
@@ -29,6 +28,7 @@ def main(cfg: DictConfig) -> dict:
             f"set model.max_position_embeddings={seq_len} or a shorter data.max_seq_length"
         )
     model_config(cfg.model)  # a bad head config fails here, before any data work
+    pl.seed_everything(cfg.seed, workers=True)
     world = world_size(cfg.trainer)
     batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
     log.info("batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
@@ -53,19 +53,22 @@ def main(cfg: DictConfig) -> dict:
                         save_top_k=cfg.checkpoint_keep, every_n_train_steps=cfg.checkpoint_every_n_steps,
                         save_last=True, auto_insert_metric_name=False),
         OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"),
-        LearningRateMonitor(logging_interval="step"),
         metrics,
     ]
+    logger = build_logger(cfg, run_dir)
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["val_check_interval"] = trainer_args["val_check_interval"] * accumulate  # in micro-batches
     trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, max_epochs=-1,
                          check_val_every_n_epoch=None, default_root_dir=str(run_dir),
-                         logger=build_logger(cfg, run_dir), callbacks=callbacks, enable_progress_bar=cfg.progress_bar)
+                         logger=logger, callbacks=callbacks, enable_progress_bar=cfg.progress_bar)
     # Lightning cannot see that the data module restores the data position itself (its state_dict).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     trainer.fit(module, datamodule=data, ckpt_path=resume_from(cfg, checkpoints))
     if trainer.global_rank == 0:
-        print(f"results: {run_dir.resolve()}  (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml)")
+        print("results (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml) are in:")
+        print(run_dir.resolve())
     return dict(trainer.callback_metrics)
 
 

@@ -1,0 +1,130 @@
+"""The CLI: help and error paths in-process (Typer's runner), Hydra hand-over in real subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+COMMANDS = ["pretrain", "finetune", "sweep", "profile", "benchmark", "evaluate", "report"]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Hydra's run directories land here
+    monkeypatch.setenv("BLOCKBERT_CACHE", str(tmp_path / "cache"))
+
+
+def error_line(output):
+    lines = [line for line in output.splitlines() if ": error: " in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def env(tmp_path):
+    return dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(cli.app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_has_an_example(command):
+    result = runner.invoke(cli.app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"blockbert {command}" in result.output
+
+
+@pytest.mark.parametrize("command", ["finetune", "sweep", "profile", "benchmark", "evaluate", "report"])
+def test_unbuilt_commands_say_so_and_fail(command):
+    result = runner.invoke(cli.app, [command])
+    assert result.exit_code == 1
+    assert "not implemented yet" in result.output
+
+
+def test_unknown_group_option_is_one_line_naming_the_options():
+    result = runner.invoke(cli.app, ["pretrain", "model=bert_large"])
+    assert result.exit_code == 2
+    first = error_line(result.output)
+    assert "model/bert_large" in first and "blockbert_n2" in first and "tiny" in first
+    assert "Traceback" not in result.output
+
+
+def test_bad_head_config_is_one_line():
+    result = runner.invoke(cli.app, ["pretrain", "model=blockbert_n2", "model.heads=7:2"])
+    assert result.exit_code == 2
+    first = error_line(result.output)
+    assert "heads='7:2' assigns 9 heads but the model has num_heads=12" in first
+
+
+def test_missing_data_file_is_one_line():
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", "data.files=/no/such/corpus*.txt",
+                                     "data.max_seq_length=128"])
+    assert result.exit_code == 2
+    assert "no file matches '/no/such/corpus*.txt'" in error_line(result.output)
+
+
+def test_sequence_longer_than_positions_is_one_line():
+    result = runner.invoke(cli.app, ["pretrain", "data.max_seq_length=4096"])
+    assert result.exit_code == 2
+    assert "data.max_seq_length=4096 exceeds model.max_position_embeddings=128" in result.output
+
+
+def test_cfg_job_through_the_installed_command(tmp_path):
+    out = subprocess.run(["blockbert", "pretrain", "model=blockbert_n3", "data.max_seq_length=1024",
+                          "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "heads: '8:2:2'" in out.stdout and "max_seq_length: 1024" in out.stdout
+    assert not (tmp_path / "runs").exists()  # --cfg runs nothing
+
+
+def test_python_cli_py_and_info(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "pretrain", "--info", "defaults"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "model/tiny" in out.stdout or "model: tiny" in out.stdout
+
+
+def test_multirun_of_two_tiny_jobs_makes_two_run_dirs(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run(
+        ["blockbert", "pretrain", "-m", "model.heads=3:1,2:2", "trainer.max_steps=2", "trainer.val_check_interval=2",
+         "logger=none", "progress_bar=false", "data.generated_documents=40", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job, heads in (("0", "3:1"), ("1", "2:2")):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["step"] == 2 and metrics["status"] == "finished"
+        assert f"heads: '{heads}'" in (sweep / job / ".hydra" / "config.yaml").read_text()
+    assert out.stdout.strip().splitlines()[-1] == str(sweep.resolve())
+
+
+def test_built_wheel_runs_outside_the_checkout(tmp_path):
+    """cli.py and conf/ travel in the wheel: run it from a plain directory on sys.path."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(ROOT)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("blockbert-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    assert (site / "blockbert" / "conf" / "pretrain.yaml").is_file() and (site / "cli.py").is_file()
+    run_env = dict(env(tmp_path), PYTHONPATH=str(site))
+    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.argv[0] = 'blockbert'; cli.main()",
+                          "pretrain", "experiment=blockbert_n2_1024", "--cfg", "job"],
+                         capture_output=True, text=True, cwd=tmp_path, env=run_env)
+    assert out.returncode == 0, out.stderr
+    assert "heads: '9:3'" in out.stdout
+    probe = subprocess.run([sys.executable, "-c", "import blockbert.tasks.launch as l; print(l.config_dir())"],
+                           capture_output=True, text=True, cwd=tmp_path, env=run_env)
+    assert probe.stdout.strip() == str(site / "blockbert" / "conf")

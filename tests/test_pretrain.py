@@ -1,0 +1,111 @@
+"""Pre-training end to end on the CPU at tiny scale: metrics, checkpoints, resume, interruption."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.tasks.launch import config_dir
+
+TINY = ["progress_bar=false", "data.generated_documents=60", "trainer.val_check_interval=4",
+        "checkpoint_every_n_steps=4", "optim.warmup_steps=2"]
+
+
+def run(tmp_path, *args, logger="csv", check=True, **kwargs):
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"),
+               BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.update(kwargs.pop("env", {}))
+    out = subprocess.run(["blockbert", "pretrain", *TINY, f"logger={logger}", *args], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600, **kwargs)
+    if check:
+        assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run(tmp_path, "trainer.max_steps=8", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
+    assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 8 and metrics["status"] == "finished"
+    assert metrics["val/ppl"] > 1 and abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp()) < 1e-3 * metrics["val/ppl"]
+    assert metrics["train/tokens_per_s"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "step-8.ckpt").is_file()
+    assert (run_dir / "csv").is_dir() and (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    first = torch.load(run_dir / "checkpoints" / "step-4.ckpt", weights_only=False)
+    periodic_bytes = (run_dir / "checkpoints" / "step-4.ckpt").read_bytes()
+
+    out = run(tmp_path, "trainer.max_steps=12", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
+    assert "resuming from" in out.stderr + out.stdout
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 12
+    # micro-batches of 8 with 2 accumulation steps: 16 sequences per optimizer step
+    assert first["PretrainDataModule"]["samples_consumed"] == 4 * 16
+    assert last["PretrainDataModule"]["samples_consumed"] == 12 * 16
+    assert (run_dir / "checkpoints" / "step-4.ckpt").read_bytes() == periodic_bytes  # nothing overwritten
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 12
+
+
+def test_sigterm_keeps_a_checkpoint_that_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(["blockbert", "pretrain", *TINY, "logger=none", "trainer.max_steps=100000",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    step = torch.load(interrupted, weights_only=False)["global_step"]
+    assert step >= 4
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    run(tmp_path, f"trainer.max_steps={step + 2}", f"hydra.run.dir={run_dir}", logger="none")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
+
+
+def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tmp_path, "trainer.max_steps=2", "model.next_sentence_prediction=true", f"hydra.run.dir={run_dir}",
+        logger="wandb", env={"WANDB_MODE": "offline"})
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "train/nsp_loss" in metrics and "train/mlm_loss" in metrics
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def data_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=[f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    return cfg.data
+
+
+def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
+    lines = [json.dumps({"body": f"Document {i} says hello. It has two sentences."}) for i in range(30)]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(lines))
+    cfg = data_cfg(tmp_path, "data=text_files", f"data.files={tmp_path}/corpus.jsonl", "data.text_field=body",
+                   "data.max_seq_length=32", "data.tokenizer_vocab_size=120")
+    dm = PretrainDataModule(cfg, False, 4, 0, tmp_path / "cache")
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 30  # one short document -> one sequence
+    again = PretrainDataModule(cfg, False, 4, 0, tmp_path / "cache")
+    again.setup()
+    assert again.train_set.cache_files == dm.train_set.cache_files  # tokenised once, then read from the cache
+
+    (tmp_path / "a.txt").write_text("First doc line one.\nLine two.\n\nSecond doc here.\n\nThird doc.\n")
+    cfg = data_cfg(tmp_path, "data=text_files", f"data.files={tmp_path}/a.txt", "data.max_seq_length=32",
+                   "data.tokenizer_vocab_size=120", "data.validation_fraction=0.34")
+    dm = PretrainDataModule(cfg, False, 2, 0, tmp_path / "cache")
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 3
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
