@@ -73,7 +73,8 @@ def build_logger(cfg: DictConfig, run_dir: Path):
                              group=cfg.logger.group, offline=mode == "offline", mode=mode, id=run_id,
                              resume="allow" if run_id else None,
                              config=OmegaConf.to_container(cfg, resolve=True))
-        id_file.write_text(logger.version or "")
+        if pl.utilities.rank_zero_only.rank == 0:
+            id_file.write_text(logger.version or "")
         return logger
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
 

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
@@ -43,7 +44,8 @@ def main(cfg: DictConfig) -> dict:
         log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
     module = PretrainModule(model_config(cfg.model, **overrides), nsp,
                             OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
-    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    if rank_zero_only.rank == 0:
+        tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     checkpoints = run_dir / "checkpoints"
     metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "model": cfg.model.name,
@@ -66,7 +68,16 @@ def main(cfg: DictConfig) -> dict:
     # Lightning cannot see that the data module restores the data position itself (its state_dict).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     trainer.fit(module, datamodule=data, ckpt_path=resume_from(cfg, checkpoints))
+    if logger:
+        logger.finalize("success")
+        if cfg.logger.kind == "wandb":
+            import wandb
+
+            wandb.finish()  # flush now, so the run directory stays the last line printed
     if trainer.global_rank == 0:
+        if module.validation_history:
+            history = " -> ".join(f"{ppl:.2f} (step {step})" for step, ppl in module.validation_history)
+            print(f"validation perplexity: {history}")
         print("results (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml) are in:")
         print(run_dir.resolve())
     return dict(trainer.callback_metrics)

@@ -22,6 +22,7 @@ class PretrainModule(pl.LightningModule):
         self.model = model_class(config)
         self._val_loss_sum = self._val_tokens = 0.0
         self._last_time = None
+        self.validation_history: list[tuple[int, float]] = []  # (step, perplexity)
 
     def forward(self, batch):
         return self.model(**batch)
@@ -56,7 +57,10 @@ class PretrainModule(pl.LightningModule):
         sums = torch.tensor([self._val_loss_sum, self._val_tokens], device=self.device)
         sums = self.all_gather(sums).reshape(-1, 2).sum(0)
         loss = (sums[0] / sums[1]).item()
-        self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}, prog_bar=True, sync_dist=False)
+        ppl = math.exp(min(loss, 50.0))
+        self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking or self.trainer.num_sanity_val_steps == float("inf"):
+            self.validation_history.append((self.global_step, ppl))  # a full sanity check counts: step 0
         self._last_time = None  # validation time is not training throughput
 
     def configure_optimizers(self):
