@@ -128,3 +128,16 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import blockbert.tasks.launch as l; print(l.config_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, env=run_env)
     assert probe.stdout.strip() == str(site / "blockbert" / "conf")
+
+
+def test_empty_and_too_short_corpora_are_one_line(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/empty.txt",
+                                     "data.max_seq_length=128"])
+    assert result.exit_code == 2
+    assert "empty.txt" in error_line(result.output) and "the corpus is empty" in error_line(result.output)
+    (tmp_path / "short.txt").write_text("One document.\n\nAnother one.\n\nA third.\n")
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/short.txt",
+                                     "data.max_seq_length=128", "data.tokenizer_vocab_size=100"])
+    assert result.exit_code == 2
+    assert "fewer than one batch of 8" in error_line(result.output)

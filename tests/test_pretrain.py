@@ -45,6 +45,8 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert "resuming from" in out.stderr + out.stdout
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 12
+    assert last["lr_schedulers"][0]["last_epoch"] == 12  # scheduler and optimizer continued, not restarted
+    assert all(state["step"] == 12 for state in last["optimizer_states"][0]["state"].values())
     # micro-batches of 8 with 2 accumulation steps: 16 sequences per optimizer step
     assert first["PretrainDataModule"]["samples_consumed"] == 4 * 16
     assert last["PretrainDataModule"]["samples_consumed"] == 12 * 16
@@ -109,3 +111,23 @@ def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
     assert len(dm.train_set) + len(dm.val_set) == 3
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+
+
+def test_two_process_ddp_on_cpu_through_the_cli(tmp_path):
+    """Lightning re-launches `blockbert pretrain ...` for rank 1: the hand-over must survive that."""
+    run_dir = tmp_path / "ddp"
+    out = run(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+              "trainer.max_steps=4", "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=100",
+              f"hydra.run.dir={run_dir}")
+    assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    assert "GLOBAL_RANK: 1" in out.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
+    rows = (run_dir / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    loss_steps = [r.split(",") for r in rows[1:]]
+    header = rows[0].split(",")
+    steps = [r[header.index("step")] for r in loss_steps if r[header.index("train/loss")]]
+    assert len(steps) == len(set(steps)) == 4  # each step logged once, by rank 0
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 4
+    assert not list(tmp_path.glob("runs"))  # rank 1 made no run directory of its own

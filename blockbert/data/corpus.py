@@ -26,6 +26,14 @@ def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
     raise ConfigError(f"data.source={source!r} is unknown: accepted are {', '.join(SOURCES)}")
 
 
+def describe_source(data_cfg) -> str:
+    if data_cfg.source == "files":
+        return repr(data_cfg.files if isinstance(data_cfg.files, str) else list(data_cfg.files))
+    if data_cfg.source == "hub":
+        return f"{data_cfg.hub_name!r} (hub)"
+    return "(generated)"
+
+
 def _expand(files) -> list[str]:
     patterns = [files] if isinstance(files, str) else list(files or [])
     if not patterns:
@@ -36,7 +44,14 @@ def _expand(files) -> list[str]:
         if not matches:
             raise FileNotFoundError(f"data.files: no file matches {pattern!r}")
         paths += [m for m in matches if Path(m).is_file()]
+    if all(_is_blank(p) for p in paths):
+        raise ConfigError(f"data.files={files!r}: the corpus is empty (no text in {', '.join(paths)})")
     return paths
+
+
+def _is_blank(path: str) -> bool:
+    size = Path(path).stat().st_size
+    return size == 0 or (size < 4096 and not Path(path).read_bytes().strip())
 
 
 def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset:

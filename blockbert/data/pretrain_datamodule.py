@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorForLanguageModeling
 
-from .corpus import load_documents
+from blockbert.config import ConfigError
+
+from .corpus import describe_source, load_documents
 from .sequences import pack_documents, sentence_pairs, split_sentences
 from .tokenizer import load_tokenizer
 
@@ -58,13 +60,19 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         documents = load_documents(self.cfg, self.cache_dir)
-        self.tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size, self.cache_dir)
         if len(documents) < 2:
-            raise ValueError(f"the corpus has {len(documents)} document(s): need at least 2 (train and validation)")
+            raise ConfigError(f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
+                              "need at least 2 (for training and validation)")
+        self.tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size, self.cache_dir)
         n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
         split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
         self.train_set = self._sequences(split["train"], "train")
         self.val_set = self._sequences(split["test"], "validation")
+        if len(self.train_set) < self.batch_size:
+            raise ConfigError(
+                f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
+                f"one batch of {self.batch_size}: use a larger corpus or a smaller data.per_device_batch_size"
+            )
         log.info("pre-training data: %d train and %d validation sequences of at most %d tokens",
                  len(self.train_set), len(self.val_set), self.cfg.max_seq_length)
         self.sampler = ResumableSampler(len(self.train_set), self.seed, self._samples_consumed)

@@ -1,0 +1,42 @@
+"""Each of the six paper models (at tiny width) learns a repeated batch through the Lightning module."""
+
+import pytest
+import torch
+
+from blockbert import PRESETS, preset_config
+from blockbert.tasks.pretrain_module import PretrainModule
+
+OPTIM = dict(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01, warmup_steps=0)
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n != "tiny"])
+def test_loss_decreases_on_a_repeated_batch(name):
+    torch.manual_seed(0)
+    config = preset_config(name, hidden_size=48, num_layers=2, intermediate_size=96, vocab_size=100,
+                           max_position_embeddings=64, sparse_stride=8, sparse_expressivity=2).to_dict()
+    nsp = PRESETS[name].next_sentence_prediction
+    module = PretrainModule(config, nsp, OPTIM, max_steps=30)
+    optimizer = module.configure_optimizers()["optimizer"]
+    ids = torch.randint(5, 100, (4, 32))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::5] = ids[:, ::5]
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    if nsp:
+        batch.update(token_type_ids=torch.zeros_like(ids), next_sentence_label=torch.tensor([0, 1, 0, 1]))
+    losses = []
+    for _ in range(30):
+        loss = module(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_no_weight_decay_on_biases_and_layer_norms():
+    module = PretrainModule(preset_config("tiny").to_dict(), False, OPTIM, max_steps=10)
+    decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)] for p in no_decay["params"])
+    assert all(names[id(p)].endswith("weight") and "norm" not in names[id(p)] for p in decay["params"])
