@@ -83,6 +83,8 @@ def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "train/nsp_loss" in metrics and "train/mlm_loss" in metrics
     assert list((run_dir / "wandb").glob("offline-run-*"))
+    # step 2 is no multiple of checkpoint_every_n_steps=4: the final state is saved all the same
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
 
 
 def data_cfg(tmp_path, *overrides):

@@ -68,6 +68,7 @@ def main(cfg: DictConfig) -> dict:
     # Lightning cannot see that the data module restores the data position itself (its state_dict).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     trainer.fit(module, datamodule=data, ckpt_path=resume_from(cfg, checkpoints))
+    trainer.save_checkpoint(checkpoints / "last.ckpt")  # the final state, also between periodic saves
     if logger:
         logger.finalize("success")
         if cfg.logger.kind == "wandb":
