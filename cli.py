@@ -56,9 +56,13 @@ def pretrain(ctx: typer.Context, debug: bool = DEBUG) -> None:
 def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
     """Fine-tune a pre-trained checkpoint on extractive question answering (SQuAD, MRQA).
 
-    Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN`
+    With no arguments: the tiny model, from scratch, on a generated SQuAD-format set, on the CPU.
+    Writes dev (and test) predictions.json, nbest_predictions.json (and null_odds.json for SQuAD 2.0)
+    and metrics.json with EM/F1 to the run directory printed as the last line.
+
+    Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN task=squad11 task.train_file=train-v1.1.json task.dev_file=dev-v1.1.json`
     """
-    not_implemented("finetune")
+    hand_over("finetune", ctx, debug)
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
@@ -88,13 +92,21 @@ def benchmark(ctx: typer.Context, debug: bool = DEBUG) -> None:
     not_implemented("benchmark")
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def evaluate(ctx: typer.Context, debug: bool = DEBUG) -> None:
-    """Score QA predictions against SQuAD 1.1/2.0 or MRQA gold answers (official-equivalent EM/F1).
+@app.command()
+def evaluate(
+    data_file: str = typer.Argument(..., help="Gold data: SQuAD JSON or MRQA .jsonl/.jsonl.gz."),
+    predictions_file: str = typer.Argument(..., help="Predictions: JSON {question id: answer text}."),
+    na_prob: str = typer.Option(None, "--na-prob", help="SQuAD 2.0: JSON {id: no-answer score} for best_* thresholds."),
+    format: str = typer.Option(None, "--format", help="squad1 | squad2 | mrqa (detected from the file if not given)."),
+    debug: bool = DEBUG,
+) -> None:
+    """Score QA predictions exactly as the official SQuAD 1.1/2.0 and MRQA scripts do; print their JSON.
 
-    Example: `blockbert evaluate gold=dev-v1.1.json predictions=predictions.json`
+    Example: `blockbert evaluate dev-v2.0.json predictions.json --na-prob null_odds.json`
     """
-    not_implemented("evaluate")
+    from blockbert.tasks.evaluate import run_evaluate
+
+    raise typer.Exit(run_evaluate(data_file, predictions_file, na_prob, format, debug))
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 
 ENTRY_POINTS = {
     "pretrain": "blockbert.tasks.pretrain",
+    "finetune": "blockbert.tasks.finetune",
 }
 
 

@@ -1,0 +1,219 @@
+"""Extractive QA examples from SQuAD 1.1/2.0 JSON or MRQA JSONL(.gz), validated item by item.
+
+A malformed file (bad JSON, a missing field) stops with a one-line error naming the file and the
+item. An answer whose text does not match the paragraph at its offset is counted and reported,
+and the answer is dropped from training (the example stays for evaluation).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blockbert.config import ConfigError
+
+log = logging.getLogger(__name__)
+FORMATS = ("squad1", "squad2", "mrqa")
+
+
+class QADataError(ConfigError):
+    """A QA file is malformed; the message names the file and the item."""
+
+
+@dataclass
+class QAExample:
+    qid: str
+    question: str
+    context: str
+    answers: list[str]  # gold texts (for scoring); empty for a SQuAD 2.0 question without answer
+    spans: list[tuple[int, int]] = field(default_factory=list)  # verified (start, end) char spans, end exclusive
+
+
+@dataclass
+class QADataset:
+    path: str
+    format: str
+    examples: list[QAExample]
+    mismatched_answers: int = 0  # answers whose text does not match the paragraph at the offset
+
+    @property
+    def gold(self) -> dict[str, list[str]]:
+        return {e.qid: e.answers for e in self.examples}
+
+
+def detect_format(path: str | Path) -> str:
+    """``mrqa`` for .jsonl/.jsonl.gz, else ``squad2`` if the file's version says 2.x, else ``squad1``."""
+    name = str(path)
+    if name.endswith((".jsonl", ".jsonl.gz", ".gz")):
+        return "mrqa"
+    data = _load_json(Path(path))
+    return "squad2" if str(data.get("version", "")).startswith("2") else "squad1"
+
+
+def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"QA data file {str(path)!r} does not exist")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise QADataError(f"format={fmt!r} is unknown: accepted are {', '.join(FORMATS)}")
+    reader = _read_mrqa if fmt == "mrqa" else _read_squad
+    dataset = QADataset(str(path), fmt, [])
+    for example in reader(path, dataset):
+        dataset.examples.append(example)
+    if not dataset.examples:
+        raise QADataError(f"{path}: no questions found")
+    if dataset.mismatched_answers:
+        log.warning("%s: %d answer(s) do not match the paragraph at their offset; they are not trained on",
+                    path, dataset.mismatched_answers)
+    return dataset
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise QADataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def _field(item: dict, key: str, path: Path, where: str, kind=None):
+    if not isinstance(item, dict) or key not in item:
+        raise QADataError(f"{path}: {where} has no field {key!r}")
+    value = item[key]
+    if kind is not None and not isinstance(value, kind):
+        raise QADataError(f"{path}: {where}: field {key!r} should be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _verified_span(dataset: QADataset, context: str, text: str, start, end, path: Path, where: str):
+    """(start, end) if ``context[start:end] == text``; a mismatch is counted; an offset outside is an error."""
+    if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start <= end <= len(context):
+        raise QADataError(f"{path}: {where}: answer offset {start!r} is outside its paragraph (length {len(context)})")
+    if context[start:end] != text:
+        dataset.mismatched_answers += 1
+        return None
+    return start, end
+
+
+def _read_squad(path: Path, dataset: QADataset):
+    data = _load_json(path)
+    for a, article in enumerate(_field(data, "data", path, "the file", list)):
+        for p, paragraph in enumerate(_field(article, "paragraphs", path, f"article {a}", list)):
+            where_p = f"article {a}, paragraph {p}"
+            context = _field(paragraph, "context", path, where_p, str)
+            for qa in _field(paragraph, "qas", path, where_p, list):
+                qid = str(_field(qa, "id", path, f"{where_p}, a question"))
+                where = f"question {qid!r}"
+                question = _field(qa, "question", path, where, str)
+                answers = _field(qa, "answers", path, where, list)
+                if qa.get("is_impossible"):
+                    answers = []
+                texts, spans = [], []
+                for answer in answers:
+                    text = _field(answer, "text", path, where, str)
+                    start = _field(answer, "answer_start", path, where)
+                    texts.append(text)
+                    end = start + len(text) if isinstance(start, int) else None
+                    span = _verified_span(dataset, context, text, start, end, path, where)
+                    if span:
+                        spans.append(span)
+                if dataset.format == "squad1" and not texts:
+                    raise QADataError(f"{path}: {where} has no answer (a SQuAD 1.1 question needs one; "
+                                      "use format squad2 for unanswerable questions)")
+                yield QAExample(qid, question, context, texts, spans)
+
+
+def _read_mrqa(path: Path, dataset: QADataset):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise QADataError(f"{path}: line {n}: malformed JSON: {err.msg}") from None
+            if "header" in item:
+                continue
+            context = _field(item, "context", path, f"line {n}", str)
+            for qa in _field(item, "qas", path, f"line {n}", list):
+                qid = str(_field(qa, "qid", path, f"line {n}, a question"))
+                where = f"line {n}, question {qid!r}"
+                question = _field(qa, "question", path, where, str)
+                texts = [str(t) for t in _field(qa, "answers", path, where, list)]
+                spans = []
+                for detected in _field(qa, "detected_answers", path, where, list):
+                    text = _field(detected, "text", path, where, str)
+                    for start, end in _field(detected, "char_spans", path, where, list):  # end inclusive
+                        span = _verified_span(dataset, context, text, start, end + 1, path, where)
+                        if span:
+                            spans.append(span)
+                yield QAExample(qid, question, context, texts, spans)
+
+
+def split_dev_test(dataset: QADataset) -> tuple[QADataset, QADataset]:
+    """MRQA has no test set: split the dev set evenly by paragraph, deterministically (by hash)."""
+    contexts = sorted({e.context for e in dataset.examples}, key=lambda c: hashlib.sha1(c.encode()).hexdigest())
+    test_contexts = set(contexts[len(contexts) // 2:])
+    dev = [e for e in dataset.examples if e.context not in test_contexts]
+    test = [e for e in dataset.examples if e.context in test_contexts]
+    return (QADataset(dataset.path + "#dev", dataset.format, dev),
+            QADataset(dataset.path + "#test", dataset.format, test))
+
+
+NAMES = ["Alma", "Boris", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",
+         "Mateo", "Nia", "Oskar", "Priya", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Vera", "Wim", "Yara"]
+CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Dakar", "Lima", "Riga", "Perth", "Accra", "Bern", "Cairo", "Delhi"]
+THINGS = ["violin", "chess", "tennis", "painting", "poetry", "guitar", "rowing", "pottery", "cooking", "drums"]
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+FACTS = [  # (sentence, question, answer source)
+    ("{n} lives in {city}.", "Where does {n} live?", "city"),
+    ("{n} enjoys {thing}.", "What does {n} enjoy?", "thing"),
+    ("The favourite colour of {n} is {color}.", "What is the favourite colour of {n}?", "color"),
+]
+
+
+def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed: int = 0) -> Path:
+    """Write (once) a synthetic SQuAD-format file: short biographies and questions about them.
+
+    With version "2.0" about one question in five asks about a person the paragraph does not
+    mention (no answer).
+    """
+    if path.exists():
+        return path
+    version = str(version)
+    rng = random.Random(seed)
+    articles, count = [], 0
+    while count < questions:
+        prefix = f"a{len(articles)}q"
+        people = rng.sample(NAMES, 3)
+        facts, qas = [], []
+        for person in people:
+            values = dict(n=person, city=rng.choice(CITIES), thing=rng.choice(THINGS), color=rng.choice(COLORS))
+            for sentence, question, key in rng.sample(FACTS, 3):
+                facts.append((sentence.format(**values), question.format(**values), values[key]))
+        rng.shuffle(facts)
+        context = ""
+        for sentence, question, answer in facts:
+            start = len(context) + sentence.index(answer)
+            qas.append({"id": f"{prefix}{len(qas)}", "question": question,
+                        "answers": [{"text": answer, "answer_start": start}]})
+            context += sentence + " "
+        context = context.rstrip()
+        qas = rng.sample(qas, 3)
+        if version.startswith("2") and rng.random() < 0.6:
+            stranger = rng.choice([n for n in NAMES if n not in people])
+            qas.append({"id": f"{prefix}{len(facts)}", "question": f"Where does {stranger} live?", "answers": [],
+                        "is_impossible": True})
+        count += len(qas)
+        articles.append({"title": people[0], "paragraphs": [{"context": context, "qas": qas}]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": version, "data": articles}), encoding="utf-8")
+    tmp.replace(path)
+    return path

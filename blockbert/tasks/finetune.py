@@ -1,0 +1,148 @@
+"""`blockbert finetune`: the Hydra entry point of extractive-QA fine-tuning and its evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from transformers import PreTrainedTokenizerFast
+
+from blockbert.config import ConfigError
+from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
+from blockbert.evaluation.postprocess import final_texts, predict_answers
+from blockbert.evaluation.squad import score_v1, score_v2
+from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, model_config, world_size
+from blockbert.tasks.finetune_module import QAModule, gather_logits
+from blockbert.tasks.pretrain import resume_from
+
+log = logging.getLogger(__name__)
+
+
+def main(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    if cfg.init_from:
+        config, encoder_state, tokenizer = load_pretrained(cfg.init_from)
+    else:
+        model_config(cfg.model)  # validate before any data work
+        config, encoder_state, tokenizer = None, None, None
+    pl.seed_everything(cfg.seed, workers=True)
+    data = load_task(cfg.task, cache_dir)
+    if tokenizer is None:
+        tokenizer = qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir)
+        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    seq_len = cfg.data.max_seq_length
+    if seq_len > config["max_position_embeddings"]:
+        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's max_position_embeddings="
+                          f"{config['max_position_embeddings']}: fine-tune at the pre-training length or shorter")
+    world = world_size(cfg.trainer)
+    batch, per_device, accumulate = derive_batch(cfg.optim.batch_size * seq_len, seq_len,
+                                                 cfg.data.per_device_batch_size, world)
+    datamodule = QADataModule(data, tokenizer, cfg.data, per_device)
+    datamodule.setup()
+    module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
+    if encoder_state is not None:
+        module.model.encoder.load_state_dict(encoder_state)
+    version2 = data["dev"].format == "squad2"
+    module.evaluate_dev = lambda starts, ends: evaluate_split(cfg, data, datamodule, "dev", starts, ends, None)[0]
+    if pl.utilities.rank_zero_only.rank == 0:
+        tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+
+    checkpoints = run_dir / "checkpoints"
+    metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "task": cfg.task.name,
+                                                     "init_from": cfg.init_from, "batch_size": batch})
+    logger = build_logger(cfg, run_dir)
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args.pop("val_check_interval", None)  # fine-tuning validates once per epoch
+    trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, default_root_dir=str(run_dir),
+                         logger=logger, enable_progress_bar=cfg.progress_bar,
+                         callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
+                                    OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"), metrics])
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg, checkpoints))
+    trainer.save_checkpoint(checkpoints / "last.ckpt")
+
+    results, threshold = {}, None
+    for split in [s for s in ("dev", "test") if s in data]:
+        outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
+        scores, threshold = evaluate_split(cfg, data, datamodule, split, *gather_logits(outputs), threshold,
+                                           out_dir=run_dir / split)
+        results.update({f"{split}/{k}": v for k, v in scores.items()})
+    if logger:
+        logger.log_metrics(results, step=trainer.global_step)
+        if cfg.logger.kind == "wandb":
+            import wandb
+
+            wandb.finish()
+    if trainer.global_rank == 0:
+        metrics.extra.update(results)
+        metrics.write(trainer, "finished")
+        main_metric = "f1"
+        print(" | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", main_metric))))
+        print(f"results (metrics.json, dev/predictions.json{', null_odds.json' if version2 else ''}, checkpoints/) are in:")
+        print(run_dir.resolve())
+    return results
+
+
+def evaluate_split(cfg, data, datamodule, split, starts, ends, threshold, out_dir: Path | None = None):
+    """Post-process one split's logits, score them and optionally write the prediction files.
+
+    SQuAD 2.0: on dev the null threshold is the official best_f1_thresh; on test the dev one is used.
+    Returns (metrics, the threshold used).
+    """
+    dataset = data[split]
+    predictions = predict_answers(dataset.examples, datamodule.windows[split], starts, ends,
+                                  cfg.data.n_best_size, cfg.data.max_answer_length)
+    odds = {qid: min(p.null_odds, 1e9) for qid, p in predictions.items()}
+    if dataset.format == "squad2":
+        search = score_v2(dataset.gold, final_texts(predictions, None), na_probs=odds)
+        if threshold is None:
+            threshold = search["best_f1_thresh"]
+        texts = final_texts(predictions, threshold)
+        scores = score_v2(dataset.gold, texts)
+        scores.update({k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")},
+                      null_threshold=threshold)
+    else:
+        texts = final_texts(predictions, None)
+        scores = score_v1(dataset.gold, texts)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "predictions.json").write_text(json.dumps(texts, indent=2, ensure_ascii=False))
+        nbest = {qid: p.nbest for qid, p in predictions.items()}
+        (out_dir / "nbest_predictions.json").write_text(json.dumps(nbest, indent=2, ensure_ascii=False))
+        if dataset.format == "squad2":
+            (out_dir / "null_odds.json").write_text(json.dumps(odds, indent=2))
+        if split == "test" or dataset.path.endswith("#dev"):  # halves of an MRQA dev set: keep their gold
+            (out_dir / "gold.json").write_text(json.dumps(dataset.gold, indent=2, ensure_ascii=False))
+    return scores, threshold
+
+
+def load_pretrained(init_from: str):
+    """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
+    path = Path(init_from).expanduser()
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint (expected a run directory with "
+                                "checkpoints/last.ckpt, or a .ckpt file)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    config = state.get("hyper_parameters", {}).get("model_config")
+    if config is None:
+        raise ConfigError(f"init_from={init_from!r}: {ckpt} is not a blockbert pre-training checkpoint")
+    prefix = "model.encoder."
+    encoder = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    tokenizer_dir = ckpt.parent.parent / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
+    log.info("fine-tuning from %s (step %s)", ckpt, state.get("global_step"))
+    return config, encoder, PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+
+
+

@@ -1,0 +1,84 @@
+"""Fine-tuning end to end at tiny scale, and `blockbert evaluate` agreeing with it."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from blockbert import BlockBertConfig, BlockBertModel
+from blockbert.tasks.finetune import load_pretrained
+
+runner = CliRunner()
+FAST = ["progress_bar=false", "task.generated_questions=160", "trainer.max_epochs=2", "logger=csv"]
+
+
+def blockbert(tmp_path, command, *args):
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    out = subprocess.run(["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def test_squad2_finetune_metrics_equal_the_evaluate_command(tmp_path):
+    run_dir = tmp_path / "ft"
+    out = blockbert(tmp_path, "finetune", *FAST, "task.version=2.0", f"hydra.run.dir={run_dir}")
+    assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dev_file = next((tmp_path / "cache" / "qa").glob("generated-v2.0-*/dev.json"))
+    for name in ("predictions.json", "nbest_predictions.json", "null_odds.json"):
+        assert (run_dir / "dev" / name).is_file()
+    predictions = json.loads((run_dir / "dev" / "predictions.json").read_text())
+    assert all(isinstance(v, str) for v in predictions.values())
+    scored = json.loads(blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json")).stdout)
+    for key in ("exact", "f1", "total", "HasAns_exact", "NoAns_f1"):
+        assert metrics[f"dev/{key}"] == scored[key]
+    with_probs = json.loads(blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json"),
+                                      "--na-prob", str(run_dir / "dev" / "null_odds.json")).stdout)
+    assert "best_f1_thresh" in with_probs and metrics["dev/null_threshold"] == metrics["dev/best_f1_thresh"]
+
+
+def test_finetune_from_a_pretrain_run(tmp_path):
+    pre = tmp_path / "pre"
+    blockbert(tmp_path, "pretrain", "progress_bar=false", "logger=none", "trainer.max_steps=2",
+              "data.generated_documents=40", f"hydra.run.dir={pre}")
+    config, encoder, tokenizer = load_pretrained(str(pre))
+    model = BlockBertModel(BlockBertConfig(**config))
+    model.load_state_dict(encoder)  # strict: every encoder weight is there
+    assert len(tokenizer) == config["vocab_size"]
+    run_dir = tmp_path / "ft"
+    out = blockbert(tmp_path, "finetune", *FAST, "trainer.max_epochs=1", f"init_from={pre}", f"hydra.run.dir={run_dir}")
+    assert "fine-tuning from" in out.stderr + out.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["dev/f1"] <= 100
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["model_config"]
+    assert first == config
+
+
+def test_evaluate_errors_and_unknown_ids(tmp_path):
+    gold = tmp_path / "dev.json"
+    gold.write_text(json.dumps({"version": "1.1", "data": [{"paragraphs": [{"context": "a b", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "b", "answer_start": 2}]}]}]}]}))
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"q1": "b", "zz": "x"}))
+    result = runner.invoke(cli.app, ["evaluate", str(gold), str(preds)])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout[result.stdout.index("{"):]) == {"exact_match": 100.0, "f1": 100.0}
+    assert "1 prediction id(s) not in" in result.output and "'zz'" in result.output
+    result = runner.invoke(cli.app, ["evaluate", str(gold), str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "none.json" in result.output
+    preds.write_text("[1, 2")
+    result = runner.invoke(cli.app, ["evaluate", str(gold), str(preds)])
+    assert result.exit_code == 2 and "p.json: malformed JSON" in result.output
+
+
+def test_missing_task_file_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["finetune", "task=squad11", "task.train_file=/no/train.json",
+                                     "task.dev_file=/no/dev.json"])
+    assert result.exit_code == 2
+    assert "QA data file '/no/train.json' does not exist" in result.output

@@ -1,0 +1,110 @@
+"""QA files, windows and post-processing."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from blockbert.data.qa import QADataError, QAExample, read_qa_file, split_dev_test
+from blockbert.data.qa_windows import build_windows, window_starts
+from blockbert.evaluation.postprocess import final_texts, predict_answers
+
+
+def squad_file(tmp_path, paragraphs, version="1.1", name="squad.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({"version": version, "data": [{"title": "t", "paragraphs": paragraphs}]}),
+                    encoding="utf-8")
+    return path
+
+
+def test_squad_reading_verifies_offsets_and_counts_mismatches(tmp_path):
+    context = "Ünïcode  text   with runs. End"
+    qas = [{"id": "a", "question": "q?", "answers": [{"text": "Ünïcode", "answer_start": 0}]},
+           {"id": "b", "question": "q?", "answers": [{"text": "End", "answer_start": len(context) - 3}]},
+           {"id": "c", "question": "q?", "answers": [{"text": "wrong", "answer_start": 3}]}]
+    data = read_qa_file(squad_file(tmp_path, [{"context": context, "qas": qas}]))
+    assert data.format == "squad1" and data.mismatched_answers == 1
+    assert [e.spans for e in data.examples] == [[(0, 7)], [(len(context) - 3, len(context))], []]
+    assert data.gold["c"] == ["wrong"]  # still evaluated against its gold text
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "malformed JSON at line 1"),
+    (json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}), "article 0, paragraph 0 has no field 'context'"),
+    (json.dumps({"data": [{"paragraphs": [{"context": "abc", "qas": [{"id": "x", "question": "q",
+                "answers": [{"text": "abc", "answer_start": 2}]}]}]}]}), "answer offset 2 is outside its paragraph"),
+])
+def test_malformed_squad_names_file_and_item(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(QADataError, match=message) as info:
+        read_qa_file(path, "squad1")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mrqa_reading_with_and_without_gzip_and_even_split(tmp_path, gz):
+    lines = [json.dumps({"header": {"dataset": "TriviaQA", "split": "dev"}})]
+    for i in range(6):
+        context = f"Paragraph {i} mentions Paris."
+        lines.append(json.dumps({"context": context, "qas": [
+            {"qid": f"q{i}", "question": "Which city?", "answers": ["Paris", "paris"],
+             "detected_answers": [{"text": "Paris", "char_spans": [[len(context) - 6, len(context) - 2]]}]}]}))
+    path = tmp_path / ("dev.jsonl.gz" if gz else "dev.jsonl")
+    text = "\n".join(lines) + "\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    data = read_qa_file(path)
+    assert data.format == "mrqa" and len(data.examples) == 6 and data.mismatched_answers == 0
+    assert data.examples[0].spans == [(len("Paragraph 0 mentions "), len("Paragraph 0 mentions Paris"))]
+    dev, test = split_dev_test(data)
+    assert len(dev.examples) == len(test.examples) == 3
+    assert split_dev_test(data)[0].gold == dev.gold  # deterministic
+
+
+def test_windows_round_trip_every_answer(tiny_tokenizer):
+    context = ("the model reads a long sequence of words and learns " * 12 + "answer here").strip()
+    start = context.index("answer here")
+    example = QAExample("x", "what does the model read", context, ["answer here"], [(start, start + 11)])
+    windows = build_windows(example, 0, tiny_tokenizer, max_seq_length=40, doc_stride=16, max_query_length=8)
+    assert len(windows) > 3 and all(len(w.input_ids) <= 40 for w in windows)
+    hits = [w for w in windows if w.start_position]
+    assert hits
+    for w in hits:
+        assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == "answer here"
+    # each paragraph token has exactly one window where it has maximal context
+    covered = {}
+    for w in windows:
+        for off, best in zip(w.offsets, w.max_context):
+            if off is not None and best:
+                covered[off] = covered.get(off, 0) + 1
+    assert set(covered.values()) == {1}
+
+
+def test_window_starts_follow_doc_stride():
+    assert window_starts(10, 4, 3) == [(0, 4), (3, 4), (6, 4)]
+    assert window_starts(3, 4, 3) == [(0, 3)]
+    assert window_starts(0, 4, 3) == [(0, 0)]
+
+
+def test_postprocessing_on_hand_made_logits(tiny_tokenizer):
+    context = "the model reads words"
+    example = QAExample("x", "what", context, ["reads words"], [(10, 21)])
+    (w,) = build_windows(example, 0, tiny_tokenizer, 32, 16, 8)
+    n = len(w.input_ids)
+    start, end = np.zeros(n), np.zeros(n)
+    reads = next(i for i, o in enumerate(w.offsets) if o and context[o[0]:o[1]] == "reads")
+    words = max(i for i, o in enumerate(w.offsets) if o)
+    start[reads], end[words] = 5.0, 4.0
+    start[0], end[0] = 1.0, 1.0  # null score 2
+    end[reads - 1] = 9.0  # an end before the start is never chosen
+    (pred,) = predict_answers([example], [w], [start], [end], n_best=5, max_answer_length=30).values()
+    assert pred.text == "reads words" and pred.null_odds == pytest.approx(2.0 - 9.0)
+    assert pred.nbest[0]["text"] == "reads words" and abs(sum(e["probability"] for e in pred.nbest) - 1) < 1e-6
+    assert final_texts({"x": pred}, -8.0) == {"x": ""} and final_texts({"x": pred}, 0.0) == {"x": "reads words"}
+    short = predict_answers([example], [w], [start], [end], n_best=5, max_answer_length=1)
+    assert short["x"].text != "reads words"  # longer than max_answer_length
