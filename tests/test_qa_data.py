@@ -108,3 +108,24 @@ def test_postprocessing_on_hand_made_logits(tiny_tokenizer):
     assert final_texts({"x": pred}, -8.0) == {"x": ""} and final_texts({"x": pred}, 0.0) == {"x": "reads words"}
     short = predict_answers([example], [w], [start], [end], n_best=5, max_answer_length=1)
     assert short["x"].text != "reads words"  # longer than max_answer_length
+
+
+def test_hub_rows_with_squad_and_mrqa_schemas(tmp_path, monkeypatch):
+    import datasets
+
+    from blockbert.data.qa import read_hub_split
+
+    squad = datasets.Dataset.from_dict({
+        "id": ["a", "b"], "title": ["t", "t"], "context": ["Paris is big.", "Oslo is cold."],
+        "question": ["Which city?", "Which?"],
+        "answers": [{"text": ["Paris"], "answer_start": [0]}, {"text": [], "answer_start": []}]})
+    mrqa = datasets.Dataset.from_dict({
+        "subset": ["TriviaQA", "NewsQA"], "context": ["It is Paris.", "x"], "qid": ["m1", "m2"],
+        "question": ["Which?", "?"], "answers": [["Paris", "paris"], ["x"]],
+        "detected_answers": [{"text": ["Paris"], "char_spans": [{"start": [6], "end": [10]}]},
+                             {"text": ["x"], "char_spans": [{"start": [0], "end": [0]}]}]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: squad if "squad" in name else mrqa)
+    data = read_hub_split("rajpurkar/squad_v2", None, "validation", "squad2", tmp_path)
+    assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("a", ["Paris"], [(0, 5)]), ("b", [], [])]
+    data = read_hub_split("mrqa-workshop/mrqa", None, "validation", "mrqa", tmp_path, subset="TriviaQA")
+    assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("m1", ["Paris", "paris"], [(6, 11)])]

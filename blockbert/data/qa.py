@@ -217,3 +217,38 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
     tmp.write_text(json.dumps({"version": version, "data": articles}), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_dir: Path,
+                   subset: str | None = None) -> QADataset:
+    """A split of a hub dataset with the SQuAD schema (``squad``, ``squad_v2``) or MRQA's (``mrqa``)."""
+    import datasets
+
+    rows = datasets.load_dataset(name, config, split=split, cache_dir=str(cache_dir / "datasets"))
+    if subset is not None:
+        rows = rows.filter(lambda s: s == subset, input_columns="subset")
+    source = f"{name}[{split}]" + (f"/{subset}" if subset else "")
+    dataset = QADataset(source, fmt, [])
+    where = Path(source)
+    for row in rows:
+        if fmt == "mrqa":
+            texts, spans = list(row["answers"]), []
+            detected = row["detected_answers"]
+            for text, char_spans in zip(detected["text"], detected["char_spans"]):
+                for start, end in zip(char_spans["start"], char_spans["end"]):
+                    span = _verified_span(dataset, row["context"], text, start, end + 1, where, f"question {row['qid']!r}")
+                    if span:
+                        spans.append(span)
+            dataset.examples.append(QAExample(str(row["qid"]), row["question"], row["context"], texts, spans))
+        else:
+            answers = row["answers"]
+            texts, spans = list(answers["text"]), []
+            for text, start in zip(answers["text"], answers["answer_start"]):
+                span = _verified_span(dataset, row["context"], text, start, start + len(text), where,
+                                      f"question {row['id']!r}")
+                if span:
+                    spans.append(span)
+            dataset.examples.append(QAExample(str(row["id"]), row["question"], row["context"], texts, spans))
+    if not dataset.examples:
+        raise QADataError(f"{source}: no questions found")
+    return dataset

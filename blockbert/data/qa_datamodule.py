@@ -10,7 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .qa import QADataset, read_qa_file, split_dev_test, write_generated_squad
+from blockbert.config import ConfigError
+
+from .qa import QADataset, read_hub_split, read_qa_file, split_dev_test, write_generated_squad
 from .qa_windows import QAWindow, build_windows
 from .tokenizer import train_wordpiece
 
@@ -24,11 +26,25 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
         files = {split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed)
                  for split, n, seed in (("train", task_cfg.generated_questions, 0),
                                         ("dev", task_cfg.generated_questions // 4, 1))}
-    else:
+    elif task_cfg.get("train_file") or task_cfg.get("dev_file"):
+        if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
+            raise ConfigError(f"task {task_cfg.name}: give both task.train_file and task.dev_file "
+                              f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})")
         files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
         if task_cfg.get("test_file"):
             files["test"] = task_cfg.test_file
-    data = {split: read_qa_file(path, task_cfg.format) for split, path in files.items()}
+    else:
+        if not task_cfg.get("hub_name"):
+            raise ConfigError(f"task {task_cfg.name}: set task.train_file and task.dev_file (local files) "
+                              "or task.hub_name (a hub dataset)")
+        data = {split: read_hub_split(task_cfg.hub_name, task_cfg.get("hub_config"), hub_split, task_cfg.format,
+                                      cache_dir, task_cfg.get("hub_subset"))
+                for split, hub_split in (("train", task_cfg.hub_train_split), ("dev", task_cfg.hub_dev_split))}
+        return _finish(task_cfg, data)
+    return _finish(task_cfg, {split: read_qa_file(path, task_cfg.format) for split, path in files.items()})
+
+
+def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
     if task_cfg.get("split_dev") and "test" not in data:
         data["dev"], data["test"] = split_dev_test(data["dev"])
     for split, d in data.items():
