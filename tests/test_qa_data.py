@@ -129,3 +129,16 @@ def test_hub_rows_with_squad_and_mrqa_schemas(tmp_path, monkeypatch):
     assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("a", ["Paris"], [(0, 5)]), ("b", [], [])]
     data = read_hub_split("mrqa-workshop/mrqa", None, "validation", "mrqa", tmp_path, subset="TriviaQA")
     assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("m1", ["Paris", "paris"], [(6, 11)])]
+
+
+@pytest.mark.parametrize("answer_at", ["start", "end", "unicode"])
+def test_alignment_with_unicode_whitespace_runs_and_edges(tiny_tokenizer, answer_at):
+    context = "Zoë  reads\t\tthe   model’s words,  naïvely and learns the end"
+    answer = {"start": "Zoë", "end": "the end", "unicode": "model’s words,  naïvely"}[answer_at]
+    start = context.index(answer) if answer_at != "end" else len(context) - len(answer)
+    example = QAExample("x", "who reads", context, [answer], [(start, start + len(answer))])
+    windows = build_windows(example, 0, tiny_tokenizer, max_seq_length=16, doc_stride=4, max_query_length=4)
+    hits = [w for w in windows if w.start_position]
+    assert hits
+    for w in hits:
+        assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == answer
