@@ -109,6 +109,22 @@ def evaluate(
     raise typer.Exit(run_evaluate(data_file, predictions_file, na_prob, format, debug))
 
 
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="A `blockbert pretrain` or `finetune` run directory (or a .ckpt file)."),
+    out_dir: str = typer.Argument(..., help="The directory to write."),
+    debug: bool = DEBUG,
+) -> None:
+    """Export a run's model: a Hugging Face directory for dense models (loadable by `transformers`),
+    a blockbert directory for block and sparse ones (`BlockBertModel.from_pretrained`).
+
+    Example: `blockbert export runs/pretrain/2026-11-29_10-00-00 exported/`
+    """
+    from blockbert.tasks.export import run_export
+
+    raise typer.Exit(run_export(run_dir, out_dir, debug))
+
+
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def report(ctx: typer.Context, debug: bool = DEBUG) -> None:
     """Summarise a sweep or run directory into a table, summary.csv and plots.

@@ -59,6 +59,7 @@ class BlockBertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    position_offset: int = 0  # RoBERTa: 2 -- positions start after the padding index (pad_token_id + 1)
     gradient_checkpointing: bool = False
     head_counts: tuple[int, ...] = field(init=False, repr=False)
 
@@ -105,9 +106,14 @@ class BlockBertConfig:
         d.pop("head_counts")
         return d
 
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings - self.position_offset
+
     def check_sequence_length(self, seq_len: int) -> None:
-        if seq_len > self.max_position_embeddings:
+        if seq_len > self.max_sequence_length:
             raise ConfigError(
-                f"sequence length {seq_len} exceeds max_position_embeddings={self.max_position_embeddings}: "
-                f"use sequences of at most {self.max_position_embeddings} tokens or a model with more positions"
+                f"sequence length {seq_len} exceeds max_position_embeddings={self.max_position_embeddings}"
+                + (f" (minus position_offset={self.position_offset})" if self.position_offset else "")
+                + f": use sequences of at most {self.max_sequence_length} tokens or a model with more positions"
             )

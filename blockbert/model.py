@@ -21,9 +21,10 @@ class Embeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
+        self.position_offset = config.position_offset
 
     def forward(self, input_ids, token_type_ids):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [N]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + self.position_offset  # [N]
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))  # [B, N, hidden]
 
@@ -45,6 +46,18 @@ class Layer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
+class FromPretrained:
+    """``from_pretrained``: Hugging Face BERT/RoBERTa directories or blockbert exports (see convert.py)."""
+
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides):
+        """Load ``path``; ``overrides`` may change the attention (``attention="block", heads="10:2"``) and
+        ``max_position_embeddings`` (the longest sequence; learned positions are copied to extend it)."""
+        from .convert import load_pretrained
+
+        return load_pretrained(cls, path, **overrides)
+
+
 def init_bert_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation: normal(0, std) weights, zero biases and padding row, unit LayerNorm."""
     for m in module.modules():
@@ -60,7 +73,7 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-class BlockBertModel(nn.Module):
+class BlockBertModel(FromPretrained, nn.Module):
     """The encoder: ``forward`` returns the last hidden states [B, N, hidden]."""
 
     def __init__(self, config: BlockBertConfig):
@@ -142,7 +155,7 @@ def _mlm_loss(logits, labels):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
-class BlockBertForMaskedLM(nn.Module):
+class BlockBertForMaskedLM(FromPretrained, nn.Module):
     """Masked-LM pre-training (RoBERTa-1seq, SparseBert, BlockBert)."""
 
     def __init__(self, config: BlockBertConfig):
@@ -156,7 +169,7 @@ class BlockBertForMaskedLM(nn.Module):
         return MaskedLMOutput(_mlm_loss(logits, labels), logits)
 
 
-class BlockBertForPreTraining(nn.Module):
+class BlockBertForPreTraining(FromPretrained, nn.Module):
     """Masked-LM plus next-sentence prediction (Google BERT, RoBERTa-2seq)."""
 
     def __init__(self, config: BlockBertConfig):
@@ -177,7 +190,7 @@ class BlockBertForPreTraining(nn.Module):
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, logits, nsp_logits)
 
 
-class BlockBertForQuestionAnswering(nn.Module):
+class BlockBertForQuestionAnswering(FromPretrained, nn.Module):
     """Extractive QA: two linear outputs give start and end logits for every token."""
 
     def __init__(self, config: BlockBertConfig):

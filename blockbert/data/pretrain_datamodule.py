@@ -43,7 +43,7 @@ class ResumableSampler(Sampler[int]):
 
 class PretrainDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg, next_sentence_prediction: bool, batch_size: int, seed: int, cache_dir: Path,
-                 world_size: int = 1):
+                 world_size: int = 1, tokenizer=None):
         super().__init__()
         self.cfg = data_cfg
         self.nsp = next_sentence_prediction
@@ -51,7 +51,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser()
         self.world_size = world_size
-        self.tokenizer = None
+        self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in setup()
         self.train_set = self.val_set = None
         self.sampler = None
         self._samples_consumed = 0  # restored from a checkpoint on resume
@@ -63,7 +63,9 @@ class PretrainDataModule(pl.LightningDataModule):
         if len(documents) < 2:
             raise ConfigError(f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
                               "need at least 2 (for training and validation)")
-        self.tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size, self.cache_dir)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size,
+                                            self.cache_dir)
         n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
         split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
         self.train_set = self._sequences(split["train"], "train")

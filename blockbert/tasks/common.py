@@ -113,3 +113,25 @@ class MetricsJson(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self.write(trainer, "interrupted")
+
+
+def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
+    """(config dict, state dict, tokenizer) from ``model.init_from``: a Hugging Face BERT/RoBERTa directory
+    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``."""
+    from transformers import AutoTokenizer
+
+    from blockbert.convert import ARCH_OVERRIDES, import_weights
+
+    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
+    config, state, directory = import_weights(model_cls, model_cfg.init_from, max_position_embeddings=seq_len,
+                                              **overrides)
+    log.info("model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over "
+             "model.*)", model_cfg.init_from, config.num_layers, config.hidden_size, config.vocab_size, config.attention)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
+                          f"model's vocab_size is {config.vocab_size}")
+    return config.to_dict(), state, tokenizer

@@ -19,7 +19,8 @@ from blockbert.config import ConfigError
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
-from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, model_config, world_size
+from blockbert.model import BlockBertForQuestionAnswering
+from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, import_model, model_config, world_size
 from blockbert.tasks.finetune_module import QAModule, gather_logits
 from blockbert.tasks.pretrain import resume_from
 
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
+    if cfg.init_from and cfg.model.get("init_from"):
+        raise ConfigError(f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
+                          "(a blockbert pre-training run, or a Hugging Face checkpoint)")
     if cfg.init_from:
         config, encoder_state, tokenizer = load_pretrained(cfg.init_from)
+    elif cfg.model.get("init_from"):
+        config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length)
+        encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     else:
         model_config(cfg.model)  # validate before any data work
         config, encoder_state, tokenizer = None, None, None

@@ -14,7 +14,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
-from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, model_config, world_size
+from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
+from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, import_model, model_config, world_size
 from blockbert.tasks.pretrain_module import PretrainModule
 
 log = logging.getLogger(__name__)
@@ -28,22 +29,32 @@ def main(cfg: DictConfig) -> dict:
             f"data.max_seq_length={seq_len} exceeds model.max_position_embeddings={cfg.model.max_position_embeddings}: "
             f"set model.max_position_embeddings={seq_len} or a shorter data.max_seq_length"
         )
-    model_config(cfg.model)  # a bad head config fails here, before any data work
+    nsp = bool(cfg.model.next_sentence_prediction)
+    init_config = init_state = init_tokenizer = None
+    if cfg.model.get("init_from"):
+        model_class = BlockBertForPreTraining if nsp else BlockBertForMaskedLM
+        init_config, init_state, init_tokenizer = import_model(model_class, cfg.model, seq_len)
+    else:
+        model_config(cfg.model)  # a bad head config fails here, before any data work
     pl.seed_everything(cfg.seed, workers=True)
     world = world_size(cfg.trainer)
     batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
     log.info("batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
              batch, seq_len, batch * seq_len, world, per_device, accumulate)
 
-    nsp = bool(cfg.model.next_sentence_prediction)
-    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world)
+    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world,
+                              tokenizer=init_tokenizer)
     data.setup("fit")
     tokenizer = data.tokenizer
-    overrides = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    if overrides["vocab_size"] != cfg.model.vocab_size:
-        log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
-    module = PretrainModule(model_config(cfg.model, **overrides), nsp,
-                            OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
+    if init_config:
+        config = init_config
+    else:
+        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        if len(tokenizer) != cfg.model.vocab_size:
+            log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
+    module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
+    if init_state:
+        module.model.load_state_dict(init_state, strict=False)  # a head the checkpoint lacks starts fresh
     if rank_zero_only.rank == 0:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
