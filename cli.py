@@ -78,18 +78,24 @@ def sweep(ctx: typer.Context, debug: bool = DEBUG) -> None:
 def profile(ctx: typer.Context, debug: bool = DEBUG) -> None:
     """Break a training step's memory into model, optimizer and activation parts (Table 1).
 
-    Example: `blockbert profile model=blockbert_n2`
+    Fits activation = O(N) part + O(N²) part with the tokens per device fixed and prints Table 1's
+    columns, with profile.json and profile.png in the run directory.
+
+    Example: `blockbert profile attention_impl=eager seq_lengths='[128,256,512,1024]'`
     """
-    not_implemented("profile")
+    hand_over("profile", ctx, debug)
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def benchmark(ctx: typer.Context, debug: bool = DEBUG) -> None:
     """Time inference and training steps of the models side by side and report ratios (Tables 2, 5).
 
-    Example: `blockbert benchmark`
+    Models (roberta_1seq, sparsebert, blockbert_n2/n3 and Hugging Face RoBERTa) or one attention
+    layer (mode=attention); median, spread and ratio to the baseline; benchmark.json and .png.
+
+    Example: `blockbert benchmark mode=attention attention_seq_lengths='[1024,2048]'`
     """
-    not_implemented("benchmark")
+    hand_over("benchmark", ctx, debug)
 
 
 @app.command()

@@ -22,6 +22,8 @@ from hydra.experimental.callback import Callback
 ENTRY_POINTS = {
     "pretrain": "blockbert.tasks.pretrain",
     "finetune": "blockbert.tasks.finetune",
+    "profile": "blockbert.tasks.profile",
+    "benchmark": "blockbert.tasks.benchmark",
 }
 
 

@@ -1,0 +1,190 @@
+"""`blockbert benchmark`: inference and training-step time and memory side by side (Tables 2 and 5),
+or one attention layer alone (mode=attention), as ratios to a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from blockbert.attention import SelfAttention
+from blockbert.config import BlockBertConfig, ConfigError
+from blockbert.tasks.profile import pick_device
+from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
+from blockbert.tools.memory import measure_step
+from blockbert.tools.models import PEER, build, random_batch
+
+log = logging.getLogger(__name__)
+MB = 2 ** 20
+MODES = ("model", "attention")
+ATTENTION_KINDS = {  # label -> BlockBertConfig overrides; the identity-only rows are the blockwise lower bound
+    "dense": dict(attention="dense"),
+    "sparse": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
+    "block n=2 (10:2)": dict(attention="block", heads="10:2"),
+    "block n=3 (8:2:2)": dict(attention="block", heads="8:2:2"),
+    "identity-only n=2 (12:0)": dict(attention="block", heads="12:0"),
+    "identity-only n=3 (12:0:0)": dict(attention="block", heads="12:0:0"),
+}
+
+
+def main(cfg: DictConfig) -> dict:
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = pick_device(cfg.device)
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+        cfg.dtype if cfg.dtype != "auto" else ("float16" if device.type == "cuda" else "float32")]
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    header = {"mode": cfg.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+              "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+              or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "repeats": cfg.repeats, "warmup": cfg.warmup}
+    records = (benchmark_models if cfg.mode == "model" else benchmark_attention)(cfg, device, autocast)
+    results = {**header, "records": records}
+    (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    plot(results, run_dir / "benchmark.png")
+    print("results (benchmark.json, benchmark.png) are in:")
+    print(run_dir.resolve())
+    return results
+
+
+def benchmark_models(cfg, device, autocast) -> list[dict]:
+    size = OmegaConf.to_container(cfg.size, resolve=True)
+    heads = OmegaConf.to_container(cfg.heads, resolve=True)
+    max_len = max(cfg.seq_lengths)
+    torch.manual_seed(cfg.seed)
+    models = {name: build(name, size, heads, max_len).to(device) for name in cfg.models}
+    vocab = next(m.model.config.vocab_size if n == PEER else m.config.vocab_size for n, m in models.items())
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+    records = []
+    for batch_size in cfg.batch_sizes:
+        for seq_len in cfg.seq_lengths:
+            batch = random_batch(batch_size, seq_len, vocab, device)
+            for phase in cfg.phases:
+                calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in models.items()}
+                times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+                peaks = {name: _memory(model, batch, device, autocast) if phase == "train" else None
+                         for name, model in models.items()}
+                records += _records(times, cfg.baseline, dict(phase=phase, batch_size=batch_size, seq_len=seq_len),
+                                    peaks)
+                log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
+    return records
+
+
+def _call(model, optimizer, batch, phase, autocast):
+    if phase == "inference":
+        def infer():
+            model.eval()
+            with torch.no_grad(), autocast:
+                model(batch["input_ids"], batch["attention_mask"])
+        return infer
+
+    def train_step():
+        model.train()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return train_step
+
+
+def _memory(model, batch, device, autocast) -> float | str | None:
+    """Training-step memory, MB: the CUDA allocator's peak, or on CPU model + optimizer + saved activations."""
+    try:
+        model.train()
+        with autocast:
+            step = measure_step(model, batch)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        if is_oom(err):
+            return OOM
+        raise
+    if step.cuda_peak_bytes is not None:
+        return step.cuda_peak_bytes / MB
+    return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
+
+
+def benchmark_attention(cfg, device, autocast) -> list[dict]:
+    records = []
+    for seq_len in cfg.attention_seq_lengths:
+        x = torch.randn(cfg.attention_batch_size, seq_len, 768, device=device, requires_grad=True)
+        calls = {}
+        for label, overrides in ATTENTION_KINDS.items():
+            config = BlockBertConfig(hidden_size=768, num_heads=12, max_position_embeddings=seq_len,
+                                     attention_dropout=cfg.attention_dropout, **overrides)
+            layer = SelfAttention(config).to(device).train()
+
+            def step(layer=layer):
+                with autocast:
+                    out = layer(x)
+                out.float().sum().backward()
+                layer.zero_grad(set_to_none=True)
+                x.grad = None
+            calls[label] = step
+        times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+        records += _records(times, "dense", dict(phase="attention fwd+bwd", batch_size=cfg.attention_batch_size,
+                                                 seq_len=seq_len), {})
+    return records
+
+
+def _records(times, baseline, point, peaks) -> list[dict]:
+    summaries = {name: summarize(t) for name, t in times.items()}
+    base = summaries.get(baseline, {}).get("median_s")
+    out = []
+    for name, s in summaries.items():
+        ratio = s["median_s"] / base if base and s["median_s"] else None
+        out.append({**point, "model": name, **s, "ratio_to_baseline": ratio, "baseline": baseline,
+                    "memory_mb": peaks.get(name)})
+    return out
+
+
+def print_table(results: dict) -> None:
+    table = Table(title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
+                        f"{results['dtype']}, {results['threads']} threads, {results['date']}")
+    for column in ("phase", "B", "N", "model", "median s", "IQR s", "× baseline", "memory MB"):
+        table.add_column(column, justify="left" if column in ("phase", "model") else "right")
+    for r in results["records"]:
+        memory = r["memory_mb"]
+        table.add_row(r["phase"], str(r["batch_size"]), str(r["seq_len"]), r["model"],
+                      OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
+                      "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
+                      "" if r["ratio_to_baseline"] is None else f"{r['ratio_to_baseline']:.3f}",
+                      "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}")
+    Console().print(table)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in results["records"] if r["ratio_to_baseline"] is not None]
+    points = sorted({(r["phase"], r["batch_size"], r["seq_len"]) for r in records})
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points) + 2), 4))
+    width = 0.8 / max(1, len(models))
+    for m, model in enumerate(models):
+        ys = [next((r["ratio_to_baseline"] for r in records if (r["phase"], r["batch_size"], r["seq_len"]) == p
+                    and r["model"] == model), 0.0) for p in points]
+        ax.bar([i + m * width for i in range(len(points))], ys, width, label=model)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(points))])
+    ax.set_xticklabels([f"{p[0]}\nB={p[1]} N={p[2]}" for p in points], fontsize=7)
+    ax.set_ylabel("time / baseline (median)")
+    ax.set_title(f"{results['mode']} benchmark, {results['device']} {results['dtype']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Measurement tools: the memory profiler and the side-by-side benchmark."""

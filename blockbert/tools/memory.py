@@ -1,0 +1,95 @@
+"""Memory of one training step, split as in the paper (section 2.1): model, optimizer, activations.
+
+Activation memory is counted as the bytes of the tensors autograd saves for backward, each storage
+once (parameters excluded: they are model memory). This works the same on CPU and GPU; on CUDA the
+allocator's peak is reported beside it (Appendix A.2, Equation 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class StepMemory:
+    model_bytes: int  # parameters
+    optimizer_bytes: int  # gradients + Adam's two moments
+    activation_bytes: int  # saved for backward
+    cuda_peak_bytes: int | None = None
+
+
+class SavedTensorCounter:
+    """Context manager: total bytes of distinct storages autograd saves, parameters excluded."""
+
+    def __init__(self, exclude: list[torch.Tensor] = ()):
+        self.excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.excluded and tensor.device.type != "meta":
+            self.storages[ptr] = max(self.storages.get(ptr, 0), storage.nbytes())
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def measure_step(model: torch.nn.Module, batch: dict, optimizer_states: int = 2) -> StepMemory:
+    """Forward + backward of one batch (``model(**batch).loss``); AdamW keeps ``optimizer_states`` moments."""
+    params = list(model.parameters())
+    model_bytes = parameter_bytes(model)
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with SavedTensorCounter(exclude=params) as counter:
+        loss = model(**batch).loss
+    loss.backward()
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    model.zero_grad(set_to_none=True)
+    return StepMemory(model_bytes, (1 + optimizer_states) * model_bytes, counter.bytes, peak)
+
+
+@dataclass
+class LinearFit:
+    """activation = intercept + slope * N (tokens per device fixed), with R^2."""
+
+    intercept: float
+    slope: float
+    r2: float
+
+    def linear_part(self) -> float:  # a1 * b * N: constant when b * N is fixed
+        return self.intercept
+
+    def quadratic_part(self, n: int) -> float:  # a2 * b * N^2 = slope * N
+        return self.slope * n
+
+
+def fit_linear_quadratic(seq_lengths: list[int], activation: list[float]) -> LinearFit:
+    """Section 2.2's regression: with b*N fixed, activation = a1*bN + a2*bN*N is linear in N (OLS)."""
+    x = np.asarray(seq_lengths, dtype=float)
+    y = np.asarray(activation, dtype=float)
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (intercept, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ np.array([intercept, slope])
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = 1.0 - (residual ** 2).sum() / total if total > 0 else 1.0
+    return LinearFit(float(intercept), float(slope), float(r2))

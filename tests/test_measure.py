@@ -1,0 +1,97 @@
+"""The memory counter, the regression, and profile/benchmark end to end (correctness only, no timing)."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from blockbert.tools.benchmark import OOM, summarize, time_side_by_side
+from blockbert.tools.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
+from blockbert.tools.models import build, random_batch
+
+
+def test_saved_tensor_counter_on_a_toy_graph_known_by_hand():
+    weight = torch.nn.Parameter(torch.randn(3, 4))
+    a = torch.randn(3, 4, requires_grad=True)
+    with SavedTensorCounter(exclude=[weight]) as counter:
+        b = a.exp()  # saves its result b
+        c = b * b  # saves b twice: the same storage, counted once
+        d = c.sin()  # saves c
+        e = d * weight  # saves d and the parameter (excluded)
+    e.sum().backward()
+    assert len(counter.storages) == 3
+    assert counter.bytes == 3 * 3 * 4 * 4  # three float32 [3, 4] tensors
+
+
+def test_regression_recovers_known_coefficients():
+    lengths = [128, 256, 512, 1024, 2048]
+    fit = fit_linear_quadratic(lengths, [5.0 + 0.25 * n for n in lengths])
+    assert fit.intercept == pytest.approx(5.0) and fit.slope == pytest.approx(0.25) and fit.r2 == pytest.approx(1.0)
+    assert fit.quadratic_part(512) == pytest.approx(128.0) and fit.linear_part() == pytest.approx(5.0)
+    rng = np.random.default_rng(0)
+    noisy = fit_linear_quadratic(lengths, [5.0 + 0.25 * n + rng.normal(0, 0.5) for n in lengths])
+    assert noisy.slope == pytest.approx(0.25, rel=0.02) and 0.99 < noisy.r2 < 1.0
+
+
+def test_blockwise_quadratic_part_is_one_nth_of_roberta():
+    size = dict(hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=50)
+    lengths, tokens = [96, 192, 384], 768
+    slopes = {}
+    for name in ("roberta_1seq", "blockbert_n2", "blockbert_n3"):
+        torch.manual_seed(0)
+        model = build(name, size, {}, max(lengths), attention_impl="eager").train()
+        act = [measure_step(model, random_batch(tokens // n, n, 50, "cpu")).activation_bytes for n in lengths]
+        slopes[name] = fit_linear_quadratic(lengths, act).slope
+    assert slopes["blockbert_n2"] / slopes["roberta_1seq"] == pytest.approx(1 / 2, rel=0.1)
+    assert slopes["blockbert_n3"] / slopes["roberta_1seq"] == pytest.approx(1 / 3, rel=0.1)
+
+
+def test_side_by_side_timing_rotates_and_reports_oom():
+    calls_seen = []
+
+    def ok(label):
+        return lambda: calls_seen.append(label)
+
+    def oom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate")
+
+    times = time_side_by_side({"a": ok("a"), "b": ok("b"), "big": oom}, torch.device("cpu"), warmup=1, repeats=3)
+    assert times["big"] == OOM and len(times["a"]) == len(times["b"]) == 3
+    assert calls_seen[2:] == ["a", "b", "b", "a", "a", "b"]  # after warm-up, each repeat starts one later
+    assert summarize(times["big"])["status"] == OOM and summarize([1.0, 2.0, 3.0])["median_s"] == 2.0
+
+
+def cli(tmp_path, *args):
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+SMALL = ["size.hidden_size=48", "size.intermediate_size=64", "size.vocab_size=100", "size.num_layers=1"]
+
+
+def test_profile_end_to_end_writes_table_json_and_plot(tmp_path):
+    out = cli(tmp_path, "profile", "seq_lengths=[96,192]", "tokens_per_device=384", *SMALL, "hydra.run.dir=p")
+    result = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert set(result["models"]) == {"roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3"}
+    assert (tmp_path / "p" / "profile.png").stat().st_size > 0
+    assert "O(N) / O(N²)" in out.stdout and out.stdout.strip().splitlines()[-1] == str((tmp_path / "p").resolve())
+
+
+def test_benchmark_models_and_attention_end_to_end(tmp_path):
+    cli(tmp_path, "benchmark", "batch_sizes=[1]", "seq_lengths=[96]", *SMALL, "repeats=2", "warmup=0", "hydra.run.dir=b")
+    result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    models = {r["model"] for r in result["records"]}
+    assert models == {"roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3", "hf_roberta"}
+    baseline = [r for r in result["records"] if r["model"] == "roberta_1seq"]
+    assert all(r["ratio_to_baseline"] == pytest.approx(1.0) for r in baseline)
+    assert {r["phase"] for r in result["records"]} == {"inference", "train"}
+    assert all(r["memory_mb"] > 0 for r in result["records"] if r["phase"] == "train")
+    cli(tmp_path, "benchmark", "mode=attention", "attention_seq_lengths=[96]", "repeats=1", "warmup=0", "hydra.run.dir=a")
+    result = json.loads((tmp_path / "a" / "benchmark.json").read_text())
+    assert {r["model"] for r in result["records"]} >= {"dense", "identity-only n=2 (12:0)", "block n=3 (8:2:2)"}
+    assert (tmp_path / "a" / "benchmark.png").is_file()
