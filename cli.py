@@ -35,11 +35,6 @@ def hand_over(task: str, ctx: typer.Context, debug: bool) -> None:
     raise typer.Exit(run_task(task, list(ctx.args), debug))
 
 
-def not_implemented(command: str) -> None:
-    typer.echo(f"blockbert {command}: not implemented yet", err=True)
-    raise typer.Exit(1)
-
-
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def pretrain(ctx: typer.Context, debug: bool = DEBUG) -> None:
     """Pre-train a model with masked-LM (and next-sentence prediction for google_bert/roberta_2seq).
@@ -66,12 +61,27 @@ def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def sweep(ctx: typer.Context, debug: bool = DEBUG) -> None:
-    """Run a sweep from sweeps/ (head assignments, fine-tuning grids) as a Hydra multirun.
+def sweep(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_grid, blocks_seqlen) "
+                                         "or a path to a sweep .yaml file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and stop."),
+    directory: str = typer.Option(None, "--dir", help="Sweep directory; give an earlier one to resume it "
+                                                      "(complete jobs are skipped)."),
+    wandb_config: bool = typer.Option(False, "--wandb-config", help="Print the same grid as a W&B sweep file."),
+    debug: bool = DEBUG,
+) -> None:
+    """Run a sweep from sweeps/ (head assignments, fine-tuning grids, Table 2's rows) as a Hydra
+    multirun, then summarise it (summary.csv, a table best first, a plot for head sweeps).
+
+    Extra overrides apply to every job; `cluster=slurm` submits the jobs to SLURM. A failed job is
+    listed with its error and does not stop the others.
 
     Example: `blockbert sweep heads_n2 model=tiny trainer.max_steps=50`
     """
-    not_implemented("sweep")
+    from blockbert.tasks.sweep import run_sweep
+
+    raise typer.Exit(run_sweep(name, list(ctx.args), dry_run, directory, wandb_config, debug))
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
@@ -131,13 +141,19 @@ def export(
     raise typer.Exit(run_export(run_dir, out_dir, debug))
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def report(ctx: typer.Context, debug: bool = DEBUG) -> None:
-    """Summarise a sweep or run directory into a table, summary.csv and plots.
+@app.command()
+def report(
+    directory: str = typer.Argument(..., help="A sweep directory (or any multirun directory)."),
+    debug: bool = DEBUG,
+) -> None:
+    """Summarise a sweep or multirun directory: summary.csv, a table best first, and for head sweeps
+    a plot like the paper's Figure 4.
 
-    Example: `blockbert report multirun/pretrain/2026-11-29_10-00-00`
+    Example: `blockbert report multirun/sweeps/heads_n2/2026-11-29_10-00-00`
     """
-    not_implemented("report")
+    from blockbert.tasks.sweep import run_report
+
+    raise typer.Exit(run_report(directory, debug))
 
 
 def main() -> None:

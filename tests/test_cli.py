@@ -46,13 +46,6 @@ def test_command_help_has_an_example(command):
     assert "Example" in result.output and f"blockbert {command}" in result.output
 
 
-@pytest.mark.parametrize("command", ["sweep", "report"])
-def test_unbuilt_commands_say_so_and_fail(command):
-    result = runner.invoke(cli.app, [command])
-    assert result.exit_code == 1
-    assert "not implemented yet" in result.output
-
-
 def test_unknown_group_option_is_one_line_naming_the_options():
     result = runner.invoke(cli.app, ["pretrain", "model=bert_large"])
     assert result.exit_code == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+from blockbert.tools import console
 from rich.table import Table
 
 from blockbert.attention import SelfAttention
@@ -161,7 +161,7 @@ def print_table(results: dict) -> None:
                       "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
                       "" if r["ratio_to_baseline"] is None else f"{r['ratio_to_baseline']:.3f}",
                       "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}")
-    Console().print(table)
+    console().print(table)
 
 
 def plot(results: dict, path: Path) -> None:

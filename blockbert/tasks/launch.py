@@ -36,13 +36,17 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"blockbert's conf/ directory was not found next to {package}")
 
 
-def run_task(task: str, argv: list[str], debug: bool = False) -> int:
-    """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code."""
+def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
+    """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code.
+
+    ``wrap`` decorates the entry point (a sweep's jobs record failures instead of raising)."""
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     version.setbase("1.3")
     task_function = importlib.import_module(ENTRY_POINTS[task]).main
+    if wrap is not None:
+        task_function = wrap(task_function)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach the handler below instead of Hydra's printer
     parser = get_args_parser()
     args = parser.parse_args(argv)

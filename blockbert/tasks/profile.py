@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+from blockbert.tools import console
 from rich.table import Table
 
 from blockbert.tools.memory import fit_linear_quadratic, measure_step
@@ -71,9 +71,9 @@ def print_table(results: dict, lengths: list[int]) -> None:
     for name, entry in results["models"].items():
         cells = [f"{r['linear_part_mb']:.1f} / {r['quadratic_part_mb']:.1f}" for r in entry["rows"]]
         table.add_row(name, *cells, f"{entry['fit']['r2']:.4f}")
-    Console().print(table)
+    console().print(table)
     if results["attention_impl"] == "sdpa":
-        Console().print("[yellow]attention_impl=sdpa: a fused kernel stores no N×N matrix where it is used, so the "
+        console().print("[yellow]attention_impl=sdpa: a fused kernel stores no N×N matrix where it is used, so the "
                         "quadratic part shrinks for the dense baseline too; use attention_impl=eager for the "
                         "paper's setting.[/yellow]")
 

@@ -1,1 +1,10 @@
-"""Measurement tools: the memory profiler and the side-by-side benchmark."""
+"""Measurement and reporting tools: memory profiler, side-by-side benchmark, sweeps and summaries."""
+
+import sys
+
+from rich.console import Console
+
+
+def console() -> Console:
+    """A rich console; wide when the output is not a terminal, so tables stay readable in logs."""
+    return Console(width=None if sys.stdout.isatty() else 160)

@@ -1,0 +1,112 @@
+"""`blockbert sweep NAME` and `blockbert report DIR`: a sweep file run as a Hydra multirun, then summarised."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from rich.table import Table
+
+from blockbert.tasks.launch import config_dir, one_line, run_task
+from blockbert.tools import console
+from blockbert.tools.report import summarize
+from blockbert.tools.sweeps import expand, jobs, load_sweep, multirun_args, wandb_sweep
+
+log = logging.getLogger(__name__)
+
+
+def tolerant(main):
+    """A sweep job: a failure is recorded in RUN_DIR/error.txt and does not stop the other jobs;
+    a job already complete in this directory (same overrides) is skipped."""
+
+    @functools.wraps(main)
+    def job(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        overrides = list(hydra_cfg.overrides.task)
+        done = run_dir / "done.json"
+        if done.is_file() and json.loads(done.read_text()).get("overrides") == overrides:
+            print(f"skipping job {hydra_cfg.job.num}: already complete in {run_dir}")
+            return None
+        (run_dir / "error.txt").unlink(missing_ok=True)
+        try:
+            main(cfg)
+        except Exception as err:  # noqa: BLE001 -- recorded, the sweep goes on
+            (run_dir / "error.txt").write_text(f"{type(err).__name__}: {one_line(err)}\n\n{traceback.format_exc()}")
+            print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)
+            if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+                sys.modules["wandb"].finish(exit_code=1)
+            return None
+        done.write_text(json.dumps({"overrides": overrides}) + "\n")
+        return None
+
+    return job
+
+
+def num_heads(command: str, overrides: list[str]) -> int:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=[o for o in overrides if not o.startswith("hydra.")])
+    return int(cfg.model.num_heads)
+
+
+def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | None, wandb_config: bool,
+              debug: bool) -> int:
+    try:
+        sweep = load_sweep(name)
+        grid = expand(sweep, num_heads(sweep.command, [*sweep.overrides, *overrides]))
+    except Exception as err:  # noqa: BLE001
+        if debug:
+            raise
+        print(f"blockbert sweep: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    if wandb_config:
+        print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
+        return 0
+    planned = jobs(grid)
+    if dry_run:
+        table = Table(title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs "
+                            f"(fixed: {' '.join([*sweep.overrides, *overrides]) or 'none'})")
+        table.add_column("job")
+        for key in grid:
+            table.add_column(key)
+        for i, values in enumerate(planned):
+            table.add_row(str(i), *(str(v) for v in values.values()))
+        console().print(table)
+        return 0
+    sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(
+        {"name": sweep.name, "command": sweep.command, "metric": sweep.metric, "mode": sweep.mode,
+         "select": sweep.select, "overrides": [*sweep.overrides, *overrides], "grid": grid}, sort_keys=False))
+    args = ["-m", *sweep.overrides, *overrides, *multirun_args(grid), f"hydra.sweep.dir={sweep_dir}",
+            "hydra.sweep.subdir=${hydra.job.num}", f"++logger.group={sweep.name}"]
+    code = run_task(sweep.command, args, debug, wrap=tolerant)
+    if code:
+        return code
+    return run_report(str(sweep_dir), debug)
+
+
+def run_report(directory: str, debug: bool) -> int:
+    sweep_dir = Path(directory).expanduser()
+    try:
+        if not sweep_dir.is_dir():
+            raise FileNotFoundError(f"{directory}: no such directory (expected a sweep or multirun directory)")
+        summarize(sweep_dir)
+    except (OSError, ValueError) as err:
+        if debug:
+            raise
+        print(f"blockbert report: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    print("summary (summary.csv, summary.png for head sweeps, selection.json for fine-tuning grids) is in:")
+    print(sweep_dir.resolve())
+    return 0

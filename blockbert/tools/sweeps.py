@@ -1,0 +1,111 @@
+"""Sweep definitions (``sweeps/NAME.yaml``): the command, fixed overrides, swept parameters, metric.
+
+A parameter's values are a list, or a generator:
+``{head_assignments: {blocks: n, min_identity: k}}`` -- every way to give the model's heads to the n
+shifts (12 heads: 13 for n=2, 91 for n=3) with at least k identity heads.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from blockbert.config import ConfigError
+
+GENERATORS = ("head_assignments",)
+
+
+@dataclass
+class Sweep:
+    name: str
+    command: str
+    description: str
+    overrides: list[str]
+    parameters: dict  # key -> list of values or a generator spec
+    metric: str
+    mode: str  # min | max
+    select: dict = field(default_factory=dict)  # fine-tuning: {by: dev metric, report: test metric}
+
+
+def sweeps_dir() -> Path:
+    """``sweeps/``: inside the installed package (wheel) or at the root of a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "sweeps", package.parent / "sweeps"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"blockbert's sweeps/ directory was not found next to {package}")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in sweeps_dir().glob("*.yaml") if not p.name.endswith(".wandb.yaml"))
+
+
+def load_sweep(name: str) -> Sweep:
+    path = Path(name) if name.endswith(".yaml") else sweeps_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep {name!r} is unknown: accepted are {', '.join(available())} or a path to a .yaml file")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    missing = [k for k in ("command", "parameters", "metric") if k not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing field(s) {', '.join(missing)}")
+    if raw.get("mode", "min") not in ("min", "max"):
+        raise ConfigError(f"{path}: mode={raw['mode']!r}: accepted are min, max")
+    return Sweep(path.stem, raw["command"], raw.get("description", ""), list(raw.get("overrides", [])),
+                 raw["parameters"], raw["metric"], raw.get("mode", "min"), raw.get("select", {}))
+
+
+def head_assignments(num_heads: int, blocks: int, min_identity: int = 0) -> list[str]:
+    """Every head config "c0:c1:...:c{n-1}" with sum num_heads and c0 >= min_identity, identity-heavy first."""
+    configs = []
+    for cuts in itertools.combinations_with_replacement(range(num_heads + 1), blocks - 1):
+        bounds = (0, *cuts, num_heads)
+        counts = [bounds[i + 1] - bounds[i] for i in range(blocks)]
+        if counts[0] >= min_identity:
+            configs.append(counts)
+    configs.sort(key=lambda c: [-x for x in c])
+    return [":".join(map(str, c)) for c in configs]
+
+
+def expand(sweep: Sweep, num_heads: int) -> dict[str, list]:
+    """{override key: values} with generators expanded."""
+    grid = {}
+    for key, values in sweep.parameters.items():
+        if isinstance(values, dict):
+            (generator, options), = values.items()
+            if generator not in GENERATORS:
+                raise ConfigError(f"sweep {sweep.name}: parameter {key}: generator {generator!r} is unknown: "
+                                  f"accepted are {', '.join(GENERATORS)}")
+            values = head_assignments(num_heads, **(options or {}))
+        if not values:
+            raise ConfigError(f"sweep {sweep.name}: parameter {key} has no values")
+        grid[key] = list(values)
+    return grid
+
+
+def jobs(grid: dict[str, list]) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def multirun_args(grid: dict[str, list]) -> list[str]:
+    """Hydra's comma-list overrides for the basic sweeper (which takes their product)."""
+    return [f"{key}={','.join(_quote(v) for v in values)}" for key, values in grid.items()]
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return f"'{text}'" if any(c in text for c in " ,[]{}()") else text
+
+
+def wandb_sweep(sweep: Sweep, grid: dict[str, list]) -> dict:
+    """A W&B sweep configuration running the same grid (parameters arrive as Hydra overrides)."""
+    fixed = {o.split("=", 1)[0]: {"value": o.split("=", 1)[1]} for o in sweep.overrides}
+    return {
+        "name": sweep.name, "description": sweep.description, "method": "grid",
+        "metric": {"name": sweep.metric, "goal": "minimize" if sweep.mode == "min" else "maximize"},
+        "command": ["${env}", "blockbert", sweep.command, "logger=wandb", "logger.mode=online", "${args_no_hyphens}"],
+        "parameters": {**fixed, **{k: {"values": v} for k, v in grid.items()}},
+    }

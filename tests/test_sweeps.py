@@ -1,0 +1,118 @@
+"""Sweep files, generated grids, a real tiny sweep (basic and submitit_local launchers) and its summary."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from blockbert import BlockBertConfig
+from blockbert.tasks.common import model_config
+from blockbert.tasks.launch import config_dir
+from blockbert.tools.sweeps import available, expand, head_assignments, jobs, load_sweep, sweeps_dir, wandb_sweep
+
+
+def test_head_grids_have_the_paper_sizes_and_sum_to_the_heads():
+    assert len(head_assignments(12, 2)) == 13 and len(head_assignments(12, 3)) == 91
+    for blocks in (2, 3):
+        for heads in head_assignments(12, blocks):
+            counts = [int(c) for c in heads.split(":")]
+            assert len(counts) == blocks and sum(counts) == 12 and min(counts) >= 0
+    restricted = head_assignments(12, 3, min_identity=8)
+    assert len(restricted) == 15 and all(int(h.split(":")[0]) >= 8 for h in restricted)
+    assert len(set(head_assignments(12, 3))) == 91
+
+
+def compose_job(command, overrides):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=command, overrides=overrides)
+
+
+@pytest.mark.parametrize("name", ["heads_n2", "heads_n3", "finetune_grid", "blocks_seqlen"])
+def test_every_sweep_job_composes_into_a_valid_config(name):
+    sweep = load_sweep(name)
+    grid = expand(sweep, 12)
+    planned = jobs(grid)
+    assert len(planned) == {"heads_n2": 13, "heads_n3": 91, "finetune_grid": 10, "blocks_seqlen": 6}[name]
+    for job in planned:
+        cfg = compose_job(sweep.command, [*sweep.overrides, *(f"{k}={v}" for k, v in job.items())])
+        BlockBertConfig(**model_config(cfg.model))
+
+
+@pytest.mark.parametrize("name", ["heads_n2", "heads_n3", "finetune_grid", "blocks_seqlen"])
+def test_wandb_sweep_files_match_and_reference_existing_keys(name):
+    sweep = load_sweep(name)
+    grid = expand(sweep, 12)
+    committed = yaml.safe_load((sweeps_dir() / f"{name}.wandb.yaml").read_text())
+    assert committed == yaml.safe_load(yaml.safe_dump(wandb_sweep(sweep, grid)))
+    first = [f"{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in committed["parameters"].items()]
+    compose_job(committed["command"][2], first)  # raises on an unknown key
+
+
+def test_available_sweeps():
+    assert available() == ["blocks_seqlen", "finetune_grid", "heads_n2", "heads_n3"]
+
+
+def run(tmp_path, *args, check=True):
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    if check:
+        assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+TINY_JOB = ["trainer.max_steps=2", "trainer.val_check_interval=2", "logger=none", "progress_bar=false",
+            "data.generated_documents=40"]
+
+
+def test_tiny_sweep_with_a_failing_job_then_resume_and_report(tmp_path):
+    spec = tmp_path / "tiny_heads.yaml"
+    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["model=tiny"], "metric": "val/ppl",
+                                    "mode": "min", "parameters": {"model.heads": ["3:1", "7:2", "2:2"]}}))
+    sweep_dir = tmp_path / "sweep"
+    out = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
+    assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["finished", "finished", "failed"]  # best first, failure last
+    assert rows[2]["model.heads"] == "7:2" and "assigns 9 heads" in rows[2]["error"]
+    assert float(rows[0]["val/ppl"]) <= float(rows[1]["val/ppl"])
+    assert (sweep_dir / "summary.png").stat().st_size > 0
+    assert (sweep_dir / "1" / "error.txt").is_file()
+    again = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
+    assert "skipping job 0" in again.stdout and "skipping job 2" in again.stdout
+    report = run(tmp_path, "report", str(sweep_dir))
+    assert "7:2" in report.stdout and "failed" in report.stdout
+
+
+def test_sweep_through_submitit_local(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["model=tiny"], "metric": "val/ppl",
+                                    "parameters": {"model.heads": ["3:1", "1:3"]}}))
+    sweep_dir = tmp_path / "sweep"
+    run(tmp_path, "sweep", str(spec), *TINY_JOB, "cluster=submitit_local", "--dir", str(sweep_dir))
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "metrics.json").read_text())["status"] == "finished"
+    assert (sweep_dir / "summary.csv").is_file()
+    assert list(Path(sweep_dir).glob(".submitit/*"))  # really went through submitit
+
+
+def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
+    from blockbert.tools.report import summarize
+
+    sweep_dir = tmp_path / "grid"
+    for job, (lr, dev, test) in enumerate([(1e-5, 70.0, 60.0), (3e-5, 80.0, 75.0), (5e-5, 78.0, 79.0)]):
+        (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+        (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optim.lr={lr}"]))
+        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps({"dev/f1": dev, "test/f1": test,
+                                                                       "status": "finished"}))
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "g", "metric": "dev/f1", "mode": "max",
+                                                          "select": {"by": "dev/f1", "report": "test/f1"},
+                                                          "grid": {"optim.lr": [1e-5, 3e-5, 5e-5]}}))
+    rows = summarize(sweep_dir)
+    assert [r["job"] for r in rows] == ["1", "2", "0"]
+    assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
