@@ -72,6 +72,15 @@ def print_table(results: dict, lengths: list[int]) -> None:
         cells = [f"{r['linear_part_mb']:.1f} / {r['quadratic_part_mb']:.1f}" for r in entry["rows"]]
         table.add_row(name, *cells, f"{entry['fit']['r2']:.4f}")
     console().print(table)
+    breakdown = Table(title="One training step's memory, MB: model (parameters), optimizer (gradients + Adam moments), activations")
+    for column in ("", "N", "b", "model", "optimizer", "activations", "CUDA peak"):
+        breakdown.add_column(column, justify="left" if not column else "right")
+    for name, entry in results["models"].items():
+        for r in entry["rows"]:
+            peak = "" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.1f}"
+            breakdown.add_row(name, str(r["seq_len"]), str(r["batch_size"]), f"{r['model_mb']:.1f}",
+                              f"{r['optimizer_mb']:.1f}", f"{r['activation_mb']:.1f}", peak)
+    console().print(breakdown)
     if results["attention_impl"] == "sdpa":
         console().print("[yellow]attention_impl=sdpa: a fused kernel stores no N×N matrix where it is used, so the "
                         "quadratic part shrinks for the dense baseline too; use attention_impl=eager for the "
