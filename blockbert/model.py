@@ -129,7 +129,7 @@ class NextSentenceHead(nn.Module):
 @dataclass
 class MaskedLMOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor  # [B, N, vocab]
+    logits: torch.Tensor  # [B, N, vocab]; [M, vocab] at the labelled positions with masked_only
 
 
 @dataclass
@@ -137,7 +137,7 @@ class PreTrainingOutput:
     loss: torch.Tensor | None
     mlm_loss: torch.Tensor | None
     nsp_loss: torch.Tensor | None
-    logits: torch.Tensor  # [B, N, vocab]
+    logits: torch.Tensor  # [B, N, vocab]; [M, vocab] at the labelled positions with masked_only
     nsp_logits: torch.Tensor  # [B, 2]
 
 
@@ -148,11 +148,22 @@ class QuestionAnsweringOutput:
     end_logits: torch.Tensor  # [B, N]
 
 
-def _mlm_loss(logits, labels):
-    """Cross-entropy over positions whose label is not -100."""
+def _masked_lm(head: MaskedLMHead, hidden, labels, masked_only: bool):
+    """(loss, logits): cross-entropy over positions whose label is not -100.
+
+    ``masked_only`` projects to the vocabulary only at those positions (as fairseq does): the same loss
+    and gradients for a fraction of the work, with logits [M, vocab] instead of [B, N, vocab].
+    """
     if labels is None:
-        return None
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return None, head(hidden)
+    if masked_only:
+        selected = labels != -100  # [B, N]
+        logits = head(hidden[selected])  # [M, vocab]
+        if not selected.any():  # nothing masked: a zero loss that keeps the graph
+            return logits.sum() * 0.0, logits
+        return F.cross_entropy(logits, labels[selected]), logits
+    logits = head(hidden)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100), logits
 
 
 class BlockBertForMaskedLM(FromPretrained, nn.Module):
@@ -164,9 +175,9 @@ class BlockBertForMaskedLM(FromPretrained, nn.Module):
         self.encoder = BlockBertModel(config)
         self.mlm = MaskedLMHead(config, self.encoder.embeddings.word)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        logits = self.mlm(self.encoder(input_ids, attention_mask, token_type_ids))
-        return MaskedLMOutput(_mlm_loss(logits, labels), logits)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, masked_only=False):
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        return MaskedLMOutput(*_masked_lm(self.mlm, hidden, labels, masked_only))
 
 
 class BlockBertForPreTraining(FromPretrained, nn.Module):
@@ -180,10 +191,10 @@ class BlockBertForPreTraining(FromPretrained, nn.Module):
         self.nsp = NextSentenceHead(config)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None):
+                next_sentence_label=None, masked_only=False):
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
-        logits, nsp_logits = self.mlm(hidden), self.nsp(hidden)
-        mlm_loss = _mlm_loss(logits, labels)
+        mlm_loss, logits = _masked_lm(self.mlm, hidden, labels, masked_only)
+        nsp_logits = self.nsp(hidden)
         nsp_loss = None if next_sentence_label is None else F.cross_entropy(nsp_logits, next_sentence_label)
         parts = [x for x in (mlm_loss, nsp_loss) if x is not None]
         loss = sum(parts) if parts else None

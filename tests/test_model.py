@@ -182,3 +182,25 @@ def test_sequence_longer_than_positions_is_rejected():
 def test_unknown_preset_names_accepted_ones():
     with pytest.raises(ConfigError, match="'bert_large' is unknown: accepted are google_bert"):
         preset_config("bert_large")
+
+
+@pytest.mark.parametrize("cls", [BlockBertForMaskedLM, BlockBertForPreTraining])
+def test_masked_only_logits_give_identical_loss_and_gradients(cls):
+    torch.manual_seed(0)
+    model = cls(preset_config("tiny", hidden_dropout=0.0, attention_dropout=0.0))
+    ids = torch.randint(5, 100, (3, 20))
+    labels = torch.full_like(ids, -100)
+    labels[:, [2, 7, 11]] = ids[:, [2, 7, 11]]
+    kwargs = dict(next_sentence_label=torch.tensor([0, 1, 0])) if cls is BlockBertForPreTraining else {}
+    grads = []
+    for masked_only in (False, True):
+        model.zero_grad()
+        out = model(ids, labels=labels, masked_only=masked_only, **kwargs)
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        if masked_only:
+            assert out.logits.shape == (9, model.config.vocab_size)
+            torch.testing.assert_close(out.loss, full_loss)
+        full_loss = out.loss.detach()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -25,7 +25,7 @@ class PretrainModule(pl.LightningModule):
         self.validation_history: list[tuple[int, float]] = []  # (step, perplexity)
 
     def forward(self, batch):
-        return self.model(**batch)
+        return self.model(**batch, masked_only=True)  # vocabulary logits only where a token is masked
 
     def training_step(self, batch, batch_idx):
         out = self(batch)
