@@ -31,7 +31,11 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
     if not directory.exists() and "/" in str(path) and not str(path).startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
-        directory = Path(snapshot_download(str(path)))
+        try:
+            directory = Path(snapshot_download(str(path)))
+        except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
+            raise FileNotFoundError(f"{path!r} is not a local model directory, and the hub could not provide it "
+                                    f"({type(err).__name__})") from None
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
     config = json.loads((directory / "config.json").read_text())

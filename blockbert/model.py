@@ -25,6 +25,8 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device) + self.position_offset  # [N]
+        if self.token_type.num_embeddings == 1:  # RoBERTa: a single segment embedding
+            token_type_ids = torch.zeros_like(token_type_ids)
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))  # [B, N, hidden]
 

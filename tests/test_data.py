@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
@@ -71,9 +72,29 @@ def test_derive_batch_from_tokens_per_batch():
     assert derive_batch(2048, 128, 6, 1) == (16, 4, 4)
 
 
-def test_resumed_sampler_continues_the_same_stream():
-    full = ResumableSampler(10, seed=3)
-    stream = list(full) + list(full) + list(full)  # three epochs, each a permutation
-    resumed = ResumableSampler(10, seed=3, position=13)  # interrupted 3 samples into epoch 2
-    assert list(resumed) + list(resumed) == stream[13:30]
-    assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]
+def consume(sampler, batch, batches, done=0):
+    """Lightning's side: passes of the sampler in drop_last batches; returns (indices, saved state)."""
+    seen = []
+    while len(seen) < batches * batch:
+        indices = list(sampler)  # one pass (one Lightning epoch)
+        for start in range(0, len(indices) - batch + 1, batch):
+            seen += indices[start:start + batch]
+            if len(seen) == batches * batch:
+                break
+    return seen, sampler.position_after(done + batches)  # what the data module saves
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3, 5, 7])
+def test_resumed_sampler_continues_the_same_stream(stop):
+    full, _ = consume(ResumableSampler(10, seed=3, global_batch=3), 3, 9)  # 3 batches per pass, 1 dropped
+    first, state = consume(ResumableSampler(10, seed=3, global_batch=3), 3, stop)
+    rest, _ = consume(ResumableSampler(10, seed=3, global_batch=3, position=state), 3, 9 - stop, done=stop)
+    assert first + rest == full
+    assert state == stop // 3 * 10 + stop % 3 * 3  # passes of 10 samples, of which 9 are used
+    assert sorted(full[:9]) != full[:9] and len(set(full[:9])) == 9  # a shuffled pass without repeats
+
+
+def test_sampler_splits_the_global_order_over_ranks():
+    ranks = [list(ResumableSampler(12, seed=0, global_batch=4, rank=r, world_size=2)) for r in range(2)]
+    single = list(ResumableSampler(12, seed=0, global_batch=4))
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]

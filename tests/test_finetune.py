@@ -4,13 +4,12 @@ import json
 import os
 import subprocess
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
 import cli
 from blockbert import BlockBertConfig, BlockBertModel
-from blockbert.tasks.finetune import load_pretrained
+from blockbert.tasks.finetune import load_pretrain_run
 
 runner = CliRunner()
 FAST = ["progress_bar=false", "task.generated_questions=160", "trainer.max_epochs=2", "logger=csv"]
@@ -46,7 +45,7 @@ def test_finetune_from_a_pretrain_run(tmp_path):
     pre = tmp_path / "pre"
     blockbert(tmp_path, "pretrain", "progress_bar=false", "logger=none", "trainer.max_steps=2",
               "data.generated_documents=40", f"hydra.run.dir={pre}")
-    config, encoder, tokenizer = load_pretrained(str(pre))
+    config, encoder, tokenizer = load_pretrain_run(str(pre))
     model = BlockBertModel(BlockBertConfig(**config))
     model.load_state_dict(encoder)  # strict: every encoder weight is there
     assert len(tokenizer) == config["vocab_size"]

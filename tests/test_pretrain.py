@@ -2,10 +2,10 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -47,9 +47,14 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert last["global_step"] == 12
     assert last["lr_schedulers"][0]["last_epoch"] == 12  # scheduler and optimizer continued, not restarted
     assert all(state["step"] == 12 for state in last["optimizer_states"][0]["state"].values())
-    # micro-batches of 8 with 2 accumulation steps: 16 sequences per optimizer step
-    assert first["PretrainDataModule"]["samples_consumed"] == 4 * 16
-    assert last["PretrainDataModule"]["samples_consumed"] == 12 * 16
+    # micro-batches of 8, 2 per optimizer step; each pass over the S sequences uses S // 8 batches
+    size = int(re.search(r"pre-training data: (\d+) train", out.stdout + out.stderr).group(1))
+
+    def position(steps):
+        return 2 * steps // (size // 8) * size + 2 * steps % (size // 8) * 8
+
+    assert first["PretrainDataModule"]["samples_consumed"] == position(4)
+    assert last["PretrainDataModule"]["samples_consumed"] == position(12)
     assert (run_dir / "checkpoints" / "step-4.ckpt").read_bytes() == periodic_bytes  # nothing overwritten
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 12
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import random
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def generated_corpus(cache_dir: Path, documents: int, seed: int = 1234) -> Path:
             sentences.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?"]))
         docs.append("\n".join(sentences))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # concurrent jobs each write their own, then one wins
     tmp.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path

@@ -21,24 +21,36 @@ log = logging.getLogger(__name__)
 
 
 class ResumableSampler(Sampler[int]):
-    """An endless stream of seeded permutations, read from ``position`` (samples consumed so far).
+    """Seeded permutations of the data, one per pass, read from ``position`` and split over ranks.
 
-    One iteration runs to the end of the current permutation, so a resumed run first finishes the
-    permutation it was interrupted in, then goes on with the next: no sample is seen twice or skipped.
+    ``position`` counts samples of the stream of permutations consumed by all ranks together. One
+    iteration runs to the end of the current permutation, so a resumed run first finishes the
+    permutation it was interrupted in, then goes on with the next; a tail shorter than one global
+    batch is dropped (``drop_last``), as in an uninterrupted run. Each rank takes every
+    ``world_size``-th sample of the global order, so Lightning's distributed sampler is not used.
     """
 
-    def __init__(self, size: int, seed: int, position: int = 0):
-        self.size, self.seed, self.position = size, seed, position
+    def __init__(self, size: int, seed: int, global_batch: int, position: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.size, self.seed, self.global_batch = size, seed, global_batch
+        self.position, self.rank, self.world_size = position, rank, world_size
 
     def __iter__(self):
         epoch, offset = divmod(self.position, self.size)
+        if self.size - offset < self.global_batch:  # only a dropped tail was left of this permutation
+            epoch, offset = epoch + 1, 0
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-        for index in order[offset:].tolist():
-            self.position += 1
-            yield index
+        usable = (self.size - offset) // self.global_batch * self.global_batch
+        self.position = (epoch + 1) * self.size  # the next iteration starts a new permutation
+        yield from order[offset:offset + usable][self.rank::self.world_size].tolist()
 
     def __len__(self) -> int:  # constant: Lightning sizes its epoch loop once
-        return self.size
+        return self.size // self.world_size
+
+    def position_after(self, batches: int) -> int:
+        """The stream position after ``batches`` global batches: every pass yields size // global_batch."""
+        per_pass = self.size // self.global_batch
+        return batches // per_pass * self.size + batches % per_pass * self.global_batch
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -77,7 +89,6 @@ class PretrainDataModule(pl.LightningDataModule):
             )
         log.info("pre-training data: %d train and %d validation sequences of at most %d tokens",
                  len(self.train_set), len(self.val_set), self.cfg.max_seq_length)
-        self.sampler = ResumableSampler(len(self.train_set), self.seed, self._samples_consumed)
 
     def _sequences(self, documents, split: str):
         tok, max_len, nsp = self.tokenizer, self.cfg.max_seq_length, self.nsp
@@ -102,6 +113,10 @@ class PretrainDataModule(pl.LightningDataModule):
         return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.cfg.mlm_probability, seed=seed)
 
     def train_dataloader(self):
+        trainer = self.trainer
+        self.sampler = ResumableSampler(len(self.train_set), self.seed, self.batch_size * self.world_size,
+                                        self._samples_consumed, trainer.global_rank if trainer else 0,
+                                        self.world_size)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler,
                           collate_fn=self._collator(), num_workers=self.cfg.num_workers, drop_last=True)
 
@@ -116,10 +131,8 @@ class PretrainDataModule(pl.LightningDataModule):
                           num_workers=self.cfg.num_workers)
 
     def state_dict(self):
-        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
-        return {"samples_consumed": batches * self.batch_size * self.world_size}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed  # on each rank, since the start
+        return {"samples_consumed": self.sampler.position_after(batches)}
 
     def load_state_dict(self, state):
         self._samples_consumed = state["samples_consumed"]
-        if self.sampler is not None:
-            self.sampler.position = self._samples_consumed

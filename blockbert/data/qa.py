@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,8 @@ def detect_format(path: str | Path) -> str:
     name = str(path)
     if name.endswith((".jsonl", ".jsonl.gz", ".gz")):
         return "mrqa"
-    data = _load_json(Path(path))
-    return "squad2" if str(data.get("version", "")).startswith("2") else "squad1"
+    data = load_json(Path(path))
+    return "squad2" if str(data.get("version", "")).lstrip("vV").startswith("2") else "squad1"
 
 
 def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
@@ -74,7 +75,7 @@ def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
     return dataset
 
 
-def _load_json(path: Path):
+def load_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -101,7 +102,7 @@ def _verified_span(dataset: QADataset, context: str, text: str, start, end, path
 
 
 def _read_squad(path: Path, dataset: QADataset):
-    data = _load_json(path)
+    data = load_json(path)
     for a, article in enumerate(_field(data, "data", path, "the file", list)):
         for p, paragraph in enumerate(_field(article, "paragraphs", path, f"article {a}", list)):
             where_p = f"article {a}, paragraph {p}"
@@ -146,10 +147,16 @@ def _read_mrqa(path: Path, dataset: QADataset):
                 where = f"line {n}, question {qid!r}"
                 question = _field(qa, "question", path, where, str)
                 texts = [str(t) for t in _field(qa, "answers", path, where, list)]
+                if not texts:
+                    raise QADataError(f"{path}: {where} has an empty 'answers' list (MRQA questions have answers)")
                 spans = []
                 for detected in _field(qa, "detected_answers", path, where, list):
                     text = _field(detected, "text", path, where, str)
-                    for start, end in _field(detected, "char_spans", path, where, list):  # end inclusive
+                    for pair in _field(detected, "char_spans", path, where, list):  # end inclusive
+                        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
+                            raise QADataError(f"{path}: {where}: char_spans entry {pair!r} is not a [start, end] "
+                                              "pair of integers")
+                        start, end = pair
                         span = _verified_span(dataset, context, text, start, end + 1, path, where)
                         if span:
                             spans.append(span)
@@ -213,7 +220,7 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
         count += len(qas)
         articles.append({"title": people[0], "paragraphs": [{"context": context, "qas": qas}]})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # concurrent jobs each write their own, then one wins
     tmp.write_text(json.dumps({"version": version, "data": articles}), encoding="utf-8")
     tmp.replace(path)
     return path

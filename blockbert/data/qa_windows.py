@@ -41,6 +41,8 @@ def build_windows(example: QAExample, example_index: int, tokenizer, max_seq_len
     question = tokenizer(example.question, add_special_tokens=False)["input_ids"][:max_query_length]
     paragraph = tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)
     ids, char_spans = paragraph["input_ids"], paragraph["offset_mapping"]
+    if doc_stride < 1:
+        raise ConfigError(f"data.doc_stride={doc_stride} must be a positive number of tokens (the paper uses 128)")
     budget = max_seq_length - len(question) - 3
     if budget < 1:
         raise ConfigError(f"data.max_seq_length={max_seq_length} leaves no room for the paragraph after a "

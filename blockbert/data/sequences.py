@@ -53,8 +53,6 @@ def sentence_pairs(documents: list[list[list[int]]], max_len: int, cls_id: int, 
             length += len(sentence)
             if i != len(sentences) - 1 and length < budget:
                 continue
-            if not chunk:
-                continue
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             a = [t for s in chunk[:a_end] for t in s]
             random_next = len(documents) > 1 and (len(chunk) == 1 or rng.random() < 0.5)

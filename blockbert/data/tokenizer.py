@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -24,7 +26,11 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
         return PreTrainedTokenizerFast(tokenizer_file=str(path), **SPECIAL_TOKENS)
     if not path.exists() and ("/" in spec and spec.startswith((".", "/", "~"))):
         raise FileNotFoundError(f"data.tokenizer={spec!r}: no such file or directory")
-    return AutoTokenizer.from_pretrained(str(path) if path.exists() else spec)
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else spec)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"data.tokenizer={spec!r} is not a local tokenizer file or directory, and the hub "
+                                f"could not provide it ({type(err).__name__})") from None
 
 
 def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Path):
@@ -36,7 +42,10 @@ def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Pat
         batches = (documents[i:i + 1000]["text"] for i in range(0, len(documents), 1000))
         wordpiece.train_from_iterator(batches, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, **SPECIAL_TOKENS)
-        tmp = target.with_name(key + ".tmp")
+        tmp = target.with_name(f"{key}.tmp-{os.getpid()}")  # concurrent jobs (SLURM tasks) each train their own
         tokenizer.save_pretrained(str(tmp))
-        tmp.replace(target)
+        try:
+            tmp.replace(target)
+        except OSError:  # another process finished first: same corpus, same tokenizer
+            shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(target))

@@ -30,6 +30,8 @@ def model_config(model_cfg: DictConfig, **overrides) -> dict:
 
 def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
     """(global batch B, per-device batch, gradient accumulation) with B x N = tokens_per_batch."""
+    if per_device < 1:
+        raise ConfigError(f"data.per_device_batch_size={per_device} must be at least 1")
     if tokens_per_batch % seq_len:
         raise ConfigError(
             f"tokens_per_batch={tokens_per_batch} is not a multiple of max_seq_length={seq_len}: "
@@ -51,7 +53,13 @@ def world_size(trainer_cfg: DictConfig) -> int:
         import torch
 
         devices = torch.cuda.device_count() if trainer_cfg.accelerator in ("gpu", "cuda") else 1
-    count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
+    if isinstance(devices, str):  # "0,1" or "2"
+        parts = [d for d in devices.split(",") if d.strip()]
+        count = len(parts) if len(parts) > 1 or not parts[0].strip().isdigit() else int(parts[0])
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        count = len(devices)
+    else:
+        count = int(devices)
     return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
 
 
@@ -135,3 +143,36 @@ def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
         raise ConfigError(f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
                           f"model's vocab_size is {config.vocab_size}")
     return config.to_dict(), state, tokenizer
+
+
+def resume_from(cfg: DictConfig, checkpoints: Path) -> str | None:
+    """``ckpt_path`` if given, else the newest checkpoint of this run directory (resume), else None."""
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+        return str(path)
+    candidates = [p for p in (checkpoints / "last.ckpt", checkpoints / "interrupted.ckpt") if p.is_file()]
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
+
+
+def load_run(run: str) -> tuple[Path, dict, dict]:
+    """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
+    import torch
+
+    path = Path(run).expanduser()
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run!r}: no checkpoint (expected a blockbert run directory with "
+                                "checkpoints/last.ckpt, or a .ckpt file)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    config = state.get("hyper_parameters", {}).get("model_config")
+    if config is None:
+        raise ConfigError(f"{ckpt} is not a blockbert checkpoint (no model_config in its hyper-parameters)")
+    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    log.info("loaded %s (step %s)", ckpt, state.get("global_step"))
+    return ckpt, config, weights

@@ -6,27 +6,30 @@ import json
 import sys
 from pathlib import Path
 
-from blockbert.data.qa import QADataError, read_qa_file
+from blockbert.data.qa import QADataError, load_json, read_qa_file
 from blockbert.evaluation.squad import score_v1, score_v2
+from blockbert.tasks.launch import report_error
 
 
-def load_predictions(path: str, name: str = "predictions") -> dict:
+def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
+    """A JSON object {question id: value of ``kind``}; a bad file or value is one line naming it."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"{name} file {path!r} does not exist")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise QADataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    data = load_json(file)
     if not isinstance(data, dict):
         raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not a {type(data).__name__}")
+    bad = next((qid for qid, value in data.items() if not isinstance(value, kind) or isinstance(value, bool)), None)
+    if bad is not None:
+        raise QADataError(f"{path}: the value for {bad!r} is {data[bad]!r}, expected "
+                          f"{'a string' if kind is str else 'a number'}")
     return data
 
 
 def evaluate_files(data_file: str, predictions_file: str, na_prob_file: str | None = None,
                    fmt: str | None = None) -> dict:
     gold = read_qa_file(data_file, fmt)
-    predictions = load_predictions(predictions_file)
+    predictions = load_mapping(predictions_file, "predictions", str)
     unknown = [qid for qid in predictions if qid not in gold.gold]
     if unknown:
         print(f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
@@ -37,17 +40,19 @@ def evaluate_files(data_file: str, predictions_file: str, na_prob_file: str | No
               file=sys.stderr)
     if gold.format != "squad2":
         return score_v1(gold.gold, predictions)
-    na_probs = load_predictions(na_prob_file, "no-answer probability") if na_prob_file else None
+    na_probs = load_mapping(na_prob_file, "no-answer probability", (int, float)) if na_prob_file else None
+    if na_probs is not None:
+        missing_probs = [qid for qid in predictions if qid in gold.gold and qid not in na_probs]
+        if missing_probs:
+            raise QADataError(f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
+                              f"question(s) (first: {missing_probs[0]!r})")
     return score_v2(gold.gold, predictions, na_probs)
 
 
 def run_evaluate(data_file, predictions_file, na_prob_file, fmt, debug: bool) -> int:
     try:
         result = evaluate_files(data_file, predictions_file, na_prob_file, fmt)
-    except (OSError, ValueError) as err:
-        if debug:
-            raise
-        print(f"blockbert evaluate: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 -- one readable line
+        return report_error("evaluate", err, debug)
     print(json.dumps(result, indent=2))
     return 0

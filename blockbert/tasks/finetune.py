@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from transformers import PreTrainedTokenizerFast
 
-from blockbert.config import ConfigError
+from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
-from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, import_model, model_config, world_size
+from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, load_run, model_config,
+                                    resume_from, world_size)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
-from blockbert.tasks.pretrain import resume_from
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +31,7 @@ def main(cfg: DictConfig) -> dict:
         raise ConfigError(f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
                           "(a blockbert pre-training run, or a Hugging Face checkpoint)")
     if cfg.init_from:
-        config, encoder_state, tokenizer = load_pretrained(cfg.init_from)
+        config, encoder_state, tokenizer = load_pretrain_run(cfg.init_from)
     elif cfg.model.get("init_from"):
         config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length)
         encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -47,10 +44,13 @@ def main(cfg: DictConfig) -> dict:
         tokenizer = qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir)
         config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     seq_len = cfg.data.max_seq_length
-    if seq_len > config["max_position_embeddings"]:
-        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's max_position_embeddings="
-                          f"{config['max_position_embeddings']}: fine-tune at the pre-training length or shorter")
+    longest = BlockBertConfig(**config).max_sequence_length
+    if seq_len > longest:
+        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's {longest} positions: fine-tune at the "
+                          "pre-training length or shorter (or import with model.init_from, which extends positions)")
     world = world_size(cfg.trainer)
+    if world > 1:
+        raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
     batch, per_device, accumulate = derive_batch(cfg.optim.batch_size * seq_len, seq_len,
                                                  cfg.data.per_device_batch_size, world)
     datamodule = QADataModule(data, tokenizer, cfg.data, per_device)
@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> dict:
     if encoder_state is not None:
         module.model.encoder.load_state_dict(encoder_state)
     version2 = data["dev"].format == "squad2"
-    module.evaluate_dev = lambda starts, ends: evaluate_split(cfg, data, datamodule, "dev", starts, ends, None)[0]
+    module.evaluate_dev = lambda outputs: evaluate_split(cfg, data, datamodule, "dev", outputs, None)[0]
     if pl.utilities.rank_zero_only.rank == 0:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
@@ -73,15 +73,13 @@ def main(cfg: DictConfig) -> dict:
                          logger=logger, enable_progress_bar=cfg.progress_bar,
                          callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
                                     OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"), metrics])
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg, checkpoints))
     trainer.save_checkpoint(checkpoints / "last.ckpt")
 
     results, threshold = {}, None
     for split in [s for s in ("dev", "test") if s in data]:
         outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
-        scores, threshold = evaluate_split(cfg, data, datamodule, split, *gather_logits(outputs), threshold,
-                                           out_dir=run_dir / split)
+        scores, threshold = evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir=run_dir / split)
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     if logger:
         logger.log_metrics(results, step=trainer.global_step)
@@ -92,19 +90,21 @@ def main(cfg: DictConfig) -> dict:
     if trainer.global_rank == 0:
         metrics.extra.update(results)
         metrics.write(trainer, "finished")
-        main_metric = "f1"
-        print(" | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", main_metric))))
+        print(" | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1"))))
         print(f"results (metrics.json, dev/predictions.json{', null_odds.json' if version2 else ''}, checkpoints/) are in:")
         print(run_dir.resolve())
     return results
 
 
-def evaluate_split(cfg, data, datamodule, split, starts, ends, threshold, out_dir: Path | None = None):
-    """Post-process one split's logits, score them and optionally write the prediction files.
-
-    SQuAD 2.0: on dev the null threshold is the official best_f1_thresh; on test the dev one is used.
-    Returns (metrics, the threshold used).
+def evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir: Path | None = None):
+    """Post-process one split's logits (the model's outputs per batch), score them and optionally write
+    the prediction files. SQuAD 2.0: on dev the null threshold is the official best_f1_thresh; on test
+    the dev one is used. Returns (metrics, the threshold used); (None, threshold) if windows are missing.
     """
+    gathered = gather_logits(outputs, len(datamodule.windows[split]))
+    if gathered is None:
+        return None, threshold
+    starts, ends = gathered
     dataset = data[split]
     predictions = predict_answers(dataset.examples, datamodule.windows[split], starts, ends,
                                   cfg.data.n_best_size, cfg.data.max_answer_length)
@@ -132,23 +132,14 @@ def evaluate_split(cfg, data, datamodule, split, starts, ends, threshold, out_di
     return scores, threshold
 
 
-def load_pretrained(init_from: str):
+def load_pretrain_run(init_from: str):
     """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
-    path = Path(init_from).expanduser()
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint (expected a run directory with "
-                                "checkpoints/last.ckpt, or a .ckpt file)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = state.get("hyper_parameters", {}).get("model_config")
-    if config is None:
-        raise ConfigError(f"init_from={init_from!r}: {ckpt} is not a blockbert pre-training checkpoint")
-    prefix = "model.encoder."
-    encoder = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    ckpt, config, weights = load_run(init_from)
+    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
     tokenizer_dir = ckpt.parent.parent / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
-    log.info("fine-tuning from %s (step %s)", ckpt, state.get("global_step"))
+    log.info("fine-tuning from %s", ckpt)
     return config, encoder, PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
 
 

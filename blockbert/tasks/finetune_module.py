@@ -16,7 +16,7 @@ class QAModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = BlockBertForQuestionAnswering(BlockBertConfig(**model_config))
-        self.evaluate_dev = None  # set by the entry point: (start_logits, end_logits) -> metrics
+        self.evaluate_dev = None  # set by the entry point: [(window ids, start, end) per batch] -> metrics
         self._dev_logits = []
 
     def forward(self, batch):
@@ -38,10 +38,12 @@ class QAModule(pl.LightningModule):
         return batch["window_index"], out.start_logits, out.end_logits
 
     def on_validation_epoch_end(self):
-        logits, self._dev_logits = self._dev_logits, []
+        outputs, self._dev_logits = self._dev_logits, []
         if self.evaluate_dev is None or self.trainer.sanity_checking:
             return
-        metrics = self.evaluate_dev(*gather_logits(logits))
+        metrics = self.evaluate_dev(outputs)
+        if metrics is None:  # only part of dev was run (limit_val_batches): no EM/F1
+            return
         self.log_dict({f"dev/{k}": float(v) for k, v in metrics.items()}, prog_bar=False)
 
     def configure_optimizers(self):
@@ -53,11 +55,13 @@ class QAModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def gather_logits(batches) -> tuple[list, list]:
-    """Window-ordered start and end logits (lists of 1-D arrays, each the window's padded length)."""
-    count = sum(len(idx) for idx, _, _ in batches)
+def gather_logits(batches, count: int) -> tuple[list, list] | None:
+    """Window-ordered start and end logits (1-D arrays, each the window's padded length) for ``count``
+    windows; None when some window is missing."""
     starts, ends = [None] * count, [None] * count
     for idx, start, end in batches:
         for i, s, e in zip(idx.tolist(), start.float().cpu().numpy(), end.float().cpu().numpy()):
             starts[i], ends[i] = s, e
+    if any(s is None for s in starts):
+        return None
     return starts, ends

@@ -12,6 +12,7 @@ propagate, and :func:`run_task` prints one line naming the bad value, unless ``d
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -47,6 +48,9 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     task_function = importlib.import_module(ENTRY_POINTS[task]).main
     if wrap is not None:
         task_function = wrap(task_function)
+    job_errors: list[Exception] = []
+    if not debug:
+        task_function = _keep_errors(task_function, job_errors)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach the handler below instead of Hydra's printer
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -54,12 +58,37 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
         _run_hydra(args=args, args_parser=parser, task_function=task_function,
                    config_path=str(config_dir()), config_name=task)
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
-        if debug:
-            raise
-        print(f"blockbert {task}: error: {one_line(err)}", file=sys.stderr)
-        print("(run again with --debug for the full traceback)", file=sys.stderr)
-        return 2 if is_user_error(err) else 1
+        return report_error(task, err, debug)
+    if job_errors:
+        return report_error(task, job_errors[0], debug)
     return 0
+
+
+def _keep_errors(task_function, errors: list):
+    """Jobs run in this process keep their exception here instead of raising it through Hydra, which
+    would print its own "Error executing job" line first; jobs in other processes (submitit) raise."""
+    main_pid = os.getpid()
+
+    @functools.wraps(task_function)
+    def job(cfg):
+        try:
+            return task_function(cfg)
+        except Exception as err:  # noqa: BLE001 -- reported by run_task
+            if os.getpid() != main_pid:
+                raise
+            errors.append(err)
+            return None
+
+    return job
+
+
+def report_error(command: str, err: Exception, debug: bool) -> int:
+    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, else 1."""
+    if debug:
+        raise err
+    print(f"blockbert {command}: error: {one_line(err)}", file=sys.stderr)
+    print("(run again with --debug for the full traceback)", file=sys.stderr)
+    return 2 if is_user_error(err) else 1
 
 
 def is_user_error(err: Exception) -> bool:
@@ -81,6 +110,8 @@ def one_line(err: Exception) -> str:
         err = err.__cause__
     if not lines:
         return type(err).__name__
+    if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
+        lines = lines[:lines.index("Config search path:")]
     for i, line in enumerate(lines):
         if line.startswith("Available options in"):
             return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1:])
@@ -91,5 +122,12 @@ def one_line(err: Exception) -> str:
 class PrintSweepDir(Callback):
     """After a multirun, print the sweep directory as the command's last line."""
 
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()  # resolvable now, not after the jobs
+
     def on_multirun_end(self, config, **kwargs) -> None:
-        print(Path(config.hydra.sweep.dir).resolve())
+        if self.sweep_dir is not None:
+            print(self.sweep_dir)

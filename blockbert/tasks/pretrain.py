@@ -15,7 +15,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
-from blockbert.tasks.common import MetricsJson, build_logger, derive_batch, import_model, model_config, world_size
+from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, model_config,
+                                    resume_from, world_size)
 from blockbert.tasks.pretrain_module import PretrainModule
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     seq_len = cfg.data.max_seq_length
-    if seq_len > cfg.model.max_position_embeddings:
+    if seq_len > cfg.model.max_position_embeddings and not cfg.model.get("init_from"):
         raise ConfigError(
             f"data.max_seq_length={seq_len} exceeds model.max_position_embeddings={cfg.model.max_position_embeddings}: "
             f"set model.max_position_embeddings={seq_len} or a shorter data.max_seq_length"
@@ -74,6 +75,7 @@ def main(cfg: DictConfig) -> dict:
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["val_check_interval"] = trainer_args["val_check_interval"] * accumulate  # in micro-batches
     trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, max_epochs=-1,
+                         use_distributed_sampler=False,  # the data module's sampler splits over ranks itself
                          check_val_every_n_epoch=None, default_root_dir=str(run_dir),
                          logger=logger, callbacks=callbacks, enable_progress_bar=cfg.progress_bar)
     # Lightning cannot see that the data module restores the data position itself (its state_dict).
@@ -93,18 +95,3 @@ def main(cfg: DictConfig) -> dict:
         print("results (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml) are in:")
         print(run_dir.resolve())
     return dict(trainer.callback_metrics)
-
-
-def resume_from(cfg: DictConfig, checkpoints: Path) -> str | None:
-    """``ckpt_path`` if given, else the newest checkpoint of this run directory (resume), else None."""
-    if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-        return str(path)
-    candidates = [p for p in (checkpoints / "last.ckpt", checkpoints / "interrupted.ckpt") if p.is_file()]
-    if not candidates:
-        return None
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("resuming from %s", newest)
-    return str(newest)

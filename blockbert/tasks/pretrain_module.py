@@ -52,10 +52,10 @@ class PretrainModule(pl.LightningModule):
             self._val_tokens += masked
 
     def on_validation_epoch_end(self):
-        if not self._val_tokens:
-            return
         sums = torch.tensor([self._val_loss_sum, self._val_tokens], device=self.device)
-        sums = self.all_gather(sums).reshape(-1, 2).sum(0)
+        sums = self.all_gather(sums).reshape(-1, 2).sum(0)  # every rank joins, even one with nothing masked
+        if not sums[1]:
+            return
         loss = (sums[0] / sums[1]).item()
         ppl = math.exp(min(loss, 50.0))
         self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from blockbert.tools import console
 from rich.table import Table
 
+from blockbert.config import ConfigError
 from blockbert.tools.memory import fit_linear_quadratic, measure_step
 from blockbert.tools.models import PEER, build, random_batch
 
@@ -41,7 +42,8 @@ def main(cfg: DictConfig) -> dict:
         for n in lengths:
             b = cfg.tokens_per_device // n
             if b < 1:
-                raise ValueError(f"tokens_per_device={cfg.tokens_per_device} is smaller than N={n}")
+                raise ConfigError(f"tokens_per_device={cfg.tokens_per_device} is smaller than N={n}: "
+                                  f"give at least {max(lengths)} tokens per device")
             step = measure_step(model, random_batch(b, n, vocab, device))
             rows.append(dict(seq_len=n, batch_size=b, model_mb=step.model_bytes / MB,
                              optimizer_mb=step.optimizer_bytes / MB, activation_mb=step.activation_bytes / MB,

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.tasks.launch import config_dir, one_line, run_task
+from blockbert.tasks.launch import config_dir, one_line, report_error, run_task
 from blockbert.tools import console
 from blockbert.tools.report import summarize
 from blockbert.tools.sweeps import expand, jobs, load_sweep, multirun_args, wandb_sweep
@@ -64,11 +64,8 @@ def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | N
     try:
         sweep = load_sweep(name)
         grid = expand(sweep, num_heads(sweep.command, [*sweep.overrides, *overrides]))
-    except Exception as err:  # noqa: BLE001
-        if debug:
-            raise
-        print(f"blockbert sweep: error: {one_line(err)}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 -- one readable line
+        return report_error("sweep", err, debug)
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
@@ -102,11 +99,8 @@ def run_report(directory: str, debug: bool) -> int:
         if not sweep_dir.is_dir():
             raise FileNotFoundError(f"{directory}: no such directory (expected a sweep or multirun directory)")
         summarize(sweep_dir)
-    except (OSError, ValueError) as err:
-        if debug:
-            raise
-        print(f"blockbert report: error: {one_line(err)}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 -- one readable line
+        return report_error("report", err, debug)
     print("summary (summary.csv, summary.png for head sweeps, selection.json for fine-tuning grids) is in:")
     print(sweep_dir.resolve())
     return 0
