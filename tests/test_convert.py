@@ -16,7 +16,7 @@ TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 def hf_model(tmp_path, kind, head=False):
     config_cls = transformers.BertConfig if kind == "bert" else transformers.RobertaConfig
-    config = config_cls(**TINY, **({"pad_token_id": 1} if kind == "roberta" else {}))
+    config = config_cls(**TINY, **({"pad_token_id": 1, "type_vocab_size": 1} if kind == "roberta" else {}))
     model_cls = {("bert", False): transformers.BertModel, ("bert", True): transformers.BertForMaskedLM,
                  ("roberta", False): transformers.RobertaModel, ("roberta", True): transformers.RobertaForMaskedLM}
     torch.manual_seed(0)
@@ -177,3 +177,12 @@ def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
         expected = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         torch.testing.assert_close(ours.eval()(batch["input_ids"], batch["attention_mask"]).logits, expected,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_roberta_import_accepts_segment_ids_of_question_answering(tmp_path):
+    _, path = hf_model(tmp_path, "roberta")
+    model = BlockBertModel.from_pretrained(str(path)).eval()
+    ids, mask = inputs()
+    types = torch.ones_like(ids)  # QA windows mark the paragraph as segment 1; RoBERTa has one segment
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask, types), model(ids, mask))

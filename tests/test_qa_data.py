@@ -142,3 +142,16 @@ def test_alignment_with_unicode_whitespace_runs_and_edges(tiny_tokenizer, answer
     assert hits
     for w in hits:
         assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == answer
+
+
+def test_official_v2_version_string_is_detected(tmp_path):
+    path = squad_file(tmp_path, [{"context": "abc", "qas": [{"id": "n", "question": "?", "answers": [],
+                                                             "is_impossible": True}]}], version="v2.0")
+    data = read_qa_file(path)
+    assert data.format == "squad2" and data.gold == {"n": []}
+
+
+def test_doc_stride_must_be_positive(tiny_tokenizer):
+    example = QAExample("x", "q", "the model reads", ["model"], [(4, 9)])
+    with pytest.raises(Exception, match="data.doc_stride=0 must be a positive number"):
+        build_windows(example, 0, tiny_tokenizer, 32, 0, 8)
