@@ -192,15 +192,15 @@ def test_masked_only_logits_give_identical_loss_and_gradients(cls):
     labels = torch.full_like(ids, -100)
     labels[:, [2, 7, 11]] = ids[:, [2, 7, 11]]
     kwargs = dict(next_sentence_label=torch.tensor([0, 1, 0])) if cls is BlockBertForPreTraining else {}
-    grads = []
+    outputs, grads = [], []
     for masked_only in (False, True):
         model.zero_grad()
         out = model(ids, labels=labels, masked_only=masked_only, **kwargs)
         out.loss.backward()
+        outputs.append(out)
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-        if masked_only:
-            assert out.logits.shape == (9, model.config.vocab_size)
-            torch.testing.assert_close(out.loss, full_loss)
-        full_loss = out.loss.detach()
+    full, masked = outputs
+    assert masked.logits.shape == (9, model.config.vocab_size)
+    torch.testing.assert_close(masked.loss, full.loss)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -141,6 +141,3 @@ def load_pretrain_run(init_from: str):
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
     log.info("fine-tuning from %s", ckpt)
     return config, encoder, PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
-
-
-
