@@ -104,6 +104,11 @@ def sparse_fixed_mask(seq_len: int, stride: int, expressivity: int) -> torch.Ten
     return mask
 
 
+@functools.lru_cache(maxsize=32)
+def _sparse_mask_on(seq_len: int, stride: int, expressivity: int, device: torch.device) -> torch.Tensor:
+    return sparse_fixed_mask(seq_len, stride, expressivity).to(device)
+
+
 def _next_summary_start(index: int, l: int, c: int) -> int:
     if index % l == 0 and index != 0:
         return index - c
@@ -112,8 +117,7 @@ def _next_summary_start(index: int, l: int, c: int) -> int:
 
 def sparse_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
                      dropout_p: float = 0.0, eager: bool = False):
-    N = q.shape[-2]
-    keep = sparse_fixed_mask(N, stride, expressivity).to(q.device)  # [N, N]
+    keep = _sparse_mask_on(q.shape[-2], stride, expressivity, q.device)  # [N, N]
     if key_mask is not None:
         keep = keep & key_mask[:, None, None, :]  # [B, 1, N, N]
     return _attend(q, k, v, keep, dropout_p, eager)

@@ -101,6 +101,12 @@ def _verified_span(dataset: QADataset, context: str, text: str, start, end, path
     return start, end
 
 
+def _verified_spans(dataset: QADataset, context: str, candidates, path: Path, where: str) -> list[tuple[int, int]]:
+    """The spans of the (text, start, end) candidates that match the paragraph; mismatches are counted."""
+    return [span for text, start, end in candidates
+            if (span := _verified_span(dataset, context, text, start, end, path, where))]
+
+
 def _read_squad(path: Path, dataset: QADataset):
     data = load_json(path)
     for a, article in enumerate(_field(data, "data", path, "the file", list)):
@@ -114,15 +120,10 @@ def _read_squad(path: Path, dataset: QADataset):
                 answers = _field(qa, "answers", path, where, list)
                 if qa.get("is_impossible"):
                     answers = []
-                texts, spans = [], []
-                for answer in answers:
-                    text = _field(answer, "text", path, where, str)
-                    start = _field(answer, "answer_start", path, where)
-                    texts.append(text)
-                    end = start + len(text) if isinstance(start, int) else None
-                    span = _verified_span(dataset, context, text, start, end, path, where)
-                    if span:
-                        spans.append(span)
+                texts = [_field(answer, "text", path, where, str) for answer in answers]
+                starts = [_field(answer, "answer_start", path, where) for answer in answers]
+                spans = _verified_spans(dataset, context, [(t, s, s + len(t) if isinstance(s, int) else None)
+                                                           for t, s in zip(texts, starts)], path, where)
                 if dataset.format == "squad1" and not texts:
                     raise QADataError(f"{path}: {where} has no answer (a SQuAD 1.1 question needs one; "
                                       "use format squad2 for unanswerable questions)")
@@ -149,17 +150,15 @@ def _read_mrqa(path: Path, dataset: QADataset):
                 texts = [str(t) for t in _field(qa, "answers", path, where, list)]
                 if not texts:
                     raise QADataError(f"{path}: {where} has an empty 'answers' list (MRQA questions have answers)")
-                spans = []
+                candidates = []
                 for detected in _field(qa, "detected_answers", path, where, list):
                     text = _field(detected, "text", path, where, str)
                     for pair in _field(detected, "char_spans", path, where, list):  # end inclusive
                         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
                             raise QADataError(f"{path}: {where}: char_spans entry {pair!r} is not a [start, end] "
                                               "pair of integers")
-                        start, end = pair
-                        span = _verified_span(dataset, context, text, start, end + 1, path, where)
-                        if span:
-                            spans.append(span)
+                        candidates.append((text, pair[0], pair[1] + 1))
+                spans = _verified_spans(dataset, context, candidates, path, where)
                 yield QAExample(qid, question, context, texts, spans)
 
 
@@ -239,23 +238,15 @@ def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_di
     where = Path(source)
     for row in rows:
         if fmt == "mrqa":
-            texts, spans = list(row["answers"]), []
-            detected = row["detected_answers"]
-            for text, char_spans in zip(detected["text"], detected["char_spans"]):
-                for start, end in zip(char_spans["start"], char_spans["end"]):
-                    span = _verified_span(dataset, row["context"], text, start, end + 1, where, f"question {row['qid']!r}")
-                    if span:
-                        spans.append(span)
-            dataset.examples.append(QAExample(str(row["qid"]), row["question"], row["context"], texts, spans))
+            qid, texts, detected = str(row["qid"]), list(row["answers"]), row["detected_answers"]
+            candidates = [(text, start, end + 1) for text, char_spans in zip(detected["text"], detected["char_spans"])
+                          for start, end in zip(char_spans["start"], char_spans["end"])]  # MRQA ends are inclusive
         else:
-            answers = row["answers"]
-            texts, spans = list(answers["text"]), []
-            for text, start in zip(answers["text"], answers["answer_start"]):
-                span = _verified_span(dataset, row["context"], text, start, start + len(text), where,
-                                      f"question {row['id']!r}")
-                if span:
-                    spans.append(span)
-            dataset.examples.append(QAExample(str(row["id"]), row["question"], row["context"], texts, spans))
+            qid, answers = str(row["id"]), row["answers"]
+            texts = list(answers["text"])
+            candidates = [(text, start, start + len(text)) for text, start in zip(texts, answers["answer_start"])]
+        spans = _verified_spans(dataset, row["context"], candidates, where, f"question {qid!r}")
+        dataset.examples.append(QAExample(qid, row["question"], row["context"], texts, spans))
     if not dataset.examples:
         raise QADataError(f"{source}: no questions found")
     return dataset

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from blockbert.tools import console
+from blockbert.tools import MB, console, pyplot
 from rich.table import Table
 
 from blockbert.attention import SelfAttention
@@ -24,7 +24,6 @@ from blockbert.tools.memory import measure_step
 from blockbert.tools.models import PEER, build, random_batch
 
 log = logging.getLogger(__name__)
-MB = 2 ** 20
 MODES = ("model", "attention")
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides; the identity-only rows are the blockwise lower bound
     "dense": dict(attention="dense"),
@@ -165,10 +164,7 @@ def print_table(results: dict) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = [r for r in results["records"] if r["ratio_to_baseline"] is not None]
     points = sorted({(r["phase"], r["batch_size"], r["seq_len"]) for r in records})

@@ -30,21 +30,27 @@ def model_config(model_cfg: DictConfig, **overrides) -> dict:
 
 def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
     """(global batch B, per-device batch, gradient accumulation) with B x N = tokens_per_batch."""
-    if per_device < 1:
-        raise ConfigError(f"data.per_device_batch_size={per_device} must be at least 1")
     if tokens_per_batch % seq_len:
         raise ConfigError(
             f"tokens_per_batch={tokens_per_batch} is not a multiple of max_seq_length={seq_len}: "
             f"choose a multiple such as {max(1, tokens_per_batch // seq_len) * seq_len}"
         )
     batch = tokens_per_batch // seq_len
+    return (batch, *split_batch(batch, per_device, world_size))
+
+
+def split_batch(batch: int, per_device: int, world_size: int) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) for a global batch of ``batch`` sequences; the per-device
+    batch is at most ``per_device`` (the memory limit) and divides the batch exactly."""
+    if per_device < 1:
+        raise ConfigError(f"data.per_device_batch_size={per_device} must be at least 1")
     if batch % world_size:
         raise ConfigError(f"the batch of {batch} sequences does not split over {world_size} devices: "
-                          "choose tokens_per_batch or devices so that it does")
+                          "choose the batch size or devices so that it does")
     per_device = min(per_device, batch // world_size)
     while (batch // world_size) % per_device:
         per_device -= 1
-    return batch, per_device, batch // world_size // per_device
+    return per_device, batch // world_size // per_device
 
 
 def world_size(trainer_cfg: DictConfig) -> int:

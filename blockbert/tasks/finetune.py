@@ -17,8 +17,8 @@ from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
-from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, load_run, model_config,
-                                    resume_from, world_size)
+from blockbert.tasks.common import (MetricsJson, build_logger, import_model, load_run, model_config, resume_from,
+                                    split_batch, world_size)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ def main(cfg: DictConfig) -> dict:
     world = world_size(cfg.trainer)
     if world > 1:
         raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
-    batch, per_device, accumulate = derive_batch(cfg.optim.batch_size * seq_len, seq_len,
-                                                 cfg.data.per_device_batch_size, world)
+    batch = cfg.optim.batch_size
+    per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
     datamodule = QADataModule(data, tokenizer, cfg.data, per_device)
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))

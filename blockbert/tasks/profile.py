@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from blockbert.tools import console
+from blockbert.tools import MB, console, pyplot
 from rich.table import Table
 
 from blockbert.config import ConfigError
@@ -17,7 +17,6 @@ from blockbert.tools.memory import fit_linear_quadratic, measure_step
 from blockbert.tools.models import PEER, build, random_batch
 
 log = logging.getLogger(__name__)
-MB = 2 ** 20
 
 
 def pick_device(name: str) -> torch.device:
@@ -90,10 +89,7 @@ def print_table(results: dict, lengths: list[int]) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in results["models"].items():

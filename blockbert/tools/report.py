@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.tools import console as make_console
+from blockbert.tools import console as make_console, pyplot
 
 STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
 
@@ -96,10 +96,7 @@ def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> Non
 
 def plot_heads(rows: list[dict], metric: str, path: Path) -> None:
     """Figure 4: the metric by head assignment (n=2: per config; n=3: heatmap of the two shifted counts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
