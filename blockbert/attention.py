@@ -3,11 +3,12 @@
 * dense   -- ordinary multi-head attention (RoBERTa); ``sdpa`` or an ``eager`` path that
              materialises the N x N probabilities.
 * block   -- BlockBERT (section 3 of the paper): the sequence is cut into n blocks, head h has a
-             shift k_h and query block i attends only to key block (i + k_h) mod n. Computed block
-             by block: n products of (N/n) x (N/n), never an N x N score matrix.
+             shift k_h and query block i attends only to key block (i + k_h) mod n. Computed as a
+             batch of n problems of N/n tokens: never an N x N score matrix.
 * sparse  -- SparseBert: the bidirectional "fixed" pattern of the Sparse Transformer as fairseq's
-             ``sparse_multihead_attention.py`` builds it, applied as a mask on dense attention
-             (faithful to the paper, which does not save compute with it).
+             ``sparse_multihead_attention.py`` builds it, either applied as a mask on dense attention
+             (``mask``, faithful to the paper, which does not save compute with it) or computed over
+             the pattern's keys only (``blocks``, same result).
 
 Every kernel takes q, k, v of shape [B, H, N, d] and an optional key mask [B, N] (True = real
 token) and returns [B, H, N, d]. A query that can see no real key gets a zero output.
@@ -51,7 +52,12 @@ def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, eager: bool 
 
 
 def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False):
-    """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s."""
+    """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s.
+
+    The blocks are laid out as a batch of B * n independent attention problems of N/n tokens
+    ([B * n, H, N/n, d], a view of q), so SDPA picks its fused kernels; only k and v are copied,
+    rolled per head group, which is all the permutation costs (forward and backward).
+    """
     B, H, N, d = q.shape
     n = len(head_counts)
     pad = -N % n  # footnote 4: pad N to a multiple of n, unpad on return
@@ -61,20 +67,26 @@ def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0,
             key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
         key_mask = F.pad(key_mask, (0, pad), value=False)
     m = (N + pad) // n
-    q, k, v = (t.reshape(B, H, n, m, d) for t in (q, k, v))  # [B, H, n, N/n, d]
+    q, k, v = (t.reshape(B, H, n, m, d).transpose(1, 2) for t in (q, k, v))  # [B, n, H, N/n, d]
     k, v = _shift_blocks(k, head_counts), _shift_blocks(v, head_counts)
     keep = None
     if key_mask is not None:
-        kb = key_mask.reshape(B, 1, n, m).expand(B, H, n, m)
-        keep = _shift_blocks(kb, head_counts)[:, :, :, None, :]  # [B, H, n, 1, N/n]
-    out = _attend(q, k, v, keep, dropout_p, eager)  # [B, H, n, N/n, d]
-    return out.reshape(B, H, n * m, d)[:, :, :N]
+        keep = _shift_blocks(key_mask.reshape(B, n, 1, 1, m).expand(B, n, H, 1, m), head_counts)
+        keep = keep.reshape(B * n, H, 1, m)
+    q, k, v = (t.reshape(B * n, H, m, d) for t in (q, k, v))
+    out = _attend(q, k, v, keep, dropout_p, eager)  # [B * n, H, N/n, d]
+    return out.view(B, n, H, m, d).transpose(1, 2).reshape(B, H, n * m, d)[:, :, :N]
 
 
 def _shift_blocks(t, head_counts):
-    """Roll block dim 2 of the heads of shift s by -s, so query block i meets key block i + s."""
-    groups = torch.split(t, list(head_counts), dim=1)
-    return torch.cat([g.roll(-s, dims=2) if s else g for s, g in enumerate(groups)], dim=1)
+    """Roll block dim 1 of the heads (dim 2) of shift s by -s, so query block i meets key block i + s.
+
+    With every head at shift 0 (the identity-only bound) nothing is copied.
+    """
+    if not any(head_counts[1:]):
+        return t
+    groups = torch.split(t, list(head_counts), dim=2)
+    return torch.cat([g.roll(-s, dims=1) if s else g for s, g in enumerate(groups)], dim=2)
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,7 +96,7 @@ def sparse_fixed_mask(seq_len: int, stride: int, expressivity: int) -> torch.Ten
     Query i sees (1) its stride window -- positions floor(i/l)*l .. floor(i/l)*l + l, inclusive;
     for i a non-zero multiple of l, i - l .. i instead -- and (2) the "summaries": for every window,
     the c + 1 positions starting c before the window's end. fairseq asserts N > l; here N <= l is
-    allowed and simply gives full attention.
+    allowed and simply gives full attention. Needs 0 < c < l (fairseq's summary loop never ends at c = l).
     """
     l, c = stride, expressivity
     summaries: set[int] = set()
@@ -117,10 +129,54 @@ def _next_summary_start(index: int, l: int, c: int) -> int:
 
 def sparse_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
                      dropout_p: float = 0.0, eager: bool = False):
+    """The faithful SparseBert: dense attention under the fixed-pattern mask (the paper's cost)."""
     keep = _sparse_mask_on(q.shape[-2], stride, expressivity, q.device)  # [N, N]
     if key_mask is not None:
         keep = keep & key_mask[:, None, None, :]  # [B, 1, N, N]
     return _attend(q, k, v, keep, dropout_p, eager)
+
+
+def sparse_block_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
+                           dropout_p: float = 0.0, eager: bool = False):
+    """The same pattern as :func:`sparse_attention`, computing only the keys it allows.
+
+    Every query of group g -- positions g*l + 1 .. g*l + l, and position 0 in group 0 -- sees the
+    same local window of keys g*l .. g*l + l (fairseq's edge rule: a multiple of l looks back), so
+    queries and keys are cut into the same overlapping windows of l + 1 positions ([B, H, G, l+1, d],
+    slot j of window g is position g*l + j). The summary keys -- the last c + 1 slots of every window --
+    are appended to each window's keys, masked where already in it. Cost per head: G(l+1)(l+1+S)
+    scores for S = G(c+1) summaries instead of N^2.
+    """
+    B, H, N, d = q.shape
+    l, c = stride, expressivity
+    G = max(1, -(-(N - 1) // l))  # windows
+    S = G * (c + 1)  # summary slots
+    padded = G * l + 1
+    if key_mask is None:
+        key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
+    key_mask = F.pad(key_mask, (0, padded - N), value=False)
+    windows = [F.pad(t, (0, 0, 0, padded - N)).unfold(2, l + 1, l).transpose(-1, -2) for t in (q, k, v)]
+    qw, kw, vw = windows  # [B, H, G, l+1, d]
+    local_keep = key_mask.unfold(1, l + 1, l)  # [B, G, l+1]
+    summary_keep = local_keep[:, :, l - c:].reshape(B, 1, S) & _summary_keep_on(G, l, c, q.device)  # [B, G, S]
+    keep = torch.cat([local_keep, summary_keep], dim=-1)  # [B, G, l+1+S]
+    keys, values = ([kv, kv[:, :, :, l - c:].reshape(B, H, 1, S, d).expand(B, H, G, S, d)] for kv in (kw, vw))
+    K = l + 1 + S
+    out = _attend(qw.reshape(B, H * G, l + 1, d),
+                  torch.cat(keys, dim=3).reshape(B, H * G, K, d),
+                  torch.cat(values, dim=3).reshape(B, H * G, K, d),
+                  keep[:, None, :, None, :].expand(B, H, G, 1, K).reshape(B, H * G, 1, K),
+                  dropout_p, eager).view(B, H, G, l + 1, d)
+    # position 0 is slot 0 of window 0; position g*l + j (j = 1..l) is slot j of window g
+    return torch.cat([out[:, :, 0, :1], out[:, :, :, 1:].reshape(B, H, G * l, d)], dim=2)[:, :, :N]
+
+
+@functools.lru_cache(maxsize=32)
+def _summary_keep_on(windows: int, l: int, c: int, device: torch.device) -> torch.Tensor:
+    """[G, S] bool: summary slot s of the flattened [G, c+1] summaries is not in window g itself."""
+    position = (torch.arange(windows)[:, None] * l + l - c + torch.arange(c + 1)).reshape(1, -1)  # [1, S]
+    start = torch.arange(windows)[:, None] * l  # [G, 1]; window g holds positions g*l .. g*l + l
+    return ((position < start) | (position > start + l)).to(device)
 
 
 class SelfAttention(nn.Module):
@@ -143,7 +199,8 @@ class SelfAttention(nn.Module):
         if cfg.attention == "block":
             z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager)
         elif cfg.attention == "sparse":
-            z = sparse_attention(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)
+            kernel = sparse_block_attention if cfg.sparse_impl == "blocks" else sparse_attention
+            z = kernel(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)
         else:
             z = dense_attention(q, k, v, key_mask, p, eager)
         return self.out(z.transpose(1, 2).reshape(B, N, cfg.hidden_size))  # [B, N, H*d]

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 ATTENTION_KINDS = ("dense", "block", "sparse")
 ATTENTION_IMPLS = ("sdpa", "eager")
+SPARSE_IMPLS = ("mask", "blocks")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class BlockBertConfig:
     heads: str = "10:2"  # read only when attention == "block"
     sparse_stride: int = 128  # Sparse Transformer "fixed" pattern: stride l
     sparse_expressivity: int = 32  # ... and expressivity c
+    sparse_impl: str = "mask"  # mask (dense attention under the pattern, the paper's cost) | blocks (only its keys)
     attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities)
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -82,10 +84,13 @@ class BlockBertConfig:
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}: "
                 f"choose a hidden size that is a multiple of {self.num_heads}"
             )
-        if self.attention == "sparse" and not (0 < self.sparse_expressivity <= self.sparse_stride):
+        if self.sparse_impl not in SPARSE_IMPLS:
+            raise ConfigError(f"sparse_impl={self.sparse_impl!r} is unknown: accepted are {', '.join(SPARSE_IMPLS)}")
+        # fairseq's summary loop never ends for expressivity == stride, so that value is refused
+        if self.attention == "sparse" and not (0 < self.sparse_expressivity < self.sparse_stride):
             raise ConfigError(
                 f"sparse_stride={self.sparse_stride}, sparse_expressivity={self.sparse_expressivity}: "
-                "need 0 < expressivity <= stride"
+                "need 0 < expressivity < stride"
             )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:

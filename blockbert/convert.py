@@ -20,8 +20,8 @@ from .config import BlockBertConfig, ConfigError
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("bert", "roberta", "blockbert")
-ARCH_OVERRIDES = {"attention", "heads", "sparse_stride", "sparse_expressivity", "attention_impl", "hidden_dropout",
-                  "attention_dropout", "gradient_checkpointing"}
+ARCH_OVERRIDES = {"attention", "heads", "sparse_stride", "sparse_expressivity", "sparse_impl", "attention_impl",
+                  "hidden_dropout", "attention_dropout", "gradient_checkpointing"}
 QKV = ("query", "key", "value")
 
 

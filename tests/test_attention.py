@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from blockbert.attention import block_attention, dense_attention, sparse_attention, sparse_fixed_mask
+from blockbert.attention import (block_attention, dense_attention, sparse_attention, sparse_block_attention,
+                                 sparse_fixed_mask)
 
 
 def reference_attention(q, k, v, allowed):
@@ -70,10 +71,11 @@ def test_one_block_equals_dense_and_eager_equals_sdpa():
     torch.testing.assert_close(dense_attention(q, k, v, mask, eager=True), dense)
 
 
-def test_block_attention_never_builds_full_score_matrix():
-    """FLOPs drop by n: the kernel's matmuls see only (N/n) x (N/n) score blocks."""
-    seen = []
+def shapes_computed(kernel, *args, **kwargs) -> list[tuple]:
+    """The shape of every tensor the kernel's ops produce."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
 
     class Shapes(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -82,11 +84,17 @@ def test_block_attention_never_builds_full_score_matrix():
                 seen.append(tuple(out.shape))
             return out
 
-    q, k, v = (t.detach() for t in qkv(1, 4, 24, 8))
     with Shapes():
-        block_attention(q, k, v, (2, 1, 1), eager=True)
-    assert (1, 4, 3, 8, 8) in seen  # [B, H, n, N/n, N/n] score blocks
-    assert not any(len(s) >= 2 and s[-2:] == (24, 24) for s in seen)
+        kernel(*args, **kwargs)
+    return seen
+
+
+def test_block_attention_never_builds_full_score_matrix():
+    """FLOPs drop by n: the kernel's matmuls see only (N/n) x (N/n) score blocks."""
+    q, k, v = (t.detach() for t in qkv(1, 4, 24, 5))
+    seen = shapes_computed(block_attention, q, k, v, (2, 1, 1), eager=True)
+    assert (3, 4, 8, 8) in seen  # [B * n, H, N/n, N/n] score blocks
+    assert not any(len(s) >= 2 and s[-1] == 24 for s in seen)
 
 
 def test_fully_padded_key_block_gives_finite_output_and_no_leak():
@@ -131,3 +139,43 @@ def test_sparse_attention_matches_masked_reference_with_padding():
     expected = reference_attention(q, k, v, allowed)
     for eager in (False, True):
         torch.testing.assert_close(sparse_attention(q, k, v, 4, 1, mask, eager=eager), expected)
+
+
+@pytest.mark.parametrize("stride,expressivity", [(4, 1), (4, 3), (3, 2), (8, 3)])
+@pytest.mark.parametrize("N", [1, 4, 5, 9, 13, 17, 33])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("eager", [False, True])
+def test_sparse_block_attention_matches_masked_reference(stride, expressivity, N, padded, eager):
+    """Computing only the pattern's keys gives the masked path's outputs and gradients."""
+    q, k, v = qkv(2, 3, N, 5)
+    mask = torch.ones(2, N, dtype=torch.bool)
+    if padded:
+        mask[0, max(1, N - 3):] = False
+        mask[1, max(1, N // 2):] = False
+    allowed = sparse_fixed_mask(N, stride, expressivity)[None, None] & mask[:, None, None, :]
+    expected = reference_attention(q, k, v, allowed)
+    got = sparse_block_attention(q, k, v, stride, expressivity, mask if padded else None, eager=eager)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(expected, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_block_attention_equals_masked_path_in_float32_with_fused_kernel():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 150, 16, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 150, dtype=torch.bool)
+    mask[1, 90:] = False
+    masked = sparse_attention(q, k, v, 32, 8, mask)
+    blocks = sparse_block_attention(q, k, v, 32, 8, mask)
+    torch.testing.assert_close(blocks, masked, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(blocks.sum(), (q, k, v)), torch.autograd.grad(masked.sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_block_attention_never_builds_full_score_matrix():
+    """N=64, l=8, c=2: 8 windows of 9 queries see 9 local + 24 summary keys, never 64."""
+    q, k, v = (t.detach() for t in qkv(1, 2, 64, 5))
+    seen = shapes_computed(sparse_block_attention, q, k, v, 8, 2, eager=True)
+    assert (1, 16, 9, 33) in seen  # [B, H * windows, l + 1, l + 1 + summaries]
+    assert max(math.prod(s) for s in seen) < 2 * 64 * 64  # less than one [B, H, N, N] score matrix

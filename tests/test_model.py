@@ -50,9 +50,24 @@ def test_block_pattern_2_2_0():
     assert torch.equal(seen, expected)
 
 
-def test_sparse_pattern_small_stride():
-    seen = influence(one_layer(attention="sparse", sparse_stride=4, sparse_expressivity=1), 14)
+@pytest.mark.parametrize("sparse_impl", ["mask", "blocks"])
+def test_sparse_pattern_small_stride(sparse_impl):
+    seen = influence(one_layer(attention="sparse", sparse_stride=4, sparse_expressivity=1, sparse_impl=sparse_impl), 14)
     assert torch.equal(seen, sparse_fixed_mask(14, 4, 1) | torch.eye(14, dtype=torch.bool))
+
+
+def test_sparse_blocks_model_equals_masked_model_with_padding():
+    torch.manual_seed(0)
+    masked = BlockBertForMaskedLM(preset_config("tiny", attention="sparse", sparse_impl="mask")).eval()
+    blocks = BlockBertForMaskedLM(preset_config("tiny", attention="sparse", sparse_impl="blocks")).eval()
+    blocks.load_state_dict(masked.state_dict())
+    ids = torch.randint(5, 100, (2, 70))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 41:] = 0
+    with torch.no_grad():
+        expected = masked(ids, attention_mask).logits
+        got = blocks(ids, attention_mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", [dict(attention="dense"), dict(attention="block", heads="1:2:1"),
@@ -155,7 +170,8 @@ BAD_CONFIGS = [
     (dict(hidden_size=100), "hidden_size=100 is not divisible by num_heads=12"),
     (dict(attention="flash"), "attention='flash' is unknown: accepted are dense, block, sparse"),
     (dict(attention_impl="cuda"), "attention_impl='cuda' is unknown"),
-    (dict(attention="sparse", sparse_stride=4, sparse_expressivity=8), "sparse_expressivity=8"),
+    (dict(sparse_impl="dense"), "sparse_impl='dense' is unknown: accepted are mask, blocks"),
+    (dict(attention="sparse", sparse_stride=4, sparse_expressivity=4), "sparse_expressivity=4"),
     (dict(num_layers=0), "num_layers=0 must be a positive integer"),
 ]
 

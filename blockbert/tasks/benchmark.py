@@ -21,7 +21,7 @@ from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.tasks.profile import pick_device
 from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
 from blockbert.tools.memory import measure_step
-from blockbert.tools.models import PEER, build, random_batch
+from blockbert.tools.models import build, random_batch
 
 log = logging.getLogger(__name__)
 MODES = ("model", "attention")
@@ -64,7 +64,7 @@ def benchmark_models(cfg, device, autocast) -> list[dict]:
     max_len = max(cfg.seq_lengths)
     torch.manual_seed(cfg.seed)
     models = {name: build(name, size, heads, max_len).to(device) for name in cfg.models}
-    vocab = next(m.model.config.vocab_size if n == PEER else m.config.vocab_size for n, m in models.items())
+    vocab = min(m.vocab_size for m in models.values())
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     records = []
     for batch_size in cfg.batch_sizes:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from blockbert.config import ConfigError
 from blockbert.tools.memory import fit_linear_quadratic, measure_step
-from blockbert.tools.models import PEER, build, random_batch
+from blockbert.tools.models import build, random_batch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> dict:
     for name in cfg.models:
         torch.manual_seed(cfg.seed)
         model = build(name, size, heads, max(lengths), cfg.attention_impl).to(device).train()
-        vocab = model.model.config.vocab_size if name == PEER else model.config.vocab_size
+        vocab = model.vocab_size
         rows = []
         for n in lengths:
             b = cfg.tokens_per_device // n

@@ -1,4 +1,5 @@
-"""Build the compared models at the sizes a measurement asks for (the paper's presets and the peer)."""
+"""Build the compared models at the sizes a measurement asks for: the paper's presets, our variants of
+them, and the Hugging Face models a user would otherwise pick (the peers), all at the same sizes."""
 
 from __future__ import annotations
 
@@ -7,37 +8,59 @@ import torch
 from blockbert import PRESETS, BlockBertForMaskedLM, BlockBertForPreTraining, preset_config
 from blockbert.config import ConfigError
 
-PEER = "hf_roberta"  # Hugging Face transformers' RoBERTa, the model a user would otherwise pick
+VARIANTS = {  # name -> (preset, config overrides)
+    "sparsebert_blocks": ("sparsebert", {"sparse_impl": "blocks"}),  # computes only the pattern's blocks
+}
+PEERS = {  # name -> (transformers architecture, attention implementation, extra config)
+    "hf_bert": ("Bert", "sdpa", {}),
+    "hf_bert_eager": ("Bert", "eager", {}),
+    "hf_roberta": ("Roberta", "sdpa", {}),
+    "hf_bigbird": ("BigBird", "eager", {"attention_type": "block_sparse", "block_size": 64, "num_random_blocks": 3}),
+}
+
+
+def known_models() -> list[str]:
+    return [*PRESETS, *VARIANTS, *PEERS]
 
 
 def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):
-    """A model whose ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``."""
+    """A model whose ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
+    ``model.vocab_size`` is the size of its vocabulary."""
     size = dict(size)
-    if name == PEER:
-        import transformers
-
-        config = preset_config("roberta_1seq", **size)
-        hf = transformers.RobertaConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-            max_position_embeddings=max_len + 2, type_vocab_size=1, attn_implementation="sdpa")
-        return PeerRoberta(transformers.RobertaForMaskedLM(hf))
-    if name not in PRESETS:
-        raise ConfigError(f"model {name!r} is unknown: accepted are {', '.join(PRESETS)}, {PEER}")
-    overrides = dict(size, max_position_embeddings=max_len, attention_impl=attention_impl)
+    if name in PEERS:
+        return _peer(name, preset_config("roberta_1seq", **size), max_len)
+    preset, overrides = VARIANTS.get(name, (name, {}))
+    if preset not in PRESETS:
+        raise ConfigError(f"model {name!r} is unknown: accepted are {', '.join(known_models())}")
+    overrides = dict(size, **overrides, max_position_embeddings=max_len, attention_impl=attention_impl)
     if name in heads:
         overrides["heads"] = heads[name]
-    config = preset_config(name, **overrides)
-    cls = BlockBertForPreTraining if PRESETS[name].next_sentence_prediction else BlockBertForMaskedLM
-    return cls(config)
+    config = preset_config(preset, **overrides)
+    model = (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
+    model.vocab_size = config.vocab_size
+    return model
 
 
-class PeerRoberta(torch.nn.Module):
-    """transformers' RobertaForMaskedLM behind blockbert's call signature."""
+def _peer(name: str, config, max_len: int) -> "PeerModel":
+    import transformers
+
+    arch, attn_implementation, extra = PEERS[name]
+    offset = 2 if arch == "Roberta" else 0  # RoBERTa's positions start after the padding index
+    hf_config = getattr(transformers, f"{arch}Config")(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=max_len + offset, type_vocab_size=1 if arch == "Roberta" else 2,
+        attn_implementation=attn_implementation, **extra)
+    return PeerModel(getattr(transformers, f"{arch}ForMaskedLM")(hf_config))
+
+
+class PeerModel(torch.nn.Module):
+    """A transformers ``*ForMaskedLM`` behind blockbert's call signature."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.vocab_size = model.config.vocab_size
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
