@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BlockBertConfig
+from .config import BlockBertConfig, ConfigError
+from .dropout_attention import dropout_attention
 
 
 def _attend(q, k, v, keep, dropout_p: float, eager: bool):
@@ -39,6 +40,8 @@ def _attend(q, k, v, keep, dropout_p: float, eager: bool):
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
         out = probs @ v
+    elif dropout_p > 0 and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64):
+        out = dropout_attention(q, k, v, keep, dropout_p)  # SDPA's CPU fallback with dropout is its math path
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
     if visible is not None:
@@ -179,6 +182,56 @@ def _summary_keep_on(windows: int, l: int, c: int, device: torch.device) -> torc
     return ((position < start) | (position > start + l)).to(device)
 
 
+def flex_attention(q, k, v, pattern: tuple, key_mask=None):
+    """Any of the three patterns through PyTorch's FlexAttention (``attention_impl=flex``).
+
+    ``pattern`` is ("dense",), ("block", head_counts) or ("sparse", stride, expressivity). The
+    pattern's BlockMask is built once per (pattern, N, device) and cached, so fully masked tiles are
+    skipped; padding is a score_mod on top. FlexAttention has no dropout and, on CPU, neither
+    backward nor a fused kernel: it is a GPU path (compiled there), checked on CPU in inference.
+    """
+    from torch.nn.attention import flex_attention as fa
+
+    if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
+        raise ConfigError("attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
+                          "on CPU): use attention_impl=sdpa, or flex for inference")
+    score_mod = None
+    if key_mask is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.where(key_mask[b, kv_idx], score, -float("inf"))
+    block_mask = _flex_block_mask(pattern, q.shape[1], q.shape[2], q.device)
+    kernel = _compiled_flex() if q.is_cuda else fa.flex_attention
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention import flex_attention as fa
+
+    return torch.compile(fa.flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(pattern: tuple, num_heads: int, seq_len: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if pattern[0] == "block":
+        counts = pattern[1]
+        n, m = len(counts), -(-seq_len // len(counts))  # footnote 4's padded block length
+        shifts = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(device)  # [H]
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx // m == (q_idx // m + shifts[h]) % n
+        return create_block_mask(mask_mod, None, num_heads, seq_len, seq_len, device=device)
+    if pattern[0] == "sparse":
+        allowed = _sparse_mask_on(seq_len, pattern[1], pattern[2], device)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return allowed[q_idx, kv_idx]
+        return create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
+    return None
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: projections around one of the three kernels."""
 
@@ -187,6 +240,9 @@ class SelfAttention(nn.Module):
         self.config = config
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.flex_pattern = {"block": ("block", config.head_counts),
+                             "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity)
+                             }.get(config.attention, ("dense",))
 
     def forward(self, x, key_mask=None):
         cfg = self.config
@@ -196,7 +252,9 @@ class SelfAttention(nn.Module):
         )  # 3 x [B, H, N, d]
         p = cfg.attention_dropout if self.training else 0.0
         eager = cfg.attention_impl == "eager"
-        if cfg.attention == "block":
+        if cfg.attention_impl == "flex":
+            z = flex_attention(q, k, v, self.flex_pattern, key_mask)
+        elif cfg.attention == "block":
             z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager)
         elif cfg.attention == "sparse":
             kernel = sparse_block_attention if cfg.sparse_impl == "blocks" else sparse_attention

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 ATTENTION_KINDS = ("dense", "block", "sparse")
-ATTENTION_IMPLS = ("sdpa", "eager")
+ATTENTION_IMPLS = ("sdpa", "eager", "flex")
 SPARSE_IMPLS = ("mask", "blocks")
 
 
@@ -55,7 +55,7 @@ class BlockBertConfig:
     sparse_stride: int = 128  # Sparse Transformer "fixed" pattern: stride l
     sparse_expressivity: int = 32  # ... and expressivity c
     sparse_impl: str = "mask"  # mask (dense attention under the pattern, the paper's cost) | blocks (only its keys)
-    attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities)
+    attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities) | flex (GPU)
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
@@ -95,6 +95,9 @@ class BlockBertConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.attention_impl == "flex" and self.attention_dropout:
+            raise ConfigError(f"attention_impl=flex has no attention dropout (attention_dropout={self.attention_dropout}): "
+                              "set attention_dropout=0 or use attention_impl=sdpa")
         self.head_counts = parse_heads(self.heads, self.num_heads) if self.attention == "block" else (self.num_heads,)
 
     @property

@@ -90,6 +90,8 @@ class BlockBertModel(FromPretrained, nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()  # [B, N]
+        if key_mask is not None and bool(key_mask.all()):
+            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.layers:
             if self.config.gradient_checkpointing and self.training:

@@ -179,3 +179,34 @@ def test_sparse_block_attention_never_builds_full_score_matrix():
     seen = shapes_computed(sparse_block_attention, q, k, v, 8, 2, eager=True)
     assert (1, 16, 9, 33) in seen  # [B, H * windows, l + 1, l + 1 + summaries]
     assert max(math.prod(s) for s in seen) < 2 * 64 * 64  # less than one [B, H, N, N] score matrix
+
+
+@pytest.mark.parametrize("config", [dict(attention="dense"), dict(attention="block", heads="2:1:1"),
+                                    dict(attention="block", heads="3:1"),
+                                    dict(attention="sparse", sparse_stride=8, sparse_expressivity=2)])
+def test_flex_backend_equals_sdpa_in_inference(config):
+    """FlexAttention (a GPU path; forward only on CPU) computes the same pattern, padding included."""
+    from blockbert.attention import SelfAttention
+    from blockbert.config import BlockBertConfig
+
+    torch.manual_seed(0)
+    base = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, **config)
+    sdpa = SelfAttention(BlockBertConfig(**base)).eval()
+    flex = SelfAttention(BlockBertConfig(**base, attention_impl="flex")).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 37, 32)
+    mask = torch.ones(2, 37, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x, mask), sdpa(x, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_flex_backend_refuses_dropout_and_cpu_training():
+    from blockbert.attention import SelfAttention
+    from blockbert.config import BlockBertConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="attention_impl=flex has no attention dropout"):
+        BlockBertConfig(attention_impl="flex", attention_dropout=0.1)
+    layer = SelfAttention(BlockBertConfig(hidden_size=32, num_heads=4, attention_impl="flex", attention_dropout=0.0))
+    with pytest.raises(ConfigError, match="trains only on a CUDA GPU"):
+        layer(torch.randn(1, 8, 32))

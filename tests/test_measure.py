@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from blockbert.config import ConfigError
+from blockbert.tasks.benchmark import BOUNDS
 from blockbert.tools.benchmark import OOM, summarize, time_side_by_side
 from blockbert.tools.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
 from blockbert.tools.models import build, random_batch
@@ -83,15 +85,40 @@ def test_profile_end_to_end_writes_table_json_and_plot(tmp_path):
 
 
 def test_benchmark_models_and_attention_end_to_end(tmp_path):
-    cli(tmp_path, "benchmark", "batch_sizes=[1]", "seq_lengths=[96]", *SMALL, "repeats=2", "warmup=0", "hydra.run.dir=b")
+    cli(tmp_path, "benchmark", "batch_sizes=[1]", "seq_lengths=[96]", *SMALL, "repeats=2", "warmup=0", "hydra.run.dir=b",
+        "models=[roberta_1seq,sparsebert,sparsebert_blocks,blockbert_n3,hf_bert,hf_bigbird]", "baseline=hf_bert")
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     models = {r["model"] for r in result["records"]}
-    assert models == {"roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3", "hf_roberta"}
-    baseline = [r for r in result["records"] if r["model"] == "roberta_1seq"]
+    assert models == {"roberta_1seq", "sparsebert", "sparsebert_blocks", "blockbert_n3", "hf_bert", "hf_bigbird"}
+    baseline = [r for r in result["records"] if r["model"] == "hf_bert"]
     assert all(r["ratio_to_baseline"] == pytest.approx(1.0) for r in baseline)
     assert {r["phase"] for r in result["records"]} == {"inference", "train"}
     assert all(r["memory_mb"] > 0 for r in result["records"] if r["phase"] == "train")
-    cli(tmp_path, "benchmark", "mode=attention", "attention_seq_lengths=[96]", "repeats=1", "warmup=0", "hydra.run.dir=a")
-    result = json.loads((tmp_path / "a" / "benchmark.json").read_text())
-    assert {r["model"] for r in result["records"]} >= {"dense", "identity-only n=2 (12:0)", "block n=3 (8:2:2)"}
+    cli(tmp_path, "benchmark", "mode=attention", "attention_seq_lengths=[96]", "attention_padding=0.25", "repeats=1",
+        "warmup=0", "hydra.run.dir=a")
+    records = json.loads((tmp_path / "a" / "benchmark.json").read_text())["records"]
+    assert {r["phase"] for r in records} == {"attention fwd+bwd p=0.1 pad=0.25", "attention fwd+bwd p=0 pad=0.25"}
+    assert {r["model"] for r in records} >= {"dense", "sparse (blocks)", "identity-only n=2 (12:0)", "block n=3 (8:2:2)"}
+    for r in records:
+        bound = next((b for b in records if b["phase"] == r["phase"] and b["model"] == BOUNDS.get(r["model"])), None)
+        assert r["ratio_to_bound"] == (pytest.approx(r["median_s"] / bound["median_s"]) if bound else None)
     assert (tmp_path / "a" / "benchmark.png").is_file()
+
+
+def test_benchmark_sizes_are_a_config_group(tmp_path):
+    out = cli(tmp_path, "benchmark", "size=base_4layers", "size.hidden_size=96", "--cfg", "job")
+    assert "hidden_size: 96" in out.stdout and "num_layers: 4" in out.stdout and "vocab_size: 30522" in out.stdout
+
+
+def test_peers_are_the_transformers_models_at_our_sizes():
+    size = dict(hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=100)
+    for name, arch in (("hf_bert", "BertForMaskedLM"), ("hf_bert_eager", "BertForMaskedLM"),
+                       ("hf_roberta", "RobertaForMaskedLM"), ("hf_bigbird", "BigBirdForMaskedLM")):
+        peer = build(name, size, {}, 128)
+        assert type(peer.model).__name__ == arch
+        assert (peer.model.config.hidden_size, peer.model.config.num_hidden_layers, peer.vocab_size) == (48, 1, 100)
+    assert build("hf_bert_eager", size, {}, 128).model.config._attn_implementation == "eager"
+    assert build("hf_bigbird", size, {}, 128).model.config.attention_type == "block_sparse"
+    assert build("sparsebert_blocks", size, {}, 128).config.sparse_impl == "blocks"
+    with pytest.raises(ConfigError, match="model 'gpt2' is unknown: accepted are roberta_1seq"):
+        build("gpt2", size, {}, 128)

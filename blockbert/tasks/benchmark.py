@@ -25,14 +25,17 @@ from blockbert.tools.models import build, random_batch
 
 log = logging.getLogger(__name__)
 MODES = ("model", "attention")
-ATTENTION_KINDS = {  # label -> BlockBertConfig overrides; the identity-only rows are the blockwise lower bound
+ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
-    "sparse": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
+    "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
+    "sparse (blocks)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32, sparse_impl="blocks"),
     "block n=2 (10:2)": dict(attention="block", heads="10:2"),
     "block n=3 (8:2:2)": dict(attention="block", heads="8:2:2"),
     "identity-only n=2 (12:0)": dict(attention="block", heads="12:0"),
     "identity-only n=3 (12:0:0)": dict(attention="block", heads="12:0:0"),
 }
+# the blockwise lower bound: the same shapes with every head at shift 0 (no permutation at all)
+BOUNDS = {"block n=2 (10:2)": "identity-only n=2 (12:0)", "block n=3 (8:2:2)": "identity-only n=3 (12:0:0)"}
 
 
 def main(cfg: DictConfig) -> dict:
@@ -64,6 +67,9 @@ def benchmark_models(cfg, device, autocast) -> list[dict]:
     max_len = max(cfg.seq_lengths)
     torch.manual_seed(cfg.seed)
     models = {name: build(name, size, heads, max_len).to(device) for name in cfg.models}
+    if cfg.compile:
+        for model in models.values():
+            model.compile()
     vocab = min(m.vocab_size for m in models.values())
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     records = []
@@ -116,25 +122,41 @@ def _memory(model, batch, device, autocast) -> float | str | None:
 
 def benchmark_attention(cfg, device, autocast) -> list[dict]:
     records = []
-    for seq_len in cfg.attention_seq_lengths:
-        x = torch.randn(cfg.attention_batch_size, seq_len, 768, device=device, requires_grad=True)
-        calls = {}
-        for label, overrides in ATTENTION_KINDS.items():
-            config = BlockBertConfig(hidden_size=768, num_heads=12, max_position_embeddings=seq_len,
-                                     attention_dropout=cfg.attention_dropout, **overrides)
-            layer = SelfAttention(config).to(device).train()
-
-            def step(layer=layer):
-                with autocast:
-                    out = layer(x)
-                out.float().sum().backward()
-                layer.zero_grad(set_to_none=True)
-                x.grad = None
-            calls[label] = step
-        times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
-        records += _records(times, "dense", dict(phase="attention fwd+bwd", batch_size=cfg.attention_batch_size,
-                                                 seq_len=seq_len), {})
+    dropouts = cfg.attention_dropout if OmegaConf.is_list(cfg.attention_dropout) else [cfg.attention_dropout]
+    for dropout in dropouts:
+        for seq_len in cfg.attention_seq_lengths:
+            x = torch.randn(cfg.attention_batch_size, seq_len, 768, device=device, requires_grad=True)
+            key_mask = None
+            if cfg.attention_padding:
+                key_mask = torch.ones(cfg.attention_batch_size, seq_len, dtype=torch.bool, device=device)
+                key_mask[:, seq_len - int(cfg.attention_padding * seq_len):] = False
+            calls = {label: _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast)
+                     for label, overrides in ATTENTION_KINDS.items()}
+            times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+            point = dict(phase=f"attention fwd+bwd p={dropout:g}" + (f" pad={cfg.attention_padding:g}"
+                                                                       if cfg.attention_padding else ""),
+                         batch_size=cfg.attention_batch_size, seq_len=seq_len)
+            rows = _records(times, "dense", point, {})
+            medians = {r["model"]: r["median_s"] for r in rows}
+            for r in rows:
+                bound = medians.get(BOUNDS.get(r["model"]))
+                r["ratio_to_bound"] = r["median_s"] / bound if bound and r["median_s"] else None
+            records += rows
     return records
+
+
+def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
+    config = BlockBertConfig(hidden_size=768, num_heads=12, max_position_embeddings=seq_len,
+                             attention_dropout=dropout, **overrides)
+    layer = SelfAttention(config).to(device).train()
+
+    def step():
+        with autocast:
+            out = layer(x, key_mask)
+        out.float().sum().backward()
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+    return step
 
 
 def _records(times, baseline, point, peaks) -> list[dict]:
@@ -151,7 +173,9 @@ def _records(times, baseline, point, peaks) -> list[dict]:
 def print_table(results: dict) -> None:
     table = Table(title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
                         f"{results['dtype']}, {results['threads']} threads, {results['date']}")
-    for column in ("phase", "B", "N", "model", "median s", "IQR s", "× baseline", "memory MB"):
+    bounded = any(r.get("ratio_to_bound") for r in results["records"])
+    for column in ("phase", "B", "N", "model", "median s", "IQR s", "× baseline", "memory MB") + (
+            ("× bound",) if bounded else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
         memory = r["memory_mb"]
@@ -159,7 +183,8 @@ def print_table(results: dict) -> None:
                       OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
                       "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
                       "" if r["ratio_to_baseline"] is None else f"{r['ratio_to_baseline']:.3f}",
-                      "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}")
+                      "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
+                      *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []))
     console().print(table)
 
 

@@ -58,6 +58,8 @@ def main(cfg: DictConfig) -> dict:
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder_state is not None:
         module.model.encoder.load_state_dict(encoder_state)
+    if cfg.compile:
+        module.model.compile()
     version2 = data["dev"].format == "squad2"
     module.evaluate_dev = lambda outputs: evaluate_split(cfg, data, datamodule, "dev", outputs, None)[0]
     if pl.utilities.rank_zero_only.rank == 0:

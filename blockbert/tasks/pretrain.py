@@ -56,6 +56,8 @@ def main(cfg: DictConfig) -> dict:
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
     if init_state:
         module.model.load_state_dict(init_state, strict=False)  # a head the checkpoint lacks starts fresh
+    if cfg.compile:
+        module.model.compile()
     if rank_zero_only.rank == 0:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 

@@ -1,0 +1,97 @@
+"""Softmax attention with dropout for the CPU (plain PyTorch).
+
+On CPU, SDPA has no fused kernel with dropout: it falls back to its math path, which materialises the
+scores, the probabilities, the dropped probabilities and a mask for every head at once and keeps three
+of them for backward. Here the heads are processed a few at a time, so each score matrix stays small
+(cache- and allocator-friendly), and backward recomputes the probabilities from the saved
+log-sum-exp (as FlashAttention does). Saved per score: one byte, the dropout mask.
+
+The dropout mask is drawn 16 bits per entry (four per 64-bit draw of torch's generator), several
+times faster than ``bernoulli_``: the rate is p rounded to a multiple of 1/65536 (0.1 -> 0.099991),
+and the kept values are scaled by 1 / (1 - that rate), so the expectation is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+SCORES_PER_CHUNK = 1 << 20  # ~4 MB of float32 scores per step: (heads per step) x Nq x Nk
+
+
+def dropout_attention(q, k, v, keep, dropout_p: float):
+    """softmax(q k^T / sqrt(d), masked by ``keep``) with dropout, times v.
+
+    q [..., Nq, d], k and v [..., Nk, d]; ``keep`` (bool, True = may attend) broadcasts to
+    [..., Nq, Nk] and leaves every query at least one key.
+    """
+    lead = q.shape[:-2]
+    if keep is not None:  # [BH or 1, Nq or 1, Nk]; a mask shared by every head stays shared
+        shared = keep.dim() <= 2 or all(size == 1 for size in keep.shape[:-2])
+        keep = keep.reshape(1, *keep.shape[-2:]) if shared else keep.expand(*lead, *keep.shape[-2:]).reshape(
+            -1, *keep.shape[-2:])
+    q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))  # [BH, N, d]
+    out = _DropoutAttention.apply(q3, k3, v3, keep, dropout_p)
+    return out.view(*lead, *out.shape[-2:])
+
+
+def kept_rate(p: float) -> float:
+    return 1.0 - round(p * 65536) / 65536
+
+
+def draw_keep_mask(out: torch.Tensor, p: float) -> torch.Tensor:
+    """Fill the bool tensor ``out``: True with probability kept_rate(p)."""
+    n = out.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=out.device)
+    threshold = -32768 + round(p * 65536)
+    return torch.ge(bits.view(torch.int16)[:n].view(out.shape), threshold, out=out)
+
+
+class _DropoutAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep, p):
+        BH, Nq, _ = q.shape
+        Nk = k.shape[1]
+        scale, rescale = 1 / math.sqrt(q.shape[-1]), 1 / kept_rate(p)
+        step = max(1, SCORES_PER_CHUNK // (Nq * Nk))
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty(BH, Nq, 1, dtype=q.dtype, device=q.device)
+        dropped = torch.empty(BH, Nq, Nk, dtype=torch.bool, device=q.device)  # True = kept
+        for i in range(0, BH, step):
+            c = slice(i, i + step)
+            s = _scores(q[c], k[c], keep, c, scale)  # [step, Nq, Nk]
+            torch.logsumexp(s, -1, keepdim=True, out=lse[c])
+            probs = s.sub_(lse[c]).exp_()
+            probs.mul_(draw_keep_mask(dropped[c], p)).mul_(rescale)
+            torch.bmm(probs, v[c], out=out[c])
+        ctx.save_for_backward(q, k, v, keep, out, lse, dropped)
+        ctx.scale, ctx.rescale, ctx.step = scale, rescale, step
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        q, k, v, keep, out, lse, dropped = ctx.saved_tensors
+        scale, rescale, step = ctx.scale, ctx.rescale, ctx.step
+        dout = dout.contiguous()
+        rowdot = (dout * out).sum(-1, keepdim=True)  # [BH, Nq, 1]: sum_j dP_ij P_ij
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+        for i in range(0, q.shape[0], step):
+            c = slice(i, i + step)
+            probs = _scores(q[c], k[c], keep, c, scale).sub_(lse[c]).exp_()  # recomputed, before dropout
+            kept = dropped[c]
+            torch.bmm((probs * kept).mul_(rescale).transpose(1, 2), dout[c], out=dv[c])
+            dscores = torch.bmm(dout[c], v[c].transpose(1, 2)).mul_(kept).mul_(rescale)
+            dscores.sub_(rowdot[c]).mul_(probs)
+            torch.bmm(dscores, k[c], out=dq[c]).mul_(scale)
+            torch.bmm(dscores.transpose(1, 2), q[c], out=dk[c]).mul_(scale)
+        return dq, dk, dv, None, None
+
+
+def _scores(q, k, keep, chunk: slice, scale: float):
+    s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [step, Nq, Nk]
+    if keep is not None:
+        s.masked_fill_((keep if keep.shape[0] == 1 else keep[chunk]).logical_not(), float("-inf"))
+    return s

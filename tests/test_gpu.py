@@ -1,0 +1,90 @@
+"""GPU paths: fused SDPA kernels with dropout, half precision, FlexAttention, torch.compile.
+
+Skipped without CUDA. Needs only torch and blockbert's model code, so it runs on a bare GPU image
+(benchmarks/gpu_check.sh runs it there).
+"""
+
+import pytest
+import torch
+
+from blockbert import BlockBertForMaskedLM, preset_config
+from blockbert.attention import SelfAttention, block_attention, sparse_attention, sparse_block_attention
+from blockbert.config import BlockBertConfig
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def qkv(B=2, H=12, N=1024, d=64, dtype=torch.float32, seed=0):
+    g = torch.Generator(device=CUDA).manual_seed(seed)
+    return [torch.randn(B, H, N, d, generator=g, device=CUDA, dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+def padding_mask(B, N):
+    mask = torch.ones(B, N, dtype=torch.bool, device=CUDA)
+    mask[-1, N * 3 // 4:] = False
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_block_attention_uses_fused_kernels_with_dropout(dtype, padded):
+    """With the math kernel switched off, SDPA must still run: flash or memory-efficient, dropout on."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = qkv(dtype=dtype)
+    mask = padding_mask(2, 1024) if padded else None
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        out = block_attention(q, k, v, (8, 2, 2), mask, dropout_p=0.1)
+        out.float().sum().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_block_and_sparse_match_float32(dtype, atol):
+    q, k, v = (t.detach() for t in qkv(N=1000))
+    mask = padding_mask(2, 1000)
+    half = [t.to(dtype) for t in (q, k, v)]
+    for kernel, args in ((block_attention, ((10, 2),)), (sparse_block_attention, (128, 32)),
+                         (sparse_attention, (128, 32))):
+        expected = kernel(q, k, v, *args, mask)
+        torch.testing.assert_close(kernel(*half, *args, mask).float(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("config", [dict(attention="block", heads="8:2:2"), dict(attention="block", heads="10:2"),
+                                    dict(attention="sparse"), dict(attention="dense")])
+def test_flex_equals_sdpa_forward_and_backward(config):
+    torch.manual_seed(0)
+    base = dict(hidden_size=768, num_heads=12, attention_dropout=0.0, **config)
+    sdpa = SelfAttention(BlockBertConfig(**base)).to(CUDA)
+    flex = SelfAttention(BlockBertConfig(**base, attention_impl="flex")).to(CUDA)
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 1024, 768, device=CUDA, requires_grad=True)
+    mask = padding_mask(2, 1024)
+    expected = sdpa(x, mask)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), x)
+    got = flex(x, mask)
+    (grad_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(grad_got, grad_expected, atol=2e-3, rtol=2e-3)
+
+
+def test_compiled_model_matches_eager_training_step():
+    torch.manual_seed(0)
+    config = preset_config("blockbert_n3", num_layers=2, max_position_embeddings=1024, hidden_dropout=0.0,
+                           attention_dropout=0.0)
+    eager = BlockBertForMaskedLM(config).to(CUDA)
+    compiled = BlockBertForMaskedLM(config).to(CUDA)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    ids = torch.randint(5, config.vocab_size, (2, 1024), device=CUDA)
+    labels = torch.where(torch.rand(2, 1024, device=CUDA) < 0.15, ids, -100)
+    losses = []
+    for model in (eager, compiled):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, torch.ones_like(ids), labels=labels).loss
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=5e-2, rtol=5e-2)
