@@ -2,9 +2,10 @@
 
 On CPU, SDPA has no fused kernel with dropout: it falls back to its math path, which materialises the
 scores, the probabilities, the dropped probabilities and a mask for every head at once and keeps three
-of them for backward. Here the heads are processed a few at a time, so each score matrix stays small
-(cache- and allocator-friendly), and backward recomputes the probabilities from the saved
-log-sum-exp (as FlashAttention does). Saved per score: one byte, the dropout mask.
+of them for backward. Here the scores are computed in tiles of about a million -- a few heads, or one
+head a band of query rows at a time -- so each stays cache- and allocator-friendly, and backward
+recomputes the probabilities from the saved log-sum-exp (as FlashAttention does). Saved per score:
+one byte, the dropout mask.
 
 The dropout mask is drawn 16 bits per entry (four per 64-bit draw of torch's generator), several
 times faster than ``bernoulli_``: the rate is p rounded to a multiple of 1/65536 (0.1 -> 0.099991),
@@ -53,45 +54,57 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, keep, p):
         BH, Nq, _ = q.shape
-        Nk = k.shape[1]
         scale, rescale = 1 / math.sqrt(q.shape[-1]), 1 / kept_rate(p)
-        step = max(1, SCORES_PER_CHUNK // (Nq * Nk))
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty(BH, Nq, 1, dtype=q.dtype, device=q.device)
-        dropped = torch.empty(BH, Nq, Nk, dtype=torch.bool, device=q.device)  # True = kept
-        for i in range(0, BH, step):
-            c = slice(i, i + step)
-            s = _scores(q[c], k[c], keep, c, scale)  # [step, Nq, Nk]
-            torch.logsumexp(s, -1, keepdim=True, out=lse[c])
-            probs = s.sub_(lse[c]).exp_()
-            probs.mul_(draw_keep_mask(dropped[c], p)).mul_(rescale)
-            torch.bmm(probs, v[c], out=out[c])
-        ctx.save_for_backward(q, k, v, keep, out, lse, dropped)
-        ctx.scale, ctx.rescale, ctx.step = scale, rescale, step
+        kept = torch.empty(BH, Nq, k.shape[1], dtype=torch.bool, device=q.device)
+        for h, r in _tiles(BH, Nq, k.shape[1]):
+            s = _scores(q[h, r], k[h], keep, h, r, scale)  # [heads, rows, Nk]
+            torch.logsumexp(s, -1, keepdim=True, out=lse[h, r])
+            probs = s.sub_(lse[h, r]).exp_()
+            probs.mul_(draw_keep_mask(kept[h, r], p)).mul_(rescale)
+            torch.bmm(probs, v[h], out=out[h, r])
+        ctx.save_for_backward(q, k, v, keep, out, lse, kept)
+        ctx.scale, ctx.rescale = scale, rescale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        q, k, v, keep, out, lse, dropped = ctx.saved_tensors
-        scale, rescale, step = ctx.scale, ctx.rescale, ctx.step
+        q, k, v, keep, out, lse, kept = ctx.saved_tensors
+        scale, rescale = ctx.scale, ctx.rescale
         dout = dout.contiguous()
         rowdot = (dout * out).sum(-1, keepdim=True)  # [BH, Nq, 1]: sum_j dP_ij P_ij
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        for i in range(0, q.shape[0], step):
-            c = slice(i, i + step)
-            probs = _scores(q[c], k[c], keep, c, scale).sub_(lse[c]).exp_()  # recomputed, before dropout
-            kept = dropped[c]
-            torch.bmm((probs * kept).mul_(rescale).transpose(1, 2), dout[c], out=dv[c])
-            dscores = torch.bmm(dout[c], v[c].transpose(1, 2)).mul_(kept).mul_(rescale)
-            dscores.sub_(rowdot[c]).mul_(probs)
-            torch.bmm(dscores, k[c], out=dq[c]).mul_(scale)
-            torch.bmm(dscores.transpose(1, 2), q[c], out=dk[c]).mul_(scale)
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (k, v))
+        for h, r in _tiles(*q.shape[:2], k.shape[1]):
+            probs = _scores(q[h, r], k[h], keep, h, r, scale).sub_(lse[h, r]).exp_()  # recomputed, before dropout
+            dv[h].baddbmm_((probs * kept[h, r]).mul_(rescale).transpose(1, 2), dout[h, r])
+            dscores = torch.bmm(dout[h, r], v[h].transpose(1, 2)).mul_(kept[h, r]).mul_(rescale)
+            dscores.sub_(rowdot[h, r]).mul_(probs)
+            torch.bmm(dscores, k[h], out=dq[h, r]).mul_(scale)
+            dk[h].baddbmm_(dscores.transpose(1, 2), q[h, r], alpha=scale)
         return dq, dk, dv, None, None
 
 
-def _scores(q, k, keep, chunk: slice, scale: float):
-    s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [step, Nq, Nk]
+def _tiles(heads: int, rows: int, cols: int):
+    """(head slice, query-row slice) steps of about SCORES_PER_CHUNK scores: several whole heads while
+    a head's scores fit, else one head a band of query rows at a time (softmax is per row)."""
+    per_head = rows * cols
+    if per_head <= SCORES_PER_CHUNK:
+        step = SCORES_PER_CHUNK // per_head
+        for i in range(0, heads, step):
+            yield slice(i, i + step), slice(None)
+        return
+    band = max(1, SCORES_PER_CHUNK // cols)
+    for i in range(heads):
+        for j in range(0, rows, band):
+            yield slice(i, i + 1), slice(j, j + band)
+
+
+def _scores(q, k, keep, heads: slice, rows: slice, scale: float):
+    s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [heads, rows, Nk]
     if keep is not None:
-        s.masked_fill_((keep if keep.shape[0] == 1 else keep[chunk]).logical_not(), float("-inf"))
+        mask = keep[heads if keep.shape[0] > 1 else slice(None), rows if keep.shape[1] > 1 else slice(None)]
+        s.masked_fill_(mask.logical_not(), float("-inf"))
     return s

@@ -16,10 +16,11 @@ def reference(q, k, v, keep, kept, rate):
     return (scores.softmax(-1) * kept / rate) @ v
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("chunk", [1, 4, 1 << 20])
-def test_outputs_and_gradients_equal_autograd_with_the_same_mask(masked, chunk, monkeypatch):
-    monkeypatch.setattr(da, "SCORES_PER_CHUNK", chunk * 11 * 13)  # `chunk` heads per step
+@pytest.mark.parametrize("masked", [None, "keys", "per query"])
+@pytest.mark.parametrize("scores_per_tile", [13, 3 * 13, 11 * 13, 4 * 11 * 13, 1 << 20])
+def test_outputs_and_gradients_equal_autograd_with_the_same_mask(masked, scores_per_tile, monkeypatch):
+    """Tiles of one query row, three rows, one head, four heads, everything (11 queries, 13 keys)."""
+    monkeypatch.setattr(da, "SCORES_PER_CHUNK", scores_per_tile)
     drawn = []
     draw = da.draw_keep_mask
     monkeypatch.setattr(da, "draw_keep_mask", lambda out, p: drawn.append(draw(out, p)) or drawn[-1])
@@ -27,11 +28,18 @@ def test_outputs_and_gradients_equal_autograd_with_the_same_mask(masked, chunk, 
     q = torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(2, 3, 13, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     keep = None
-    if masked:
+    if masked == "keys":
         keep = torch.ones(2, 1, 1, 13, dtype=torch.bool)
         keep[1, :, :, 9:] = False
+    elif masked == "per query":  # a banded pattern, as a sparse mask is
+        keep = (torch.arange(11)[:, None] - torch.arange(13)[None, :]).abs() <= 3
+        keep = keep.expand(2, 1, 11, 13).clone()
+        keep[0, :, :, 5] = False
     out = da.dropout_attention(q, k, v, keep, 0.3)
-    kept = torch.cat(drawn).view(2, 3, 11, 13)
+    kept = torch.zeros(6, 11, 13, dtype=torch.bool)
+    for (heads, rows), mask in zip(da._tiles(6, 11, 13), drawn):
+        kept[heads, rows] = mask
+    kept = kept.view(2, 3, 11, 13)
     assert 0 < kept.float().mean() < 1
     expected = reference(q, k, v, keep, kept, da.kept_rate(0.3))
     torch.testing.assert_close(out, expected)
