@@ -58,8 +58,8 @@ def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0,
     """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s.
 
     The blocks are laid out as a batch of B * n independent attention problems of N/n tokens
-    ([B * n, H, N/n, d], a view of q), so SDPA picks its fused kernels; only k and v are copied,
-    rolled per head group, which is all the permutation costs (forward and backward).
+    ([B * n, H, N/n, d]), so SDPA picks its fused kernels; k and v are rolled per head group on the
+    way, which is all the permutation costs over the identity-only bound (forward and backward).
     """
     B, H, N, d = q.shape
     n = len(head_counts)

@@ -8,7 +8,7 @@ recomputes the probabilities from the saved log-sum-exp (as FlashAttention does)
 one byte, the dropout mask.
 
 The dropout mask is drawn 16 bits per entry (four per 64-bit draw of torch's generator), several
-times faster than ``bernoulli_``: the rate is p rounded to a multiple of 1/65536 (0.1 -> 0.099991),
+times faster than ``bernoulli_``: the rate is p rounded to a multiple of 1/65536 (0.1 -> 0.100006),
 and the kept values are scaled by 1 / (1 - that rate), so the expectation is exact.
 """
 
@@ -26,15 +26,23 @@ def dropout_attention(q, k, v, keep, dropout_p: float):
     """softmax(q k^T / sqrt(d), masked by ``keep``) with dropout, times v.
 
     q [..., Nq, d], k and v [..., Nk, d]; ``keep`` (bool, True = may attend) broadcasts to
-    [..., Nq, Nk] and leaves every query at least one key.
+    [..., Nq, Nk] and must leave every query at least one key (a query with none gets NaN; the
+    kernels in attention.py see to it).
     """
     lead = q.shape[:-2]
-    if keep is not None:  # [BH or 1, Nq or 1, Nk]; a mask shared by every head stays shared
-        shared = keep.dim() <= 2 or all(size == 1 for size in keep.shape[:-2])
-        keep = keep.reshape(1, *keep.shape[-2:]) if shared else keep.expand(*lead, *keep.shape[-2:]).reshape(
-            -1, *keep.shape[-2:])
+    heads_per_mask = 1  # flattened head i uses mask i // heads_per_mask: a mask shared by heads stays shared
+    if keep is not None:
+        keep = keep.reshape((1,) * (len(lead) + 2 - keep.dim()) + tuple(keep.shape))
+        if all(size == 1 for size in keep.shape[:-2]):
+            heads_per_mask = math.prod(lead)
+        elif keep.shape[-3] == 1:
+            heads_per_mask = lead[-1]
+            keep = keep.expand(*lead[:-1], 1, *keep.shape[-2:])
+        else:
+            keep = keep.expand(*lead, *keep.shape[-2:])
+        keep = keep.reshape(-1, *keep.shape[-2:])  # [BH / heads_per_mask, Nq or 1, Nk]
     q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))  # [BH, N, d]
-    out = _DropoutAttention.apply(q3, k3, v3, keep, dropout_p)
+    out = _DropoutAttention.apply(q3, k3, v3, keep, heads_per_mask, dropout_p)
     return out.view(*lead, *out.shape[-2:])
 
 
@@ -52,20 +60,20 @@ def draw_keep_mask(out: torch.Tensor, p: float) -> torch.Tensor:
 
 class _DropoutAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, keep, p):
+    def forward(ctx, q, k, v, keep, heads_per_mask, p):
         BH, Nq, _ = q.shape
         scale, rescale = 1 / math.sqrt(q.shape[-1]), 1 / kept_rate(p)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty(BH, Nq, 1, dtype=q.dtype, device=q.device)
         kept = torch.empty(BH, Nq, k.shape[1], dtype=torch.bool, device=q.device)
         for h, r in _tiles(BH, Nq, k.shape[1]):
-            s = _scores(q[h, r], k[h], keep, h, r, scale)  # [heads, rows, Nk]
+            s = _scores(q[h, r], k[h], keep, heads_per_mask, h, r, scale)  # [heads, rows, Nk]
             torch.logsumexp(s, -1, keepdim=True, out=lse[h, r])
             probs = s.sub_(lse[h, r]).exp_()
             probs.mul_(draw_keep_mask(kept[h, r], p)).mul_(rescale)
             torch.bmm(probs, v[h], out=out[h, r])
         ctx.save_for_backward(q, k, v, keep, out, lse, kept)
-        ctx.scale, ctx.rescale = scale, rescale
+        ctx.scale, ctx.rescale, ctx.heads_per_mask = scale, rescale, heads_per_mask
         return out
 
     @staticmethod
@@ -78,13 +86,13 @@ class _DropoutAttention(torch.autograd.Function):
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (k, v))
         for h, r in _tiles(*q.shape[:2], k.shape[1]):
-            probs = _scores(q[h, r], k[h], keep, h, r, scale).sub_(lse[h, r]).exp_()  # recomputed, before dropout
+            probs = _scores(q[h, r], k[h], keep, ctx.heads_per_mask, h, r, scale).sub_(lse[h, r]).exp_()  # no dropout
             dv[h].baddbmm_((probs * kept[h, r]).mul_(rescale).transpose(1, 2), dout[h, r])
             dscores = torch.bmm(dout[h, r], v[h].transpose(1, 2)).mul_(kept[h, r]).mul_(rescale)
             dscores.sub_(rowdot[h, r]).mul_(probs)
             torch.bmm(dscores, k[h], out=dq[h, r]).mul_(scale)
             dk[h].baddbmm_(dscores.transpose(1, 2), q[h, r], alpha=scale)
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def _tiles(heads: int, rows: int, cols: int):
@@ -94,7 +102,7 @@ def _tiles(heads: int, rows: int, cols: int):
     if per_head <= SCORES_PER_CHUNK:
         step = SCORES_PER_CHUNK // per_head
         for i in range(0, heads, step):
-            yield slice(i, i + step), slice(None)
+            yield slice(i, min(i + step, heads)), slice(None)
         return
     band = max(1, SCORES_PER_CHUNK // cols)
     for i in range(heads):
@@ -102,9 +110,10 @@ def _tiles(heads: int, rows: int, cols: int):
             yield slice(i, i + 1), slice(j, j + band)
 
 
-def _scores(q, k, keep, heads: slice, rows: slice, scale: float):
+def _scores(q, k, keep, heads_per_mask: int, heads: slice, rows: slice, scale: float):
     s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [heads, rows, Nk]
     if keep is not None:
-        mask = keep[heads if keep.shape[0] > 1 else slice(None), rows if keep.shape[1] > 1 else slice(None)]
+        masks = torch.arange(heads.start, heads.stop, device=keep.device) // heads_per_mask
+        mask = keep[masks][:, rows if keep.shape[1] > 1 else slice(None)]
         s.masked_fill_(mask.logical_not(), float("-inf"))
     return s

@@ -91,7 +91,8 @@ class BlockBertModel(FromPretrained, nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()  # [B, N]
         if key_mask is not None and bool(key_mask.all()):
-            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
+            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does;
+            # the check costs one host sync per forward on CUDA
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.layers:
             if self.config.gradient_checkpointing and self.training:

@@ -16,7 +16,7 @@ def reference(q, k, v, keep, kept, rate):
     return (scores.softmax(-1) * kept / rate) @ v
 
 
-@pytest.mark.parametrize("masked", [None, "keys", "per query"])
+@pytest.mark.parametrize("masked", [None, "keys", "per query", "shared"])
 @pytest.mark.parametrize("scores_per_tile", [13, 3 * 13, 11 * 13, 4 * 11 * 13, 1 << 20])
 def test_outputs_and_gradients_equal_autograd_with_the_same_mask(masked, scores_per_tile, monkeypatch):
     """Tiles of one query row, three rows, one head, four heads, everything (11 queries, 13 keys)."""
@@ -35,6 +35,8 @@ def test_outputs_and_gradients_equal_autograd_with_the_same_mask(masked, scores_
         keep = (torch.arange(11)[:, None] - torch.arange(13)[None, :]).abs() <= 3
         keep = keep.expand(2, 1, 11, 13).clone()
         keep[0, :, :, 5] = False
+    elif masked == "shared":  # one [Nq, Nk] pattern for every sequence and head, as the sparse mask is
+        keep = (torch.arange(11)[:, None] - torch.arange(13)[None, :]).abs() <= 4
     out = da.dropout_attention(q, k, v, keep, 0.3)
     kept = torch.zeros(6, 11, 13, dtype=torch.bool)
     for (heads, rows), mask in zip(da._tiles(6, 11, 13), drawn):
