@@ -113,7 +113,11 @@ def _tiles(heads: int, rows: int, cols: int):
 def _scores(q, k, keep, heads_per_mask: int, heads: slice, rows: slice, scale: float):
     s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [heads, rows, Nk]
     if keep is not None:
-        masks = torch.arange(heads.start, heads.stop, device=keep.device) // heads_per_mask
-        mask = keep[masks][:, rows if keep.shape[1] > 1 else slice(None)]
+        first, last = heads.start // heads_per_mask, (heads.stop - 1) // heads_per_mask
+        if first == last:  # one mask for the whole tile: a view, broadcast over its heads
+            mask = keep[first:first + 1]
+        else:
+            mask = keep[torch.arange(heads.start, heads.stop, device=keep.device) // heads_per_mask]
+        mask = mask[:, rows] if keep.shape[1] > 1 else mask
         s.masked_fill_(mask.logical_not(), float("-inf"))
     return s

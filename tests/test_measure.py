@@ -116,7 +116,7 @@ def test_peers_are_the_transformers_models_at_our_sizes():
                        ("hf_roberta", "RobertaForMaskedLM"), ("hf_bigbird", "BigBirdForMaskedLM")):
         peer = build(name, size, {}, 128)
         assert type(peer.model).__name__ == arch
-        assert (peer.model.config.hidden_size, peer.model.config.num_hidden_layers, peer.vocab_size) == (48, 1, 100)
+        assert (peer.model.config.hidden_size, peer.model.config.num_hidden_layers, peer.config.vocab_size) == (48, 1, 100)
     assert build("hf_bert_eager", size, {}, 128).model.config._attn_implementation == "eager"
     assert build("hf_bigbird", size, {}, 128).model.config.attention_type == "block_sparse"
     assert build("sparsebert_blocks", size, {}, 128).config.sparse_impl == "blocks"

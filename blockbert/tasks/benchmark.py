@@ -70,7 +70,7 @@ def benchmark_models(cfg, device, autocast) -> list[dict]:
     if cfg.compile:
         for model in models.values():
             model.compile()
-    vocab = min(m.vocab_size for m in models.values())
+    vocab = min(m.config.vocab_size for m in models.values())
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     records = []
     for batch_size in cfg.batch_sizes:

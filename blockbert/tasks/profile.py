@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> dict:
     for name in cfg.models:
         torch.manual_seed(cfg.seed)
         model = build(name, size, heads, max(lengths), cfg.attention_impl).to(device).train()
-        vocab = model.vocab_size
+        vocab = model.config.vocab_size
         rows = []
         for n in lengths:
             b = cfg.tokens_per_device // n

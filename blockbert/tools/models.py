@@ -25,7 +25,7 @@ def known_models() -> list[str]:
 
 def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):
     """A model whose ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
-    ``model.vocab_size`` is the size of its vocabulary."""
+    ``model.config.vocab_size`` is the size of its vocabulary."""
     size = dict(size)
     if name in PEERS:
         return _peer(name, preset_config("roberta_1seq", **size), max_len)
@@ -36,9 +36,7 @@ def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str 
     if name in heads:
         overrides["heads"] = heads[name]
     config = preset_config(preset, **overrides)
-    model = (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
-    model.vocab_size = config.vocab_size
-    return model
+    return (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
 
 
 def _peer(name: str, config, max_len: int) -> "PeerModel":
@@ -60,7 +58,7 @@ class PeerModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.vocab_size = model.config.vocab_size
+        self.config = model.config  # transformers' config: vocab_size, hidden_size, ... as ours has
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
