@@ -2,9 +2,10 @@
 
 * dense   -- ordinary multi-head attention (RoBERTa); ``sdpa`` or an ``eager`` path that
              materialises the N x N probabilities.
-* block   -- BlockBERT (section 3 of the paper): the sequence is cut into n blocks, head h has a
-             shift k_h and query block i attends only to key block (i + k_h) mod n. Computed as a
-             batch of n problems of N/n tokens: never an N x N score matrix.
+* block   -- BlockBERT (section 3 of the paper): the configured length N (``block_seq_len``) is cut
+             into n blocks, head h has a shift k_h and query block i attends only to key block
+             (i + k_h) mod n. Computed as a batch of n problems of N/n tokens (fewer for a shorter
+             input: its all-padding query blocks are skipped): never an N x N score matrix.
 * sparse  -- SparseBert: the bidirectional "fixed" pattern of the Sparse Transformer as fairseq's
              ``sparse_multihead_attention.py`` builds it, either applied as a mask on dense attention
              (``mask``, faithful to the paper, which does not save compute with it) or computed over
@@ -54,42 +55,71 @@ def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, eager: bool 
     return _attend(q, k, v, keep, dropout_p, eager)
 
 
-def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False):
+def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False,
+                    block_seq_len: int | None = None):
     """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s.
 
-    The blocks are laid out as a batch of B * n independent attention problems of N/n tokens
-    ([B * n, H, N/n, d]), so SDPA picks its fused kernels; k and v are rolled per head group on the
+    The blocks are fixed by ``block_seq_len`` (N; default: this call's length): block i holds positions
+    i*m .. (i+1)*m - 1 with m = ceil(N/n), so a position's block never depends on how far a batch is padded.
+    A shorter input is computed as if padded to N, but only its first b = ceil(L/m) query blocks are: the
+    others are padding; a query block whose key block lies past the input sees no real key (zero output).
+    The blocks are laid out as a batch of B * b independent attention problems of m tokens
+    ([B * b, H, m, d]), so SDPA picks its fused kernels; k and v are permuted per head group on the
     way, which is all the permutation costs over the identity-only bound (forward and backward).
     """
-    B, H, N, d = q.shape
+    B, H, L, d = q.shape
     n = len(head_counts)
-    pad = -N % n  # footnote 4: pad N to a multiple of n, unpad on return
+    N = L if block_seq_len is None else block_seq_len
+    if L > N:
+        raise ConfigError(f"sequence length {L} exceeds block_seq_len={N}, the length block attention cuts into "
+                          f"n={n} blocks: use sequences of at most {N} tokens or a larger block_seq_len")
+    m = -(-N // n)  # footnote 4: N padded to a multiple of n
+    b = -(-L // m)  # query blocks holding real positions; b = n when L > (n - 1) * m
+    pad = b * m - L
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         if key_mask is None:
-            key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
+            key_mask = torch.ones(B, L, dtype=torch.bool, device=q.device)
         key_mask = F.pad(key_mask, (0, pad), value=False)
-    m = (N + pad) // n
-    q, k, v = (t.reshape(B, H, n, m, d).transpose(1, 2) for t in (q, k, v))  # [B, n, H, N/n, d]
+    q, k, v = (t.reshape(B, H, b, m, d).transpose(1, 2) for t in (q, k, v))  # [B, b, H, m, d]
     k, v = _shift_blocks(k, head_counts), _shift_blocks(v, head_counts)
     keep = None
     if key_mask is not None:
-        keep = _shift_blocks(key_mask.reshape(B, n, 1, 1, m).expand(B, n, H, 1, m), head_counts)
-        keep = keep.reshape(B * n, H, 1, m)
-    q, k, v = (t.reshape(B * n, H, m, d) for t in (q, k, v))
-    out = _attend(q, k, v, keep, dropout_p, eager)  # [B * n, H, N/n, d]
-    return out.view(B, n, H, m, d).transpose(1, 2).reshape(B, H, n * m, d)[:, :, :N]
+        keep = _shift_blocks(key_mask.reshape(B, b, 1, 1, m).expand(B, b, H, 1, m), head_counts)
+    if b < n and any(head_counts[1:]):  # key blocks past the input are all padding
+        present = _key_blocks(b, tuple(head_counts), q.device)[1][None, :, :, None, None]  # [1, b, H, 1, 1]
+        keep = present.expand(B, b, H, 1, m) if keep is None else keep & present
+    if keep is not None:
+        keep = keep.reshape(B * b, H, 1, m)
+    q, k, v = (t.reshape(B * b, H, m, d) for t in (q, k, v))
+    out = _attend(q, k, v, keep, dropout_p, eager)  # [B * b, H, m, d]
+    return out.view(B, b, H, m, d).transpose(1, 2).reshape(B, H, b * m, d)[:, :, :L]
 
 
 def _shift_blocks(t, head_counts):
-    """Roll block dim 1 of the heads (dim 2) of shift s by -s, so query block i meets key block i + s.
+    """Block i of a head with shift s gets block (i + s) mod n: t is [B, b, H, ...] with b <= n blocks.
 
-    With every head at shift 0 (the identity-only bound) nothing is copied.
+    With all n blocks this is a roll of block dim 1 by -s per head group (dim 2); with b < n, a key block
+    (i + s) mod n >= b lies past the input (all padding, masked by the caller) and block 0 stands in
+    for it. With every head at shift 0 (the identity-only bound) nothing is copied.
     """
     if not any(head_counts[1:]):
         return t
-    groups = torch.split(t, list(head_counts), dim=2)
-    return torch.cat([g.roll(-s, dims=1) if s else g for s, g in enumerate(groups)], dim=2)
+    b, n = t.shape[1], len(head_counts)
+    if b == n:
+        groups = torch.split(t, list(head_counts), dim=2)
+        return torch.cat([g.roll(-s, dims=1) if s else g for s, g in enumerate(groups)], dim=2)
+    source = _key_blocks(b, tuple(head_counts), t.device)[0]  # [b, H]
+    return t[:, source, torch.arange(t.shape[2], device=t.device)]  # [B, b, H, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _key_blocks(b: int, head_counts: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([b, H] key block of query block i for head h, clamped to b - 1; [b, H] bool: that block exists)."""
+    n = len(head_counts)
+    shifts = torch.repeat_interleave(torch.arange(n), torch.tensor(head_counts))  # [H]
+    target = (torch.arange(b)[:, None] + shifts[None, :]) % n
+    return torch.where(target < b, target, 0).to(device), (target < b).to(device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -185,9 +215,10 @@ def _summary_keep_on(windows: int, l: int, c: int, device: torch.device) -> torc
 def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     """Any of the three patterns through PyTorch's FlexAttention (``attention_impl=flex``).
 
-    ``pattern`` is ("dense",), ("block", head_counts) or ("sparse", stride, expressivity). The
-    pattern's BlockMask is built once per (pattern, N, device) and cached, so fully masked tiles are
-    skipped; padding is a score_mod on top. FlexAttention has no dropout and, on CPU, neither
+    ``pattern`` is ("dense",), ("block", head_counts, block_seq_len) or ("sparse", stride, expressivity).
+    The pattern's BlockMask is built once per (pattern, length, device) and cached, so fully masked tiles
+    are skipped; padding is a score_mod on top. Block boundaries come from block_seq_len (N), not from
+    the input's length, as in :func:`block_attention`. FlexAttention has no dropout and, on CPU, neither
     backward nor a fused kernel: it is a GPU path (compiled there), checked on CPU in inference.
     """
     from torch.nn.attention import flex_attention as fa
@@ -195,6 +226,10 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
         raise ConfigError("attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
                           "on CPU): use attention_impl=sdpa, or flex for inference")
+    if pattern[0] == "block" and q.shape[2] > pattern[2]:
+        raise ConfigError(f"sequence length {q.shape[2]} exceeds block_seq_len={pattern[2]}, the length block "
+                          f"attention cuts into n={len(pattern[1])} blocks: use sequences of at most {pattern[2]} "
+                          "tokens or a larger block_seq_len")
     score_mod = None
     if key_mask is not None:
         def score_mod(score, b, h, q_idx, kv_idx):
@@ -216,8 +251,8 @@ def _flex_block_mask(pattern: tuple, num_heads: int, seq_len: int, device: torch
     from torch.nn.attention.flex_attention import create_block_mask
 
     if pattern[0] == "block":
-        counts = pattern[1]
-        n, m = len(counts), -(-seq_len // len(counts))  # footnote 4's padded block length
+        counts, n = pattern[1], len(pattern[1])
+        m = -(-pattern[2] // n)  # footnote 4's padded block length, from block_seq_len, not this length
         shifts = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(device)  # [H]
 
         def mask_mod(b, h, q_idx, kv_idx):
@@ -240,7 +275,7 @@ class SelfAttention(nn.Module):
         self.config = config
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.flex_pattern = {"block": ("block", config.head_counts),
+        self.flex_pattern = {"block": ("block", config.head_counts, config.attention_length),
                              "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity)
                              }.get(config.attention, ("dense",))
 
@@ -255,7 +290,7 @@ class SelfAttention(nn.Module):
         if cfg.attention_impl == "flex":
             z = flex_attention(q, k, v, self.flex_pattern, key_mask)
         elif cfg.attention == "block":
-            z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager)
+            z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager, cfg.attention_length)
         elif cfg.attention == "sparse":
             kernel = sparse_block_attention if cfg.sparse_impl == "blocks" else sparse_attention
             z = kernel(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)

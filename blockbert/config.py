@@ -52,6 +52,9 @@ class BlockBertConfig:
     type_vocab_size: int = 2
     attention: str = "dense"  # dense | block | sparse
     heads: str = "10:2"  # read only when attention == "block"
+    # block only: N, the length cut into the n blocks -- block i is positions [i*m, (i+1)*m), m = ceil(N/n),
+    # whatever the padded batch length; longer sequences are refused. 0: max_sequence_length (old configs)
+    block_seq_len: int = 0
     sparse_stride: int = 128  # Sparse Transformer "fixed" pattern: stride l
     sparse_expressivity: int = 32  # ... and expressivity c
     sparse_impl: str = "mask"  # mask (dense attention under the pattern, the paper's cost) | blocks (only its keys)
@@ -99,6 +102,14 @@ class BlockBertConfig:
             raise ConfigError(f"attention_impl=flex has no attention dropout (attention_dropout={self.attention_dropout}): "
                               "set attention_dropout=0 or use attention_impl=sdpa")
         self.head_counts = parse_heads(self.heads, self.num_heads) if self.attention == "block" else (self.num_heads,)
+        if isinstance(self.block_seq_len, bool) or not isinstance(self.block_seq_len, int) or self.block_seq_len < 0:
+            raise ConfigError(f"block_seq_len={self.block_seq_len!r} must be a non-negative integer "
+                              "(N, the length block attention cuts into blocks; 0: the model's longest sequence)")
+        if self.attention == "block" and self.block_seq_len > self.max_sequence_length:
+            raise ConfigError(f"block_seq_len={self.block_seq_len} exceeds the model's {self.max_sequence_length} "
+                              f"positions (max_position_embeddings={self.max_position_embeddings}"
+                              + (f" minus position_offset={self.position_offset}" if self.position_offset else "")
+                              + f"): use block_seq_len <= {self.max_sequence_length}")
 
     @property
     def num_blocks(self) -> int:
@@ -118,10 +129,26 @@ class BlockBertConfig:
     def max_sequence_length(self) -> int:
         return self.max_position_embeddings - self.position_offset
 
+    @property
+    def attention_length(self) -> int:
+        """N, the length block attention cuts into n blocks: ``block_seq_len``, or ``max_sequence_length`` if 0."""
+        return self.block_seq_len or self.max_sequence_length
+
+    @property
+    def block_size(self) -> int:
+        """m = ceil(N / n): block i holds positions i*m .. (i+1)*m - 1 (N padded to a multiple of n)."""
+        return -(-self.attention_length // self.num_blocks)
+
     def check_sequence_length(self, seq_len: int) -> None:
         if seq_len > self.max_sequence_length:
             raise ConfigError(
                 f"sequence length {seq_len} exceeds max_position_embeddings={self.max_position_embeddings}"
                 + (f" (minus position_offset={self.position_offset})" if self.position_offset else "")
                 + f": use sequences of at most {self.max_sequence_length} tokens or a model with more positions"
+            )
+        if self.attention == "block" and seq_len > self.attention_length:
+            raise ConfigError(
+                f"sequence length {seq_len} exceeds block_seq_len={self.attention_length}, the length block attention "
+                f"cuts into n={self.num_blocks} blocks of {self.block_size} positions: use sequences of at most "
+                f"{self.attention_length} tokens or a model with a larger block_seq_len"
             )

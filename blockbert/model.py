@@ -53,8 +53,10 @@ class FromPretrained:
 
     @classmethod
     def from_pretrained(cls, path: str, **overrides):
-        """Load ``path``; ``overrides`` may change the attention (``attention="block", heads="10:2"``) and
-        ``max_position_embeddings`` (the longest sequence; learned positions are copied to extend it)."""
+        """Load ``path``; ``overrides`` may change the attention (``attention="block", heads="10:2"``),
+        ``max_position_embeddings`` (the longest sequence; learned positions are copied to extend it) and
+        ``block_seq_len`` (N, which fixes the blocks; by default a block checkpoint keeps its own N, see
+        :func:`blockbert.convert.import_weights`)."""
         from .convert import load_pretrained
 
         return load_pretrained(cls, path, **overrides)

@@ -190,7 +190,7 @@ def test_flex_backend_equals_sdpa_in_inference(config):
     from blockbert.config import BlockBertConfig
 
     torch.manual_seed(0)
-    base = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, **config)
+    base = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, block_seq_len=37, **config)
     sdpa = SelfAttention(BlockBertConfig(**base)).eval()
     flex = SelfAttention(BlockBertConfig(**base, attention_impl="flex")).eval()
     flex.load_state_dict(sdpa.state_dict())

@@ -44,7 +44,7 @@ def test_dense_pattern_every_position_sees_every_other():
 
 def test_block_pattern_2_2_0():
     """n=3, N=12 (blocks of 4): two heads identity, two heads shift 1, none shift 2."""
-    seen = influence(one_layer(attention="block", heads="2:2:0"), 12)
+    seen = influence(one_layer(attention="block", heads="2:2:0", block_seq_len=12), 12)
     block = torch.arange(12) // 4
     expected = (block[None, :] == block[:, None]) | (block[None, :] == (block[:, None] + 1) % 3)
     assert torch.equal(seen, expected)
@@ -90,7 +90,7 @@ def test_padding_is_finite_and_never_leaks(kind):
 
 def test_block_with_padding_to_multiple_of_n_matches_unpadded_length():
     """N=10 with n=3: internal padding; output has N rows and gradients are finite."""
-    model = one_layer(attention="block", heads="2:1:1")
+    model = one_layer(attention="block", heads="2:1:1", block_seq_len=10)
     ids = torch.randint(5, 50, (2, 10))
     out = model(ids)
     assert out.shape == (2, 10, 32)

@@ -34,16 +34,16 @@ def main(cfg: DictConfig) -> dict:
     results = {"device": str(device), "attention_impl": cfg.attention_impl, "tokens_per_device": cfg.tokens_per_device,
                "size": size, "models": {}}
     for name in cfg.models:
-        torch.manual_seed(cfg.seed)
-        model = build(name, size, heads, max(lengths), cfg.attention_impl).to(device).train()
-        vocab = model.config.vocab_size
         rows = []
         for n in lengths:
             b = cfg.tokens_per_device // n
             if b < 1:
                 raise ConfigError(f"tokens_per_device={cfg.tokens_per_device} is smaller than N={n}: "
                                   f"give at least {max(lengths)} tokens per device")
-            step = measure_step(model, random_batch(b, n, vocab, device))
+            torch.manual_seed(cfg.seed)
+            model = build(name, size, heads, n, cfg.attention_impl).to(device).train()  # a model of length N
+            step = measure_step(model, random_batch(b, n, model.config.vocab_size, device))
+            del model
             rows.append(dict(seq_len=n, batch_size=b, model_mb=step.model_bytes / MB,
                              optimizer_mb=step.optimizer_bytes / MB, activation_mb=step.activation_bytes / MB,
                              cuda_peak_mb=None if step.cuda_peak_bytes is None else step.cuda_peak_bytes / MB))
@@ -53,7 +53,6 @@ def main(cfg: DictConfig) -> dict:
             r["linear_part_mb"], r["quadratic_part_mb"] = fit.linear_part(), fit.quadratic_part(r["seq_len"])
         results["models"][name] = {"rows": rows, "fit": {"intercept_mb": fit.intercept, "slope_mb_per_token": fit.slope,
                                                          "r2": fit.r2}}
-        del model
     (run_dir / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, lengths)
     plot(results, run_dir / "profile.png")

@@ -24,7 +24,8 @@ def known_models() -> list[str]:
 
 
 def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):
-    """A model whose ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
+    """A model for sequences of ``max_len`` tokens (block attention cuts that N into its blocks) whose
+    ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
     ``model.config.vocab_size`` is the size of its vocabulary."""
     size = dict(size)
     if name in PEERS:
