@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import torch_load
 from .config import BlockBertConfig, ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,27 +39,35 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
                                     f"({type(err).__name__})") from None
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
-    config = json.loads((directory / "config.json").read_text())
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except ValueError as err:  # malformed JSON, or not UTF-8 text
+        raise ConfigError(f"{directory}/config.json is not a JSON config ({err})") from None
     if config.get("model_type") not in SUPPORTED:
         raise ConfigError(f"{directory}/config.json: model_type={config.get('model_type')!r} is not supported: "
                           f"accepted are {', '.join(SUPPORTED)}")
     safetensors_file, bin_file = directory / "model.safetensors", directory / "pytorch_model.bin"
-    try:
-        if safetensors_file.is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(safetensors_file))
-        elif bin_file.is_file():
-            state = torch.load(bin_file, map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    except (OSError, RuntimeError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ConfigError(f"{directory}: cannot read the weights: {err}") from None
+    if safetensors_file.is_file():
+        state = read_safetensors(safetensors_file)
+    elif bin_file.is_file():
+        state = torch_load(bin_file)  # weights_only: tensors and plain data; any failure is one line naming the file
+        if not isinstance(state, dict):
+            raise ConfigError(f"{bin_file} holds a {type(state).__name__}, not a state dict (weight name: tensor)")
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
     state = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
              for k, v in state.items()}
     return directory, config, state
+
+
+def read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{path} is not a readable safetensors file: it is corrupt or truncated ({err})") from None
 
 
 def config_from_hf(hf: dict, where: Path) -> BlockBertConfig:
@@ -174,19 +183,30 @@ def load_pretrained(cls, path, **overrides):
 
 
 def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]:
-    """(config, state dict for ``cls``, directory). ``max_position_embeddings`` counts usable positions."""
-    unknown = set(overrides) - ARCH_OVERRIDES - {"max_position_embeddings"}
+    """(config, state dict for ``cls``, directory). ``max_position_embeddings`` counts usable positions.
+
+    With block attention, ``block_seq_len`` (N, which fixes the blocks) is the override if given; else a
+    checkpoint pre-trained with block attention keeps its N (an export older than the field: its positions),
+    raised to ``max_position_embeddings`` only when that asks for longer sequences; else (Hugging Face,
+    dense or sparse checkpoints) N is ``max_position_embeddings`` when given, the positions otherwise."""
+    accepted = ARCH_OVERRIDES | {"max_position_embeddings", "block_seq_len"}
+    unknown = set(overrides) - accepted
     if unknown:
         raise ConfigError(f"from_pretrained: cannot override {', '.join(sorted(unknown))}: accepted are "
-                          f"{', '.join(sorted(ARCH_OVERRIDES | {'max_position_embeddings'}))}")
+                          f"{', '.join(sorted(accepted))}")
     directory, hf, state = read_checkpoint(path)
     if hf.get("model_type") == "blockbert":
-        values = hf["blockbert"]
+        values = dict(hf["blockbert"])
         kind = "blockbert"
     else:
         values = config_from_hf(hf, directory).to_dict()
         kind = hf["model_type"]
+    trained_n = None  # the N a block-attention checkpoint was trained at
+    if values.get("attention") == "block":
+        trained_n = values.get("block_seq_len") or values["max_position_embeddings"] - values.get("position_offset", 0)
     wanted = overrides.pop("max_position_embeddings", None)
+    block_seq_len = overrides.pop("block_seq_len", None)
+    values.pop("block_seq_len", None)  # set once the positions are final
     values.update(overrides)
     config = BlockBertConfig(**{f.name: values[f.name] for f in fields(BlockBertConfig) if f.init and f.name in values})
     prefix = "" if cls.__name__ == "BlockBertModel" else "encoder."
@@ -201,6 +221,13 @@ def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]
                  directory, config.max_position_embeddings, rows)
         mapped[key] = extend_positions(mapped[key], rows, config.position_offset)
         config = BlockBertConfig(**{**config.to_dict(), "max_position_embeddings": rows})
+    if block_seq_len is None and config.attention == "block":
+        block_seq_len = (wanted or 0) if trained_n is None else max(trained_n, wanted or 0)
+        if trained_n is not None and block_seq_len > trained_n:
+            log.info("%s: block_seq_len follows the longer sequences, %d -> %d: the blocks are no longer the "
+                     "pre-trained ones", directory, trained_n, block_seq_len)
+    if block_seq_len is not None:
+        config = BlockBertConfig(**{**config.to_dict(), "block_seq_len": block_seq_len})
     check_shapes(cls, config, mapped, directory)
     return config, mapped, directory
 
@@ -243,7 +270,10 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         }
     else:
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if not k.endswith("decoder_weight")}
-        hf_config = {"model_type": "blockbert", "architectures": [f"BlockBert{head}"], "blockbert": config.to_dict()}
+        values = config.to_dict()
+        if config.attention == "block":  # N itself, not 0: the blocks stay put if the positions are extended
+            values["block_seq_len"] = config.attention_length
+        hf_config = {"model_type": "blockbert", "architectures": [f"BlockBert{head}"], "blockbert": values}
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_dir is not None and tokenizer_dir.is_dir():

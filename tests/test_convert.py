@@ -1,5 +1,6 @@
 """Hugging Face checkpoints in and out: equivalence with `transformers`, position extension, export."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def test_export_round_trip_dense_to_transformers_and_block_to_blockbert(tmp_path
     block = BlockBertForMaskedLM(BlockBertConfig(**{**config.to_dict(), "attention": "block", "heads": "1:2:1"})).eval()
     export(block, tmp_path / "block")
     again = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "block")).eval()
-    assert again.config == block.config
+    assert again.config == dataclasses.replace(block.config, block_seq_len=64)  # the export writes N itself
     with torch.no_grad():
         torch.testing.assert_close(again(ids, mask).logits, block(ids, mask).logits)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
 import random
@@ -69,8 +70,33 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
         if data_cfg.documents not in ("paragraph", "file"):
             raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file")
         kwargs["sample_by"] = "paragraph" if data_cfg.documents == "paragraph" else "document"
-    ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=str(cache_dir / "datasets"), **kwargs)
+    try:
+        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=str(cache_dir / "datasets"),
+                                   **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        if not isinstance(err.__cause__, UnicodeDecodeError):
+            raise
+        raise ConfigError(_not_utf8(paths) or f"data.files: a file is not UTF-8 text ({err.__cause__})") from None
     return _text_column(ds, data_cfg.text_field if kind != "text" else "text")
+
+
+def _not_utf8(paths: list[str]) -> str | None:
+    """A line naming the first file that is not UTF-8 text, and where (datasets does not say which file)."""
+    for path in paths:
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        with open(path, "rb") as file:
+            while True:
+                chunk = file.read(1 << 20)
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as err:
+                    at = offset - (len(err.object) - len(chunk)) + err.start  # the decoder kept a partial character
+                    return (f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {at}): "
+                            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of data.files")
+                if not chunk:
+                    break
+                offset += len(chunk)
+    return None
 
 
 def _load_hub(data_cfg, cache_dir: Path) -> datasets.Dataset:
@@ -79,6 +105,7 @@ def _load_hub(data_cfg, cache_dir: Path) -> datasets.Dataset:
     configs = [configs] * len(names) if configs is None or isinstance(configs, str) else list(configs)
     parts = []
     for name, config in zip(names, configs):
+        # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
         ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=str(cache_dir / "datasets"))
         parts.append(_text_column(ds, data_cfg.text_field))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

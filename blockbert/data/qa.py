@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,20 @@ def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
 def load_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise QADataError(not_utf8(path, err)) from None
     except json.JSONDecodeError as err:
         raise QADataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    return f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x}): QA files are UTF-8 JSON or JSON lines"
+
+
+def short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: values quoted from a file can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _field(item: dict, key: str, path: Path, where: str, kind=None):
@@ -94,7 +107,8 @@ def _field(item: dict, key: str, path: Path, where: str, kind=None):
 def _verified_span(dataset: QADataset, context: str, text: str, start, end, path: Path, where: str):
     """(start, end) if ``context[start:end] == text``; a mismatch is counted; an offset outside is an error."""
     if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start <= end <= len(context):
-        raise QADataError(f"{path}: {where}: answer offset {start!r} is outside its paragraph (length {len(context)})")
+        raise QADataError(f"{path}: {where}: answer offset {short(start)} is outside its paragraph "
+                          f"(length {len(context)})")
     if context[start:end] != text:
         dataset.mismatched_answers += 1
         return None
@@ -115,7 +129,7 @@ def _read_squad(path: Path, dataset: QADataset):
             context = _field(paragraph, "context", path, where_p, str)
             for qa in _field(paragraph, "qas", path, where_p, list):
                 qid = str(_field(qa, "id", path, f"{where_p}, a question"))
-                where = f"question {qid!r}"
+                where = f"question {short(qid)}"
                 question = _field(qa, "question", path, where, str)
                 answers = _field(qa, "answers", path, where, list)
                 if qa.get("is_impossible"):
@@ -131,6 +145,15 @@ def _read_squad(path: Path, dataset: QADataset):
 
 
 def _read_mrqa(path: Path, dataset: QADataset):
+    try:
+        yield from _mrqa_examples(path, dataset)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
+        raise QADataError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
+    except UnicodeDecodeError as err:
+        raise QADataError(not_utf8(path, err)) from None
+
+
+def _mrqa_examples(path: Path, dataset: QADataset):
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as lines:
         for n, line in enumerate(lines, 1):
@@ -145,7 +168,7 @@ def _read_mrqa(path: Path, dataset: QADataset):
             context = _field(item, "context", path, f"line {n}", str)
             for qa in _field(item, "qas", path, f"line {n}", list):
                 qid = str(_field(qa, "qid", path, f"line {n}, a question"))
-                where = f"line {n}, question {qid!r}"
+                where = f"line {n}, question {short(qid)}"
                 question = _field(qa, "question", path, where, str)
                 texts = [str(t) for t in _field(qa, "answers", path, where, list)]
                 if not texts:
@@ -155,7 +178,7 @@ def _read_mrqa(path: Path, dataset: QADataset):
                     text = _field(detected, "text", path, where, str)
                     for pair in _field(detected, "char_spans", path, where, list):  # end inclusive
                         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
-                            raise QADataError(f"{path}: {where}: char_spans entry {pair!r} is not a [start, end] "
+                            raise QADataError(f"{path}: {where}: char_spans entry {short(pair)} is not a [start, end] "
                                               "pair of integers")
                         candidates.append((text, pair[0], pair[1] + 1))
                 spans = _verified_spans(dataset, context, candidates, path, where)
@@ -230,6 +253,7 @@ def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_di
     """A split of a hub dataset with the SQuAD schema (``squad``, ``squad_v2``) or MRQA's (``mrqa``)."""
     import datasets
 
+    # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
     rows = datasets.load_dataset(name, config, split=split, cache_dir=str(cache_dir / "datasets"))
     if subset is not None:
         rows = rows.filter(lambda s: s == subset, input_columns="subset")

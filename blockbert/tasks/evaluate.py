@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from blockbert.data.qa import QADataError, load_json, read_qa_file
+from blockbert.data.qa import QADataError, load_json, read_qa_file, short
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.tasks.launch import report_error
 
@@ -19,9 +19,12 @@ def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
     data = load_json(file)
     if not isinstance(data, dict):
         raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not a {type(data).__name__}")
+    if isinstance(data.get("data"), list):
+        raise QADataError(f"{path} looks like a QA dataset (SQuAD JSON with 'data'), not a {name} file: expected "
+                          "a JSON object {question id: value}, such as a finetune run's dev/predictions.json")
     bad = next((qid for qid, value in data.items() if not isinstance(value, kind) or isinstance(value, bool)), None)
     if bad is not None:
-        raise QADataError(f"{path}: the value for {bad!r} is {data[bad]!r}, expected "
+        raise QADataError(f"{path}: the value for {short(bad)} is {short(data[bad])}, expected "
                           f"{'a string' if kind is str else 'a number'}")
     return data
 
@@ -33,10 +36,10 @@ def evaluate_files(data_file: str, predictions_file: str, na_prob_file: str | No
     unknown = [qid for qid in predictions if qid not in gold.gold]
     if unknown:
         print(f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
-              f"scripts do (first: {unknown[0]!r})", file=sys.stderr)
+              f"scripts do (first: {short(unknown[0])})", file=sys.stderr)
     missing = [qid for qid in gold.gold if qid not in predictions]
     if missing:
-        print(f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {missing[0]!r})",
+        print(f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
               file=sys.stderr)
     if gold.format != "squad2":
         return score_v1(gold.gold, predictions)
@@ -45,7 +48,7 @@ def evaluate_files(data_file: str, predictions_file: str, na_prob_file: str | No
         missing_probs = [qid for qid in predictions if qid in gold.gold and qid not in na_probs]
         if missing_probs:
             raise QADataError(f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
-                              f"question(s) (first: {missing_probs[0]!r})")
+                              f"question(s) (first: {short(missing_probs[0])})")
     return score_v2(gold.gold, predictions, na_probs)
 
 

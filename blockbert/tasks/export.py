@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from blockbert.checkpoints import CheckpointError, load_run
 from blockbert.config import BlockBertConfig
 from blockbert.convert import export
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
-from blockbert.tasks.common import load_run
 from blockbert.tasks.launch import report_error
 
 
@@ -15,7 +15,11 @@ def model_from_run(run_dir: str):
     model_class = (BlockBertForQuestionAnswering if "qa.weight" in weights else
                    BlockBertForPreTraining if "nsp.classifier.weight" in weights else BlockBertForMaskedLM)
     model = model_class(BlockBertConfig(**config))
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # torch lists every bad key over many lines: keep the first
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"{ckpt}: the weights do not fit its model_config ({detail[:200]})") from None
     return model, ckpt.parent.parent
 
 
