@@ -4,84 +4,86 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from pathlib import Path
 
+import datasets
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
-from transformers import DataCollatorForLanguageModeling
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 from blockbert.config import ConfigError
 
+from .cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
 from .corpus import describe_source, load_documents
-from .sequences import pack_documents, sentence_pairs, split_sentences
+from .sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
+from .sequences import pack_documents, sentence_pairs, tokenize_documents
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
+DOCUMENTS_PER_BATCH = 1000
 
 
-class ResumableSampler(Sampler[int]):
-    """Seeded permutations of the data, one per pass, read from ``position`` and split over ranks.
+def check_data_config(data_cfg) -> None:
+    """One-line errors for pre-training data settings that would otherwise fail deep inside ``datasets``."""
+    fraction = data_cfg.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"data.validation_fraction={fraction!r} is out of range: it is the fraction of documents "
+                          "held out for validation, a number strictly between 0 and 1 (e.g. 0.05)")
+    num_proc = data_cfg.get("num_proc")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
 
-    ``position`` counts samples of the stream of permutations consumed by all ranks together. One
-    iteration runs to the end of the current permutation, so a resumed run first finishes the
-    permutation it was interrupted in, then goes on with the next; a tail shorter than one global
-    batch is dropped (``drop_last``), as in an uninterrupted run. Each rank takes every
-    ``world_size``-th sample of the global order, so Lightning's distributed sampler is not used.
+
+def build_sequences(batch, documents, tokenizer, max_len: int, nsp: bool, seed: int) -> dict:
+    """The sequences of the documents [start, start + DOCUMENTS_PER_BATCH) (``batch["start"]``: one start)."""
+    (start,) = batch["start"]
+    docs = tokenize_documents(documents[start:start + DOCUMENTS_PER_BATCH]["text"], tokenizer)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if not nsp:
+        return {"input_ids": pack_documents(docs, max_len, cls_id, sep_id)}
+    pairs = sentence_pairs(docs, max_len, cls_id, sep_id, random.Random(seed + start))
+    return {"input_ids": [p[0] for p in pairs], "token_type_ids": [p[1] for p in pairs],
+            "next_sentence_label": [p[2] for p in pairs]}
+
+
+class PretrainDataModule(ResumableData, pl.LightningDataModule):
+    """Corpus -> tokenizer -> sequences, built once into the cache by ``prepare_data`` and loaded by ``setup``.
+
+    ``prepare_data`` (Lightning calls it on local rank 0 while the other ranks wait; an entry point can call
+    it before the Trainer exists) loads the documents, trains or loads the tokenizer and writes the train and
+    validation sequences under ``cache_dir/pretrain/KEY``, KEY following the corpus files, the tokenizer and
+    the settings that change the sequences. ``setup`` only reads that back; called first, or where nothing
+    was prepared, it builds the cache itself, and processes that start together wait for the one building it.
     """
 
-    def __init__(self, size: int, seed: int, global_batch: int, position: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        self.size, self.seed, self.global_batch = size, seed, global_batch
-        self.position, self.rank, self.world_size = position, rank, world_size
-
-    def __iter__(self):
-        epoch, offset = divmod(self.position, self.size)
-        if self.size - offset < self.global_batch:  # only a dropped tail was left of this permutation
-            epoch, offset = epoch + 1, 0
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-        usable = (self.size - offset) // self.global_batch * self.global_batch
-        self.position = (epoch + 1) * self.size  # the next iteration starts a new permutation
-        yield from order[offset:offset + usable][self.rank::self.world_size].tolist()
-
-    def __len__(self) -> int:  # constant: Lightning sizes its epoch loop once
-        return self.size // self.world_size
-
-    def position_after(self, batches: int) -> int:
-        """The stream position after ``batches`` global batches: every pass yields size // global_batch."""
-        per_pass = self.size // self.global_batch
-        return batches // per_pass * self.size + batches % per_pass * self.global_batch
-
-
-class PretrainDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg, next_sentence_prediction: bool, batch_size: int, seed: int, cache_dir: Path,
                  world_size: int = 1, tokenizer=None):
         super().__init__()
+        check_data_config(data_cfg)
         self.cfg = data_cfg
         self.nsp = next_sentence_prediction
         self.batch_size = batch_size
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser()
         self.world_size = world_size
-        self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in setup()
+        self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in prepare_data()
         self.train_set = self.val_set = None
-        self.sampler = None
-        self._samples_consumed = 0  # restored from a checkpoint on resume
+
+    def prepare_data(self) -> None:
+        if self.train_set is None:  # else setup() has read the cache already
+            build_once(self._cache_entry(), self._build)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        documents = load_documents(self.cfg, self.cache_dir)
-        if len(documents) < 2:
-            raise ConfigError(f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
-                              "need at least 2 (for training and validation)")
+        directory = self._cache_entry()
+        manifest = build_once(directory, self._build)  # read back when prepare_data() built it
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size,
-                                            self.cache_dir)
-        n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
-        split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
-        self.train_set = self._sequences(split["train"], "train")
-        self.val_set = self._sequences(split["test"], "validation")
+            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / manifest["tokenizer"]))
+        self.train_set = load_arrow(directory, manifest["train"])
+        self.val_set = load_arrow(directory, manifest["validation"])
         if len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
@@ -90,24 +92,60 @@ class PretrainDataModule(pl.LightningDataModule):
         log.info("pre-training data: %d train and %d validation sequences of at most %d tokens",
                  len(self.train_set), len(self.val_set), self.cfg.max_seq_length)
 
-    def _sequences(self, documents, split: str):
-        tok, max_len, nsp = self.tokenizer, self.cfg.max_seq_length, self.nsp
-        cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
-        seed = self.seed
+    def _cache_entry(self) -> Path:
+        """cache_dir/pretrain/KEY: KEY changes with the corpus (its files' sizes and times), the tokenizer and
+        every setting that changes the sequences (not num_proc: the sequences do not depend on it)."""
+        cfg = self.cfg
+        if cfg.source == "files":
+            corpus = ["files", file_stats(cfg.files), cfg.text_field, cfg.documents]
+        elif cfg.source == "hub":
+            corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]
+        else:
+            corpus = [cfg.source, cfg.get("generated_documents"), cfg.documents]
+        if self.tokenizer is not None:
+            tokenizer = ["given", tokenizer_fingerprint(self.tokenizer)]
+        elif cfg.tokenizer == "train":
+            tokenizer = ["train", cfg.tokenizer_vocab_size]
+        else:
+            tokenizer = [cfg.tokenizer, file_stats([cfg.tokenizer, f"{cfg.tokenizer}/*"])]
+        key = fingerprint(corpus, tokenizer, cfg.max_seq_length, cfg.validation_fraction, self.nsp, self.seed)
+        return self.cache_dir / "pretrain" / key
 
-        def build(batch, indices):
-            docs = []
-            for text in batch["text"]:
-                sentences = split_sentences(text)
-                docs.append(tok(sentences, add_special_tokens=False)["input_ids"] if sentences else [])
-            if not nsp:
-                return {"input_ids": pack_documents(docs, max_len, cls_id, sep_id)}
-            pairs = sentence_pairs(docs, max_len, cls_id, sep_id, random.Random(seed + indices[0]))
-            return {"input_ids": [p[0] for p in pairs], "token_type_ids": [p[1] for p in pairs],
-                    "next_sentence_label": [p[2] for p in pairs]}
+    def _build(self, directory: Path) -> dict:
+        documents = load_documents(self.cfg, self.cache_dir)
+        if len(documents) < 2:
+            raise ConfigError(f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
+                              "need at least 2 (for training and validation)")
+        n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
+        if n_val >= len(documents):
+            raise ConfigError(f"data.validation_fraction={self.cfg.validation_fraction} holds out {n_val} of the "
+                              f"{len(documents)} documents of {describe_source(self.cfg)}: none would be left for "
+                              "training; use a smaller fraction or a larger corpus")
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size, self.cache_dir)
+            tokenizer.save_pretrained(str(directory / "tokenizer"))
+        split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
+        manifest = {"tokenizer": "tokenizer", "documents": {"train": len(split["train"]), "validation": n_val}}
+        for name, part in (("train", split["train"]), ("validation", split["test"])):
+            manifest[name] = arrow_files(self._sequences(part, name, tokenizer, directory))
+        return manifest
 
-        return documents.map(build, batched=True, with_indices=True, batch_size=1000,
-                             remove_columns=documents.column_names, desc=f"building {split} sequences")
+    def _sequences(self, documents, split: str, tokenizer, directory: Path):
+        """One ``datasets.map`` over batches of documents (``data.num_proc`` processes). A batch, not a document,
+        is the unit of work, as the sentence pairs draw their random next segments from other documents of the
+        same batch: with batches fixed by their first document the sequences do not depend on num_proc."""
+        starts = datasets.Dataset.from_dict({"start": list(range(0, len(documents), DOCUMENTS_PER_BATCH))})
+        features = {"input_ids": datasets.List(datasets.Value("int32"))}
+        if self.nsp:
+            features.update(token_type_ids=datasets.List(datasets.Value("int8")),
+                            next_sentence_label=datasets.Value("int8"))
+        build = partial(build_sequences, documents=documents, tokenizer=tokenizer, max_len=self.cfg.max_seq_length,
+                        nsp=self.nsp, seed=self.seed)
+        return starts.map(build, batched=True, batch_size=1, remove_columns=["start"],
+                          features=datasets.Features(features), num_proc=self.cfg.get("num_proc"),
+                          cache_file_name=str(directory / f"{split}.arrow"), load_from_cache_file=False,
+                          new_fingerprint=f"{directory.name}-{split}", desc=f"building {split} sequences")
 
     def _collator(self, seed=None):
         return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.cfg.mlm_probability, seed=seed)
@@ -116,9 +154,10 @@ class PretrainDataModule(pl.LightningDataModule):
         trainer = self.trainer
         self.sampler = ResumableSampler(len(self.train_set), self.seed, self.batch_size * self.world_size,
                                         self._samples_consumed, trainer.global_rank if trainer else 0,
-                                        self.world_size)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler,
-                          collate_fn=self._collator(), num_workers=self.cfg.num_workers, drop_last=True)
+                                        self.world_size, stream_keys=True)
+        return DataLoader(StreamDataset(self.train_set), batch_size=self.batch_size, sampler=self.sampler,
+                          collate_fn=KeyedMasking(self._collator(), self.seed), num_workers=self.cfg.num_workers,
+                          drop_last=True)
 
     def val_dataloader(self):
         # The same masks at every validation, so validation perplexities are comparable over time.
@@ -130,9 +169,16 @@ class PretrainDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate,
                           num_workers=self.cfg.num_workers)
 
-    def state_dict(self):
-        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed  # on each rank, since the start
-        return {"samples_consumed": self.sampler.position_after(batches)}
 
-    def load_state_dict(self, state):
-        self._samples_consumed = state["samples_consumed"]
+class KeyedMasking:
+    """Dynamic masking whose draws depend only on the batch's stream keys, not on the global RNG: a
+    resumed run masks each batch as an uninterrupted run does (with any number of loader workers)."""
+
+    def __init__(self, collator, seed: int):
+        self.collator, self.seed = collator, seed
+
+    def __call__(self, rows: list[dict]) -> dict:
+        key = min(row.pop("stream_key") for row in rows)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(self.seed, key))
+            return self.collator(rows)

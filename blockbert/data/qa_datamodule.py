@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -12,8 +16,10 @@ from torch.utils.data import DataLoader
 
 from blockbert.config import ConfigError
 
+from .cache import arrow_files, build_once, fingerprint, load_arrow, tokenizer_fingerprint
 from .qa import QADataset, read_hub_split, read_qa_file, split_dev_test, write_generated_squad
-from .qa_windows import QAWindow, build_windows
+from .qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
+from .sampler import ResumableData, ResumableSampler
 from .tokenizer import train_wordpiece
 
 log = logging.getLogger(__name__)
@@ -64,28 +70,57 @@ def qa_tokenizer(data: dict[str, QADataset], vocab_size: int, cache_dir: Path):
     return train_wordpiece(datasets.Dataset.from_dict({"text": texts}), vocab_size, cache_dir)
 
 
-class QADataModule(pl.LightningDataModule):
-    def __init__(self, data: dict[str, QADataset], tokenizer, data_cfg, batch_size: int, num_workers: int = 0):
+class QADataModule(ResumableData, pl.LightningDataModule):
+    """Windows built with a batched ``datasets.map`` and cached under ``cache_dir/qa_windows/KEY``, KEY following
+    the tokenizer, the questions and paragraphs, and the window settings; a second run reads them back.
+    ``windows[split]`` is a list-like view of the cached table whose items are QAWindows."""
+
+    def __init__(self, data: dict[str, QADataset], tokenizer, data_cfg, batch_size: int, num_workers: int = 0,
+                 seed: int = 0, cache_dir: Path | None = None):
         super().__init__()
         self.data, self.tokenizer, self.cfg = data, tokenizer, data_cfg
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.windows: dict[str, list[QAWindow]] = {}
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.cache_dir = Path(cache_dir or os.environ.get("BLOCKBERT_CACHE", "~/.cache/blockbert")).expanduser()
+        self.windows: dict[str, WindowList] = {}
+
+    def prepare_data(self) -> None:
+        for split in self.data if not self.windows else ():  # after setup() the cache is read already
+            self._window_table(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.windows:
             return
-        for split, dataset in self.data.items():
-            windows = []
-            for i, example in enumerate(dataset.examples):
-                windows += build_windows(example, i, self.tokenizer, self.cfg.max_seq_length, self.cfg.doc_stride,
-                                         self.cfg.max_query_length)
-            if split == "train":  # answers that did not match their offsets teach nothing: leave them out
-                windows = [w for w in windows if not (dataset.examples[w.example_index].answers
-                                                      and not dataset.examples[w.example_index].spans)]
-            self.windows[split] = windows
-            log.info("%s: %d windows of at most %d tokens", split, len(windows), self.cfg.max_seq_length)
+        for split in self.data:
+            self.windows[split] = WindowList(self._window_table(split))
+            log.info("%s: %d windows of at most %d tokens", split, len(self.windows[split]), self.cfg.max_seq_length)
 
-    def _loader(self, split: str, shuffle: bool):
+    def _window_table(self, split: str) -> datasets.Dataset:
+        cfg, dataset = self.cfg, self.data[split]
+        if cfg.doc_stride < 1:
+            raise ConfigError(f"data.doc_stride={cfg.doc_stride} must be a positive number of tokens "
+                              "(the paper uses 128)")
+        train = split == "train"  # answers that did not match their offsets teach nothing: left out (_trainable)
+        key = fingerprint(tokenizer_fingerprint(self.tokenizer), _examples_fingerprint(dataset), cfg.max_seq_length,
+                          cfg.doc_stride, cfg.max_query_length, train)
+        directory = self.cache_dir / "qa_windows" / key
+
+        def build(directory: Path) -> dict:
+            table = examples_table(dataset.examples, _trainable if train else (lambda example: True))
+            if not len(table):
+                return {"windows": []}
+            windows = table.map(
+                partial(window_rows, tokenizer=self.tokenizer, max_seq_length=cfg.max_seq_length,
+                        doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length),
+                batched=True, batch_size=1000, remove_columns=table.column_names, features=WINDOW_FEATURES,
+                num_proc=cfg.get("num_proc"), cache_file_name=str(directory / "windows.arrow"),
+                load_from_cache_file=False, new_fingerprint=f"{key}-windows", desc=f"building {split} windows")
+            return {"split": split, "source": dataset.path, "windows": arrow_files(windows)}
+
+        files = build_once(directory, build)["windows"]
+        return load_arrow(directory, files) if files else datasets.Dataset.from_dict(
+            {name: [] for name in WINDOW_FEATURES}, features=WINDOW_FEATURES)
+
+    def _loader(self, split: str, sampler: ResumableSampler | None = None):
         windows = self.windows[split]
         pad = self.tokenizer.pad_token_id
 
@@ -104,14 +139,30 @@ class QADataModule(pl.LightningDataModule):
                         end_positions=torch.tensor([w.end_position for w in batch]),
                         window_index=torch.tensor(indices))
 
-        return DataLoader(list(range(len(windows))), batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
+        return DataLoader(list(range(len(windows))), batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        # one pass per epoch, read on from the restored position on resume (ResumableData)
+        self.sampler = ResumableSampler(len(self.windows["train"]), self.seed, self.batch_size, self._samples_consumed,
+                                        drop_last=False)
+        return self._loader("train", self.sampler)
 
     def val_dataloader(self):
-        return self._loader("dev", shuffle=False)
+        return self._loader("dev")
 
     def eval_dataloader(self, split: str):
-        return self._loader(split, shuffle=False)
+        return self._loader(split)
+
+
+def _trainable(example) -> bool:
+    """False for an example with answers none of which matched its paragraph at their offsets."""
+    return not (example.answers and not example.spans)
+
+
+def _examples_fingerprint(dataset: QADataset) -> str:
+    """What the windows depend on: each example's question, paragraph, first verified span, whether it has answers."""
+    digest = hashlib.sha1()
+    for e in dataset.examples:
+        digest.update(json.dumps([e.question, e.context, e.spans[:1], bool(e.answers)]).encode())
+    return digest.hexdigest()

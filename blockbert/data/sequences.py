@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 import re
 
+from .tokenizer import encode_sentences
+
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -22,22 +24,33 @@ def split_sentences(document: str) -> list[str]:
     return [s for line in document.splitlines() for s in SENTENCE_END.split(line.strip()) if s]
 
 
+def tokenize_documents(texts: list[str], tokenizer) -> list[list[list[int]]]:
+    """Each document's sentences (``split_sentences``) as token ids (each sentence tokenised as alone)."""
+    return encode_sentences(tokenizer, [split_sentences(text) for text in texts])
+
+
 def pack_documents(documents: list[list[list[int]]], max_len: int, cls_id: int, sep_id: int) -> list[list[int]]:
     """Greedy packing of whole sentences into sequences of at most ``max_len`` tokens."""
     budget = max_len - 2
     sequences = []
     for sentences in documents:
-        chunk: list[int] = []
+        chunk = [cls_id]  # the sequence being filled: [CLS] and budget tokens at most
         for sentence in sentences:
-            for start in range(0, max(len(sentence), 1), budget):  # a sentence longer than N is cut
-                piece = sentence[start:start + budget]
-                if chunk and len(chunk) + len(piece) > budget:
-                    sequences.append([cls_id, *chunk, sep_id])
-                    chunk = []
+            # a sentence longer than the budget is cut into pieces
+            for piece in (sentence,) if len(sentence) <= budget else _pieces(sentence, budget):
+                if len(chunk) > 1 and len(chunk) - 1 + len(piece) > budget:
+                    chunk.append(sep_id)
+                    sequences.append(chunk)
+                    chunk = [cls_id]
                 chunk += piece
-        if chunk:
-            sequences.append([cls_id, *chunk, sep_id])
+        if len(chunk) > 1:
+            chunk.append(sep_id)
+            sequences.append(chunk)
     return sequences
+
+
+def _pieces(sentence: list[int], budget: int):
+    return (sentence[start:start + budget] for start in range(0, len(sentence), budget))
 
 
 def sentence_pairs(documents: list[list[list[int]]], max_len: int, cls_id: int, sep_id: int,

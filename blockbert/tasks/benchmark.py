@@ -1,11 +1,13 @@
 """`blockbert benchmark`: inference and training-step time and memory side by side (Tables 2 and 5),
-or one attention layer alone (mode=attention), as ratios to a baseline measured in the same run."""
+or one attention layer alone (mode=attention), as ratios to a baseline measured in the same run;
+mode=data: pre-training preprocessing throughput and peak memory against a plain tokenizer map."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,12 +21,13 @@ from rich.table import Table
 from blockbert.attention import SelfAttention
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.tasks.profile import pick_device
+from blockbert.tools import data_benchmark
 from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
 from blockbert.tools.memory import measure_step
 from blockbert.tools.models import build, random_batch
 
 log = logging.getLogger(__name__)
-MODES = ("model", "attention")
+MODES = ("model", "attention", "data")
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
     "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
@@ -42,6 +45,8 @@ def main(cfg: DictConfig) -> dict:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.mode == "data":
+        return benchmark_data(cfg, run_dir)
     device = pick_device(cfg.device)
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
         cfg.dtype if cfg.dtype != "auto" else ("float16" if device.type == "cuda" else "float32")]
@@ -61,20 +66,35 @@ def main(cfg: DictConfig) -> dict:
     return results
 
 
+def benchmark_data(cfg, run_dir: Path) -> dict:
+    """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size (blockbert/tools/data_benchmark.py)."""
+    settings = dict(max_seq_length=cfg.data_max_seq_length, nsp=cfg.data_nsp, num_proc=cfg.data_num_proc)
+    records = data_benchmark.run(cfg.data_sizes_mb, Path(cfg.data_dir).expanduser(), settings, cfg.data_repeats,
+                                 cfg.data_tokenizers_parallelism, log=log.info)
+    results = {"mode": "data", "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "settings": settings,
+               "tokenizers_parallelism": cfg.data_tokenizers_parallelism, "repeats": cfg.data_repeats,
+               "summary": data_benchmark.summary(records), "records": records}
+    (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    data_benchmark.print_table(results)
+    print("results (benchmark.json) are in:")
+    print(run_dir.resolve())
+    return results
+
+
 def benchmark_models(cfg, device, autocast) -> list[dict]:
     size = OmegaConf.to_container(cfg.size, resolve=True)
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
-    max_len = max(cfg.seq_lengths)
-    torch.manual_seed(cfg.seed)
-    models = {name: build(name, size, heads, max_len).to(device) for name in cfg.models}
-    if cfg.compile:
-        for model in models.values():
-            model.compile()
-    vocab = min(m.config.vocab_size for m in models.values())
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     records = []
-    for batch_size in cfg.batch_sizes:
-        for seq_len in cfg.seq_lengths:
+    for seq_len in cfg.seq_lengths:  # models of length N: block attention cuts N into its blocks
+        torch.manual_seed(cfg.seed)
+        models = {name: build(name, size, heads, seq_len).to(device) for name in cfg.models}
+        if cfg.compile:
+            for model in models.values():
+                model.compile()
+        vocab = min(m.config.vocab_size for m in models.values())
+        optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+        for batch_size in cfg.batch_sizes:
             batch = random_batch(batch_size, seq_len, vocab, device)
             for phase in cfg.phases:
                 calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in models.items()}
@@ -84,6 +104,7 @@ def benchmark_models(cfg, device, autocast) -> list[dict]:
                 records += _records(times, cfg.baseline, dict(phase=phase, batch_size=batch_size, seq_len=seq_len),
                                     peaks)
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
+        del models, optimizers
     return records
 
 

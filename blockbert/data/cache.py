@@ -1,0 +1,90 @@
+"""Data built once into the cache directory, then read back by every process (DDP ranks, SLURM tasks, sweep jobs).
+
+A built entry is a directory holding Arrow files and ``manifest.json``, which is written last: an
+entry without it is incomplete and is rebuilt. One process builds under a file lock beside the
+directory; the others wait for the lock and then read what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # part of every key: bump it when the data code changes what it builds
+
+
+def fingerprint(*parts) -> str:
+    """A short, stable hash of JSON-able parts (configs, file stats, other fingerprints)."""
+    text = json.dumps([VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's vocabulary and pipeline (its ``tokenizer.json``), without the padding and truncation
+    state that ``transformers`` switches on and off between calls."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+    else:  # a slow tokenizer: its vocabulary and class
+        spec = sorted(tokenizer.get_vocab().items())
+    return fingerprint(type(tokenizer).__name__, spec)
+
+
+def file_stats(patterns) -> list:
+    """(path, size, mtime) of the files a path, glob or list of them names: changes when a file does."""
+    import glob
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    paths = sorted({p for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
+    return [(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if os.path.isfile(p)]
+
+
+def build_once(directory: Path, build: Callable[[Path], dict]) -> dict:
+    """The manifest of ``directory``; unless it is there, ``build(directory)`` writes the files first and
+    returns the manifest (JSON-able, file names relative to ``directory``)."""
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text())
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", directory)
+        lock.acquire()
+    try:
+        if manifest.is_file():  # the other process finished it
+            return json.loads(manifest.read_text())
+        directory.mkdir(exist_ok=True)
+        for stale in directory.iterdir():  # what an interrupted build left
+            if stale.is_file():
+                stale.unlink()
+        content = build(directory)
+        tmp = manifest.with_name(f"manifest.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(content, indent=1))
+        tmp.replace(manifest)
+        return content
+    finally:
+        lock.release()
+
+
+def arrow_files(dataset: datasets.Dataset) -> list[str]:
+    """The names of the Arrow files a freshly mapped dataset was written to (one per worker process)."""
+    return [Path(f["filename"]).name for f in dataset.cache_files]
+
+
+def load_arrow(directory: Path, files: list[str]) -> datasets.Dataset:
+    """The dataset stored in ``files`` (memory-mapped, concatenated in order)."""
+    parts = [datasets.Dataset.from_file(str(directory / name)) for name in files]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

@@ -1,0 +1,99 @@
+"""A resumable sampler: seeded permutations read from a stream position, split over ranks.
+
+The position counts the samples consumed by all ranks together since training started, so a
+checkpoint stores one integer and a resumed run reads on from exactly there, whatever the
+number of interruptions. Masking and dropout draw from seeds derived from positions and step
+counts (:func:`stream_seed`), so a resumed run also draws the same masks and dropout as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def stream_seed(*values: int) -> int:
+    """A well-mixed 64-bit seed from integers (a run seed, a rank, a stream position, ...)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0])
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded permutations of ``range(size)``, one per pass, read from ``position`` and split over ranks.
+
+    One iteration runs to the end of the current permutation, so a resumed run first finishes the
+    pass it was interrupted in, then goes on with the next. With ``drop_last`` a tail shorter than
+    one global batch is dropped (pre-training); without it the last batch of a pass is short
+    (fine-tuning, one rank). Each rank takes every ``world_size``-th sample of the global order, so
+    Lightning's distributed sampler is not used. With ``stream_keys`` the sampler yields
+    ``pass * size + index`` instead of ``index``: each draw of a sample has its own key (read the
+    rows through :class:`StreamDataset`).
+    """
+
+    def __init__(self, size: int, seed: int, global_batch: int, position: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True, stream_keys: bool = False):
+        if not drop_last and world_size > 1:
+            raise ValueError("drop_last=False needs one rank: the ranks' last batches would differ in size")
+        self.size, self.seed, self.global_batch = size, seed, global_batch
+        self.position, self.rank, self.world_size = position, rank, world_size
+        self.drop_last, self.stream_keys = drop_last, stream_keys
+
+    def __iter__(self):
+        epoch, offset = divmod(self.position, self.size)
+        if self.drop_last and self.size - offset < self.global_batch:  # only a dropped tail was left
+            epoch, offset = epoch + 1, 0
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        usable = (self.size - offset) // self.global_batch * self.global_batch if self.drop_last else self.size - offset
+        self.position = (epoch + 1) * self.size  # the next iteration starts a new permutation
+        base = epoch * self.size if self.stream_keys else 0
+        for index in order[offset:offset + usable][self.rank::self.world_size].tolist():
+            yield base + index
+
+    def __len__(self) -> int:  # constant: Lightning sizes its epoch loop once
+        return self.size // self.world_size
+
+    def position_after(self, batches: int) -> int:
+        """The stream position after ``batches`` global batches since the start of training."""
+        per_pass = self.size // self.global_batch if self.drop_last else math.ceil(self.size / self.global_batch)
+        passes, rest = divmod(batches, per_pass)
+        return passes * self.size + rest * self.global_batch
+
+
+class StreamDataset(Dataset):
+    """The rows of ``data`` read by stream key (``pass * size + index``); each row carries its key."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: int) -> dict:
+        return {**self.data[key % len(self.data)], "stream_key": key}
+
+
+class ResumableData:
+    """Data-module mixin: the sampler's stream position is the data module's checkpoint state.
+
+    Lightning counts the micro-batches processed on each rank (the same on all ranks); the
+    position after ``batches`` of them is :meth:`state_at`. A checkpoint taken in the middle of a
+    gradient accumulation is saved at the last optimizer step instead (``RunGuard``), which is why
+    the position can be asked for at any batch count.
+    """
+
+    sampler: ResumableSampler | None = None
+    _samples_consumed: int = 0  # restored from a checkpoint on resume
+
+    def state_dict(self) -> dict:
+        return self.state_at(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
+    def state_at(self, batches: int) -> dict:
+        if self.sampler is None:  # no training batch drawn in this process yet: the restored position holds
+            return {"samples_consumed": self._samples_consumed}
+        return {"samples_consumed": self.sampler.position_after(batches)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._samples_consumed = state["samples_consumed"]
