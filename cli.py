@@ -7,6 +7,7 @@ Arguments after the command are Hydra's: overrides such as ``model=blockbert_n3`
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -24,7 +25,8 @@ HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEBUG = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line.")
 HYDRA_HELP = (
     "**Arguments** are Hydra's: `key=value` overrides, `group=option` to pick a config "
-    "(model, data, trainer, logger, cluster, experiment), `-m` with comma lists for a multirun, "
+    "(model, data, trainer, logger, cluster, experiment), `-m` with comma lists for a multirun "
+    "(`-m cluster=slurm` submits its jobs to SLURM), "
     "`--cfg job` to print the composed config, `--info` for Hydra's view of it."
 )
 
@@ -157,6 +159,13 @@ def report(
 
 
 def main() -> None:
+    if os.environ.get("BLOCKBERT_DDP_JOB") and "LOCAL_RANK" in os.environ:
+        # a DDP rank Lightning started by re-running this command line: run only the job that started it
+        from blockbert.tasks.launch import run_ddp_rank
+
+        code = run_ddp_rank()
+        if code is not None:
+            sys.exit(code)
     app()
 
 

@@ -96,7 +96,8 @@ def test_bad_head_override_is_a_config_error():
 
 def test_slurm_cluster_selects_submitit_launcher():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="pretrain", overrides=["cluster=slurm"], return_hydra_config=True)
+        cfg = compose(config_name="pretrain", overrides=["cluster=slurm", "trainer=ddp", "trainer.devices=8"],
+                      return_hydra_config=True)
     assert "submitit" in cfg.hydra.launcher._target_.lower()
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 8
 

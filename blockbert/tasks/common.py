@@ -6,11 +6,15 @@ import json
 import logging
 import math
 import os
+import secrets
+import string
 from dataclasses import fields
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.trainer.states import TrainerStatus
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.config import BlockBertConfig, ConfigError
 
@@ -81,15 +85,18 @@ def build_logger(cfg: DictConfig, run_dir: Path):
             return False
         from pytorch_lightning.loggers import WandbLogger
 
-        id_file = run_dir / "wandb_run_id"  # the same W&B run when a run directory is resumed
-        run_id = id_file.read_text().strip() if id_file.exists() else None
-        logger = WandbLogger(save_dir=str(run_dir), project=cfg.logger.project, entity=cfg.logger.entity,
-                             group=cfg.logger.group, offline=mode == "offline", mode=mode, id=run_id,
-                             resume="allow" if run_id else None,
-                             config=OmegaConf.to_container(cfg, resolve=True))
-        if pl.utilities.rank_zero_only.rank == 0:
-            id_file.write_text(logger.version or "")
-        return logger
+        # The run's W&B id is chosen before W&B starts and kept in the run directory: a resumed run (offline
+        # or online) continues the same W&B run, and `wandb sync` joins the offline pieces in time order.
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else ""
+        if not run_id:
+            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
+            if pl.utilities.rank_zero_only.rank == 0:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(run_id + "\n")
+        return WandbLogger(save_dir=str(run_dir), project=cfg.logger.project,
+                           entity=cfg.logger.entity, group=cfg.logger.group, offline=mode == "offline", mode=mode,
+                           id=run_id, resume="allow", config=OmegaConf.to_container(cfg, resolve=True))
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
 
 
@@ -104,29 +111,62 @@ def jsonable(value):
 
 
 class MetricsJson(pl.Callback):
-    """Keep RUN_DIR/metrics.json current: flat JSON of the latest logged metrics and the step."""
+    """Keep RUN_DIR/metrics.json current: flat JSON of the latest logged metrics, the step and the status
+    (running, finished, interrupted, failed), written at every validation and every checkpoint.
+
+    A run that fails or is stopped before it trained a step changes only the status (and the error) of
+    the file an earlier run wrote: progress recorded there is never replaced by an emptier state."""
 
     def __init__(self, path: Path, extra: dict):
         self.path, self.extra = Path(path), extra
+        self.start_step: int | None = None
+        self.finished = False
 
-    def write(self, trainer: pl.Trainer, status: str) -> None:
+    def write(self, trainer: pl.Trainer, status: str, error: str | None = None) -> None:
         if trainer.global_rank != 0:
             return
-        metrics = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
-        metrics.update(self.extra, step=trainer.global_step, epoch=trainer.current_epoch, status=status)
+        if self.path.is_file() and (self.start_step is None or trainer.global_step <= self.start_step):
+            metrics = json.loads(self.path.read_text())  # no newer training state to record than what is there
+        else:
+            metrics = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
+            metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)
+        metrics.update(self.extra, status=status)
+        if error is None:
+            metrics.pop("error", None)
+        else:
+            metrics["error"] = error
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.path)
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step, self.finished = trainer.global_step, False
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.write(trainer, "running")
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.status == TrainerStatus.RUNNING:  # not the on-exception checkpoint
+            self.write(trainer, "finished" if self.finished else "running")  # Lightning saves in on_train_end too
+
     def on_train_end(self, trainer, pl_module):
+        self.finished = True
         self.write(trainer, "finished")
 
     def on_exception(self, trainer, pl_module, exception):
-        self.write(trainer, "interrupted")
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self.write(trainer, "interrupted")
+        else:
+            self.write(trainer, "failed", f"{type(exception).__name__}: {exception}".splitlines()[0][:500])
+
+
+def run_tokenizer(run_dir: Path):
+    """The tokenizer a run saved in RUN_DIR/tokenizer (a trained WordPiece is not reproducible: a resumed run
+    must read the ids it trained on)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(run_dir / "tokenizer"))
 
 
 def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
@@ -149,36 +189,3 @@ def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
         raise ConfigError(f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
                           f"model's vocab_size is {config.vocab_size}")
     return config.to_dict(), state, tokenizer
-
-
-def resume_from(cfg: DictConfig, checkpoints: Path) -> str | None:
-    """``ckpt_path`` if given, else the newest checkpoint of this run directory (resume), else None."""
-    if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-        return str(path)
-    candidates = [p for p in (checkpoints / "last.ckpt", checkpoints / "interrupted.ckpt") if p.is_file()]
-    if not candidates:
-        return None
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("resuming from %s", newest)
-    return str(newest)
-
-
-def load_run(run: str) -> tuple[Path, dict, dict]:
-    """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
-    import torch
-
-    path = Path(run).expanduser()
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{run!r}: no checkpoint (expected a blockbert run directory with "
-                                "checkpoints/last.ckpt, or a .ckpt file)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = state.get("hyper_parameters", {}).get("model_config")
-    if config is None:
-        raise ConfigError(f"{ckpt} is not a blockbert checkpoint (no model_config in its hyper-parameters)")
-    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    log.info("loaded %s (step %s)", ckpt, state.get("global_step"))
-    return ckpt, config, weights

@@ -9,51 +9,65 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from transformers import PreTrainedTokenizerFast
 
+from blockbert.checkpoints import load_run
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
-from blockbert.tasks.common import (MetricsJson, build_logger, import_model, load_run, model_config, resume_from,
-                                    split_batch, world_size)
+from blockbert.tasks.cluster import check_accelerator
+from blockbert.tasks.common import (MetricsJson, build_logger, import_model, model_config, run_tokenizer, split_batch,
+                                    world_size)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
+from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
 log = logging.getLogger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_accelerator(cfg.trainer)
+    with run_lock(run_dir):
+        return finetune(cfg, run_dir)
+
+
+def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.init_from and cfg.model.get("init_from"):
         raise ConfigError(f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
                           "(a blockbert pre-training run, or a Hugging Face checkpoint)")
+    seq_len = cfg.data.max_seq_length
     if cfg.init_from:
         config, encoder_state, tokenizer = load_pretrain_run(cfg.init_from)
     elif cfg.model.get("init_from"):
-        config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length)
+        config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, seq_len)
         encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     else:
-        model_config(cfg.model)  # validate before any data work
+        model_config(cfg.model, block_seq_len=seq_len)  # validate before any data work
         config, encoder_state, tokenizer = None, None, None
     pl.seed_everything(cfg.seed, workers=True)
     data = load_task(cfg.task, cache_dir)
-    if tokenizer is None:
-        tokenizer = qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir)
-        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    seq_len = cfg.data.max_seq_length
-    longest = BlockBertConfig(**config).max_sequence_length
-    if seq_len > longest:
-        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's {longest} positions: fine-tune at the "
-                          "pre-training length or shorter (or import with model.init_from, which extends positions)")
+    if tokenizer is None:  # a fresh model: its blocks are cut from the fine-tuning length
+        has_own = (run_dir / "tokenizer" / "tokenizer.json").is_file()  # a resume keeps the run's vocabulary
+        tokenizer = run_tokenizer(run_dir) if has_own else qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir)
+        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                              block_seq_len=seq_len)
+    model = BlockBertConfig(**config)
+    if seq_len > model.max_sequence_length:
+        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's {model.max_sequence_length} positions: "
+                          "fine-tune at the pre-training length or shorter (or import with model.init_from, which "
+                          "extends positions)")
+    if model.attention == "block" and seq_len > model.attention_length:  # a pre-trained model keeps its N
+        raise ConfigError(f"data.max_seq_length={seq_len} exceeds block_seq_len={model.attention_length}, the length "
+                          "the model's blocks are cut from: fine-tune at that length or shorter")
     world = world_size(cfg.trainer)
     if world > 1:
         raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
     batch = cfg.optim.batch_size
     per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
-    datamodule = QADataModule(data, tokenizer, cfg.data, per_device)
+    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache_dir)
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder_state is not None:
@@ -62,7 +76,7 @@ def main(cfg: DictConfig) -> dict:
         module.model.compile()
     version2 = data["dev"].format == "squad2"
     module.evaluate_dev = lambda outputs: evaluate_split(cfg, data, datamodule, "dev", outputs, None)[0]
-    if pl.utilities.rank_zero_only.rank == 0:
+    if pl.utilities.rank_zero_only.rank == 0 and not (run_dir / "tokenizer").is_dir():  # a resume keeps its files
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     checkpoints = run_dir / "checkpoints"
@@ -71,11 +85,13 @@ def main(cfg: DictConfig) -> dict:
     logger = build_logger(cfg, run_dir)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args.pop("val_check_interval", None)  # fine-tuning validates once per epoch
+    safety = RunSafety(cfg, run_dir)
     trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, default_root_dir=str(run_dir),
-                         logger=logger, enable_progress_bar=cfg.progress_bar,
-                         callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
-                                    OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"), metrics])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg, checkpoints))
+                         logger=logger, enable_progress_bar=cfg.progress_bar, plugins=safety.plugins,
+                         callbacks=[StepCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0,
+                                                    every_n_train_steps=cfg.checkpoint_every_n_steps),
+                                    *safety.callbacks, metrics])
+    safety.fit(trainer, module, datamodule)
     trainer.save_checkpoint(checkpoints / "last.ckpt")
 
     results, threshold = {}, None
@@ -85,10 +101,7 @@ def main(cfg: DictConfig) -> dict:
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     if logger:
         logger.log_metrics(results, step=trainer.global_step)
-        if cfg.logger.kind == "wandb":
-            import wandb
-
-            wandb.finish()
+        finish_wandb()  # now, so that the run directory stays the last line printed
     if trainer.global_rank == 0:
         metrics.extra.update(results)
         metrics.write(trainer, "finished")

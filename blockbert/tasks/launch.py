@@ -8,17 +8,26 @@ hydra-core is pinned to 1.3.x in pyproject.toml and ``tests/test_cli.py`` covers
 
 Errors: Hydra normally prints its own (multi-line) reports. Here ``HYDRA_FULL_ERROR=1`` lets them
 propagate, and :func:`run_task` prints one line naming the bad value, unless ``debug`` is set.
+
+DDP ranks: Lightning starts the ranks > 0 of a ``trainer=ddp`` job by re-running this process's command
+line, which for a multirun (``-m``) would re-run the whole sweep. Each job therefore leaves its task, its
+overrides and its directory in ``BLOCKBERT_DDP_JOB`` for the ranks it starts, and ``cli.py`` hands such a
+rank to :func:`run_ddp_rank`, which runs that one job in that directory; between two jobs of a multirun
+the process-group state Lightning leaves behind is cleared (:func:`_as_job`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+from blockbert.tasks import cluster  # noqa: F401 -- registers the resolvers conf/cluster/*.yaml use
 
 ENTRY_POINTS = {
     "pretrain": "blockbert.tasks.pretrain",
@@ -45,7 +54,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     version.setbase("1.3")
-    task_function = importlib.import_module(ENTRY_POINTS[task]).main
+    task_function = _as_job(task, debug, importlib.import_module(ENTRY_POINTS[task]).main)
     if wrap is not None:
         task_function = wrap(task_function)
     job_errors: list[Exception] = []
@@ -59,9 +68,85 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
                    config_path=str(config_dir()), config_name=task)
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         return report_error(task, err, debug)
+    except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
+        return report_error(task, refusal.error, debug)
     if job_errors:
         return report_error(task, job_errors[0], debug)
     return 0
+
+
+DDP_JOB_ENV = "BLOCKBERT_DDP_JOB"
+# what Lightning's process launcher leaves in the environment of the process that started the ranks
+DIST_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", DDP_JOB_ENV)
+
+
+def _as_job(task: str, debug: bool, task_function):
+    """The entry point as one Hydra job: it tells the DDP ranks it starts which job to run (module
+    docstring), and afterwards restores the environment and ends the process group, so that the next job
+    of a multirun in this process starts its own ranks. Inside a submitit job a run stopped by SIGTERM
+    exits (code 143) instead of returning a failed result: submitit would take that result for the job's
+    end, while SLURM has requeued the job to resume it."""
+
+    @functools.wraps(task_function)
+    def job(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        saved = {key: os.environ.get(key) for key in DIST_ENV}
+        hydra_cfg = HydraConfig.get()
+        os.environ[DDP_JOB_ENV] = json.dumps({"task": task, "debug": debug, "run_dir": hydra_cfg.runtime.output_dir,
+                                              "overrides": list(hydra_cfg.overrides.task)})
+        cluster.set_process_rank()
+        try:
+            return task_function(cfg)
+        except Exception as err:
+            from blockbert.errors import SIGTERM_EXIT_CODE, RunInterrupted
+
+            if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):
+                print(f"blockbert {task}: interrupted: {err}", file=sys.stderr)
+                raise SystemExit(SIGTERM_EXIT_CODE) from err
+            raise
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if "torch" in sys.modules:
+                import torch.distributed as dist
+
+                if dist.is_available() and dist.is_initialized():
+                    dist.destroy_process_group()
+
+    return job
+
+
+def ddp_rank_argv() -> tuple[str, list[str], bool] | None:
+    """(task, Hydra arguments, debug) when this process is a DDP rank that Lightning started for a blockbert
+    job (``LOCAL_RANK`` and ``BLOCKBERT_DDP_JOB`` set), else None. The arguments are the job's own overrides
+    (a multirun's values for this job; not ``cluster``, whose launcher already ran), its directory, and
+    what Lightning asks of its ranks: no ``.hydra`` of their own, a job name of their own."""
+    spec = os.environ.get(DDP_JOB_ENV)
+    if not spec or "LOCAL_RANK" not in os.environ:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = json.loads(spec)
+    overrides = [o.input_line for o in OverridesParser.create().parse_overrides(job["overrides"])
+                 if o.key_or_group != "cluster"]
+    name = next((arg for arg in reversed(sys.argv) if arg.startswith("hydra.job.name=")),
+                f"hydra.job.name=train_ddp_process_{os.environ['LOCAL_RANK']}")
+    run_dir = job["run_dir"].replace("\\", "\\\\").replace('"', '\\"')
+    return job["task"], [*overrides, f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null", name], job["debug"]
+
+
+def run_ddp_rank() -> int | None:
+    """Run the job of a DDP rank started by Lightning (:func:`ddp_rank_argv`); None if this is not one."""
+    rank = ddp_rank_argv()
+    if rank is None:
+        return None
+    task, argv, debug = rank
+    os.environ.pop(DDP_JOB_ENV)
+    return run_task(task, argv, debug)
 
 
 def _keep_errors(task_function, errors: list):
@@ -74,7 +159,9 @@ def _keep_errors(task_function, errors: list):
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
-            if os.getpid() != main_pid:
+            from blockbert.errors import RunInterrupted
+
+            if os.getpid() != main_pid or isinstance(err, RunInterrupted):  # SIGTERM also stops a multirun
                 raise
             errors.append(err)
             return None
@@ -82,11 +169,24 @@ def _keep_errors(task_function, errors: list):
     return job
 
 
+MAX_ERROR_CHARS = 1000
+
+
 def report_error(command: str, err: Exception, debug: bool) -> int:
-    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, else 1."""
+    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, 143 for a run
+    stopped by SIGTERM (it prints its run directory), else 1."""
+    from blockbert.errors import SIGTERM_EXIT_CODE, RunInterrupted
+
+    if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
+        print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
+        print(Path(err.run_dir).resolve())
+        return SIGTERM_EXIT_CODE
     if debug:
         raise err
-    print(f"blockbert {command}: error: {one_line(err)}", file=sys.stderr)
+    text = one_line(err)
+    if len(text) > MAX_ERROR_CHARS:  # e.g. a cluster job's whole stderr: the start says what went wrong
+        text = text[:MAX_ERROR_CHARS] + " ... (--debug shows all)"
+    print(f"blockbert {command}: error: {text}", file=sys.stderr)
     print("(run again with --debug for the full traceback)", file=sys.stderr)
     return 2 if is_user_error(err) else 1
 

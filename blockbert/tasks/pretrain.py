@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
-from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, model_config,
-                                    resume_from, world_size)
+from blockbert.tasks.cluster import check_accelerator
+from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, model_config, run_tokenizer,
+                                    world_size)
 from blockbert.tasks.pretrain_module import PretrainModule
+from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
 log = logging.getLogger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_accelerator(cfg.trainer)
+    with run_lock(run_dir):
+        return pretrain(cfg, run_dir)
+
+
+def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     seq_len = cfg.data.max_seq_length
     if seq_len > cfg.model.max_position_embeddings and not cfg.model.get("init_from"):
         raise ConfigError(
@@ -36,21 +43,25 @@ def main(cfg: DictConfig) -> dict:
         model_class = BlockBertForPreTraining if nsp else BlockBertForMaskedLM
         init_config, init_state, init_tokenizer = import_model(model_class, cfg.model, seq_len)
     else:
-        model_config(cfg.model)  # a bad head config fails here, before any data work
+        model_config(cfg.model, block_seq_len=seq_len)  # a bad head config fails here, before any data work
     pl.seed_everything(cfg.seed, workers=True)
     world = world_size(cfg.trainer)
     batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
     log.info("batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
              batch, seq_len, batch * seq_len, world, per_device, accumulate)
 
+    if init_tokenizer is None and (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        init_tokenizer = run_tokenizer(run_dir)  # a resume: the run's own vocabulary, never a retrained one
     data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world,
                               tokenizer=init_tokenizer)
+    data.prepare_data()  # builds the cache once (later processes and ranks only read it)
     data.setup("fit")
     tokenizer = data.tokenizer
     if init_config:
         config = init_config
     else:
-        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                              block_seq_len=seq_len)  # block attention cuts N = max_seq_length into n blocks
         if len(tokenizer) != cfg.model.vocab_size:
             log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
@@ -58,17 +69,18 @@ def main(cfg: DictConfig) -> dict:
         module.model.load_state_dict(init_state, strict=False)  # a head the checkpoint lacks starts fresh
     if cfg.compile:
         module.model.compile()
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0 and not (run_dir / "tokenizer").is_dir():  # a resumed run keeps its files
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     checkpoints = run_dir / "checkpoints"
     metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "model": cfg.model.name,
                                                      "batch_size": batch, "seq_len": seq_len})
+    safety = RunSafety(cfg, run_dir)
     callbacks = [
-        ModelCheckpoint(dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
+        StepCheckpoint(dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
                         save_top_k=cfg.checkpoint_keep, every_n_train_steps=cfg.checkpoint_every_n_steps,
                         save_last=True, auto_insert_metric_name=False),
-        OnExceptionCheckpoint(dirpath=checkpoints, filename="interrupted"),
+        *safety.callbacks,
         metrics,
     ]
     logger = build_logger(cfg, run_dir)
@@ -79,17 +91,13 @@ def main(cfg: DictConfig) -> dict:
     trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, max_epochs=-1,
                          use_distributed_sampler=False,  # the data module's sampler splits over ranks itself
                          check_val_every_n_epoch=None, default_root_dir=str(run_dir),
-                         logger=logger, callbacks=callbacks, enable_progress_bar=cfg.progress_bar)
-    # Lightning cannot see that the data module restores the data position itself (its state_dict).
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from(cfg, checkpoints))
+                         logger=logger, callbacks=callbacks, plugins=safety.plugins,
+                         enable_progress_bar=cfg.progress_bar)
+    safety.fit(trainer, module, data)
     trainer.save_checkpoint(checkpoints / "last.ckpt")  # the final state, also between periodic saves
     if logger:
         logger.finalize("success")
-        if cfg.logger.kind == "wandb":
-            import wandb
-
-            wandb.finish()  # flush now, so the run directory stays the last line printed
+        finish_wandb()  # now, so that the run directory stays the last line printed
     if trainer.global_rank == 0:
         if module.validation_history:
             history = " -> ".join(f"{ppl:.2f} (step {step})" for step, ppl in module.validation_history)

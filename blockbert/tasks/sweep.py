@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
+from blockbert.errors import RunInterrupted
 from blockbert.tasks.launch import config_dir, one_line, report_error, run_task
 from blockbert.tools import console
 from blockbert.tools.report import summarize
@@ -39,6 +40,8 @@ def tolerant(main):
         (run_dir / "error.txt").unlink(missing_ok=True)
         try:
             main(cfg)
+        except RunInterrupted:
+            raise  # SIGTERM stops the whole sweep; running the sweep again with --dir resumes it
         except Exception as err:  # noqa: BLE001 -- recorded, the sweep goes on
             (run_dir / "error.txt").write_text(f"{type(err).__name__}: {one_line(err)}\n\n{traceback.format_exc()}")
             print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)

@@ -1,0 +1,225 @@
+"""Runs that survive faults, with the logger users get by default (W&B offline).
+
+The fault matrices interrupt one run again and again (SIGTERM and SIGKILL at seeded random moments) and
+check that it ends exactly where an uninterrupted run ends: the same step, the same weights (so the
+same data order, masks, dropout and optimizer state), at most one checkpoint interval lost to a SIGKILL.
+"""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from blockbert.config import ConfigError
+from blockbert.tasks.resilience import AtomicCheckpointIO, resume_checkpoint, run_lock
+
+PRETRAIN = ["progress_bar=false", "data.generated_documents=60", "optim.warmup_steps=2", "tokens_per_batch=2048",
+            "data.per_device_batch_size=4", "trainer.val_check_interval=5", "checkpoint_every_n_steps=5"]
+FINETUNE = ["progress_bar=false", "task.generated_questions=96", "optim.batch_size=8", "data.per_device_batch_size=4",
+            "data.max_seq_length=64", "trainer.max_epochs=10", "checkpoint_every_n_steps=5", "trainer.max_steps=-1"]
+SIGTERM_EXIT = 143
+
+
+def env_for(tmp_path):
+    return dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", BLOCKBERT_CACHE=str(tmp_path / "cache"),
+                PYTHONUNBUFFERED="1")
+
+
+def blockbert(tmp_path, command, *args, check=True):
+    out = subprocess.run(["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path,
+                         env=env_for(tmp_path), timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def metrics(run_dir):
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def interrupt(tmp_path, command, args, run_dir, sig, rng, after_step):
+    """Start the run, wait until it has trained past ``after_step``, then send ``sig`` at a random moment."""
+    with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
+        proc = subprocess.Popen(["blockbert", command, *args], cwd=tmp_path, env=env_for(tmp_path), stdout=stdout,
+                                stderr=stderr, text=True)
+        deadline = time.time() + 300
+        while metrics(run_dir).get("step", -1) <= after_step and proc.poll() is None:
+            assert time.time() < deadline, "the run made no progress"
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+        stdout.seek(0)
+        stderr.seek(0)
+        return proc.returncode, stdout.read(), stderr.read()
+
+
+def resumed_step(output: str) -> int:
+    return int(re.search(r"resuming from \S+ \(step (\d+)\)", output).group(1))
+
+
+def fault_matrix(tmp_path, command, args, interval):
+    reference = tmp_path / "uninterrupted"
+    blockbert(tmp_path, command, *args, f"hydra.run.dir={reference}")
+    final_step = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    run_dir = tmp_path / "interrupted"
+    argv = [*args, f"hydra.run.dir={run_dir}"]
+    rng = random.Random(13)
+    last_seen, interruptions = -1, 0
+    for sig in [signal.SIGTERM, signal.SIGKILL] * 3:  # each launch resumes where the last one stopped
+        code, stdout, stderr = interrupt(tmp_path, command, argv, run_dir, sig, rng, last_seen)
+        if interruptions:  # a SIGKILL loses at most one checkpoint interval
+            assert resumed_step(stdout + stderr) >= last_seen - interval
+        if code == 0:  # it finished before the signal came
+            break
+        interruptions += 1
+        last_seen = metrics(run_dir).get("step", -1)  # the progress recorded when it stopped
+        if sig == signal.SIGTERM and code == -signal.SIGTERM:
+            assert "`Trainer.fit` stopped" in stderr  # after training (final evaluation): nothing to save
+        elif sig == signal.SIGTERM:
+            assert code == SIGTERM_EXIT, stderr[-3000:]
+            assert f"blockbert {command}: interrupted: stopped by SIGTERM" in stderr
+            assert stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+            assert metrics(run_dir)["status"] == "interrupted"
+        else:
+            assert code == -signal.SIGKILL
+    else:
+        out = blockbert(tmp_path, command, *argv)
+        assert resumed_step(out.stdout + out.stderr) >= last_seen - interval
+    assert interruptions >= 4  # the draws really interrupted the run
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == final_step
+    ours, theirs = weights(run_dir), weights(reference)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert metrics(run_dir)["status"] == "finished" and metrics(run_dir)["step"] == final_step
+    assert not list((run_dir / "checkpoints").glob("*-v[0-9]*.ckpt"))  # no duplicated checkpoints
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    pieces = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(pieces) >= 2 and all(p.name.endswith(run_id) for p in pieces)  # one W&B run, resumed
+
+
+@pytest.mark.slow
+def test_pretrain_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
+    fault_matrix(tmp_path, "pretrain", [*PRETRAIN, "trainer.max_steps=60"], 5)  # 4 micro-batches a step
+
+
+@pytest.mark.slow
+def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
+    fault_matrix(tmp_path, "finetune", FINETUNE, 5)  # 2 micro-batches a step
+
+
+@pytest.mark.parametrize("command, args, first, more", [
+    ("pretrain", PRETRAIN, "trainer.max_steps=10", "trainer.max_steps=15"),
+    ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),
+])
+def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
+    """A resume that fails before training (here: a bad learning rate) reports the real error and leaves the
+    checkpoints and metrics.json of the run as they were; the original .hydra/config.yaml is kept."""
+    run_dir = tmp_path / "run"
+    blockbert(tmp_path, command, *args, first, f"hydra.run.dir={run_dir}")
+    files = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    before = metrics(run_dir)
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    out = blockbert(tmp_path, command, *args, more, "optim.lr=-1", f"hydra.run.dir={run_dir}", check=False)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith(f"blockbert {command}: error:")]
+    assert len(errors) == 1 and "Invalid learning rate: -1" in errors[0], out.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == files
+    after = metrics(run_dir)
+    assert {k: v for k, v in after.items() if k not in ("status", "error")} == {
+        k: v for k, v in before.items() if k != "status"}
+    assert after["status"] == "failed" and "Invalid learning rate" in after["error"]
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the run's original config
+    assert "optim.lr=-1" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+    out = blockbert(tmp_path, command, *args, more, f"hydra.run.dir={run_dir}")  # it still resumes
+    assert resumed_step(out.stdout + out.stderr) == before["step"] and metrics(run_dir)["step"] > before["step"]
+    assert (run_dir / ".hydra" / "resume-2" / "overrides.yaml").is_file()
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    out = blockbert(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=60", "trainer.precision=16-true",
+                    "optim.lr=1e-2", f"hydra.run.dir={run_dir}", check=False)
+    assert out.returncode == 1, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("blockbert pretrain: error:")]
+    assert len(errors) == 1 and "16-true" in errors[0] and ("NaN" in errors[0] or "nan" in errors[0]), errors
+    assert metrics(run_dir)["status"] == "failed"
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from blockbert.tasks.resilience import run_lock\n"
+                               f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
+                               "    print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"in use by another blockbert process \(pid {holder.pid}"):
+            with run_lock(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(tmp_path / "run"):  # free again once the holder is gone
+        pass
+
+
+def test_atomic_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A kill in the middle of writing the file (simulated: half the bytes, then an exception) leaves the
+    previous checkpoint intact; Lightning's own IO writes over the file in place."""
+    from lightning_fabric.plugins.io import torch_io
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def killed_mid_write(checkpoint, filepath):
+        with open(filepath, "wb") as handle:
+            handle.write(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch_io, "_atomic_save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    with pytest.raises(KeyboardInterrupt):  # the same kill with Lightning's IO damages the file
+        torch_io.TorchCheckpointIO().save_checkpoint({"global_step": 2}, path)
+    assert path.read_bytes() != before
+
+
+def save(path: Path, step: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {"w": torch.ones(2)}}, path)
+
+
+def test_resume_picks_the_newest_step_and_skips_a_corrupt_last_checkpoint(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    assert resume_checkpoint(None, run_dir) is None
+    save(run_dir / "checkpoints" / "step-10.ckpt", 10)
+    save(run_dir / "checkpoints" / "interrupted.ckpt", 7)  # older, though written later
+    save(run_dir / "hpc_ckpt_1.ckpt", 9)
+    assert resume_checkpoint(None, run_dir) == str(run_dir / "checkpoints" / "step-10.ckpt")
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(None, run_dir) == str(run_dir / "checkpoints" / "step-10.ckpt")
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "last.ckpt" in warning and "step-10.ckpt" in warning
