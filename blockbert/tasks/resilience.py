@@ -262,6 +262,9 @@ class RunSafety:
         ckpt_path = resume_checkpoint(self.ckpt_path, self.run_dir)
         # Lightning cannot see that the data modules restore the data position themselves (ResumableData).
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        # With no checkpoint Lightning looks for a "last" one itself (it finds none: every candidate was read
+        # above) and warns that "the last model of the previous fit" will be used, which would mislead.
+        warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model.*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except BaseException as err:
