@@ -9,6 +9,7 @@ import torch
 from blockbert import BlockBertConfig, BlockBertForMaskedLM, BlockBertForQuestionAnswering, BlockBertModel, ConfigError
 from blockbert.attention import SelfAttention, block_attention, sparse_fixed_mask
 from blockbert.convert import export
+from test_attention import qkv, shapes_computed  # the attention tests' inputs and op-shape probe
 
 TINY = dict(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
             max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
@@ -88,11 +89,6 @@ def test_the_blocks_are_the_configured_ones():
     assert torch.equal(seen, expected)
 
 
-def qkv(B, H, N, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, N, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-
-
 @pytest.mark.parametrize("head_counts", [(3, 1), (2, 2), (1, 1, 2), (2, 2, 0), (4, 0, 0), (0, 2, 1, 1)])
 @pytest.mark.parametrize("L", [1, 5, 9, 12, 13])
 @pytest.mark.parametrize("masked", [False, True])
@@ -113,24 +109,6 @@ def test_kernel_on_a_short_input_equals_the_input_padded_to_N(head_counts, L, ma
     g = torch.randn_like(got)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(expected, (q, k, v), g)):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-
-
-def shapes_computed(kernel, *args, **kwargs) -> list[tuple]:
-    """The shape of every tensor the kernel's ops produce."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    seen = []
-
-    class Shapes(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor):
-                seen.append(tuple(out.shape))
-            return out
-
-    with Shapes():
-        kernel(*args, **kwargs)
-    return seen
 
 
 def test_kernel_computes_only_the_query_blocks_holding_the_input():

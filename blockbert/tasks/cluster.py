@@ -92,10 +92,12 @@ def _warn_if_requeued_into_a_new_directory() -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
+    from blockbert.tasks.resilience import checkpoint_candidates
+
     if not HydraConfig.initialized():
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if not [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+    if not checkpoint_candidates(run_dir):
         log.warning("this SLURM job was requeued (SLURM_RESTART_COUNT=%s) but %s holds no checkpoint: training "
                     "starts afresh. A run started by your own script resumes only with a fixed "
                     "hydra.run.dir (e.g. runs/pretrain/$SLURM_JOB_ID)", restarts, run_dir)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerFast
 
 from blockbert.checkpoints import load_run
 from blockbert.config import BlockBertConfig, ConfigError
@@ -92,7 +91,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
                                                     every_n_train_steps=cfg.checkpoint_every_n_steps),
                                     *safety.callbacks, metrics])
     safety.fit(trainer, module, datamodule)
-    trainer.save_checkpoint(checkpoints / "last.ckpt")
+    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
 
     results, threshold = {}, None
     for split in [s for s in ("dev", "test") if s in data]:
@@ -155,4 +154,4 @@ def load_pretrain_run(init_from: str):
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
     log.info("fine-tuning from %s", ckpt)
-    return config, encoder, PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    return config, encoder, run_tokenizer(ckpt.parent.parent)
