@@ -6,12 +6,15 @@ from __future__ import annotations
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention: schedulers must not read it as success
 
 
-class RunInterrupted(Exception):
-    """Training stopped on SIGTERM; ``run_dir`` is where the run resumes."""
+SIGINT_EXIT_CODE = 130  # 128 + SIGINT (Ctrl-C)
 
-    def __init__(self, message: str, run_dir):
+
+class RunInterrupted(Exception):
+    """Training stopped on SIGTERM or Ctrl-C; ``run_dir`` is where the run resumes, ``exit_code`` the shell's."""
+
+    def __init__(self, message: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE):
         super().__init__(message)
-        self.run_dir = run_dir
+        self.run_dir, self.exit_code = run_dir, exit_code
 
 
 class NonFiniteLossError(RuntimeError):

@@ -150,6 +150,18 @@ def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
     assert (run_dir / ".hydra" / "resume-2" / "overrides.yaml").is_file()
 
 
+def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [*PRETRAIN, "trainer.max_steps=60", f"hydra.run.dir={run_dir}"]
+    code, stdout, stderr = interrupt(tmp_path, "pretrain", argv, run_dir, signal.SIGINT, random.Random(1), 0)
+    assert code == 130, stderr[-3000:]
+    assert "blockbert pretrain: interrupted: stopped by Ctrl-C" in stderr
+    assert stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    assert metrics(run_dir)["status"] == "interrupted"
+    out = blockbert(tmp_path, "pretrain", *argv)
+    assert resumed_step(out.stdout + out.stderr) > 0 and metrics(run_dir)["step"] == 60
+
+
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     out = blockbert(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=60", "trainer.precision=16-true",

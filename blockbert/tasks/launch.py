@@ -99,11 +99,11 @@ def _as_job(task: str, debug: bool, task_function):
         try:
             return task_function(cfg)
         except Exception as err:
-            from blockbert.errors import SIGTERM_EXIT_CODE, RunInterrupted
+            from blockbert.errors import RunInterrupted
 
             if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):
                 print(f"blockbert {task}: interrupted: {err}", file=sys.stderr)
-                raise SystemExit(SIGTERM_EXIT_CODE) from err
+                raise SystemExit(err.exit_code) from err
             raise
         finally:
             for key, value in saved.items():
@@ -159,9 +159,13 @@ def _keep_errors(task_function, errors: list):
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
             from blockbert.errors import RunInterrupted
 
-            if os.getpid() != main_pid or isinstance(err, RunInterrupted):  # SIGTERM also stops a multirun
+            stops_multirun = isinstance(err, RunInterrupted) and HydraConfig.get().mode == RunMode.MULTIRUN
+            if os.getpid() != main_pid or stops_multirun:  # a SIGTERM stops the remaining jobs too
                 raise
             errors.append(err)
             return None
@@ -173,14 +177,14 @@ MAX_ERROR_CHARS = 1000
 
 
 def report_error(command: str, err: Exception, debug: bool) -> int:
-    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, 143 for a run
-    stopped by SIGTERM (it prints its run directory), else 1."""
-    from blockbert.errors import SIGTERM_EXIT_CODE, RunInterrupted
+    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, 143 (130) for a
+    run stopped by SIGTERM (Ctrl-C; it prints its run directory), else 1."""
+    from blockbert.errors import RunInterrupted
 
     if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
         print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
         print(Path(err.run_dir).resolve())
-        return SIGTERM_EXIT_CODE
+        return err.exit_code
     if debug:
         raise err
     text = one_line(err)

@@ -94,7 +94,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
                          logger=logger, callbacks=callbacks, plugins=safety.plugins,
                          enable_progress_bar=cfg.progress_bar)
     safety.fit(trainer, module, data)
-    trainer.save_checkpoint(checkpoints / "last.ckpt")  # the final state, also between periodic saves
+    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)  # the final state, also between periodic saves
     if logger:
         logger.finalize("success")
         finish_wandb()  # now, so that the run directory stays the last line printed

@@ -36,7 +36,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from blockbert.checkpoints import CheckpointError, checkpoint_step
 from blockbert.config import ConfigError
 from blockbert.data.sampler import stream_seed
-from blockbert.errors import SIGTERM_EXIT_CODE, NonFiniteLossError, RunInterrupted
+from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, NonFiniteLossError, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,10 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         super().__init__(dirpath=dirpath, filename=filename)
         self.guard = guard
         self.saved = False
+        self.exception: BaseException | None = None  # what stopped training, if anything
 
     def on_exception(self, trainer, pl_module, exception):
+        self.exception = exception
         start = self.guard.start_step
         if isinstance(exception, NonFiniteLossError):
             return  # the state is not finite: nothing of it is saved
@@ -239,7 +241,7 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
             log.info("no checkpoint saved on %s: no optimizer step since the run (re)started at step %s",
                      type(exception).__name__, start)
             return
-        super().on_exception(trainer, pl_module, exception)
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self.saved = True
 
 
@@ -265,16 +267,24 @@ class RunSafety:
         # With no checkpoint Lightning looks for a "last" one itself (it finds none: every candidate was read
         # above) and warns that "the last model of the previous fit" will be used, which would mislead.
         warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model.*")
+        warnings.filterwarnings("ignore", message=r".*no last checkpoint available.*")
+        if ckpt_path is not None:  # resuming in place: the directory is meant to hold checkpoints
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except BaseException as err:
-            finish_wandb(1 if not isinstance(err, SIGTERMException) else SIGTERM_EXIT_CODE)
-            if not isinstance(err, SIGTERMException):
+            # Lightning ends a Ctrl-C with sys.exit(1) after its graceful shutdown
+            ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
+            stopped = isinstance(err, SIGTERMException) or ctrl_c
+            exit_code = (SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) if stopped else 1
+            finish_wandb(exit_code)
+            if not stopped:
                 raise
             saved = ("its state is saved in checkpoints/interrupted.ckpt" if self.exception_checkpoint.saved else
                      "no optimizer step since it started, so nothing new was saved")
-            raise RunInterrupted(f"stopped by SIGTERM at step {trainer.global_step}: {saved}; run the same command "
-                                 f"with hydra.run.dir={self.run_dir} to resume", self.run_dir) from None
+            raise RunInterrupted(f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step {trainer.global_step}: "
+                                 f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume",
+                                 self.run_dir, exit_code) from None
 
 
 def finish_wandb(exit_code: int = 0) -> None:
