@@ -122,6 +122,48 @@ def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
     fault_matrix(tmp_path, "finetune", FINETUNE, 5)  # 2 micro-batches a step
 
 
+# The run with one SIGTERM sent to itself right after the last training batch of its first epoch: the moment
+# Lightning notices it between two epochs, which random timing hits rarely.
+SIGTERM_AT_FIRST_EPOCH_END = """
+import os, signal, sys
+import pytorch_lightning as pl
+from blockbert.tasks import resilience
+
+class SigtermAtFirstEpochEnd(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 0 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+build = resilience.RunSafety.__init__
+def with_sigterm(self, cfg, run_dir):
+    build(self, cfg, run_dir)
+    self.callbacks.append(SigtermAtFirstEpochEnd())
+resilience.RunSafety.__init__ = with_sigterm
+from cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("command, args", [
+    ("pretrain", [*PRETRAIN, "trainer.max_steps=8"]),  # 16 micro-batches (4 steps) an epoch
+    ("finetune", [*FINETUNE, "trainer.max_epochs=2"]),
+])
+def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
+    """A state saved between two epochs resumes as the next epoch's start: same weights as an uninterrupted run
+    (before the fix the resumed run's first epoch trained one batch and every accumulation after it shifted)."""
+    reference = tmp_path / "uninterrupted"
+    blockbert(tmp_path, command, *args, f"hydra.run.dir={reference}")
+    run_dir = tmp_path / "interrupted"
+    argv = [*args, f"hydra.run.dir={run_dir}"]
+    out = subprocess.run([sys.executable, "-c", SIGTERM_AT_FIRST_EPOCH_END, command, *argv], capture_output=True,
+                         text=True, cwd=tmp_path, env=env_for(tmp_path), timeout=600)
+    assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
+    out = blockbert(tmp_path, command, *argv)
+    assert resumed_step(out.stdout + out.stderr) > 0
+    ours, theirs = weights(run_dir), weights(reference)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
 @pytest.mark.parametrize("command, args, first, more", [
     ("pretrain", PRETRAIN, "trainer.max_steps=10", "trainer.max_steps=15"),
     ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),

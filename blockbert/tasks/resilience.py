@@ -168,7 +168,12 @@ class RunGuard(pl.Callback):
         if bad:
             raise NonFiniteLossError(f"the weights hold NaN or inf at step {trainer.global_step} (first: {bad[0]}): "
                                      f"not saved; {self._cause()}")
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        loops = checkpoint["loops"]["fit_loop"]
+        epochs = loops["epoch_progress"]["current"]
+        if epochs["completed"] == epochs["ready"]:  # between two epochs: an epoch ends with an optimizer step
+            _as_next_epoch_start(loops)
+            return
+        progress = loops["epoch_loop.batch_progress"]
         since_step = progress["total"]["processed"] - self._boundary_total
         if self.start_step is None or since_step <= 0:  # not training (a finished run saved again), or at a step
             return
@@ -209,6 +214,29 @@ class RunGuard(pl.Callback):
             return (f"{newest}. Likely cause: trainer.precision={self.precision} keeps the weights and AdamW's "
                     "moments in fp16, where eps=1e-08 rounds to 0: use 16-mixed or bf16-mixed")
         return f"{newest}. Try a lower optim.lr or more optim.warmup_steps, or check the data"
+
+
+def _as_next_epoch_start(loops: dict) -> None:
+    """Store a state taken between two epochs with the per-epoch counters the next epoch starts from.
+
+    Lightning resets them when the next epoch starts; a checkpoint saved before that (a SIGTERM noticed
+    after an epoch's last batch) kept the ended epoch's counts, and a run resumed from it took them for
+    the new epoch's: that epoch trained one batch, and every accumulation after it was shifted.
+    """
+    def zero(counts: dict) -> None:
+        for key, value in counts.items():
+            if isinstance(value, dict):
+                zero(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                counts[key] = 0
+
+    batches = loops["epoch_loop.batch_progress"]
+    zero(batches["current"])
+    batches["is_last_batch"] = False
+    zero(loops["epoch_loop.scheduler_progress"]["current"])
+    for counter in loops["epoch_loop.automatic_optimization.optim_progress"]["optimizer"].values():
+        zero(counter["current"])
+    zero(loops["epoch_loop.val_loop.batch_progress"]["total"])  # counts validation batches within an epoch
 
 
 class StepCheckpoint(ModelCheckpoint):
