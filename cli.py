@@ -65,25 +65,29 @@ def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def sweep(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_grid, blocks_seqlen) "
+    name: str = typer.Argument(..., help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
+                                         "blocks_seqlen) "
                                          "or a path to a sweep .yaml file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and stop."),
     directory: str = typer.Option(None, "--dir", help="Sweep directory; give an earlier one to resume it "
                                                       "(complete jobs are skipped)."),
     wandb_config: bool = typer.Option(False, "--wandb-config", help="Print the same grid as a W&B sweep file."),
+    source: str = typer.Option(None, "--from", help="finetune_each: the pre-training sweep directory whose "
+                                                    "finished jobs are fine-tuned."),
     debug: bool = DEBUG,
 ) -> None:
     """Run a sweep from sweeps/ (head assignments, fine-tuning grids, Table 2's rows) as a Hydra
     multirun, then summarise it (summary.csv, a table best first, a plot for head sweeps).
 
-    Extra overrides apply to every job; `cluster=slurm` submits the jobs to SLURM. A failed job is
-    listed with its error and does not stop the others.
+    Extra overrides apply to every job and replace the sweep file's own of the same key; `cluster=slurm`
+    submits the jobs to SLURM. A failed job is listed with its error and does not stop the others.
+    `finetune_each --from DIR` fine-tunes every finished job of the pre-training sweep in DIR.
 
-    Example: `blockbert sweep heads_n2 model=tiny trainer.max_steps=50`
+    Example (laptop scale): `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=50`
     """
     from blockbert.tasks.sweep import run_sweep
 
-    raise typer.Exit(run_sweep(name, list(ctx.args), dry_run, directory, wandb_config, debug))
+    raise typer.Exit(run_sweep(name, list(ctx.args), dry_run, directory, wandb_config, debug, source))
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)

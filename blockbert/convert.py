@@ -32,11 +32,14 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
     if not directory.exists() and "/" in str(path) and not str(path).startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
-        try:
-            directory = Path(snapshot_download(str(path)))
+        try:  # the config, tokenizer files and one copy of the weights (not the TF/Flax/ONNX ones beside them)
+            directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "model.safetensors"]))
+            if not (directory / "model.safetensors").is_file():
+                directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "pytorch_model.bin"]))
         except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
             raise FileNotFoundError(f"{path!r} is not a local model directory, and the hub could not provide it "
-                                    f"({type(err).__name__})") from None
+                                    f"({type(err).__name__}): download it where there is network (hf download {path} "
+                                    "--local-dir DIR) and give the directory DIR instead") from None
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
     try:

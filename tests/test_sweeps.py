@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from blockbert import BlockBertConfig
 from blockbert.tasks.common import model_config
 from blockbert.tasks.launch import config_dir
-from blockbert.tools.sweeps import available, expand, head_assignments, jobs, load_sweep, sweeps_dir, wandb_sweep
+from blockbert.tools.sweeps import (available, expand, head_assignments, jobs, load_sweep, merge_overrides, sweeps_dir,
+                                    wandb_sweep)
 
 
 def test_head_grids_have_the_paper_sizes_and_sum_to_the_heads():
@@ -41,6 +42,20 @@ def test_every_sweep_job_composes_into_a_valid_config(name):
     for job in planned:
         cfg = compose_job(sweep.command, [*sweep.overrides, *(f"{k}={v}" for k, v in job.items())])
         BlockBertConfig(**model_config(cfg.model))
+        if name.startswith("heads"):  # Figure 4 at the paper's setting (section 4.3)
+            assert (cfg.model.num_heads, cfg.data.max_seq_length, cfg.data.name) == (12, 512, "wiki_book")
+            assert cfg.trainer.max_steps == 1_200_000 and sweep.metric == "val/best_ppl"
+
+
+def test_command_line_overrides_replace_the_sweep_files_own():
+    """The laptop form documented in the head sweeps: the later experiment/data/max_steps replace the file's."""
+    sweep = load_sweep("heads_n3")
+    overrides = merge_overrides(sweep.overrides, ["experiment=tiny", "data=tiny_corpus", "trainer.max_steps=300"])
+    assert overrides == ["experiment=tiny", "data=tiny_corpus", "trainer.max_steps=300"]
+    cfg = compose_job("pretrain", overrides)
+    assert (cfg.model.num_heads, cfg.data.max_seq_length, cfg.trainer.max_steps) == (4, 128, 300)
+    assert len(expand(sweep, cfg.model.num_heads)["model.heads"]) == 15  # 4 heads over 3 shifts
+    assert merge_overrides(["~experiment", "task=squad11"], ["experiment=tiny"]) == ["task=squad11", "experiment=tiny"]
 
 
 @pytest.mark.parametrize("name", ["heads_n2", "heads_n3", "finetune_grid", "blocks_seqlen"])
@@ -54,7 +69,7 @@ def test_wandb_sweep_files_match_and_reference_existing_keys(name):
 
 
 def test_available_sweeps():
-    assert available() == ["blocks_seqlen", "finetune_grid", "heads_n2", "heads_n3"]
+    assert available() == ["blocks_seqlen", "finetune_each", "finetune_grid", "heads_n2", "heads_n3"]
 
 
 def run(tmp_path, *args, check=True):
@@ -116,3 +131,32 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
     rows = summarize(sweep_dir)
     assert [r["job"] for r in rows] == ["1", "2", "0"]
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
+
+
+def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(tmp_path):
+    """Figure 4's two columns: a tiny pre-training head sweep (best validation perplexity of each job), then
+    finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table."""
+    spec = tmp_path / "heads.yaml"
+    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["experiment=tiny"], "metric": "val/best_ppl",
+                                    "parameters": {"model.heads": ["3:1", "7:2", "2:2"]}}))  # 7:2 fails
+    pretrained = tmp_path / "pretrained"
+    run(tmp_path, "sweep", str(spec), "trainer.max_steps=4", "trainer.val_check_interval=2", "logger=none",
+        "progress_bar=false", "data.generated_documents=40", "--dir", str(pretrained))
+    for job in ("0", "2"):
+        metrics = json.loads((pretrained / job / "metrics.json").read_text())
+        assert metrics["val/best_ppl"] <= metrics["val/ppl"] and metrics["val/best_ppl_step"] in (0, 2, 4)
+    missing = run(tmp_path, "sweep", "finetune_each", "experiment=tiny", check=False)
+    assert missing.returncode == 2 and "give its directory with --from" in missing.stderr
+    tuned = tmp_path / "tuned"
+    out = run(tmp_path, "sweep", "finetune_each", "--from", str(pretrained), "experiment=tiny", "task=generated",
+              "task.generated_questions=48", "trainer.max_steps=2", "data.max_seq_length=64", "logger=none",
+              "progress_bar=false", "--dir", str(tuned))
+    assert "pretrain val/best_ppl" in out.stdout
+    with (tuned / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["pretrain job"] for r in rows) == ["0", "2"]  # the failed job is not fine-tuned
+    for row in rows:
+        origin = json.loads((pretrained / row["pretrain job"] / "metrics.json").read_text())
+        assert float(row["pretrain val/best_ppl"]) == pytest.approx(origin["val/best_ppl"])
+        assert row["model.heads"] == {"0": "3:1", "2": "2:2"}[row["pretrain job"]]
+        assert row["status"] == "finished" and row["dev/f1"] != ""

@@ -6,6 +6,7 @@ import codecs
 import glob
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -18,14 +19,35 @@ SOURCES = ("generated", "files", "hub")
 
 def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
     source = data_cfg.source
-    if source == "generated":
-        path = generated_corpus(cache_dir, data_cfg.generated_documents)
-        return _load_files([str(path)], data_cfg, cache_dir)
-    if source == "files":
-        return _load_files(_expand(data_cfg.files), data_cfg, cache_dir)
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r} is unknown: accepted are {', '.join(SOURCES)}")
+    group = rows_per_document(data_cfg)
     if source == "hub":
-        return _load_hub(data_cfg, cache_dir)
-    raise ConfigError(f"data.source={source!r} is unknown: accepted are {', '.join(SOURCES)}")
+        return _load_hub(data_cfg, cache_dir, group)
+    paths = [str(generated_corpus(cache_dir, data_cfg.generated_documents))] if source == "generated" else \
+        _expand(data_cfg.files)
+    return _group_rows(_load_files(paths, data_cfg, cache_dir), group[0])
+
+
+def rows_per_document(data_cfg) -> list[int]:
+    """``data.rows_per_document`` as one count per source (one per hub dataset), each an integer >= 1."""
+    value = data_cfg.get("rows_per_document", 1)
+    names = data_cfg.hub_name if data_cfg.source == "hub" else None
+    sources = 1 if names is None or isinstance(names, str) else len(names)
+    counts = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * sources
+    if len(counts) != sources or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+        raise ConfigError(f"data.rows_per_document={value!r} is not accepted: give an integer >= 1 (consecutive rows "
+                          f"joined into one document), or a list of {sources} such integers, one per hub dataset")
+    return counts
+
+
+def _group_rows(ds: datasets.Dataset, rows: int) -> datasets.Dataset:
+    """Consecutive rows joined, one per line, into documents of ``rows`` rows (the last one may be shorter):
+    a corpus stored one sentence per row (the hub's BookCorpus) becomes documents sequences can fill."""
+    if rows == 1:
+        return ds
+    return ds.map(lambda batch: {"text": ["\n".join(batch["text"])]}, batched=True, batch_size=rows,
+                  desc=f"joining every {rows} rows into a document")
 
 
 def describe_source(data_cfg) -> str:
@@ -67,9 +89,10 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
     kind = kinds.pop()
     kwargs = {}
     if kind == "text":
-        if data_cfg.documents not in ("paragraph", "file"):
-            raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file")
-        kwargs["sample_by"] = "paragraph" if data_cfg.documents == "paragraph" else "document"
+        sample_by = {"paragraph": "paragraph", "file": "document", "line": "line"}.get(data_cfg.documents)
+        if sample_by is None:
+            raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file, line")
+        kwargs["sample_by"] = sample_by
     try:
         ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=str(cache_dir / "datasets"),
                                    **kwargs)
@@ -99,15 +122,15 @@ def _not_utf8(paths: list[str]) -> str | None:
     return None
 
 
-def _load_hub(data_cfg, cache_dir: Path) -> datasets.Dataset:
+def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
     names = data_cfg.hub_name if not isinstance(data_cfg.hub_name, str) else [data_cfg.hub_name]
     configs = data_cfg.hub_config
     configs = [configs] * len(names) if configs is None or isinstance(configs, str) else list(configs)
     parts = []
-    for name, config in zip(names, configs):
+    for name, config, rows in zip(names, configs, group):
         # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
         ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=str(cache_dir / "datasets"))
-        parts.append(_text_column(ds, data_cfg.text_field))
+        parts.append(_group_rows(_text_column(ds, data_cfg.text_field), rows))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 import datasets
+import pyarrow.compute
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -16,7 +17,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFas
 from blockbert.config import ConfigError
 
 from .cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
-from .corpus import describe_source, load_documents
+from .corpus import describe_source, load_documents, rows_per_document
 from .sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
 from .sequences import pack_documents, sentence_pairs, tokenize_documents
 from .tokenizer import load_tokenizer
@@ -34,6 +35,7 @@ def check_data_config(data_cfg) -> None:
     num_proc = data_cfg.get("num_proc")
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
+    rows_per_document(data_cfg)
 
 
 def build_sequences(batch, documents, tokenizer, max_len: int, nsp: bool, seed: int) -> dict:
@@ -70,6 +72,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         self.world_size = world_size
         self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in prepare_data()
         self.train_set = self.val_set = None
+        self.fill: float | None = None  # mean tokens per training sequence / N
 
     def prepare_data(self) -> None:
         if self.train_set is None:  # else setup() has read the cache already
@@ -84,13 +87,15 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / manifest["tokenizer"]))
         self.train_set = load_arrow(directory, manifest["train"])
         self.val_set = load_arrow(directory, manifest["validation"])
+        self.fill = manifest.get("fill")
         if len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
                 f"one batch of {self.batch_size}: use a larger corpus or a smaller data.per_device_batch_size"
             )
-        log.info("pre-training data: %d train and %d validation sequences of at most %d tokens",
-                 len(self.train_set), len(self.val_set), self.cfg.max_seq_length)
+        log.info("pre-training data: %d train and %d validation sequences of at most N=%d tokens, filled to %s of N "
+                 "on average", len(self.train_set), len(self.val_set), self.cfg.max_seq_length,
+                 "?" if self.fill is None else f"{self.fill:.1%}")
 
     def _cache_entry(self) -> Path:
         """cache_dir/pretrain/KEY: KEY changes with the corpus (its files' sizes and times), the tokenizer and
@@ -102,6 +107,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]
         else:
             corpus = [cfg.source, cfg.get("generated_documents"), cfg.documents]
+        corpus.append(rows_per_document(cfg))
         if self.tokenizer is not None:
             tokenizer = ["given", tokenizer_fingerprint(self.tokenizer)]
         elif cfg.tokenizer == "train":
@@ -128,7 +134,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
         manifest = {"tokenizer": "tokenizer", "documents": {"train": len(split["train"]), "validation": n_val}}
         for name, part in (("train", split["train"]), ("validation", split["test"])):
-            manifest[name] = arrow_files(self._sequences(part, name, tokenizer, directory))
+            sequences = self._sequences(part, name, tokenizer, directory)
+            manifest[name] = arrow_files(sequences)
+            if name == "train":
+                manifest["fill"] = mean_fill(sequences, self.cfg.max_seq_length)
         return manifest
 
     def _sequences(self, documents, split: str, tokenizer, directory: Path):
@@ -168,6 +177,14 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
 
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate,
                           num_workers=self.cfg.num_workers)
+
+
+def mean_fill(sequences: datasets.Dataset, max_len: int) -> float:
+    """Tokens per sequence over N, on average (read from the Arrow list lengths, without decoding rows)."""
+    if not len(sequences):
+        return 0.0
+    lengths = pyarrow.compute.list_value_length(sequences.data.column("input_ids"))
+    return pyarrow.compute.sum(lengths).as_py() / (len(sequences) * max_len)
 
 
 class KeyedMasking:

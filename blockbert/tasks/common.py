@@ -32,6 +32,31 @@ def model_config(model_cfg: DictConfig, **overrides) -> dict:
     return values
 
 
+def check_paper_row(cfg: DictConfig, command: str) -> None:
+    """For ``experiment=<paper row>``: refuse to pre-train a row the paper never pre-trained (the official Google
+    BERT checkpoint), and warn in one line when the row runs on the tiny generated data, whose numbers cannot be
+    compared with the paper's."""
+    paper = cfg.get("paper")
+    if not paper:
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    name = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    row = f"the paper's {paper.row} row (Tables {paper.tables})"
+    row = f"experiment={name}, {row}," if name else row
+    if command == "pretrain" and not paper.pretrained:
+        raise ConfigError(f"{row} is an official checkpoint, which the paper fine-tunes and never pre-trains: "
+                          "fine-tune it with blockbert finetune, or pre-train the BERT-style MLM + NSP model as "
+                          "experiment=roberta_2seq_512")
+    toy = (command == "pretrain" and cfg.data.source == "generated") or (
+        command == "finetune" and cfg.task.name == "generated")
+    if toy:
+        real = ("data=wiki_book (or your copy of the corpus)" if command == "pretrain" else
+                "task=squad11, squad20 or mrqa")
+        log.warning("%s runs on the tiny generated %s: its results are not comparable with the paper's; give %s",
+                    row, "corpus" if command == "pretrain" else "QA set", real)
+
+
 def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
     """(global batch B, per-device batch, gradient accumulation) with B x N = tokens_per_batch."""
     if tokens_per_batch % seq_len:

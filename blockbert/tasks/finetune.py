@@ -17,8 +17,8 @@ from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
-from blockbert.tasks.common import (MetricsJson, build_logger, import_model, model_config, run_tokenizer, split_batch,
-                                    world_size)
+from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, import_model, model_config,
+                                    run_tokenizer, split_batch, world_size)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -33,6 +33,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def finetune(cfg: DictConfig, run_dir: Path) -> dict:
+    check_paper_row(cfg, "finetune")
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.init_from and cfg.model.get("init_from"):
         raise ConfigError(f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "

@@ -15,8 +15,8 @@ from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.tasks.cluster import check_accelerator
-from blockbert.tasks.common import (MetricsJson, build_logger, derive_batch, import_model, model_config, run_tokenizer,
-                                    world_size)
+from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, derive_batch, import_model,
+                                    model_config, run_tokenizer, world_size)
 from blockbert.tasks.pretrain_module import PretrainModule
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
+    check_paper_row(cfg, "pretrain")
     seq_len = cfg.data.max_seq_length
     if seq_len > cfg.model.max_position_embeddings and not cfg.model.get("init_from"):
         raise ConfigError(
@@ -74,7 +75,8 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
 
     checkpoints = run_dir / "checkpoints"
     metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "model": cfg.model.name,
-                                                     "batch_size": batch, "seq_len": seq_len})
+                                                     "batch_size": batch, "seq_len": seq_len,
+                                                     "sequence_fill": data.fill})
     safety = RunSafety(cfg, run_dir)
     callbacks = [
         StepCheckpoint(dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",

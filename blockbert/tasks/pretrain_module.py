@@ -59,9 +59,19 @@ class PretrainModule(pl.LightningModule):
         loss = (sums[0] / sums[1]).item()
         ppl = math.exp(min(loss, 50.0))
         self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)
-        if not self.trainer.sanity_checking or self.trainer.num_sanity_val_steps == float("inf"):
-            self.validation_history.append((self.global_step, ppl))  # a full sanity check counts: step 0
+        full = not self.trainer.sanity_checking or self.trainer.num_sanity_val_steps == float("inf")
+        if full and (not self.validation_history or self.validation_history[-1][0] != self.global_step):
+            self.validation_history.append((self.global_step, ppl))  # a full sanity check counts (step 0, a resume)
+        if self.validation_history:  # Figure 4's metric: the best perplexity reached, and when
+            best_step, best = min(self.validation_history, key=lambda entry: entry[1])
+            self.log_dict({"val/best_ppl": best, "val/best_ppl_step": float(best_step)}, sync_dist=False)
         self._last_time = None  # validation time is not training throughput
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["validation_history"] = [list(entry) for entry in self.validation_history]
+
+    def on_load_checkpoint(self, checkpoint):  # a resumed run keeps the perplexities reached before
+        self.validation_history = [(int(step), float(ppl)) for step, ppl in checkpoint.get("validation_history", [])]
 
     def configure_optimizers(self):
         o = self.hparams.optim

@@ -17,7 +17,7 @@ from blockbert.errors import RunInterrupted
 from blockbert.tasks.launch import config_dir, one_line, report_error, run_task
 from blockbert.tools import console
 from blockbert.tools.report import summarize
-from blockbert.tools.sweeps import expand, jobs, load_sweep, multirun_args, wandb_sweep
+from blockbert.tools.sweeps import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,12 @@ def num_heads(command: str, overrides: list[str]) -> int:
 
 
 def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | None, wandb_config: bool,
-              debug: bool) -> int:
+              debug: bool, source: str | None = None) -> int:
     try:
         sweep = load_sweep(name)
-        grid = expand(sweep, num_heads(sweep.command, [*sweep.overrides, *overrides]))
+        sweep.overrides = merge_overrides(sweep.overrides, overrides)
+        source_dir = Path(source).expanduser().resolve() if source else None
+        grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
     except Exception as err:  # noqa: BLE001 -- one readable line
         return report_error("sweep", err, debug)
     if wandb_config:
@@ -75,7 +77,7 @@ def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | N
     planned = jobs(grid)
     if dry_run:
         table = Table(title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs "
-                            f"(fixed: {' '.join([*sweep.overrides, *overrides]) or 'none'})")
+                            f"(fixed: {' '.join(sweep.overrides) or 'none'})")
         table.add_column("job")
         for key in grid:
             table.add_column(key)
@@ -87,8 +89,9 @@ def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | N
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(
         {"name": sweep.name, "command": sweep.command, "metric": sweep.metric, "mode": sweep.mode,
-         "select": sweep.select, "overrides": [*sweep.overrides, *overrides], "grid": grid}, sort_keys=False))
-    args = ["-m", *sweep.overrides, *overrides, *multirun_args(grid), f"hydra.sweep.dir={sweep_dir}",
+         "select": sweep.select, "overrides": sweep.overrides, "grid": grid,
+         **({"from": str(source_dir)} if source_dir else {})}, sort_keys=False))
+    args = ["-m", *sweep.overrides, *multirun_args(grid), f"hydra.sweep.dir={sweep_dir}",
             "hydra.sweep.subdir=${hydra.job.num}", f"++logger.group={sweep.name}"]
     code = run_task(sweep.command, args, debug, wrap=tolerant)
     if code:

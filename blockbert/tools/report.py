@@ -61,6 +61,8 @@ def summarize(sweep_dir: Path) -> list[dict]:
         keys = sorted(k for k in every if len({r["_overrides"].get(k) for r in rows}) > 1)
         for r in rows:
             r.update({k: r["_overrides"].get(k, "") for k in keys})
+    if spec.get("from"):
+        keys = join_pretraining(rows, Path(spec["from"]))
     rows = rank(rows, metric, mode)
     write_csv(rows, keys, metric, sweep_dir / "summary.csv")
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
@@ -68,8 +70,7 @@ def summarize(sweep_dir: Path) -> list[dict]:
         table.add_column(column)
     for row in rows:
         value = row.get(metric)
-        table.add_row(row["job"], *(str(row[k]) for k in keys), "" if value is None else f"{value:.4g}", row["status"],
-                      row["error"][:80])
+        table.add_row(row["job"], *(_cell(row[k]) for k in keys), _cell(value), row["status"], row["error"][:80])
     console.print(table)
     select = spec.get("select") or {}
     if select:
@@ -83,6 +84,25 @@ def summarize(sweep_dir: Path) -> list[dict]:
     if "model.heads" in keys:
         plot_heads(rows, metric, sweep_dir / "summary.png")
     return rows
+
+
+def join_pretraining(rows: list[dict], source: Path) -> list[str]:
+    """finetune_each: give each fine-tuning job the swept values and the metric of the pre-training job it
+    started from (its init_from), so that one table holds both of Figure 4's columns. The table's keys."""
+    spec = yaml.safe_load((source / "sweep.yaml").read_text())
+    keys, metric = list(spec.get("grid", {})), spec.get("metric", "val/ppl")
+    pretrained = {str((source / r["job"]).resolve()): r for r in read_jobs(source, keys)}
+    for row in rows:
+        origin = pretrained.get(row.get("init_from", ""), {})
+        row.update({"pretrain job": origin.get("job", ""), **{k: origin.get(k, "") for k in keys},
+                    f"pretrain {metric}": origin.get(metric)})
+    return ["pretrain job", *keys, f"pretrain {metric}"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:

@@ -2,7 +2,9 @@
 
 A parameter's values are a list, or a generator:
 ``{head_assignments: {blocks: n, min_identity: k}}`` -- every way to give the model's heads to the n
-shifts (12 heads: 13 for n=2, 91 for n=3) with at least k identity heads.
+shifts (12 heads: 13 for n=2, 91 for n=3) with at least k identity heads;
+``{pretrained_jobs: {}}`` -- the run directory of every finished job of the pre-training sweep given
+with ``--from`` (``finetune_each``: Figure 4's fine-tuning column).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 
 from blockbert.config import ConfigError
 
-GENERATORS = ("head_assignments",)
+GENERATORS = ("head_assignments", "pretrained_jobs")
 
 
 @dataclass
@@ -69,8 +71,8 @@ def head_assignments(num_heads: int, blocks: int, min_identity: int = 0) -> list
     return [":".join(map(str, c)) for c in configs]
 
 
-def expand(sweep: Sweep, num_heads: int) -> dict[str, list]:
-    """{override key: values} with generators expanded."""
+def expand(sweep: Sweep, num_heads: int, source: Path | None = None) -> dict[str, list]:
+    """{override key: values} with generators expanded (``source``: the ``--from`` sweep directory)."""
     grid = {}
     for key, values in sweep.parameters.items():
         if isinstance(values, dict):
@@ -78,11 +80,45 @@ def expand(sweep: Sweep, num_heads: int) -> dict[str, list]:
             if generator not in GENERATORS:
                 raise ConfigError(f"sweep {sweep.name}: parameter {key}: generator {generator!r} is unknown: "
                                   f"accepted are {', '.join(GENERATORS)}")
-            values = head_assignments(num_heads, **(options or {}))
+            if generator == "pretrained_jobs":
+                values = pretrained_jobs(sweep, source)
+            else:
+                values = head_assignments(num_heads, **(options or {}))
         if not values:
             raise ConfigError(f"sweep {sweep.name}: parameter {key} has no values")
         grid[key] = list(values)
+    takes_source = any(isinstance(v, dict) and "pretrained_jobs" in v for v in sweep.parameters.values())
+    if source is not None and not takes_source:
+        raise ConfigError(f"sweep {sweep.name} takes no --from (only sweeps over pretrained_jobs do: finetune_each)")
     return grid
+
+
+def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
+    """The run directories of the finished jobs of the pre-training sweep in ``source``."""
+    from blockbert.tools.report import read_jobs
+
+    if source is None:
+        raise ConfigError(f"sweep {sweep.name} fine-tunes the jobs of a pre-training sweep: give its directory with "
+                          "--from (e.g. --from multirun/sweeps/heads_n3/2026-01-01_00-00-00)")
+    if not (source / "sweep.yaml").is_file():
+        raise ConfigError(f"--from {source}: not a sweep directory (no sweep.yaml): give the directory "
+                          "`blockbert sweep` printed for a pre-training sweep")
+    finished = [source / row["job"] for row in read_jobs(source, []) if row["status"] == "finished"]
+    if not finished:
+        raise ConfigError(f"--from {source}: no finished job to fine-tune yet (resume it with "
+                          f"`blockbert sweep NAME --dir {source}`)")
+    return [str(job.resolve()) for job in finished]
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(fixed: list[str], extra: list[str]) -> list[str]:
+    """The sweep file's fixed overrides, each replaced by a command-line override of the same key
+    (``experiment=tiny`` replaces the file's ``experiment=blockbert_n2_512``), then the other extra ones."""
+    replaced = {override_key(o) for o in extra}
+    return [o for o in fixed if override_key(o) not in replaced] + list(extra)
 
 
 def jobs(grid: dict[str, list]) -> list[dict]:
@@ -102,6 +138,9 @@ def _quote(value) -> str:
 
 def wandb_sweep(sweep: Sweep, grid: dict[str, list]) -> dict:
     """A W&B sweep configuration running the same grid (parameters arrive as Hydra overrides)."""
+    deletions = [o for o in sweep.overrides if "=" not in o]
+    if deletions:
+        raise ConfigError(f"sweep {sweep.name}: {deletions[0]} cannot be given to a W&B sweep (only key=value)")
     fixed = {o.split("=", 1)[0]: {"value": o.split("=", 1)[1]} for o in sweep.overrides}
     return {
         "name": sweep.name, "description": sweep.description, "method": "grid",

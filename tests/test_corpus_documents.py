@@ -1,0 +1,75 @@
+"""A corpus stored one sentence per row (the hub's BookCorpus) grouped into documents (data.rows_per_document)."""
+
+import json
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from blockbert.config import ConfigError
+from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.tasks.launch import config_dir
+
+WORDS = "river city music game story book author history science people year world north south".split()
+
+
+def sentence_rows(path, count=2000):
+    """``count`` JSONL rows, one sentence each, numbered in order ("s17 ..."), 9-14 words long."""
+    rows = []
+    for i in range(count):
+        words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(8 + i % 6)]
+        rows.append(json.dumps({"sentence": f"s{i} " + " ".join(words) + "."}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def data_module(tmp_path, nsp, *overrides):
+    tmp_path.mkdir(exist_ok=True)
+    corpus = sentence_rows(tmp_path / "sentences.jsonl")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=[
+            "data=text_files", f"data.files={corpus}", "data.text_field=sentence", "data.max_seq_length=256",
+            "data.tokenizer_vocab_size=200", "data.validation_fraction=0.1", f"data.cache_dir={tmp_path / 'cache'}",
+            *overrides])
+    dm = PretrainDataModule(cfg.data, nsp, 4, 0, tmp_path / "cache")
+    dm.setup()
+    return dm
+
+
+def markers(tokenizer, ids) -> list[int]:
+    """The row numbers in a segment, in order."""
+    return [int(m) for m in re.findall(r"\bs(\d+)\b", tokenizer.decode(ids))]
+
+
+def test_rows_grouped_into_documents_fill_the_sequences(tmp_path):
+    alone = data_module(tmp_path / "alone", False)
+    grouped = data_module(tmp_path / "grouped", False, "data.rows_per_document=200")
+    assert alone.fill < 0.3  # one ~15-token sentence per sequence of N=256
+    assert grouped.fill >= 0.9
+    filled = sum(len(ids) for ids in grouped.train_set["input_ids"]) / (len(grouped.train_set) * 256)
+    assert grouped.fill == pytest.approx(filled)
+
+
+def test_sentence_pairs_of_grouped_rows_follow_each_other(tmp_path):
+    dm = data_module(tmp_path, True, "data.rows_per_document=200")
+    follows = 0
+    for ids, types, random_next in zip(dm.train_set["input_ids"], dm.train_set["token_type_ids"],
+                                       dm.train_set["next_sentence_label"]):
+        a = [t for t, s in zip(ids, types) if s == 0]
+        b = [t for t, s in zip(ids, types) if s == 1]
+        if random_next:
+            continue
+        follows += 1
+        rows_a, first_b = markers(dm.tokenizer, a), markers(dm.tokenizer, b)[0]
+        # "is next": B starts with the row after A's last one. Fitting the pair into N may cut A's last row, down
+        # to a prefix of its number ("s64" of "s648") or to nothing of it.
+        wanted = first_b - 1
+        assert rows_a[-1] == wanted or rows_a[-1] == wanted - 1 or (
+            str(wanted).startswith(str(rows_a[-1])) and rows_a[-2] == wanted - 1), (rows_a[-3:], first_b)
+    assert 0.3 < follows / len(dm.train_set) < 0.7
+
+
+@pytest.mark.parametrize("value", ["0", "[1,2]", "x"])
+def test_bad_rows_per_document_is_one_line(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"data.rows_per_document=.* is not accepted: give an integer >= 1"):
+        data_module(tmp_path, False, f"data.rows_per_document={value}")
