@@ -96,6 +96,10 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
                          logger=logger, callbacks=callbacks, plugins=safety.plugins,
                          enable_progress_bar=cfg.progress_bar)
     safety.fit(trainer, module, data)
+    validated = [step for step, _ in module.validation_history]
+    if trainer.global_step and trainer.global_step not in validated:  # end with the perplexity the run reached
+        trainer.validate(module, datamodule=data, verbose=False)
+        metrics.write(trainer, "finished")
     trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)  # the final state, also between periodic saves
     if logger:
         logger.finalize("success")

@@ -1,0 +1,87 @@
+"""Every `blockbert ...` command in the README's code blocks does what it says: Hydra commands compose (`--cfg job`,
+one job per value of a `-m` list) into a valid model config, sweeps plan their jobs (`--dry-run`), and the
+commands that need files parse their arguments and options. Run in this process, so the whole README takes
+seconds; the commands themselves run in the other tests."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from blockbert import BlockBertConfig
+from blockbert.tasks.common import model_config
+from cli import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+HYDRA_COMMANDS = ("pretrain", "finetune", "profile", "benchmark")
+FILE_COMMANDS = ("evaluate", "report", "export")
+
+
+def readme_commands() -> list[str]:
+    """The `blockbert` commands of the README's bash code blocks (continuations joined, `a && b` split)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            commands += [part.strip() for part in line.split("&&") if part.strip().startswith("blockbert ")]
+    return commands
+
+
+def one_job_each(args: list[str]) -> list[list[str]]:
+    """A multirun's overrides as single runs: one per value of each comma list, the other lists at their first."""
+    if "-m" not in args and "--multirun" not in args:
+        return [args]
+    args = [a for a in args if a not in ("-m", "--multirun")]
+    swept = [i for i, a in enumerate(args) if "," in a.partition("=")[2] and "[" not in a]
+    first = [a.split(",")[0] if i in swept else a for i, a in enumerate(args)]
+    runs = [[*first[:i], f"{args[i].split('=')[0]}={value}", *first[i + 1:]]
+            for i in swept for value in args[i].partition("=")[2].split(",")]
+    return runs or [args]
+
+
+def finished_sweep(directory: Path) -> Path:
+    """A pre-training sweep directory with one finished job (what `finetune_each --from` reads)."""
+    (directory / "0" / ".hydra").mkdir(parents=True, exist_ok=True)
+    (directory / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.heads=10:1:1"]))
+    (directory / "0" / "done.json").write_text("{}")
+    (directory / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads_n3", "metric": "val/best_ppl",
+                                                          "grid": {"model.heads": ["10:1:1"]}}))
+    return directory
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_the_commands_of_every_kind():
+    kinds = {shlex.split(c, comments=True)[1] for c in COMMANDS}
+    assert set(HYDRA_COMMANDS) | {"sweep", *FILE_COMMANDS} <= kinds, kinds
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BLOCKBERT_CACHE", str(tmp_path / "cache"))
+    args = shlex.split(command.replace("<date_time>", "2026-01-01_00-00-00"), comments=True)[1:]
+    name = args[0]
+    if name in FILE_COMMANDS:
+        typer.main.get_command(app).get_command(None, name).make_context(name, args[1:])  # raises on a bad option
+        return
+    runner = CliRunner()
+    if name == "sweep":
+        if "--from" in args:
+            args[args.index("--from") + 1] = str(finished_sweep(tmp_path / "pretrained"))
+        result = runner.invoke(app, [*args, "--dry-run"] if "--dry-run" not in args else args)
+        assert result.exit_code == 0, result.output
+        assert "jobs" in result.output
+        return
+    assert name in HYDRA_COMMANDS, command
+    for run in one_job_each(args):
+        result = runner.invoke(app, [*(a for a in run if a not in ("--cfg", "job")), "--cfg", "job"])
+        assert result.exit_code == 0, result.output
+        cfg = yaml.safe_load(result.output)
+        if name in ("pretrain", "finetune"):
+            BlockBertConfig(**model_config(OmegaConf.create(cfg["model"])))  # a valid model, heads included
