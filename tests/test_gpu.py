@@ -1,4 +1,5 @@
-"""GPU paths: fused SDPA kernels with dropout, half precision, FlexAttention, torch.compile.
+"""GPU paths: fused SDPA kernels with dropout, half precision, FlexAttention, torch.compile, and Appendix A.2's
+peak-memory estimate of activation memory.
 
 Skipped without CUDA. Needs only torch and blockbert's model code, so it runs on a bare GPU image
 (benchmarks/gpu_check.sh runs it there).
@@ -10,6 +11,8 @@ import torch
 from blockbert import BlockBertForMaskedLM, preset_config
 from blockbert.attention import SelfAttention, block_attention, sparse_attention, sparse_block_attention
 from blockbert.config import BlockBertConfig
+from blockbert.tools.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
+from blockbert.tools.models import build, random_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -88,3 +91,25 @@ def test_compiled_model_matches_eager_training_step():
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=5e-2, rtol=5e-2)
+
+
+def test_a2_estimate_covers_the_saved_tensors_and_blockwise_halves_its_quadratic_part():
+    """Peak allocated - model - optimizer, fitted over N with b*N fixed: the eager N x N part halves at n=2."""
+    size = dict(hidden_size=192, num_layers=2, intermediate_size=384, vocab_size=1000)
+    lengths, tokens = [256, 512, 1024], 4096
+    slopes = {}
+    for name in ("roberta_1seq_eager", "blockbert_n2_eager"):
+        estimates = []
+        for n in lengths:
+            torch.manual_seed(0)
+            model = build(name, size, {}, n).to(CUDA).train()
+            batch = random_batch(tokens // n, n, 1000, CUDA)
+            autocast = torch.autocast("cuda", dtype=torch.float16)
+            with autocast:
+                saved = measure_step(model, batch).activation_bytes
+            estimates.append(a2_activation_bytes(model, batch, 2, autocast))
+            assert estimates[-1] >= 0.9 * saved  # every saved tensor is alive at the peak
+        fit = fit_linear_quadratic(lengths, estimates)
+        assert fit.slope > 0 and fit.r2 > 0.95
+        slopes[name] = fit.slope
+    assert 0.35 < slopes["blockbert_n2_eager"] / slopes["roberta_1seq_eager"] < 0.65

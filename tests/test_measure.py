@@ -7,9 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from blockbert.config import ConfigError
-from blockbert.tasks.benchmark import BOUNDS
+from blockbert.tasks.benchmark import BOUNDS, _records, baselines_of, print_table
 from blockbert.tools.benchmark import OOM, summarize, time_side_by_side
 from blockbert.tools.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
 from blockbert.tools.models import build, random_batch
@@ -78,12 +79,17 @@ def cli(tmp_path, *args):
 SMALL = ["size.hidden_size=48", "size.intermediate_size=64", "size.vocab_size=100", "size.num_layers=1"]
 
 
-def test_profile_end_to_end_writes_table_json_and_plot(tmp_path):
+def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(tmp_path):
     out = cli(tmp_path, "profile", "seq_lengths=[96,192]", "tokens_per_device=384", *SMALL, "hydra.run.dir=p")
     result = json.loads((tmp_path / "p" / "profile.json").read_text())
     assert set(result["models"]) == {"roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3"}
     assert (tmp_path / "p" / "profile.png").stat().st_size > 0
     assert "O(N) / O(N²)" in out.stdout and out.stdout.strip().splitlines()[-1] == str((tmp_path / "p").resolve())
+    # Appendix A.2's estimate needs the CUDA allocator: on CPU it is reported as not available, not attempted
+    assert result["a2_warmup_steps"] == "n/a (CUDA only)" and result["dtype"] == "float32"
+    assert all(e["fit_a2"] is None and all(r["a2_activation_mb"] is None for r in e["rows"])
+               for e in result["models"].values())
+    assert "n/a (CUDA only)" in out.stdout and "A.2 activations" not in out.stdout
 
 
 def test_benchmark_models_and_attention_end_to_end(tmp_path):
@@ -105,6 +111,54 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
         bound = next((b for b in records if b["phase"] == r["phase"] and b["model"] == BOUNDS.get(r["model"])), None)
         assert r["ratio_to_bound"] == (pytest.approx(r["median_s"] / bound["median_s"]) if bound else None)
     assert (tmp_path / "a" / "benchmark.png").is_file()
+
+
+def test_table5_preset_gives_ratios_to_both_dense_baselines(tmp_path):
+    out = cli(tmp_path, "benchmark", "bench=table5", *SMALL, "batch_sizes=[2]", "seq_lengths=[96]", "repeats=2",
+              "warmup=0", "hydra.run.dir=t")
+    result = json.loads((tmp_path / "t" / "benchmark.json").read_text())
+    baselines = ["roberta_1seq_eager", "roberta_1seq"]
+    assert result["baselines"] == baselines and result["dtype"] == "float16"
+    records = {r["model"]: r for r in result["records"]}
+    assert list(records) == ["roberta_1seq_eager", "roberta_1seq", "blockbert_n2", "blockbert_n3"]
+    assert {r["phase"] for r in result["records"]} == {"inference"}
+    for r in records.values():
+        assert r["ratios"] == {b: pytest.approx(r["median_s"] / records[b]["median_s"]) for b in baselines}
+        assert r["ratio_to_baseline"] == r["ratios"]["roberta_1seq_eager"]
+    assert records["roberta_1seq"]["ratios"]["roberta_1seq"] == pytest.approx(1.0)
+    assert "× roberta_1seq_eager" in out.stdout and "× roberta_1seq " in out.stdout
+
+
+def test_baseline_is_one_model_or_a_list_of_them():
+    models = ["roberta_1seq_eager", "roberta_1seq", "blockbert_n2"]
+    assert baselines_of(OmegaConf.create(dict(models=models, baseline="roberta_1seq"))) == ["roberta_1seq"]
+    both = OmegaConf.create(dict(models=models, baseline=["roberta_1seq_eager", "roberta_1seq"]))
+    assert baselines_of(both) == ["roberta_1seq_eager", "roberta_1seq"]
+    with pytest.raises(ConfigError, match="baseline=hf_bert is not among models: accepted are roberta_1seq_eager, "):
+        baselines_of(OmegaConf.create(dict(models=models, baseline=["roberta_1seq", "hf_bert"])))
+
+
+def test_an_oom_baseline_leaves_its_ratios_empty_and_the_others_stand(capsys):
+    times = {"roberta_1seq_eager": OOM, "roberta_1seq": [2.0], "blockbert_n2": [1.0]}
+    records = _records(times, ["roberta_1seq_eager", "roberta_1seq"], dict(phase="inference", batch_size=16,
+                                                                           seq_len=1024), {})
+    assert [r["ratios"] for r in records] == [{"roberta_1seq_eager": None, "roberta_1seq": None},
+                                              {"roberta_1seq_eager": None, "roberta_1seq": 1.0},
+                                              {"roberta_1seq_eager": None, "roberta_1seq": 0.5}]
+    print_table(dict(mode="model", machine="m", device="cuda", dtype="float16", threads=1, date="d",
+                     baselines=["roberta_1seq_eager", "roberta_1seq"], records=records))
+    assert "OOM" in capsys.readouterr().out
+
+
+def test_eager_names_are_our_models_with_eager_attention():
+    size = dict(hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=100)
+    assert build("roberta_1seq_eager", size, {}, 128).config.attention_impl == "eager"
+    assert build("roberta_1seq", size, {}, 128).config.attention_impl == "sdpa"
+    n2 = build("blockbert_n2_eager", size, {"blockbert_n2": "9:3"}, 128).config  # heads given for the base name
+    assert (n2.attention_impl, n2.heads) == ("eager", "9:3")
+    assert build("sparsebert_blocks_eager", size, {}, 128).config.sparse_impl == "blocks"
+    with pytest.raises(ConfigError, match="model 'hf_bert_eager_eager' is unknown: .* ours also as <name>_eager"):
+        build("hf_bert_eager_eager", size, {}, 128)
 
 
 def test_benchmark_sizes_are_a_config_group(tmp_path):

@@ -79,7 +79,7 @@ def fault_matrix(tmp_path, command, args, interval):
     argv = [*args, f"hydra.run.dir={run_dir}"]
     rng = random.Random(13)
     last_seen, interruptions = -1, 0
-    for sig in [signal.SIGTERM, signal.SIGKILL] * 3:  # each launch resumes where the last one stopped
+    for sig in [signal.SIGTERM, signal.SIGKILL] * 2:  # each launch resumes where the last one stopped
         code, stdout, stderr = interrupt(tmp_path, command, argv, run_dir, sig, rng, last_seen)
         if interruptions:  # a SIGKILL loses at most one checkpoint interval
             assert resumed_step(stdout + stderr) >= last_seen - interval
@@ -99,7 +99,7 @@ def fault_matrix(tmp_path, command, args, interval):
     else:
         out = blockbert(tmp_path, command, *argv)
         assert resumed_step(out.stdout + out.stderr) >= last_seen - interval
-    assert interruptions >= 4  # the draws really interrupted the run
+    assert interruptions >= 3  # the draws really interrupted the run
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == final_step
     ours, theirs = weights(run_dir), weights(reference)
     assert ours.keys() == theirs.keys()
@@ -114,12 +114,12 @@ def fault_matrix(tmp_path, command, args, interval):
 
 @pytest.mark.slow
 def test_pretrain_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
-    fault_matrix(tmp_path, "pretrain", [*PRETRAIN, "trainer.max_steps=60"], 5)  # 4 micro-batches a step
+    fault_matrix(tmp_path, "pretrain", [*PRETRAIN, "trainer.max_steps=40"], 5)  # 4 micro-batches a step
 
 
 @pytest.mark.slow
 def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
-    fault_matrix(tmp_path, "finetune", FINETUNE, 5)  # 2 micro-batches a step
+    fault_matrix(tmp_path, "finetune", [*FINETUNE, "trainer.max_epochs=6"], 5)  # 2 micro-batches a step
 
 
 # The run with one SIGTERM sent to itself right after the last training batch of its first epoch: the moment

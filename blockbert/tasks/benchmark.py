@@ -1,5 +1,5 @@
 """`blockbert benchmark`: inference and training-step time and memory side by side (Tables 2 and 5),
-or one attention layer alone (mode=attention), as ratios to a baseline measured in the same run;
+or one attention layer alone (mode=attention), as ratios to each baseline measured in the same run;
 mode=data: pre-training preprocessing throughput and peak memory against a plain tokenizer map."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from blockbert.attention import SelfAttention
 from blockbert.config import BlockBertConfig, ConfigError
-from blockbert.tasks.profile import pick_device
+from blockbert.tasks.profile import pick_device, pick_dtype
 from blockbert.tools import data_benchmark
 from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
 from blockbert.tools.memory import measure_step
@@ -47,16 +47,18 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.mode == "data":
         return benchmark_data(cfg, run_dir)
+    baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
     device = pick_device(cfg.device)
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-        cfg.dtype if cfg.dtype != "auto" else ("float16" if device.type == "cuda" else "float32")]
+    dtype = pick_dtype(cfg.dtype, device)
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     header = {"mode": cfg.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
               or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "repeats": cfg.repeats, "warmup": cfg.warmup}
-    records = (benchmark_models if cfg.mode == "model" else benchmark_attention)(cfg, device, autocast)
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "repeats": cfg.repeats, "warmup": cfg.warmup,
+              "baselines": baselines}
+    records = (benchmark_models(cfg, baselines, device, autocast) if cfg.mode == "model"
+               else benchmark_attention(cfg, device, autocast))
     results = {**header, "records": records}
     (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -82,7 +84,16 @@ def benchmark_data(cfg, run_dir: Path) -> dict:
     return results
 
 
-def benchmark_models(cfg, device, autocast) -> list[dict]:
+def baselines_of(cfg) -> list[str]:
+    """``baseline``: one model or a list of them, each among ``models``; every model gets a ratio to each."""
+    baselines = list(cfg.baseline) if OmegaConf.is_list(cfg.baseline) else [cfg.baseline]
+    for name in baselines or ["[]"]:
+        if name not in cfg.models:
+            raise ConfigError(f"baseline={name} is not among models: accepted are {', '.join(cfg.models)}")
+    return baselines
+
+
+def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
     size = OmegaConf.to_container(cfg.size, resolve=True)
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
     records = []
@@ -101,7 +112,7 @@ def benchmark_models(cfg, device, autocast) -> list[dict]:
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
                 peaks = {name: _memory(model, batch, device, autocast) if phase == "train" else None
                          for name, model in models.items()}
-                records += _records(times, cfg.baseline, dict(phase=phase, batch_size=batch_size, seq_len=seq_len),
+                records += _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len),
                                     peaks)
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
         del models, optimizers
@@ -133,9 +144,11 @@ def _memory(model, batch, device, autocast) -> float | str | None:
         with autocast:
             step = measure_step(model, batch)
     except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-        if is_oom(err):
-            return OOM
-        raise
+        if not is_oom(err):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return OOM
     if step.cuda_peak_bytes is not None:
         return step.cuda_peak_bytes / MB
     return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
@@ -157,7 +170,7 @@ def benchmark_attention(cfg, device, autocast) -> list[dict]:
             point = dict(phase=f"attention fwd+bwd p={dropout:g}" + (f" pad={cfg.attention_padding:g}"
                                                                        if cfg.attention_padding else ""),
                          batch_size=cfg.attention_batch_size, seq_len=seq_len)
-            rows = _records(times, "dense", point, {})
+            rows = _records(times, ["dense"], point, {})
             medians = {r["model"]: r["median_s"] for r in rows}
             for r in rows:
                 bound = medians.get(BOUNDS.get(r["model"]))
@@ -180,14 +193,16 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
     return step
 
 
-def _records(times, baseline, point, peaks) -> list[dict]:
+def _records(times, baselines, point, peaks) -> list[dict]:
+    """One record per model; ``ratios`` maps each baseline to median / its median (None where either has none),
+    and ``ratio_to_baseline`` is the first baseline's."""
     summaries = {name: summarize(t) for name, t in times.items()}
-    base = summaries.get(baseline, {}).get("median_s")
+    medians = {name: s["median_s"] for name, s in summaries.items()}
     out = []
     for name, s in summaries.items():
-        ratio = s["median_s"] / base if base and s["median_s"] else None
-        out.append({**point, "model": name, **s, "ratio_to_baseline": ratio, "baseline": baseline,
-                    "memory_mb": peaks.get(name)})
+        ratios = {b: s["median_s"] / medians[b] if medians.get(b) and s["median_s"] else None for b in baselines}
+        out.append({**point, "model": name, **s, "ratio_to_baseline": ratios[baselines[0]], "baseline": baselines[0],
+                    "ratios": ratios, "memory_mb": peaks.get(name)})
     return out
 
 
@@ -195,7 +210,8 @@ def print_table(results: dict) -> None:
     table = Table(title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
                         f"{results['dtype']}, {results['threads']} threads, {results['date']}")
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
-    for column in ("phase", "B", "N", "model", "median s", "IQR s", "× baseline", "memory MB") + (
+    baselines = results["baselines"]
+    for column in ("phase", "B", "N", "model", "median s", "IQR s", *(f"× {b}" for b in baselines), "memory MB") + (
             ("× bound",) if bounded else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
@@ -203,7 +219,7 @@ def print_table(results: dict) -> None:
         table.add_row(r["phase"], str(r["batch_size"]), str(r["seq_len"]), r["model"],
                       OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
                       "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
-                      "" if r["ratio_to_baseline"] is None else f"{r['ratio_to_baseline']:.3f}",
+                      *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
                       "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
                       *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []))
     console().print(table)
@@ -224,7 +240,7 @@ def plot(results: dict, path: Path) -> None:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(points))])
     ax.set_xticklabels([f"{p[0]}\nB={p[1]} N={p[2]}" for p in points], fontsize=7)
-    ax.set_ylabel("time / baseline (median)")
+    ax.set_ylabel(f"time / {results['baselines'][0]} (median)")
     ax.set_title(f"{results['mode']} benchmark, {results['device']} {results['dtype']}")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -1,12 +1,14 @@
 """Memory of one training step, split as in the paper (section 2.1): model, optimizer, activations.
 
 Activation memory is counted as the bytes of the tensors autograd saves for backward, each storage
-once (parameters excluded: they are model memory). This works the same on CPU and GPU; on CUDA the
-allocator's peak is reported beside it (Appendix A.2, Equation 4).
+once (parameters excluded: they are model memory). This works the same on CPU and GPU. On CUDA,
+``a2_activation_bytes`` estimates it the paper's way too (Appendix A.2, Equation 4): the allocator's
+peak in a training step minus model and optimizer memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +68,33 @@ def measure_step(model: torch.nn.Module, batch: dict, optimizer_states: int = 2)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     model.zero_grad(set_to_none=True)
     return StepMemory(model_bytes, (1 + optimizer_states) * model_bytes, counter.bytes, peak)
+
+
+def a2_activation_bytes(model: torch.nn.Module, batch: dict, warmup_steps: int = 3,
+                        autocast=contextlib.nullcontext()) -> int:
+    """Appendix A.2 on CUDA: after ``warmup_steps`` AdamW training steps, one more step's peak allocated memory
+    (torch.cuda.max_memory_allocated) minus the parameters and the optimizer (gradients + AdamW's state)."""
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # fused: no step temporaries the size of the model
+
+    def step():
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)  # gradients stay allocated between steps, as in fairseq
+
+    for _ in range(warmup_steps):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    optimizer_bytes = sum(t.numel() * t.element_size() for t in [p.grad for p in params if p.grad is not None] + state)
+    model.zero_grad(set_to_none=True)
+    return peak - parameter_bytes(model) - optimizer_bytes
 
 
 @dataclass

@@ -11,6 +11,9 @@ from blockbert.config import ConfigError
 VARIANTS = {  # name -> (preset, config overrides)
     "sparsebert_blocks": ("sparsebert", {"sparse_impl": "blocks"}),  # computes only the pattern's blocks
 }
+# any of ours + this suffix (roberta_1seq_eager): attention_impl=eager, the paper's kernel that materialises the
+# N x N (or n blocks of (N/n)^2) probabilities; without it a model takes the attention_impl build() is given
+EAGER = "_eager"
 PEERS = {  # name -> (transformers architecture, attention implementation, extra config)
     "hf_bert": ("Bert", "sdpa", {}),
     "hf_bert_eager": ("Bert", "eager", {}),
@@ -30,12 +33,15 @@ def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str 
     size = dict(size)
     if name in PEERS:
         return _peer(name, preset_config("roberta_1seq", **size), max_len)
-    preset, overrides = VARIANTS.get(name, (name, {}))
+    base = name.removesuffix(EAGER)
+    preset, overrides = VARIANTS.get(base, (base, {}))
     if preset not in PRESETS:
-        raise ConfigError(f"model {name!r} is unknown: accepted are {', '.join(known_models())}")
-    overrides = dict(size, **overrides, max_position_embeddings=max_len, attention_impl=attention_impl)
-    if name in heads:
-        overrides["heads"] = heads[name]
+        raise ConfigError(f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
+                          f"ours also as <name>{EAGER} (eager attention)")
+    overrides = dict(size, **overrides, max_position_embeddings=max_len,
+                     attention_impl="eager" if name != base else attention_impl)
+    if name in heads or base in heads:
+        overrides["heads"] = heads.get(name, heads.get(base))
     config = preset_config(preset, **overrides)
     return (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
 
