@@ -18,3 +18,9 @@ def tiny_tokenizer(tmp_path_factory):
 
     docs = datasets.Dataset.from_dict({"text": ["the model reads a long sequence of words and learns"] * 20})
     return train_wordpiece(docs, 200, tmp_path_factory.mktemp("tok"))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first: spread over the workers (pytest -n 2) they then run beside the many short
+    tests instead of ending the run one after another."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

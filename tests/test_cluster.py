@@ -222,6 +222,7 @@ def test_slurm_requeue_signal_saves_requeues_and_resumes_in_place(tmp_path):
     assert (tmp_path / "calls.txt").read_text().splitlines() == ["scontrol requeue 4242"]  # no second requeue
 
 
+@pytest.mark.slow
 def test_a_preempted_submitit_job_leaves_no_result_and_resumes_in_its_sweep_directory(tmp_path):
     """SIGTERM (what SLURM sends when it requeues or preempts a job) stops the task with a checkpoint and
     without a result file, which submitit would take for the job's end. The requeued job re-runs

@@ -350,6 +350,7 @@ def test_build_windows_matches_the_previous_one(tiny_tokenizer):
 
 # ---- the data benchmark -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_data_benchmark_end_to_end(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
     out = subprocess.run(["blockbert", "benchmark", "mode=data", "data_sizes_mb=[0.3,0.6]", "data_max_seq_length=64",

@@ -144,6 +144,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, args", [
     ("pretrain", [*PRETRAIN, "trainer.max_steps=8"]),  # 16 micro-batches (4 steps) an epoch
     ("finetune", [*FINETUNE, "trainer.max_epochs=2"]),
@@ -164,6 +165,7 @@ def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, args, first, more", [
     ("pretrain", PRETRAIN, "trainer.max_steps=10", "trainer.max_steps=15"),
     ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),

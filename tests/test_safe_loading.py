@@ -80,6 +80,7 @@ def test_load_run_gives_the_model_of_a_run(runs):
     BlockBertForMaskedLM(BlockBertConfig(**config)).load_state_dict(weights)  # strict: every weight is there
 
 
+@pytest.mark.slow
 def test_every_command_refuses_a_checkpoint_carrying_code(tmp_path):
     marker = tmp_path / "code-ran"
     evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)

@@ -98,7 +98,9 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     safety.fit(trainer, module, data)
     validated = [step for step, _ in module.validation_history]
     if trainer.global_step and trainer.global_step not in validated:  # end with the perplexity the run reached
-        trainer.validate(module, datamodule=data, verbose=False)
+        trained = dict(trainer.callback_metrics)
+        trainer.validate(module, datamodule=data, verbose=False)  # which drops the training metrics: put them back
+        trainer.callback_metrics.update({k: v for k, v in trained.items() if k not in trainer.callback_metrics})
         metrics.write(trainer, "finished")
     trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)  # the final state, also between periodic saves
     if logger:
