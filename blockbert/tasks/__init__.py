@@ -23,4 +23,11 @@ def hydra_output_subdir(run_dir: str) -> str | None:
     return f".hydra/resume-{len(list(base.glob('resume-*'))) + 1}"
 
 
+def job_config_dir(run_dir: Path) -> Path:
+    """Where Hydra stored this job's config (.hydra or the newest .hydra/resume-K), read while the job runs:
+    ``hydra.output_subdir`` resolves afresh at every access and points past it by then."""
+    resumes = sorted((run_dir / ".hydra").glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+    return resumes[-1] if resumes else run_dir / ".hydra"
+
+
 OmegaConf.register_new_resolver("blockbert_output_subdir", hydra_output_subdir, replace=True)

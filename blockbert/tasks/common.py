@@ -14,6 +14,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerStatus
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.config import BlockBertConfig, ConfigError
@@ -30,6 +31,53 @@ def model_config(model_cfg: DictConfig, **overrides) -> dict:
     values.update(overrides)
     BlockBertConfig(**values)  # fail fast with a one-line ConfigError
     return values
+
+
+def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
+    """A run that starts from a checkpoint (``init_from``, ``model.init_from``) under the default experiment, the CPU
+    demo ``tiny``, is composed again without it: the paper's values (A.1 for pretrain, A.4 for finetune: learning
+    rate, schedule, steps, N) and the dense ``roberta_1seq`` model settings, whose heads fit any checkpoint, with
+    the user's overrides still applied. The demo's lr 1e-3 and 300-step cap would wreck a pretrained model. The
+    values that changed are logged, and the run's .hydra/config.yaml holds the config it really uses."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not (cfg.get("init_from") or cfg.model.get("init_from")) or not HydraConfig.initialized():
+        return cfg
+    hydra = HydraConfig.get()
+    overrides = list(hydra.overrides.task)
+    if hydra.runtime.choices.get("experiment") != "tiny" or any(
+            o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides):
+        return cfg  # an experiment the user chose stays
+    from hydra import compose
+
+    paper = compose(config_name=command, overrides=[*overrides, "~experiment"])
+    from blockbert.convert import ARCH_OVERRIDES
+    from blockbert.tasks import job_config_dir
+
+    # the model's sizes come from the checkpoint; from model.* only its attention settings count (import_model)
+    model_keys = {f"model.{key}" for key in ARCH_OVERRIDES} if not cfg.get("init_from") else set()
+    demo, chosen = _leaves(cfg), _leaves(paper)
+    changed = [f"{key}: {demo.get(key)!r} -> {chosen[key]!r}" for key in sorted(chosen)
+               if (key.split(".")[0] in ("optim", "trainer", "data", "tokens_per_batch") or key in model_keys)
+               and demo.get(key) != chosen[key]]
+    log.info("starting from a checkpoint: not with the CPU demo's values (experiment=tiny) but the paper's (%s) and "
+             "your overrides: %s", "A.1" if command == "pretrain" else "A.4", "; ".join(changed) or "no change")
+    saved = job_config_dir(Path(hydra.runtime.output_dir)) / "config.yaml"
+    if rank_zero_only.rank == 0 and saved.is_file():
+        header = "# composed without experiment=tiny (the run starts from a checkpoint)\n"
+        saved.write_text(header + OmegaConf.to_yaml(paper))
+    return paper
+
+
+def _leaves(cfg: DictConfig) -> dict:
+    """{dotted key: value} of a config's leaves (interpolations resolved)."""
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
 
 
 def check_paper_row(cfg: DictConfig, command: str) -> None:
@@ -116,7 +164,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         run_id = id_file.read_text().strip() if id_file.is_file() else ""
         if not run_id:
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
-            if pl.utilities.rank_zero_only.rank == 0:
+            if rank_zero_only.rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id + "\n")
         return WandbLogger(save_dir=str(run_dir), project=cfg.logger.project,

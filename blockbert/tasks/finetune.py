@@ -18,7 +18,7 @@ from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, import_model, model_config,
-                                    run_tokenizer, split_batch, world_size)
+                                    run_tokenizer, split_batch, without_demo_defaults, world_size)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cfg = without_demo_defaults(cfg, "finetune")
     check_accelerator(cfg.trainer)
     with run_lock(run_dir):
         return finetune(cfg, run_dir)

