@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import torch
+import yaml
 from typer.testing import CliRunner
 
 import cli
@@ -54,8 +55,10 @@ def test_finetune_from_a_pretrain_run(tmp_path):
     assert "fine-tuning from" in out.stderr + out.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["dev/f1"] <= 100
-    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["model_config"]
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model_config"]
     assert first == config
+    used = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # A.4's values at the pre-training N
+    assert used["data"]["max_seq_length"] == 128 and used["optim"]["lr"] == 3e-05
 
 
 def test_evaluate_errors_and_unknown_ids(tmp_path):

@@ -50,7 +50,11 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
         return cfg  # an experiment the user chose stays
     from hydra import compose
 
-    paper = compose(config_name=command, overrides=[*overrides, "~experiment"])
+    extra = []
+    if cfg.get("init_from") and not any(o.split("=", 1)[0].lstrip("+") == "data.max_seq_length" for o in overrides):
+        length = pretrained_length(cfg.init_from)  # the paper fine-tunes at the pre-training N
+        extra += [f"data.max_seq_length={length}"] if length else []
+    paper = compose(config_name=command, overrides=[*overrides, *extra, "~experiment"])
     from blockbert.convert import ARCH_OVERRIDES
     from blockbert.tasks import job_config_dir
 
@@ -67,6 +71,17 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
         header = "# composed without experiment=tiny (the run starts from a checkpoint)\n"
         saved.write_text(header + OmegaConf.to_yaml(paper))
     return paper
+
+
+def pretrained_length(run: str) -> int | None:
+    """N of a blockbert pre-training run (directory or checkpoint): the length its blocks were cut from; None
+    when the checkpoint holds no model config (loading it reports that, in one line)."""
+    from blockbert.checkpoints import load_checkpoint
+
+    path = Path(run).expanduser()
+    state = load_checkpoint(path / "checkpoints" / "last.ckpt" if path.is_dir() else path, mmap=True)
+    config = (state.get("hyper_parameters") or {}).get("model_config")
+    return BlockBertConfig(**config).attention_length if isinstance(config, dict) else None
 
 
 def _leaves(cfg: DictConfig) -> dict:
