@@ -88,3 +88,11 @@ def load_arrow(directory: Path, files: list[str]) -> datasets.Dataset:
     """The dataset stored in ``files`` (memory-mapped, concatenated in order)."""
     parts = [datasets.Dataset.from_file(str(directory / name)) for name in files]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def hub_cache(cache_dir: Path) -> str | None:
+    """The datasets cache for hub and file data: HF_DATASETS_CACHE or HF_HOME's when the user set one (None lets
+    datasets resolve it), else ``cache_dir/datasets``."""
+    if os.environ.get("HF_DATASETS_CACHE") or os.environ.get("HF_HOME"):
+        return None
+    return str(Path(cache_dir) / "datasets")

@@ -13,6 +13,8 @@ import datasets
 
 from blockbert.config import ConfigError
 
+from .cache import hub_cache
+
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SOURCES = ("generated", "files", "hub")
 
@@ -94,7 +96,7 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
             raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file, line")
         kwargs["sample_by"] = sample_by
     try:
-        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=str(cache_dir / "datasets"),
+        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir),
                                    **kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
         if not isinstance(err.__cause__, UnicodeDecodeError):
@@ -129,7 +131,7 @@ def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
     parts = []
     for name, config, rows in zip(names, configs, group):
         # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
-        ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=str(cache_dir / "datasets"))
+        ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=hub_cache(cache_dir))
         parts.append(_group_rows(_text_column(ds, data_cfg.text_field), rows))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 

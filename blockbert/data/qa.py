@@ -253,8 +253,10 @@ def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_di
     """A split of a hub dataset with the SQuAD schema (``squad``, ``squad_v2``) or MRQA's (``mrqa``)."""
     import datasets
 
+    from blockbert.data.cache import hub_cache
+
     # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
-    rows = datasets.load_dataset(name, config, split=split, cache_dir=str(cache_dir / "datasets"))
+    rows = datasets.load_dataset(name, config, split=split, cache_dir=hub_cache(cache_dir))
     if subset is not None:
         rows = rows.filter(lambda s: s == subset, input_columns="subset")
     source = f"{name}[{split}]" + (f"/{subset}" if subset else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,6 +54,14 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
 def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
     if task_cfg.get("split_dev") and "test" not in data:
         data["dev"], data["test"] = split_dev_test(data["dev"])
+    for key, splits in (("max_train_samples", ("train",)), ("max_eval_samples", ("dev", "test"))):
+        count = task_cfg.get(key)
+        if count is None:
+            continue
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"task.{key}={count!r} is not accepted: give null (every question) or an integer >= 1")
+        for split in (s for s in splits if s in data):  # the first questions: the scores are over the kept ones
+            data[split] = dataclasses.replace(data[split], examples=data[split].examples[:count])
     for split, d in data.items():
         log.info("%s: %d questions from %s (%d answers not matching their offsets)", split, len(d.examples), d.path,
                  d.mismatched_answers)

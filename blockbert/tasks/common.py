@@ -182,7 +182,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
             if rank_zero_only.rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id + "\n")
-        return WandbLogger(save_dir=str(run_dir), project=cfg.logger.project,
+        return WandbLogger(save_dir=os.environ.get("WANDB_DIR") or str(run_dir), project=cfg.logger.project,
                            entity=cfg.logger.entity, group=cfg.logger.group, offline=mode == "offline", mode=mode,
                            id=run_id, resume="allow", config=OmegaConf.to_container(cfg, resolve=True))
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
