@@ -57,7 +57,8 @@ def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
     Writes dev (and test) predictions.json, nbest_predictions.json (and null_odds.json for SQuAD 2.0)
     and metrics.json with EM/F1 to the run directory printed as the last line.
 
-    Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN task=squad11 task.train_file=train-v1.1.json task.dev_file=dev-v1.1.json`
+    Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN task=squad11
+    task.train_file=train-v1.1.json task.dev_file=dev-v1.1.json`
     """
     hand_over("finetune", ctx, debug)
 
@@ -65,15 +66,20 @@ def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def sweep(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
-                                         "blocks_seqlen) "
-                                         "or a path to a sweep .yaml file."),
+    name: str = typer.Argument(
+        ...,
+        help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
+        "blocks_seqlen) "
+        "or a path to a sweep .yaml file.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and stop."),
-    directory: str = typer.Option(None, "--dir", help="Sweep directory; give an earlier one to resume it "
-                                                      "(complete jobs are skipped)."),
+    directory: str = typer.Option(
+        None, "--dir", help="Sweep directory; give an earlier one to resume it (complete jobs are skipped)."
+    ),
     wandb_config: bool = typer.Option(False, "--wandb-config", help="Print the same grid as a W&B sweep file."),
-    source: str = typer.Option(None, "--from", help="finetune_each: the pre-training sweep directory whose "
-                                                    "finished jobs are fine-tuned."),
+    source: str = typer.Option(
+        None, "--from", help="finetune_each: the pre-training sweep directory whose finished jobs are fine-tuned."
+    ),
     debug: bool = DEBUG,
 ) -> None:
     """Run a sweep from sweeps/ (head assignments, fine-tuning grids, Table 2's rows) as a Hydra

@@ -10,6 +10,13 @@ from .model import (
 from .presets import PRESETS, preset_config
 
 __all__ = [
-    "BlockBertConfig", "ConfigError", "parse_heads", "BlockBertModel", "BlockBertForMaskedLM",
-    "BlockBertForPreTraining", "BlockBertForQuestionAnswering", "PRESETS", "preset_config",
+    "BlockBertConfig",
+    "ConfigError",
+    "parse_heads",
+    "BlockBertModel",
+    "BlockBertForMaskedLM",
+    "BlockBertForPreTraining",
+    "BlockBertForQuestionAnswering",
+    "PRESETS",
+    "preset_config",
 ]

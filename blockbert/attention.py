@@ -55,8 +55,9 @@ def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, eager: bool 
     return _attend(q, k, v, keep, dropout_p, eager)
 
 
-def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False,
-                    block_seq_len: int | None = None):
+def block_attention(
+    q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False, block_seq_len: int | None = None
+):
     """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s.
 
     The blocks are fixed by ``block_seq_len`` (N; default: this call's length): block i holds positions
@@ -71,8 +72,10 @@ def block_attention(q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0,
     n = len(head_counts)
     N = L if block_seq_len is None else block_seq_len
     if L > N:
-        raise ConfigError(f"sequence length {L} exceeds block_seq_len={N}, the length block attention cuts into "
-                          f"n={n} blocks: use sequences of at most {N} tokens or a larger block_seq_len")
+        raise ConfigError(
+            f"sequence length {L} exceeds block_seq_len={N}, the length block attention cuts into "
+            f"n={n} blocks: use sequences of at most {N} tokens or a larger block_seq_len"
+        )
     m = -(-N // n)  # footnote 4: N padded to a multiple of n
     b = -(-L // m)  # query blocks holding real positions; b = n when L > (n - 1) * m
     pad = b * m - L
@@ -145,7 +148,7 @@ def sparse_fixed_mask(seq_len: int, stride: int, expressivity: int) -> torch.Ten
         else:
             lo = (i // l) * l
             hi = lo + l + 1
-        mask[i, lo:min(hi, seq_len)] = True
+        mask[i, lo : min(hi, seq_len)] = True
     return mask
 
 
@@ -160,8 +163,9 @@ def _next_summary_start(index: int, l: int, c: int) -> int:
     return (index // l) * l + l - c
 
 
-def sparse_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
-                     dropout_p: float = 0.0, eager: bool = False):
+def sparse_attention(
+    q, k, v, stride: int, expressivity: int, key_mask=None, dropout_p: float = 0.0, eager: bool = False
+):
     """The faithful SparseBert: dense attention under the fixed-pattern mask (the paper's cost)."""
     keep = _sparse_mask_on(q.shape[-2], stride, expressivity, q.device)  # [N, N]
     if key_mask is not None:
@@ -169,8 +173,9 @@ def sparse_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
     return _attend(q, k, v, keep, dropout_p, eager)
 
 
-def sparse_block_attention(q, k, v, stride: int, expressivity: int, key_mask=None,
-                           dropout_p: float = 0.0, eager: bool = False):
+def sparse_block_attention(
+    q, k, v, stride: int, expressivity: int, key_mask=None, dropout_p: float = 0.0, eager: bool = False
+):
     """The same pattern as :func:`sparse_attention`, computing only the keys it allows.
 
     Every query of group g -- positions g*l + 1 .. g*l + l, and position 0 in group 0 -- sees the
@@ -191,15 +196,18 @@ def sparse_block_attention(q, k, v, stride: int, expressivity: int, key_mask=Non
     windows = [F.pad(t, (0, 0, 0, padded - N)).unfold(2, l + 1, l).transpose(-1, -2) for t in (q, k, v)]
     qw, kw, vw = windows  # [B, H, G, l+1, d]
     local_keep = key_mask.unfold(1, l + 1, l)  # [B, G, l+1]
-    summary_keep = local_keep[:, :, l - c:].reshape(B, 1, S) & _summary_keep_on(G, l, c, q.device)  # [B, G, S]
+    summary_keep = local_keep[:, :, l - c :].reshape(B, 1, S) & _summary_keep_on(G, l, c, q.device)  # [B, G, S]
     keep = torch.cat([local_keep, summary_keep], dim=-1)  # [B, G, l+1+S]
-    keys, values = ([kv, kv[:, :, :, l - c:].reshape(B, H, 1, S, d).expand(B, H, G, S, d)] for kv in (kw, vw))
+    keys, values = ([kv, kv[:, :, :, l - c :].reshape(B, H, 1, S, d).expand(B, H, G, S, d)] for kv in (kw, vw))
     K = l + 1 + S
-    out = _attend(qw.reshape(B, H * G, l + 1, d),
-                  torch.cat(keys, dim=3).reshape(B, H * G, K, d),
-                  torch.cat(values, dim=3).reshape(B, H * G, K, d),
-                  keep[:, None, :, None, :].expand(B, H, G, 1, K).reshape(B, H * G, 1, K),
-                  dropout_p, eager).view(B, H, G, l + 1, d)
+    out = _attend(
+        qw.reshape(B, H * G, l + 1, d),
+        torch.cat(keys, dim=3).reshape(B, H * G, K, d),
+        torch.cat(values, dim=3).reshape(B, H * G, K, d),
+        keep[:, None, :, None, :].expand(B, H, G, 1, K).reshape(B, H * G, 1, K),
+        dropout_p,
+        eager,
+    ).view(B, H, G, l + 1, d)
     # position 0 is slot 0 of window 0; position g*l + j (j = 1..l) is slot j of window g
     return torch.cat([out[:, :, 0, :1], out[:, :, :, 1:].reshape(B, H, G * l, d)], dim=2)[:, :, :N]
 
@@ -224,16 +232,22 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     from torch.nn.attention import flex_attention as fa
 
     if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
-        raise ConfigError("attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
-                          "on CPU): use attention_impl=sdpa, or flex for inference")
+        raise ConfigError(
+            "attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
+            "on CPU): use attention_impl=sdpa, or flex for inference"
+        )
     if pattern[0] == "block" and q.shape[2] > pattern[2]:
-        raise ConfigError(f"sequence length {q.shape[2]} exceeds block_seq_len={pattern[2]}, the length block "
-                          f"attention cuts into n={len(pattern[1])} blocks: use sequences of at most {pattern[2]} "
-                          "tokens or a larger block_seq_len")
+        raise ConfigError(
+            f"sequence length {q.shape[2]} exceeds block_seq_len={pattern[2]}, the length block "
+            f"attention cuts into n={len(pattern[1])} blocks: use sequences of at most {pattern[2]} "
+            "tokens or a larger block_seq_len"
+        )
     score_mod = None
     if key_mask is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             return torch.where(key_mask[b, kv_idx], score, -float("inf"))
+
     block_mask = _flex_block_mask(pattern, q.shape[1], q.shape[2], q.device)
     kernel = _compiled_flex() if q.is_cuda else fa.flex_attention
     return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
@@ -257,12 +271,14 @@ def _flex_block_mask(pattern: tuple, num_heads: int, seq_len: int, device: torch
 
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx // m == (q_idx // m + shifts[h]) % n
+
         return create_block_mask(mask_mod, None, num_heads, seq_len, seq_len, device=device)
     if pattern[0] == "sparse":
         allowed = _sparse_mask_on(seq_len, pattern[1], pattern[2], device)
 
         def mask_mod(b, h, q_idx, kv_idx):
             return allowed[q_idx, kv_idx]
+
         return create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
     return None
 
@@ -275,9 +291,10 @@ class SelfAttention(nn.Module):
         self.config = config
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.flex_pattern = {"block": ("block", config.head_counts, config.attention_length),
-                             "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity)
-                             }.get(config.attention, ("dense",))
+        self.flex_pattern = {
+            "block": ("block", config.head_counts, config.attention_length),
+            "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity),
+        }.get(config.attention, ("dense",))
 
     def forward(self, x, key_mask=None):
         cfg = self.config

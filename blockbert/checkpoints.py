@@ -52,9 +52,11 @@ def torch_load(path: str | Path, mmap: bool = False):
     except pickle.UnpicklingError as err:
         refused = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the first global it refused
         if refused:
-            raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and plain data "
-                                  f"({refused.group(1)}); blockbert loads checkpoints with weights_only=True",
-                                  unsafe=True) from None
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects other than tensors and plain data "
+                f"({refused.group(1)}); blockbert loads checkpoints with weights_only=True",
+                unsafe=True,
+            ) from None
         raise CheckpointError(_unreadable(path, err)) from None
     except Exception as err:  # noqa: BLE001 -- damaged data fails anywhere in torch.load (RuntimeError, EOFError, ...)
         raise CheckpointError(_unreadable(path, err)) from None
@@ -92,8 +94,9 @@ def load_run(run: str) -> tuple[Path, dict, dict]:
     path = Path(run).expanduser()
     ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{run!r}: no checkpoint (expected a blockbert run directory with "
-                                "checkpoints/last.ckpt, or a .ckpt file)")
+        raise FileNotFoundError(
+            f"{run!r}: no checkpoint (expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file)"
+        )
     state = load_checkpoint(ckpt, mmap=True)
     hyper = state.get("hyper_parameters")
     config = hyper.get("model_config") if isinstance(hyper, dict) else None
@@ -104,8 +107,11 @@ def load_run(run: str) -> tuple[Path, dict, dict]:
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"{ckpt}: hyper_parameters.model_config is not a blockbert model config: {err}") from None
     # copies, so that no tensor keeps the file mapped (it may be rewritten, by a run resumed in its directory)
-    weights = {k[len("model."):]: v.clone() for k, v in state["state_dict"].items()
-               if k.startswith("model.") and isinstance(v, torch.Tensor)}
+    weights = {
+        k[len("model.") :]: v.clone()
+        for k, v in state["state_dict"].items()
+        if k.startswith("model.") and isinstance(v, torch.Tensor)
+    }
     if not weights:
         raise CheckpointError(f"{ckpt} has no model weights (no 'model.*' entry in its state_dict): {EXPECTED}")
     log.info("loaded %s (step %s)", ckpt, state["global_step"])

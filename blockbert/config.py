@@ -77,8 +77,15 @@ class BlockBertConfig:
             raise ConfigError(
                 f"attention_impl={self.attention_impl!r} is unknown: accepted are {', '.join(ATTENTION_IMPLS)}"
             )
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
@@ -99,17 +106,23 @@ class BlockBertConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
         if self.attention_impl == "flex" and self.attention_dropout:
-            raise ConfigError(f"attention_impl=flex has no attention dropout (attention_dropout={self.attention_dropout}): "
-                              "set attention_dropout=0 or use attention_impl=sdpa")
+            raise ConfigError(
+                f"attention_impl=flex has no attention dropout (attention_dropout={self.attention_dropout}): "
+                "set attention_dropout=0 or use attention_impl=sdpa"
+            )
         self.head_counts = parse_heads(self.heads, self.num_heads) if self.attention == "block" else (self.num_heads,)
         if isinstance(self.block_seq_len, bool) or not isinstance(self.block_seq_len, int) or self.block_seq_len < 0:
-            raise ConfigError(f"block_seq_len={self.block_seq_len!r} must be a non-negative integer "
-                              "(N, the length block attention cuts into blocks; 0: the model's longest sequence)")
+            raise ConfigError(
+                f"block_seq_len={self.block_seq_len!r} must be a non-negative integer "
+                "(N, the length block attention cuts into blocks; 0: the model's longest sequence)"
+            )
         if self.attention == "block" and self.block_seq_len > self.max_sequence_length:
-            raise ConfigError(f"block_seq_len={self.block_seq_len} exceeds the model's {self.max_sequence_length} "
-                              f"positions (max_position_embeddings={self.max_position_embeddings}"
-                              + (f" minus position_offset={self.position_offset}" if self.position_offset else "")
-                              + f"): use block_seq_len <= {self.max_sequence_length}")
+            raise ConfigError(
+                f"block_seq_len={self.block_seq_len} exceeds the model's {self.max_sequence_length} "
+                f"positions (max_position_embeddings={self.max_position_embeddings}"
+                + (f" minus position_offset={self.position_offset}" if self.position_offset else "")
+                + f"): use block_seq_len <= {self.max_sequence_length}"
+            )
 
     @property
     def num_blocks(self) -> int:

@@ -21,8 +21,17 @@ from .config import BlockBertConfig, ConfigError
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("bert", "roberta", "blockbert")
-ARCH_OVERRIDES = {"attention", "heads", "sparse_stride", "sparse_expressivity", "sparse_impl", "attention_impl",
-                  "hidden_dropout", "attention_dropout", "gradient_checkpointing"}
+ARCH_OVERRIDES = {
+    "attention",
+    "heads",
+    "sparse_stride",
+    "sparse_expressivity",
+    "sparse_impl",
+    "attention_impl",
+    "hidden_dropout",
+    "attention_dropout",
+    "gradient_checkpointing",
+}
 QKV = ("query", "key", "value")
 
 
@@ -37,9 +46,11 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
             if not (directory / "model.safetensors").is_file():
                 directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "pytorch_model.bin"]))
         except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
-            raise FileNotFoundError(f"{path!r} is not a local model directory, and the hub could not provide it "
-                                    f"({type(err).__name__}): download it where there is network (hf download {path} "
-                                    "--local-dir DIR) and give the directory DIR instead") from None
+            raise FileNotFoundError(
+                f"{path!r} is not a local model directory, and the hub could not provide it "
+                f"({type(err).__name__}): download it where there is network (hf download {path} "
+                "--local-dir DIR) and give the directory DIR instead"
+            ) from None
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
     try:
@@ -47,8 +58,10 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
     except ValueError as err:  # malformed JSON, or not UTF-8 text
         raise ConfigError(f"{directory}/config.json is not a JSON config ({err})") from None
     if config.get("model_type") not in SUPPORTED:
-        raise ConfigError(f"{directory}/config.json: model_type={config.get('model_type')!r} is not supported: "
-                          f"accepted are {', '.join(SUPPORTED)}")
+        raise ConfigError(
+            f"{directory}/config.json: model_type={config.get('model_type')!r} is not supported: "
+            f"accepted are {', '.join(SUPPORTED)}"
+        )
     safetensors_file, bin_file = directory / "model.safetensors", directory / "pytorch_model.bin"
     if safetensors_file.is_file():
         state = read_safetensors(safetensors_file)
@@ -58,8 +71,10 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
             raise ConfigError(f"{bin_file} holds a {type(state).__name__}, not a state dict (weight name: tensor)")
     else:
         raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    state = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
-             for k, v in state.items()}
+    state = {
+        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+        for k, v in state.items()
+    }
     return directory, config, state
 
 
@@ -76,34 +91,47 @@ def read_safetensors(path: Path) -> dict:
 def config_from_hf(hf: dict, where: Path) -> BlockBertConfig:
     kind = hf["model_type"]
     if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError(f"{where}/config.json: hidden_act={hf.get('hidden_act')!r}, position_embedding_type="
-                          f"{hf.get('position_embedding_type')!r}: accepted are gelu and absolute")
+        raise ConfigError(
+            f"{where}/config.json: hidden_act={hf.get('hidden_act')!r}, position_embedding_type="
+            f"{hf.get('position_embedding_type')!r}: accepted are gelu and absolute"
+        )
     pad = hf.get("pad_token_id", 1 if kind == "roberta" else 0)
     return BlockBertConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
-        hidden_dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
-        pad_token_id=pad, position_offset=pad + 1 if kind == "roberta" else 0,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=pad,
+        position_offset=pad + 1 if kind == "roberta" else 0,
     )
 
 
 def encoder_keys(num_layers: int) -> list[tuple[str, str]]:
     """(Hugging Face key, blockbert key) of the encoder, without prefixes; q/k/v handled apart."""
-    pairs = [("embeddings.word_embeddings.weight", "embeddings.word.weight"),
-             ("embeddings.position_embeddings.weight", "embeddings.position.weight"),
-             ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight"),
-             ("embeddings.LayerNorm.weight", "embeddings.norm.weight"),
-             ("embeddings.LayerNorm.bias", "embeddings.norm.bias")]
+    pairs = [
+        ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight"),
+        ("embeddings.LayerNorm.weight", "embeddings.norm.weight"),
+        ("embeddings.LayerNorm.bias", "embeddings.norm.bias"),
+    ]
     for i in range(num_layers):
         hf, mine = f"encoder.layer.{i}.", f"layers.{i}."
         for p in ("weight", "bias"):
-            pairs += [(f"{hf}attention.output.dense.{p}", f"{mine}attention.out.{p}"),
-                      (f"{hf}attention.output.LayerNorm.{p}", f"{mine}attention_norm.{p}"),
-                      (f"{hf}intermediate.dense.{p}", f"{mine}ffn_in.{p}"),
-                      (f"{hf}output.dense.{p}", f"{mine}ffn_out.{p}"),
-                      (f"{hf}output.LayerNorm.{p}", f"{mine}ffn_norm.{p}")]
+            pairs += [
+                (f"{hf}attention.output.dense.{p}", f"{mine}attention.out.{p}"),
+                (f"{hf}attention.output.LayerNorm.{p}", f"{mine}attention_norm.{p}"),
+                (f"{hf}intermediate.dense.{p}", f"{mine}ffn_in.{p}"),
+                (f"{hf}output.dense.{p}", f"{mine}ffn_out.{p}"),
+                (f"{hf}output.LayerNorm.{p}", f"{mine}ffn_norm.{p}"),
+            ]
     return pairs
 
 
@@ -113,11 +141,16 @@ def head_keys(kind: str) -> list[tuple[str, str]]:
         mlm = [("lm_head.dense", "mlm.transform"), ("lm_head.layer_norm", "mlm.norm")]
         pairs = [("lm_head.bias", "mlm.bias")]
     else:
-        mlm = [("cls.predictions.transform.dense", "mlm.transform"),
-               ("cls.predictions.transform.LayerNorm", "mlm.norm")]
+        mlm = [
+            ("cls.predictions.transform.dense", "mlm.transform"),
+            ("cls.predictions.transform.LayerNorm", "mlm.norm"),
+        ]
         pairs = [("cls.predictions.bias", "mlm.bias")]
-    for hf, mine in mlm + [("bert.pooler.dense", "nsp.pooler"), ("cls.seq_relationship", "nsp.classifier"),
-                           ("qa_outputs", "qa")]:
+    for hf, mine in mlm + [
+        ("bert.pooler.dense", "nsp.pooler"),
+        ("cls.seq_relationship", "nsp.classifier"),
+        ("qa_outputs", "qa"),
+    ]:
         pairs += [(f"{hf}.weight", f"{mine}.weight"), (f"{hf}.bias", f"{mine}.bias")]
     return pairs
 
@@ -168,7 +201,7 @@ def extend_positions(table: torch.Tensor, rows: int, offset: int) -> torch.Tenso
     filled = offset
     while filled < rows:
         take = min(len(learned), rows - filled)
-        new[filled:filled + take] = learned[:take]
+        new[filled : filled + take] = learned[:take]
         filled += take
     return new
 
@@ -180,8 +213,11 @@ def load_pretrained(cls, path, **overrides):
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("decoder_weight")]
     if missing:
-        log.info("%s: not in the checkpoint, initialised fresh: %s", directory, ", ".join(sorted({k.split(".")[0]
-                                                                                                for k in missing})))
+        log.info(
+            "%s: not in the checkpoint, initialised fresh: %s",
+            directory,
+            ", ".join(sorted({k.split(".")[0] for k in missing})),
+        )
     return model
 
 
@@ -195,8 +231,9 @@ def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]
     accepted = ARCH_OVERRIDES | {"max_position_embeddings", "block_seq_len"}
     unknown = set(overrides) - accepted
     if unknown:
-        raise ConfigError(f"from_pretrained: cannot override {', '.join(sorted(unknown))}: accepted are "
-                          f"{', '.join(sorted(accepted))}")
+        raise ConfigError(
+            f"from_pretrained: cannot override {', '.join(sorted(unknown))}: accepted are {', '.join(sorted(accepted))}"
+        )
     directory, hf, state = read_checkpoint(path)
     if hf.get("model_type") == "blockbert":
         values = dict(hf["blockbert"])
@@ -214,21 +251,30 @@ def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]
     config = BlockBertConfig(**{f.name: values[f.name] for f in fields(BlockBertConfig) if f.init and f.name in values})
     prefix = "" if cls.__name__ == "BlockBertModel" else "encoder."
     if kind == "blockbert":
-        mapped = {(k[len("encoder."):] if not prefix and k.startswith("encoder.") else k): v for k, v in state.items()}
+        mapped = {(k[len("encoder.") :] if not prefix and k.startswith("encoder.") else k): v for k, v in state.items()}
     else:
         mapped = hf_to_blockbert(state, config, kind, prefix)
     if wanted is not None and wanted + config.position_offset > config.max_position_embeddings:
         rows = wanted + config.position_offset
         key = prefix + "embeddings.position.weight"
-        log.info("%s: extending the position table from %d to %d rows by copying the learned positions",
-                 directory, config.max_position_embeddings, rows)
+        log.info(
+            "%s: extending the position table from %d to %d rows by copying the learned positions",
+            directory,
+            config.max_position_embeddings,
+            rows,
+        )
         mapped[key] = extend_positions(mapped[key], rows, config.position_offset)
         config = BlockBertConfig(**{**config.to_dict(), "max_position_embeddings": rows})
     if block_seq_len is None and config.attention == "block":
         block_seq_len = (wanted or 0) if trained_n is None else max(trained_n, wanted or 0)
         if trained_n is not None and block_seq_len > trained_n:
-            log.info("%s: block_seq_len follows the longer sequences, %d -> %d: the blocks are no longer the "
-                     "pre-trained ones", directory, trained_n, block_seq_len)
+            log.info(
+                "%s: block_seq_len follows the longer sequences, %d -> %d: the blocks are no longer the "
+                "pre-trained ones",
+                directory,
+                trained_n,
+                block_seq_len,
+            )
     if block_seq_len is not None:
         config = BlockBertConfig(**{**config.to_dict(), "block_seq_len": block_seq_len})
     check_shapes(cls, config, mapped, directory)
@@ -240,8 +286,10 @@ def check_shapes(cls, config: BlockBertConfig, state: dict, directory: Path) -> 
         expected = cls(config).state_dict()
     for key, tensor in state.items():
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise ConfigError(f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects "
-                              f"{tuple(expected[key].shape)}")
+            raise ConfigError(
+                f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[key].shape)}"
+            )
 
 
 def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Path:
@@ -254,22 +302,38 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
     state = model.state_dict()
     if not any(k.startswith("encoder.") for k in state):  # a bare BlockBertModel
         state = {"encoder." + k: v for k, v in state.items()}
-    head = ("ForQuestionAnswering" if "qa.weight" in state else "ForPreTraining" if "nsp.classifier.weight" in state
-            else "ForMaskedLM" if "mlm.bias" in state else "Model")
+    head = (
+        "ForQuestionAnswering"
+        if "qa.weight" in state
+        else "ForPreTraining"
+        if "nsp.classifier.weight" in state
+        else "ForMaskedLM"
+        if "mlm.bias" in state
+        else "Model"
+    )
     if config.attention == "dense":
         kind = "roberta" if config.position_offset else "bert"
         tensors = blockbert_to_hf(state, config, kind)
         if head == "Model":
-            tensors = {k[len(kind) + 1:]: v for k, v in tensors.items()}
+            tensors = {k[len(kind) + 1 :]: v for k, v in tensors.items()}
         hf_config = {
-            "model_type": kind, "architectures": [{"bert": "Bert", "roberta": "Roberta"}[kind] + head],
-            "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-            "intermediate_size": config.intermediate_size, "max_position_embeddings": config.max_position_embeddings,
-            "type_vocab_size": config.type_vocab_size, "hidden_act": "gelu",
-            "hidden_dropout_prob": config.hidden_dropout, "attention_probs_dropout_prob": config.attention_dropout,
-            "layer_norm_eps": config.layer_norm_eps, "initializer_range": config.initializer_range,
-            "pad_token_id": config.pad_token_id, "position_embedding_type": "absolute", "tie_word_embeddings": True,
+            "model_type": kind,
+            "architectures": [{"bert": "Bert", "roberta": "Roberta"}[kind] + head],
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads,
+            "intermediate_size": config.intermediate_size,
+            "max_position_embeddings": config.max_position_embeddings,
+            "type_vocab_size": config.type_vocab_size,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": config.hidden_dropout,
+            "attention_probs_dropout_prob": config.attention_dropout,
+            "layer_norm_eps": config.layer_norm_eps,
+            "initializer_range": config.initializer_range,
+            "pad_token_id": config.pad_token_id,
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": True,
         }
     else:
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if not k.endswith("decoder_weight")}

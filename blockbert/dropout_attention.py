@@ -53,7 +53,7 @@ def kept_rate(p: float) -> float:
 def draw_keep_mask(out: torch.Tensor, p: float) -> torch.Tensor:
     """Fill the bool tensor ``out``: True with probability kept_rate(p)."""
     n = out.numel()
-    bits = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=out.device)
+    bits = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=out.device)
     threshold = -32768 + round(p * 65536)
     return torch.ge(bits.view(torch.int16)[:n].view(out.shape), threshold, out=out)
 
@@ -115,7 +115,7 @@ def _scores(q, k, keep, heads_per_mask: int, heads: slice, rows: slice, scale: f
     if keep is not None:
         first, last = heads.start // heads_per_mask, (heads.stop - 1) // heads_per_mask
         if first == last:  # one mask for the whole tile: a view, broadcast over its heads
-            mask = keep[first:first + 1]
+            mask = keep[first : first + 1]
         else:
             mask = keep[torch.arange(heads.start, heads.stop, device=keep.device) // heads_per_mask]
         mask = mask[:, rows] if keep.shape[1] > 1 else mask

@@ -197,8 +197,15 @@ class BlockBertForPreTraining(FromPretrained, nn.Module):
         self.mlm = MaskedLMHead(config, self.encoder.embeddings.word)
         self.nsp = NextSentenceHead(config)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None, masked_only=False):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        next_sentence_label=None,
+        masked_only=False,
+    ):
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         mlm_loss, logits = _masked_lm(self.mlm, hidden, labels, masked_only)
         nsp_logits = self.nsp(hidden)
@@ -218,8 +225,7 @@ class BlockBertForQuestionAnswering(FromPretrained, nn.Module):
         self.qa = nn.Linear(config.hidden_size, 2)
         init_bert_weights(self.qa, config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
-                end_positions=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None):
         logits = self.qa(self.encoder(input_ids, attention_mask, token_type_ids))  # [B, N, 2]
         start_logits, end_logits = logits.unbind(-1)
         loss = None
@@ -227,12 +233,19 @@ class BlockBertForQuestionAnswering(FromPretrained, nn.Module):
             n = start_logits.shape[1]  # positions outside the sequence are ignored, as in BERT
             start = start_positions.clamp(0, n)
             end = end_positions.clamp(0, n)
-            loss = (F.cross_entropy(start_logits, start, ignore_index=n)
-                    + F.cross_entropy(end_logits, end, ignore_index=n)) / 2
+            loss = (
+                F.cross_entropy(start_logits, start, ignore_index=n) + F.cross_entropy(end_logits, end, ignore_index=n)
+            ) / 2
         return QuestionAnsweringOutput(loss, start_logits, end_logits)
 
 
 __all__ = [
-    "BlockBertModel", "BlockBertForMaskedLM", "BlockBertForPreTraining", "BlockBertForQuestionAnswering",
-    "MaskedLMOutput", "PreTrainingOutput", "QuestionAnsweringOutput", "ConfigError",
+    "BlockBertModel",
+    "BlockBertForMaskedLM",
+    "BlockBertForPreTraining",
+    "BlockBertForQuestionAnswering",
+    "MaskedLMOutput",
+    "PreTrainingOutput",
+    "QuestionAnsweringOutput",
+    "ConfigError",
 ]

@@ -20,18 +20,32 @@ PRESETS: dict[str, Preset] = {
     "roberta_1seq": Preset("RoBERTa-1seq: dense attention, one segment, MLM only", BlockBertConfig(), False),
     "sparsebert": Preset(
         "SparseBert: Sparse Transformer fixed pattern (l=128, c=32), MLM only",
-        BlockBertConfig(attention="sparse", sparse_stride=128, sparse_expressivity=32), False,
+        BlockBertConfig(attention="sparse", sparse_stride=128, sparse_expressivity=32),
+        False,
     ),
     "blockbert_n2": Preset(
-        "BlockBert n=2: heads 10:2 (9:3 at N=1024), MLM only", BlockBertConfig(attention="block", heads="10:2"), False,
+        "BlockBert n=2: heads 10:2 (9:3 at N=1024), MLM only",
+        BlockBertConfig(attention="block", heads="10:2"),
+        False,
     ),
     "blockbert_n3": Preset(
-        "BlockBert n=3: heads 8:2:2, MLM only", BlockBertConfig(attention="block", heads="8:2:2"), False,
+        "BlockBert n=3: heads 8:2:2, MLM only",
+        BlockBertConfig(attention="block", heads="8:2:2"),
+        False,
     ),
     "tiny": Preset(
         "tiny BlockBert n=2 for tests and CPU demos (2 layers, hidden 64, heads 3:1)",
-        BlockBertConfig(vocab_size=2048, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=128,
-                        attention="block", heads="3:1", sparse_stride=16, sparse_expressivity=4),
+        BlockBertConfig(
+            vocab_size=2048,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            max_position_embeddings=128,
+            attention="block",
+            heads="3:1",
+            sparse_stride=16,
+            sparse_expressivity=4,
+        ),
         False,
     ),
 }

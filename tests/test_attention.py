@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from blockbert.attention import (block_attention, dense_attention, sparse_attention, sparse_block_attention,
-                                 sparse_fixed_mask)
+from blockbert.attention import (
+    block_attention,
+    dense_attention,
+    sparse_attention,
+    sparse_block_attention,
+    sparse_fixed_mask,
+)
 
 
 def reference_attention(q, k, v, allowed):
@@ -34,7 +39,9 @@ def qkv(B, H, N, d, seed=0):
     return [torch.randn(B, H, N, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
 
 
-@pytest.mark.parametrize("head_counts", [(4,), (3, 1), (2, 2), (1, 1, 2), (2, 2, 0), (4, 0, 0), (1, 1, 1, 1), (0, 2, 1, 1)])
+@pytest.mark.parametrize(
+    "head_counts", [(4,), (3, 1), (2, 2), (1, 1, 2), (2, 2, 0), (4, 0, 0), (1, 1, 1, 1), (0, 2, 1, 1)]
+)
 @pytest.mark.parametrize("N", [12, 13, 7])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("eager", [False, True])
@@ -43,7 +50,7 @@ def test_block_attention_matches_masked_reference(head_counts, N, padded, eager)
     q, k, v = qkv(2, H, N, 5)
     key_mask = torch.ones(2, N, dtype=torch.bool)
     if padded:
-        key_mask[0, N - 5:] = False
+        key_mask[0, N - 5 :] = False
         key_mask[1, 2:] = False
     n = len(head_counts)
     if N % n:  # the reference pads like footnote 4: extra keys exist but are never real
@@ -150,8 +157,8 @@ def test_sparse_block_attention_matches_masked_reference(stride, expressivity, N
     q, k, v = qkv(2, 3, N, 5)
     mask = torch.ones(2, N, dtype=torch.bool)
     if padded:
-        mask[0, max(1, N - 3):] = False
-        mask[1, max(1, N // 2):] = False
+        mask[0, max(1, N - 3) :] = False
+        mask[1, max(1, N // 2) :] = False
     allowed = sparse_fixed_mask(N, stride, expressivity)[None, None] & mask[:, None, None, :]
     expected = reference_attention(q, k, v, allowed)
     got = sparse_block_attention(q, k, v, stride, expressivity, mask if padded else None, eager=eager)
@@ -181,9 +188,15 @@ def test_sparse_block_attention_never_builds_full_score_matrix():
     assert max(math.prod(s) for s in seen) < 2 * 64 * 64  # less than one [B, H, N, N] score matrix
 
 
-@pytest.mark.parametrize("config", [dict(attention="dense"), dict(attention="block", heads="2:1:1"),
-                                    dict(attention="block", heads="3:1"),
-                                    dict(attention="sparse", sparse_stride=8, sparse_expressivity=2)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(attention="dense"),
+        dict(attention="block", heads="2:1:1"),
+        dict(attention="block", heads="3:1"),
+        dict(attention="sparse", sparse_stride=8, sparse_expressivity=2),
+    ],
+)
 def test_flex_backend_equals_sdpa_in_inference(config):
     """FlexAttention (a GPU path; forward only on CPU) computes the same pattern, padding included."""
     from blockbert.attention import SelfAttention

@@ -5,14 +5,22 @@ import json
 
 import pytest
 import torch
+from test_attention import qkv, shapes_computed  # the attention tests' inputs and op-shape probe
 
 from blockbert import BlockBertConfig, BlockBertForMaskedLM, BlockBertForQuestionAnswering, BlockBertModel, ConfigError
 from blockbert.attention import SelfAttention, block_attention, sparse_fixed_mask
 from blockbert.convert import export
-from test_attention import qkv, shapes_computed  # the attention tests' inputs and op-shape probe
 
-TINY = dict(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-            max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
+TINY = dict(
+    vocab_size=60,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
 
 
 def batch(windows, length):
@@ -21,9 +29,9 @@ def batch(windows, length):
     types = torch.zeros_like(ids)
     mask = torch.zeros_like(ids)
     for row, w in enumerate(windows):
-        ids[row, :len(w)] = torch.tensor(w)
-        types[row, len(w) // 2:len(w)] = 1  # a question and a paragraph segment
-        mask[row, :len(w)] = 1
+        ids[row, : len(w)] = torch.tensor(w)
+        types[row, len(w) // 2 : len(w)] = 1  # a question and a paragraph segment
+        mask[row, : len(w)] = 1
     return ids, types, mask
 
 
@@ -37,9 +45,8 @@ def scores(model, windows, length, row):
     ids, types, mask = batch(windows, length)
     with torch.no_grad():
         out = model(ids, mask, types)
-    logits = (torch.stack([out.start_logits, out.end_logits], -1) if hasattr(out, "start_logits")
-              else out.logits)
-    return logits[row, :len(windows[row])]
+    logits = torch.stack([out.start_logits, out.end_logits], -1) if hasattr(out, "start_logits") else out.logits
+    return logits[row, : len(windows[row])]
 
 
 @pytest.mark.parametrize("cls", [BlockBertForQuestionAnswering, BlockBertForMaskedLM])
@@ -72,8 +79,16 @@ def test_the_issues_example_20_tokens_padded_to_20_30_64():
 
 def test_the_blocks_are_the_configured_ones():
     """N=12, n=3, a 9-token input: blocks are positions 0-3, 4-7, 8-11 (not 0-2, 3-5, 6-8)."""
-    config = BlockBertConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=4, max_position_embeddings=64,
-                             attention="block", heads="2:2:0", block_seq_len=12)
+    config = BlockBertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=4,
+        max_position_embeddings=64,
+        attention="block",
+        heads="2:2:0",
+        block_seq_len=12,
+    )
     model = BlockBertModel(config).eval()
     torch.manual_seed(0)
     ids = torch.randint(5, 50, (1, 9))
@@ -99,12 +114,13 @@ def test_kernel_on_a_short_input_equals_the_input_padded_to_N(head_counts, L, ma
     q, k, v = qkv(2, H, L, 5)
     key_mask = torch.ones(2, L, dtype=torch.bool)
     if masked:
-        key_mask[1, max(1, L - 3):] = False
+        key_mask[1, max(1, L - 3) :] = False
     got = block_attention(q, k, v, head_counts, key_mask if masked else None, eager=eager, block_seq_len=N)
     pad = (0, 0, 0, N - L)
     full_mask = torch.nn.functional.pad(key_mask, (0, N - L), value=False)
-    expected = block_attention(*(torch.nn.functional.pad(t, pad) for t in (q, k, v)), head_counts, full_mask,
-                               eager=eager)[:, :, :L]
+    expected = block_attention(
+        *(torch.nn.functional.pad(t, pad) for t in (q, k, v)), head_counts, full_mask, eager=eager
+    )[:, :, :L]
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
     g = torch.randn_like(got)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(expected, (q, k, v), g)):
@@ -127,15 +143,22 @@ def test_dropout_path_with_skipped_blocks_trains():
 @pytest.mark.parametrize("heads", ["3:1", "2:1:1"])
 def test_flex_backend_uses_the_same_blocks(heads):
     torch.manual_seed(0)
-    base = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, attention="block", heads=heads,
-                max_position_embeddings=64, block_seq_len=50)
+    base = dict(
+        hidden_size=32,
+        num_heads=4,
+        attention_dropout=0.0,
+        attention="block",
+        heads=heads,
+        max_position_embeddings=64,
+        block_seq_len=50,
+    )
     sdpa = SelfAttention(BlockBertConfig(**base)).eval()
     flex = SelfAttention(BlockBertConfig(**base, attention_impl="flex")).eval()
     flex.load_state_dict(sdpa.state_dict())
     for L in (10, 20, 37, 50):
         x = torch.randn(2, L, 32)
         mask = torch.ones(2, L, dtype=torch.bool)
-        mask[1, L // 2:] = False
+        mask[1, L // 2 :] = False
         with torch.no_grad():
             for key_mask in (None, mask):
                 torch.testing.assert_close(flex(x, key_mask), sdpa(x, key_mask), atol=1e-5, rtol=1e-5)
@@ -154,9 +177,11 @@ def test_a_sequence_longer_than_N_is_refused_with_one_line():
 
 
 def test_bad_block_seq_len_is_refused_with_one_line():
-    for value, text in [(33, "block_seq_len=33 exceeds the model's 32 positions"),
-                        (-1, "block_seq_len=-1 must be a non-negative integer"),
-                        (2.5, "block_seq_len=2.5 must be a non-negative integer")]:
+    for value, text in [
+        (33, "block_seq_len=33 exceeds the model's 32 positions"),
+        (-1, "block_seq_len=-1 must be a non-negative integer"),
+        (2.5, "block_seq_len=2.5 must be a non-negative integer"),
+    ]:
         with pytest.raises(ConfigError) as info:
             BlockBertConfig(**TINY, attention="block", heads="3:1", block_seq_len=value)
         assert text in str(info.value) and "\n" not in str(info.value)
@@ -203,8 +228,9 @@ def test_export_carries_N_and_an_old_export_without_it_loads_at_its_positions(tm
 def test_a_dense_checkpoint_imported_as_block_takes_N_from_the_requested_length(tmp_path):
     torch.manual_seed(0)
     export(BlockBertForMaskedLM(BlockBertConfig(**TINY)), tmp_path / "dense")  # a Hugging Face BERT directory
-    block = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "dense"), attention="block", heads="3:1",
-                                                 max_position_embeddings=20)
+    block = BlockBertForMaskedLM.from_pretrained(
+        str(tmp_path / "dense"), attention="block", heads="3:1", max_position_embeddings=20
+    )
     assert block.config.max_position_embeddings == 32 and block.config.attention_length == 20
     plain = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "dense"), attention="block", heads="3:1")
     assert plain.config.attention_length == 32
@@ -216,8 +242,9 @@ def test_sparse_pattern_was_already_position_fixed(sparse_impl):
     for L in (1, 7, 20, 33):
         assert torch.equal(sparse_fixed_mask(L, 8, 2), sparse_fixed_mask(48, 8, 2)[:L, :L])
     torch.manual_seed(0)
-    model = BlockBertForQuestionAnswering(BlockBertConfig(**TINY, attention="sparse", sparse_stride=8,
-                                                          sparse_expressivity=2, sparse_impl=sparse_impl)).eval()
+    model = BlockBertForQuestionAnswering(
+        BlockBertConfig(**TINY, attention="sparse", sparse_stride=8, sparse_expressivity=2, sparse_impl=sparse_impl)
+    ).eval()
     (window,) = windows_of([20])
     alone = scores(model, [window], 20, 0)
     for length in (27, 32):

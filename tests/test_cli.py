@@ -62,8 +62,9 @@ def test_bad_head_config_is_one_line():
 
 
 def test_missing_data_file_is_one_line():
-    result = runner.invoke(cli.app, ["pretrain", "data=text_files", "data.files=/no/such/corpus*.txt",
-                                     "data.max_seq_length=128"])
+    result = runner.invoke(
+        cli.app, ["pretrain", "data=text_files", "data.files=/no/such/corpus*.txt", "data.max_seq_length=128"]
+    )
     assert result.exit_code == 2
     assert "no file matches '/no/such/corpus*.txt'" in error_line(result.output)
 
@@ -75,16 +76,26 @@ def test_sequence_longer_than_positions_is_one_line():
 
 
 def test_cfg_job_through_the_installed_command(tmp_path):
-    out = subprocess.run(["blockbert", "pretrain", "model=blockbert_n3", "data.max_seq_length=1024",
-                          "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path))
+    out = subprocess.run(
+        ["blockbert", "pretrain", "model=blockbert_n3", "data.max_seq_length=1024", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     assert "heads: '8:2:2'" in out.stdout and "max_seq_length: 1024" in out.stdout
     assert not (tmp_path / "runs").exists()  # --cfg runs nothing
 
 
 def test_python_cli_py_and_info(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "pretrain", "--info", "defaults"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "pretrain", "--info", "defaults"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     assert "model/tiny" in out.stdout or "model: tiny" in out.stdout
 
@@ -92,9 +103,24 @@ def test_python_cli_py_and_info(tmp_path):
 def test_multirun_of_two_tiny_jobs_makes_two_run_dirs(tmp_path):
     sweep = tmp_path / "sweep"
     out = subprocess.run(
-        ["blockbert", "pretrain", "-m", "model.heads=3:1,2:2", "trainer.max_steps=2", "trainer.val_check_interval=2",
-         "logger=none", "progress_bar=false", "data.generated_documents=40", f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, cwd=tmp_path, env=env(tmp_path), timeout=600)
+        [
+            "blockbert",
+            "pretrain",
+            "-m",
+            "model.heads=3:1,2:2",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "logger=none",
+            "progress_bar=false",
+            "data.generated_documents=40",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env(tmp_path),
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for job, heads in (("0", "3:1"), ("1", "2:2")):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
@@ -106,31 +132,74 @@ def test_multirun_of_two_tiny_jobs_makes_two_run_dirs(tmp_path):
 def test_built_wheel_runs_outside_the_checkout(tmp_path):
     """cli.py and conf/ travel in the wheel: run it from a plain directory on sys.path."""
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheel_dir), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(wheel_dir.glob("blockbert-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     assert (site / "blockbert" / "conf" / "pretrain.yaml").is_file() and (site / "cli.py").is_file()
     run_env = dict(env(tmp_path), PYTHONPATH=str(site))
-    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.argv[0] = 'blockbert'; cli.main()",
-                          "pretrain", "experiment=blockbert_n2_1024", "--cfg", "job"],
-                         capture_output=True, text=True, cwd=tmp_path, env=run_env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import cli, sys; sys.argv[0] = 'blockbert'; cli.main()",
+            "pretrain",
+            "experiment=blockbert_n2_1024",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=run_env,
+    )
     assert out.returncode == 0, out.stderr
     assert "heads: '9:3'" in out.stdout
-    probe = subprocess.run([sys.executable, "-c", "import blockbert.tasks.launch as l; print(l.config_dir())"],
-                           capture_output=True, text=True, cwd=tmp_path, env=run_env)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import blockbert.tasks.launch as l; print(l.config_dir())"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=run_env,
+    )
     assert probe.stdout.strip() == str(site / "blockbert" / "conf")
 
 
 def test_empty_and_too_short_corpora_are_one_line(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    result = runner.invoke(cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/empty.txt",
-                                     "data.max_seq_length=128"])
+    result = runner.invoke(
+        cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/empty.txt", "data.max_seq_length=128"]
+    )
     assert result.exit_code == 2
     assert "empty.txt" in error_line(result.output) and "the corpus is empty" in error_line(result.output)
     (tmp_path / "short.txt").write_text("One document.\n\nAnother one.\n\nA third.\n")
-    result = runner.invoke(cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/short.txt",
-                                     "data.max_seq_length=128", "data.tokenizer_vocab_size=100"])
+    result = runner.invoke(
+        cli.app,
+        [
+            "pretrain",
+            "data=text_files",
+            f"data.files={tmp_path}/short.txt",
+            "data.max_seq_length=128",
+            "data.tokenizer_vocab_size=100",
+        ],
+    )
     assert result.exit_code == 2
     assert "fewer than one batch of 8" in error_line(result.output)

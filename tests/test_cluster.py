@@ -18,12 +18,25 @@ from blockbert.config import ConfigError
 from blockbert.tasks import cluster
 from blockbert.tasks.launch import config_dir
 
-TINY = ["progress_bar=false", "data.generated_documents=60", "trainer.val_check_interval=4",
-        "checkpoint_every_n_steps=4", "optim.warmup_steps=2"]
+TINY = [
+    "progress_bar=false",
+    "data.generated_documents=60",
+    "trainer.val_check_interval=4",
+    "checkpoint_every_n_steps=4",
+    "optim.warmup_steps=2",
+]
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
-SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
-             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "pretrain",
-             "SLURM_NODELIST": "localhost"}
+SLURM_ENV = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_JOB_NAME": "pretrain",
+    "SLURM_NODELIST": "localhost",
+}
 runner = CliRunner()
 
 
@@ -33,8 +46,14 @@ def env(tmp_path, **extra):
 
 
 def blockbert(tmp_path, *args, environ=None, timeout=600):
-    return subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path,
-                          env=environ or env(tmp_path), timeout=timeout)
+    return subprocess.run(
+        ["blockbert", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environ or env(tmp_path),
+        timeout=timeout,
+    )
 
 
 def fake_commands(tmp_path, **scripts) -> Path:
@@ -67,13 +86,17 @@ def in_tmp(tmp_path, monkeypatch):
 
 # -- the accelerator check ---------------------------------------------------------------------------------
 
+
 def test_gpu_trainers_are_refused_on_a_machine_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for trainer in ("ddp", "gpu", "fsdp"):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(config_name="pretrain", overrides=[f"trainer={trainer}"])
-        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU: use "
-                                              "trainer=cpu, or trainer=ddp trainer.accelerator=cpu"):
+        with pytest.raises(
+            ConfigError,
+            match="trainer.accelerator=gpu but this machine has no CUDA GPU: use "
+            "trainer=cpu, or trainer=ddp trainer.accelerator=cpu",
+        ):
             cluster.check_accelerator(cfg.trainer)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cluster.check_accelerator(compose(config_name="pretrain", overrides=DDP_CPU).trainer)
@@ -93,21 +116,29 @@ def test_ddp_without_a_gpu_fails_at_once_with_one_line(tmp_path):
 
 # -- cluster=slurm / submitit_local: refused unless they start as written ----------------------------------
 
+
 @pytest.mark.parametrize("name", ["slurm", "submitit_local"])
 def test_a_cluster_without_multirun_is_refused_with_one_line(in_tmp, name):
     result = runner.invoke(cli.app, ["pretrain", f"cluster={name}"])
     assert result.exit_code == 2
-    assert (f"cluster={name} submits jobs through Hydra's launcher, which only multiruns use: add -m "
-            "(a one-job multirun)") in error_line(result.output)
+    assert (
+        f"cluster={name} submits jobs through Hydra's launcher, which only multiruns use: add -m (a one-job multirun)"
+    ) in error_line(result.output)
     assert not (in_tmp / "runs").exists()  # refused before Hydra made a run directory
 
 
-@pytest.mark.parametrize("args, message", [
-    (["trainer=ddp"], "cluster=slurm starts trainer.devices tasks per node but trainer.devices=-1 (all GPUs of a node"),
-    (["trainer=ddp", "trainer.devices=2,4"], "trainer.devices=2,4 cannot be swept; run one multirun per value"),
-    (["trainer=ddp,gpu"], "trainer=ddp,gpu cannot be swept"),
-    (["trainer.devices=4", "trainer.num_nodes=0"], "trainer.num_nodes=0 must be a number of nodes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["trainer=ddp"],
+            "cluster=slurm starts trainer.devices tasks per node but trainer.devices=-1 (all GPUs of a node",
+        ),
+        (["trainer=ddp", "trainer.devices=2,4"], "trainer.devices=2,4 cannot be swept; run one multirun per value"),
+        (["trainer=ddp,gpu"], "trainer=ddp,gpu cannot be swept"),
+        (["trainer.devices=4", "trainer.num_nodes=0"], "trainer.num_nodes=0 must be a number of nodes"),
+    ],
+)
 def test_slurm_refuses_resources_it_cannot_ask_for(in_tmp, args, message):
     result = runner.invoke(cli.app, ["pretrain", "-m", "cluster=slurm", *args])
     assert result.exit_code == 2, result.output
@@ -117,10 +148,12 @@ def test_slurm_refuses_resources_it_cannot_ask_for(in_tmp, args, message):
 
 def test_slurm_resources_follow_the_trainer():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        gpus = compose(config_name="pretrain", return_hydra_config=True,
-                       overrides=["cluster=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
-        cpus = compose(config_name="finetune", return_hydra_config=True,
-                       overrides=["cluster=slurm", *DDP_CPU])
+        gpus = compose(
+            config_name="pretrain",
+            return_hydra_config=True,
+            overrides=["cluster=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+        )
+        cpus = compose(config_name="finetune", return_hydra_config=True, overrides=["cluster=slurm", *DDP_CPU])
     launcher = gpus.hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
     assert launcher.additional_parameters.signal == "USR1@120"  # Lightning's requeue signal, not submitit's USR2
@@ -129,8 +162,19 @@ def test_slurm_resources_follow_the_trainer():
 
 
 def test_slurm_resources_through_the_cli(tmp_path):
-    out = blockbert(tmp_path, "pretrain", "cluster=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-                    "--cfg", "all", "--package", "hydra.launcher", "--resolve")
+    out = blockbert(
+        tmp_path,
+        "pretrain",
+        "cluster=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "--cfg",
+        "all",
+        "--package",
+        "hydra.launcher",
+        "--resolve",
+    )
     assert out.returncode == 0, out.stderr
     lines = [line.strip() for line in out.stdout.splitlines()]
     for line in ("tasks_per_node: 4", "gpus_per_node: 4", "nodes: 2", "signal: USR1@120"):
@@ -141,11 +185,22 @@ def test_the_sbatch_script_asks_for_the_trainers_resources_and_lightnings_signal
     """Through the real submitit launcher, with fake sbatch (records its script), sacct (the job failed)
     and srun (only looked for)."""
     sacct = 'echo "JobID|State|NodeList"; echo "4242|FAILED|node1"; echo "4242_0|FAILED|node1"'
-    bin_dir = fake_commands(tmp_path, sbatch=f'cp "$1" "{tmp_path}/job.sh"; echo "Submitted batch job 4242"',
-                            sacct=sacct, srun="exit 1")
-    out = blockbert(tmp_path, "pretrain", "-m", "cluster=slurm", "trainer=ddp", "trainer.devices=4",
-                    "trainer.num_nodes=2", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                    environ=env(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}"), timeout=300)
+    bin_dir = fake_commands(
+        tmp_path, sbatch=f'cp "$1" "{tmp_path}/job.sh"; echo "Submitted batch job 4242"', sacct=sacct, srun="exit 1"
+    )
+    out = blockbert(
+        tmp_path,
+        "pretrain",
+        "-m",
+        "cluster=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        environ=env(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+        timeout=300,
+    )
     assert out.returncode == 1 and "4242_0" in error_line(out.stderr)  # the (fake) job ended without a result
     script = (tmp_path / "job.sh").read_text().splitlines()
     for flag in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--signal=USR1@120", "--partition=gpu"):
@@ -155,6 +210,7 @@ def test_the_sbatch_script_asks_for_the_trainers_resources_and_lightnings_signal
 
 
 # -- who owns SLURM's requeue signal -----------------------------------------------------------------------
+
 
 def test_cluster_environment_is_lightnings_slurm_requeue_owner(monkeypatch):
     from lightning_fabric.plugins.environments import SLURMEnvironment
@@ -177,8 +233,13 @@ def test_cluster_environment_is_lightnings_slurm_requeue_owner(monkeypatch):
 
 def test_submitit_local_tasks_are_the_ranks(monkeypatch):
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    for key, value in {"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",
-                       "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_ID": "31337"}.items():
+    for key, value in {
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_JOB_ID": "31337",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     environment = cluster.cluster_environment(None)
@@ -195,8 +256,14 @@ def test_slurm_requeue_signal_saves_requeues_and_resumes_in_place(tmp_path):
     bin_dir = fake_commands(tmp_path, scontrol='kill -TERM "$PPID"  # slurmctld ends the requeued job')
     slurm = env(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", **SLURM_ENV)
     command = ["blockbert", "pretrain", *TINY, "logger=none", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([*command, "trainer.max_steps=100000"], cwd=tmp_path, env=slurm, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*command, "trainer.max_steps=100000"],
+        cwd=tmp_path,
+        env=slurm,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
@@ -211,8 +278,14 @@ def test_slurm_requeue_signal_saves_requeues_and_resumes_in_place(tmp_path):
     saved = max(hpc, step(run_dir / "checkpoints" / "interrupted.ckpt"))
     assert stdout.strip().splitlines()[-1] == str(run_dir.resolve())
 
-    again = subprocess.run([*command, f"trainer.max_steps={saved + 2}"], cwd=tmp_path, capture_output=True, text=True,
-                           env=dict(slurm, SLURM_RESTART_COUNT="1"), timeout=600)
+    again = subprocess.run(
+        [*command, f"trainer.max_steps={saved + 2}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(slurm, SLURM_RESTART_COUNT="1"),
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = re.search(r"resuming from (\S+) \(step (\d+)\)", again.stdout + again.stderr)
     assert resumed and Path(resumed.group(1)).parent in (run_dir, run_dir / "checkpoints")
@@ -228,10 +301,23 @@ def test_a_preempted_submitit_job_leaves_no_result_and_resumes_in_its_sweep_dire
     without a result file, which submitit would take for the job's end. The requeued job re-runs
     submitit's pickle of the launcher, where the `${now:...}` of the default sweep directory is the one
     resolved at submission: it resumes in the same job directory."""
-    proc = subprocess.Popen(["blockbert", "pretrain", "-m", "cluster=submitit_local", *TINY, "logger=none",
-                             "trainer.max_steps=60", "trainer.val_check_interval=100"],
-                            cwd=tmp_path, env=env(tmp_path), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            "blockbert",
+            "pretrain",
+            "-m",
+            "cluster=submitit_local",
+            *TINY,
+            "logger=none",
+            "trainer.max_steps=60",
+            "trainer.val_check_interval=100",
+        ],
+        cwd=tmp_path,
+        env=env(tmp_path),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while not list(tmp_path.glob("multirun/pretrain/*/0/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
@@ -249,11 +335,24 @@ def test_a_preempted_submitit_job_leaves_no_result_and_resumes_in_its_sweep_dire
     assert 4 <= saved < 60
 
     time.sleep(1.1)  # a ${now:...} resolved again would differ now
-    requeued = env(tmp_path, SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID=job_id, SUBMITIT_LOCAL_NTASKS="1",
-                   SUBMITIT_LOCAL_GLOBALID="0", SUBMITIT_LOCAL_LOCALID="0", SUBMITIT_LOCAL_NODEID="0",
-                   SUBMITIT_LOCAL_JOB_NUM_NODES="1")
-    again = subprocess.run(["python", "-u", "-m", "submitit.core._submit", str(sweep / ".submitit" / "%j")],
-                           cwd=tmp_path, env=requeued, capture_output=True, text=True, timeout=600)
+    requeued = env(
+        tmp_path,
+        SUBMITIT_EXECUTOR="local",
+        SUBMITIT_LOCAL_JOB_ID=job_id,
+        SUBMITIT_LOCAL_NTASKS="1",
+        SUBMITIT_LOCAL_GLOBALID="0",
+        SUBMITIT_LOCAL_LOCALID="0",
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+    )
+    again = subprocess.run(
+        ["python", "-u", "-m", "submitit.core._submit", str(sweep / ".submitit" / "%j")],
+        cwd=tmp_path,
+        env=requeued,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = f"resuming from {sweep / '0' / 'checkpoints' / 'interrupted.ckpt'} (step {saved})"
     assert resumed in again.stdout + again.stderr
@@ -264,12 +363,24 @@ def test_a_preempted_submitit_job_leaves_no_result_and_resumes_in_its_sweep_dire
 
 # -- DDP jobs in multiruns ---------------------------------------------------------------------------------
 
+
 def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(tmp_path):
     """Lightning starts rank 1 by re-running the command line; it must run its own job, not the sweep."""
     sweep = tmp_path / "sweep"
-    out = blockbert(tmp_path, "pretrain", "-m", *DDP_CPU, "model.heads=3:1,2:2", "trainer.max_steps=2",
-                    "trainer.val_check_interval=2", "logger=csv", "progress_bar=false", "data.generated_documents=40",
-                    "checkpoint_every_n_steps=100", f"hydra.sweep.dir={sweep}")
+    out = blockbert(
+        tmp_path,
+        "pretrain",
+        "-m",
+        *DDP_CPU,
+        "model.heads=3:1,2:2",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "logger=csv",
+        "progress_bar=false",
+        "data.generated_documents=40",
+        "checkpoint_every_n_steps=100",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stdout.strip().splitlines()[-1] == str(sweep.resolve())
     assert out.stderr.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
@@ -284,9 +395,20 @@ def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(tmp_path):
 
 def test_submitit_local_runs_one_task_per_device(tmp_path):
     sweep = tmp_path / "sweep"
-    out = blockbert(tmp_path, "pretrain", "-m", "cluster=submitit_local", *DDP_CPU, "trainer.max_steps=2",
-                    "trainer.val_check_interval=2", "logger=none", "progress_bar=false", "data.generated_documents=40",
-                    "checkpoint_every_n_steps=100", f"hydra.sweep.dir={sweep}")
+    out = blockbert(
+        tmp_path,
+        "pretrain",
+        "-m",
+        "cluster=submitit_local",
+        *DDP_CPU,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "logger=none",
+        "progress_bar=false",
+        "data.generated_documents=40",
+        "checkpoint_every_n_steps=100",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     logs = sorted((sweep / ".submitit").glob("*/*_log.err"))
     assert len(logs) == 2  # two submitit tasks, no process started by Lightning

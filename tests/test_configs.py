@@ -24,11 +24,21 @@ def compose_cfg(primary, overrides=()):
 
 
 def test_the_expected_configs_exist():
-    assert set(MODELS) == {"google_bert", "roberta_2seq", "roberta_1seq", "sparsebert", "blockbert_n2",
-                           "blockbert_n3", "tiny"}
+    assert set(MODELS) == {
+        "google_bert",
+        "roberta_2seq",
+        "roberta_1seq",
+        "sparsebert",
+        "blockbert_n2",
+        "blockbert_n3",
+        "tiny",
+    }
     assert len(EXPERIMENTS) == 11  # ten paper rows and the tiny default
-    for group, options in {"trainer": {"cpu", "gpu", "ddp"}, "logger": {"wandb", "csv", "none"},
-                           "cluster": {"local", "slurm"}}.items():
+    for group, options in {
+        "trainer": {"cpu", "gpu", "ddp"},
+        "logger": {"wandb", "csv", "none"},
+        "cluster": {"local", "slurm"},
+    }.items():
         assert options <= {p.stem for p in (CONF / group).glob("*.yaml")}
 
 
@@ -96,8 +106,11 @@ def test_bad_head_override_is_a_config_error():
 
 def test_slurm_cluster_selects_submitit_launcher():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="pretrain", overrides=["cluster=slurm", "trainer=ddp", "trainer.devices=8"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="pretrain",
+            overrides=["cluster=slurm", "trainer=ddp", "trainer.devices=8"],
+            return_hydra_config=True,
+        )
     assert "submitit" in cfg.hydra.launcher._target_.lower()
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 8
 

@@ -49,8 +49,10 @@ def finetune_cfg(*overrides):
 
 def test_sample_limits_keep_the_first_questions(tmp_path):
     full = load_task(finetune_cfg("task.generated_questions=40").task, tmp_path)
-    kept = load_task(finetune_cfg("task.generated_questions=40", "task.max_train_samples=7",
-                                  "task.max_eval_samples=3").task, tmp_path)
+    kept = load_task(
+        finetune_cfg("task.generated_questions=40", "task.max_train_samples=7", "task.max_eval_samples=3").task,
+        tmp_path,
+    )
     assert [e.qid for e in kept["train"].examples] == [e.qid for e in full["train"].examples[:7]]
     assert list(kept["dev"].gold) == list(full["dev"].gold)[:3]  # EM/F1 are computed over these
     with pytest.raises(ConfigError, match=r"task.max_eval_samples=0 is not accepted"):
@@ -60,9 +62,22 @@ def test_sample_limits_keep_the_first_questions(tmp_path):
 def test_a_quick_fine_tuning_run_scores_the_kept_questions(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
-    out = subprocess.run(["blockbert", "finetune", "task.max_train_samples=24", "task.max_eval_samples=8",
-                          "trainer.max_steps=2", "progress_bar=false", f"hydra.run.dir={run_dir}"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            "blockbert",
+            "finetune",
+            "task.max_train_samples=24",
+            "task.max_eval_samples=8",
+            "trainer.max_steps=2",
+            "progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(json.loads((run_dir / "dev" / "predictions.json").read_text())) == 8
     assert "train: 24 questions" in out.stdout + out.stderr

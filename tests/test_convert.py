@@ -11,15 +11,26 @@ import transformers
 from blockbert import BlockBertConfig, BlockBertForMaskedLM, BlockBertModel, ConfigError
 from blockbert.convert import export, extend_positions
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, hidden_act="gelu")
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_act="gelu",
+)
 
 
 def hf_model(tmp_path, kind, head=False):
     config_cls = transformers.BertConfig if kind == "bert" else transformers.RobertaConfig
     config = config_cls(**TINY, **({"pad_token_id": 1, "type_vocab_size": 1} if kind == "roberta" else {}))
-    model_cls = {("bert", False): transformers.BertModel, ("bert", True): transformers.BertForMaskedLM,
-                 ("roberta", False): transformers.RobertaModel, ("roberta", True): transformers.RobertaForMaskedLM}
+    model_cls = {
+        ("bert", False): transformers.BertModel,
+        ("bert", True): transformers.BertForMaskedLM,
+        ("roberta", False): transformers.RobertaModel,
+        ("roberta", True): transformers.RobertaForMaskedLM,
+    }
     torch.manual_seed(0)
     model = model_cls[kind, head](config).eval()
     model.save_pretrained(tmp_path / kind)
@@ -52,8 +63,12 @@ def test_mlm_head_is_imported(tmp_path, kind):
     ours = BlockBertForMaskedLM.from_pretrained(str(path)).eval()
     ids, mask = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids, mask).logits[mask.bool()], hf(input_ids=ids, attention_mask=mask).logits[mask.bool()],
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            ours(ids, mask).logits[mask.bool()],
+            hf(input_ids=ids, attention_mask=mask).logits[mask.bool()],
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 def test_blockwise_import_keeps_weights_and_changes_the_pattern(tmp_path):
@@ -74,8 +89,11 @@ def test_real_bert_checkpoint_equals_transformers():
     hf = transformers.BertModel.from_pretrained(str(path)).eval()
     ours = BlockBertModel.from_pretrained(str(path)).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    batch = tokenizer(["Blockwise attention saves memory.", "A longer second sentence, padded less."],
-                      padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["Blockwise attention saves memory.", "A longer second sentence, padded less."],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         expected = hf(**batch).last_hidden_state
         got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -108,8 +126,12 @@ def test_export_round_trip_dense_to_transformers_and_block_to_blockbert(tmp_path
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "dense")).eval()
     ids, mask = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits[mask.bool()],
-                                   dense(ids, mask).logits[mask.bool()], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            hf(input_ids=ids, attention_mask=mask).logits[mask.bool()],
+            dense(ids, mask).logits[mask.bool()],
+            atol=1e-4,
+            rtol=1e-4,
+        )
     block = BlockBertForMaskedLM(BlockBertConfig(**{**config.to_dict(), "attention": "block", "heads": "1:2:1"})).eval()
     export(block, tmp_path / "block")
     again = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "block")).eval()
@@ -151,9 +173,19 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(tmp_path, 
     transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "hf")
     tiny_tokenizer.save_pretrained(tmp_path / "hf")
     run_dir = tmp_path / "run"
-    out = blockbert_cli(tmp_path, "pretrain", f"model.init_from={tmp_path / 'hf'}", "model.attention=block",
-                        "model.heads=3:1", "data.max_seq_length=128", "trainer.max_steps=2", "logger=none",
-                        "progress_bar=false", "data.generated_documents=40", f"hydra.run.dir={run_dir}")
+    out = blockbert_cli(
+        tmp_path,
+        "pretrain",
+        f"model.init_from={tmp_path / 'hf'}",
+        "model.attention=block",
+        "model.heads=3:1",
+        "data.max_seq_length=128",
+        "trainer.max_steps=2",
+        "logger=none",
+        "progress_bar=false",
+        "data.generated_documents=40",
+        f"hydra.run.dir={run_dir}",
+    )
     assert "extending the position table from 64 to 128 rows" in out.stderr + out.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2
     exported = blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
@@ -165,8 +197,16 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(tmp_path, 
 
 def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
     run_dir = tmp_path / "run"
-    blockbert_cli(tmp_path, "pretrain", "model.attention=dense", "trainer.max_steps=2", "logger=none",
-                  "progress_bar=false", "data.generated_documents=40", f"hydra.run.dir={run_dir}")
+    blockbert_cli(
+        tmp_path,
+        "pretrain",
+        "model.attention=dense",
+        "trainer.max_steps=2",
+        "logger=none",
+        "progress_bar=false",
+        "data.generated_documents=40",
+        f"hydra.run.dir={run_dir}",
+    )
     blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "hf"))
     from blockbert.tasks.export import model_from_run
 
@@ -176,8 +216,9 @@ def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
     batch = tokenizer(["the model reads words"], return_tensors="pt")
     with torch.no_grad():
         expected = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        torch.testing.assert_close(ours.eval()(batch["input_ids"], batch["attention_mask"]).logits, expected,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            ours.eval()(batch["input_ids"], batch["attention_mask"]).logits, expected, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_roberta_import_accepts_segment_ids_of_question_answering(tmp_path):

@@ -27,10 +27,19 @@ def data_module(tmp_path, nsp, *overrides):
     tmp_path.mkdir(exist_ok=True)
     corpus = sentence_rows(tmp_path / "sentences.jsonl")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="pretrain", overrides=[
-            "data=text_files", f"data.files={corpus}", "data.text_field=sentence", "data.max_seq_length=256",
-            "data.tokenizer_vocab_size=200", "data.validation_fraction=0.1", f"data.cache_dir={tmp_path / 'cache'}",
-            *overrides])
+        cfg = compose(
+            config_name="pretrain",
+            overrides=[
+                "data=text_files",
+                f"data.files={corpus}",
+                "data.text_field=sentence",
+                "data.max_seq_length=256",
+                "data.tokenizer_vocab_size=200",
+                "data.validation_fraction=0.1",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                *overrides,
+            ],
+        )
     dm = PretrainDataModule(cfg.data, nsp, 4, 0, tmp_path / "cache")
     dm.setup()
     return dm
@@ -53,8 +62,9 @@ def test_rows_grouped_into_documents_fill_the_sequences(tmp_path):
 def test_sentence_pairs_of_grouped_rows_follow_each_other(tmp_path):
     dm = data_module(tmp_path, True, "data.rows_per_document=200")
     follows = 0
-    for ids, types, random_next in zip(dm.train_set["input_ids"], dm.train_set["token_type_ids"],
-                                       dm.train_set["next_sentence_label"]):
+    for ids, types, random_next in zip(
+        dm.train_set["input_ids"], dm.train_set["token_type_ids"], dm.train_set["next_sentence_label"]
+    ):
         a = [t for t, s in zip(ids, types) if s == 0]
         b = [t for t, s in zip(ids, types) if s == 1]
         if random_next:
@@ -64,8 +74,11 @@ def test_sentence_pairs_of_grouped_rows_follow_each_other(tmp_path):
         # "is next": B starts with the row after A's last one. Fitting the pair into N may cut A's last row, down
         # to a prefix of its number ("s64" of "s648") or to nothing of it.
         wanted = first_b - 1
-        assert rows_a[-1] == wanted or rows_a[-1] == wanted - 1 or (
-            str(wanted).startswith(str(rows_a[-1])) and rows_a[-2] == wanted - 1), (rows_a[-3:], first_b)
+        assert (
+            rows_a[-1] == wanted
+            or rows_a[-1] == wanted - 1
+            or (str(wanted).startswith(str(rows_a[-1])) and rows_a[-2] == wanted - 1)
+        ), (rows_a[-3:], first_b)
     assert 0.3 < follows / len(dm.train_set) < 0.7
 
 

@@ -14,12 +14,19 @@ CLS, SEP = 2, 3
 def docs(n_docs=6, seed=0):
     rng = random.Random(seed)
     # token ids encode (document, sentence) so boundaries can be checked: 1000*doc + 10*sentence + k
-    return [[[1000 * (d + 1) + 10 * s + k for k in range(rng.randint(1, 9))] for s in range(rng.randint(1, 8))]
-            for d in range(n_docs)]
+    return [
+        [[1000 * (d + 1) + 10 * s + k for k in range(rng.randint(1, 9))] for s in range(rng.randint(1, 8))]
+        for d in range(n_docs)
+    ]
 
 
 def test_split_sentences():
-    assert split_sentences("One two. Three four!\nFive six?  Seven") == ["One two.", "Three four!", "Five six?", "Seven"]
+    assert split_sentences("One two. Three four!\nFive six?  Seven") == [
+        "One two.",
+        "Three four!",
+        "Five six?",
+        "Seven",
+    ]
 
 
 def test_packing_respects_length_and_document_boundaries():
@@ -47,7 +54,7 @@ def test_sentence_pairs_have_segments_labels_and_fit():
         first_sep = ids.index(SEP)
         assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
         a_docs = {t // 1000 for t in ids[1:first_sep]}
-        b_docs = {t // 1000 for t in ids[first_sep + 1:-1]}
+        b_docs = {t // 1000 for t in ids[first_sep + 1 : -1]}
         assert len(a_docs) == 1 and len(b_docs) == 1
         assert (a_docs == b_docs) == (label == 0)  # label 0: B continues A's document
 
@@ -78,7 +85,7 @@ def consume(sampler, batch, batches, done=0):
     while len(seen) < batches * batch:
         indices = list(sampler)  # one pass (one Lightning epoch)
         for start in range(0, len(indices) - batch + 1, batch):
-            seen += indices[start:start + batch]
+            seen += indices[start : start + batch]
             if len(seen) == batches * batch:
                 break
     return seen, sampler.position_after(done + batches)  # what the data module saves

@@ -17,7 +17,7 @@ from blockbert.data import pretrain_datamodule, qa_datamodule
 from blockbert.data.cache import build_once
 from blockbert.data.corpus import load_documents
 from blockbert.data.pretrain_datamodule import PretrainDataModule
-from blockbert.data.qa import QAExample, QADataset, read_qa_file, write_generated_squad
+from blockbert.data.qa import QADataset, QAExample, read_qa_file, write_generated_squad
 from blockbert.data.qa_datamodule import QADataModule
 from blockbert.data.qa_windows import QAWindow, build_windows, window_starts
 from blockbert.data.sequences import pack_documents, sentence_pairs, split_sentences
@@ -33,6 +33,7 @@ def data_cfg(cache, *overrides):
 
 # ---- the implementations these changes replaced (verbatim), as references ---------------------------------------
 
+
 def reference_pack_documents(documents, max_len, cls_id, sep_id):
     budget = max_len - 2
     sequences = []
@@ -40,7 +41,7 @@ def reference_pack_documents(documents, max_len, cls_id, sep_id):
         chunk: list[int] = []
         for sentence in sentences:
             for start in range(0, max(len(sentence), 1), budget):  # a sentence longer than N is cut
-                piece = sentence[start:start + budget]
+                piece = sentence[start : start + budget]
                 if chunk and len(chunk) + len(piece) > budget:
                     sequences.append([cls_id, *chunk, sep_id])
                     chunk = []
@@ -62,11 +63,20 @@ def reference_sequences(documents, tok, max_len, nsp, seed):
         if not nsp:
             return {"input_ids": reference_pack_documents(docs, max_len, cls_id, sep_id)}
         pairs = sentence_pairs(docs, max_len, cls_id, sep_id, random.Random(seed + indices[0]))
-        return {"input_ids": [p[0] for p in pairs], "token_type_ids": [p[1] for p in pairs],
-                "next_sentence_label": [p[2] for p in pairs]}
+        return {
+            "input_ids": [p[0] for p in pairs],
+            "token_type_ids": [p[1] for p in pairs],
+            "next_sentence_label": [p[2] for p in pairs],
+        }
 
-    return documents.map(build, batched=True, with_indices=True, batch_size=1000,
-                         remove_columns=documents.column_names, keep_in_memory=True)
+    return documents.map(
+        build,
+        batched=True,
+        with_indices=True,
+        batch_size=1000,
+        remove_columns=documents.column_names,
+        keep_in_memory=True,
+    )
 
 
 def reference_build_windows(example, example_index, tokenizer, max_seq_length, doc_stride, max_query_length):
@@ -86,8 +96,13 @@ def reference_build_windows(example, example_index, tokenizer, max_seq_length, d
         piece = range(start, start + length)
         window = QAWindow(
             example_index,
-            [tokenizer.cls_token_id, *question, tokenizer.sep_token_id, *ids[start:start + length],
-             tokenizer.sep_token_id],
+            [
+                tokenizer.cls_token_id,
+                *question,
+                tokenizer.sep_token_id,
+                *ids[start : start + length],
+                tokenizer.sep_token_id,
+            ],
             [0] * first + [1] * (length + 1),
             [None] * first + [tuple(char_spans[t]) for t in piece] + [None],
             [False] * first + [reference_is_max_context(spans, w, t) for t in piece] + [False],
@@ -113,21 +128,31 @@ def reference_is_max_context(spans, current, token):
 def reference_windows(dataset, tokenizer, cfg, train):
     windows = []
     for i, example in enumerate(dataset.examples):
-        windows += reference_build_windows(example, i, tokenizer, cfg["max_seq_length"], cfg["doc_stride"],
-                                           cfg["max_query_length"])
+        windows += reference_build_windows(
+            example, i, tokenizer, cfg["max_seq_length"], cfg["doc_stride"], cfg["max_query_length"]
+        )
     if train:
-        windows = [w for w in windows if not (dataset.examples[w.example_index].answers
-                                              and not dataset.examples[w.example_index].spans)]
+        windows = [
+            w
+            for w in windows
+            if not (dataset.examples[w.example_index].answers and not dataset.examples[w.example_index].spans)
+        ]
     return windows
 
 
 # ---- pre-training sequences ---------------------------------------------------------------------------------------
 
+
 def test_packing_equals_the_previous_implementation():
     rng = random.Random(0)
     for _ in range(300):
-        docs = [[[rng.randrange(50) for _ in range(rng.choice([0, 1, 3, 7, 14, 15, 29, 31]))]
-                 for _ in range(rng.randrange(6))] for _ in range(rng.randrange(4))]
+        docs = [
+            [
+                [rng.randrange(50) for _ in range(rng.choice([0, 1, 3, 7, 14, 15, 29, 31]))]
+                for _ in range(rng.randrange(6))
+            ]
+            for _ in range(rng.randrange(4))
+        ]
         max_len = rng.choice([3, 4, 9, 16])
         assert pack_documents(docs, max_len, 101, 102) == reference_pack_documents(docs, max_len, 101, 102)
 
@@ -159,12 +184,19 @@ def other_tokenizers():
     first = SentencePieceUnigramTokenizer()
     first.train_from_iterator(text, vocab_size=100, special_tokens=["<unk>", "<s>"], unk_token="<unk>")
     first.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    return {name: PreTrainedTokenizerFast(tokenizer_object=t._tokenizer, pad_token="<pad>" if name == "bpe" else "<s>")
-            for name, t in (("bpe", bpe), ("unigram", unigram), ("metaspace_first", first))}
+    return {
+        name: PreTrainedTokenizerFast(tokenizer_object=t._tokenizer, pad_token="<pad>" if name == "bpe" else "<s>")
+        for name, t in (("bpe", bpe), ("unigram", unigram), ("metaspace_first", first))
+    }
 
 
-SENTENCES = [["The model reads.", "It  learns!", "Zoë\tnaïvely  reads 3.5 words?"], [], ["x" * 200],
-             ["[SEP] and <s> in text.", "  leading and trailing spaces  ", "é"], ["one"]]
+SENTENCES = [
+    ["The model reads.", "It  learns!", "Zoë\tnaïvely  reads 3.5 words?"],
+    [],
+    ["x" * 200],
+    ["[SEP] and <s> in text.", "  leading and trailing spaces  ", "é"],
+    ["one"],
+]
 
 
 def test_encode_sentences_equals_one_call_per_sentence(tiny_tokenizer):
@@ -175,8 +207,9 @@ def test_encode_sentences_equals_one_call_per_sentence(tiny_tokenizer):
         assert encode_sentences(tok, SENTENCES) == expected, name
         assert _marked(tok, SENTENCES) is not None, name  # the fast path, checked, not the fallback
         with_mark = [["a", f"b {SENTENCE_MARK} c"], ["d"]]  # a text holding the mark: one call per sentence
-        assert encode_sentences(tok, with_mark) == [[tok(s, add_special_tokens=False)["input_ids"] for s in doc]
-                                                    for doc in with_mark]
+        assert encode_sentences(tok, with_mark) == [
+            [tok(s, add_special_tokens=False)["input_ids"] for s in doc] for doc in with_mark
+        ]
     # why Metaspace takes pieces: with its prefix only at the start of a text, joined sentences would differ
     first = other_tokenizers()["metaspace_first"]
     backend, mark_id, pieces = _marked(first, SENTENCES)
@@ -190,8 +223,9 @@ def test_sequences_are_the_same_with_num_proc_1_and_2_and_as_before(tmp_path, ns
     built, tokenizer = {}, None
     for num_proc in (None, 2):
         cache = tmp_path / f"cache-{num_proc}"
-        dm = PretrainDataModule(data_cfg(cache, *overrides, f"data.num_proc={num_proc or 'null'}"), nsp, 8, 3, cache,
-                                tokenizer=tokenizer)  # the same vocabulary (WordPiece training is not deterministic)
+        dm = PretrainDataModule(
+            data_cfg(cache, *overrides, f"data.num_proc={num_proc or 'null'}"), nsp, 8, 3, cache, tokenizer=tokenizer
+        )  # the same vocabulary (WordPiece training is not deterministic)
         dm.prepare_data()
         dm.setup()
         built[num_proc], tokenizer = dm, dm.tokenizer
@@ -227,8 +261,13 @@ def test_prepare_data_builds_once_and_setup_only_loads(tmp_path, monkeypatch):
     assert list((cache / "pretrain").iterdir()) == entries
     assert all(f["filename"].startswith(str(cache / "pretrain")) for f in dm.train_set.cache_files)
     # a setting that changes the sequences is another entry (and builds)
-    other = PretrainDataModule(data_cfg(cache, "data.generated_documents=60", "data.tokenizer_vocab_size=200",
-                                        "data.max_seq_length=48"), False, 4, 0, cache)
+    other = PretrainDataModule(
+        data_cfg(cache, "data.generated_documents=60", "data.tokenizer_vocab_size=200", "data.max_seq_length=48"),
+        False,
+        4,
+        0,
+        cache,
+    )
     with pytest.raises(AssertionError, match="should read the cache"):
         other.setup()
 
@@ -242,8 +281,9 @@ def test_concurrent_builders_wait_for_the_first(tmp_path):
         (directory / "data.arrow").write_text("x")
         return {"files": ["data.arrow"]}
 
-    threads = [threading.Thread(target=lambda: manifests.append(build_once(tmp_path / "entry", build)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: manifests.append(build_once(tmp_path / "entry", build))) for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -254,8 +294,11 @@ def test_concurrent_builders_wait_for_the_first(tmp_path):
 @pytest.mark.parametrize("fraction", [1.0, 0, -0.1, 1.5])
 def test_validation_fraction_out_of_range_is_one_clear_error(tmp_path, fraction):
     cfg = data_cfg(tmp_path, f"data.validation_fraction={fraction}")
-    with pytest.raises(ConfigError, match=rf"data.validation_fraction={fraction} is out of range: .*strictly "
-                                          r"between 0 and 1"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"data.validation_fraction={fraction} is out of range: .*strictly "
+        r"between 0 and 1",
+    ):
         PretrainDataModule(cfg, False, 4, 0, tmp_path)
 
 
@@ -268,12 +311,20 @@ def test_validation_fraction_leaving_no_training_document(tmp_path):
 
 def test_validation_fraction_error_through_the_cli(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run(["blockbert", "pretrain", "data.validation_fraction=1.0", "logger=none"], capture_output=True,
-                         text=True, cwd=tmp_path, env=env, timeout=300)
+    out = subprocess.run(
+        ["blockbert", "pretrain", "data.validation_fraction=1.0", "logger=none"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["blockbert pretrain: error: data.validation_fraction=1.0 is out of range: it is the fraction of "
-                      "documents held out for validation, a number strictly between 0 and 1 (e.g. 0.05)"]
+    assert errors == [
+        "blockbert pretrain: error: data.validation_fraction=1.0 is out of range: it is the fraction of "
+        "documents held out for validation, a number strictly between 0 and 1 (e.g. 0.05)"
+    ]
 
 
 # ---- QA windows ---------------------------------------------------------------------------------------------------
@@ -310,8 +361,9 @@ def test_windows_equal_the_previous_ones_and_are_reused(tmp_path, tiny_tokenizer
     hits = [w for w in windows if w.start_position]
     assert {w.example_index for w in hits} == {0, 1, 2, 5}
     context = data["dev"].examples[0].context
-    assert {context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] for w in hits if
-            w.example_index < 3} == {"the model", "word3", "The end"}
+    assert {
+        context[w.offsets[w.start_position][0] : w.offsets[w.end_position][1]] for w in hits if w.example_index < 3
+    } == {"the model", "word3", "The end"}
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and batch["window_index"].tolist() == [0, 1, 2, 3]
 
@@ -344,24 +396,41 @@ def test_windows_on_the_generated_squad_set(tmp_path, tiny_tokenizer, version):
 def test_build_windows_matches_the_previous_one(tiny_tokenizer):
     for example in hand_made().examples:
         for settings in [(40, 16, 8), (16, 4, 4), (64, 128, 64)]:
-            assert build_windows(example, 7, tiny_tokenizer, *settings) == \
-                reference_build_windows(example, 7, tiny_tokenizer, *settings)
+            assert build_windows(example, 7, tiny_tokenizer, *settings) == reference_build_windows(
+                example, 7, tiny_tokenizer, *settings
+            )
 
 
 # ---- the data benchmark -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_data_benchmark_end_to_end(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run(["blockbert", "benchmark", "mode=data", "data_sizes_mb=[0.3,0.6]", "data_max_seq_length=64",
-                          f"data_dir={tmp_path / 'bench'}", "hydra.run.dir=b"], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            "blockbert",
+            "benchmark",
+            "mode=data",
+            "data_sizes_mb=[0.3,0.6]",
+            "data_max_seq_length=64",
+            f"data_dir={tmp_path / 'bench'}",
+            "hydra.run.dir=b",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert [r["size_mb"] for r in result["records"]] == [0.3, 0.6]
     for r in result["records"]:
         assert 0.8 * r["size_mb"] < r["corpus_mb"] <= r["size_mb"] and r["ratio"] > 0 and r["ratio_cpu"] > 0
-        assert r["ours_peak_rss_mb"] > r["ours_start_rss_mb"] > 0 and r["floor_peak_rss_mb"] > r["floor_peak_anon_mb"] > 0
+        assert (
+            r["ours_peak_rss_mb"] > r["ours_start_rss_mb"] > 0 and r["floor_peak_rss_mb"] > r["floor_peak_anon_mb"] > 0
+        )
         assert r["ours_rows"] > 0 and r["floor_rows"] > 0
     assert set(result["summary"]) >= {"ours_time_per_mb_growth", "ours_peak_rss_growth_mb", "worst_ratio"}
     assert "ours/floor" in out.stdout and out.stdout.strip().splitlines()[-1] == str((tmp_path / "b").resolve())

@@ -58,12 +58,15 @@ def test_keep_mask_rate_and_scale_are_exact():
     assert da.kept_rate(0.0) == 1.0
 
 
-@pytest.mark.parametrize("kernel", [
-    lambda q, k, v, m, p: dense_attention(q, k, v, m, p),
-    lambda q, k, v, m, p: block_attention(q, k, v, (1, 1, 1), m, p),
-    lambda q, k, v, m, p: sparse_attention(q, k, v, 8, 2, m, p),
-    lambda q, k, v, m, p: sparse_block_attention(q, k, v, 8, 2, m, p),
-])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        lambda q, k, v, m, p: dense_attention(q, k, v, m, p),
+        lambda q, k, v, m, p: block_attention(q, k, v, (1, 1, 1), m, p),
+        lambda q, k, v, m, p: sparse_attention(q, k, v, 8, 2, m, p),
+        lambda q, k, v, m, p: sparse_block_attention(q, k, v, 8, 2, m, p),
+    ],
+)
 def test_every_kernel_routes_cpu_dropout_through_it_and_stays_exact_without_drops(kernel, monkeypatch):
     """A rate that rounds to zero drops nothing: the result must equal the no-dropout path, padding included."""
     calls = []

@@ -18,8 +18,9 @@ FAST = ["progress_bar=false", "task.generated_questions=160", "trainer.max_epoch
 
 def blockbert(tmp_path, command, *args):
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    out = subprocess.run(["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=600)
+    out = subprocess.run(
+        ["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -34,18 +35,35 @@ def test_squad2_finetune_metrics_equal_the_evaluate_command(tmp_path):
         assert (run_dir / "dev" / name).is_file()
     predictions = json.loads((run_dir / "dev" / "predictions.json").read_text())
     assert all(isinstance(v, str) for v in predictions.values())
-    scored = json.loads(blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json")).stdout)
+    scored = json.loads(
+        blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json")).stdout
+    )
     for key in ("exact", "f1", "total", "HasAns_exact", "NoAns_f1"):
         assert metrics[f"dev/{key}"] == scored[key]
-    with_probs = json.loads(blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json"),
-                                      "--na-prob", str(run_dir / "dev" / "null_odds.json")).stdout)
+    with_probs = json.loads(
+        blockbert(
+            tmp_path,
+            "evaluate",
+            str(dev_file),
+            str(run_dir / "dev" / "predictions.json"),
+            "--na-prob",
+            str(run_dir / "dev" / "null_odds.json"),
+        ).stdout
+    )
     assert "best_f1_thresh" in with_probs and metrics["dev/null_threshold"] == metrics["dev/best_f1_thresh"]
 
 
 def test_finetune_from_a_pretrain_run(tmp_path):
     pre = tmp_path / "pre"
-    blockbert(tmp_path, "pretrain", "progress_bar=false", "logger=none", "trainer.max_steps=2",
-              "data.generated_documents=40", f"hydra.run.dir={pre}")
+    blockbert(
+        tmp_path,
+        "pretrain",
+        "progress_bar=false",
+        "logger=none",
+        "trainer.max_steps=2",
+        "data.generated_documents=40",
+        f"hydra.run.dir={pre}",
+    )
     config, encoder, tokenizer = load_pretrain_run(str(pre))
     model = BlockBertModel(BlockBertConfig(**config))
     model.load_state_dict(encoder)  # strict: every encoder weight is there
@@ -63,13 +81,28 @@ def test_finetune_from_a_pretrain_run(tmp_path):
 
 def test_evaluate_errors_and_unknown_ids(tmp_path):
     gold = tmp_path / "dev.json"
-    gold.write_text(json.dumps({"version": "1.1", "data": [{"paragraphs": [{"context": "a b", "qas": [
-        {"id": "q1", "question": "?", "answers": [{"text": "b", "answer_start": 2}]}]}]}]}))
+    gold.write_text(
+        json.dumps(
+            {
+                "version": "1.1",
+                "data": [
+                    {
+                        "paragraphs": [
+                            {
+                                "context": "a b",
+                                "qas": [{"id": "q1", "question": "?", "answers": [{"text": "b", "answer_start": 2}]}],
+                            }
+                        ]
+                    }
+                ],
+            }
+        )
+    )
     preds = tmp_path / "p.json"
     preds.write_text(json.dumps({"q1": "b", "zz": "x"}))
     result = runner.invoke(cli.app, ["evaluate", str(gold), str(preds)])
     assert result.exit_code == 0
-    assert json.loads(result.stdout[result.stdout.index("{"):]) == {"exact_match": 100.0, "f1": 100.0}
+    assert json.loads(result.stdout[result.stdout.index("{") :]) == {"exact_match": 100.0, "f1": 100.0}
     assert "1 prediction id(s) not in" in result.output and "'zz'" in result.output
     result = runner.invoke(cli.app, ["evaluate", str(gold), str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "none.json" in result.output
@@ -80,7 +113,8 @@ def test_evaluate_errors_and_unknown_ids(tmp_path):
 
 def test_missing_task_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(cli.app, ["finetune", "task=squad11", "task.train_file=/no/train.json",
-                                     "task.dev_file=/no/dev.json"])
+    result = runner.invoke(
+        cli.app, ["finetune", "task=squad11", "task.train_file=/no/train.json", "task.dev_file=/no/dev.json"]
+    )
     assert result.exit_code == 2
     assert "QA data file '/no/train.json' does not exist" in result.output

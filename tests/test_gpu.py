@@ -25,7 +25,7 @@ def qkv(B=2, H=12, N=1024, d=64, dtype=torch.float32, seed=0):
 
 def padding_mask(B, N):
     mask = torch.ones(B, N, dtype=torch.bool, device=CUDA)
-    mask[-1, N * 3 // 4:] = False
+    mask[-1, N * 3 // 4 :] = False
     return mask
 
 
@@ -48,14 +48,24 @@ def test_half_precision_block_and_sparse_match_float32(dtype, atol):
     q, k, v = (t.detach() for t in qkv(N=1000))
     mask = padding_mask(2, 1000)
     half = [t.to(dtype) for t in (q, k, v)]
-    for kernel, args in ((block_attention, ((10, 2),)), (sparse_block_attention, (128, 32)),
-                         (sparse_attention, (128, 32))):
+    for kernel, args in (
+        (block_attention, ((10, 2),)),
+        (sparse_block_attention, (128, 32)),
+        (sparse_attention, (128, 32)),
+    ):
         expected = kernel(q, k, v, *args, mask)
         torch.testing.assert_close(kernel(*half, *args, mask).float(), expected, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("config", [dict(attention="block", heads="8:2:2"), dict(attention="block", heads="10:2"),
-                                    dict(attention="sparse"), dict(attention="dense")])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(attention="block", heads="8:2:2"),
+        dict(attention="block", heads="10:2"),
+        dict(attention="sparse"),
+        dict(attention="dense"),
+    ],
+)
 def test_flex_equals_sdpa_forward_and_backward(config):
     torch.manual_seed(0)
     base = dict(hidden_size=768, num_heads=12, attention_dropout=0.0, **config)
@@ -74,8 +84,9 @@ def test_flex_equals_sdpa_forward_and_backward(config):
 
 def test_compiled_model_matches_eager_training_step():
     torch.manual_seed(0)
-    config = preset_config("blockbert_n3", num_layers=2, max_position_embeddings=1024, hidden_dropout=0.0,
-                           attention_dropout=0.0)
+    config = preset_config(
+        "blockbert_n3", num_layers=2, max_position_embeddings=1024, hidden_dropout=0.0, attention_dropout=0.0
+    )
     eager = BlockBertForMaskedLM(config).to(CUDA)
     compiled = BlockBertForMaskedLM(config).to(CUDA)
     compiled.load_state_dict(eager.state_dict())

@@ -87,14 +87,25 @@ def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(tmp_pat
     assert "O(N) / O(N²)" in out.stdout and out.stdout.strip().splitlines()[-1] == str((tmp_path / "p").resolve())
     # Appendix A.2's estimate needs the CUDA allocator: on CPU it is reported as not available, not attempted
     assert result["a2_warmup_steps"] == "n/a (CUDA only)" and result["dtype"] == "float32"
-    assert all(e["fit_a2"] is None and all(r["a2_activation_mb"] is None for r in e["rows"])
-               for e in result["models"].values())
+    assert all(
+        e["fit_a2"] is None and all(r["a2_activation_mb"] is None for r in e["rows"]) for e in result["models"].values()
+    )
     assert "n/a (CUDA only)" in out.stdout and "A.2 activations" not in out.stdout
 
 
 def test_benchmark_models_and_attention_end_to_end(tmp_path):
-    cli(tmp_path, "benchmark", "batch_sizes=[1]", "seq_lengths=[96]", *SMALL, "repeats=2", "warmup=0", "hydra.run.dir=b",
-        "models=[roberta_1seq,sparsebert,sparsebert_blocks,blockbert_n3,hf_bert,hf_bigbird]", "baseline=hf_bert")
+    cli(
+        tmp_path,
+        "benchmark",
+        "batch_sizes=[1]",
+        "seq_lengths=[96]",
+        *SMALL,
+        "repeats=2",
+        "warmup=0",
+        "hydra.run.dir=b",
+        "models=[roberta_1seq,sparsebert,sparsebert_blocks,blockbert_n3,hf_bert,hf_bigbird]",
+        "baseline=hf_bert",
+    )
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     models = {r["model"] for r in result["records"]}
     assert models == {"roberta_1seq", "sparsebert", "sparsebert_blocks", "blockbert_n3", "hf_bert", "hf_bigbird"}
@@ -102,11 +113,24 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
     assert all(r["ratio_to_baseline"] == pytest.approx(1.0) for r in baseline)
     assert {r["phase"] for r in result["records"]} == {"inference", "train"}
     assert all(r["memory_mb"] > 0 for r in result["records"] if r["phase"] == "train")
-    cli(tmp_path, "benchmark", "mode=attention", "attention_seq_lengths=[96]", "attention_padding=0.25", "repeats=1",
-        "warmup=0", "hydra.run.dir=a")
+    cli(
+        tmp_path,
+        "benchmark",
+        "mode=attention",
+        "attention_seq_lengths=[96]",
+        "attention_padding=0.25",
+        "repeats=1",
+        "warmup=0",
+        "hydra.run.dir=a",
+    )
     records = json.loads((tmp_path / "a" / "benchmark.json").read_text())["records"]
     assert {r["phase"] for r in records} == {"attention fwd+bwd p=0.1 pad=0.25", "attention fwd+bwd p=0 pad=0.25"}
-    assert {r["model"] for r in records} >= {"dense", "sparse (blocks)", "identity-only n=2 (12:0)", "block n=3 (8:2:2)"}
+    assert {r["model"] for r in records} >= {
+        "dense",
+        "sparse (blocks)",
+        "identity-only n=2 (12:0)",
+        "block n=3 (8:2:2)",
+    }
     for r in records:
         bound = next((b for b in records if b["phase"] == r["phase"] and b["model"] == BOUNDS.get(r["model"])), None)
         assert r["ratio_to_bound"] == (pytest.approx(r["median_s"] / bound["median_s"]) if bound else None)
@@ -114,8 +138,17 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
 
 
 def test_table5_preset_gives_ratios_to_both_dense_baselines(tmp_path):
-    out = cli(tmp_path, "benchmark", "bench=table5", *SMALL, "batch_sizes=[2]", "seq_lengths=[96]", "repeats=2",
-              "warmup=0", "hydra.run.dir=t")
+    out = cli(
+        tmp_path,
+        "benchmark",
+        "bench=table5",
+        *SMALL,
+        "batch_sizes=[2]",
+        "seq_lengths=[96]",
+        "repeats=2",
+        "warmup=0",
+        "hydra.run.dir=t",
+    )
     result = json.loads((tmp_path / "t" / "benchmark.json").read_text())
     baselines = ["roberta_1seq_eager", "roberta_1seq"]
     assert result["baselines"] == baselines and result["dtype"] == "float16"
@@ -140,13 +173,26 @@ def test_baseline_is_one_model_or_a_list_of_them():
 
 def test_an_oom_baseline_leaves_its_ratios_empty_and_the_others_stand(capsys):
     times = {"roberta_1seq_eager": OOM, "roberta_1seq": [2.0], "blockbert_n2": [1.0]}
-    records = _records(times, ["roberta_1seq_eager", "roberta_1seq"], dict(phase="inference", batch_size=16,
-                                                                           seq_len=1024), {})
-    assert [r["ratios"] for r in records] == [{"roberta_1seq_eager": None, "roberta_1seq": None},
-                                              {"roberta_1seq_eager": None, "roberta_1seq": 1.0},
-                                              {"roberta_1seq_eager": None, "roberta_1seq": 0.5}]
-    print_table(dict(mode="model", machine="m", device="cuda", dtype="float16", threads=1, date="d",
-                     baselines=["roberta_1seq_eager", "roberta_1seq"], records=records))
+    records = _records(
+        times, ["roberta_1seq_eager", "roberta_1seq"], dict(phase="inference", batch_size=16, seq_len=1024), {}
+    )
+    assert [r["ratios"] for r in records] == [
+        {"roberta_1seq_eager": None, "roberta_1seq": None},
+        {"roberta_1seq_eager": None, "roberta_1seq": 1.0},
+        {"roberta_1seq_eager": None, "roberta_1seq": 0.5},
+    ]
+    print_table(
+        dict(
+            mode="model",
+            machine="m",
+            device="cuda",
+            dtype="float16",
+            threads=1,
+            date="d",
+            baselines=["roberta_1seq_eager", "roberta_1seq"],
+            records=records,
+        )
+    )
     assert "OOM" in capsys.readouterr().out
 
 
@@ -168,11 +214,19 @@ def test_benchmark_sizes_are_a_config_group(tmp_path):
 
 def test_peers_are_the_transformers_models_at_our_sizes():
     size = dict(hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=100)
-    for name, arch in (("hf_bert", "BertForMaskedLM"), ("hf_bert_eager", "BertForMaskedLM"),
-                       ("hf_roberta", "RobertaForMaskedLM"), ("hf_bigbird", "BigBirdForMaskedLM")):
+    for name, arch in (
+        ("hf_bert", "BertForMaskedLM"),
+        ("hf_bert_eager", "BertForMaskedLM"),
+        ("hf_roberta", "RobertaForMaskedLM"),
+        ("hf_bigbird", "BigBirdForMaskedLM"),
+    ):
         peer = build(name, size, {}, 128)
         assert type(peer.model).__name__ == arch
-        assert (peer.model.config.hidden_size, peer.model.config.num_hidden_layers, peer.config.vocab_size) == (48, 1, 100)
+        assert (peer.model.config.hidden_size, peer.model.config.num_hidden_layers, peer.config.vocab_size) == (
+            48,
+            1,
+            100,
+        )
     assert build("hf_bert_eager", size, {}, 128).model.config._attn_implementation == "eager"
     assert build("hf_bigbird", size, {}, 128).model.config.attention_type == "block_sparse"
     assert build("sparsebert_blocks", size, {}, 128).config.sparse_impl == "blocks"

@@ -70,9 +70,15 @@ def test_sparse_blocks_model_equals_masked_model_with_padding():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", [dict(attention="dense"), dict(attention="block", heads="1:2:1"),
-                                  dict(attention="sparse", sparse_stride=4, sparse_expressivity=2),
-                                  dict(attention="dense", attention_impl="eager")])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        dict(attention="dense"),
+        dict(attention="block", heads="1:2:1"),
+        dict(attention="sparse", sparse_stride=4, sparse_expressivity=2),
+        dict(attention="dense", attention_impl="eager"),
+    ],
+)
 def test_padding_is_finite_and_never_leaks(kind):
     model = one_layer(num_layers=2, **kind)
     ids = torch.randint(5, 50, (2, 11))
@@ -101,8 +107,9 @@ def test_block_with_padding_to_multiple_of_n_matches_unpadded_length():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_runs_forward_and_backward_at_tiny_scale(name):
     preset = PRESETS[name]
-    config = preset_config(name, hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=120,
-                           sparse_stride=8, sparse_expressivity=2)
+    config = preset_config(
+        name, hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=120, sparse_stride=8, sparse_expressivity=2
+    )
     assert config.attention == preset.config.attention and config.heads == preset.config.heads
     cls = BlockBertForPreTraining if preset.next_sentence_prediction else BlockBertForMaskedLM
     model = cls(config)
@@ -119,7 +126,13 @@ def test_every_preset_runs_forward_and_backward_at_tiny_scale(name):
 def test_paper_presets_have_paper_sizes():
     for name in ("google_bert", "roberta_2seq", "roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3"):
         c = PRESETS[name].config
-        assert (c.num_layers, c.hidden_size, c.num_heads, c.vocab_size, c.intermediate_size) == (12, 768, 12, 30522, 3072)
+        assert (c.num_layers, c.hidden_size, c.num_heads, c.vocab_size, c.intermediate_size) == (
+            12,
+            768,
+            12,
+            30522,
+            3072,
+        )
     assert PRESETS["blockbert_n2"].config.head_counts == (10, 2)
     assert PRESETS["blockbert_n3"].config.num_blocks == 3
     assert (PRESETS["sparsebert"].config.sparse_stride, PRESETS["sparsebert"].config.sparse_expressivity) == (128, 32)

@@ -12,8 +12,14 @@ from blockbert.config import ConfigError
 from blockbert.tasks.common import check_paper_row
 from blockbert.tasks.launch import config_dir
 
-TABLE_2 = {"roberta_1seq_512", "blockbert_n2_512", "blockbert_n3_512", "roberta_1seq_1024", "blockbert_n2_1024",
-           "blockbert_n3_1024"}  # the paper's Table 2 has six rows
+TABLE_2 = {
+    "roberta_1seq_512",
+    "blockbert_n2_512",
+    "blockbert_n3_512",
+    "roberta_1seq_1024",
+    "blockbert_n2_1024",
+    "blockbert_n3_1024",
+}  # the paper's Table 2 has six rows
 ROWS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml") if p.stem != "tiny")
 
 
@@ -34,8 +40,14 @@ def test_every_paper_row_names_its_table_and_row(name):
 
 def run(tmp_path, *args):
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    return subprocess.run(["blockbert", *args, f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)
+    return subprocess.run(
+        ["blockbert", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_google_bert_is_fine_tuned_from_the_official_checkpoint_and_never_pretrained(tmp_path):
@@ -51,10 +63,13 @@ def test_google_bert_is_fine_tuned_from_the_official_checkpoint_and_never_pretra
     assert "hf download google-bert/bert-base-uncased --local-dir DIR" in errors[0]
 
 
-@pytest.mark.parametrize("command, toy, real", [
-    ("pretrain", "data=tiny_corpus", "data=wiki_book"),
-    ("finetune", "task=generated", "task=squad11"),
-])
+@pytest.mark.parametrize(
+    "command, toy, real",
+    [
+        ("pretrain", "data=tiny_corpus", "data=wiki_book"),
+        ("finetune", "task=generated", "task=squad11"),
+    ],
+)
 def test_a_paper_row_on_the_generated_data_warns_once(command, toy, real, caplog):
     with caplog.at_level(logging.WARNING):
         check_paper_row(compose_row(command, "experiment=blockbert_n2_512", toy), command)

@@ -13,16 +13,32 @@ from hydra import compose, initialize_config_dir
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.tasks.launch import config_dir
 
-TINY = ["progress_bar=false", "data.generated_documents=60", "trainer.val_check_interval=4",
-        "checkpoint_every_n_steps=4", "optim.warmup_steps=2"]
+TINY = [
+    "progress_bar=false",
+    "data.generated_documents=60",
+    "trainer.val_check_interval=4",
+    "checkpoint_every_n_steps=4",
+    "optim.warmup_steps=2",
+]
 
 
 def run(tmp_path, *args, logger="csv", check=True, **kwargs):
-    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"),
-               BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"),
+        BLOCKBERT_CACHE=str(tmp_path / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
     env.update(kwargs.pop("env", {}))
-    out = subprocess.run(["blockbert", "pretrain", *TINY, f"logger={logger}", *args], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=600, **kwargs)
+    out = subprocess.run(
+        ["blockbert", "pretrain", *TINY, f"logger={logger}", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+        **kwargs,
+    )
     if check:
         assert out.returncode == 0, out.stderr[-4000:]
     return out
@@ -34,7 +50,10 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 8 and metrics["status"] == "finished"
-    assert metrics["val/ppl"] > 1 and abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp()) < 1e-3 * metrics["val/ppl"]
+    assert (
+        metrics["val/ppl"] > 1
+        and abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp()) < 1e-3 * metrics["val/ppl"]
+    )
     assert metrics["train/tokens_per_s"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "step-8.ckpt").is_file()
     assert (run_dir / "csv").is_dir() and (run_dir / "tokenizer" / "tokenizer.json").is_file()
@@ -62,9 +81,13 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
 def test_sigterm_keeps_a_checkpoint_that_resumes(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(["blockbert", "pretrain", *TINY, "logger=none", "trainer.max_steps=100000",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["blockbert", "pretrain", *TINY, "logger=none", "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():
         assert proc.poll() is None and time.time() < deadline
@@ -83,8 +106,14 @@ def test_sigterm_keeps_a_checkpoint_that_resumes(tmp_path):
 
 def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(tmp_path):
     run_dir = tmp_path / "run"
-    run(tmp_path, "trainer.max_steps=2", "model.next_sentence_prediction=true", f"hydra.run.dir={run_dir}",
-        logger="wandb", env={"WANDB_MODE": "offline"})
+    run(
+        tmp_path,
+        "trainer.max_steps=2",
+        "model.next_sentence_prediction=true",
+        f"hydra.run.dir={run_dir}",
+        logger="wandb",
+        env={"WANDB_MODE": "offline"},
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "train/nsp_loss" in metrics and "train/mlm_loss" in metrics
     assert list((run_dir / "wandb").glob("offline-run-*"))
@@ -101,8 +130,14 @@ def data_cfg(tmp_path, *overrides):
 def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
     lines = [json.dumps({"body": f"Document {i} says hello. It has two sentences."}) for i in range(30)]
     (tmp_path / "corpus.jsonl").write_text("\n".join(lines))
-    cfg = data_cfg(tmp_path, "data=text_files", f"data.files={tmp_path}/corpus.jsonl", "data.text_field=body",
-                   "data.max_seq_length=32", "data.tokenizer_vocab_size=120")
+    cfg = data_cfg(
+        tmp_path,
+        "data=text_files",
+        f"data.files={tmp_path}/corpus.jsonl",
+        "data.text_field=body",
+        "data.max_seq_length=32",
+        "data.tokenizer_vocab_size=120",
+    )
     dm = PretrainDataModule(cfg, False, 4, 0, tmp_path / "cache")
     dm.setup()
     assert len(dm.train_set) + len(dm.val_set) == 30  # one short document -> one sequence
@@ -111,8 +146,14 @@ def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
     assert again.train_set.cache_files == dm.train_set.cache_files  # tokenised once, then read from the cache
 
     (tmp_path / "a.txt").write_text("First doc line one.\nLine two.\n\nSecond doc here.\n\nThird doc.\n")
-    cfg = data_cfg(tmp_path, "data=text_files", f"data.files={tmp_path}/a.txt", "data.max_seq_length=32",
-                   "data.tokenizer_vocab_size=120", "data.validation_fraction=0.34")
+    cfg = data_cfg(
+        tmp_path,
+        "data=text_files",
+        f"data.files={tmp_path}/a.txt",
+        "data.max_seq_length=32",
+        "data.tokenizer_vocab_size=120",
+        "data.validation_fraction=0.34",
+    )
     dm = PretrainDataModule(cfg, False, 2, 0, tmp_path / "cache")
     dm.setup()
     assert len(dm.train_set) + len(dm.val_set) == 3
@@ -123,9 +164,17 @@ def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
 def test_two_process_ddp_on_cpu_through_the_cli(tmp_path):
     """Lightning re-launches `blockbert pretrain ...` for rank 1: the hand-over must survive that."""
     run_dir = tmp_path / "ddp"
-    out = run(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              "trainer.max_steps=4", "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=100",
-              f"hydra.run.dir={run_dir}")
+    out = run(
+        tmp_path,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "checkpoint_every_n_steps=100",
+        f"hydra.run.dir={run_dir}",
+    )
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     assert "GLOBAL_RANK: 1" in out.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]

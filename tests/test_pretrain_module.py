@@ -12,8 +12,16 @@ OPTIM = dict(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01, warmup_st
 @pytest.mark.parametrize("name", [n for n in PRESETS if n != "tiny"])
 def test_loss_decreases_on_a_repeated_batch(name):
     torch.manual_seed(0)
-    config = preset_config(name, hidden_size=48, num_layers=2, intermediate_size=96, vocab_size=100,
-                           max_position_embeddings=64, sparse_stride=8, sparse_expressivity=2).to_dict()
+    config = preset_config(
+        name,
+        hidden_size=48,
+        num_layers=2,
+        intermediate_size=96,
+        vocab_size=100,
+        max_position_embeddings=64,
+        sparse_stride=8,
+        sparse_expressivity=2,
+    ).to_dict()
     nsp = PRESETS[name].next_sentence_prediction
     module = PretrainModule(config, nsp, OPTIM, max_steps=30)
     optimizer = module.configure_optimizers()["optimizer"]

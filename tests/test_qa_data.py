@@ -13,28 +13,51 @@ from blockbert.evaluation.postprocess import final_texts, predict_answers
 
 def squad_file(tmp_path, paragraphs, version="1.1", name="squad.json"):
     path = tmp_path / name
-    path.write_text(json.dumps({"version": version, "data": [{"title": "t", "paragraphs": paragraphs}]}),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"version": version, "data": [{"title": "t", "paragraphs": paragraphs}]}), encoding="utf-8"
+    )
     return path
 
 
 def test_squad_reading_verifies_offsets_and_counts_mismatches(tmp_path):
     context = "Ünïcode  text   with runs. End"
-    qas = [{"id": "a", "question": "q?", "answers": [{"text": "Ünïcode", "answer_start": 0}]},
-           {"id": "b", "question": "q?", "answers": [{"text": "End", "answer_start": len(context) - 3}]},
-           {"id": "c", "question": "q?", "answers": [{"text": "wrong", "answer_start": 3}]}]
+    qas = [
+        {"id": "a", "question": "q?", "answers": [{"text": "Ünïcode", "answer_start": 0}]},
+        {"id": "b", "question": "q?", "answers": [{"text": "End", "answer_start": len(context) - 3}]},
+        {"id": "c", "question": "q?", "answers": [{"text": "wrong", "answer_start": 3}]},
+    ]
     data = read_qa_file(squad_file(tmp_path, [{"context": context, "qas": qas}]))
     assert data.format == "squad1" and data.mismatched_answers == 1
     assert [e.spans for e in data.examples] == [[(0, 7)], [(len(context) - 3, len(context))], []]
     assert data.gold["c"] == ["wrong"]  # still evaluated against its gold text
 
 
-@pytest.mark.parametrize("content,message", [
-    ("{not json", "malformed JSON at line 1"),
-    (json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}), "article 0, paragraph 0 has no field 'context'"),
-    (json.dumps({"data": [{"paragraphs": [{"context": "abc", "qas": [{"id": "x", "question": "q",
-                "answers": [{"text": "abc", "answer_start": 2}]}]}]}]}), "answer offset 2 is outside its paragraph"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "malformed JSON at line 1"),
+        (json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}), "article 0, paragraph 0 has no field 'context'"),
+        (
+            json.dumps(
+                {
+                    "data": [
+                        {
+                            "paragraphs": [
+                                {
+                                    "context": "abc",
+                                    "qas": [
+                                        {"id": "x", "question": "q", "answers": [{"text": "abc", "answer_start": 2}]}
+                                    ],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ),
+            "answer offset 2 is outside its paragraph",
+        ),
+    ],
+)
 def test_malformed_squad_names_file_and_item(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -48,9 +71,23 @@ def test_mrqa_reading_with_and_without_gzip_and_even_split(tmp_path, gz):
     lines = [json.dumps({"header": {"dataset": "TriviaQA", "split": "dev"}})]
     for i in range(6):
         context = f"Paragraph {i} mentions Paris."
-        lines.append(json.dumps({"context": context, "qas": [
-            {"qid": f"q{i}", "question": "Which city?", "answers": ["Paris", "paris"],
-             "detected_answers": [{"text": "Paris", "char_spans": [[len(context) - 6, len(context) - 2]]}]}]}))
+        lines.append(
+            json.dumps(
+                {
+                    "context": context,
+                    "qas": [
+                        {
+                            "qid": f"q{i}",
+                            "question": "Which city?",
+                            "answers": ["Paris", "paris"],
+                            "detected_answers": [
+                                {"text": "Paris", "char_spans": [[len(context) - 6, len(context) - 2]]}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
     path = tmp_path / ("dev.jsonl.gz" if gz else "dev.jsonl")
     text = "\n".join(lines) + "\n"
     if gz:
@@ -75,7 +112,7 @@ def test_windows_round_trip_every_answer(tiny_tokenizer):
     hits = [w for w in windows if w.start_position]
     assert hits
     for w in hits:
-        assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == "answer here"
+        assert context[w.offsets[w.start_position][0] : w.offsets[w.end_position][1]] == "answer here"
     # each paragraph token has exactly one window where it has maximal context
     covered = {}
     for w in windows:
@@ -97,7 +134,7 @@ def test_postprocessing_on_hand_made_logits(tiny_tokenizer):
     (w,) = build_windows(example, 0, tiny_tokenizer, 32, 16, 8)
     n = len(w.input_ids)
     start, end = np.zeros(n), np.zeros(n)
-    reads = next(i for i, o in enumerate(w.offsets) if o and context[o[0]:o[1]] == "reads")
+    reads = next(i for i, o in enumerate(w.offsets) if o and context[o[0] : o[1]] == "reads")
     words = max(i for i, o in enumerate(w.offsets) if o)
     start[reads], end[words] = 5.0, 4.0
     start[0], end[0] = 1.0, 1.0  # null score 2
@@ -115,15 +152,28 @@ def test_hub_rows_with_squad_and_mrqa_schemas(tmp_path, monkeypatch):
 
     from blockbert.data.qa import read_hub_split
 
-    squad = datasets.Dataset.from_dict({
-        "id": ["a", "b"], "title": ["t", "t"], "context": ["Paris is big.", "Oslo is cold."],
-        "question": ["Which city?", "Which?"],
-        "answers": [{"text": ["Paris"], "answer_start": [0]}, {"text": [], "answer_start": []}]})
-    mrqa = datasets.Dataset.from_dict({
-        "subset": ["TriviaQA", "NewsQA"], "context": ["It is Paris.", "x"], "qid": ["m1", "m2"],
-        "question": ["Which?", "?"], "answers": [["Paris", "paris"], ["x"]],
-        "detected_answers": [{"text": ["Paris"], "char_spans": [{"start": [6], "end": [10]}]},
-                             {"text": ["x"], "char_spans": [{"start": [0], "end": [0]}]}]})
+    squad = datasets.Dataset.from_dict(
+        {
+            "id": ["a", "b"],
+            "title": ["t", "t"],
+            "context": ["Paris is big.", "Oslo is cold."],
+            "question": ["Which city?", "Which?"],
+            "answers": [{"text": ["Paris"], "answer_start": [0]}, {"text": [], "answer_start": []}],
+        }
+    )
+    mrqa = datasets.Dataset.from_dict(
+        {
+            "subset": ["TriviaQA", "NewsQA"],
+            "context": ["It is Paris.", "x"],
+            "qid": ["m1", "m2"],
+            "question": ["Which?", "?"],
+            "answers": [["Paris", "paris"], ["x"]],
+            "detected_answers": [
+                {"text": ["Paris"], "char_spans": [{"start": [6], "end": [10]}]},
+                {"text": ["x"], "char_spans": [{"start": [0], "end": [0]}]},
+            ],
+        }
+    )
     monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: squad if "squad" in name else mrqa)
     data = read_hub_split("rajpurkar/squad_v2", None, "validation", "squad2", tmp_path)
     assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("a", ["Paris"], [(0, 5)]), ("b", [], [])]
@@ -141,12 +191,15 @@ def test_alignment_with_unicode_whitespace_runs_and_edges(tiny_tokenizer, answer
     hits = [w for w in windows if w.start_position]
     assert hits
     for w in hits:
-        assert context[w.offsets[w.start_position][0]:w.offsets[w.end_position][1]] == answer
+        assert context[w.offsets[w.start_position][0] : w.offsets[w.end_position][1]] == answer
 
 
 def test_official_v2_version_string_is_detected(tmp_path):
-    path = squad_file(tmp_path, [{"context": "abc", "qas": [{"id": "n", "question": "?", "answers": [],
-                                                             "is_impossible": True}]}], version="v2.0")
+    path = squad_file(
+        tmp_path,
+        [{"context": "abc", "qas": [{"id": "n", "question": "?", "answers": [], "is_impossible": True}]}],
+        version="v2.0",
+    )
     data = read_qa_file(path)
     assert data.format == "squad2" and data.gold == {"n": []}
 

@@ -38,8 +38,11 @@ def one_job_each(args: list[str]) -> list[list[str]]:
     args = [a for a in args if a not in ("-m", "--multirun")]
     swept = [i for i, a in enumerate(args) if "," in a.partition("=")[2] and "[" not in a]
     first = [a.split(",")[0] if i in swept else a for i, a in enumerate(args)]
-    runs = [[*first[:i], f"{args[i].split('=')[0]}={value}", *first[i + 1:]]
-            for i in swept for value in args[i].partition("=")[2].split(",")]
+    runs = [
+        [*first[:i], f"{args[i].split('=')[0]}={value}", *first[i + 1 :]]
+        for i in swept
+        for value in args[i].partition("=")[2].split(",")
+    ]
     return runs or [args]
 
 
@@ -48,8 +51,9 @@ def finished_sweep(directory: Path) -> Path:
     (directory / "0" / ".hydra").mkdir(parents=True, exist_ok=True)
     (directory / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.heads=10:1:1"]))
     (directory / "0" / "done.json").write_text("{}")
-    (directory / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads_n3", "metric": "val/best_ppl",
-                                                          "grid": {"model.heads": ["10:1:1"]}}))
+    (directory / "sweep.yaml").write_text(
+        yaml.safe_dump({"name": "heads_n3", "metric": "val/best_ppl", "grid": {"model.heads": ["10:1:1"]}})
+    )
     return directory
 
 

@@ -21,21 +21,42 @@ import torch
 from blockbert.config import ConfigError
 from blockbert.tasks.resilience import AtomicCheckpointIO, resume_checkpoint, run_lock
 
-PRETRAIN = ["progress_bar=false", "data.generated_documents=60", "optim.warmup_steps=2", "tokens_per_batch=2048",
-            "data.per_device_batch_size=4", "trainer.val_check_interval=5", "checkpoint_every_n_steps=5"]
-FINETUNE = ["progress_bar=false", "task.generated_questions=96", "optim.batch_size=8", "data.per_device_batch_size=4",
-            "data.max_seq_length=64", "trainer.max_epochs=10", "checkpoint_every_n_steps=5", "trainer.max_steps=-1"]
+PRETRAIN = [
+    "progress_bar=false",
+    "data.generated_documents=60",
+    "optim.warmup_steps=2",
+    "tokens_per_batch=2048",
+    "data.per_device_batch_size=4",
+    "trainer.val_check_interval=5",
+    "checkpoint_every_n_steps=5",
+]
+FINETUNE = [
+    "progress_bar=false",
+    "task.generated_questions=96",
+    "optim.batch_size=8",
+    "data.per_device_batch_size=4",
+    "data.max_seq_length=64",
+    "trainer.max_epochs=10",
+    "checkpoint_every_n_steps=5",
+    "trainer.max_steps=-1",
+]
 SIGTERM_EXIT = 143
 
 
 def env_for(tmp_path):
-    return dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", BLOCKBERT_CACHE=str(tmp_path / "cache"),
-                PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        BLOCKBERT_CACHE=str(tmp_path / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def blockbert(tmp_path, command, *args, check=True):
-    out = subprocess.run(["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path,
-                         env=env_for(tmp_path), timeout=600)
+    out = subprocess.run(
+        ["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env_for(tmp_path), timeout=600
+    )
     if check:
         assert out.returncode == 0, out.stderr[-4000:]
     return out
@@ -53,8 +74,9 @@ def metrics(run_dir):
 def interrupt(tmp_path, command, args, run_dir, sig, rng, after_step):
     """Start the run, wait until it has trained past ``after_step``, then send ``sig`` at a random moment."""
     with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
-        proc = subprocess.Popen(["blockbert", command, *args], cwd=tmp_path, env=env_for(tmp_path), stdout=stdout,
-                                stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            ["blockbert", command, *args], cwd=tmp_path, env=env_for(tmp_path), stdout=stdout, stderr=stderr, text=True
+        )
         deadline = time.time() + 300
         while metrics(run_dir).get("step", -1) <= after_step and proc.poll() is None:
             assert time.time() < deadline, "the run made no progress"
@@ -145,10 +167,13 @@ main()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, args", [
-    ("pretrain", [*PRETRAIN, "trainer.max_steps=8"]),  # 16 micro-batches (4 steps) an epoch
-    ("finetune", [*FINETUNE, "trainer.max_epochs=2"]),
-])
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("pretrain", [*PRETRAIN, "trainer.max_steps=8"]),  # 16 micro-batches (4 steps) an epoch
+        ("finetune", [*FINETUNE, "trainer.max_epochs=2"]),
+    ],
+)
 def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
     """A state saved between two epochs resumes as the next epoch's start: same weights as an uninterrupted run
     (before the fix the resumed run's first epoch trained one batch and every accumulation after it shifted)."""
@@ -156,8 +181,14 @@ def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
     blockbert(tmp_path, command, *args, f"hydra.run.dir={reference}")
     run_dir = tmp_path / "interrupted"
     argv = [*args, f"hydra.run.dir={run_dir}"]
-    out = subprocess.run([sys.executable, "-c", SIGTERM_AT_FIRST_EPOCH_END, command, *argv], capture_output=True,
-                         text=True, cwd=tmp_path, env=env_for(tmp_path), timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT_FIRST_EPOCH_END, command, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        timeout=600,
+    )
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     out = blockbert(tmp_path, command, *argv)
     assert resumed_step(out.stdout + out.stderr) > 0
@@ -166,10 +197,13 @@ def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, args, first, more", [
-    ("pretrain", PRETRAIN, "trainer.max_steps=10", "trainer.max_steps=15"),
-    ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),
-])
+@pytest.mark.parametrize(
+    "command, args, first, more",
+    [
+        ("pretrain", PRETRAIN, "trainer.max_steps=10", "trainer.max_steps=15"),
+        ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),
+    ],
+)
 def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
     """A resume that fails before training (here: a bad learning rate) reports the real error and leaves the
     checkpoints and metrics.json of the run as they were; the original .hydra/config.yaml is kept."""
@@ -185,7 +219,8 @@ def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == files
     after = metrics(run_dir)
     assert {k: v for k, v in after.items() if k not in ("status", "error")} == {
-        k: v for k, v in before.items() if k != "status"}
+        k: v for k, v in before.items() if k != "status"
+    }
     assert after["status"] == "failed" and "Invalid learning rate" in after["error"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the run's original config
     assert "optim.lr=-1" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
@@ -208,8 +243,16 @@ def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path):
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    out = blockbert(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=60", "trainer.precision=16-true",
-                    "optim.lr=1e-2", f"hydra.run.dir={run_dir}", check=False)
+    out = blockbert(
+        tmp_path,
+        "pretrain",
+        *PRETRAIN,
+        "trainer.max_steps=60",
+        "trainer.precision=16-true",
+        "optim.lr=1e-2",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("blockbert pretrain: error:")]
     assert len(errors) == 1 and "16-true" in errors[0] and "not finite at step" in errors[0], errors
@@ -221,11 +264,18 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
 
 
 def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from blockbert.tasks.resilience import run_lock\n"
-                               f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
-                               "    print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\n"
+            "from blockbert.tasks.resilience import run_lock\n"
+            f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another blockbert process \(pid {holder.pid}"):

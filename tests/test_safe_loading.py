@@ -49,8 +49,9 @@ class Payload:
 
 
 def evil_checkpoint(path, marker):
-    torch.save({"global_step": 1, "state_dict": {}, "hyper_parameters": {"model_config": {}}, "x": Payload(marker)},
-               path)
+    torch.save(
+        {"global_step": 1, "state_dict": {}, "hyper_parameters": {"model_config": {}}, "x": Payload(marker)}, path
+    )
     return path
 
 
@@ -114,8 +115,12 @@ def test_a_raw_pickle_carrying_code_is_refused(tmp_path, protocol):
 
 def damaged_files(real):
     data = real.read_bytes()
-    return {"truncated": data[: len(data) // 2], "garbage": bytes(range(256)) * 4, "empty": b"",
-            "text": b"not a checkpoint\n"}
+    return {
+        "truncated": data[: len(data) // 2],
+        "garbage": bytes(range(256)) * 4,
+        "empty": b"",
+        "text": b"not a checkpoint\n",
+    }
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "text"])
@@ -140,8 +145,14 @@ def test_a_file_that_is_not_a_blockbert_checkpoint_is_named(tmp_path):
         load_checkpoint(weights)
     assert len(str(caught.value).replace(str(weights), "")) < 200
     other = tmp_path / "other.ckpt"
-    torch.save({"global_step": 5, "state_dict": {"net.weight": torch.zeros(1)},
-                "hyper_parameters": {f"option_{i}": i for i in range(100)}}, other)
+    torch.save(
+        {
+            "global_step": 5,
+            "state_dict": {"net.weight": torch.zeros(1)},
+            "hyper_parameters": {f"option_{i}": i for i in range(100)},
+        },
+        other,
+    )
     with pytest.raises(CheckpointError, match="other.ckpt is not a blockbert checkpoint .no hyper_parameters.model_co"):
         load_run(str(other))
     result = CliRunner().invoke(cli.app, ["export", str(other), str(tmp_path / "out")])
@@ -177,15 +188,27 @@ def test_a_binary_text_corpus_is_named(tmp_path):
     good, binary = tmp_path / "good.txt", tmp_path / "binary.txt"
     good.write_text("one document\n\nanother one\n")
     binary.write_bytes(b"text, then \xff\xfe\x00 binary")
-    cfg = OmegaConf.create({"source": "files", "files": [str(good), str(binary)], "documents": "paragraph",
-                            "text_field": "text"})
+    cfg = OmegaConf.create(
+        {"source": "files", "files": [str(good), str(binary)], "documents": "paragraph", "text_field": "text"}
+    )
     with pytest.raises(ConfigError, match=r"binary.txt is not UTF-8 text \(byte 0xff at offset 11\)"):
         load_documents(cfg, tmp_path / "cache")
 
 
 def mrqa_gz(path, questions=2000):
-    line = json.dumps({"context": "a b", "qas": [{"qid": "q", "question": "?", "answers": ["b"],
-                                                  "detected_answers": [{"text": "b", "char_spans": [[2, 2]]}]}]})
+    line = json.dumps(
+        {
+            "context": "a b",
+            "qas": [
+                {
+                    "qid": "q",
+                    "question": "?",
+                    "answers": ["b"],
+                    "detected_answers": [{"text": "b", "char_spans": [[2, 2]]}],
+                }
+            ],
+        }
+    )
     path.write_bytes(gzip.compress(("\n".join([json.dumps({"header": {}})] + [line] * questions) + "\n").encode()))
     return path
 
@@ -196,17 +219,28 @@ def test_corrupt_and_truncated_mrqa_gz_files_are_named(tmp_path):
     (tmp_path / "plain.jsonl.gz").write_text("not gzip data\n")
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
     (tmp_path / "binary.jsonl.gz").write_bytes(gzip.compress(b"\xff\xfe binary"))
-    for name, says in (("plain", "cannot be decompressed: it is corrupt or truncated .Not a gzipped file"),
-                       ("cut", "cannot be decompressed: it is corrupt or truncated .Compressed file ended"),
-                       ("binary", r"is not UTF-8 text \(byte 0xff\)")):
+    for name, says in (
+        ("plain", "cannot be decompressed: it is corrupt or truncated .Not a gzipped file"),
+        ("cut", "cannot be decompressed: it is corrupt or truncated .Compressed file ended"),
+        ("binary", r"is not UTF-8 text \(byte 0xff\)"),
+    ):
         with pytest.raises(QADataError, match=f"{name}.jsonl.gz {says}"):
             read_qa_file(tmp_path / f"{name}.jsonl.gz")
 
 
 def test_evaluate_with_a_dataset_as_predictions_says_so_briefly(tmp_path):
     gold = tmp_path / "gold.json"
-    articles = [{"paragraphs": [{"context": "word " * 100, "qas": [
-        {"id": f"q{i}", "question": "?", "answers": [{"text": "word", "answer_start": 0}]}]}]} for i in range(300)]
+    articles = [
+        {
+            "paragraphs": [
+                {
+                    "context": "word " * 100,
+                    "qas": [{"id": f"q{i}", "question": "?", "answers": [{"text": "word", "answer_start": 0}]}],
+                }
+            ]
+        }
+        for i in range(300)
+    ]
     gold.write_text(json.dumps({"version": "1.1", "data": articles}))
     result = CliRunner().invoke(cli.app, ["evaluate", str(gold), str(gold)])
     assert result.exit_code == 2

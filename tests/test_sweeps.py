@@ -13,8 +13,16 @@ from hydra import compose, initialize_config_dir
 from blockbert import BlockBertConfig
 from blockbert.tasks.common import model_config
 from blockbert.tasks.launch import config_dir
-from blockbert.tools.sweeps import (available, expand, head_assignments, jobs, load_sweep, merge_overrides, sweeps_dir,
-                                    wandb_sweep)
+from blockbert.tools.sweeps import (
+    available,
+    expand,
+    head_assignments,
+    jobs,
+    load_sweep,
+    merge_overrides,
+    sweeps_dir,
+    wandb_sweep,
+)
 
 
 def test_head_grids_have_the_paper_sizes_and_sum_to_the_heads():
@@ -80,14 +88,28 @@ def run(tmp_path, *args, check=True):
     return out
 
 
-TINY_JOB = ["trainer.max_steps=2", "trainer.val_check_interval=2", "logger=none", "progress_bar=false",
-            "data.generated_documents=40"]
+TINY_JOB = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "logger=none",
+    "progress_bar=false",
+    "data.generated_documents=40",
+]
 
 
 def test_tiny_sweep_with_a_failing_job_then_resume_and_report(tmp_path):
     spec = tmp_path / "tiny_heads.yaml"
-    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["model=tiny"], "metric": "val/ppl",
-                                    "mode": "min", "parameters": {"model.heads": ["3:1", "7:2", "2:2"]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "command": "pretrain",
+                "overrides": ["model=tiny"],
+                "metric": "val/ppl",
+                "mode": "min",
+                "parameters": {"model.heads": ["3:1", "7:2", "2:2"]},
+            }
+        )
+    )
     sweep_dir = tmp_path / "sweep"
     out = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
     assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
@@ -106,8 +128,16 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(tmp_path):
 
 def test_sweep_through_submitit_local(tmp_path):
     spec = tmp_path / "two.yaml"
-    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["model=tiny"], "metric": "val/ppl",
-                                    "parameters": {"model.heads": ["3:1", "1:3"]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "command": "pretrain",
+                "overrides": ["model=tiny"],
+                "metric": "val/ppl",
+                "parameters": {"model.heads": ["3:1", "1:3"]},
+            }
+        )
+    )
     sweep_dir = tmp_path / "sweep"
     run(tmp_path, "sweep", str(spec), *TINY_JOB, "cluster=submitit_local", "--dir", str(sweep_dir))
     for job in ("0", "1"):
@@ -123,11 +153,20 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
     for job, (lr, dev, test) in enumerate([(1e-5, 70.0, 60.0), (3e-5, 80.0, 75.0), (5e-5, 78.0, 79.0)]):
         (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
         (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optim.lr={lr}"]))
-        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps({"dev/f1": dev, "test/f1": test,
-                                                                       "status": "finished"}))
-    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "g", "metric": "dev/f1", "mode": "max",
-                                                          "select": {"by": "dev/f1", "report": "test/f1"},
-                                                          "grid": {"optim.lr": [1e-5, 3e-5, 5e-5]}}))
+        (sweep_dir / str(job) / "metrics.json").write_text(
+            json.dumps({"dev/f1": dev, "test/f1": test, "status": "finished"})
+        )
+    (sweep_dir / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "g",
+                "metric": "dev/f1",
+                "mode": "max",
+                "select": {"by": "dev/f1", "report": "test/f1"},
+                "grid": {"optim.lr": [1e-5, 3e-5, 5e-5]},
+            }
+        )
+    )
     rows = summarize(sweep_dir)
     assert [r["job"] for r in rows] == ["1", "2", "0"]
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
@@ -137,20 +176,51 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
     """Figure 4's two columns: a tiny pre-training head sweep (best validation perplexity of each job), then
     finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table."""
     spec = tmp_path / "heads.yaml"
-    spec.write_text(yaml.safe_dump({"command": "pretrain", "overrides": ["experiment=tiny"], "metric": "val/best_ppl",
-                                    "parameters": {"model.heads": ["3:1", "7:2", "2:2"]}}))  # 7:2 fails
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "command": "pretrain",
+                "overrides": ["experiment=tiny"],
+                "metric": "val/best_ppl",
+                "parameters": {"model.heads": ["3:1", "7:2", "2:2"]},
+            }
+        )
+    )  # 7:2 fails
     pretrained = tmp_path / "pretrained"
-    run(tmp_path, "sweep", str(spec), "trainer.max_steps=4", "trainer.val_check_interval=2", "logger=none",
-        "progress_bar=false", "data.generated_documents=40", "--dir", str(pretrained))
+    run(
+        tmp_path,
+        "sweep",
+        str(spec),
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "logger=none",
+        "progress_bar=false",
+        "data.generated_documents=40",
+        "--dir",
+        str(pretrained),
+    )
     for job in ("0", "2"):
         metrics = json.loads((pretrained / job / "metrics.json").read_text())
         assert metrics["val/best_ppl"] <= metrics["val/ppl"] and metrics["val/best_ppl_step"] in (0, 2, 4)
     missing = run(tmp_path, "sweep", "finetune_each", "experiment=tiny", check=False)
     assert missing.returncode == 2 and "give its directory with --from" in missing.stderr
     tuned = tmp_path / "tuned"
-    out = run(tmp_path, "sweep", "finetune_each", "--from", str(pretrained), "experiment=tiny", "task=generated",
-              "task.generated_questions=48", "trainer.max_steps=2", "data.max_seq_length=64", "logger=none",
-              "progress_bar=false", "--dir", str(tuned))
+    out = run(
+        tmp_path,
+        "sweep",
+        "finetune_each",
+        "--from",
+        str(pretrained),
+        "experiment=tiny",
+        "task=generated",
+        "task.generated_questions=48",
+        "trainer.max_steps=2",
+        "data.max_seq_length=64",
+        "logger=none",
+        "progress_bar=false",
+        "--dir",
+        str(tuned),
+    )
     assert "pretrain val/best_ppl" in out.stdout
     with (tuned / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -26,8 +26,11 @@ def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
     group = rows_per_document(data_cfg)
     if source == "hub":
         return _load_hub(data_cfg, cache_dir, group)
-    paths = [str(generated_corpus(cache_dir, data_cfg.generated_documents))] if source == "generated" else \
-        _expand(data_cfg.files)
+    paths = (
+        [str(generated_corpus(cache_dir, data_cfg.generated_documents))]
+        if source == "generated"
+        else _expand(data_cfg.files)
+    )
     return _group_rows(_load_files(paths, data_cfg, cache_dir), group[0])
 
 
@@ -38,8 +41,10 @@ def rows_per_document(data_cfg) -> list[int]:
     sources = 1 if names is None or isinstance(names, str) else len(names)
     counts = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * sources
     if len(counts) != sources or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
-        raise ConfigError(f"data.rows_per_document={value!r} is not accepted: give an integer >= 1 (consecutive rows "
-                          f"joined into one document), or a list of {sources} such integers, one per hub dataset")
+        raise ConfigError(
+            f"data.rows_per_document={value!r} is not accepted: give an integer >= 1 (consecutive rows "
+            f"joined into one document), or a list of {sources} such integers, one per hub dataset"
+        )
     return counts
 
 
@@ -48,8 +53,12 @@ def _group_rows(ds: datasets.Dataset, rows: int) -> datasets.Dataset:
     a corpus stored one sentence per row (the hub's BookCorpus) becomes documents sequences can fill."""
     if rows == 1:
         return ds
-    return ds.map(lambda batch: {"text": ["\n".join(batch["text"])]}, batched=True, batch_size=rows,
-                  desc=f"joining every {rows} rows into a document")
+    return ds.map(
+        lambda batch: {"text": ["\n".join(batch["text"])]},
+        batched=True,
+        batch_size=rows,
+        desc=f"joining every {rows} rows into a document",
+    )
 
 
 def describe_source(data_cfg) -> str:
@@ -96,8 +105,7 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
             raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file, line")
         kwargs["sample_by"] = sample_by
     try:
-        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir),
-                                   **kwargs)
+        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir), **kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
         if not isinstance(err.__cause__, UnicodeDecodeError):
             raise
@@ -116,8 +124,10 @@ def _not_utf8(paths: list[str]) -> str | None:
                     decoder.decode(chunk, final=not chunk)
                 except UnicodeDecodeError as err:
                     at = offset - (len(err.object) - len(chunk)) + err.start  # the decoder kept a partial character
-                    return (f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {at}): "
-                            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of data.files")
+                    return (
+                        f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {at}): "
+                        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of data.files"
+                    )
                 if not chunk:
                     break
                 offset += len(chunk)
@@ -138,7 +148,9 @@ def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
 
 def _text_column(ds: datasets.Dataset, field: str) -> datasets.Dataset:
     if field not in ds.column_names:
-        raise ConfigError(f"data.text_field={field!r} is not a column of the corpus: columns are {', '.join(ds.column_names)}")
+        raise ConfigError(
+            f"data.text_field={field!r} is not a column of the corpus: columns are {', '.join(ds.column_names)}"
+        )
     ds = ds.select_columns([field])
     if field != "text":
         ds = ds.rename_column(field, "text")

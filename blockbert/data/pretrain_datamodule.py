@@ -30,8 +30,10 @@ def check_data_config(data_cfg) -> None:
     """One-line errors for pre-training data settings that would otherwise fail deep inside ``datasets``."""
     fraction = data_cfg.validation_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"data.validation_fraction={fraction!r} is out of range: it is the fraction of documents "
-                          "held out for validation, a number strictly between 0 and 1 (e.g. 0.05)")
+        raise ConfigError(
+            f"data.validation_fraction={fraction!r} is out of range: it is the fraction of documents "
+            "held out for validation, a number strictly between 0 and 1 (e.g. 0.05)"
+        )
     num_proc = data_cfg.get("num_proc")
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
@@ -41,13 +43,16 @@ def check_data_config(data_cfg) -> None:
 def build_sequences(batch, documents, tokenizer, max_len: int, nsp: bool, seed: int) -> dict:
     """The sequences of the documents [start, start + DOCUMENTS_PER_BATCH) (``batch["start"]``: one start)."""
     (start,) = batch["start"]
-    docs = tokenize_documents(documents[start:start + DOCUMENTS_PER_BATCH]["text"], tokenizer)
+    docs = tokenize_documents(documents[start : start + DOCUMENTS_PER_BATCH]["text"], tokenizer)
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if not nsp:
         return {"input_ids": pack_documents(docs, max_len, cls_id, sep_id)}
     pairs = sentence_pairs(docs, max_len, cls_id, sep_id, random.Random(seed + start))
-    return {"input_ids": [p[0] for p in pairs], "token_type_ids": [p[1] for p in pairs],
-            "next_sentence_label": [p[2] for p in pairs]}
+    return {
+        "input_ids": [p[0] for p in pairs],
+        "token_type_ids": [p[1] for p in pairs],
+        "next_sentence_label": [p[2] for p in pairs],
+    }
 
 
 class PretrainDataModule(ResumableData, pl.LightningDataModule):
@@ -60,8 +65,16 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
     was prepared, it builds the cache itself, and processes that start together wait for the one building it.
     """
 
-    def __init__(self, data_cfg, next_sentence_prediction: bool, batch_size: int, seed: int, cache_dir: Path,
-                 world_size: int = 1, tokenizer=None):
+    def __init__(
+        self,
+        data_cfg,
+        next_sentence_prediction: bool,
+        batch_size: int,
+        seed: int,
+        cache_dir: Path,
+        world_size: int = 1,
+        tokenizer=None,
+    ):
         super().__init__()
         check_data_config(data_cfg)
         self.cfg = data_cfg
@@ -93,9 +106,14 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
                 f"one batch of {self.batch_size}: use a larger corpus or a smaller data.per_device_batch_size"
             )
-        log.info("pre-training data: %d train and %d validation sequences of at most N=%d tokens, filled to %s of N "
-                 "on average", len(self.train_set), len(self.val_set), self.cfg.max_seq_length,
-                 "?" if self.fill is None else f"{self.fill:.1%}")
+        log.info(
+            "pre-training data: %d train and %d validation sequences of at most N=%d tokens, filled to %s of N "
+            "on average",
+            len(self.train_set),
+            len(self.val_set),
+            self.cfg.max_seq_length,
+            "?" if self.fill is None else f"{self.fill:.1%}",
+        )
 
     def _cache_entry(self) -> Path:
         """cache_dir/pretrain/KEY: KEY changes with the corpus (its files' sizes and times), the tokenizer and
@@ -120,13 +138,17 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
     def _build(self, directory: Path) -> dict:
         documents = load_documents(self.cfg, self.cache_dir)
         if len(documents) < 2:
-            raise ConfigError(f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
-                              "need at least 2 (for training and validation)")
+            raise ConfigError(
+                f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
+                "need at least 2 (for training and validation)"
+            )
         n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
         if n_val >= len(documents):
-            raise ConfigError(f"data.validation_fraction={self.cfg.validation_fraction} holds out {n_val} of the "
-                              f"{len(documents)} documents of {describe_source(self.cfg)}: none would be left for "
-                              "training; use a smaller fraction or a larger corpus")
+            raise ConfigError(
+                f"data.validation_fraction={self.cfg.validation_fraction} holds out {n_val} of the "
+                f"{len(documents)} documents of {describe_source(self.cfg)}: none would be left for "
+                "training; use a smaller fraction or a larger corpus"
+            )
         tokenizer = self.tokenizer
         if tokenizer is None:
             tokenizer = load_tokenizer(self.cfg.tokenizer, documents, self.cfg.tokenizer_vocab_size, self.cache_dir)
@@ -147,26 +169,52 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         starts = datasets.Dataset.from_dict({"start": list(range(0, len(documents), DOCUMENTS_PER_BATCH))})
         features = {"input_ids": datasets.List(datasets.Value("int32"))}
         if self.nsp:
-            features.update(token_type_ids=datasets.List(datasets.Value("int8")),
-                            next_sentence_label=datasets.Value("int8"))
-        build = partial(build_sequences, documents=documents, tokenizer=tokenizer, max_len=self.cfg.max_seq_length,
-                        nsp=self.nsp, seed=self.seed)
-        return starts.map(build, batched=True, batch_size=1, remove_columns=["start"],
-                          features=datasets.Features(features), num_proc=self.cfg.get("num_proc"),
-                          cache_file_name=str(directory / f"{split}.arrow"), load_from_cache_file=False,
-                          new_fingerprint=f"{directory.name}-{split}", desc=f"building {split} sequences")
+            features.update(
+                token_type_ids=datasets.List(datasets.Value("int8")), next_sentence_label=datasets.Value("int8")
+            )
+        build = partial(
+            build_sequences,
+            documents=documents,
+            tokenizer=tokenizer,
+            max_len=self.cfg.max_seq_length,
+            nsp=self.nsp,
+            seed=self.seed,
+        )
+        return starts.map(
+            build,
+            batched=True,
+            batch_size=1,
+            remove_columns=["start"],
+            features=datasets.Features(features),
+            num_proc=self.cfg.get("num_proc"),
+            cache_file_name=str(directory / f"{split}.arrow"),
+            load_from_cache_file=False,
+            new_fingerprint=f"{directory.name}-{split}",
+            desc=f"building {split} sequences",
+        )
 
     def _collator(self, seed=None):
         return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.cfg.mlm_probability, seed=seed)
 
     def train_dataloader(self):
         trainer = self.trainer
-        self.sampler = ResumableSampler(len(self.train_set), self.seed, self.batch_size * self.world_size,
-                                        self._samples_consumed, trainer.global_rank if trainer else 0,
-                                        self.world_size, stream_keys=True)
-        return DataLoader(StreamDataset(self.train_set), batch_size=self.batch_size, sampler=self.sampler,
-                          collate_fn=KeyedMasking(self._collator(), self.seed), num_workers=self.cfg.num_workers,
-                          drop_last=True)
+        self.sampler = ResumableSampler(
+            len(self.train_set),
+            self.seed,
+            self.batch_size * self.world_size,
+            self._samples_consumed,
+            trainer.global_rank if trainer else 0,
+            self.world_size,
+            stream_keys=True,
+        )
+        return DataLoader(
+            StreamDataset(self.train_set),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            collate_fn=KeyedMasking(self._collator(), self.seed),
+            num_workers=self.cfg.num_workers,
+            drop_last=True,
+        )
 
     def val_dataloader(self):
         # The same masks at every validation, so validation perplexities are comparable over time.
@@ -175,8 +223,9 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         def collate(features):
             return self._collator(seed)(features)
 
-        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate,
-                          num_workers=self.cfg.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, collate_fn=collate, num_workers=self.cfg.num_workers
+        )
 
 
 def mean_fill(sequences: datasets.Dataset, max_len: int) -> float:

@@ -71,8 +71,11 @@ def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
     if not dataset.examples:
         raise QADataError(f"{path}: no questions found")
     if dataset.mismatched_answers:
-        log.warning("%s: %d answer(s) do not match the paragraph at their offset; they are not trained on",
-                    path, dataset.mismatched_answers)
+        log.warning(
+            "%s: %d answer(s) do not match the paragraph at their offset; they are not trained on",
+            path,
+            dataset.mismatched_answers,
+        )
     return dataset
 
 
@@ -107,8 +110,9 @@ def _field(item: dict, key: str, path: Path, where: str, kind=None):
 def _verified_span(dataset: QADataset, context: str, text: str, start, end, path: Path, where: str):
     """(start, end) if ``context[start:end] == text``; a mismatch is counted; an offset outside is an error."""
     if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start <= end <= len(context):
-        raise QADataError(f"{path}: {where}: answer offset {short(start)} is outside its paragraph "
-                          f"(length {len(context)})")
+        raise QADataError(
+            f"{path}: {where}: answer offset {short(start)} is outside its paragraph (length {len(context)})"
+        )
     if context[start:end] != text:
         dataset.mismatched_answers += 1
         return None
@@ -117,8 +121,11 @@ def _verified_span(dataset: QADataset, context: str, text: str, start, end, path
 
 def _verified_spans(dataset: QADataset, context: str, candidates, path: Path, where: str) -> list[tuple[int, int]]:
     """The spans of the (text, start, end) candidates that match the paragraph; mismatches are counted."""
-    return [span for text, start, end in candidates
-            if (span := _verified_span(dataset, context, text, start, end, path, where))]
+    return [
+        span
+        for text, start, end in candidates
+        if (span := _verified_span(dataset, context, text, start, end, path, where))
+    ]
 
 
 def _read_squad(path: Path, dataset: QADataset):
@@ -136,11 +143,18 @@ def _read_squad(path: Path, dataset: QADataset):
                     answers = []
                 texts = [_field(answer, "text", path, where, str) for answer in answers]
                 starts = [_field(answer, "answer_start", path, where) for answer in answers]
-                spans = _verified_spans(dataset, context, [(t, s, s + len(t) if isinstance(s, int) else None)
-                                                           for t, s in zip(texts, starts)], path, where)
+                spans = _verified_spans(
+                    dataset,
+                    context,
+                    [(t, s, s + len(t) if isinstance(s, int) else None) for t, s in zip(texts, starts)],
+                    path,
+                    where,
+                )
                 if dataset.format == "squad1" and not texts:
-                    raise QADataError(f"{path}: {where} has no answer (a SQuAD 1.1 question needs one; "
-                                      "use format squad2 for unanswerable questions)")
+                    raise QADataError(
+                        f"{path}: {where} has no answer (a SQuAD 1.1 question needs one; "
+                        "use format squad2 for unanswerable questions)"
+                    )
                 yield QAExample(qid, question, context, texts, spans)
 
 
@@ -178,8 +192,10 @@ def _mrqa_examples(path: Path, dataset: QADataset):
                     text = _field(detected, "text", path, where, str)
                     for pair in _field(detected, "char_spans", path, where, list):  # end inclusive
                         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
-                            raise QADataError(f"{path}: {where}: char_spans entry {short(pair)} is not a [start, end] "
-                                              "pair of integers")
+                            raise QADataError(
+                                f"{path}: {where}: char_spans entry {short(pair)} is not a [start, end] "
+                                "pair of integers"
+                            )
                         candidates.append((text, pair[0], pair[1] + 1))
                 spans = _verified_spans(dataset, context, candidates, path, where)
                 yield QAExample(qid, question, context, texts, spans)
@@ -188,15 +204,41 @@ def _mrqa_examples(path: Path, dataset: QADataset):
 def split_dev_test(dataset: QADataset) -> tuple[QADataset, QADataset]:
     """MRQA has no test set: split the dev set evenly by paragraph, deterministically (by hash)."""
     contexts = sorted({e.context for e in dataset.examples}, key=lambda c: hashlib.sha1(c.encode()).hexdigest())
-    test_contexts = set(contexts[len(contexts) // 2:])
+    test_contexts = set(contexts[len(contexts) // 2 :])
     dev = [e for e in dataset.examples if e.context not in test_contexts]
     test = [e for e in dataset.examples if e.context in test_contexts]
-    return (QADataset(dataset.path + "#dev", dataset.format, dev),
-            QADataset(dataset.path + "#test", dataset.format, test))
+    return (
+        QADataset(dataset.path + "#dev", dataset.format, dev),
+        QADataset(dataset.path + "#test", dataset.format, test),
+    )
 
 
-NAMES = ["Alma", "Boris", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",
-         "Mateo", "Nia", "Oskar", "Priya", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Vera", "Wim", "Yara"]
+NAMES = [
+    "Alma",
+    "Boris",
+    "Chen",
+    "Dara",
+    "Emil",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivo",
+    "Jana",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Oskar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tomas",
+    "Uma",
+    "Vera",
+    "Wim",
+    "Yara",
+]
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Dakar", "Lima", "Riga", "Perth", "Accra", "Bern", "Cairo", "Delhi"]
 THINGS = ["violin", "chess", "tennis", "painting", "poetry", "guitar", "rowing", "pottery", "cooking", "drums"]
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
@@ -230,15 +272,26 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
         context = ""
         for sentence, question, answer in facts:
             start = len(context) + sentence.index(answer)
-            qas.append({"id": f"{prefix}{len(qas)}", "question": question,
-                        "answers": [{"text": answer, "answer_start": start}]})
+            qas.append(
+                {
+                    "id": f"{prefix}{len(qas)}",
+                    "question": question,
+                    "answers": [{"text": answer, "answer_start": start}],
+                }
+            )
             context += sentence + " "
         context = context.rstrip()
         qas = rng.sample(qas, 3)
         if version.startswith("2") and rng.random() < 0.6:
             stranger = rng.choice([n for n in NAMES if n not in people])
-            qas.append({"id": f"{prefix}{len(facts)}", "question": f"Where does {stranger} live?", "answers": [],
-                        "is_impossible": True})
+            qas.append(
+                {
+                    "id": f"{prefix}{len(facts)}",
+                    "question": f"Where does {stranger} live?",
+                    "answers": [],
+                    "is_impossible": True,
+                }
+            )
         count += len(qas)
         articles.append({"title": people[0], "paragraphs": [{"context": context, "qas": qas}]})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +301,9 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
     return path
 
 
-def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_dir: Path,
-                   subset: str | None = None) -> QADataset:
+def read_hub_split(
+    name: str, config: str | None, split: str, fmt: str, cache_dir: Path, subset: str | None = None
+) -> QADataset:
     """A split of a hub dataset with the SQuAD schema (``squad``, ``squad_v2``) or MRQA's (``mrqa``)."""
     import datasets
 
@@ -265,8 +319,11 @@ def read_hub_split(name: str, config: str | None, split: str, fmt: str, cache_di
     for row in rows:
         if fmt == "mrqa":
             qid, texts, detected = str(row["qid"]), list(row["answers"]), row["detected_answers"]
-            candidates = [(text, start, end + 1) for text, char_spans in zip(detected["text"], detected["char_spans"])
-                          for start, end in zip(char_spans["start"], char_spans["end"])]  # MRQA ends are inclusive
+            candidates = [
+                (text, start, end + 1)
+                for text, char_spans in zip(detected["text"], detected["char_spans"])
+                for start, end in zip(char_spans["start"], char_spans["end"])
+            ]  # MRQA ends are inclusive
         else:
             qid, answers = str(row["id"]), row["answers"]
             texts = list(answers["text"])

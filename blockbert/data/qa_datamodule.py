@@ -30,23 +30,39 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
     """{"train", "dev"[, "test"]} datasets of the configured task."""
     if task_cfg.name == "generated":
         folder = cache_dir / "qa" / f"generated-v{task_cfg.version}-{task_cfg.generated_questions}"
-        files = {split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed)
-                 for split, n, seed in (("train", task_cfg.generated_questions, 0),
-                                        ("dev", task_cfg.generated_questions // 4, 1))}
+        files = {
+            split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed)
+            for split, n, seed in (
+                ("train", task_cfg.generated_questions, 0),
+                ("dev", task_cfg.generated_questions // 4, 1),
+            )
+        }
     elif task_cfg.get("train_file") or task_cfg.get("dev_file"):
         if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
-            raise ConfigError(f"task {task_cfg.name}: give both task.train_file and task.dev_file "
-                              f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})")
+            raise ConfigError(
+                f"task {task_cfg.name}: give both task.train_file and task.dev_file "
+                f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})"
+            )
         files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
         if task_cfg.get("test_file"):
             files["test"] = task_cfg.test_file
     else:
         if not task_cfg.get("hub_name"):
-            raise ConfigError(f"task {task_cfg.name}: set task.train_file and task.dev_file (local files) "
-                              "or task.hub_name (a hub dataset)")
-        data = {split: read_hub_split(task_cfg.hub_name, task_cfg.get("hub_config"), hub_split, task_cfg.format,
-                                      cache_dir, task_cfg.get("hub_subset"))
-                for split, hub_split in (("train", task_cfg.hub_train_split), ("dev", task_cfg.hub_dev_split))}
+            raise ConfigError(
+                f"task {task_cfg.name}: set task.train_file and task.dev_file (local files) "
+                "or task.hub_name (a hub dataset)"
+            )
+        data = {
+            split: read_hub_split(
+                task_cfg.hub_name,
+                task_cfg.get("hub_config"),
+                hub_split,
+                task_cfg.format,
+                cache_dir,
+                task_cfg.get("hub_subset"),
+            )
+            for split, hub_split in (("train", task_cfg.hub_train_split), ("dev", task_cfg.hub_dev_split))
+        }
         return _finish(task_cfg, data)
     return _finish(task_cfg, {split: read_qa_file(path, task_cfg.format) for split, path in files.items()})
 
@@ -63,8 +79,13 @@ def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
         for split in (s for s in splits if s in data):  # the first questions: the scores are over the kept ones
             data[split] = dataclasses.replace(data[split], examples=data[split].examples[:count])
     for split, d in data.items():
-        log.info("%s: %d questions from %s (%d answers not matching their offsets)", split, len(d.examples), d.path,
-                 d.mismatched_answers)
+        log.info(
+            "%s: %d questions from %s (%d answers not matching their offsets)",
+            split,
+            len(d.examples),
+            d.path,
+            d.mismatched_answers,
+        )
     return data
 
 
@@ -84,8 +105,16 @@ class QADataModule(ResumableData, pl.LightningDataModule):
     the tokenizer, the questions and paragraphs, and the window settings; a second run reads them back.
     ``windows[split]`` is a list-like view of the cached table whose items are QAWindows."""
 
-    def __init__(self, data: dict[str, QADataset], tokenizer, data_cfg, batch_size: int, num_workers: int = 0,
-                 seed: int = 0, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        data: dict[str, QADataset],
+        tokenizer,
+        data_cfg,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: Path | None = None,
+    ):
         super().__init__()
         self.data, self.tokenizer, self.cfg = data, tokenizer, data_cfg
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -106,11 +135,18 @@ class QADataModule(ResumableData, pl.LightningDataModule):
     def _window_table(self, split: str) -> datasets.Dataset:
         cfg, dataset = self.cfg, self.data[split]
         if cfg.doc_stride < 1:
-            raise ConfigError(f"data.doc_stride={cfg.doc_stride} must be a positive number of tokens "
-                              "(the paper uses 128)")
+            raise ConfigError(
+                f"data.doc_stride={cfg.doc_stride} must be a positive number of tokens (the paper uses 128)"
+            )
         train = split == "train"  # answers that did not match their offsets teach nothing: left out (_trainable)
-        key = fingerprint(tokenizer_fingerprint(self.tokenizer), _examples_fingerprint(dataset), cfg.max_seq_length,
-                          cfg.doc_stride, cfg.max_query_length, train)
+        key = fingerprint(
+            tokenizer_fingerprint(self.tokenizer),
+            _examples_fingerprint(dataset),
+            cfg.max_seq_length,
+            cfg.doc_stride,
+            cfg.max_query_length,
+            train,
+        )
         directory = self.cache_dir / "qa_windows" / key
 
         def build(directory: Path) -> dict:
@@ -118,16 +154,31 @@ class QADataModule(ResumableData, pl.LightningDataModule):
             if not len(table):
                 return {"windows": []}
             windows = table.map(
-                partial(window_rows, tokenizer=self.tokenizer, max_seq_length=cfg.max_seq_length,
-                        doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length),
-                batched=True, batch_size=1000, remove_columns=table.column_names, features=WINDOW_FEATURES,
-                num_proc=cfg.get("num_proc"), cache_file_name=str(directory / "windows.arrow"),
-                load_from_cache_file=False, new_fingerprint=f"{key}-windows", desc=f"building {split} windows")
+                partial(
+                    window_rows,
+                    tokenizer=self.tokenizer,
+                    max_seq_length=cfg.max_seq_length,
+                    doc_stride=cfg.doc_stride,
+                    max_query_length=cfg.max_query_length,
+                ),
+                batched=True,
+                batch_size=1000,
+                remove_columns=table.column_names,
+                features=WINDOW_FEATURES,
+                num_proc=cfg.get("num_proc"),
+                cache_file_name=str(directory / "windows.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint=f"{key}-windows",
+                desc=f"building {split} windows",
+            )
             return {"split": split, "source": dataset.path, "windows": arrow_files(windows)}
 
         files = build_once(directory, build)["windows"]
-        return load_arrow(directory, files) if files else datasets.Dataset.from_dict(
-            {name: [] for name in WINDOW_FEATURES}, features=WINDOW_FEATURES)
+        return (
+            load_arrow(directory, files)
+            if files
+            else datasets.Dataset.from_dict({name: [] for name in WINDOW_FEATURES}, features=WINDOW_FEATURES)
+        )
 
     def _loader(self, split: str, sampler: ResumableSampler | None = None):
         windows = self.windows[split]
@@ -140,21 +191,31 @@ class QADataModule(ResumableData, pl.LightningDataModule):
             types = torch.zeros((len(batch), n), dtype=torch.long)
             mask = torch.zeros((len(batch), n), dtype=torch.long)
             for row, w in enumerate(batch):
-                ids[row, :len(w.input_ids)] = torch.tensor(w.input_ids)
-                types[row, :len(w.input_ids)] = torch.tensor(w.token_type_ids)
-                mask[row, :len(w.input_ids)] = 1
-            return dict(input_ids=ids, token_type_ids=types, attention_mask=mask,
-                        start_positions=torch.tensor([w.start_position for w in batch]),
-                        end_positions=torch.tensor([w.end_position for w in batch]),
-                        window_index=torch.tensor(indices))
+                ids[row, : len(w.input_ids)] = torch.tensor(w.input_ids)
+                types[row, : len(w.input_ids)] = torch.tensor(w.token_type_ids)
+                mask[row, : len(w.input_ids)] = 1
+            return dict(
+                input_ids=ids,
+                token_type_ids=types,
+                attention_mask=mask,
+                start_positions=torch.tensor([w.start_position for w in batch]),
+                end_positions=torch.tensor([w.end_position for w in batch]),
+                window_index=torch.tensor(indices),
+            )
 
-        return DataLoader(list(range(len(windows))), batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            list(range(len(windows))),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
 
     def train_dataloader(self):
         # one pass per epoch, read on from the restored position on resume (ResumableData)
-        self.sampler = ResumableSampler(len(self.windows["train"]), self.seed, self.batch_size, self._samples_consumed,
-                                        drop_last=False)
+        self.sampler = ResumableSampler(
+            len(self.windows["train"]), self.seed, self.batch_size, self._samples_consumed, drop_last=False
+        )
         return self._loader("train", self.sampler)
 
     def val_dataloader(self):

@@ -40,24 +40,32 @@ def window_starts(n_tokens: int, max_len: int, stride: int) -> list[tuple[int, i
         start += min(length, stride)
 
 
-def build_windows(example: QAExample, example_index: int, tokenizer, max_seq_length: int, doc_stride: int,
-                  max_query_length: int) -> list[QAWindow]:
+def build_windows(
+    example: QAExample, example_index: int, tokenizer, max_seq_length: int, doc_stride: int, max_query_length: int
+) -> list[QAWindow]:
     """The windows of one example (``window_rows`` makes the same ones for a batch of examples)."""
     question = encode_texts(tokenizer, [example.question])[0][:max_query_length]
     (ids,), (char_spans,) = encode_with_offsets(tokenizer, [example.context])
     answer = example.spans[0] if example.spans else None
-    return [QAWindow(example_index, *window) for window in
-            _windows(question, ids, char_spans, answer, tokenizer, max_seq_length, doc_stride)]
+    return [
+        QAWindow(example_index, *window)
+        for window in _windows(question, ids, char_spans, answer, tokenizer, max_seq_length, doc_stride)
+    ]
 
 
 # The windows as table rows: the paragraph piece's offsets as a flat [start, end, ...] list and its max-context
 # flags; the question part (token type 0, no offsets) follows from where the paragraph starts.
-WINDOW_FEATURES = datasets.Features({
-    "example_index": datasets.Value("int32"), "input_ids": datasets.List(datasets.Value("int32")),
-    "paragraph_start": datasets.Value("int32"), "offsets": datasets.List(datasets.Value("int32")),
-    "max_context": datasets.List(datasets.Value("bool")), "start_position": datasets.Value("int32"),
-    "end_position": datasets.Value("int32"),
-})
+WINDOW_FEATURES = datasets.Features(
+    {
+        "example_index": datasets.Value("int32"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "paragraph_start": datasets.Value("int32"),
+        "offsets": datasets.List(datasets.Value("int32")),
+        "max_context": datasets.List(datasets.Value("bool")),
+        "start_position": datasets.Value("int32"),
+        "end_position": datasets.Value("int32"),
+    }
+)
 
 
 def examples_table(examples: list[QAExample], keep) -> datasets.Dataset:
@@ -82,11 +90,18 @@ def window_rows(batch: dict, tokenizer, max_seq_length: int, doc_stride: int, ma
         p, question = paragraphs[batch["context"][i]], questions[i][:max_query_length]
         answer = (batch["answer_start"][i], batch["answer_end"][i]) if batch["answer_start"][i] >= 0 else None
         first = len(question) + 2
-        for input_ids, _, offsets, max_context, start, end in _windows(question, ids[p], char_spans[p], answer,
-                                                                       tokenizer, max_seq_length, doc_stride):
-            row = dict(example_index=example_index, input_ids=input_ids, paragraph_start=first,
-                       offsets=[x for span in offsets[first:-1] for x in span], max_context=max_context[first:-1],
-                       start_position=start, end_position=end)
+        for input_ids, _, offsets, max_context, start, end in _windows(
+            question, ids[p], char_spans[p], answer, tokenizer, max_seq_length, doc_stride
+        ):
+            row = dict(
+                example_index=example_index,
+                input_ids=input_ids,
+                paragraph_start=first,
+                offsets=[x for span in offsets[first:-1] for x in span],
+                max_context=max_context[first:-1],
+                start_position=start,
+                end_position=end,
+            )
             for name, value in row.items():
                 rows[name].append(value)
     return rows
@@ -95,9 +110,15 @@ def window_rows(batch: dict, tokenizer, max_seq_length: int, doc_stride: int, ma
 def row_window(row: dict) -> QAWindow:
     """A window row (``window_rows``) as the QAWindow ``build_windows`` makes."""
     ids, first, flat = row["input_ids"], row["paragraph_start"], row["offsets"]
-    return QAWindow(row["example_index"], ids, [0] * first + [1] * (len(ids) - first),
-                    [None] * first + list(zip(flat[0::2], flat[1::2])) + [None],
-                    [False] * first + row["max_context"] + [False], row["start_position"], row["end_position"])
+    return QAWindow(
+        row["example_index"],
+        ids,
+        [0] * first + [1] * (len(ids) - first),
+        [None] * first + list(zip(flat[0::2], flat[1::2])) + [None],
+        [False] * first + row["max_context"] + [False],
+        row["start_position"],
+        row["end_position"],
+    )
 
 
 class WindowList(Sequence):
@@ -118,20 +139,23 @@ class WindowList(Sequence):
 
     def __iter__(self):
         for start in range(0, len(self.table), 1000):
-            columns = self.table[start:start + 1000]
+            columns = self.table[start : start + 1000]
             for i in range(len(columns["input_ids"])):
                 yield row_window({name: values[i] for name, values in columns.items()})
 
 
-def _windows(question: list[int], ids: list[int], char_spans, answer_span, tokenizer, max_seq_length: int,
-             doc_stride: int):
+def _windows(
+    question: list[int], ids: list[int], char_spans, answer_span, tokenizer, max_seq_length: int, doc_stride: int
+):
     """(input_ids, token_type_ids, offsets, max_context, start_position, end_position) of each window."""
     if doc_stride < 1:
         raise ConfigError(f"data.doc_stride={doc_stride} must be a positive number of tokens (the paper uses 128)")
     budget = max_seq_length - len(question) - 3
     if budget < 1:
-        raise ConfigError(f"data.max_seq_length={max_seq_length} leaves no room for the paragraph after a "
-                          f"{len(question)}-token question: use a larger max_seq_length or smaller max_query_length")
+        raise ConfigError(
+            f"data.max_seq_length={max_seq_length} leaves no room for the paragraph after a "
+            f"{len(question)}-token question: use a larger max_seq_length or smaller max_query_length"
+        )
     spans = window_starts(len(ids), budget, doc_stride)
     answer = _token_span(answer_span, char_spans)
     best = _max_context_windows(spans, len(ids))
@@ -143,13 +167,16 @@ def _windows(question: list[int], ids: list[int], char_spans, answer_span, token
         start_position = end_position = 0
         if answer and start <= answer[0] and answer[1] < start + length:
             start_position, end_position = answer[0] - start + first, answer[1] - start + first
-        windows.append((
-            [cls_id, *question, sep_id, *ids[start:start + length], sep_id],
-            [0] * first + [1] * (length + 1),
-            [None] * first + [tuple(char_spans[t]) for t in piece] + [None],
-            [False] * first + [best[t] == w for t in piece] + [False],
-            start_position, end_position,
-        ))
+        windows.append(
+            (
+                [cls_id, *question, sep_id, *ids[start : start + length], sep_id],
+                [0] * first + [1] * (length + 1),
+                [None] * first + [tuple(char_spans[t]) for t in piece] + [None],
+                [False] * first + [best[t] == w for t in piece] + [False],
+                start_position,
+                end_position,
+            )
+        )
     return windows
 
 

@@ -33,8 +33,17 @@ class ResumableSampler(Sampler[int]):
     rows through :class:`StreamDataset`).
     """
 
-    def __init__(self, size: int, seed: int, global_batch: int, position: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True, stream_keys: bool = False):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        global_batch: int,
+        position: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        stream_keys: bool = False,
+    ):
         if not drop_last and world_size > 1:
             raise ValueError("drop_last=False needs one rank: the ranks' last batches would differ in size")
         self.size, self.seed, self.global_batch = size, seed, global_batch
@@ -49,7 +58,7 @@ class ResumableSampler(Sampler[int]):
         usable = (self.size - offset) // self.global_batch * self.global_batch if self.drop_last else self.size - offset
         self.position = (epoch + 1) * self.size  # the next iteration starts a new permutation
         base = epoch * self.size if self.stream_keys else 0
-        for index in order[offset:offset + usable][self.rank::self.world_size].tolist():
+        for index in order[offset : offset + usable][self.rank :: self.world_size].tolist():
             yield base + index
 
     def __len__(self) -> int:  # constant: Lightning sizes its epoch loop once

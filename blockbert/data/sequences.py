@@ -50,11 +50,12 @@ def pack_documents(documents: list[list[list[int]]], max_len: int, cls_id: int, 
 
 
 def _pieces(sentence: list[int], budget: int):
-    return (sentence[start:start + budget] for start in range(0, len(sentence), budget))
+    return (sentence[start : start + budget] for start in range(0, len(sentence), budget))
 
 
-def sentence_pairs(documents: list[list[list[int]]], max_len: int, cls_id: int, sep_id: int,
-                   rng: random.Random) -> list[tuple[list[int], list[int], int]]:
+def sentence_pairs(
+    documents: list[list[list[int]]], max_len: int, cls_id: int, sep_id: int, rng: random.Random
+) -> list[tuple[list[int], list[int], int]]:
     """BERT's instances: (input_ids, token_type_ids, next_sentence_label) per pair."""
     budget = max_len - 3
     pairs = []

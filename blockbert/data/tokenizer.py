@@ -63,8 +63,9 @@ def encode_sentences(tokenizer, documents: list[list[str]]) -> list[list[list[in
 
 def _encode_marked(documents, backend, mark_id: int, pieces: bool) -> list[list[list[int]]]:
     if pieces:
-        encodings = backend.encode_batch_fast([[s + SENTENCE_MARK for s in doc] for doc in documents],
-                                              is_pretokenized=True, add_special_tokens=False)
+        encodings = backend.encode_batch_fast(
+            [[s + SENTENCE_MARK for s in doc] for doc in documents], is_pretokenized=True, add_special_tokens=False
+        )
     else:
         texts = [SENTENCE_MARK.join(doc) + SENTENCE_MARK if doc else "" for doc in documents]
         encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
@@ -82,7 +83,7 @@ def _encode_marked(documents, backend, mark_id: int, pieces: bool) -> list[list[
 def _regroup(documents: list[list[str]], flat: list) -> list[list]:
     out, start = [], 0
     for doc in documents:
-        out.append(flat[start:start + len(doc)])
+        out.append(flat[start : start + len(doc)])
         start += len(doc)
     return out
 
@@ -104,8 +105,10 @@ def _marked(tokenizer, documents: list[list[str]]):
     marked = copy, copy.token_to_id(SENTENCE_MARK), "Metaspace" in json.dumps(json.loads(spec).get("pre_tokenizer"))
     sample = [doc for doc in documents[:64] if not any(SENTENCE_MARK in s for s in doc)]
     if _encode_marked(sample, *marked) != _regroup(sample, encode_texts(tokenizer, [s for doc in sample for s in doc])):
-        log.warning("this tokenizer splits text joined by a special token differently: sentences are tokenised "
-                    "one by one (slower, same ids)")
+        log.warning(
+            "this tokenizer splits text joined by a special token differently: sentences are tokenised "
+            "one by one (slower, same ids)"
+        )
         marked = None
     _MARKED[tokenizer] = marked
     return marked
@@ -129,8 +132,9 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
         return train_wordpiece(documents, vocab_size, cache_dir)
     path = Path(spec).expanduser()
     if path.is_file() and path.name.endswith(".txt"):
-        return PreTrainedTokenizerFast(tokenizer_object=BertWordPieceTokenizer(str(path), lowercase=True)._tokenizer,
-                                       **SPECIAL_TOKENS)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=BertWordPieceTokenizer(str(path), lowercase=True)._tokenizer, **SPECIAL_TOKENS
+        )
     if path.is_file() and path.suffix == ".json":
         return PreTrainedTokenizerFast(tokenizer_file=str(path), **SPECIAL_TOKENS)
     if not path.exists() and ("/" in spec and spec.startswith((".", "/", "~"))):
@@ -138,8 +142,10 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.exists() else spec)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"data.tokenizer={spec!r} is not a local tokenizer file or directory, and the hub "
-                                f"could not provide it ({type(err).__name__})") from None
+        raise FileNotFoundError(
+            f"data.tokenizer={spec!r} is not a local tokenizer file or directory, and the hub "
+            f"could not provide it ({type(err).__name__})"
+        ) from None
 
 
 def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Path):
@@ -148,7 +154,7 @@ def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Pat
     target = cache_dir / "tokenizers" / key
     if not (target / "tokenizer.json").exists():
         wordpiece = BertWordPieceTokenizer(lowercase=True)
-        batches = (documents[i:i + 1000]["text"] for i in range(0, len(documents), 1000))
+        batches = (documents[i : i + 1000]["text"] for i in range(0, len(documents), 1000))
         wordpiece.train_from_iterator(batches, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, **SPECIAL_TOKENS)
         tmp = target.with_name(f"{key}.tmp-{os.getpid()}")  # concurrent jobs (SLURM tasks) each train their own

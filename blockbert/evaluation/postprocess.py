@@ -18,8 +18,14 @@ class Prediction:
     nbest: list[dict]
 
 
-def predict_answers(examples: list[QAExample], windows: list[QAWindow], start_logits, end_logits,
-                    n_best: int = 20, max_answer_length: int = 30) -> dict[str, Prediction]:
+def predict_answers(
+    examples: list[QAExample],
+    windows: list[QAWindow],
+    start_logits,
+    end_logits,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, Prediction]:
     by_example: dict[int, list[int]] = {}
     for i, window in enumerate(windows):
         by_example.setdefault(window.example_index, []).append(i)
@@ -28,7 +34,7 @@ def predict_answers(examples: list[QAExample], windows: list[QAWindow], start_lo
         candidates, null_score = [], math.inf
         for i in by_example.get(e, []):
             start, end, window = np.asarray(start_logits[i]), np.asarray(end_logits[i]), windows[i]
-            start, end = start[:len(window.input_ids)], end[:len(window.input_ids)]
+            start, end = start[: len(window.input_ids)], end[: len(window.input_ids)]
             null_score = min(null_score, float(start[0] + end[0]))
             candidates += _window_candidates(example, window, start, end, n_best, max_answer_length)
         candidates.sort(key=lambda c: c["score"], reverse=True)
@@ -43,8 +49,10 @@ def predict_answers(examples: list[QAExample], windows: list[QAWindow], start_lo
         odds = null_score - best["score"] if best else math.inf
         scores = [c["score"] for c in nbest] + ([null_score] if math.isfinite(null_score) else [])
         probs = _softmax(scores)
-        entries = [dict(text=c["text"], probability=p, start_logit=c["start_logit"], end_logit=c["end_logit"])
-                   for c, p in zip(nbest, probs)]
+        entries = [
+            dict(text=c["text"], probability=p, start_logit=c["start_logit"], end_logit=c["end_logit"])
+            for c, p in zip(nbest, probs)
+        ]
         if math.isfinite(null_score):
             entries.append(dict(text="", probability=probs[-1], start_logit=None, end_logit=None))
             entries.sort(key=lambda x: x["probability"], reverse=True)
@@ -60,9 +68,10 @@ def _window_candidates(example, window, start, end, n_best, max_answer_length):
                 continue
             if t < s or t - s + 1 > max_answer_length:
                 continue
-            text = example.context[window.offsets[s][0]:window.offsets[t][1]]
-            out.append(dict(text=text, score=float(start[s] + end[t]), start_logit=float(start[s]),
-                            end_logit=float(end[t])))
+            text = example.context[window.offsets[s][0] : window.offsets[t][1]]
+            out.append(
+                dict(text=text, score=float(start[s] + end[t]), start_logit=float(start[s]), end_logit=float(end[t]))
+            )
     return out
 
 

@@ -62,8 +62,12 @@ def score_v1(answers: dict[str, list[str]], predictions: dict[str, str]) -> dict
     return {"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}
 
 
-def score_v2(answers: dict[str, list[str]], predictions: dict[str, str], na_probs: dict[str, float] | None = None,
-             na_prob_thresh: float = 1.0) -> dict:
+def score_v2(
+    answers: dict[str, list[str]],
+    predictions: dict[str, str],
+    na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict:
     """SQuAD v2.0: an empty ``answers[qid]`` list means the question has no answer."""
     has_answer = {qid: bool(golds) for qid, golds in answers.items()}
     exact_raw, f1_raw = {}, {}
@@ -93,8 +97,11 @@ def _apply_threshold(scores, na_probs, has_answer, thresh):
 
 def _summary(exact, f1, qids):
     total = len(qids)
-    return {"exact": 100.0 * sum(exact.get(q, 0.0) for q in qids) / total,
-            "f1": 100.0 * sum(f1.get(q, 0.0) for q in qids) / total, "total": total}
+    return {
+        "exact": 100.0 * sum(exact.get(q, 0.0) for q in qids) / total,
+        "f1": 100.0 * sum(f1.get(q, 0.0) for q in qids) / total,
+        "total": total,
+    }
 
 
 def best_threshold(predictions, scores, na_probs, has_answer) -> tuple[float, float]:

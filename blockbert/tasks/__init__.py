@@ -5,7 +5,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "LOCAL_RANK")  # the first one set is the rank
 
 

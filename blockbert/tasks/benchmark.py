@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from blockbert.tools import MB, console, pyplot
 from rich.table import Table
 
 from blockbert.attention import SelfAttention
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.tasks.profile import pick_device, pick_dtype
-from blockbert.tools import data_benchmark
+from blockbert.tools import MB, console, data_benchmark, pyplot
 from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
 from blockbert.tools.memory import measure_step
 from blockbert.tools.models import build, random_batch
@@ -50,15 +49,28 @@ def main(cfg: DictConfig) -> dict:
     baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
-    header = {"mode": cfg.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-              "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-              or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "repeats": cfg.repeats, "warmup": cfg.warmup,
-              "baselines": baselines}
-    records = (benchmark_models(cfg, baselines, device, autocast) if cfg.mode == "model"
-               else benchmark_attention(cfg, device, autocast))
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
+    header = {
+        "mode": cfg.mode,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "machine": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "repeats": cfg.repeats,
+        "warmup": cfg.warmup,
+        "baselines": baselines,
+    }
+    records = (
+        benchmark_models(cfg, baselines, device, autocast)
+        if cfg.mode == "model"
+        else benchmark_attention(cfg, device, autocast)
+    )
     results = {**header, "records": records}
     (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -71,12 +83,25 @@ def main(cfg: DictConfig) -> dict:
 def benchmark_data(cfg, run_dir: Path) -> dict:
     """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size (blockbert/tools/data_benchmark.py)."""
     settings = dict(max_seq_length=cfg.data_max_seq_length, nsp=cfg.data_nsp, num_proc=cfg.data_num_proc)
-    records = data_benchmark.run(cfg.data_sizes_mb, Path(cfg.data_dir).expanduser(), settings, cfg.data_repeats,
-                                 cfg.data_tokenizers_parallelism, log=log.info)
-    results = {"mode": "data", "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "settings": settings,
-               "tokenizers_parallelism": cfg.data_tokenizers_parallelism, "repeats": cfg.data_repeats,
-               "summary": data_benchmark.summary(records), "records": records}
+    records = data_benchmark.run(
+        cfg.data_sizes_mb,
+        Path(cfg.data_dir).expanduser(),
+        settings,
+        cfg.data_repeats,
+        cfg.data_tokenizers_parallelism,
+        log=log.info,
+    )
+    results = {
+        "mode": "data",
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "settings": settings,
+        "tokenizers_parallelism": cfg.data_tokenizers_parallelism,
+        "repeats": cfg.data_repeats,
+        "summary": data_benchmark.summary(records),
+        "records": records,
+    }
     (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     data_benchmark.print_table(results)
     print("results (benchmark.json) are in:")
@@ -110,10 +135,11 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
             for phase in cfg.phases:
                 calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in models.items()}
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
-                peaks = {name: _memory(model, batch, device, autocast) if phase == "train" else None
-                         for name, model in models.items()}
-                records += _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len),
-                                    peaks)
+                peaks = {
+                    name: _memory(model, batch, device, autocast) if phase == "train" else None
+                    for name, model in models.items()
+                }
+                records += _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len), peaks)
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
         del models, optimizers
     return records
@@ -121,10 +147,12 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
 
 def _call(model, optimizer, batch, phase, autocast):
     if phase == "inference":
+
         def infer():
             model.eval()
             with torch.no_grad(), autocast:
                 model(batch["input_ids"], batch["attention_mask"])
+
         return infer
 
     def train_step():
@@ -134,6 +162,7 @@ def _call(model, optimizer, batch, phase, autocast):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return train_step
 
 
@@ -163,13 +192,18 @@ def benchmark_attention(cfg, device, autocast) -> list[dict]:
             key_mask = None
             if cfg.attention_padding:
                 key_mask = torch.ones(cfg.attention_batch_size, seq_len, dtype=torch.bool, device=device)
-                key_mask[:, seq_len - int(cfg.attention_padding * seq_len):] = False
-            calls = {label: _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast)
-                     for label, overrides in ATTENTION_KINDS.items()}
+                key_mask[:, seq_len - int(cfg.attention_padding * seq_len) :] = False
+            calls = {
+                label: _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast)
+                for label, overrides in ATTENTION_KINDS.items()
+            }
             times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
-            point = dict(phase=f"attention fwd+bwd p={dropout:g}" + (f" pad={cfg.attention_padding:g}"
-                                                                       if cfg.attention_padding else ""),
-                         batch_size=cfg.attention_batch_size, seq_len=seq_len)
+            point = dict(
+                phase=f"attention fwd+bwd p={dropout:g}"
+                + (f" pad={cfg.attention_padding:g}" if cfg.attention_padding else ""),
+                batch_size=cfg.attention_batch_size,
+                seq_len=seq_len,
+            )
             rows = _records(times, ["dense"], point, {})
             medians = {r["model"]: r["median_s"] for r in rows}
             for r in rows:
@@ -180,8 +214,9 @@ def benchmark_attention(cfg, device, autocast) -> list[dict]:
 
 
 def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
-    config = BlockBertConfig(hidden_size=768, num_heads=12, max_position_embeddings=seq_len,
-                             attention_dropout=dropout, **overrides)
+    config = BlockBertConfig(
+        hidden_size=768, num_heads=12, max_position_embeddings=seq_len, attention_dropout=dropout, **overrides
+    )
     layer = SelfAttention(config).to(device).train()
 
     def step():
@@ -190,6 +225,7 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
         out.float().sum().backward()
         layer.zero_grad(set_to_none=True)
         x.grad = None
+
     return step
 
 
@@ -201,27 +237,44 @@ def _records(times, baselines, point, peaks) -> list[dict]:
     out = []
     for name, s in summaries.items():
         ratios = {b: s["median_s"] / medians[b] if medians.get(b) and s["median_s"] else None for b in baselines}
-        out.append({**point, "model": name, **s, "ratio_to_baseline": ratios[baselines[0]], "baseline": baselines[0],
-                    "ratios": ratios, "memory_mb": peaks.get(name)})
+        out.append(
+            {
+                **point,
+                "model": name,
+                **s,
+                "ratio_to_baseline": ratios[baselines[0]],
+                "baseline": baselines[0],
+                "ratios": ratios,
+                "memory_mb": peaks.get(name),
+            }
+        )
     return out
 
 
 def print_table(results: dict) -> None:
-    table = Table(title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
-                        f"{results['dtype']}, {results['threads']} threads, {results['date']}")
+    table = Table(
+        title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
+        f"{results['dtype']}, {results['threads']} threads, {results['date']}"
+    )
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
     baselines = results["baselines"]
     for column in ("phase", "B", "N", "model", "median s", "IQR s", *(f"× {b}" for b in baselines), "memory MB") + (
-            ("× bound",) if bounded else ()):
+        ("× bound",) if bounded else ()
+    ):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
         memory = r["memory_mb"]
-        table.add_row(r["phase"], str(r["batch_size"]), str(r["seq_len"]), r["model"],
-                      OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
-                      "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
-                      *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
-                      "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
-                      *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []))
+        table.add_row(
+            r["phase"],
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            r["model"],
+            OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
+            "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
+            *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
+            "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
+            *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []),
+        )
     console().print(table)
 
 
@@ -234,8 +287,17 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points) + 2), 4))
     width = 0.8 / max(1, len(models))
     for m, model in enumerate(models):
-        ys = [next((r["ratio_to_baseline"] for r in records if (r["phase"], r["batch_size"], r["seq_len"]) == p
-                    and r["model"] == model), 0.0) for p in points]
+        ys = [
+            next(
+                (
+                    r["ratio_to_baseline"]
+                    for r in records
+                    if (r["phase"], r["batch_size"], r["seq_len"]) == p and r["model"] == model
+                ),
+                0.0,
+            )
+            for p in points
+        ]
         ax.bar([i + m * width for i in range(len(points))], ys, width, label=model)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(points))])

@@ -78,8 +78,10 @@ def cluster_environment(cfg):
         return None
     submitit_signal = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
     if "SIG" + submitit_signal.removeprefix("SIG") == REQUEUE_SIGNAL.name:
-        raise ConfigError(f"SUBMITIT_PREEMPT_SIGNAL={submitit_signal} puts submitit's requeue handler on "
-                          f"{REQUEUE_SIGNAL.name}, the signal Lightning requeues on: unset it")
+        raise ConfigError(
+            f"SUBMITIT_PREEMPT_SIGNAL={submitit_signal} puts submitit's requeue handler on "
+            f"{REQUEUE_SIGNAL.name}, the signal Lightning requeues on: unset it"
+        )
     _warn_if_requeued_into_a_new_directory()
     return SLURMEnvironment(auto_requeue=True, requeue_signal=REQUEUE_SIGNAL)
 
@@ -98,9 +100,13 @@ def _warn_if_requeued_into_a_new_directory() -> None:
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if not checkpoint_candidates(run_dir):
-        log.warning("this SLURM job was requeued (SLURM_RESTART_COUNT=%s) but %s holds no checkpoint: training "
-                    "starts afresh. A run started by your own script resumes only with a fixed "
-                    "hydra.run.dir (e.g. runs/pretrain/$SLURM_JOB_ID)", restarts, run_dir)
+        log.warning(
+            "this SLURM job was requeued (SLURM_RESTART_COUNT=%s) but %s holds no checkpoint: training "
+            "starts afresh. A run started by your own script resumes only with a fixed "
+            "hydra.run.dir (e.g. runs/pretrain/$SLURM_JOB_ID)",
+            restarts,
+            run_dir,
+        )
 
 
 def check_accelerator(trainer_cfg) -> None:
@@ -116,8 +122,10 @@ def check_accelerator(trainer_cfg) -> None:
     devices = trainer_cfg.get("devices", "auto")
     count = torch.cuda.device_count()
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
-        raise ConfigError(f"trainer.devices={devices} but this machine has {count} CUDA GPU{'s' * (count != 1)}: "
-                          f"set trainer.devices={count} or fewer, or -1 for all of them")
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {count} CUDA GPU{'s' * (count != 1)}: "
+            f"set trainer.devices={count} or fewer, or -1 for all of them"
+        )
 
 
 def in_submitit_local_job() -> bool:
@@ -217,8 +225,12 @@ class LauncherChecks(Callback):
         self.cluster = cluster
 
     def on_run_start(self, config, **kwargs) -> None:
-        raise LauncherRefusal(ConfigError(f"cluster={self.cluster} submits jobs through Hydra's launcher, which "
-                                          "only multiruns use: add -m (a one-job multirun)"))
+        raise LauncherRefusal(
+            ConfigError(
+                f"cluster={self.cluster} submits jobs through Hydra's launcher, which "
+                "only multiruns use: add -m (a one-job multirun)"
+            )
+        )
 
     def on_multirun_start(self, config, **kwargs) -> None:
         try:
@@ -233,22 +245,29 @@ class LauncherChecks(Callback):
         task_overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
         for override in OverridesParser.create().parse_overrides(task_overrides):
             if override.key_or_group in RESOURCE_KEYS and override.is_sweep_override():
-                raise ConfigError(f"cluster={self.cluster} asks for the same resources for every job of a multirun: "
-                                  f"{override.input_line} cannot be swept; run one multirun per value")
+                raise ConfigError(
+                    f"cluster={self.cluster} asks for the same resources for every job of a multirun: "
+                    f"{override.input_line} cannot be swept; run one multirun per value"
+                )
         trainer = config.get("trainer")
         if trainer is None:
             return
         devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
         if not _is_count(devices):
             what = " (all GPUs of a node, a count SLURM must be given)" if devices == -1 else ""
-            raise ConfigError(f"cluster={self.cluster} starts trainer.devices tasks per node but "
-                              f"trainer.devices={devices}{what}: set a number, e.g. trainer.devices=8")
+            raise ConfigError(
+                f"cluster={self.cluster} starts trainer.devices tasks per node but "
+                f"trainer.devices={devices}{what}: set a number, e.g. trainer.devices=8"
+            )
         if not _is_count(nodes):
-            raise ConfigError(f"cluster={self.cluster}: trainer.num_nodes={nodes} must be a number of nodes "
-                              "(1 or more)")
+            raise ConfigError(
+                f"cluster={self.cluster}: trainer.num_nodes={nodes} must be a number of nodes (1 or more)"
+            )
         if self.cluster == "submitit_local" and nodes != 1:
-            raise ConfigError(f"cluster=submitit_local runs on this machine only: trainer.num_nodes={nodes} "
-                              "must be 1 (use cluster=slurm for more nodes)")
+            raise ConfigError(
+                f"cluster=submitit_local runs on this machine only: trainer.num_nodes={nodes} "
+                "must be 1 (use cluster=slurm for more nodes)"
+            )
 
 
 def _is_count(value) -> bool:

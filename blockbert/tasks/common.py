@@ -46,7 +46,8 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
     if hydra.runtime.choices.get("experiment") != "tiny" or any(
-            o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides):
+        o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides
+    ):
         return cfg  # an experiment the user chose stays
     from hydra import compose
 
@@ -61,11 +62,18 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
     # the model's sizes come from the checkpoint; from model.* only its attention settings count (import_model)
     model_keys = {f"model.{key}" for key in ARCH_OVERRIDES} if not cfg.get("init_from") else set()
     demo, chosen = _leaves(cfg), _leaves(paper)
-    changed = [f"{key}: {demo.get(key)!r} -> {chosen[key]!r}" for key in sorted(chosen)
-               if (key.split(".")[0] in ("optim", "trainer", "data", "tokens_per_batch") or key in model_keys)
-               and demo.get(key) != chosen[key]]
-    log.info("starting from a checkpoint: not with the CPU demo's values (experiment=tiny) but the paper's (%s) and "
-             "your overrides: %s", "A.1" if command == "pretrain" else "A.4", "; ".join(changed) or "no change")
+    changed = [
+        f"{key}: {demo.get(key)!r} -> {chosen[key]!r}"
+        for key in sorted(chosen)
+        if (key.split(".")[0] in ("optim", "trainer", "data", "tokens_per_batch") or key in model_keys)
+        and demo.get(key) != chosen[key]
+    ]
+    log.info(
+        "starting from a checkpoint: not with the CPU demo's values (experiment=tiny) but the paper's (%s) and "
+        "your overrides: %s",
+        "A.1" if command == "pretrain" else "A.4",
+        "; ".join(changed) or "no change",
+    )
     saved = job_config_dir(Path(hydra.runtime.output_dir)) / "config.yaml"
     if rank_zero_only.rank == 0 and saved.is_file():
         header = "# composed without experiment=tiny (the run starts from a checkpoint)\n"
@@ -86,12 +94,14 @@ def pretrained_length(run: str) -> int | None:
 
 def _leaves(cfg: DictConfig) -> dict:
     """{dotted key: value} of a config's leaves (interpolations resolved)."""
+
     def walk(node, prefix):
         for key, value in node.items():
             if isinstance(value, dict):
                 yield from walk(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}", value
+
     return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
 
 
@@ -108,16 +118,24 @@ def check_paper_row(cfg: DictConfig, command: str) -> None:
     row = f"the paper's {paper.row} row (Tables {paper.tables})"
     row = f"experiment={name}, {row}," if name else row
     if command == "pretrain" and not paper.pretrained:
-        raise ConfigError(f"{row} is an official checkpoint, which the paper fine-tunes and never pre-trains: "
-                          "fine-tune it with blockbert finetune, or pre-train the BERT-style MLM + NSP model as "
-                          "experiment=roberta_2seq_512")
+        raise ConfigError(
+            f"{row} is an official checkpoint, which the paper fine-tunes and never pre-trains: "
+            "fine-tune it with blockbert finetune, or pre-train the BERT-style MLM + NSP model as "
+            "experiment=roberta_2seq_512"
+        )
     toy = (command == "pretrain" and cfg.data.source == "generated") or (
-        command == "finetune" and cfg.task.name == "generated")
+        command == "finetune" and cfg.task.name == "generated"
+    )
     if toy:
-        real = ("data=wiki_book (or your copy of the corpus)" if command == "pretrain" else
-                "task=squad11, squad20 or mrqa")
-        log.warning("%s runs on the tiny generated %s: its results are not comparable with the paper's; give %s",
-                    row, "corpus" if command == "pretrain" else "QA set", real)
+        real = (
+            "data=wiki_book (or your copy of the corpus)" if command == "pretrain" else "task=squad11, squad20 or mrqa"
+        )
+        log.warning(
+            "%s runs on the tiny generated %s: its results are not comparable with the paper's; give %s",
+            row,
+            "corpus" if command == "pretrain" else "QA set",
+            real,
+        )
 
 
 def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
@@ -137,8 +155,10 @@ def split_batch(batch: int, per_device: int, world_size: int) -> tuple[int, int]
     if per_device < 1:
         raise ConfigError(f"data.per_device_batch_size={per_device} must be at least 1")
     if batch % world_size:
-        raise ConfigError(f"the batch of {batch} sequences does not split over {world_size} devices: "
-                          "choose the batch size or devices so that it does")
+        raise ConfigError(
+            f"the batch of {batch} sequences does not split over {world_size} devices: "
+            "choose the batch size or devices so that it does"
+        )
     per_device = min(per_device, batch // world_size)
     while (batch // world_size) % per_device:
         per_device -= 1
@@ -182,9 +202,17 @@ def build_logger(cfg: DictConfig, run_dir: Path):
             if rank_zero_only.rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id + "\n")
-        return WandbLogger(save_dir=os.environ.get("WANDB_DIR") or str(run_dir), project=cfg.logger.project,
-                           entity=cfg.logger.entity, group=cfg.logger.group, offline=mode == "offline", mode=mode,
-                           id=run_id, resume="allow", config=OmegaConf.to_container(cfg, resolve=True))
+        return WandbLogger(
+            save_dir=os.environ.get("WANDB_DIR") or str(run_dir),
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            offline=mode == "offline",
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
 
 
@@ -265,15 +293,24 @@ def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
     from blockbert.convert import ARCH_OVERRIDES, import_weights
 
     overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
-    config, state, directory = import_weights(model_cls, model_cfg.init_from, max_position_embeddings=seq_len,
-                                              **overrides)
-    log.info("model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over "
-             "model.*)", model_cfg.init_from, config.num_layers, config.hidden_size, config.vocab_size, config.attention)
+    config, state, directory = import_weights(
+        model_cls, model_cfg.init_from, max_position_embeddings=seq_len, **overrides
+    )
+    log.info(
+        "model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over model.*)",
+        model_cfg.init_from,
+        config.num_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.attention,
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
     if len(tokenizer) > config.vocab_size:
-        raise ConfigError(f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
-                          f"model's vocab_size is {config.vocab_size}")
+        raise ConfigError(
+            f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
+            f"model's vocab_size is {config.vocab_size}"
+        )
     return config.to_dict(), state, tokenizer

@@ -20,35 +20,47 @@ def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
     if not isinstance(data, dict):
         raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not a {type(data).__name__}")
     if isinstance(data.get("data"), list):
-        raise QADataError(f"{path} looks like a QA dataset (SQuAD JSON with 'data'), not a {name} file: expected "
-                          "a JSON object {question id: value}, such as a finetune run's dev/predictions.json")
+        raise QADataError(
+            f"{path} looks like a QA dataset (SQuAD JSON with 'data'), not a {name} file: expected "
+            "a JSON object {question id: value}, such as a finetune run's dev/predictions.json"
+        )
     bad = next((qid for qid, value in data.items() if not isinstance(value, kind) or isinstance(value, bool)), None)
     if bad is not None:
-        raise QADataError(f"{path}: the value for {short(bad)} is {short(data[bad])}, expected "
-                          f"{'a string' if kind is str else 'a number'}")
+        raise QADataError(
+            f"{path}: the value for {short(bad)} is {short(data[bad])}, expected "
+            f"{'a string' if kind is str else 'a number'}"
+        )
     return data
 
 
-def evaluate_files(data_file: str, predictions_file: str, na_prob_file: str | None = None,
-                   fmt: str | None = None) -> dict:
+def evaluate_files(
+    data_file: str, predictions_file: str, na_prob_file: str | None = None, fmt: str | None = None
+) -> dict:
     gold = read_qa_file(data_file, fmt)
     predictions = load_mapping(predictions_file, "predictions", str)
     unknown = [qid for qid in predictions if qid not in gold.gold]
     if unknown:
-        print(f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
-              f"scripts do (first: {short(unknown[0])})", file=sys.stderr)
+        print(
+            f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
+            f"scripts do (first: {short(unknown[0])})",
+            file=sys.stderr,
+        )
     missing = [qid for qid in gold.gold if qid not in predictions]
     if missing:
-        print(f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
-              file=sys.stderr)
+        print(
+            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
+            file=sys.stderr,
+        )
     if gold.format != "squad2":
         return score_v1(gold.gold, predictions)
     na_probs = load_mapping(na_prob_file, "no-answer probability", (int, float)) if na_prob_file else None
     if na_probs is not None:
         missing_probs = [qid for qid in predictions if qid in gold.gold and qid not in na_probs]
         if missing_probs:
-            raise QADataError(f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
-                              f"question(s) (first: {short(missing_probs[0])})")
+            raise QADataError(
+                f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
+                f"question(s) (first: {short(missing_probs[0])})"
+            )
     return score_v2(gold.gold, predictions, na_probs)
 
 

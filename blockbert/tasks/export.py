@@ -12,8 +12,13 @@ from blockbert.tasks.launch import report_error
 def model_from_run(run_dir: str):
     """The model of a `blockbert pretrain` or `finetune` run directory (or checkpoint file), and its root."""
     ckpt, config, weights = load_run(run_dir)
-    model_class = (BlockBertForQuestionAnswering if "qa.weight" in weights else
-                   BlockBertForPreTraining if "nsp.classifier.weight" in weights else BlockBertForMaskedLM)
+    model_class = (
+        BlockBertForQuestionAnswering
+        if "qa.weight" in weights
+        else BlockBertForPreTraining
+        if "nsp.classifier.weight" in weights
+        else BlockBertForMaskedLM
+    )
     model = model_class(BlockBertConfig(**config))
     try:
         model.load_state_dict(weights)
@@ -29,7 +34,9 @@ def run_export(run_dir: str, out_dir: str, debug: bool) -> int:
         out = export(model, out_dir, root / "tokenizer")
     except Exception as err:  # noqa: BLE001 -- one readable line
         return report_error("export", err, debug)
-    kind = "Hugging Face" if model.config.attention == "dense" else "blockbert (load with BlockBertModel.from_pretrained)"
+    kind = (
+        "Hugging Face" if model.config.attention == "dense" else "blockbert (load with BlockBertModel.from_pretrained)"
+    )
     print(f"{type(model).__name__} exported as a {kind} directory:")
     print(out.resolve())
     return 0

@@ -17,8 +17,17 @@ from blockbert.evaluation.postprocess import final_texts, predict_answers
 from blockbert.evaluation.squad import score_v1, score_v2
 from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
-from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, import_model, model_config,
-                                    run_tokenizer, split_batch, without_demo_defaults, world_size)
+from blockbert.tasks.common import (
+    MetricsJson,
+    build_logger,
+    check_paper_row,
+    import_model,
+    model_config,
+    run_tokenizer,
+    split_batch,
+    without_demo_defaults,
+    world_size,
+)
 from blockbert.tasks.finetune_module import QAModule, gather_logits
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -37,14 +46,16 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     check_paper_row(cfg, "finetune")
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.init_from and cfg.model.get("init_from"):
-        raise ConfigError(f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
-                          "(a blockbert pre-training run, or a Hugging Face checkpoint)")
+        raise ConfigError(
+            f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
+            "(a blockbert pre-training run, or a Hugging Face checkpoint)"
+        )
     seq_len = cfg.data.max_seq_length
     if cfg.init_from:
         config, encoder_state, tokenizer = load_pretrain_run(cfg.init_from)
     elif cfg.model.get("init_from"):
         config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, seq_len)
-        encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     else:
         model_config(cfg.model, block_seq_len=seq_len)  # validate before any data work
         config, encoder_state, tokenizer = None, None, None
@@ -53,16 +64,21 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     if tokenizer is None:  # a fresh model: its blocks are cut from the fine-tuning length
         has_own = (run_dir / "tokenizer" / "tokenizer.json").is_file()  # a resume keeps the run's vocabulary
         tokenizer = run_tokenizer(run_dir) if has_own else qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir)
-        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                              block_seq_len=seq_len)
+        config = model_config(
+            cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
+        )
     model = BlockBertConfig(**config)
     if seq_len > model.max_sequence_length:
-        raise ConfigError(f"data.max_seq_length={seq_len} exceeds the model's {model.max_sequence_length} positions: "
-                          "fine-tune at the pre-training length or shorter (or import with model.init_from, which "
-                          "extends positions)")
+        raise ConfigError(
+            f"data.max_seq_length={seq_len} exceeds the model's {model.max_sequence_length} positions: "
+            "fine-tune at the pre-training length or shorter (or import with model.init_from, which "
+            "extends positions)"
+        )
     if model.attention == "block" and seq_len > model.attention_length:  # a pre-trained model keeps its N
-        raise ConfigError(f"data.max_seq_length={seq_len} exceeds block_seq_len={model.attention_length}, the length "
-                          "the model's blocks are cut from: fine-tune at that length or shorter")
+        raise ConfigError(
+            f"data.max_seq_length={seq_len} exceeds block_seq_len={model.attention_length}, the length "
+            "the model's blocks are cut from: fine-tune at that length or shorter"
+        )
     world = world_size(cfg.trainer)
     if world > 1:
         raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
@@ -81,17 +97,29 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     checkpoints = run_dir / "checkpoints"
-    metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "task": cfg.task.name,
-                                                     "init_from": cfg.init_from, "batch_size": batch})
+    metrics = MetricsJson(
+        run_dir / "metrics.json",
+        {"run_dir": str(run_dir.resolve()), "task": cfg.task.name, "init_from": cfg.init_from, "batch_size": batch},
+    )
     logger = build_logger(cfg, run_dir)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args.pop("val_check_interval", None)  # fine-tuning validates once per epoch
     safety = RunSafety(cfg, run_dir)
-    trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, default_root_dir=str(run_dir),
-                         logger=logger, enable_progress_bar=cfg.progress_bar, plugins=safety.plugins,
-                         callbacks=[StepCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0,
-                                                    every_n_train_steps=cfg.checkpoint_every_n_steps),
-                                    *safety.callbacks, metrics])
+    trainer = pl.Trainer(
+        **trainer_args,
+        accumulate_grad_batches=accumulate,
+        default_root_dir=str(run_dir),
+        logger=logger,
+        enable_progress_bar=cfg.progress_bar,
+        plugins=safety.plugins,
+        callbacks=[
+            StepCheckpoint(
+                dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps
+            ),
+            *safety.callbacks,
+            metrics,
+        ],
+    )
     safety.fit(trainer, module, datamodule)
     trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
 
@@ -107,7 +135,8 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
         metrics.extra.update(results)
         metrics.write(trainer, "finished")
         print(" | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1"))))
-        print(f"results (metrics.json, dev/predictions.json{', null_odds.json' if version2 else ''}, checkpoints/) are in:")
+        extra = ", null_odds.json" if version2 else ""
+        print(f"results (metrics.json, dev/predictions.json{extra}, checkpoints/) are in:")
         print(run_dir.resolve())
     return results
 
@@ -122,8 +151,9 @@ def evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir: Pa
         return None, threshold
     starts, ends = gathered
     dataset = data[split]
-    predictions = predict_answers(dataset.examples, datamodule.windows[split], starts, ends,
-                                  cfg.data.n_best_size, cfg.data.max_answer_length)
+    predictions = predict_answers(
+        dataset.examples, datamodule.windows[split], starts, ends, cfg.data.n_best_size, cfg.data.max_answer_length
+    )
     odds = {qid: min(p.null_odds, 1e9) for qid, p in predictions.items()}
     if dataset.format == "squad2":
         search = score_v2(dataset.gold, final_texts(predictions, None), na_probs=odds)
@@ -131,8 +161,10 @@ def evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir: Pa
             threshold = search["best_f1_thresh"]
         texts = final_texts(predictions, threshold)
         scores = score_v2(dataset.gold, texts)
-        scores.update({k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")},
-                      null_threshold=threshold)
+        scores.update(
+            {k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")},
+            null_threshold=threshold,
+        )
     else:
         texts = final_texts(predictions, None)
         scores = score_v1(dataset.gold, texts)
@@ -151,7 +183,7 @@ def evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir: Pa
 def load_pretrain_run(init_from: str):
     """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
     ckpt, config, weights = load_run(init_from)
-    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    encoder = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
     tokenizer_dir = ckpt.parent.parent / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")

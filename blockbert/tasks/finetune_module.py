@@ -48,8 +48,9 @@ class QAModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.hparams.optim
-        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, o["weight_decay"]), lr=o["lr"],
-                                      betas=tuple(o["betas"]), eps=o["eps"])
+        optimizer = torch.optim.AdamW(
+            weight_decay_groups(self.model, o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"]
+        )
         total = self.trainer.estimated_stepping_batches
         schedule = get_linear_schedule_with_warmup(optimizer, int(o["warmup_proportion"] * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

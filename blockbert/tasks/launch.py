@@ -64,8 +64,9 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        _run_hydra(args=args, args_parser=parser, task_function=task_function,
-                   config_path=str(config_dir()), config_name=task)
+        _run_hydra(
+            args=args, args_parser=parser, task_function=task_function, config_path=str(config_dir()), config_name=task
+        )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         return report_error(task, err, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
@@ -93,8 +94,14 @@ def _as_job(task: str, debug: bool, task_function):
 
         saved = {key: os.environ.get(key) for key in DIST_ENV}
         hydra_cfg = HydraConfig.get()
-        os.environ[DDP_JOB_ENV] = json.dumps({"task": task, "debug": debug, "run_dir": hydra_cfg.runtime.output_dir,
-                                              "overrides": list(hydra_cfg.overrides.task)})
+        os.environ[DDP_JOB_ENV] = json.dumps(
+            {
+                "task": task,
+                "debug": debug,
+                "run_dir": hydra_cfg.runtime.output_dir,
+                "overrides": list(hydra_cfg.overrides.task),
+            }
+        )
         cluster.set_process_rank()
         try:
             return task_function(cfg)
@@ -131,10 +138,13 @@ def ddp_rank_argv() -> tuple[str, list[str], bool] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     job = json.loads(spec)
-    overrides = [o.input_line for o in OverridesParser.create().parse_overrides(job["overrides"])
-                 if o.key_or_group != "cluster"]
-    name = next((arg for arg in reversed(sys.argv) if arg.startswith("hydra.job.name=")),
-                f"hydra.job.name=train_ddp_process_{os.environ['LOCAL_RANK']}")
+    overrides = [
+        o.input_line for o in OverridesParser.create().parse_overrides(job["overrides"]) if o.key_or_group != "cluster"
+    ]
+    name = next(
+        (arg for arg in reversed(sys.argv) if arg.startswith("hydra.job.name=")),
+        f"hydra.job.name=train_ddp_process_{os.environ['LOCAL_RANK']}",
+    )
     run_dir = job["run_dir"].replace("\\", "\\\\").replace('"', '\\"')
     return job["task"], [*overrides, f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null", name], job["debug"]
 
@@ -215,10 +225,10 @@ def one_line(err: Exception) -> str:
     if not lines:
         return type(err).__name__
     if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
-        lines = lines[:lines.index("Config search path:")]
+        lines = lines[: lines.index("Config search path:")]
     for i, line in enumerate(lines):
         if line.startswith("Available options in"):
-            return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1:])
+            return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1 :])
     text = "; ".join(lines)
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
 

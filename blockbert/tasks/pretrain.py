@@ -15,8 +15,17 @@ from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.tasks.cluster import check_accelerator
-from blockbert.tasks.common import (MetricsJson, build_logger, check_paper_row, derive_batch, import_model,
-                                    model_config, run_tokenizer, without_demo_defaults, world_size)
+from blockbert.tasks.common import (
+    MetricsJson,
+    build_logger,
+    check_paper_row,
+    derive_batch,
+    import_model,
+    model_config,
+    run_tokenizer,
+    without_demo_defaults,
+    world_size,
+)
 from blockbert.tasks.pretrain_module import PretrainModule
 from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
@@ -49,23 +58,34 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     world = world_size(cfg.trainer)
     batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
-    log.info("batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
-             batch, seq_len, batch * seq_len, world, per_device, accumulate)
+    log.info(
+        "batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
+        batch,
+        seq_len,
+        batch * seq_len,
+        world,
+        per_device,
+        accumulate,
+    )
 
     if init_tokenizer is None and (run_dir / "tokenizer" / "tokenizer.json").is_file():
         init_tokenizer = run_tokenizer(run_dir)  # a resume: the run's own vocabulary, never a retrained one
-    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world,
-                              tokenizer=init_tokenizer)
+    data = PretrainDataModule(
+        cfg.data, nsp, per_device, cfg.seed, Path(cfg.data.cache_dir), world, tokenizer=init_tokenizer
+    )
     data.prepare_data()  # builds the cache once (later processes and ranks only read it)
     data.setup("fit")
     tokenizer = data.tokenizer
     if init_config:
         config = init_config
     else:
-        config = model_config(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                              block_seq_len=seq_len)  # block attention cuts N = max_seq_length into n blocks
+        config = model_config(
+            cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
+        )  # block attention cuts N = max_seq_length into n blocks
         if len(tokenizer) != cfg.model.vocab_size:
-            log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size)
+            log.info(
+                "model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size
+            )
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
     if init_state:
         module.model.load_state_dict(init_state, strict=False)  # a head the checkpoint lacks starts fresh
@@ -75,14 +95,28 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     checkpoints = run_dir / "checkpoints"
-    metrics = MetricsJson(run_dir / "metrics.json", {"run_dir": str(run_dir.resolve()), "model": cfg.model.name,
-                                                     "batch_size": batch, "seq_len": seq_len,
-                                                     "sequence_fill": data.fill})
+    metrics = MetricsJson(
+        run_dir / "metrics.json",
+        {
+            "run_dir": str(run_dir.resolve()),
+            "model": cfg.model.name,
+            "batch_size": batch,
+            "seq_len": seq_len,
+            "sequence_fill": data.fill,
+        },
+    )
     safety = RunSafety(cfg, run_dir)
     callbacks = [
-        StepCheckpoint(dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
-                        save_top_k=cfg.checkpoint_keep, every_n_train_steps=cfg.checkpoint_every_n_steps,
-                        save_last=True, auto_insert_metric_name=False),
+        StepCheckpoint(
+            dirpath=checkpoints,
+            filename="step-{step}",
+            monitor="step",
+            mode="max",
+            save_top_k=cfg.checkpoint_keep,
+            every_n_train_steps=cfg.checkpoint_every_n_steps,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
         *safety.callbacks,
         metrics,
     ]
@@ -91,11 +125,18 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["val_check_interval"] = trainer_args["val_check_interval"] * accumulate  # in micro-batches
-    trainer = pl.Trainer(**trainer_args, accumulate_grad_batches=accumulate, max_epochs=-1,
-                         use_distributed_sampler=False,  # the data module's sampler splits over ranks itself
-                         check_val_every_n_epoch=None, default_root_dir=str(run_dir),
-                         logger=logger, callbacks=callbacks, plugins=safety.plugins,
-                         enable_progress_bar=cfg.progress_bar)
+    trainer = pl.Trainer(
+        **trainer_args,
+        accumulate_grad_batches=accumulate,
+        max_epochs=-1,
+        use_distributed_sampler=False,  # the data module's sampler splits over ranks itself
+        check_val_every_n_epoch=None,
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=callbacks,
+        plugins=safety.plugins,
+        enable_progress_bar=cfg.progress_bar,
+    )
     safety.fit(trainer, module, data)
     validated = [step for step, _ in module.validation_history]
     if trainer.global_step and trainer.global_step not in validated:  # end with the perplexity the run reached
@@ -103,7 +144,9 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.validate(module, datamodule=data, verbose=False)  # which drops the training metrics: put them back
         trainer.callback_metrics.update({k: v for k, v in trained.items() if k not in trainer.callback_metrics})
         metrics.write(trainer, "finished")
-    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)  # the final state, also between periodic saves
+    trainer.save_checkpoint(
+        checkpoints / "last.ckpt", weights_only=False
+    )  # the final state, also between periodic saves
     if logger:
         logger.finalize("success")
         finish_wandb()  # now, so that the run directory stays the last line printed

@@ -75,8 +75,9 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.hparams.optim
-        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, o["weight_decay"]), lr=o["lr"],
-                                      betas=tuple(o["betas"]), eps=o["eps"])
+        optimizer = torch.optim.AdamW(
+            weight_decay_groups(self.model, o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"]
+        )
         schedule = get_linear_schedule_with_warmup(optimizer, o["warmup_steps"], self.hparams.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -86,5 +87,7 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     no_decay_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     no_decay_ids |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
     params = list(model.parameters())
-    return [{"params": [p for p in params if id(p) not in no_decay_ids], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0},
+    ]

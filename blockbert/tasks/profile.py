@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from blockbert.tools import MB, console, pyplot
 from rich.table import Table
 
 from blockbert.config import ConfigError
+from blockbert.tools import MB, console, pyplot
 from blockbert.tools.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
 from blockbert.tools.models import build, random_batch
 
@@ -49,16 +49,24 @@ def main(cfg: DictConfig) -> dict:
     size = OmegaConf.to_container(cfg.size, resolve=True)
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
     lengths = list(cfg.seq_lengths)
-    results = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "attention_impl": cfg.attention_impl,
-               "tokens_per_device": cfg.tokens_per_device, "a2_warmup_steps": cfg.a2_warmup_steps if a2 else A2_NA,
-               "size": size, "models": {}}
+    results = {
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "attention_impl": cfg.attention_impl,
+        "tokens_per_device": cfg.tokens_per_device,
+        "a2_warmup_steps": cfg.a2_warmup_steps if a2 else A2_NA,
+        "size": size,
+        "models": {},
+    }
     for name in cfg.models:
         rows = []
         for n in lengths:
             b = cfg.tokens_per_device // n
             if b < 1:
-                raise ConfigError(f"tokens_per_device={cfg.tokens_per_device} is smaller than N={n}: "
-                                  f"give at least {max(lengths)} tokens per device")
+                raise ConfigError(
+                    f"tokens_per_device={cfg.tokens_per_device} is smaller than N={n}: "
+                    f"give at least {max(lengths)} tokens per device"
+                )
             torch.manual_seed(cfg.seed)
             model = build(name, size, heads, n, cfg.attention_impl).to(device).train()  # a model of length N
             batch = random_batch(b, n, model.config.vocab_size, device)
@@ -66,13 +74,23 @@ def main(cfg: DictConfig) -> dict:
                 step = measure_step(model, batch)
             a2_bytes = a2_activation_bytes(model, batch, cfg.a2_warmup_steps, autocast) if a2 else None
             del model
-            rows.append(dict(seq_len=n, batch_size=b, model_mb=step.model_bytes / MB,
-                             optimizer_mb=step.optimizer_bytes / MB, activation_mb=step.activation_bytes / MB,
-                             cuda_peak_mb=None if step.cuda_peak_bytes is None else step.cuda_peak_bytes / MB,
-                             a2_activation_mb=None if a2_bytes is None else a2_bytes / MB))
+            rows.append(
+                dict(
+                    seq_len=n,
+                    batch_size=b,
+                    model_mb=step.model_bytes / MB,
+                    optimizer_mb=step.optimizer_bytes / MB,
+                    activation_mb=step.activation_bytes / MB,
+                    cuda_peak_mb=None if step.cuda_peak_bytes is None else step.cuda_peak_bytes / MB,
+                    a2_activation_mb=None if a2_bytes is None else a2_bytes / MB,
+                )
+            )
             log.info("%s N=%d b=%d: activation %.1f MB", name, n, b, rows[-1]["activation_mb"])
-        results["models"][name] = {"rows": rows, "fit": _fit(rows, lengths, ""),
-                                   "fit_a2": _fit(rows, lengths, "a2_") if a2 else None}
+        results["models"][name] = {
+            "rows": rows,
+            "fit": _fit(rows, lengths, ""),
+            "fit_a2": _fit(rows, lengths, "a2_") if a2 else None,
+        }
     (run_dir / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, lengths)
     plot(results, run_dir / "profile.png")
@@ -92,12 +110,17 @@ def _fit(rows: list[dict], lengths: list[int], prefix: str) -> dict:
 
 def print_table(results: dict, lengths: list[int]) -> None:
     a2 = results["a2_warmup_steps"] != A2_NA
-    caption = (f"saved: tensors saved for backward; A.2: peak allocated − model − optimizer after "
-               f"{results['a2_warmup_steps']} warm-up steps" if a2 else
-               f"saved: tensors saved for backward; A.2 (peak allocated − model − optimizer): {A2_NA}")
-    table = Table(title=f"Activation memory, MB: O(N) / O(N²) parts (tokens per device {results['tokens_per_device']}, "
-                        f"attention {results['attention_impl']}, {results['device']}, {results['dtype']})",
-                  caption=caption)
+    caption = (
+        f"saved: tensors saved for backward; A.2: peak allocated − model − optimizer after "
+        f"{results['a2_warmup_steps']} warm-up steps"
+        if a2
+        else f"saved: tensors saved for backward; A.2 (peak allocated − model − optimizer): {A2_NA}"
+    )
+    table = Table(
+        title=f"Activation memory, MB: O(N) / O(N²) parts (tokens per device {results['tokens_per_device']}, "
+        f"attention {results['attention_impl']}, {results['device']}, {results['dtype']})",
+        caption=caption,
+    )
     table.add_column("model")
     table.add_column("estimate")
     for n in lengths:
@@ -106,25 +129,37 @@ def print_table(results: dict, lengths: list[int]) -> None:
     for name, entry in results["models"].items():
         for label, prefix, fit in (("saved", "", entry["fit"]), ("A.2", "a2_", entry["fit_a2"])):
             if fit is not None:
-                cells = [f"{r[prefix + 'linear_part_mb']:.1f} / {r[prefix + 'quadratic_part_mb']:.1f}"
-                         for r in entry["rows"]]
+                cells = [
+                    f"{r[prefix + 'linear_part_mb']:.1f} / {r[prefix + 'quadratic_part_mb']:.1f}" for r in entry["rows"]
+                ]
                 table.add_row(name, label, *cells, f"{fit['r2']:.4f}")
     console().print(table)
-    breakdown = Table(title="One training step's memory, MB: model (parameters), optimizer (gradients + Adam moments), activations")
+    breakdown = Table(
+        title="One training step's memory, MB: model (parameters), optimizer (gradients + Adam moments), activations"
+    )
     columns = ("", "N", "b", "model", "optimizer", "activations", "CUDA peak") + (("A.2 activations",) if a2 else ())
     for column in columns:
         breakdown.add_column(column, justify="left" if not column else "right")
     for name, entry in results["models"].items():
         for r in entry["rows"]:
             peak = "" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.1f}"
-            breakdown.add_row(name, str(r["seq_len"]), str(r["batch_size"]), f"{r['model_mb']:.1f}",
-                              f"{r['optimizer_mb']:.1f}", f"{r['activation_mb']:.1f}", peak,
-                              *([f"{r['a2_activation_mb']:.1f}"] if a2 else []))
+            breakdown.add_row(
+                name,
+                str(r["seq_len"]),
+                str(r["batch_size"]),
+                f"{r['model_mb']:.1f}",
+                f"{r['optimizer_mb']:.1f}",
+                f"{r['activation_mb']:.1f}",
+                peak,
+                *([f"{r['a2_activation_mb']:.1f}"] if a2 else []),
+            )
     console().print(breakdown)
     if results["attention_impl"] == "sdpa":
-        console().print("[yellow]attention_impl=sdpa: a fused kernel stores no N×N matrix where it is used, so the "
-                        "quadratic part shrinks for the dense baseline too; use attention_impl=eager for the "
-                        "paper's setting.[/yellow]")
+        console().print(
+            "[yellow]attention_impl=sdpa: a fused kernel stores no N×N matrix where it is used, so the "
+            "quadratic part shrinks for the dense baseline too; use attention_impl=eager for the "
+            "paper's setting.[/yellow]"
+        )
 
 
 def plot(results: dict, path: Path) -> None:
@@ -137,8 +172,13 @@ def plot(results: dict, path: Path) -> None:
         fit = entry["fit"]
         ax.plot(xs, [fit["intercept_mb"] + fit["slope_mb_per_token"] * x for x in xs], "-", alpha=0.6)
         if entry["fit_a2"] is not None:
-            ax.plot(xs, [r["a2_activation_mb"] for r in entry["rows"]], "x", color=ax.lines[-1].get_color(),
-                    label=f"{name} (A.2)")
+            ax.plot(
+                xs,
+                [r["a2_activation_mb"] for r in entry["rows"]],
+                "x",
+                color=ax.lines[-1].get_color(),
+                label=f"{name} (A.2)",
+            )
     ax.set_xlabel("sequence length N (tokens per device fixed)")
     ax.set_ylabel("activation memory (MB)")
     ax.set_title(f"Activation memory vs N ({results['attention_impl']}, {results['device']})")

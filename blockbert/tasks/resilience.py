@@ -57,11 +57,14 @@ def run_lock(run_dir: Path):
         except BlockingIOError:
             handle.seek(0)
             owner = handle.read().strip() or "unknown"
-            raise ConfigError(f"{run_dir} is in use by another blockbert process (pid {owner}, see {path}): wait "
-                              "for it to end, or give another hydra.run.dir") from None
+            raise ConfigError(
+                f"{run_dir} is in use by another blockbert process (pid {owner}, see {path}): wait "
+                "for it to end, or give another hydra.run.dir"
+            ) from None
         except OSError as err:  # a file system without locks (some NFS/Lustre mounts)
-            raise ConfigError(f"{path} cannot be locked ({err.strerror}): put the run directory on a file system "
-                              "with flock support") from None
+            raise ConfigError(
+                f"{path} cannot be locked ({err.strerror}): put the run directory on a file system with flock support"
+            ) from None
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
@@ -123,8 +126,10 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     if newest is None:
         if unreadable:
             path, err = unreadable[0]
-            raise CheckpointError(f"no readable checkpoint in {run_dir} to resume from ({err}): move the files "
-                                  "away to start afresh in this directory")
+            raise CheckpointError(
+                f"no readable checkpoint in {run_dir} to resume from ({err}): move the files "
+                "away to start afresh in this directory"
+            )
         return None
     step, path = newest
     for bad, err in unreadable:
@@ -154,8 +159,10 @@ class RunGuard(pl.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         finite = loss is None or bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(not finite, all=False):  # every rank stops together
-            raise NonFiniteLossError(f"the training loss is not finite at step {trainer.global_step + 1}: "
-                                     f"training stopped, nothing from this state is saved; {self._cause()}")
+            raise NonFiniteLossError(
+                f"the training loss is not finite at step {trainer.global_step + 1}: "
+                f"training stopped, nothing from this state is saved; {self._cause()}"
+            )
         if not trainer.fit_loop.epoch_loop._should_accumulate():  # this micro-batch ended an optimizer step
             self._boundary_total = trainer.fit_loop.epoch_loop.batch_progress.total.processed
             if self._requeue is not None and self._requeue[1] is not None:
@@ -166,8 +173,10 @@ class RunGuard(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]
         if bad:
-            raise NonFiniteLossError(f"the weights hold NaN or inf at step {trainer.global_step} (first: {bad[0]}): "
-                                     f"not saved; {self._cause()}")
+            raise NonFiniteLossError(
+                f"the weights hold NaN or inf at step {trainer.global_step} (first: {bad[0]}): "
+                f"not saved; {self._cause()}"
+            )
         loops = checkpoint["loops"]["fit_loop"]
         epochs = loops["epoch_progress"]["current"]
         if epochs["completed"] == epochs["ready"]:  # between two epochs: an epoch ends with an optimizer step
@@ -211,8 +220,10 @@ class RunGuard(pl.Callback):
             last_good = None
         newest = f"the last good state is {last_good[1]}" if last_good else "no checkpoint was saved before"
         if self.precision in ("16-true", "16", "half"):
-            return (f"{newest}. Likely cause: trainer.precision={self.precision} keeps the weights and AdamW's "
-                    "moments in fp16, where eps=1e-08 rounds to 0: use 16-mixed or bf16-mixed")
+            return (
+                f"{newest}. Likely cause: trainer.precision={self.precision} keeps the weights and AdamW's "
+                "moments in fp16, where eps=1e-08 rounds to 0: use 16-mixed or bf16-mixed"
+            )
         return f"{newest}. Try a lower optim.lr or more optim.warmup_steps, or check the data"
 
 
@@ -223,6 +234,7 @@ def _as_next_epoch_start(loops: dict) -> None:
     after an epoch's last batch) kept the ended epoch's counts, and a run resumed from it took them for
     the new epoch's: that epoch trained one batch, and every accumulation after it was shifted.
     """
+
     def zero(counts: dict) -> None:
         for key, value in counts.items():
             if isinstance(value, dict):
@@ -266,8 +278,11 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         if isinstance(exception, NonFiniteLossError):
             return  # the state is not finite: nothing of it is saved
         if start is None or trainer.global_step <= start:
-            log.info("no checkpoint saved on %s: no optimizer step since the run (re)started at step %s",
-                     type(exception).__name__, start)
+            log.info(
+                "no checkpoint saved on %s: no optimizer step since the run (re)started at step %s",
+                type(exception).__name__,
+                start,
+            )
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self.saved = True
@@ -308,11 +323,17 @@ class RunSafety:
             finish_wandb(exit_code)
             if not stopped:
                 raise
-            saved = ("its state is saved in checkpoints/interrupted.ckpt" if self.exception_checkpoint.saved else
-                     "no optimizer step since it started, so nothing new was saved")
-            raise RunInterrupted(f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step {trainer.global_step}: "
-                                 f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume",
-                                 self.run_dir, exit_code) from None
+            saved = (
+                "its state is saved in checkpoints/interrupted.ckpt"
+                if self.exception_checkpoint.saved
+                else "no optimizer step since it started, so nothing new was saved"
+            )
+            raise RunInterrupted(
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step {trainer.global_step}: "
+                f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume",
+                self.run_dir,
+                exit_code,
+            ) from None
 
 
 def finish_wandb(exit_code: int = 0) -> None:

@@ -62,8 +62,15 @@ def num_heads(command: str, overrides: list[str]) -> int:
     return int(cfg.model.num_heads)
 
 
-def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | None, wandb_config: bool,
-              debug: bool, source: str | None = None) -> int:
+def run_sweep(
+    name: str,
+    overrides: list[str],
+    dry_run: bool,
+    directory: str | None,
+    wandb_config: bool,
+    debug: bool,
+    source: str | None = None,
+) -> int:
     try:
         sweep = load_sweep(name)
         sweep.overrides = merge_overrides(sweep.overrides, overrides)
@@ -76,8 +83,10 @@ def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | N
         return 0
     planned = jobs(grid)
     if dry_run:
-        table = Table(title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs "
-                            f"(fixed: {' '.join(sweep.overrides) or 'none'})")
+        table = Table(
+            title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs "
+            f"(fixed: {' '.join(sweep.overrides) or 'none'})"
+        )
         table.add_column("job")
         for key in grid:
             table.add_column(key)
@@ -87,12 +96,29 @@ def run_sweep(name: str, overrides: list[str], dry_run: bool, directory: str | N
         return 0
     sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(
-        {"name": sweep.name, "command": sweep.command, "metric": sweep.metric, "mode": sweep.mode,
-         "select": sweep.select, "overrides": sweep.overrides, "grid": grid,
-         **({"from": str(source_dir)} if source_dir else {})}, sort_keys=False))
-    args = ["-m", *sweep.overrides, *multirun_args(grid), f"hydra.sweep.dir={sweep_dir}",
-            "hydra.sweep.subdir=${hydra.job.num}", f"++logger.group={sweep.name}"]
+    (sweep_dir / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": sweep.name,
+                "command": sweep.command,
+                "metric": sweep.metric,
+                "mode": sweep.mode,
+                "select": sweep.select,
+                "overrides": sweep.overrides,
+                "grid": grid,
+                **({"from": str(source_dir)} if source_dir else {}),
+            },
+            sort_keys=False,
+        )
+    )
+    args = [
+        "-m",
+        *sweep.overrides,
+        *multirun_args(grid),
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        f"++logger.group={sweep.name}",
+    ]
     code = run_task(sweep.command, args, debug, wrap=tolerant)
     if code:
         return code

@@ -4,8 +4,7 @@ import sys
 
 from rich.console import Console
 
-
-MB = 2 ** 20
+MB = 2**20
 
 
 def pyplot():

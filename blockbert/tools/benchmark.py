@@ -24,8 +24,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_side_by_side(calls: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                      repeats: int) -> dict[str, list[float] | str]:
+def time_side_by_side(
+    calls: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float] | str]:
     """{label: [seconds per repeat] or "OOM"}; repeat r starts with the r-th call (rotation)."""
     times: dict[str, list[float] | str] = {label: [] for label in calls}
     labels = list(calls)
@@ -33,7 +34,7 @@ def time_side_by_side(calls: dict[str, Callable[[], None]], device: torch.device
         for _ in range(warmup):
             _guarded(label, calls, times, device)
     for r in range(repeats):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             if times[label] == OOM:
                 continue
             start = time.perf_counter()

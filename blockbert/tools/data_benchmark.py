@@ -48,7 +48,7 @@ def make_corpus(size_mb: float, directory: Path) -> Path:
             chunk = chunk_file.read_bytes().rstrip(b"\n")
             chunk_file.unlink()
             if len(chunk) + 2 > budget:  # the last chunk: as many whole documents as fit
-                chunk = chunk[:max(chunk.rfind(b"\n\n", 0, budget - 1), 0)]
+                chunk = chunk[: max(chunk.rfind(b"\n\n", 0, budget - 1), 0)]
                 budget = 0
             if chunk:
                 out.write(chunk + b"\n\n")
@@ -78,8 +78,12 @@ def measure(kind: str, corpus: Path, tokenizer: Path, settings: dict, parallelis
     cache = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="true" if parallelism else "false", HF_DATASETS_OFFLINE="1")
     try:
-        out = subprocess.run([sys.executable, "-m", __name__, kind, str(corpus), str(tokenizer), str(cache),
-                              json.dumps(settings)], capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [sys.executable, "-m", __name__, kind, str(corpus), str(tokenizer), str(cache), json.dumps(settings)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     if out.returncode != 0:
@@ -87,8 +91,15 @@ def measure(kind: str, corpus: Path, tokenizer: Path, settings: dict, parallelis
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(sizes_mb, directory: Path, settings: dict, repeats: int = 1, parallelism: bool = False,
-        vocab_size: int = 30522, log=print) -> list[dict]:
+def run(
+    sizes_mb,
+    directory: Path,
+    settings: dict,
+    repeats: int = 1,
+    parallelism: bool = False,
+    vocab_size: int = 30522,
+    log=print,
+) -> list[dict]:
     """One record per corpus size: the medians over ``repeats`` of ours and the floor, measured in turns."""
     tokenizer = benchmark_tokenizer(make_corpus(min(sizes_mb), directory), vocab_size)
     records = []
@@ -97,18 +108,24 @@ def run(sizes_mb, directory: Path, settings: dict, repeats: int = 1, parallelism
         corpus_mb = corpus.stat().st_size / MB
         runs = {kind: [] for kind in KINDS}
         for r in range(repeats):
-            for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+            for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
                 runs[kind].append(measure(kind, corpus, tokenizer, settings, parallelism, directory / "work"))
                 log(f"{size:g} MB {kind}: {runs[kind][-1]['seconds']:.1f} s")
         record = {"size_mb": size, "corpus_mb": corpus_mb}
         for kind in KINDS:
             seconds = statistics.median(m["seconds"] for m in runs[kind])
-            record.update({f"{kind}_s": seconds, f"{kind}_mb_per_s": corpus_mb / seconds,
-                           f"{kind}_cpu_s": statistics.median(m["cpu_seconds"] for m in runs[kind]),
-                           f"{kind}_peak_rss_mb": max(m["peak_rss_mb"] for m in runs[kind]),
-                           f"{kind}_peak_anon_mb": max(m["peak_anon_mb"] for m in runs[kind]),
-                           f"{kind}_start_rss_mb": max(m["start_rss_mb"] for m in runs[kind]),
-                           f"{kind}_rows": runs[kind][0]["rows"], f"{kind}_runs": runs[kind]})
+            record.update(
+                {
+                    f"{kind}_s": seconds,
+                    f"{kind}_mb_per_s": corpus_mb / seconds,
+                    f"{kind}_cpu_s": statistics.median(m["cpu_seconds"] for m in runs[kind]),
+                    f"{kind}_peak_rss_mb": max(m["peak_rss_mb"] for m in runs[kind]),
+                    f"{kind}_peak_anon_mb": max(m["peak_anon_mb"] for m in runs[kind]),
+                    f"{kind}_start_rss_mb": max(m["start_rss_mb"] for m in runs[kind]),
+                    f"{kind}_rows": runs[kind][0]["rows"],
+                    f"{kind}_runs": runs[kind],
+                }
+            )
         record["ratio"] = record["ours_s"] / record["floor_s"]
         record["ratio_cpu"] = record["ours_cpu_s"] / record["floor_cpu_s"]
         records.append(record)
@@ -134,23 +151,39 @@ def print_table(results: dict) -> None:
     from blockbert.tools import console
 
     s = results["settings"]
-    table = Table(title=f"blockbert benchmark (data): {results['machine']}, N={s['max_seq_length']}, "
-                        f"{'NSP pairs' if s['nsp'] else 'packed'}, num_proc={s['num_proc'] or 1}, tokenizer threads "
-                        f"{'all' if results['tokenizers_parallelism'] else 1}, {results['date']}")
-    for column in ("corpus MB", "ours MB/s", "floor MB/s", "ours/floor", "ours/floor CPU",
-                   "ours peak RSS (anon) MB", "floor peak RSS (anon) MB"):
+    table = Table(
+        title=f"blockbert benchmark (data): {results['machine']}, N={s['max_seq_length']}, "
+        f"{'NSP pairs' if s['nsp'] else 'packed'}, num_proc={s['num_proc'] or 1}, tokenizer threads "
+        f"{'all' if results['tokenizers_parallelism'] else 1}, {results['date']}"
+    )
+    for column in (
+        "corpus MB",
+        "ours MB/s",
+        "floor MB/s",
+        "ours/floor",
+        "ours/floor CPU",
+        "ours peak RSS (anon) MB",
+        "floor peak RSS (anon) MB",
+    ):
         table.add_column(column, justify="right")
     for r in results["records"]:
-        table.add_row(f"{r['corpus_mb']:.0f}", f"{r['ours_mb_per_s']:.2f}", f"{r['floor_mb_per_s']:.2f}",
-                      f"{r['ratio']:.2f}", f"{r['ratio_cpu']:.2f}",
-                      *(f"{r[f'{kind}_peak_rss_mb']:.0f} ({r[f'{kind}_peak_anon_mb']:.0f})" for kind in KINDS))
+        table.add_row(
+            f"{r['corpus_mb']:.0f}",
+            f"{r['ours_mb_per_s']:.2f}",
+            f"{r['floor_mb_per_s']:.2f}",
+            f"{r['ratio']:.2f}",
+            f"{r['ratio_cpu']:.2f}",
+            *(f"{r[f'{kind}_peak_rss_mb']:.0f} ({r[f'{kind}_peak_anon_mb']:.0f})" for kind in KINDS),
+        )
     console().print(table)
     sm = results["summary"]
     if len(results["records"]) > 1:
-        print(f"time per MB, largest / smallest corpus: ours {sm['ours_time_per_mb_growth']:.2f}, floor "
-              f"{sm['floor_time_per_mb_growth']:.2f} (1.00 = linear); peak RSS (anon) growth: ours "
-              f"{sm['ours_peak_rss_growth_mb']:+.0f} ({sm['ours_peak_anon_growth_mb']:+.0f}) MB, floor "
-              f"{sm['floor_peak_rss_growth_mb']:+.0f} ({sm['floor_peak_anon_growth_mb']:+.0f}) MB")
+        print(
+            f"time per MB, largest / smallest corpus: ours {sm['ours_time_per_mb_growth']:.2f}, floor "
+            f"{sm['floor_time_per_mb_growth']:.2f} (1.00 = linear); peak RSS (anon) growth: ours "
+            f"{sm['ours_peak_rss_growth_mb']:+.0f} ({sm['ours_peak_anon_growth_mb']:+.0f}) MB, floor "
+            f"{sm['floor_peak_rss_growth_mb']:+.0f} ({sm['floor_peak_anon_growth_mb']:+.0f}) MB"
+        )
     print(f"worst ours/floor: {sm['worst_ratio']:.2f} (wall), {sm['worst_ratio_cpu']:.2f} (CPU); target <= 1.3")
 
 
@@ -194,8 +227,15 @@ def _child(kind: str, corpus: str, tokenizer: str, cache: str, settings: dict) -
         from blockbert.tasks.launch import config_dir
 
         cfg = OmegaConf.load(config_dir() / "data" / "tiny_corpus.yaml")
-        cfg.merge_with(dict(source="files", files=corpus, tokenizer=tokenizer, num_proc=settings["num_proc"],
-                            max_seq_length=settings["max_seq_length"]))
+        cfg.merge_with(
+            dict(
+                source="files",
+                files=corpus,
+                tokenizer=tokenizer,
+                num_proc=settings["num_proc"],
+                max_seq_length=settings["max_seq_length"],
+            )
+        )
         data = PretrainDataModule(cfg, settings["nsp"], 1, 0, Path(cache))
         work = data.prepare_data
     else:
@@ -204,17 +244,32 @@ def _child(kind: str, corpus: str, tokenizer: str, cache: str, settings: dict) -
         tok = PreTrainedTokenizerFast.from_pretrained(tokenizer)
 
         def work():
-            ds = datasets.load_dataset("text", data_files=[corpus], sample_by="paragraph", split="train",
-                                       cache_dir=str(Path(cache) / "datasets"))
-            return ds.map(lambda b: {"input_ids": tok(b["text"], add_special_tokens=False)["input_ids"]},
-                          batched=True, batch_size=1000, remove_columns=["text"], num_proc=settings["num_proc"])
+            ds = datasets.load_dataset(
+                "text",
+                data_files=[corpus],
+                sample_by="paragraph",
+                split="train",
+                cache_dir=str(Path(cache) / "datasets"),
+            )
+            return ds.map(
+                lambda b: {"input_ids": tok(b["text"], add_special_tokens=False)["input_ids"]},
+                batched=True,
+                batch_size=1000,
+                remove_columns=["text"],
+                num_proc=settings["num_proc"],
+            )
 
     start_rss, anon = _rss_mb("VmRSS"), _AnonPeak()
     anon.start()
     wall, cpu = time.perf_counter(), _cpu_seconds()
     out = work()
-    result = {"seconds": time.perf_counter() - wall, "cpu_seconds": _cpu_seconds() - cpu,
-              "peak_rss_mb": _rss_mb("VmHWM"), "peak_anon_mb": anon.stop(), "start_rss_mb": start_rss}
+    result = {
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": _cpu_seconds() - cpu,
+        "peak_rss_mb": _rss_mb("VmHWM"),
+        "peak_anon_mb": anon.stop(),
+        "start_rss_mb": start_rss,
+    }
     if out is None:  # ours: count what the cache holds
         data.setup()
         out = data.train_set, data.val_set

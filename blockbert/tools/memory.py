@@ -70,10 +70,10 @@ def measure_step(model: torch.nn.Module, batch: dict, optimizer_states: int = 2)
     return StepMemory(model_bytes, (1 + optimizer_states) * model_bytes, counter.bytes, peak)
 
 
-def a2_activation_bytes(model: torch.nn.Module, batch: dict, warmup_steps: int = 3,
-                        autocast=contextlib.nullcontext()) -> int:
+def a2_activation_bytes(model: torch.nn.Module, batch: dict, warmup_steps: int = 3, autocast=None) -> int:
     """Appendix A.2 on CUDA: after ``warmup_steps`` AdamW training steps, one more step's peak allocated memory
     (torch.cuda.max_memory_allocated) minus the parameters and the optimizer (gradients + AdamW's state)."""
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # fused: no step temporaries the size of the model
 
@@ -120,5 +120,5 @@ def fit_linear_quadratic(seq_lengths: list[int], activation: list[float]) -> Lin
     (intercept, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ np.array([intercept, slope])
     total = ((y - y.mean()) ** 2).sum()
-    r2 = 1.0 - (residual ** 2).sum() / total if total > 0 else 1.0
+    r2 = 1.0 - (residual**2).sum() / total if total > 0 else 1.0
     return LinearFit(float(intercept), float(slope), float(r2))

@@ -36,26 +36,35 @@ def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str 
     base = name.removesuffix(EAGER)
     preset, overrides = VARIANTS.get(base, (base, {}))
     if preset not in PRESETS:
-        raise ConfigError(f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
-                          f"ours also as <name>{EAGER} (eager attention)")
-    overrides = dict(size, **overrides, max_position_embeddings=max_len,
-                     attention_impl="eager" if name != base else attention_impl)
+        raise ConfigError(
+            f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
+            f"ours also as <name>{EAGER} (eager attention)"
+        )
+    overrides = dict(
+        size, **overrides, max_position_embeddings=max_len, attention_impl="eager" if name != base else attention_impl
+    )
     if name in heads or base in heads:
         overrides["heads"] = heads.get(name, heads.get(base))
     config = preset_config(preset, **overrides)
     return (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
 
 
-def _peer(name: str, config, max_len: int) -> "PeerModel":
+def _peer(name: str, config, max_len: int) -> PeerModel:
     import transformers
 
     arch, attn_implementation, extra = PEERS[name]
     offset = 2 if arch == "Roberta" else 0  # RoBERTa's positions start after the padding index
     hf_config = getattr(transformers, f"{arch}Config")(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=max_len + offset, type_vocab_size=1 if arch == "Roberta" else 2,
-        attn_implementation=attn_implementation, **extra)
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=max_len + offset,
+        type_vocab_size=1 if arch == "Roberta" else 2,
+        attn_implementation=attn_implementation,
+        **extra,
+    )
     return PeerModel(getattr(transformers, f"{arch}ForMaskedLM")(hf_config))
 
 

@@ -11,15 +11,18 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.tools import console as make_console, pyplot
+from blockbert.tools import console as make_console
+from blockbert.tools import pyplot
 
 STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
 
 
 def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
     rows = []
-    for job in sorted((d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()),
-                      key=lambda d: (len(d.name), d.name)):
+    for job in sorted(
+        (d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()),
+        key=lambda d: (len(d.name), d.name),
+    ):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         values = {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
         metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").is_file() else {}
@@ -27,8 +30,12 @@ def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
         if (job / "error.txt").is_file():
             row.update(status="failed", error=(job / "error.txt").read_text().splitlines()[0])
         else:
-            row.update(status="finished" if (job / "done.json").is_file() or metrics.get("status") == "finished"
-                       else metrics.get("status", "incomplete"), error="")
+            row.update(
+                status="finished"
+                if (job / "done.json").is_file() or metrics.get("status") == "finished"
+                else metrics.get("status", "incomplete"),
+                error="",
+            )
         row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         rows.append(row)
     return rows
@@ -44,6 +51,7 @@ def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
         value = row.get(metric)
         ok = row["status"] == "finished" and isinstance(value, (int, float)) and math.isfinite(value)
         return (0 if ok else 1, (value if mode == "min" else -value) if ok else 0, STATUS_ORDER.get(row["status"], 9))
+
     return sorted(rows, key=key)
 
 
@@ -76,11 +84,17 @@ def summarize(sweep_dir: Path) -> list[dict]:
     if select:
         chosen = rank(rows, select["by"], "max" if mode == "max" else "min")[0]
         if chosen["status"] == "finished":
-            selection = {"job": chosen["job"], **{k: chosen[k] for k in keys}, select["by"]: chosen.get(select["by"]),
-                         select["report"]: chosen.get(select["report"])}
+            selection = {
+                "job": chosen["job"],
+                **{k: chosen[k] for k in keys},
+                select["by"]: chosen.get(select["by"]),
+                select["report"]: chosen.get(select["report"]),
+            }
             (sweep_dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
-            console.print(f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = "
-                          f"{chosen.get(select['report'])}")
+            console.print(
+                f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = "
+                f"{chosen.get(select['report'])}"
+            )
     if "model.heads" in keys:
         plot_heads(rows, metric, sweep_dir / "summary.png")
     return rows
@@ -94,8 +108,13 @@ def join_pretraining(rows: list[dict], source: Path) -> list[str]:
     pretrained = {str((source / r["job"]).resolve()): r for r in read_jobs(source, keys)}
     for row in rows:
         origin = pretrained.get(row.get("init_from", ""), {})
-        row.update({"pretrain job": origin.get("job", ""), **{k: origin.get(k, "") for k in keys},
-                    f"pretrain {metric}": origin.get(metric)})
+        row.update(
+            {
+                "pretrain job": origin.get("job", ""),
+                **{k: origin.get(k, "") for k in keys},
+                f"pretrain {metric}": origin.get(metric),
+            }
+        )
     return ["pretrain job", *keys, f"pretrain {metric}"]
 
 

@@ -55,8 +55,16 @@ def load_sweep(name: str) -> Sweep:
         raise ConfigError(f"{path}: missing field(s) {', '.join(missing)}")
     if raw.get("mode", "min") not in ("min", "max"):
         raise ConfigError(f"{path}: mode={raw['mode']!r}: accepted are min, max")
-    return Sweep(path.stem, raw["command"], raw.get("description", ""), list(raw.get("overrides", [])),
-                 raw["parameters"], raw["metric"], raw.get("mode", "min"), raw.get("select", {}))
+    return Sweep(
+        path.stem,
+        raw["command"],
+        raw.get("description", ""),
+        list(raw.get("overrides", [])),
+        raw["parameters"],
+        raw["metric"],
+        raw.get("mode", "min"),
+        raw.get("select", {}),
+    )
 
 
 def head_assignments(num_heads: int, blocks: int, min_identity: int = 0) -> list[str]:
@@ -76,10 +84,12 @@ def expand(sweep: Sweep, num_heads: int, source: Path | None = None) -> dict[str
     grid = {}
     for key, values in sweep.parameters.items():
         if isinstance(values, dict):
-            (generator, options), = values.items()
+            ((generator, options),) = values.items()
             if generator not in GENERATORS:
-                raise ConfigError(f"sweep {sweep.name}: parameter {key}: generator {generator!r} is unknown: "
-                                  f"accepted are {', '.join(GENERATORS)}")
+                raise ConfigError(
+                    f"sweep {sweep.name}: parameter {key}: generator {generator!r} is unknown: "
+                    f"accepted are {', '.join(GENERATORS)}"
+                )
             if generator == "pretrained_jobs":
                 values = pretrained_jobs(sweep, source)
             else:
@@ -98,15 +108,20 @@ def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
     from blockbert.tools.report import read_jobs
 
     if source is None:
-        raise ConfigError(f"sweep {sweep.name} fine-tunes the jobs of a pre-training sweep: give its directory with "
-                          "--from (e.g. --from multirun/sweeps/heads_n3/2026-01-01_00-00-00)")
+        raise ConfigError(
+            f"sweep {sweep.name} fine-tunes the jobs of a pre-training sweep: give its directory with "
+            "--from (e.g. --from multirun/sweeps/heads_n3/2026-01-01_00-00-00)"
+        )
     if not (source / "sweep.yaml").is_file():
-        raise ConfigError(f"--from {source}: not a sweep directory (no sweep.yaml): give the directory "
-                          "`blockbert sweep` printed for a pre-training sweep")
+        raise ConfigError(
+            f"--from {source}: not a sweep directory (no sweep.yaml): give the directory "
+            "`blockbert sweep` printed for a pre-training sweep"
+        )
     finished = [source / row["job"] for row in read_jobs(source, []) if row["status"] == "finished"]
     if not finished:
-        raise ConfigError(f"--from {source}: no finished job to fine-tune yet (resume it with "
-                          f"`blockbert sweep NAME --dir {source}`)")
+        raise ConfigError(
+            f"--from {source}: no finished job to fine-tune yet (resume it with `blockbert sweep NAME --dir {source}`)"
+        )
     return [str(job.resolve()) for job in finished]
 
 
@@ -143,7 +158,9 @@ def wandb_sweep(sweep: Sweep, grid: dict[str, list]) -> dict:
         raise ConfigError(f"sweep {sweep.name}: {deletions[0]} cannot be given to a W&B sweep (only key=value)")
     fixed = {o.split("=", 1)[0]: {"value": o.split("=", 1)[1]} for o in sweep.overrides}
     return {
-        "name": sweep.name, "description": sweep.description, "method": "grid",
+        "name": sweep.name,
+        "description": sweep.description,
+        "method": "grid",
         "metric": {"name": sweep.metric, "goal": "minimize" if sweep.mode == "min" else "maximize"},
         "command": ["${env}", "blockbert", sweep.command, "logger=wandb", "logger.mode=online", "${args_no_hyphens}"],
         "parameters": {**fixed, **{k: {"values": v} for k, v in grid.items()}},
