@@ -144,56 +144,94 @@ def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
     fault_matrix(tmp_path, "finetune", [*FINETUNE, "trainer.max_epochs=6"], 5)  # 2 micro-batches a step
 
 
-# The run with one SIGTERM sent to itself right after the last training batch of its first epoch: the moment
-# Lightning notices it between two epochs, which random timing hits rarely.
-SIGTERM_AT_FIRST_EPOCH_END = """
+# The run with one SIGTERM sent to itself at a chosen moment (SIGTERM_AT: a condition on the trainer), which
+# random timing hits rarely.
+SIGTERM_AT = """
 import os, signal, sys
 import pytorch_lightning as pl
 from blockbert.tasks import resilience
 
-class SigtermAtFirstEpochEnd(pl.Callback):
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.current_epoch == 0 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+class SigtermAt(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):  # after the last training batch of the first epoch
+        if os.environ["SIGTERM_AT"] == "epoch-end" and trainer.current_epoch == 0 \\
+                and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_batch_start(self, trainer, *args):  # in the validation after training
+        if os.environ["SIGTERM_AT"] == "closing-validation" and trainer.state.fn == "validate":
             os.kill(os.getpid(), signal.SIGTERM)
 
 build = resilience.RunSafety.__init__
 def with_sigterm(self, cfg, run_dir):
     build(self, cfg, run_dir)
-    self.callbacks.append(SigtermAtFirstEpochEnd())
+    self.callbacks.append(SigtermAt())
 resilience.RunSafety.__init__ = with_sigterm
 from cli import main
 main()
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "command, args",
-    [
-        ("pretrain", [*PRETRAIN, "trainer.max_steps=8"]),  # 16 micro-batches (4 steps) an epoch
-        ("finetune", [*FINETUNE, "trainer.max_epochs=2"]),
-    ],
-)
-def test_sigterm_between_epochs_resumes_exactly(tmp_path, command, args):
-    """A state saved between two epochs resumes as the next epoch's start: same weights as an uninterrupted run
-    (before the fix the resumed run's first epoch trained one batch and every accumulation after it shifted)."""
-    reference = tmp_path / "uninterrupted"
-    blockbert(tmp_path, command, *args, f"hydra.run.dir={reference}")
-    run_dir = tmp_path / "interrupted"
-    argv = [*args, f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(
-        [sys.executable, "-c", SIGTERM_AT_FIRST_EPOCH_END, command, *argv],
+def blockbert_with_sigterm(tmp_path, at, command, *args):
+    return subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT, command, *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=env_for(tmp_path),
+        env=dict(env_for(tmp_path), SIGTERM_AT=at),
         timeout=600,
     )
+
+
+@pytest.mark.slow
+def test_sigterm_between_epochs_resumes_exactly(tmp_path):
+    """A state saved between two epochs resumes as the next epoch's start: same weights as an uninterrupted run
+    (before the fix the resumed run's first epoch trained one batch and every accumulation after it shifted)."""
+    args = [*PRETRAIN, "trainer.max_steps=8"]  # 16 micro-batches (4 steps) an epoch
+    reference = tmp_path / "uninterrupted"
+    blockbert(tmp_path, "pretrain", *args, f"hydra.run.dir={reference}")
+    run_dir = tmp_path / "interrupted"
+    argv = [*args, f"hydra.run.dir={run_dir}"]
+    out = blockbert_with_sigterm(tmp_path, "epoch-end", "pretrain", *argv)
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
-    out = blockbert(tmp_path, command, *argv)
+    out = blockbert(tmp_path, "pretrain", *argv)
     assert resumed_step(out.stdout + out.stderr) > 0
     ours, theirs = weights(run_dir), weights(reference)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+@pytest.mark.slow
+def test_a_run_extended_after_stopping_mid_epoch_keeps_its_passes_aligned(tmp_path):
+    """max_steps=8 ends in the middle of the second pass (3 micro-batches a step, 16 a pass); raised to 20, the run
+    goes on with that pass and steps at the same micro-batches as an uninterrupted 20-step run (Lightning marks the
+    cut epoch completed: its counters must not be taken for the start of a new one). The weights differ: the
+    learning-rate schedule follows max_steps."""
+    args = [*PRETRAIN, "tokens_per_batch=1536"]
+    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'uninterrupted'}")
+    run_dir = tmp_path / "extended"
+    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
+    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={run_dir}")
+
+    def progress(directory):
+        state = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=True)
+        loops = state["loops"]["fit_loop"]
+        return state["global_step"], loops["epoch_loop.batch_progress"]["total"]  # (Lightning's epoch count differs)
+
+    assert progress(run_dir) == progress(tmp_path / "uninterrupted")
+
+
+def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(tmp_path):
+    run_dir = tmp_path / "run"
+    # step 6: no periodic validation; several validation batches (Lightning stops between two, not after the last)
+    argv = [*PRETRAIN, "trainer.max_steps=6", "data.validation_fraction=0.3", f"hydra.run.dir={run_dir}"]
+    out = blockbert_with_sigterm(tmp_path, "closing-validation", "pretrain", *argv)
+    assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
+    assert "interrupted: stopped by SIGTERM in the closing validation at step 6" in out.stderr
+    assert metrics(run_dir)["status"] == "interrupted"
+    blockbert(tmp_path, "pretrain", *argv)  # nothing left to train: it validates the final state
+    final = metrics(run_dir)
+    assert final["status"] == "finished" and final["step"] == 6 and final["val/best_ppl_step"] == 6
+    assert final["val/ppl"] == final["val/best_ppl"] or final["val/best_ppl"] < final["val/ppl"]
+    assert "train/loss" in final  # the training metrics of the first run are kept
 
 
 @pytest.mark.slow

@@ -230,3 +230,15 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         assert float(row["pretrain val/best_ppl"]) == pytest.approx(origin["val/best_ppl"])
         assert row["model.heads"] == {"0": "3:1", "2": "2:2"}[row["pretrain job"]]
         assert row["status"] == "finished" and row["dev/f1"] != ""
+
+
+def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
+    """Pre-training job 1 finished after jobs 0 and 2 were fine-tuned: resumed with --dir, the fine-tuning sweep
+    appends it as job 2 instead of sorting it in (job 1 would then fine-tune another model in job 1's directory)."""
+    from blockbert.tasks.sweep import keep_job_numbers
+
+    sweep = load_sweep("finetune_each")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"init_from": ["/pre/0", "/pre/2"]}}))
+    grid = keep_job_numbers(sweep, {"init_from": ["/pre/0", "/pre/1", "/pre/2"]}, tmp_path / "sweep.yaml")
+    assert grid == {"init_from": ["/pre/0", "/pre/2", "/pre/1"]}
+    assert keep_job_numbers(sweep, {"init_from": ["/pre/0"]}, tmp_path / "none.yaml") == {"init_from": ["/pre/0"]}

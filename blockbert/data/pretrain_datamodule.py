@@ -125,7 +125,9 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]
         else:
             corpus = [cfg.source, cfg.get("generated_documents"), cfg.documents]
-        corpus.append(rows_per_document(cfg))
+        grouping = rows_per_document(cfg)
+        if any(rows != 1 for rows in grouping):  # one row, one document: the keys of earlier caches stay valid
+            corpus.append(grouping)
         if self.tokenizer is not None:
             tokenizer = ["given", tokenizer_fingerprint(self.tokenizer)]
         elif cfg.tokenizer == "train":

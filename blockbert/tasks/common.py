@@ -36,49 +36,53 @@ def model_config(model_cfg: DictConfig, **overrides) -> dict:
 def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
     """A run that starts from a checkpoint (``init_from``, ``model.init_from``) under the default experiment, the CPU
     demo ``tiny``, is composed again without it: the paper's values (A.1 for pretrain, A.4 for finetune: learning
-    rate, schedule, steps, N) and the dense ``roberta_1seq`` model settings, whose heads fit any checkpoint, with
-    the user's overrides still applied. The demo's lr 1e-3 and 300-step cap would wreck a pretrained model. The
-    values that changed are logged, and the run's .hydra/config.yaml holds the config it really uses."""
+    rate, schedule, steps) and the dense ``roberta_1seq`` model settings, whose heads fit any checkpoint, with
+    the user's overrides still applied. The demo's lr 1e-3 and 300-step cap would wreck a pretrained model. And
+    fine-tuning from a blockbert run (``init_from``) runs at the N it was pre-trained at, as the paper does, unless
+    ``data.max_seq_length`` is given on the command line. What changed is logged, and the run's
+    .hydra/config.yaml holds the config it really uses."""
     from hydra.core.hydra_config import HydraConfig
 
     if not (cfg.get("init_from") or cfg.model.get("init_from")) or not HydraConfig.initialized():
         return cfg
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
-    if hydra.runtime.choices.get("experiment") != "tiny" or any(
-        o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides
-    ):
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    demo = hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
+    length = pretrained_length(cfg.init_from) if cfg.get("init_from") and "data.max_seq_length" not in given else None
+    if not demo and length in (None, cfg.data.max_seq_length):
         return cfg  # an experiment the user chose stays
     from hydra import compose
 
-    extra = []
-    if cfg.get("init_from") and not any(o.split("=", 1)[0].lstrip("+") == "data.max_seq_length" for o in overrides):
-        length = pretrained_length(cfg.init_from)  # the paper fine-tunes at the pre-training N
-        extra += [f"data.max_seq_length={length}"] if length else []
-    paper = compose(config_name=command, overrides=[*overrides, *extra, "~experiment"])
     from blockbert.convert import ARCH_OVERRIDES
     from blockbert.tasks import job_config_dir
 
+    extra = ([f"data.max_seq_length={length}"] if length else []) + (["~experiment"] if demo else [])
+    chosen = compose(config_name=hydra.job.config_name, overrides=[*overrides, *extra])
     # the model's sizes come from the checkpoint; from model.* only its attention settings count (import_model)
-    model_keys = {f"model.{key}" for key in ARCH_OVERRIDES} if not cfg.get("init_from") else set()
-    demo, chosen = _leaves(cfg), _leaves(paper)
+    ignored = {"paper", "model"} if cfg.get("init_from") else {"paper"}
+    before, after = _leaves(cfg), _leaves(chosen)
     changed = [
-        f"{key}: {demo.get(key)!r} -> {chosen[key]!r}"
-        for key in sorted(chosen)
-        if (key.split(".")[0] in ("optim", "trainer", "data", "tokens_per_batch") or key in model_keys)
-        and demo.get(key) != chosen[key]
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+        and key.split(".")[0] not in ignored
+        and (not key.startswith("model.") or key.removeprefix("model.") in ARCH_OVERRIDES)
     ]
     log.info(
-        "starting from a checkpoint: not with the CPU demo's values (experiment=tiny) but the paper's (%s) and "
-        "your overrides: %s",
-        "A.1" if command == "pretrain" else "A.4",
-        "; ".join(changed) or "no change",
+        "starting from a checkpoint: %s; changed: %s",
+        f"the paper's values ({'A.1' if command == 'pretrain' else 'A.4'}), not the CPU demo's (experiment=tiny), "
+        "with your overrides"
+        if demo
+        else "at the pre-training N",
+        "; ".join(changed) or "nothing",
     )
     saved = job_config_dir(Path(hydra.runtime.output_dir)) / "config.yaml"
     if rank_zero_only.rank == 0 and saved.is_file():
-        header = "# composed without experiment=tiny (the run starts from a checkpoint)\n"
-        saved.write_text(header + OmegaConf.to_yaml(paper))
-    return paper
+        saved.write_text(
+            "# composed again: the run starts from a checkpoint (see its log)\n" + OmegaConf.to_yaml(chosen)
+        )
+    return chosen
 
 
 def pretrained_length(run: str) -> int | None:
@@ -87,7 +91,10 @@ def pretrained_length(run: str) -> int | None:
     from blockbert.checkpoints import load_checkpoint
 
     path = Path(run).expanduser()
-    state = load_checkpoint(path / "checkpoints" / "last.ckpt" if path.is_dir() else path, mmap=True)
+    path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not path.is_file():
+        return None  # loading the run reports it, naming init_from
+    state = load_checkpoint(path, mmap=True)
     config = (state.get("hyper_parameters") or {}).get("model_config")
     return BlockBertConfig(**config).attention_length if isinstance(config, dict) else None
 
@@ -238,13 +245,16 @@ class MetricsJson(pl.Callback):
         self.start_step: int | None = None
         self.finished = False
 
-    def write(self, trainer: pl.Trainer, status: str, error: str | None = None) -> None:
+    def write(self, trainer: pl.Trainer, status: str, error: str | None = None, latest: bool = False) -> None:
+        """``latest``: the trainer's metrics are newer than the file's even without a new training step (the
+        closing validation): they are merged into it."""
         if trainer.global_rank != 0:
             return
-        if self.path.is_file() and (self.start_step is None or trainer.global_step <= self.start_step):
-            metrics = json.loads(self.path.read_text())  # no newer training state to record than what is there
+        old = json.loads(self.path.read_text()) if self.path.is_file() else None
+        if old is not None and not latest and (self.start_step is None or trainer.global_step <= self.start_step):
+            metrics = old  # no newer training state to record than what is there
         else:
-            metrics = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
+            metrics = {**(old or {}), **{k: jsonable(v) for k, v in trainer.callback_metrics.items()}}
             metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)
         metrics.update(self.extra, status=status)
         if error is None:

@@ -138,15 +138,16 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         enable_progress_bar=cfg.progress_bar,
     )
     safety.fit(trainer, module, data)
+    last = checkpoints / "last.ckpt"  # the final state, also between periodic saves
+    trainer.save_checkpoint(last, weights_only=False)
     validated = [step for step, _ in module.validation_history]
     if trainer.global_step and trainer.global_step not in validated:  # end with the perplexity the run reached
         trained = dict(trainer.callback_metrics)
-        trainer.validate(module, datamodule=data, verbose=False)  # which drops the training metrics: put them back
+        safety.validate(trainer, module, data)
+        # validate() drops the training metrics: put them back; the file gets this run's validation in any case
         trainer.callback_metrics.update({k: v for k, v in trained.items() if k not in trainer.callback_metrics})
-        metrics.write(trainer, "finished")
-    trainer.save_checkpoint(
-        checkpoints / "last.ckpt", weights_only=False
-    )  # the final state, also between periodic saves
+        metrics.write(trainer, "finished", latest=True)
+        trainer.save_checkpoint(last, weights_only=False)  # with the validation history
     if logger:
         logger.finalize("success")
         finish_wandb()  # now, so that the run directory stays the last line printed

@@ -179,7 +179,10 @@ class RunGuard(pl.Callback):
             )
         loops = checkpoint["loops"]["fit_loop"]
         epochs = loops["epoch_progress"]["current"]
-        if epochs["completed"] == epochs["ready"]:  # between two epochs: an epoch ends with an optimizer step
+        batches = loops["epoch_loop.batch_progress"]["current"]["processed"]
+        # between two epochs, after all the batches of the last one (not a run that max_steps ended mid-epoch,
+        # which Lightning also marks completed); an epoch ends with an optimizer step
+        if epochs["completed"] == epochs["ready"] and batches >= trainer.num_training_batches:
             _as_next_epoch_start(loops)
             return
         progress = loops["epoch_loop.batch_progress"]
@@ -331,6 +334,25 @@ class RunSafety:
             raise RunInterrupted(
                 f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step {trainer.global_step}: "
                 f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume",
+                self.run_dir,
+                exit_code,
+            ) from None
+
+    def validate(self, trainer: pl.Trainer, module, datamodule) -> None:
+        """``trainer.validate`` after training (the final state is saved already): a SIGTERM or Ctrl-C ends in
+        :class:`RunInterrupted` with its exit code, as in :meth:`fit`, not in a plain exit."""
+        try:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        except BaseException as err:
+            ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
+            if not (isinstance(err, SIGTERMException) or ctrl_c):
+                raise
+            exit_code = SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE
+            finish_wandb(exit_code)
+            raise RunInterrupted(
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} in the closing validation at step "
+                f"{trainer.global_step}: training is complete and saved in checkpoints/last.ckpt; run the same "
+                f"command with hydra.run.dir={self.run_dir} to validate it",
                 self.run_dir,
                 exit_code,
             ) from None

@@ -76,6 +76,8 @@ def run_sweep(
         sweep.overrides = merge_overrides(sweep.overrides, overrides)
         source_dir = Path(source).expanduser().resolve() if source else None
         grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
+        if directory:
+            grid = keep_job_numbers(sweep, grid, Path(directory).expanduser() / "sweep.yaml")
     except Exception as err:  # noqa: BLE001 -- one readable line
         return report_error("sweep", err, debug)
     if wandb_config:
@@ -123,6 +125,18 @@ def run_sweep(
     if code:
         return code
     return run_report(str(sweep_dir), debug)
+
+
+def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
+    """A sweep resumed in its directory (--dir) keeps the values it was planned with, in their order, so that
+    job K stays the job it was: pre-training jobs that finished since (finetune_each) are appended, not sorted in."""
+    if not stored.is_file():
+        return grid
+    planned = (yaml.safe_load(stored.read_text()) or {}).get("grid", {})
+    for key, values in sweep.parameters.items():
+        if isinstance(values, dict) and "pretrained_jobs" in values and key in planned:
+            grid[key] = planned[key] + [value for value in grid[key] if value not in planned[key]]
+    return grid
 
 
 def run_report(directory: str, debug: bool) -> int:

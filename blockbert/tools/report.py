@@ -103,6 +103,11 @@ def summarize(sweep_dir: Path) -> list[dict]:
 def join_pretraining(rows: list[dict], source: Path) -> list[str]:
     """finetune_each: give each fine-tuning job the swept values and the metric of the pre-training job it
     started from (its init_from), so that one table holds both of Figure 4's columns. The table's keys."""
+    if not (source / "sweep.yaml").is_file():
+        raise FileNotFoundError(
+            f"from={source} in sweep.yaml: the pre-training sweep is not there any more (moved?): "
+            "put it back, or edit 'from' in this sweep's sweep.yaml"
+        )
     spec = yaml.safe_load((source / "sweep.yaml").read_text())
     keys, metric = list(spec.get("grid", {})), spec.get("metric", "val/ppl")
     pretrained = {str((source / r["job"]).resolve()): r for r in read_jobs(source, keys)}
