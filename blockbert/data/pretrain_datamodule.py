@@ -100,7 +100,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / manifest["tokenizer"]))
         self.train_set = load_arrow(directory, manifest["train"])
         self.val_set = load_arrow(directory, manifest["validation"])
-        self.fill = manifest.get("fill")
+        self.fill = mean_fill(self.train_set, self.cfg.max_seq_length)  # from the Arrow lengths: any cache entry
         if len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
@@ -112,7 +112,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             len(self.train_set),
             len(self.val_set),
             self.cfg.max_seq_length,
-            "?" if self.fill is None else f"{self.fill:.1%}",
+            f"{self.fill:.1%}",
         )
 
     def _cache_entry(self) -> Path:
@@ -158,10 +158,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         split = documents.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
         manifest = {"tokenizer": "tokenizer", "documents": {"train": len(split["train"]), "validation": n_val}}
         for name, part in (("train", split["train"]), ("validation", split["test"])):
-            sequences = self._sequences(part, name, tokenizer, directory)
-            manifest[name] = arrow_files(sequences)
-            if name == "train":
-                manifest["fill"] = mean_fill(sequences, self.cfg.max_seq_length)
+            manifest[name] = arrow_files(self._sequences(part, name, tokenizer, directory))
         return manifest
 
     def _sequences(self, documents, split: str, tokenizer, directory: Path):

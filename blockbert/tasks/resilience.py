@@ -316,43 +316,42 @@ class RunSafety:
         warnings.filterwarnings("ignore", message=r".*no last checkpoint available.*")
         if ckpt_path is not None:  # resuming in place: the directory is meant to hold checkpoints
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-        try:
+        with self._stops_as_interrupted(trainer, ""):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+    def validate(self, trainer: pl.Trainer, module, datamodule) -> None:
+        """``trainer.validate`` after training (the final state is saved already): a SIGTERM or Ctrl-C ends in
+        :class:`RunInterrupted` with its exit code, as in :meth:`fit`, not in a plain exit."""
+        with self._stops_as_interrupted(trainer, " in the closing validation"):
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+
+    @contextmanager
+    def _stops_as_interrupted(self, trainer: pl.Trainer, where: str):
+        """SIGTERM (Lightning's SIGTERMException) or Ctrl-C (Lightning's sys.exit(1) after its graceful shutdown)
+        inside the block becomes :class:`RunInterrupted` with exit code 143 or 130; W&B is closed either way."""
+        try:
+            yield
         except BaseException as err:
-            # Lightning ends a Ctrl-C with sys.exit(1) after its graceful shutdown
             ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
             stopped = isinstance(err, SIGTERMException) or ctrl_c
             exit_code = (SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) if stopped else 1
             finish_wandb(exit_code)
             if not stopped:
                 raise
-            saved = (
-                "its state is saved in checkpoints/interrupted.ckpt"
-                if self.exception_checkpoint.saved
-                else "no optimizer step since it started, so nothing new was saved"
-            )
+            if where:  # after training
+                then = (
+                    f"training is complete and saved in checkpoints/last.ckpt; run the same command with "
+                    f"hydra.run.dir={self.run_dir} to validate it"
+                )
+            else:
+                saved = (
+                    "its state is saved in checkpoints/interrupted.ckpt"
+                    if self.exception_checkpoint.saved
+                    else "no optimizer step since it started, so nothing new was saved"
+                )
+                then = f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume"
             raise RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step {trainer.global_step}: "
-                f"{saved}; run the same command with hydra.run.dir={self.run_dir} to resume",
-                self.run_dir,
-                exit_code,
-            ) from None
-
-    def validate(self, trainer: pl.Trainer, module, datamodule) -> None:
-        """``trainer.validate`` after training (the final state is saved already): a SIGTERM or Ctrl-C ends in
-        :class:`RunInterrupted` with its exit code, as in :meth:`fit`, not in a plain exit."""
-        try:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        except BaseException as err:
-            ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
-            if not (isinstance(err, SIGTERMException) or ctrl_c):
-                raise
-            exit_code = SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE
-            finish_wandb(exit_code)
-            raise RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} in the closing validation at step "
-                f"{trainer.global_step}: training is complete and saved in checkpoints/last.ckpt; run the same "
-                f"command with hydra.run.dir={self.run_dir} to validate it",
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'}{where} at step {trainer.global_step}: {then}",
                 self.run_dir,
                 exit_code,
             ) from None
