@@ -169,6 +169,9 @@ def report(
 
 
 def main() -> None:
+    # the command never loads models through transformers' Auto classes: `import blockbert` skips registering
+    # with them (an import of transformers' model code, seconds) in this process and the ones it starts
+    os.environ["BLOCKBERT_CLI"] = "1"
     if os.environ.get("BLOCKBERT_DDP_JOB") and "LOCAL_RANK" in os.environ:
         # a DDP rank Lightning started by re-running this command line: run only the job that started it
         from blockbert.tasks.launch import run_ddp_rank

@@ -36,32 +36,33 @@ def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
 def evaluate_files(
     data_file: str, predictions_file: str, na_prob_file: str | None = None, fmt: str | None = None
 ) -> dict:
-    gold = read_qa_file(data_file, fmt)
+    dataset = read_qa_file(data_file, fmt)
+    gold = dataset.gold  # {question id: answers}, built once
     predictions = load_mapping(predictions_file, "predictions", str)
-    unknown = [qid for qid in predictions if qid not in gold.gold]
+    unknown = [qid for qid in predictions if qid not in gold]
     if unknown:
         print(
             f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
             f"scripts do (first: {short(unknown[0])})",
             file=sys.stderr,
         )
-    missing = [qid for qid in gold.gold if qid not in predictions]
+    missing = [qid for qid in gold if qid not in predictions]
     if missing:
         print(
             f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
             file=sys.stderr,
         )
-    if gold.format != "squad2":
-        return score_v1(gold.gold, predictions)
+    if dataset.format != "squad2":
+        return score_v1(gold, predictions)
     na_probs = load_mapping(na_prob_file, "no-answer probability", (int, float)) if na_prob_file else None
     if na_probs is not None:
-        missing_probs = [qid for qid in predictions if qid in gold.gold and qid not in na_probs]
+        missing_probs = [qid for qid in predictions if qid in gold and qid not in na_probs]
         if missing_probs:
             raise QADataError(
                 f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
                 f"question(s) (first: {short(missing_probs[0])})"
             )
-    return score_v2(gold.gold, predictions, na_probs)
+    return score_v2(gold, predictions, na_probs)
 
 
 def run_evaluate(data_file, predictions_file, na_prob_file, fmt, debug: bool) -> int:

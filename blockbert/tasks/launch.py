@@ -54,7 +54,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     version.setbase("1.3")
-    task_function = _as_job(task, debug, importlib.import_module(ENTRY_POINTS[task]).main)
+    task_function = _as_job(task, debug, _entry_point(task))
     if wrap is not None:
         task_function = wrap(task_function)
     job_errors: list[Exception] = []
@@ -74,6 +74,17 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     if job_errors:
         return report_error(task, job_errors[0], debug)
     return 0
+
+
+def _entry_point(task: str):
+    """``task``'s ``main``, imported when the job runs: Hydra composes (``--cfg job``, ``--help``, a config error)
+    without importing torch and Lightning."""
+
+    def main(cfg):
+        return importlib.import_module(ENTRY_POINTS[task]).main(cfg)
+
+    main.__name__ = main.__qualname__ = task
+    return main
 
 
 DDP_JOB_ENV = "BLOCKBERT_DDP_JOB"
