@@ -17,28 +17,63 @@ app = typer.Typer(
     "self-attention). Every command takes Hydra overrides: `blockbert pretrain model=blockbert_n3 "
     "data.max_seq_length=1024`.",
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode="markdown",
 )
 
-HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+HYDRA_ARGS = {"ignore_unknown_options": True}  # Hydra's flags (-m, --cfg job, ...) reach the overrides as they are
 DEBUG = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line.")
 HYDRA_HELP = (
-    "**Arguments** are Hydra's: `key=value` overrides, `group=option` to pick a config "
-    "(model, data, trainer, logger, cluster, experiment), `-m` with comma lists for a multirun "
-    "(`-m cluster=slurm` submits its jobs to SLURM), "
-    "`--cfg job` to print the composed config, `--info` for Hydra's view of it."
+    "**Arguments** are Hydra's: `key=value` overrides, `group=option` to pick a config, `-m` with comma lists for "
+    "a multirun (`-m cluster=slurm` submits its jobs to SLURM), `--cfg job` to print the composed config, "
+    "`--info` for Hydra's view of it. Tab completion of overrides: `blockbert --install-completion`."
+)
+SHELL_COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def complete_overrides(ctx: typer.Context, incomplete: str) -> list[str]:
+    from blockbert.tasks.launch import complete_overrides
+
+    return complete_overrides(ctx.command.name, ctx.params, incomplete)
+
+
+OVERRIDES = typer.Argument(
+    None, help="Hydra overrides and flags (see below).", show_default=False, autocompletion=complete_overrides
 )
 
 
-def hand_over(task: str, ctx: typer.Context, debug: bool) -> None:
+def complete_sweep_name(incomplete: str) -> list[str]:
+    from blockbert.tools.sweeps import available
+
+    return [name for name in available() if name.startswith(incomplete)]
+
+
+def hydra_help(task: str) -> str:
+    """The help's epilog: Hydra's arguments, then each config group of the command with its options."""
+    from blockbert.tasks import config_groups
+
+    lines = [
+        f"`{group}`: " + " | ".join(f"**{option}** (default)" if option == default else option for option in options)
+        for group, (default, options) in config_groups(task).items()
+    ]
+    return HYDRA_HELP + "\n\n**Config groups** (`group=option`):\n\n" + "\n\n".join(lines)
+
+
+def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
+    overrides = list(overrides or ())
+    if any(arg.split("=")[0] in SHELL_COMPLETION_FLAGS for arg in overrides):
+        print(
+            f"blockbert {task}: error: Hydra's shell completion does not apply to the blockbert command: "
+            "install blockbert's own with `blockbert --install-completion` (it completes overrides too)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
     from blockbert.tasks.launch import run_task
 
-    raise typer.Exit(run_task(task, list(ctx.args), debug))
+    raise typer.Exit(run_task(task, overrides, debug))
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def pretrain(ctx: typer.Context, debug: bool = DEBUG) -> None:
+@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("pretrain"))
+def pretrain(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Pre-train a model with masked-LM (and next-sentence prediction for google_bert/roberta_2seq).
 
     With no arguments: a tiny BlockBert on a generated corpus, on the CPU, in a few minutes.
@@ -46,11 +81,11 @@ def pretrain(ctx: typer.Context, debug: bool = DEBUG) -> None:
 
     Example: `blockbert pretrain experiment=blockbert_n2_1024 data=wiki_book trainer=ddp`
     """
-    hand_over("pretrain", ctx, debug)
+    hand_over("pretrain", overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
+@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("finetune"))
+def finetune(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Fine-tune a pre-trained checkpoint on extractive question answering (SQuAD, MRQA).
 
     With no arguments: the tiny model, from scratch, on a generated SQuAD-format set, on the CPU.
@@ -60,18 +95,19 @@ def finetune(ctx: typer.Context, debug: bool = DEBUG) -> None:
     Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN task=squad11
     task.train_file=train-v1.1.json task.dev_file=dev-v1.1.json`
     """
-    hand_over("finetune", ctx, debug)
+    hand_over("finetune", overrides, debug)
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def sweep(
-    ctx: typer.Context,
     name: str = typer.Argument(
         ...,
         help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
         "blocks_seqlen) "
         "or a path to a sweep .yaml file.",
+        autocompletion=complete_sweep_name,
     ),
+    overrides: list[str] = OVERRIDES,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and stop."),
     directory: str = typer.Option(
         None, "--dir", help="Sweep directory; give an earlier one to resume it (complete jobs are skipped)."
@@ -93,11 +129,11 @@ def sweep(
     """
     from blockbert.tasks.sweep import run_sweep
 
-    raise typer.Exit(run_sweep(name, list(ctx.args), dry_run, directory, wandb_config, debug, source))
+    raise typer.Exit(run_sweep(name, list(overrides or ()), dry_run, directory, wandb_config, debug, source))
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def profile(ctx: typer.Context, debug: bool = DEBUG) -> None:
+@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("profile"))
+def profile(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Break a training step's memory into model, optimizer and activation parts (Table 1).
 
     Fits activation = O(N) part + O(N²) part with the tokens per device fixed and prints Table 1's
@@ -105,11 +141,11 @@ def profile(ctx: typer.Context, debug: bool = DEBUG) -> None:
 
     Example: `blockbert profile attention_impl=eager seq_lengths='[128,256,512,1024]'`
     """
-    hand_over("profile", ctx, debug)
+    hand_over("profile", overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
-def benchmark(ctx: typer.Context, debug: bool = DEBUG) -> None:
+@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("benchmark"))
+def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Time inference and training steps of the models side by side and report ratios (Tables 2, 5).
 
     Models (roberta_1seq, sparsebert, blockbert_n2/n3 and Hugging Face RoBERTa) or one attention
@@ -117,7 +153,7 @@ def benchmark(ctx: typer.Context, debug: bool = DEBUG) -> None:
 
     Example: `blockbert benchmark mode=attention attention_seq_lengths='[1024,2048]'`
     """
-    hand_over("benchmark", ctx, debug)
+    hand_over("benchmark", overrides, debug)
 
 
 @app.command()

@@ -55,7 +55,7 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
     from hydra import compose
 
     from blockbert.convert import ARCH_OVERRIDES
-    from blockbert.tasks import job_config_dir
+    from blockbert.tasks.launch import job_config_dir
 
     extra = ([f"data.max_seq_length={length}"] if length else []) + (["~experiment"] if demo else [])
     chosen = compose(config_name=hydra.job.config_name, overrides=[*overrides, *extra])

@@ -18,32 +18,105 @@ the process-group state Lightning leaves behind is cleared (:func:`_as_job`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
-from blockbert.tasks import cluster  # noqa: F401 -- registers the resolvers conf/cluster/*.yaml use
+from blockbert.tasks import (
+    ENTRY_POINTS,
+    cluster,  # noqa: F401 -- registers the resolvers conf/cluster/*.yaml use
+    config_dir,
+)
 
-ENTRY_POINTS = {
-    "pretrain": "blockbert.tasks.pretrain",
-    "finetune": "blockbert.tasks.finetune",
-    "profile": "blockbert.tasks.profile",
-    "benchmark": "blockbert.tasks.benchmark",
-}
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "LOCAL_RANK")  # the first one set is the rank
 
 
-def config_dir() -> Path:
-    """``conf/``: inside the installed package (wheel) or at the root of a source checkout."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "pretrain.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"blockbert's conf/ directory was not found next to {package}")
+def hydra_output_subdir(run_dir: str) -> str | None:
+    """Where Hydra stores a job's config: ``.hydra`` for a new run directory. A run resumed in the same
+    directory keeps the original there and gets ``.hydra/resume-K`` (K = 1, 2, ...) for its own config and
+    overrides, so a resume with other overrides never rewrites what the run was started with. Ranks other
+    than 0 of a job (SLURM or submitit tasks) store nothing."""
+    rank = next((os.environ[name] for name in RANK_VARIABLES if os.environ.get(name, "").isdigit()), "0")
+    if int(rank) != 0:
+        return None
+    base = Path(run_dir) / ".hydra"
+    if not (base / "config.yaml").is_file():
+        return ".hydra"
+    return f".hydra/resume-{len(list(base.glob('resume-*'))) + 1}"
+
+
+def job_config_dir(run_dir: Path) -> Path:
+    """Where Hydra stored this job's config (.hydra or the newest .hydra/resume-K), read while the job runs:
+    ``hydra.output_subdir`` resolves afresh at every access and points past it by then."""
+    resumes = sorted((run_dir / ".hydra").glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+    return resumes[-1] if resumes else run_dir / ".hydra"
+
+
+OmegaConf.register_new_resolver("blockbert_output_subdir", hydra_output_subdir, replace=True)
+
+
+def complete_overrides(command: str, params: dict, incomplete: str) -> list[str]:
+    """Shell completion of the override being typed (``incomplete``) after the ones typed before it
+    (``params["overrides"]``), from the command's config: groups, their options and config keys, by Hydra's
+    own completion (an internal class: hydra-core is pinned to 1.3.x). A sweep completes its command's keys."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.plugins.completion_plugin import DefaultCompletionPlugin
+
+    task = command
+    if command == "sweep":
+        from blockbert.tools.sweeps import load_sweep
+
+        try:
+            task = load_sweep(params.get("name") or "").command
+        except Exception:  # noqa: BLE001 -- no sweep named yet: complete pre-training's keys
+            task = "pretrain"
+    words, typed = _rejoin_at_equals([*(params.get("overrides") or ()), incomplete])
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text, for a flag missing its value
+            matches = DefaultCompletionPlugin(loader)._query(task, " ".join(words))
+    except (Exception, SystemExit):  # noqa: BLE001 -- e.g. a flag still missing its value: nothing to offer
+        return []
+    cut = len(typed) - len(incomplete)  # bash completes only what follows its last '='
+    return [match[cut:] for match in matches if match.startswith(typed)] if cut else matches
+
+
+def _rejoin_at_equals(words: list[str]) -> tuple[list[str], str]:
+    """Bash splits words at '=' (COMP_WORDBREAKS): `model=ti` arrives as `model`, `=`, `ti`, and `model=` as
+    `model` and an empty word (click drops a trailing `=`). The words joined again, and the last of them: the
+    whole override being typed. A bare word (not a flag or a flag's value) is never an override by itself."""
+    joined: list[str] = []
+    glue = False
+    for word in words:
+        if word == "=" and joined:
+            joined[-1] += "="
+            glue = True
+        elif glue:
+            joined[-1] += word
+            glue = False
+        else:
+            joined.append(word)
+    if len(joined) > 1 and joined[-1] == "" and _bare(joined[:-1]):
+        joined = [*joined[:-2], joined[-2] + "="]
+    return joined, joined[-1] if joined else ""
+
+
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn"}
+HYDRA_VALUE_FLAGS |= {"--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _bare(words: list[str]) -> bool:
+    last, before = words[-1], words[-2] if len(words) > 1 else ""
+    return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
 
 
 def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:

@@ -1,0 +1,96 @@
+"""The CLI answers without loading torch or Lightning, shows its config groups, and completes overrides."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from blockbert.tasks.launch import complete_overrides
+
+runner = CliRunner()
+
+HEAVY = ("torch", "pytorch_lightning", "lightning", "transformers", "datasets")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["pretrain", "--help"],
+        ["pretrain", "--cfg", "job"],
+        ["finetune", "model=blockbert_n3", "--cfg", "job"],
+        ["sweep", "heads_n3", "--dry-run"],
+        ["pretrain", "model.heads=nonsense", "model=tiny", "--cfg", "job"],
+    ],
+)
+def test_commands_that_only_compose_import_no_heavy_library(argv, tmp_path):
+    script = (
+        "import json, sys\n"
+        f"sys.argv = ['blockbert', *{argv!r}]\n"
+        "import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled", "BLOCKBERT_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    assert loaded == [], f"{argv} imported {loaded}"
+
+
+def test_command_help_lists_config_groups_with_their_options_and_default():
+    result = runner.invoke(cli.app, ["pretrain", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Config groups" in text
+    assert "model: blockbert_n2 | blockbert_n3 |" in text and "roberta_1seq (default)" in text
+    assert "experiment:" in text and "tiny (default)" in text and "blockbert_n2_512" in text
+    finetune = " ".join(runner.invoke(cli.app, ["finetune", "--help"], terminal_width=200).output.split())
+    assert "task: generated (default) | mrqa | squad11 | squad20" in finetune
+    benchmark = " ".join(runner.invoke(cli.app, ["benchmark", "--help"], terminal_width=200).output.split())
+    assert "bench: table5" in benchmark and "size: base |" in benchmark
+
+
+@pytest.mark.parametrize(
+    "typed, incomplete, expected",
+    [
+        (["model=blockbert_n"], None, ["model=blockbert_n2", "model=blockbert_n3"]),  # zsh, fish: one word
+        (["model", "=", "blockbert_n"], "blockbert_n", ["blockbert_n2", "blockbert_n3"]),  # bash splits at '='
+        (["model", ""], "", ["blockbert_n2", "blockbert_n3", "google_bert", "roberta_1seq"]),  # bash: `model=`
+        (["-m", "data", ""], "", ["text_files", "tiny_corpus", "wiki_book", "wikitext103"]),
+        (["model=tiny", "data.max_se"], None, ["data.max_seq_length="]),
+        (["--cfg", ""], "", []),  # a flag's value: nothing, and no usage text
+    ],
+)
+def test_overrides_complete_in_the_forms_shells_send(typed, incomplete, expected, capsys):
+    incomplete = typed[-1] if incomplete is None else incomplete
+    got = complete_overrides("pretrain", {"overrides": typed[:-1]}, incomplete)
+    assert all(item in got for item in expected) if expected else got == []
+    assert capsys.readouterr().err == ""
+
+
+def test_sweep_overrides_complete_the_sweeps_command():
+    got = complete_overrides("sweep", {"name": "finetune_grid", "overrides": []}, "task.max_train")
+    assert got == ["task.max_train_samples="]
+
+
+@pytest.mark.skipif(shutil.which("blockbert") is None, reason="the blockbert command is not installed")
+def test_bash_completion_through_the_installed_entry_point(tmp_path):
+    env = {
+        **os.environ,
+        "_BLOCKBERT_COMPLETE": "complete_bash",
+        "COMP_WORDS": "blockbert pretrain model = blockbert_n",
+        "COMP_CWORD": "4",
+    }
+    done = subprocess.run([sys.executable, shutil.which("blockbert")], capture_output=True, text=True, env=env)
+    assert done.stdout.split() == ["blockbert_n2", "blockbert_n3"], done.stderr[-2000:]
+
+
+def test_hydra_shell_completion_flag_points_to_ours():
+    result = runner.invoke(cli.app, ["pretrain", "-sc", "install=bash"])
+    assert result.exit_code == 2
+    assert "blockbert --install-completion" in result.output
