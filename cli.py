@@ -129,7 +129,9 @@ def sweep(
     """
     from blockbert.tasks.sweep import run_sweep
 
-    raise typer.Exit(run_sweep(name, list(overrides or ()), dry_run, directory, wandb_config, debug, source))
+    raise typer.Exit(
+        run_sweep(name, list(overrides or ()), dry_run, directory, wandb_config, source, debug_jobs=debug, debug=debug)
+    )
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("profile"))
@@ -170,7 +172,7 @@ def evaluate(
     """
     from blockbert.tasks.evaluate import run_evaluate
 
-    raise typer.Exit(run_evaluate(data_file, predictions_file, na_prob, format, debug))
+    raise typer.Exit(run_evaluate(data_file, predictions_file, na_prob, format, debug=debug))
 
 
 @app.command()
@@ -186,7 +188,7 @@ def export(
     """
     from blockbert.tasks.export import run_export
 
-    raise typer.Exit(run_export(run_dir, out_dir, debug))
+    raise typer.Exit(run_export(run_dir, out_dir, debug=debug))
 
 
 @app.command()
@@ -201,7 +203,7 @@ def report(
     """
     from blockbert.tasks.sweep import run_report
 
-    raise typer.Exit(run_report(directory, debug))
+    raise typer.Exit(run_report(directory, debug=debug))
 
 
 def main() -> None:

@@ -1,7 +1,12 @@
-"""Exceptions that end a run and are reported by the CLI as one line (bad configuration values are
-:class:`blockbert.config.ConfigError`). Kept free of heavy imports: the error path loads it."""
+"""How errors end a command: the exceptions that end a run, and their report as one line (``--debug`` for the
+traceback). Bad configuration values are :class:`blockbert.config.ConfigError`. Kept free of heavy imports: the
+error path loads it."""
 
 from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention: schedulers must not read it as success
 
@@ -19,3 +24,68 @@ class RunInterrupted(Exception):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss or the weights became NaN or infinite; nothing from that state is saved."""
+
+
+MAX_ERROR_CHARS = 1000
+
+
+def report_error(command: str, err: Exception, debug: bool) -> int:
+    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, 143 (130) for a
+    run stopped by SIGTERM (Ctrl-C; it prints its run directory), else 1."""
+    if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
+        print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
+        print(Path(err.run_dir).resolve())
+        return err.exit_code
+    if debug:
+        raise err
+    text = one_line(err)
+    if len(text) > MAX_ERROR_CHARS:  # e.g. a cluster job's whole stderr: the start says what went wrong
+        text = text[:MAX_ERROR_CHARS] + " ... (--debug shows all)"
+    print(f"blockbert {command}: error: {text}", file=sys.stderr)
+    print("(run again with --debug for the full traceback)", file=sys.stderr)
+    return 2 if is_user_error(err) else 1
+
+
+def is_user_error(err: Exception) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from blockbert.config import ConfigError
+
+    return isinstance(err, (ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException))
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's and OmegaConf's messages span lines; join them, listing available options inline."""
+    lines = []
+    while err is not None:  # Hydra often wraps the informative error as __cause__
+        lines += [line.strip() for line in str(err).splitlines() if line.strip() and line.strip() not in lines]
+        if err.__cause__ is None:
+            break
+        err = err.__cause__
+    if not lines:
+        return type(err).__name__
+    if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
+        lines = lines[: lines.index("Config search path:")]
+    for i, line in enumerate(lines):
+        if line.startswith("Available options in"):
+            return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1 :])
+    text = "; ".join(lines)
+    return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
+
+
+def one_line_errors(command: str):
+    """Decorate a command's function so that an error ends it as one line and exit code (:func:`report_error`); the
+    function takes ``debug`` as a keyword: with it the error is raised with its traceback."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def run(*args, debug: bool = False, **kwargs) -> int:
+            try:
+                return function(*args, **kwargs) or 0
+            except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
+                return report_error(command, err, debug)
+
+        return run
+
+    return decorate

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from blockbert.data.qa import QADataError, load_json, read_qa_file, short
+from blockbert.errors import one_line_errors
 from blockbert.evaluation.squad import score_v1, score_v2
-from blockbert.tasks.launch import report_error
 
 
 def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
@@ -65,10 +65,6 @@ def evaluate_files(
     return score_v2(gold, predictions, na_probs)
 
 
-def run_evaluate(data_file, predictions_file, na_prob_file, fmt, debug: bool) -> int:
-    try:
-        result = evaluate_files(data_file, predictions_file, na_prob_file, fmt)
-    except Exception as err:  # noqa: BLE001 -- one readable line
-        return report_error("evaluate", err, debug)
-    print(json.dumps(result, indent=2))
-    return 0
+@one_line_errors("evaluate")
+def run_evaluate(data_file, predictions_file, na_prob_file, fmt) -> None:
+    print(json.dumps(evaluate_files(data_file, predictions_file, na_prob_file, fmt), indent=2))

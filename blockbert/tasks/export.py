@@ -5,8 +5,8 @@ from __future__ import annotations
 from blockbert.checkpoints import CheckpointError, load_run
 from blockbert.config import BlockBertConfig
 from blockbert.convert import export
+from blockbert.errors import one_line_errors
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
-from blockbert.tasks.launch import report_error
 
 
 def model_from_run(run_dir: str):
@@ -28,15 +28,12 @@ def model_from_run(run_dir: str):
     return model, ckpt.parent.parent
 
 
-def run_export(run_dir: str, out_dir: str, debug: bool) -> int:
-    try:
-        model, root = model_from_run(run_dir)
-        out = export(model, out_dir, root / "tokenizer")
-    except Exception as err:  # noqa: BLE001 -- one readable line
-        return report_error("export", err, debug)
+@one_line_errors("export")
+def run_export(run_dir: str, out_dir: str) -> None:
+    model, root = model_from_run(run_dir)
+    out = export(model, out_dir, root / "tokenizer")
     kind = (
         "Hugging Face" if model.config.attention == "dense" else "blockbert (load with BlockBertModel.from_pretrained)"
     )
     print(f"{type(model).__name__} exported as a {kind} directory:")
     print(out.resolve())
-    return 0

@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.errors import RunInterrupted
-from blockbert.tasks.launch import config_dir, one_line, report_error, run_task
+from blockbert.errors import RunInterrupted, one_line, one_line_errors
+from blockbert.tasks.launch import config_dir, run_task
 from blockbert.tools import console
 from blockbert.tools.report import summarize
 from blockbert.tools.sweeps import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
@@ -62,24 +62,24 @@ def num_heads(command: str, overrides: list[str]) -> int:
     return int(cfg.model.num_heads)
 
 
+@one_line_errors("sweep")
 def run_sweep(
     name: str,
     overrides: list[str],
-    dry_run: bool,
-    directory: str | None,
-    wandb_config: bool,
-    debug: bool,
+    dry_run: bool = False,
+    directory: str | None = None,
+    wandb_config: bool = False,
     source: str | None = None,
+    debug_jobs: bool = False,
 ) -> int:
-    try:
-        sweep = load_sweep(name)
-        sweep.overrides = merge_overrides(sweep.overrides, overrides)
-        source_dir = Path(source).expanduser().resolve() if source else None
-        grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
-        if directory:
-            grid = keep_job_numbers(sweep, grid, Path(directory).expanduser() / "sweep.yaml")
-    except Exception as err:  # noqa: BLE001 -- one readable line
-        return report_error("sweep", err, debug)
+    """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
+    summarise it; the exit code."""
+    sweep = load_sweep(name)
+    sweep.overrides = merge_overrides(sweep.overrides, overrides)
+    source_dir = Path(source).expanduser().resolve() if source else None
+    grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
+    if directory:
+        grid = keep_job_numbers(sweep, grid, Path(directory).expanduser() / "sweep.yaml")
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
@@ -121,10 +121,10 @@ def run_sweep(
         "hydra.sweep.subdir=${hydra.job.num}",
         f"++logger.group={sweep.name}",
     ]
-    code = run_task(sweep.command, args, debug, wrap=tolerant)
+    code = run_task(sweep.command, args, debug_jobs, wrap=tolerant)
     if code:
         return code
-    return run_report(str(sweep_dir), debug)
+    return run_report(str(sweep_dir), debug=debug_jobs)
 
 
 def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
@@ -139,14 +139,11 @@ def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
     return grid
 
 
-def run_report(directory: str, debug: bool) -> int:
+@one_line_errors("report")
+def run_report(directory: str) -> None:
     sweep_dir = Path(directory).expanduser()
-    try:
-        if not sweep_dir.is_dir():
-            raise FileNotFoundError(f"{directory}: no such directory (expected a sweep or multirun directory)")
-        summarize(sweep_dir)
-    except Exception as err:  # noqa: BLE001 -- one readable line
-        return report_error("report", err, debug)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory (expected a sweep or multirun directory)")
+    summarize(sweep_dir)
     print("summary (summary.csv, summary.png for head sweeps, selection.json for fine-tuning grids) is in:")
     print(sweep_dir.resolve())
-    return 0
