@@ -1,4 +1,6 @@
-"""Loading blockbert checkpoints and runs: tensors and plain data only, and one line naming the file on failure.
+"""Every way a run or a checkpoint is loaded: Lightning checkpoints, run directories (the model, its tokenizer, the
+N it was pre-trained at), Hugging Face checkpoints to start from (``model.init_from``), and the checkpoint a
+restarted run resumes from. Tensors and plain data only, and one line naming the file on failure.
 
 Unpickling runs whatever code a file carries, so every checkpoint is read with ``torch.load(weights_only=True)``,
 which builds tensors and plain containers only and refuses anything else. Lightning's checkpoints of our modules
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from blockbert.config import BlockBertConfig, ConfigError
+from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +119,135 @@ def load_run(run: str) -> tuple[Path, dict, dict]:
         raise CheckpointError(f"{ckpt} has no model weights (no 'model.*' entry in its state_dict): {EXPECTED}")
     log.info("loaded %s (step %s)", ckpt, state["global_step"])
     return ckpt, config, weights
+
+
+def model_from_run(run_dir: str):
+    """The model of a `blockbert pretrain` or `finetune` run directory (or checkpoint file), and its root."""
+    ckpt, config, weights = load_run(run_dir)
+    model_class = (
+        BlockBertForQuestionAnswering
+        if "qa.weight" in weights
+        else BlockBertForPreTraining
+        if "nsp.classifier.weight" in weights
+        else BlockBertForMaskedLM
+    )
+    model = model_class(BlockBertConfig(**config))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # torch lists every bad key over many lines: keep the first
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"{ckpt}: the weights do not fit its model_config ({detail[:200]})") from None
+    return model, ckpt.parent.parent
+
+
+def load_pretrain_run(init_from: str):
+    """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
+    ckpt, config, weights = load_run(init_from)
+    encoder = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+    tokenizer_dir = ckpt.parent.parent / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
+    log.info("fine-tuning from %s", ckpt)
+    return config, encoder, run_tokenizer(ckpt.parent.parent)
+
+
+def run_tokenizer(run_dir: Path):
+    """The tokenizer a run saved in RUN_DIR/tokenizer (a trained WordPiece is not reproducible: a resumed run
+    must read the ids it trained on)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(run_dir / "tokenizer"))
+
+
+def pretrained_length(run: str) -> int | None:
+    """N of a blockbert pre-training run (directory or checkpoint): the length its blocks were cut from; None
+    when the checkpoint holds no model config (loading it reports that, in one line)."""
+    from blockbert.checkpoints import load_checkpoint
+
+    path = Path(run).expanduser()
+    path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not path.is_file():
+        return None  # loading the run reports it, naming init_from
+    state = load_checkpoint(path, mmap=True)
+    config = (state.get("hyper_parameters") or {}).get("model_config")
+    return BlockBertConfig(**config).attention_length if isinstance(config, dict) else None
+
+
+def import_model(model_cls, model_cfg, seq_len: int):
+    """(config dict, state dict, tokenizer) from ``model.init_from``: a Hugging Face BERT/RoBERTa directory
+    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``."""
+    from transformers import AutoTokenizer
+
+    from blockbert.convert import ARCH_OVERRIDES, import_weights
+
+    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
+    config, state, directory = import_weights(
+        model_cls, model_cfg.init_from, max_position_embeddings=seq_len, **overrides
+    )
+    log.info(
+        "model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over model.*)",
+        model_cfg.init_from,
+        config.num_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.attention,
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
+            f"model's vocab_size is {config.vocab_size}"
+        )
+    return config.to_dict(), state, tokenizer
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints a run directory can resume from: ours and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+    return [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
+    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
+    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
+    readable, unreadable = [], []
+    for path in checkpoint_candidates(run_dir):
+        try:
+            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
+        except CheckpointError as err:
+            if err.unsafe:
+                raise
+            unreadable.append((path, err))
+    if not readable:
+        return None, unreadable
+    step, _, path = max(readable)
+    return (step, path), unreadable
+
+
+def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``ckpt_path`` if given (checked), else the newest readable checkpoint of ``run_dir``, else None.
+
+    A candidate that cannot be read (corrupt, truncated) is skipped with a warning naming it and the
+    file used instead; an unsafe one (code in the pickle) stops the run."""
+    if ckpt_path:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+        return str(path)
+    newest, unreadable = newest_checkpoint(run_dir)
+    if newest is None:
+        if unreadable:
+            path, err = unreadable[0]
+            raise CheckpointError(
+                f"no readable checkpoint in {run_dir} to resume from ({err}): move the files "
+                "away to start afresh in this directory"
+            )
+        return None
+    step, path = newest
+    for bad, err in unreadable:
+        log.warning("%s cannot be read (%s): resuming from %s (step %d) instead", bad, err, path, step)
+    log.info("resuming from %s (step %d)", path, step)
+    return str(path)

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from blockbert.config import ConfigError
 from blockbert.data.cache import hub_cache
 from blockbert.data.qa_datamodule import load_task
-from blockbert.tasks.common import build_logger
+from blockbert.lightning.loggers import build_logger
 from blockbert.tasks.launch import config_dir
 
 

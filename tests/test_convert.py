@@ -208,7 +208,7 @@ def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
         f"hydra.run.dir={run_dir}",
     )
     blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "hf"))
-    from blockbert.tasks.export import model_from_run
+    from blockbert.checkpoints import model_from_run
 
     ours, _ = model_from_run(str(run_dir))
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cli
 from blockbert import BlockBertConfig, BlockBertModel
-from blockbert.tasks.finetune import load_pretrain_run
+from blockbert.checkpoints import load_pretrain_run
 
 runner = CliRunner()
 FAST = ["progress_bar=false", "task.generated_questions=160", "trainer.max_epochs=2", "logger=csv"]

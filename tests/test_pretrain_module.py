@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blockbert import PRESETS, preset_config
-from blockbert.tasks.pretrain_module import PretrainModule
+from blockbert.lightning.pretrain_module import PretrainModule
 
 OPTIM = dict(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01, warmup_steps=0)
 

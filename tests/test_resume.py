@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from blockbert.checkpoints import resume_checkpoint
 from blockbert.config import ConfigError
-from blockbert.tasks.resilience import AtomicCheckpointIO, resume_checkpoint, run_lock
+from blockbert.lightning.resilience import AtomicCheckpointIO, run_lock
 
 PRETRAIN = [
     "progress_bar=false",
@@ -149,7 +150,7 @@ def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
 SIGTERM_AT = """
 import os, signal, sys
 import pytorch_lightning as pl
-from blockbert.tasks import resilience
+from blockbert.lightning import resilience
 
 class SigtermAt(pl.Callback):
     def on_train_batch_end(self, trainer, *args):  # after the last training batch of the first epoch
@@ -307,7 +308,7 @@ def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from blockbert.tasks.resilience import run_lock\n"
+            "from blockbert.lightning.resilience import run_lock\n"
             f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
             "    print('locked', flush=True); time.sleep(60)",
         ],

@@ -94,7 +94,7 @@ def _warn_if_requeued_into_a_new_directory() -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from blockbert.tasks.resilience import checkpoint_candidates
+    from blockbert.checkpoints import checkpoint_candidates
 
     if not HydraConfig.initialized():
         return

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import secrets
-import string
 from dataclasses import fields
 from pathlib import Path
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from blockbert.checkpoints import pretrained_length
 from blockbert.config import BlockBertConfig, ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,20 +76,6 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
             "# composed again: the run starts from a checkpoint (see its log)\n" + OmegaConf.to_yaml(chosen)
         )
     return chosen
-
-
-def pretrained_length(run: str) -> int | None:
-    """N of a blockbert pre-training run (directory or checkpoint): the length its blocks were cut from; None
-    when the checkpoint holds no model config (loading it reports that, in one line)."""
-    from blockbert.checkpoints import load_checkpoint
-
-    path = Path(run).expanduser()
-    path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not path.is_file():
-        return None  # loading the run reports it, naming init_from
-    state = load_checkpoint(path, mmap=True)
-    config = (state.get("hyper_parameters") or {}).get("model_config")
-    return BlockBertConfig(**config).attention_length if isinstance(config, dict) else None
 
 
 def _leaves(cfg: DictConfig) -> dict:
@@ -186,141 +165,3 @@ def world_size(trainer_cfg: DictConfig) -> int:
     else:
         count = int(devices)
     return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
-
-
-def build_logger(cfg: DictConfig, run_dir: Path):
-    kind = cfg.logger.kind
-    if kind == "none":
-        return False
-    if kind == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="csv")
-    if kind == "wandb":
-        mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
-        if mode == "disabled":
-            return False
-        from pytorch_lightning.loggers import WandbLogger
-
-        # The run's W&B id is chosen before W&B starts and kept in the run directory: a resumed run (offline
-        # or online) continues the same W&B run, and `wandb sync` joins the offline pieces in time order.
-        id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else ""
-        if not run_id:
-            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
-            if rank_zero_only.rank == 0:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                id_file.write_text(run_id + "\n")
-        return WandbLogger(
-            save_dir=os.environ.get("WANDB_DIR") or str(run_dir),
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            group=cfg.logger.group,
-            offline=mode == "offline",
-            mode=mode,
-            id=run_id,
-            resume="allow",
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-    raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
-
-
-def jsonable(value):
-    try:
-        value = value.item()
-    except AttributeError:
-        pass
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-class MetricsJson(pl.Callback):
-    """Keep RUN_DIR/metrics.json current: flat JSON of the latest logged metrics, the step and the status
-    (running, finished, interrupted, failed), written at every validation and every checkpoint.
-
-    A run that fails or is stopped before it trained a step changes only the status (and the error) of
-    the file an earlier run wrote: progress recorded there is never replaced by an emptier state."""
-
-    def __init__(self, path: Path, extra: dict):
-        self.path, self.extra = Path(path), extra
-        self.start_step: int | None = None
-        self.finished = False
-
-    def write(self, trainer: pl.Trainer, status: str, error: str | None = None, latest: bool = False) -> None:
-        """``latest``: the trainer's metrics are newer than the file's even without a new training step (the
-        closing validation): they are merged into it."""
-        if trainer.global_rank != 0:
-            return
-        old = json.loads(self.path.read_text()) if self.path.is_file() else None
-        if old is not None and not latest and (self.start_step is None or trainer.global_step <= self.start_step):
-            metrics = old  # no newer training state to record than what is there
-        else:
-            metrics = {**(old or {}), **{k: jsonable(v) for k, v in trainer.callback_metrics.items()}}
-            metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)
-        metrics.update(self.extra, status=status)
-        if error is None:
-            metrics.pop("error", None)
-        else:
-            metrics["error"] = error
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.path)
-
-    def on_train_start(self, trainer, pl_module):
-        self.start_step, self.finished = trainer.global_step, False
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.write(trainer, "running")
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        if trainer.state.status == TrainerStatus.RUNNING:  # not the on-exception checkpoint
-            self.write(trainer, "finished" if self.finished else "running")  # Lightning saves in on_train_end too
-
-    def on_train_end(self, trainer, pl_module):
-        self.finished = True
-        self.write(trainer, "finished")
-
-    def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            self.write(trainer, "interrupted")
-        else:
-            self.write(trainer, "failed", f"{type(exception).__name__}: {exception}".splitlines()[0][:500])
-
-
-def run_tokenizer(run_dir: Path):
-    """The tokenizer a run saved in RUN_DIR/tokenizer (a trained WordPiece is not reproducible: a resumed run
-    must read the ids it trained on)."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(run_dir / "tokenizer"))
-
-
-def import_model(model_cls, model_cfg: DictConfig, seq_len: int):
-    """(config dict, state dict, tokenizer) from ``model.init_from``: a Hugging Face BERT/RoBERTa directory
-    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``."""
-    from transformers import AutoTokenizer
-
-    from blockbert.convert import ARCH_OVERRIDES, import_weights
-
-    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
-    config, state, directory = import_weights(
-        model_cls, model_cfg.init_from, max_position_embeddings=seq_len, **overrides
-    )
-    log.info(
-        "model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over model.*)",
-        model_cfg.init_from,
-        config.num_layers,
-        config.hidden_size,
-        config.vocab_size,
-        config.attention,
-    )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
-    if len(tokenizer) > config.vocab_size:
-        raise ConfigError(
-            f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
-            f"model's vocab_size is {config.vocab_size}"
-        )
-    return config.to_dict(), state, tokenizer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,26 +9,23 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from blockbert.checkpoints import load_run
+from blockbert.checkpoints import import_model, load_pretrain_run, run_tokenizer
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
-from blockbert.evaluation.postprocess import final_texts, predict_answers
-from blockbert.evaluation.squad import score_v1, score_v2
+from blockbert.evaluation.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
+from blockbert.lightning.callbacks import MetricsJson
+from blockbert.lightning.loggers import build_logger, finish_wandb
+from blockbert.lightning.qa_module import QAModule
+from blockbert.lightning.resilience import RunSafety, StepCheckpoint, run_lock
 from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
-    MetricsJson,
-    build_logger,
     check_paper_row,
-    import_model,
     model_config,
-    run_tokenizer,
     split_batch,
     without_demo_defaults,
     world_size,
 )
-from blockbert.tasks.finetune_module import QAModule, gather_logits
-from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +88,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.compile:
         module.model.compile()
     version2 = data["dev"].format == "squad2"
-    module.evaluate_dev = lambda outputs: evaluate_split(cfg, data, datamodule, "dev", outputs, None)[0]
+    answers = AnswerSettings(cfg.data.n_best_size, cfg.data.max_answer_length)
     if pl.utilities.rank_zero_only.rank == 0 and not (run_dir / "tokenizer").is_dir():  # a resume keeps its files
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
@@ -116,6 +112,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
             StepCheckpoint(
                 dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps
             ),
+            DevEvaluation(data["dev"], datamodule.windows["dev"], answers),
             *safety.callbacks,
             metrics,
         ],
@@ -126,7 +123,9 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     results, threshold = {}, None
     for split in [s for s in ("dev", "test") if s in data]:
         outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
-        scores, threshold = evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir=run_dir / split)
+        scores, threshold = evaluate_split(
+            data[split], datamodule.windows[split], outputs, answers, threshold, run_dir / split, split
+        )
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     if logger:
         logger.log_metrics(results, step=trainer.global_step)
@@ -139,53 +138,3 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"results (metrics.json, dev/predictions.json{extra}, checkpoints/) are in:")
         print(run_dir.resolve())
     return results
-
-
-def evaluate_split(cfg, data, datamodule, split, outputs, threshold, out_dir: Path | None = None):
-    """Post-process one split's logits (the model's outputs per batch), score them and optionally write
-    the prediction files. SQuAD 2.0: on dev the null threshold is the official best_f1_thresh; on test
-    the dev one is used. Returns (metrics, the threshold used); (None, threshold) if windows are missing.
-    """
-    gathered = gather_logits(outputs, len(datamodule.windows[split]))
-    if gathered is None:
-        return None, threshold
-    starts, ends = gathered
-    dataset = data[split]
-    predictions = predict_answers(
-        dataset.examples, datamodule.windows[split], starts, ends, cfg.data.n_best_size, cfg.data.max_answer_length
-    )
-    odds = {qid: min(p.null_odds, 1e9) for qid, p in predictions.items()}
-    if dataset.format == "squad2":
-        search = score_v2(dataset.gold, final_texts(predictions, None), na_probs=odds)
-        if threshold is None:
-            threshold = search["best_f1_thresh"]
-        texts = final_texts(predictions, threshold)
-        scores = score_v2(dataset.gold, texts)
-        scores.update(
-            {k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")},
-            null_threshold=threshold,
-        )
-    else:
-        texts = final_texts(predictions, None)
-        scores = score_v1(dataset.gold, texts)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "predictions.json").write_text(json.dumps(texts, indent=2, ensure_ascii=False))
-        nbest = {qid: p.nbest for qid, p in predictions.items()}
-        (out_dir / "nbest_predictions.json").write_text(json.dumps(nbest, indent=2, ensure_ascii=False))
-        if dataset.format == "squad2":
-            (out_dir / "null_odds.json").write_text(json.dumps(odds, indent=2))
-        if split == "test" or dataset.path.endswith("#dev"):  # halves of an MRQA dev set: keep their gold
-            (out_dir / "gold.json").write_text(json.dumps(dataset.gold, indent=2, ensure_ascii=False))
-    return scores, threshold
-
-
-def load_pretrain_run(init_from: str):
-    """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
-    ckpt, config, weights = load_run(init_from)
-    encoder = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
-    tokenizer_dir = ckpt.parent.parent / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
-    log.info("fine-tuning from %s", ckpt)
-    return config, encoder, run_tokenizer(ckpt.parent.parent)

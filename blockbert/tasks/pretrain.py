@@ -11,23 +11,22 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from blockbert.checkpoints import import_model, run_tokenizer
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.lightning.callbacks import MetricsJson
+from blockbert.lightning.loggers import build_logger, finish_wandb
+from blockbert.lightning.pretrain_module import PretrainModule
+from blockbert.lightning.resilience import RunSafety, StepCheckpoint, run_lock
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
-    MetricsJson,
-    build_logger,
     check_paper_row,
     derive_batch,
-    import_model,
     model_config,
-    run_tokenizer,
     without_demo_defaults,
     world_size,
 )
-from blockbert.tasks.pretrain_module import PretrainModule
-from blockbert.tasks.resilience import RunSafety, StepCheckpoint, finish_wandb, run_lock
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from blockbert.config import BlockBertConfig
+from blockbert.lightning.optim import adamw_with_warmup
 from blockbert.model import BlockBertForMaskedLM, BlockBertForPreTraining
 
 
@@ -74,20 +74,6 @@ class PretrainModule(pl.LightningModule):
         self.validation_history = [(int(step), float(ppl)) for step, ppl in checkpoint.get("validation_history", [])]
 
     def configure_optimizers(self):
-        o = self.hparams.optim
-        optimizer = torch.optim.AdamW(
-            weight_decay_groups(self.model, o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"]
+        return adamw_with_warmup(
+            self.model, self.hparams.optim, self.hparams.optim["warmup_steps"], self.hparams.max_steps
         )
-        schedule = get_linear_schedule_with_warmup(optimizer, o["warmup_steps"], self.hparams.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: decay on weights, none on biases and LayerNorm parameters (A.1)."""
-    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
-    no_decay_ids |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
-    params = list(model.parameters())
-    return [
-        {"params": [p for p in params if id(p) not in no_decay_ids], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0},
-    ]

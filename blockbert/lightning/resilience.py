@@ -3,10 +3,7 @@
 - :func:`run_lock`: one process per run directory.
 - :class:`AtomicCheckpointIO`: a checkpoint is written to a temporary file and renamed, so a kill
   during the write leaves the previous file intact.
-- :func:`resume_checkpoint`: the checkpoint a restarted run continues from: the readable one with
-  the most optimizer steps among ``checkpoints/*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``.
-  Lightning's ``ckpt_path="last"`` picks by modification time and reads nothing, so a corrupt or
-  older file could win; here each candidate is opened (weights only, memory-mapped) and its step read.
+- :func:`blockbert.checkpoints.resume_checkpoint` (used here): the checkpoint a restarted run continues from.
 - :class:`RunGuard`: saves only states at optimizer-step boundaries (a checkpoint taken in the
   middle of a gradient accumulation is stored as of the last optimizer step, so the micro-batches
   whose gradients are lost are trained again), seeds dropout per micro-batch (a resumed run draws
@@ -33,10 +30,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from blockbert.checkpoints import CheckpointError, checkpoint_step
+from blockbert.checkpoints import newest_checkpoint, resume_checkpoint
 from blockbert.config import ConfigError
 from blockbert.data.sampler import stream_seed
 from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, NonFiniteLossError, RunInterrupted
+from blockbert.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -87,55 +85,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def checkpoint_candidates(run_dir: Path) -> list[Path]:
-    """The checkpoints a run directory can resume from: ours and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
-    return [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-
-
-def newest_checkpoint(run_dir: Path) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
-    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
-    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
-    readable, unreadable = [], []
-    for path in checkpoint_candidates(run_dir):
-        try:
-            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
-        except CheckpointError as err:
-            if err.unsafe:
-                raise
-            unreadable.append((path, err))
-    if not readable:
-        return None, unreadable
-    step, _, path = max(readable)
-    return (step, path), unreadable
-
-
-def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``ckpt_path`` if given (checked), else the newest readable checkpoint of ``run_dir``, else None.
-
-    A candidate that cannot be read (corrupt, truncated) is skipped with a warning naming it and the
-    file used instead; an unsafe one (code in the pickle) stops the run."""
-    if ckpt_path:
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
-        return str(path)
-    newest, unreadable = newest_checkpoint(run_dir)
-    if newest is None:
-        if unreadable:
-            path, err = unreadable[0]
-            raise CheckpointError(
-                f"no readable checkpoint in {run_dir} to resume from ({err}): move the files "
-                "away to start afresh in this directory"
-            )
-        return None
-    step, path = newest
-    for bad, err in unreadable:
-        log.warning("%s cannot be read (%s): resuming from %s (step %d) instead", bad, err, path, step)
-    log.info("resuming from %s (step %d)", path, step)
-    return str(path)
 
 
 class RunGuard(pl.Callback):
@@ -355,15 +304,3 @@ class RunSafety:
                 self.run_dir,
                 exit_code,
             ) from None
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """End the W&B run now (if one is open), so its closing lines come before the command's own last lines.
-    A failure here is only logged: it must not hide the error being reported."""
-    import sys
-
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        try:
-            sys.modules["wandb"].finish(exit_code=exit_code)
-        except Exception as err:  # noqa: BLE001
-            log.warning("W&B could not finish its run: %s", err)

@@ -1,0 +1,26 @@
+"""AdamW with BERT's weight-decay groups, linear warm-up then linear decay: pre-training (A.1) and fine-tuning (A.4)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+
+def adamw_with_warmup(model: torch.nn.Module, optim: dict, warmup_steps: int, total_steps: int) -> dict:
+    """Lightning's ``configure_optimizers`` value: AdamW (``optim``: lr, betas, eps, weight_decay) stepped with
+    a linear warm-up over ``warmup_steps`` and a linear decay to 0 at ``total_steps``."""
+    groups = weight_decay_groups(model, optim["weight_decay"])
+    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"])
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay on weights, none on biases and LayerNorm parameters (A.1)."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    no_decay_ids |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if id(p) not in no_decay_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay_ids], "weight_decay": 0.0},
+    ]
