@@ -42,7 +42,7 @@ OVERRIDES = typer.Argument(
 
 
 def complete_sweep_name(incomplete: str) -> list[str]:
-    from blockbert.tools.sweeps import available
+    from blockbert.tools.sweep_plan import available
 
     return [name for name in available() if name.startswith(incomplete)]
 
@@ -201,7 +201,7 @@ def report(
 
     Example: `blockbert report multirun/sweeps/heads_n2/2026-11-29_10-00-00`
     """
-    from blockbert.tasks.sweep import run_report
+    from blockbert.tasks.report import run_report
 
     raise typer.Exit(run_report(directory, debug=debug))
 

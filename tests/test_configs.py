@@ -84,7 +84,7 @@ def test_pretrain_defaults_are_appendix_a1():
 
 
 @pytest.mark.parametrize("model", [m for m in MODELS])
-def test_model_yaml_equals_python_preset(model):
+def test_presets_are_the_model_files_as_hydra_composes_them(model):
     cfg = compose_cfg("pretrain", [f"model={model}"])
     assert BlockBertConfig(**model_config(cfg.model)) == preset_config(model)
     assert cfg.model.next_sentence_prediction == PRESETS[model].next_sentence_prediction

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from blockbert.config import ConfigError
 from blockbert.tasks.benchmark import BOUNDS, _records, baselines_of, print_table
-from blockbert.tools.benchmark import OOM, summarize, time_side_by_side
 from blockbert.tools.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
 from blockbert.tools.models import build, random_batch
+from blockbert.tools.timing import OOM, time_side_by_side, timing_summary
 
 
 def test_saved_tensor_counter_on_a_toy_graph_known_by_hand():
@@ -66,7 +66,7 @@ def test_side_by_side_timing_rotates_and_reports_oom():
     times = time_side_by_side({"a": ok("a"), "b": ok("b"), "big": oom}, torch.device("cpu"), warmup=1, repeats=3)
     assert times["big"] == OOM and len(times["a"]) == len(times["b"]) == 3
     assert calls_seen[2:] == ["a", "b", "b", "a", "a", "b"]  # after warm-up, each repeat starts one later
-    assert summarize(times["big"])["status"] == OOM and summarize([1.0, 2.0, 3.0])["median_s"] == 2.0
+    assert timing_summary(times["big"])["status"] == OOM and timing_summary([1.0, 2.0, 3.0])["median_s"] == 2.0
 
 
 def cli(tmp_path, *args):
@@ -230,5 +230,5 @@ def test_peers_are_the_transformers_models_at_our_sizes():
     assert build("hf_bert_eager", size, {}, 128).model.config._attn_implementation == "eager"
     assert build("hf_bigbird", size, {}, 128).model.config.attention_type == "block_sparse"
     assert build("sparsebert_blocks", size, {}, 128).config.sparse_impl == "blocks"
-    with pytest.raises(ConfigError, match="model 'gpt2' is unknown: accepted are google_bert, .*, hf_bigbird"):
+    with pytest.raises(ConfigError, match="model 'gpt2' is unknown: accepted are blockbert_n2, .*, hf_bigbird"):
         build("gpt2", size, {}, 128)

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from blockbert import BlockBertConfig
 from blockbert.tasks.common import model_config
 from blockbert.tasks.launch import config_dir
-from blockbert.tools.sweeps import (
+from blockbert.tools.sweep_plan import (
     available,
     expand,
     head_assignments,
@@ -147,7 +147,7 @@ def test_sweep_through_submitit_local(tmp_path):
 
 
 def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
-    from blockbert.tools.report import summarize
+    from blockbert.tools.sweep_summary import summarize_sweep
 
     sweep_dir = tmp_path / "grid"
     for job, (lr, dev, test) in enumerate([(1e-5, 70.0, 60.0), (3e-5, 80.0, 75.0), (5e-5, 78.0, 79.0)]):
@@ -167,7 +167,7 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
             }
         )
     )
-    rows = summarize(sweep_dir)
+    rows = summarize_sweep(sweep_dir)
     assert [r["job"] for r in rows] == ["1", "2", "0"]
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
 

@@ -2,7 +2,7 @@
 
 Kept light (no torch, Lightning or Hydra): the CLI reads :func:`config_dir` to list config groups in its help."""
 
-from pathlib import Path
+from blockbert.paths import config_dir
 
 ENTRY_POINTS = {
     "pretrain": "blockbert.tasks.pretrain",
@@ -12,17 +12,9 @@ ENTRY_POINTS = {
 }
 
 
-def config_dir() -> Path:
-    """``conf/``: inside the installed package (wheel) or at the root of a source checkout."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "pretrain.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"blockbert's conf/ directory was not found next to {package}")
-
-
 def config_groups(task: str) -> dict[str, tuple[str | None, list[str]]]:
-    """{group: (default option, options)} of the groups in ``conf/<task>.yaml``'s defaults list."""
+    """{group: (default option, options)} of the groups in ``conf/<task>.yaml``'s defaults list (of
+    :func:`blockbert.paths.config_dir`)."""
     import re
 
     conf = config_dir()

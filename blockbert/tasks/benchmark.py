@@ -20,10 +20,11 @@ from rich.table import Table
 from blockbert.attention import SelfAttention
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.tasks.profile import pick_device, pick_dtype
-from blockbert.tools import MB, console, data_benchmark, pyplot
-from blockbert.tools.benchmark import OOM, is_oom, summarize, time_side_by_side
+from blockbert.tools import data_benchmark
+from blockbert.tools.display import MB, console, pyplot
 from blockbert.tools.memory import measure_step
 from blockbert.tools.models import build, random_batch
+from blockbert.tools.timing import OOM, is_oom, time_side_by_side, timing_summary
 
 log = logging.getLogger(__name__)
 MODES = ("model", "attention", "data")
@@ -232,7 +233,7 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
 def _records(times, baselines, point, peaks) -> list[dict]:
     """One record per model; ``ratios`` maps each baseline to median / its median (None where either has none),
     and ``ratio_to_baseline`` is the first baseline's."""
-    summaries = {name: summarize(t) for name, t in times.items()}
+    summaries = {name: timing_summary(t) for name, t in times.items()}
     medians = {name: s["median_s"] for name, s in summaries.items()}
     out = []
     for name, s in summaries.items():

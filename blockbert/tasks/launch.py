@@ -74,7 +74,7 @@ def complete_overrides(command: str, params: dict, incomplete: str) -> list[str]
 
     task = command
     if command == "sweep":
-        from blockbert.tools.sweeps import load_sweep
+        from blockbert.tools.sweep_plan import load_sweep
 
         try:
             task = load_sweep(params.get("name") or "").command

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from blockbert.config import ConfigError
-from blockbert.tools import MB, console, pyplot
+from blockbert.tools.display import MB, console, pyplot
 from blockbert.tools.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
 from blockbert.tools.models import build, random_batch
 

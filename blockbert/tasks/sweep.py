@@ -15,9 +15,8 @@ from rich.table import Table
 
 from blockbert.errors import RunInterrupted, one_line, one_line_errors
 from blockbert.tasks.launch import config_dir, run_task
-from blockbert.tools import console
-from blockbert.tools.report import summarize
-from blockbert.tools.sweeps import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
+from blockbert.tools.display import console
+from blockbert.tools.sweep_plan import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +123,8 @@ def run_sweep(
     code = run_task(sweep.command, args, debug_jobs, wrap=tolerant)
     if code:
         return code
+    from blockbert.tasks.report import run_report
+
     return run_report(str(sweep_dir), debug=debug_jobs)
 
 
@@ -137,13 +138,3 @@ def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
         if isinstance(values, dict) and "pretrained_jobs" in values and key in planned:
             grid[key] = planned[key] + [value for value in grid[key] if value not in planned[key]]
     return grid
-
-
-@one_line_errors("report")
-def run_report(directory: str) -> None:
-    sweep_dir = Path(directory).expanduser()
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{directory}: no such directory (expected a sweep or multirun directory)")
-    summarize(sweep_dir)
-    print("summary (summary.csv, summary.png for head sweeps, selection.json for fine-tuning grids) is in:")
-    print(sweep_dir.resolve())

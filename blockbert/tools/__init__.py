@@ -1,22 +1,2 @@
-"""Measurement and reporting tools: memory profiler, side-by-side benchmark, sweeps and summaries."""
-
-import sys
-
-from rich.console import Console
-
-MB = 2**20
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def console() -> Console:
-    """A rich console; wide when the output is not a terminal, so tables stay readable in logs."""
-    return Console(width=None if sys.stdout.isatty() else 160)
+"""Measurement and reporting tools: memory profiler (memory), side-by-side timing (timing), the compared models
+(models), the data pipeline benchmark (data_benchmark), sweep plans and summaries (sweep_plan, sweep_summary)."""

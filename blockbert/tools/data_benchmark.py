@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from blockbert.tools import MB
+from blockbert.tools.display import MB
 
 CHUNK_DOCUMENTS = 20000  # documents per generated chunk, about 9.4 MB
 KINDS = ("ours", "floor")
@@ -148,7 +148,7 @@ def summary(records: list[dict]) -> dict:
 def print_table(results: dict) -> None:
     from rich.table import Table
 
-    from blockbert.tools import console
+    from blockbert.tools.display import console
 
     s = results["settings"]
     table = Table(

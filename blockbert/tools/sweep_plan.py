@@ -105,7 +105,7 @@ def expand(sweep: Sweep, num_heads: int, source: Path | None = None) -> dict[str
 
 def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
     """The run directories of the finished jobs of the pre-training sweep in ``source``."""
-    from blockbert.tools.report import read_jobs
+    from blockbert.tools.sweep_summary import read_jobs
 
     if source is None:
         raise ConfigError(

@@ -59,7 +59,7 @@ def _guarded(label, calls, times, device) -> bool:
         return False
 
 
-def summarize(samples: list[float] | str) -> dict:
+def timing_summary(samples: list[float] | str) -> dict:
     if samples == OOM or not samples:
         return {"status": OOM if samples == OOM else "no samples", "median_s": None, "iqr_s": None, "times_s": []}
     q1, median, q3 = np.percentile(samples, [25, 50, 75])

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.tools import console as make_console
-from blockbert.tools import pyplot
+from blockbert.tools.display import console as make_console
+from blockbert.tools.display import pyplot
 
 STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
 
@@ -55,7 +55,7 @@ def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
     return sorted(rows, key=key)
 
 
-def summarize(sweep_dir: Path) -> list[dict]:
+def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """Write summary.csv (+ selection.json, summary.png) into ``sweep_dir`` and print the table."""
     console = make_console()
     spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) if (sweep_dir / "sweep.yaml").is_file() else {}
