@@ -12,6 +12,11 @@ import sys
 
 import typer
 
+# The command never loads models through transformers' Auto classes: `import blockbert` (the help's config groups
+# import it) skips registering with them, an import of torch and transformers' model code taking seconds, in this
+# process and the ones it starts.
+os.environ["BLOCKBERT_CLI"] = "1"
+
 app = typer.Typer(
     help="Pre-train, fine-tune, sweep, profile and benchmark BlockBERT (BERT with blockwise sparse "
     "self-attention). Every command takes Hydra overrides: `blockbert pretrain model=blockbert_n3 "
@@ -207,9 +212,6 @@ def report(
 
 
 def main() -> None:
-    # the command never loads models through transformers' Auto classes: `import blockbert` skips registering
-    # with them (an import of transformers' model code, seconds) in this process and the ones it starts
-    os.environ["BLOCKBERT_CLI"] = "1"
     if os.environ.get("BLOCKBERT_DDP_JOB") and "LOCAL_RANK" in os.environ:
         # a DDP rank Lightning started by re-running this command line: run only the job that started it
         from blockbert.tasks.launch import run_ddp_rank

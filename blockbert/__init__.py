@@ -1,22 +1,74 @@
-"""BlockBERT: BERT with blockwise sparse self-attention (Qiu et al., 2020)."""
+"""BlockBERT: BERT with blockwise sparse self-attention (Qiu et al., 2020).
+
+Importing the package is light: only the config (no torch) is loaded at once; the model classes and presets
+are loaded on first use through the module ``__getattr__`` (PEP 562), so ``from blockbert import
+BlockBertModel`` works as before.
+
+``import blockbert`` also registers blockbert's config and model classes with transformers' Auto classes
+(:func:`blockbert.hf_auto.register_auto_classes`), so ``AutoModel.from_pretrained(<block/sparse export>)`` works
+without ``trust_remote_code``. That imports torch and transformers, which the ``blockbert`` command line does
+not want for its start-up time: it sets ``BLOCKBERT_CLI=1``, and with that variable set to "1" the registration
+is skipped (call ``blockbert.hf_auto.register_auto_classes()`` to do it later). Without transformers installed
+the registration is skipped silently; should it fail otherwise (an incompatible transformers), the import
+warns and goes on.
+"""
 
 import importlib
+import os
 
 from .config import BlockBertConfig, ConfigError, parse_heads
 
 _LAZY = {
-    "BlockBertModel": ".model",
-    "BlockBertForMaskedLM": ".model",
-    "BlockBertForPreTraining": ".model",
-    "BlockBertForQuestionAnswering": ".model",
-    "PRESETS": ".presets",
-    "preset_config": ".presets",
+    "BlockBertModel": "model",
+    "BlockBertForMaskedLM": "model",
+    "BlockBertForPreTraining": "model",
+    "BlockBertForQuestionAnswering": "model",
+    "PRESETS": "presets",
+    "preset_config": "presets",
 }
 
-__all__ = ["BlockBertConfig", "ConfigError", "parse_heads", *_LAZY]
+__all__ = [
+    "BlockBertConfig",
+    "ConfigError",
+    "parse_heads",
+    "BlockBertModel",
+    "BlockBertForMaskedLM",
+    "BlockBertForPreTraining",
+    "BlockBertForQuestionAnswering",
+    "PRESETS",
+    "preset_config",
+]
 
 
-def __getattr__(name):
+def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later look-ups do not come here
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+def _register_with_transformers() -> None:
+    if os.environ.get("BLOCKBERT_CLI") == "1":
+        return
+    try:
+        import transformers  # noqa: F401 -- only to know whether it is there
+    except ImportError:
+        return
+    try:
+        from .hf_auto import register_auto_classes
+
+        register_auto_classes()
+    except Exception as err:  # noqa: BLE001 -- an optional convenience must not break the import
+        import warnings
+
+        warnings.warn(
+            f"blockbert: transformers' Auto classes were not registered ({type(err).__name__}: {err})", stacklevel=2
+        )
+
+
+_register_with_transformers()

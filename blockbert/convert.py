@@ -207,7 +207,7 @@ def extend_positions(table: torch.Tensor, rows: int, offset: int) -> torch.Tenso
 
 
 def load_pretrained(cls, path, **overrides):
-    """Build ``cls`` from a checkpoint directory; see ``FromPretrained.from_pretrained``."""
+    """Build ``cls`` from a checkpoint directory; see ``Pretrained.from_pretrained`` in model.py."""
     config, state, directory = import_weights(cls, path, **overrides)
     model = cls(config)
     result = model.load_state_dict(state, strict=False)

@@ -48,8 +48,9 @@ class Layer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
-class FromPretrained:
-    """``from_pretrained``: Hugging Face BERT/RoBERTa directories or blockbert exports (see convert.py)."""
+class Pretrained:
+    """``from_pretrained`` and ``save_pretrained``: Hugging Face BERT/RoBERTa directories or blockbert exports
+    (see convert.py, imported only when they are called; this module never imports transformers)."""
 
     @classmethod
     def from_pretrained(cls, path: str, **overrides):
@@ -60,6 +61,17 @@ class FromPretrained:
         from .convert import load_pretrained
 
         return load_pretrained(cls, path, **overrides)
+
+    def save_pretrained(self, directory, tokenizer_dir=None):
+        """Write the model to ``directory`` (created if needed) as :func:`blockbert.convert.export` does: a
+        Hugging Face BERT/RoBERTa directory when the attention is dense, else a blockbert one (which
+        ``from_pretrained`` here, and transformers' Auto classes after ``import blockbert``, load). The files of
+        ``tokenizer_dir`` are copied beside the weights when given. Returns the directory as a Path."""
+        from pathlib import Path
+
+        from .convert import export
+
+        return export(self, directory, None if tokenizer_dir is None else Path(tokenizer_dir))
 
 
 def init_bert_weights(module: nn.Module, std: float) -> None:
@@ -77,7 +89,7 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-class BlockBertModel(FromPretrained, nn.Module):
+class BlockBertModel(Pretrained, nn.Module):
     """The encoder: ``forward`` returns the last hidden states [B, N, hidden]."""
 
     def __init__(self, config: BlockBertConfig):
@@ -173,7 +185,7 @@ def _masked_lm(head: MaskedLMHead, hidden, labels, masked_only: bool):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100), logits
 
 
-class BlockBertForMaskedLM(FromPretrained, nn.Module):
+class BlockBertForMaskedLM(Pretrained, nn.Module):
     """Masked-LM pre-training (RoBERTa-1seq, SparseBert, BlockBert)."""
 
     def __init__(self, config: BlockBertConfig):
@@ -187,7 +199,7 @@ class BlockBertForMaskedLM(FromPretrained, nn.Module):
         return MaskedLMOutput(*_masked_lm(self.mlm, hidden, labels, masked_only))
 
 
-class BlockBertForPreTraining(FromPretrained, nn.Module):
+class BlockBertForPreTraining(Pretrained, nn.Module):
     """Masked-LM plus next-sentence prediction (Google BERT, RoBERTa-2seq)."""
 
     def __init__(self, config: BlockBertConfig):
@@ -215,7 +227,7 @@ class BlockBertForPreTraining(FromPretrained, nn.Module):
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, logits, nsp_logits)
 
 
-class BlockBertForQuestionAnswering(FromPretrained, nn.Module):
+class BlockBertForQuestionAnswering(Pretrained, nn.Module):
     """Extractive QA: two linear outputs give start and end logits for every token."""
 
     def __init__(self, config: BlockBertConfig):

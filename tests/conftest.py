@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# registers with transformers' Auto classes before a test imports cli.py, which sets BLOCKBERT_CLI=1
+import blockbert  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):

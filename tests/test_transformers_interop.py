@@ -1,0 +1,298 @@
+"""transformers interoperability: save_pretrained, the Auto classes after `import blockbert`, the model card."""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import blockbert
+from blockbert import (
+    BlockBertConfig,
+    BlockBertForMaskedLM,
+    BlockBertForPreTraining,
+    BlockBertForQuestionAnswering,
+    BlockBertModel,
+)
+from blockbert.hf_auto import BlockBertHFConfig, BlockBertHFForMaskedLM, register_auto_classes
+from blockbert.model_card import model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+KINDS = {
+    "dense": {},
+    "block": {"attention": "block", "heads": "3:1"},
+    "sparse": {"attention": "sparse", "sparse_stride": 8, "sparse_expressivity": 2},
+}
+CLASSES = [BlockBertModel, BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering]
+AUTO = {
+    BlockBertModel: transformers.AutoModel,
+    BlockBertForMaskedLM: transformers.AutoModelForMaskedLM,
+    BlockBertForPreTraining: transformers.AutoModelForPreTraining,
+    BlockBertForQuestionAnswering: transformers.AutoModelForQuestionAnswering,
+}
+
+
+def tiny_model(cls, kind):
+    torch.manual_seed(0)
+    return cls(BlockBertConfig(**TINY, **KINDS[kind])).eval()
+
+
+def inputs(n=20):
+    torch.manual_seed(1)
+    ids = torch.randint(1, TINY["vocab_size"], (2, n))
+    mask = torch.ones_like(ids)
+    mask[1, 14:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 8:] = 1
+    return ids, mask, types
+
+
+def ours(model, ids, mask, types) -> dict:
+    """The outputs of a blockbert model, under transformers' names."""
+    with torch.no_grad():
+        out = model(ids, mask, types)
+    if isinstance(out, torch.Tensor):
+        return {"last_hidden_state": out}
+    if hasattr(out, "start_logits"):
+        return {"start_logits": out.start_logits, "end_logits": out.end_logits}
+    if hasattr(out, "nsp_logits"):
+        return {"prediction_logits": out.logits, "seq_relationship_logits": out.nsp_logits}
+    return {"logits": out.logits}
+
+
+def theirs(model, ids, mask, types) -> dict:
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert isinstance(out, transformers.utils.ModelOutput)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@contextlib.contextmanager
+def transformers_log():
+    """The messages transformers logs meanwhile (its load report of missing/unexpected weights among them)."""
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def assert_same_outputs(a: dict, b: dict, mask):
+    assert a.keys() == b.keys()
+    real = mask.bool()
+    for key in a:
+        x, y = (a[key], b[key]) if key == "seq_relationship_logits" else (a[key][real], b[key][real])
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_save_pretrained_round_trip(tmp_path, cls, kind):
+    model = tiny_model(cls, kind)
+    assert model.save_pretrained(tmp_path / "out") == tmp_path / "out"
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == ("bert" if kind == "dense" else "blockbert")
+    again = cls.from_pretrained(str(tmp_path / "out")).eval()
+    assert type(again) is cls
+    if kind == "block":  # the export writes N itself
+        assert again.config == dataclasses.replace(model.config, block_seq_len=model.config.attention_length)
+    elif kind == "sparse":
+        assert again.config == model.config
+    ids, mask, types = inputs()
+    assert_same_outputs(ours(again, ids, mask, types), ours(model, ids, mask, types), mask)
+
+
+@pytest.mark.parametrize("kind", ["block", "sparse"])
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_auto_classes_load_an_export_as_blockbert_does(tmp_path, cls, kind):
+    tiny_model(cls, kind).save_pretrained(tmp_path / "out")
+    with transformers_log() as messages:
+        hf, info = AUTO[cls].from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    logged = "\n".join(messages)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert "MISSING" not in logged and "newly initialized" not in logged, logged
+    assert isinstance(hf, transformers.PreTrainedModel) and not hf.training
+    ours_again = cls.from_pretrained(str(tmp_path / "out")).eval()
+    assert hf.config.to_blockbert() == ours_again.config
+    ids, mask, types = inputs()
+    assert_same_outputs(theirs(hf, ids, mask, types), ours(ours_again, ids, mask, types), mask)
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+    assert isinstance(config, BlockBertHFConfig) and config.to_blockbert() == ours_again.config
+
+
+@pytest.mark.parametrize("kind", ["block", "sparse"])
+def test_auto_model_takes_the_encoder_of_a_question_answering_export(tmp_path, kind):
+    tiny_model(BlockBertForQuestionAnswering, kind).save_pretrained(tmp_path / "qa")
+    with transformers_log() as messages:
+        hf, info = transformers.AutoModel.from_pretrained(str(tmp_path / "qa"), output_loading_info=True)
+    assert not info["missing_keys"], info
+    assert "MISSING" not in "\n".join(messages)  # the QA head in the file is expected to be left over: no report
+    encoder = BlockBertModel.from_pretrained(str(tmp_path / "qa")).eval()
+    ids, mask, types = inputs()
+    assert_same_outputs(theirs(hf, ids, mask, types), ours(encoder, ids, mask, types), mask)
+    with transformers_log() as messages:
+        mlm, info = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "qa"), output_loading_info=True)
+    assert {k.split(".")[0] for k in info["missing_keys"]} == {"mlm"}  # a head not in the file: initialised fresh
+    assert "MISSING" in "\n".join(messages)  # ... and reported (the checks above would see a report)
+    assert mlm.mlm.decoder_weight is mlm.encoder.embeddings.word.weight  # tied
+    assert torch.equal(mlm.mlm.bias, torch.zeros_like(mlm.mlm.bias))
+
+
+def test_losses_tuples_and_transformers_save_pretrained(tmp_path):
+    model = tiny_model(BlockBertForMaskedLM, "block")
+    model.save_pretrained(tmp_path / "out")
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"))
+    assert isinstance(hf, BlockBertHFForMaskedLM)
+    ids, mask, types = inputs()
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, labels=ids)
+        torch.testing.assert_close(out.loss, model(ids, mask, labels=ids).loss)
+        assert isinstance(hf(ids, return_dict=False), tuple)
+    hf.save_pretrained(tmp_path / "hf")  # transformers' own writer: the same keys and a config blockbert reads
+    again = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()
+    assert_same_outputs(ours(again, ids, mask, types), ours(model, ids, mask, types), mask)
+    qa = tiny_model(BlockBertForQuestionAnswering, "block")
+    qa.save_pretrained(tmp_path / "qa")
+    hf_qa = transformers.AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "qa"))
+    starts, ends = torch.tensor([3, 5]), torch.tensor([4, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            hf_qa(input_ids=ids, attention_mask=mask, start_positions=starts, end_positions=ends).loss,
+            qa(ids, mask, start_positions=starts, end_positions=ends).loss,
+        )
+
+
+def test_exports_from_before_the_registration_still_load(tmp_path):
+    """The config.json layout is unchanged; an old export without block_seq_len (N = its positions) and a
+    field this version does not know load with both loaders, alike."""
+    model = tiny_model(BlockBertForQuestionAnswering, "block")
+    model.save_pretrained(tmp_path / "old")
+    values = {k: v for k, v in model.config.to_dict().items() if k != "block_seq_len"}
+    old = {"model_type": "blockbert", "architectures": ["BlockBertForQuestionAnswering"], "blockbert": values}
+    old["blockbert"]["a_later_field"] = 1
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old, indent=2) + "\n")
+    mine = BlockBertForQuestionAnswering.from_pretrained(str(tmp_path / "old")).eval()
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "old"))
+    assert mine.config.attention_length == hf.config.to_blockbert().attention_length == 64
+    ids, mask, types = inputs()
+    assert_same_outputs(theirs(hf, ids, mask, types), ours(mine, ids, mask, types), mask)
+
+
+def test_registration_is_idempotent():
+    register_auto_classes()
+    register_auto_classes()
+    assert isinstance(transformers.AutoConfig.for_model("blockbert"), BlockBertHFConfig)
+    assert set(blockbert.__all__) <= set(dir(blockbert))
+    assert all(getattr(blockbert, name) is not None for name in blockbert.__all__)
+
+
+def python(code: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "BLOCKBERT_CLI"}
+    environ.update(env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_the_command_line_imports_neither_torch_nor_transformers():
+    python(
+        "import sys, blockbert\n"
+        f"assert blockbert.__file__.startswith({str(ROOT)!r}), blockbert.__file__\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+        "blockbert.BlockBertConfig(attention='block', heads='10:2')\n"
+        "assert 'torch' not in sys.modules\n"
+        "from blockbert import BlockBertModel, PRESETS, preset_config\n"
+        "assert 'torch' in sys.modules and 'transformers' not in sys.modules, 'model.py imports transformers'\n",
+        BLOCKBERT_CLI="1",
+    )
+    python(  # without the variable, import blockbert registers the Auto classes
+        "import sys, blockbert\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "assert 'blockbert' in CONFIG_MAPPING\n"
+    )
+
+
+def blockbert_cli(tmp_path, *args):
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def test_export_writes_a_model_card(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["model.attention=block", "model.heads=3:1", "data.max_seq_length=64", "trainer.max_steps=2"]
+    overrides += ["logger=none", "progress_bar=false", "data.generated_documents=40"]
+    blockbert_cli(tmp_path, "pretrain", *overrides, f"hydra.run.dir={run_dir}")
+    blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: blockbert" in front and "- blockbert" in front and "- block-attention" in front
+    for text in (
+        "`BlockBertForMaskedLM`",
+        "block: n=2 blocks",
+        "head config 3:1",
+        "| n (blocks) | 2 |",
+        "| N | 64 (block_seq_len",
+        "2 layers, hidden 64, 4 heads",
+        "| Preset | tiny |",
+        "tiny_corpus (generated, 40 documents)",
+        "| val/ppl |",
+        "| step | 2 |",
+        "blockbert pretrain " + " ".join(overrides),
+        "import blockbert",
+        "AutoModelForMaskedLM.from_pretrained",
+        "BlockBertForMaskedLM.from_pretrained",
+    ):
+        assert text in body, text
+    assert str(tmp_path) not in card  # no local paths (metrics.json's run_dir is left out)
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"))
+    assert hf.config.to_blockbert().attention_length == 64
+
+    (run_dir / "metrics.json").unlink()  # a run without its records still exports
+    shutil.rmtree(run_dir / ".hydra")
+    blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "bare"))
+    bare = (tmp_path / "bare" / "README.md").read_text()
+    assert bare.count("not recorded") >= 4 and "`BlockBertForMaskedLM`" in bare and "head config 3:1" in bare
+
+
+def test_model_card_of_a_fine_tuned_and_of_a_dense_model(tmp_path):
+    run = tmp_path / "ft"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "init_from: runs/pretrain/x\ntask:\n  name: squad11\n  hub_name: rajpurkar/squad\ndata:\n  max_seq_length: 64\n"
+    )
+    (run / ".hydra" / "overrides.yaml").write_text("- task=squad11\n- init_from=runs/pretrain/x\n")
+    (run / "metrics.json").write_text(json.dumps({"dev/exact_match": 12.5, "dev/f1": 20.25, "run_dir": str(run)}))
+    card = model_card(tiny_model(BlockBertForQuestionAnswering, "sparse"), run)
+    assert "pipeline_tag: question-answering" in card and "- rajpurkar/squad" in card
+    for text in ("sparse: Sparse Transformer", "squad11 (hub: rajpurkar/squad)", "| dev/f1 | 20.25 |"):
+        assert text in card, text
+    assert "blockbert finetune task=squad11 init_from=runs/pretrain/x" in card
+    assert "AutoModelForQuestionAnswering" in card and str(run) not in card
+    dense = model_card(tiny_model(BlockBertForMaskedLM, "dense"), tmp_path / "missing")
+    assert "library_name: transformers" in dense and "import blockbert" not in dense
+    assert "plain Hugging Face BERT directory" in dense and dense.count("not recorded") >= 4
+    (run / "metrics.json").write_text("{not json")  # unreadable records are "not recorded" too
+    (run / ".hydra" / "config.yaml").write_text(": : :\n- [")
+    assert "not recorded" in model_card(tiny_model(BlockBertModel, "block"), run)
