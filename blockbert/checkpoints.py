@@ -173,16 +173,18 @@ def pretrained_length(run: str) -> int | None:
     return BlockBertConfig(**config).attention_length if isinstance(config, dict) else None
 
 
-def import_model(model_cls, model_cfg, seq_len: int):
+def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
     """(config dict, state dict, tokenizer) from ``model.init_from``: a Hugging Face BERT/RoBERTa directory
-    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``."""
+    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``. Unless
+    ``heads_given`` (the user set ``model.heads``: it must fit), a block head split written for another head count
+    is scaled to the checkpoint's heads (``10:2`` -> ``13:3`` for 16 heads)."""
     from transformers import AutoTokenizer
 
     from blockbert.convert import ARCH_OVERRIDES, import_weights
 
     overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
     config, state, directory = import_weights(
-        model_cls, model_cfg.init_from, max_position_embeddings=seq_len, **overrides
+        model_cls, model_cfg.init_from, fit_heads=not heads_given, max_position_embeddings=seq_len, **overrides
     )
     log.info(
         "model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over model.*)",

@@ -39,6 +39,22 @@ def parse_heads(heads: str, num_heads: int) -> tuple[int, ...]:
     return counts
 
 
+def scale_heads(heads: str, num_heads: int) -> str:
+    """The head config ``heads`` with its proportions kept for a model of ``num_heads`` heads: every shift that
+    had heads keeps at least one, identity (shift 0) takes the rest; ``"10:2"`` -> ``"13:3"`` for 16 heads,
+    ``"5:1"`` for 6. A config that already fits is returned as it is."""
+    counts = parse_heads(heads, sum(int(p) for p in str(heads).split(":") if p.strip().isdigit()))
+    if sum(counts) == num_heads:
+        return str(heads).strip()
+    shifted = [max(1, round(c * num_heads / sum(counts))) if c else 0 for c in counts[1:]]
+    if num_heads - sum(shifted) < 1:
+        raise ConfigError(
+            f"heads={heads!r} cannot be scaled to num_heads={num_heads}: give model.heads with counts summing to "
+            f"{num_heads}"
+        )
+    return ":".join(str(c) for c in (num_heads - sum(shifted), *shifted))
+
+
 @dataclass
 class BlockBertConfig:
     """A BERT/RoBERTa encoder whose self-attention is dense, blockwise or Sparse-Transformer."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import torch_load
-from .config import BlockBertConfig, ConfigError
+from .config import BlockBertConfig, ConfigError, scale_heads
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,16 @@ def load_pretrained(cls, path, **overrides):
     return model
 
 
-def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]:
+def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[BlockBertConfig, dict, Path]:
     """(config, state dict for ``cls``, directory). ``max_position_embeddings`` counts usable positions.
 
     With block attention, ``block_seq_len`` (N, which fixes the blocks) is the override if given; else a
     checkpoint pre-trained with block attention keeps its N (an export older than the field: its positions),
     raised to ``max_position_embeddings`` only when that asks for longer sequences; else (Hugging Face,
-    dense or sparse checkpoints) N is ``max_position_embeddings`` when given, the positions otherwise."""
+    dense or sparse checkpoints) N is ``max_position_embeddings`` when given, the positions otherwise.
+
+    ``fit_heads``: a block head config written for another head count (a preset's ``10:2`` for a 16-head
+    checkpoint) is scaled to the checkpoint's heads (:func:`blockbert.config.scale_heads`) instead of refused."""
     accepted = ARCH_OVERRIDES | {"max_position_embeddings", "block_seq_len"}
     unknown = set(overrides) - accepted
     if unknown:
@@ -248,6 +251,11 @@ def import_weights(cls, path, **overrides) -> tuple[BlockBertConfig, dict, Path]
     block_seq_len = overrides.pop("block_seq_len", None)
     values.pop("block_seq_len", None)  # set once the positions are final
     values.update(overrides)
+    if fit_heads and values.get("attention") == "block" and "heads" in overrides:
+        fitted = scale_heads(overrides["heads"], values["num_heads"])
+        if fitted != str(overrides["heads"]).strip():
+            log.info("%s has %d heads: heads %s -> %s", directory, values["num_heads"], overrides["heads"], fitted)
+            values["heads"] = fitted
     config = BlockBertConfig(**{f.name: values[f.name] for f in fields(BlockBertConfig) if f.init and f.name in values})
     prefix = "" if cls.__name__ == "BlockBertModel" else "encoder."
     if kind == "blockbert":

@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from blockbert import PRESETS, BlockBertConfig, BlockBertModel, ConfigError, preset_config
+from blockbert.config import scale_heads
 from blockbert.tasks.common import model_config
 from blockbert.tasks.launch import config_dir
 
@@ -117,3 +118,17 @@ def test_slurm_cluster_selects_submitit_launcher():
 
 def test_conf_is_found_in_checkout():
     assert CONF == Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize(
+    "heads, num_heads, expected",
+    [("10:2", 16, "13:3"), ("10:2", 6, "5:1"), ("8:2:2", 16, "10:3:3"), ("12:0", 16, "16:0"), ("3:1", 12, "9:3")],
+)
+def test_a_head_split_scales_to_another_head_count(heads, num_heads, expected):
+    assert scale_heads(heads, num_heads) == expected
+    assert scale_heads(expected, num_heads) == expected  # one that fits stays
+
+
+def test_a_head_split_that_cannot_scale_is_one_line():
+    with pytest.raises(ConfigError, match="heads='1:1:1:1' cannot be scaled to num_heads=2"):
+        scale_heads("1:1:1:1", 2)

@@ -42,7 +42,16 @@ def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(tmp_pat
     assert used["trainer"]["max_steps"] == 2 and used["data"]["max_seq_length"] == 128  # the user's overrides win
 
 
-def test_an_experiment_the_user_chose_is_kept(tmp_path):
-    out = finetune(tmp_path, "experiment=tiny")  # the 4-head demo model cannot hold the 12-head checkpoint
-    assert out.returncode != 0 and "heads='3:1' assigns 4 heads" in out.stderr
+def test_an_experiment_the_user_chose_is_kept_with_its_heads_fitted_to_the_checkpoint(tmp_path):
+    out = finetune(tmp_path, "experiment=tiny")  # the 4-head demo model's split, 3:1, for the 12-head checkpoint
+    assert out.returncode == 0, out.stderr[-3000:]
     assert "starting from a checkpoint" not in out.stdout + out.stderr
+    assert "has 12 heads: heads 3:1 -> 9:3" in out.stdout + out.stderr
+    used = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())
+    assert used["optim"]["lr"] == 1e-3  # the experiment's own values stay
+
+
+def test_heads_given_on_the_command_line_must_fit_the_checkpoint(tmp_path):
+    out = finetune(tmp_path, "model=blockbert_n2", "model.heads=4:1")
+    assert out.returncode == 2
+    assert "heads='4:1' assigns 5 heads but the model has num_heads=12" in out.stderr

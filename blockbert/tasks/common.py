@@ -78,6 +78,15 @@ def without_demo_defaults(cfg: DictConfig, command: str) -> DictConfig:
     return chosen
 
 
+def given_on_command_line(key: str) -> bool:
+    """Whether the command line set ``key`` (``model.heads=...``); True outside a Hydra job (nothing to tell)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task)
+
+
 def _leaves(cfg: DictConfig) -> dict:
     """{dotted key: value} of a config's leaves (interpolations resolved)."""
 

@@ -21,6 +21,7 @@ from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
     check_paper_row,
+    given_on_command_line,
     model_config,
     split_batch,
     without_demo_defaults,
@@ -50,7 +51,9 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.init_from:
         config, encoder_state, tokenizer = load_pretrain_run(cfg.init_from)
     elif cfg.model.get("init_from"):
-        config, state, tokenizer = import_model(BlockBertForQuestionAnswering, cfg.model, seq_len)
+        config, state, tokenizer = import_model(
+            BlockBertForQuestionAnswering, cfg.model, seq_len, heads_given=given_on_command_line("model.heads")
+        )
         encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     else:
         model_config(cfg.model, block_seq_len=seq_len)  # validate before any data work

@@ -23,6 +23,7 @@ from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
     check_paper_row,
     derive_batch,
+    given_on_command_line,
     model_config,
     without_demo_defaults,
     world_size,
@@ -51,7 +52,9 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     init_config = init_state = init_tokenizer = None
     if cfg.model.get("init_from"):
         model_class = BlockBertForPreTraining if nsp else BlockBertForMaskedLM
-        init_config, init_state, init_tokenizer = import_model(model_class, cfg.model, seq_len)
+        init_config, init_state, init_tokenizer = import_model(
+            model_class, cfg.model, seq_len, heads_given=given_on_command_line("model.heads")
+        )
     else:
         model_config(cfg.model, block_seq_len=seq_len)  # a bad head config fails here, before any data work
     pl.seed_everything(cfg.seed, workers=True)
