@@ -1,4 +1,4 @@
-"""Callbacks of our own: the run's plain ``metrics.json``."""
+"""Callbacks of our own: the run's plain ``metrics.json``, and a progress bar that counts optimizer steps."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -73,3 +74,17 @@ class MetricsJson(pl.Callback):
             self.write(trainer, "interrupted")
         else:
             self.write(trainer, "failed", f"{type(exception).__name__}: {exception}".splitlines()[0][:500])
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar for a run bounded by steps (pre-training: ``max_epochs=-1``): its label says
+    "Step 120/2400000" (optimizer steps out of ``max_steps``) instead of "Epoch 4/-2"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"Step {self.trainer.global_step}/{self.trainer.max_steps}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, description=description)

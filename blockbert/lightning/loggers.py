@@ -41,7 +41,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
             if rank_zero_only.rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id + "\n")
-        return WandbLogger(
+        logger = WandbLogger(
             save_dir=os.environ.get("WANDB_DIR") or str(run_dir),
             project=cfg.logger.project,
             entity=cfg.logger.entity,
@@ -52,6 +52,9 @@ def build_logger(cfg: DictConfig, run_dir: Path):
             resume="allow",
             config=OmegaConf.to_container(cfg, resolve=True),
         )
+        # Lightning passes anonymous=None, on which W&B >= 0.22 warns that the setting has no effect
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        return logger
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
 
 

@@ -133,6 +133,22 @@ def check_paper_row(cfg: DictConfig, command: str) -> None:
         )
 
 
+def describe_model(model) -> str:
+    """One line for the log: the model class, its parameters, sizes and attention (Lightning's summary instead
+    shows a FLOPs column that reads 0)."""
+    config = model.config
+    attention = config.attention
+    if attention == "block":
+        attention += f", heads {config.heads} (n={config.num_blocks}), blocks cut from N={config.attention_length}"
+    elif attention == "sparse":
+        attention += f", stride {config.sparse_stride}, expressivity {config.sparse_expressivity}"
+    parameters = sum(p.numel() for p in model.parameters())
+    return (
+        f"model: {type(model).__name__}, {parameters / 1e6:.2f} M parameters, {config.num_layers} layers, hidden "
+        f"{config.hidden_size}, {config.num_heads} heads, attention {attention}"
+    )
+
+
 def derive_batch(tokens_per_batch: int, seq_len: int, per_device: int, world_size: int) -> tuple[int, int, int]:
     """(global batch B, per-device batch, gradient accumulation) with B x N = tokens_per_batch."""
     if tokens_per_batch % seq_len:

@@ -21,6 +21,7 @@ from blockbert.model import BlockBertForQuestionAnswering
 from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
     check_paper_row,
+    describe_model,
     given_on_command_line,
     model_config,
     split_batch,
@@ -86,6 +87,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache_dir)
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
+    log.info(describe_model(module.model))
     if encoder_state is not None:
         module.model.encoder.load_state_dict(encoder_state)
     if cfg.compile:

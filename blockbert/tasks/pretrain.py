@@ -14,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from blockbert.checkpoints import import_model, run_tokenizer
 from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
-from blockbert.lightning.callbacks import MetricsJson
+from blockbert.lightning.callbacks import MetricsJson, StepProgressBar
 from blockbert.lightning.loggers import build_logger, finish_wandb
 from blockbert.lightning.pretrain_module import PretrainModule
 from blockbert.lightning.resilience import RunSafety, StepCheckpoint, run_lock
@@ -23,6 +23,7 @@ from blockbert.tasks.cluster import check_accelerator
 from blockbert.tasks.common import (
     check_paper_row,
     derive_batch,
+    describe_model,
     given_on_command_line,
     model_config,
     without_demo_defaults,
@@ -89,6 +90,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
                 "model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), cfg.model.vocab_size
             )
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
+    log.info(describe_model(module.model))
     if init_state:
         module.model.load_state_dict(init_state, strict=False)  # a head the checkpoint lacks starts fresh
     if cfg.compile:
@@ -122,6 +124,8 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         *safety.callbacks,
         metrics,
     ]
+    if cfg.progress_bar:
+        callbacks.append(StepProgressBar())
     logger = build_logger(cfg, run_dir)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -138,6 +142,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
         callbacks=callbacks,
         plugins=safety.plugins,
         enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,  # its FLOPs column reads 0 without an example input: describe_model instead
     )
     safety.fit(trainer, module, data)
     last = checkpoints / "last.ckpt"  # the final state, also between periodic saves

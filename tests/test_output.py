@@ -1,0 +1,43 @@
+"""What a user reads: a default run (W&B offline, progress bar on) prints no misleading notice, counts steps,
+and Lightning's own messages (restore, stop reason) reach the run's log file."""
+
+import os
+import subprocess
+
+MISLEADING = (
+    "Epoch 0/-2",  # the progress bar of a step-bounded run
+    "/-2",
+    "limit_val_batches",  # Lightning's notice about a value we set to "all"
+    "LeafSpec",  # Lightning's deprecation warning under torch 2.13
+    "Tip: For seamless",  # Lightning's LitLogger advertisement
+    "anonymous setting",  # W&B's warning on the argument Lightning always passes
+    "Total FLOPs: 0",  # Lightning's summary without an example input
+    "save_last",
+    "weights_only",
+)
+
+
+def pretrain(tmp_path, *args):
+    env = dict(os.environ, WANDB_MODE="offline", BLOCKBERT_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(
+        ["blockbert", "pretrain", f"hydra.run.dir={tmp_path / 'run'}", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_a_default_run_and_its_resume_print_nothing_misleading(tmp_path):
+    first = pretrain(tmp_path, "trainer.max_steps=4")
+    resumed = pretrain(tmp_path, "trainer.max_steps=6")
+    for text in (first, resumed):
+        shown = [notice for notice in MISLEADING if notice in text]
+        assert not shown, shown
+        assert "model: BlockBertForMaskedLM, 0.13 M parameters, 2 layers" in text
+    assert "Step 4/4" in first and "Step 6/6" in resumed
+    log = (tmp_path / "run" / "launch.log").read_text()
+    assert "Restoring states from the checkpoint path" in log and "`Trainer.fit` stopped: `max_steps=6` reached" in log
