@@ -42,6 +42,13 @@ def test_commands_that_only_compose_import_no_heavy_library(argv, tmp_path):
     assert loaded == [], f"{argv} imported {loaded}"
 
 
+@pytest.mark.parametrize("task", ["pretrain", "finetune", "profile", "benchmark"])
+def test_jobs_are_named_after_their_command(task):
+    """Run directories are runs/<command>/<date>: Hydra names a job after its task function's module."""
+    result = runner.invoke(cli.app, [task, "--cfg", "hydra"])
+    assert result.exit_code == 0 and f"    name: {task}\n" in result.output
+
+
 def test_command_help_lists_config_groups_with_their_options_and_default():
     result = runner.invoke(cli.app, ["pretrain", "--help"], terminal_width=200)
     assert result.exit_code == 0

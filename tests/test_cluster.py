@@ -383,7 +383,7 @@ def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stdout.strip().splitlines()[-1] == str(sweep.resolve())
-    assert out.stderr.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
+    assert (out.stdout + out.stderr).count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # through Hydra's logging
     for job, heads in (("0", "3:1"), ("1", "2:2")):
         assert step(sweep / job / "checkpoints" / "last.ckpt") == 2
         assert f"heads: '{heads}'" in (sweep / job / ".hydra" / "config.yaml").read_text()
@@ -410,8 +410,8 @@ def test_submitit_local_runs_one_task_per_device(tmp_path):
         f"hydra.sweep.dir={sweep}",
     )
     assert out.returncode == 0, out.stderr[-4000:]
-    logs = sorted((sweep / ".submitit").glob("*/*_log.err"))
-    assert len(logs) == 2  # two submitit tasks, no process started by Lightning
+    logs = sorted((sweep / ".submitit").glob("*/*_log.*"))
+    assert len(logs) == 4  # out and err of two submitit tasks, no process started by Lightning
     text = "".join(p.read_text() for p in logs)
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text
     assert step(sweep / "0" / "checkpoints" / "last.ckpt") == 2

@@ -176,7 +176,7 @@ def test_two_process_ddp_on_cpu_through_the_cli(tmp_path):
         f"hydra.run.dir={run_dir}",
     )
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
-    assert "GLOBAL_RANK: 1" in out.stderr
+    assert "GLOBAL_RANK: 1" in out.stdout + out.stderr  # Lightning's messages go through Hydra's logging
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]

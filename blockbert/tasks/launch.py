@@ -157,7 +157,8 @@ def _entry_point(task: str):
     def main(cfg):
         return importlib.import_module(ENTRY_POINTS[task]).main(cfg)
 
-    main.__name__ = main.__qualname__ = task
+    main.__name__ = main.__qualname__ = "main"
+    main.__module__ = ENTRY_POINTS[task]  # Hydra names the job (runs/<task>/...) after the task function's module
     return main
 
 
