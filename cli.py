@@ -196,19 +196,43 @@ def export(
     raise typer.Exit(run_export(run_dir, out_dir, debug=debug))
 
 
+REPORT_DIRECTORIES = typer.Argument(
+    ...,
+    help="A sweep or multirun directory; with --paper one or more run directories (pretrain, finetune, profile, "
+    "benchmark) or sweep/multirun directories of them (their finished jobs).",
+    show_default=False,
+)
+
+
 @app.command()
 def report(
-    directory: str = typer.Argument(..., help="A sweep directory (or any multirun directory)."),
+    directories: list[str] = REPORT_DIRECTORIES,
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="Set each run beside the paper's numbers (Tables 1-5, blockbert/paper_numbers.yaml): ours, the "
+        "paper's, the ratio and the settings (hardware, scale, corpus); rows with no paper row listed as unmatched.",
+    ),
+    out: str = typer.Option(
+        None, "--out", help="--paper: the directory for paper_report.md/.csv/.png (default: the first directory given)."
+    ),
     debug: bool = DEBUG,
 ) -> None:
     """Summarise a sweep or multirun directory: summary.csv, a table best first, and for head sweeps
     a plot like the paper's Figure 4.
 
-    Example: `blockbert report multirun/sweeps/heads_n2/2026-11-29_10-00-00`
-    """
-    from blockbert.tasks.report import run_report
+    With `--paper`: the paper's number next to ours for every row of the run directories given -- pre-training
+    (Table 2), fine-tuning (Tables 3, 4), profile (Table 1), benchmark (Table 5) -- with ours/paper and each
+    table's setting difference; paper_report.md, .csv and .png go to `--out` (default: the first directory).
 
-    raise typer.Exit(run_report(directory, debug=debug))
+    Example: `blockbert report multirun/sweeps/heads_n2/2026-11-29_10-00-00`, or
+    `blockbert report --paper runs/pretrain/RUN runs/finetune/RUN --out paper/`
+    """
+    from blockbert.tasks.report import run_paper_report, run_report
+
+    if paper:
+        raise typer.Exit(run_paper_report(directories, out, debug=debug))
+    raise typer.Exit(run_report(directories, out, debug=debug))
 
 
 def main() -> None:

@@ -1,0 +1,324 @@
+"""`blockbert report --paper`: the paper's numbers as the data file holds them, and real tiny runs of each kind
+(pretrain, finetune from it, profile, benchmark) set beside them; what has no paper row is listed, never guessed."""
+
+import csv
+import functools
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import cli
+from blockbert.tools.paper_report import load_paper
+
+runner = CliRunner()
+SMALL = ["size.hidden_size=48", "size.intermediate_size=64", "size.vocab_size=100", "size.num_layers=1"]
+QUIET = ["logger=none", "progress_bar=false"]
+
+
+def test_the_data_file_holds_every_cell_with_its_table_row_and_unit():
+    paper = load_paper()
+    assert set(paper.tables) == {1, 2, 3, 4, 5}
+    assert all(paper.tables[t][k] for t in paper.tables for k in ("title", "hardware", "scale", "corpus"))
+    for cell in paper.numbers:
+        assert {"table", "row", "metric", "column", "value", "unit"} <= set(cell), cell
+        assert cell["row"]["model"] in paper.models and "N" in cell["row"], cell
+        assert isinstance(cell["value"], (int, float)) or cell["value"] in ("OOM", "-", "10:2", "9:3", "8:2:2")
+    counts = {t: sum(c["table"] == t for c in paper.numbers) for t in paper.tables}
+    # Table 3: 10 model rows x 4 + human performance x 4 + XLNet's two SQuAD 2.0 cells; Table 4: 10 rows x 10
+    assert counts == {1: 12, 2: 32, 3: 46, 4: 100, 5: 12}
+    keys = [(c["table"], tuple(sorted(c["row"].items(), key=str)), c["metric"]) for c in paper.numbers]
+    assert len(keys) == len(set(keys))  # one cell each
+
+
+@functools.cache
+def paper():
+    return load_paper()
+
+
+def value(table, model, n, metric, batch=None):
+    (cell,) = [c for c in paper().cells(table, model, n, batch) if c["metric"] == metric]
+    return cell["value"]
+
+
+@pytest.mark.parametrize(
+    "model, n, cells",
+    [  # Table 3 as NOTES.md states it: SQuAD 1.1 EM/F1, SQuAD 2.0 EM/F1
+        ("google_bert", 512, (81.19, 88.45, 74.08, 77.16)),
+        ("roberta_1seq", 512, (84.43, 91.48, 79.22, 82.27)),
+        ("blockbert_n2", 512, (84.08, 90.77, 78.34, 81.46)),
+        ("sparsebert", 1024, (81.02, 88.37, 74.51, 77.57)),
+        ("blockbert_n3", 1024, (82.74, 90.05, 76.79, 79.84)),
+    ],
+)
+def test_table3_as_the_notes_state_it(model, n, cells):
+    metrics = ("squad11/em", "squad11/f1", "squad20/em", "squad20/f1")
+    assert tuple(value(3, model, n, m) for m in metrics) == cells
+
+
+def test_table5_and_the_savings_the_text_states():
+    times = {
+        (model, batch): value(5, model, 1024, "inference_time", batch)
+        for model in ("roberta_1seq", "blockbert_n2", "blockbert_n3")
+        for batch in (8, 16, 24, 32)
+    }
+    assert [times["roberta_1seq", b] for b in (8, 16, 24, 32)] == [0.1371, "OOM", "OOM", "OOM"]
+    assert [times["blockbert_n2", b] for b in (8, 16, 24, 32)] == [0.0990, 0.1869, "OOM", "OOM"]
+    assert [times["blockbert_n3", b] for b in (8, 16, 24, 32)] == [0.0954, 0.1790, 0.2634, "OOM"]
+    saving = {n: 100 * (1 - times[n, 8] / times["roberta_1seq", 8]) for n in ("blockbert_n2", "blockbert_n3")}
+    assert round(saving["blockbert_n2"], 1) == 27.8 and round(saving["blockbert_n3"], 1) == 30.4
+
+
+def test_tables_1_2_and_4_agree_with_what_the_text_says_of_them():
+    for n, b in ((512, 8), (1024, 4)):  # Table 1: the O(N²) part falls to 1/2 and 1/3 of BERT's
+        bert = value(1, "roberta_1seq", n, "quadratic_part", b)
+        assert value(1, "blockbert_n2", n, "quadratic_part", b) == pytest.approx(bert / 2, abs=0.01)
+        assert value(1, "blockbert_n3", n, "quadratic_part", b) == pytest.approx(bert / 3, abs=0.01)
+    disagree = []  # Table 2's percentages are each row against RoBERTa-1seq
+    for n in (512, 1024):
+        for model in ("blockbert_n2", "blockbert_n3"):
+            for metric in ("training_days", "memory_per_gpu"):
+                change = 100 * (value(2, model, n, metric) / value(2, "roberta_1seq", n, metric) - 1)
+                printed = value(2, model, n, f"{metric.split('_per')[0]}_change")
+                if abs(change - printed) > 0.15:
+                    disagree.append((model, n, metric, round(change, 1), printed))
+    assert disagree == [("blockbert_n3", 512, "memory_per_gpu", -24.8, -23.8)]  # the paper's own; the file says so
+    gaps = [  # Table 4, section 4.2: n=2 vs RoBERTa-1seq F1 at N=512, from 0.04 (NaturalQA) to 1.18 (NewsQA)
+        value(4, "roberta_1seq", 512, f"{s}/f1") - value(4, "blockbert_n2", 512, f"{s}/f1")
+        for s in ("searchqa", "triviaqa", "newsqa", "naturalqa", "hotpotqa")
+    ]
+    assert round(min(gaps), 2) == 0.04 and round(max(gaps), 2) == 1.18
+    assert round(value(4, "blockbert_n2", 1024, "newsqa/f1") - value(4, "blockbert_n3", 1024, "newsqa/f1"), 1) == 1.6
+
+
+def squad_file(path):
+    """A few SQuAD 1.1 questions: a real squad11 fine-tuning run without the network."""
+    paragraphs = []
+    for i in range(6):
+        context = f"Ada number {i} was born in London in 18{10 + i} and wrote notes on the engine."
+        answers = {"Where was she born?": "London", "When was she born?": f"18{10 + i}"}
+        qas = [
+            {"id": f"q{i}{j}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+            for j, (q, a) in enumerate(answers.items())
+        ]
+        paragraphs.append({"context": context, "qas": qas})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def start(root, command, *args):
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        ["blockbert", command, *args, f"hydra.run.dir={root / command}"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process):
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Real run directories of the four kinds at tiny sizes; the pre-training is the paper's BlockBert n=2, N=512
+    row (experiment=blockbert_n2_512) shrunk, and the fine-tuning starts from it on SQuAD 1.1-format files."""
+    root = tmp_path_factory.mktemp("paper")
+    pre = start(
+        root,
+        "pretrain",
+        "experiment=blockbert_n2_512",
+        "model.hidden_size=48",
+        "model.intermediate_size=64",
+        "model.num_layers=1",
+        "tokens_per_batch=1024",
+        "data.generated_documents=40",
+        "trainer.max_steps=2",
+        *QUIET,
+    )
+    others = [
+        start(root, "profile", "seq_lengths=[256,512,1024]", "tokens_per_device=1024", *SMALL),
+        start(root, "benchmark", "bench=table5", *SMALL, "batch_sizes=[8]", "repeats=1", "warmup=0"),
+    ]
+    finish(pre)
+    squad = squad_file(root / "squad.json")
+    files = [f"task.train_file={squad}", f"task.dev_file={squad}"]
+    fine = start(
+        root, "finetune", f"init_from={root / 'pretrain'}", "task=squad11", *files, "trainer.max_steps=2", *QUIET
+    )
+    for process in [*others, fine]:
+        finish(process)
+    return root
+
+
+def report(*args):
+    result = runner.invoke(cli.app, ["report", *map(str, args)])
+    assert result.exit_code == 0, result.output[-4000:]
+    return result
+
+
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def rows_of(rows, **where):
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def test_paper_mode_on_real_runs_of_each_kind(runs, tmp_path):
+    out = tmp_path / "report"
+    kinds = ("pretrain", "finetune", "profile", "benchmark")
+    result = report("--paper", *(runs / k for k in kinds), "--out", out)
+    assert result.output.strip().splitlines()[-1] == str(out.resolve())
+    assert (out / "paper_report.png").read_bytes()[:4] == b"\x89PNG"
+    rows = read_csv(out / "paper_report.csv")
+    assert {r["kind"] for r in rows if r["match"] == "matched"} == set(kinds)
+    text = (out / "paper_report.md").read_text()
+    for table in (1, 2, 3, 5):
+        assert f"## Table {table}: " in text and f"Table {table}: " in result.output
+    assert "NOT comparable with the paper's Wikipedia + BookCorpus" in text  # the generated corpus, flagged
+
+    # Table 2: the run's experiment row; perplexity beside the paper's, days and memory not measured (—)
+    metrics = json.loads((runs / "pretrain" / "metrics.json").read_text())
+    (ppl,) = rows_of(rows, kind="pretrain", metric="Valid. ppl")
+    assert (ppl["row"], ppl["model"], float(ppl["paper"])) == ("BlockBert n=2, N=512", "blockbert_n2", 3.56)
+    assert float(ppl["ours"]) == pytest.approx(metrics["val/best_ppl"])
+    assert float(ppl["ratio"]) == pytest.approx(metrics["val/best_ppl"] / 3.56)
+    (heads,) = rows_of(rows, kind="pretrain", metric="Heads Config.")
+    assert (heads["ours"], heads["paper"], heads["note"]) == ("10:2", "10:2", "same")
+    (days,) = rows_of(rows, kind="pretrain", metric="Training Time (day)")
+    assert (days["ours"], days["paper"], days["ratio"]) == ("", "5.83", "")
+    assert "2×512 = 1,024 tokens" in ppl["our_setting"] and "131,072" in ppl["paper_setting"]
+
+    # Table 3: the fine-tuning config's own model.name is only the default; the model is init_from's
+    assert yaml.safe_load((runs / "finetune" / ".hydra" / "config.yaml").read_text())["model"]["name"] == "roberta_1seq"
+    metrics = json.loads((runs / "finetune" / "metrics.json").read_text())
+    squad = {r["metric"]: r for r in rows_of(rows, kind="finetune")}
+    assert set(squad) == {"SQuAD 1.1 EM", "SQuAD 1.1 F1"}
+    assert {r["model"] for r in squad.values()} == {"blockbert_n2"}
+    assert (float(squad["SQuAD 1.1 EM"]["paper"]), float(squad["SQuAD 1.1 F1"]["paper"])) == (84.08, 90.77)
+    assert float(squad["SQuAD 1.1 F1"]["ours"]) == pytest.approx(metrics["dev/f1"])
+    assert float(squad["SQuAD 1.1 F1"]["ratio"]) == pytest.approx(metrics["dev/f1"] / 90.77)
+
+    # Table 1: GB beside GB, and the O(N²) part of each block model as a fraction of BERT's on both sides
+    profile = json.loads((runs / "profile" / "profile.json").read_text())["models"]
+    (bert,) = rows_of(rows, kind="profile", row="BERT, N=512, b=8", metric="O(N²)")
+    ours = next(r["quadratic_part_mb"] for r in profile["roberta_1seq"]["rows"] if r["seq_len"] == 512) / 1024
+    assert float(bert["paper"]) == 3.66 and float(bert["ours"]) == pytest.approx(ours)
+    for row, fraction in (("BlockBert n=2, N=1024, b=4", 3.66 / 7.32), ("BlockBert n=3, N=512, b=8", 1.22 / 3.66)):
+        (ratio,) = rows_of(rows, kind="profile", row=row, metric="O(N²) ÷ BERT's")
+        assert float(ratio["paper"]) == pytest.approx(fraction)
+        assert float(ratio["ours"]) == pytest.approx(fraction, rel=0.05)  # eager attention: 1/n as in the paper
+
+    # Table 5: seconds beside seconds (other hardware), and the time ratio to RoBERTa on each side
+    records = json.loads((runs / "benchmark" / "benchmark.json").read_text())["records"]
+    median = {r["model"]: r["median_s"] for r in records}
+    (n2,) = rows_of(rows, kind="benchmark", model="blockbert_n2", metric="8×1024")
+    assert (n2["row"], float(n2["paper"]), float(n2["ours"])) == (
+        "BlockBert n=2, 8×1024",
+        0.099,
+        median["blockbert_n2"],
+    )
+    (saving,) = rows_of(rows, kind="benchmark", model="blockbert_n2 ÷ roberta_1seq_eager")
+    assert float(saving["paper"]) == pytest.approx(0.0990 / 0.1371) and "27.8 %" in saving["note"]
+    assert float(saving["ours"]) == pytest.approx(median["blockbert_n2"] / median["roberta_1seq_eager"])
+
+    unmatched = {r["model"]: r["note"] for r in rows if r["match"] == "unmatched"}
+    assert unmatched["sparsebert at N=256, 512, 1024"].startswith("Table 1 has rows for roberta_1seq (BERT)")
+    assert unmatched["roberta_1seq at N=256"] == "Table 1 has N=512 and 1024 only"
+    assert "## Unmatched: no paper row" in text and "Unmatched: no paper row" in result.output
+
+
+def copy_run(source, target, config=None, metrics=None):
+    """A run directory's results (metrics.json, .hydra) with changes: the edge cases real runs rarely produce."""
+    shutil.copytree(source / ".hydra", target / ".hydra")
+    for name in ("metrics.json", "profile.json", "benchmark.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
+    for name, change in ((".hydra/config.yaml", config), ("metrics.json", metrics)):
+        if change:
+            loaded = (yaml.safe_load if name.endswith("yaml") else json.loads)((target / name).read_text())
+            change(loaded)
+            (target / name).write_text(yaml.safe_dump(loaded) if name.endswith("yaml") else json.dumps(loaded))
+    return target
+
+
+def test_runs_whose_paper_row_cannot_be_told_are_listed_as_unmatched(runs, tmp_path):
+    lost = copy_run(runs / "finetune", tmp_path / "lost", config=lambda c: c.update(init_from="/no/such/run"))
+    hub = copy_run(
+        runs / "finetune",
+        tmp_path / "hub",
+        config=lambda c: (c.update(init_from=None), c["model"].update(init_from="x")),
+    )
+    tiny = copy_run(
+        runs / "pretrain", tmp_path / "tiny", config=lambda c: (c.update(paper=None), c["model"].update(name="tiny"))
+    )
+    mrqa = copy_run(
+        runs / "finetune", tmp_path / "mrqa", config=lambda c: c["task"].update(name="mrqa", train_file="a.jsonl")
+    )
+    attention = copy_run(runs / "benchmark", tmp_path / "attention")
+    results = json.loads((attention / "benchmark.json").read_text())
+    (attention / "benchmark.json").write_text(json.dumps({**results, "mode": "attention"}))
+    report("--paper", lost, hub, tiny, mrqa, attention, "--out", tmp_path / "out")
+    unmatched = {r["run"]: r for r in read_csv(tmp_path / "out" / "paper_report.csv") if r["match"] == "unmatched"}
+    assert set(unmatched) == {str(p) for p in (lost, hub, tiny, mrqa, attention)}
+    assert unmatched[str(attention)]["model"] == "mode=attention"
+    assert "the model cannot be told: init_from /no/such/run" in unmatched[str(lost)]["note"]
+    assert "model.init_from=x, which names no paper row" in unmatched[str(hub)]["note"]
+    assert unmatched[str(tiny)]["note"].startswith("tiny at N=512: Table 2 has rows for roberta_1seq (RoBERTa-1seq)")
+    assert "the MRQA set cannot be told" in unmatched[str(mrqa)]["note"]
+
+
+def test_an_mrqa_run_is_table4s_columns_of_its_set_scored_on_the_test_half(runs, tmp_path):
+    def as_mrqa(config):
+        config["task"].update(name="mrqa", hub_subset="TriviaQA-web", train_file=None, dev_file=None)
+
+    scores = {"test/exact_match": 50.0, "test/f1": 60.0, "dev/exact_match": 1.0, "dev/f1": 2.0}
+    mrqa = copy_run(runs / "finetune", tmp_path / "mrqa", config=as_mrqa, metrics=lambda m: m.update(scores))
+    report("--paper", mrqa)
+    rows = {r["metric"]: r for r in read_csv(mrqa / "paper_report.csv")}
+    assert set(rows) == {"TriviaQA EM", "TriviaQA F1"} and rows["TriviaQA F1"]["table"] == "4"
+    assert (rows["TriviaQA EM"]["paper"], rows["TriviaQA F1"]["paper"]) == ("72.36", "77.53")  # BlockBert n=2, 512
+    assert (float(rows["TriviaQA EM"]["ours"]), float(rows["TriviaQA F1"]["ours"])) == (50.0, 60.0)
+    assert "ours: test split" in rows["TriviaQA F1"]["note"]
+
+
+def test_a_sweep_directory_reports_its_finished_jobs_and_the_summary_mode_still_works(runs, tmp_path):
+    sweep = tmp_path / "sweep"
+    copy_run(runs / "pretrain", sweep / "0")
+    (sweep / "0" / "done.json").write_text("{}")
+    copy_run(runs / "pretrain", sweep / "1", metrics=lambda m: m.update(status="failed"))
+    (sweep / "1" / "error.txt").write_text("RuntimeError: boom\n\ntraceback")
+    report("--paper", sweep)
+    rows = read_csv(sweep / "paper_report.csv")  # by default the outputs go to the first directory
+    assert {r["run"] for r in rows if r["match"] == "matched"} == {f"{sweep}/0"}
+    (failed,) = [r for r in rows if r["match"] == "unmatched"]
+    assert failed["run"] == f"{sweep}/1" and failed["note"] == "job not finished (failed: RuntimeError: boom)"
+    result = report(sweep)  # without --paper: the sweep summary, as before
+    assert (sweep / "summary.csv").is_file() and result.output.strip().splitlines()[-1] == str(sweep.resolve())
+
+
+def error_of(*args):
+    result = runner.invoke(cli.app, ["report", *map(str, args)])
+    errors = [line for line in result.output.splitlines() if line.startswith("blockbert report: error: ")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def test_bad_directories_are_one_line_errors(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a run")
+    error = error_of("--paper", tmp_path / "other")
+    assert f"{tmp_path / 'other'}: not a run directory of an accepted kind" in error
+    assert all(f"{kind} (" in error for kind in ("pretrain", "finetune", "profile", "benchmark"))
+    assert "missing: no such directory" in error_of("--paper", tmp_path / "missing")
+    assert "several directories: only with --paper" in error_of(tmp_path / "other", tmp_path / "missing")
