@@ -108,7 +108,16 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
     )
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     models = {r["model"] for r in result["records"]}
-    assert models == {"roberta_1seq", "sparsebert", "sparsebert_blocks", "blockbert_n3", "hf_bert", "hf_bigbird"}
+    assert models == {"roberta_1seq", "sparsebert", "sparsebert_blocks", "blockbert_n3", "hf_bert", "hf_bigbird"} | {
+        "no_attention"  # t_rest of the inference bound, timed in inference only
+    }
+    rows = {(r["phase"], r["model"]): r for r in result["records"]}
+    assert ("train", "no_attention") not in rows
+    rest, dense = rows[("inference", "no_attention")]["median_s"], rows[("inference", "roberta_1seq")]["median_s"]
+    block = rows[("inference", "blockbert_n3")]
+    assert block["bound_s"] == pytest.approx(rest + (dense - rest) / 3)
+    assert block["ratio_to_bound"] == pytest.approx(block["median_s"] / block["bound_s"])
+    assert "ratio_to_bound" not in rows[("inference", "sparsebert")]
     baseline = [r for r in result["records"] if r["model"] == "hf_bert"]
     assert all(r["ratio_to_baseline"] == pytest.approx(1.0) for r in baseline)
     assert {r["phase"] for r in result["records"]} == {"inference", "train"}
@@ -153,7 +162,7 @@ def test_table5_preset_gives_ratios_to_both_dense_baselines(tmp_path):
     baselines = ["roberta_1seq_eager", "roberta_1seq"]
     assert result["baselines"] == baselines and result["dtype"] == "float16"
     records = {r["model"]: r for r in result["records"]}
-    assert list(records) == ["roberta_1seq_eager", "roberta_1seq", "blockbert_n2", "blockbert_n3"]
+    assert list(records) == ["roberta_1seq_eager", "roberta_1seq", "blockbert_n2", "blockbert_n3", "no_attention"]
     assert {r["phase"] for r in result["records"]} == {"inference"}
     for r in records.values():
         assert r["ratios"] == {b: pytest.approx(r["median_s"] / records[b]["median_s"]) for b in baselines}

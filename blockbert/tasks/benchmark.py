@@ -20,14 +20,14 @@ from rich.table import Table
 from blockbert.attention import SelfAttention
 from blockbert.config import BlockBertConfig, ConfigError
 from blockbert.tasks.profile import pick_device, pick_dtype
-from blockbert.tools import data_benchmark
+from blockbert.tools import data_benchmark, run_benchmark
 from blockbert.tools.display import MB, console, pyplot
 from blockbert.tools.memory import measure_step
-from blockbert.tools.models import build, random_batch
+from blockbert.tools.models import NO_ATTENTION, build, random_batch
 from blockbert.tools.timing import OOM, is_oom, time_side_by_side, timing_summary
 
 log = logging.getLogger(__name__)
-MODES = ("model", "attention", "data")
+MODES = ("model", "attention", "data", "pretrain", "finetune")
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
     "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
@@ -47,6 +47,8 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.mode == "data":
         return benchmark_data(cfg, run_dir)
+    if cfg.mode in ("pretrain", "finetune"):
+        return benchmark_run(cfg, run_dir)
     baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
@@ -110,6 +112,80 @@ def benchmark_data(cfg, run_dir: Path) -> dict:
     return results
 
 
+def benchmark_run(cfg, run_dir: Path) -> dict:
+    """Whole-run throughput of our models' runs against the Hugging Face Trainer and a bare loop
+    (blockbert/tools/run_benchmark.py)."""
+    mode = cfg.mode
+    device = pick_device(cfg.device)
+    settings = OmegaConf.to_container(cfg[mode], resolve=True)
+    spec = {
+        **{k: v for k, v in settings.items() if k != "models"},
+        "size": OmegaConf.to_container(cfg.size, resolve=True),
+        "warmup": cfg.warmup,
+        "seed": cfg.seed,
+        "accelerator": "gpu" if device.type == "cuda" else "cpu",
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "cache_dir": str(Path(cfg.data_dir).expanduser().parent),
+    }
+    records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
+    results = {
+        "mode": mode,
+        "device": str(device),
+        "dtype": "bfloat16 (autocast)" if device.type == "cuda" else "float32",
+        "machine": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "settings": spec,
+        "records": records,
+    }
+    (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_run_table(results)
+    print("results (benchmark.json) are in:")
+    print(run_dir.resolve())
+    return results
+
+
+def print_run_table(results: dict) -> None:
+    spec = results["settings"]
+    size = spec["size"]
+    unit = "tokens/s" if results["mode"] == "pretrain" else "examples/s"
+    table = Table(
+        title=f"blockbert benchmark ({results['mode']}, whole run): {results['machine']}, {results['device']}, "
+        f"{results['dtype']}, {results['threads']} threads, {results['date']}; hidden {size['hidden_size']}, "
+        f"{size['num_layers']} layers, N={spec['seq_len']}, batch {spec['batch_size']}, {spec['steps']} steps "
+        f"after {spec['warmup']}"
+    )
+    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "× bare loop", "peak MB"):
+        table.add_column(column, justify="left" if column in ("loop", "model") else "right")
+    if results["mode"] == "finetune":
+        table.add_column("dev questions/s", justify="right")
+    for r in results["records"]:
+        if r.get("error"):
+            table.add_row(r["loop"], r["model"], f"failed: {r['error']}")
+            continue
+        cells = [
+            r["loop"],
+            r["model"],
+            f"{r['median_s']:.3f}",
+            f"{r['iqr_s']:.3f}",
+            f"{r['throughput']:.1f}",
+            "" if r["vs_peer"] is None else f"{r['vs_peer']:.2f}",
+            "" if r["vs_bare"] is None else f"{r['vs_bare']:.3f}",
+            f"{r['peak_memory_mb']:.0f}",
+        ]
+        if results["mode"] == "finetune":
+            cells.append(f"{r['eval_questions_per_s']:.0f}" if r.get("eval_questions_per_s") else "")
+        table.add_row(*cells)
+    console().print(table)
+    for r in results["records"]:
+        if r.get("parts_s"):
+            parts = ", ".join(f"{part} {seconds:.3f} s" for part, seconds in r["parts_s"].items())
+            print(f"where a step of {r['model']} goes (bare loop, medians): {parts}")
+
+
 def baselines_of(cfg) -> list[str]:
     """``baseline``: one model or a list of them, each among ``models``; every model gets a ratio to each."""
     baselines = list(cfg.baseline) if OmegaConf.is_list(cfg.baseline) else [cfg.baseline]
@@ -125,7 +201,9 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
     records = []
     for seq_len in cfg.seq_lengths:  # models of length N: block attention cuts N into its blocks
         torch.manual_seed(cfg.seed)
-        models = {name: build(name, size, heads, seq_len).to(device) for name in cfg.models}
+        names = list(cfg.models)
+        bounded = cfg.inference_bound and "roberta_1seq" in names and "inference" in cfg.phases
+        models = {name: build(name, size, heads, seq_len).to(device) for name in names + [NO_ATTENTION] * bounded}
         if cfg.compile:
             for model in models.values():
                 model.compile()
@@ -134,16 +212,35 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
         for batch_size in cfg.batch_sizes:
             batch = random_batch(batch_size, seq_len, vocab, device)
             for phase in cfg.phases:
-                calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in models.items()}
+                timed = {n: m for n, m in models.items() if n != NO_ATTENTION or phase == "inference"}
+                calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in timed.items()}
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
                 peaks = {
                     name: _memory(model, batch, device, autocast) if phase == "train" else None
-                    for name, model in models.items()
+                    for name, model in timed.items()
                 }
-                records += _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len), peaks)
+                rows = _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len), peaks)
+                if NO_ATTENTION in times:
+                    inference_bounds(rows, models)
+                records += rows
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
         del models, optimizers
     return records
+
+
+def inference_bounds(rows: list[dict], models: dict) -> None:
+    """Blockwise inference's own limit, t_rest + t_attention / n: t_rest is the model without its attention kernel
+    (``no_attention``), t_attention the dense fused kernel's time (``roberta_1seq`` minus t_rest), both measured in
+    this run. Each block model's record gets ``bound_s`` and ``ratio_to_bound``."""
+    medians = {r["model"]: r["median_s"] for r in rows}
+    rest, dense = medians.get(NO_ATTENTION), medians.get("roberta_1seq")
+    if not rest or not dense:
+        return
+    for r in rows:
+        config = getattr(models[r["model"]], "config", None)
+        if getattr(config, "attention", None) == "block" and r["median_s"]:
+            r["bound_s"] = rest + (dense - rest) / config.num_blocks
+            r["ratio_to_bound"] = r["median_s"] / r["bound_s"]
 
 
 def _call(model, optimizer, batch, phase, autocast):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -40,7 +41,8 @@ def main(cfg: DictConfig) -> dict:
         return finetune(cfg, run_dir)
 
 
-def finetune(cfg: DictConfig, run_dir: Path) -> dict:
+def finetune(cfg: DictConfig, run_dir: Path, callbacks: tuple = ()) -> dict:
+    """The run and its evaluation; ``callbacks`` join the trainer's (the whole-run benchmark times the steps)."""
     check_paper_row(cfg, "finetune")
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.init_from and cfg.model.get("init_from"):
@@ -117,6 +119,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
             StepCheckpoint(
                 dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps
             ),
+            *callbacks,
             DevEvaluation(data["dev"], datamodule.windows["dev"], answers),
             *safety.callbacks,
             metrics,
@@ -127,10 +130,13 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict:
 
     results, threshold = {}, None
     for split in [s for s in ("dev", "test") if s in data]:
+        start = time.perf_counter()
         outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
         scores, threshold = evaluate_split(
             data[split], datamodule.windows[split], outputs, answers, threshold, run_dir / split, split
         )
+        seconds = time.perf_counter() - start  # windows scored in batches, then the n-best post-processing
+        scores.update(eval_s=seconds, questions_per_s=len(data[split].examples) / seconds)
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     if logger:
         logger.log_metrics(results, step=trainer.global_step)

@@ -41,7 +41,8 @@ def main(cfg: DictConfig) -> dict:
         return pretrain(cfg, run_dir)
 
 
-def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
+def pretrain(cfg: DictConfig, run_dir: Path, callbacks: tuple = ()) -> dict:
+    """The run; ``callbacks`` join the trainer's (the whole-run benchmark times the steps with one)."""
     check_paper_row(cfg, "pretrain")
     seq_len = cfg.data.max_seq_length
     if seq_len > cfg.model.max_position_embeddings and not cfg.model.get("init_from"):
@@ -111,6 +112,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     )
     safety = RunSafety(cfg, run_dir)
     callbacks = [
+        *callbacks,
         StepCheckpoint(
             dirpath=checkpoints,
             filename="step-{step}",

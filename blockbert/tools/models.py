@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from blockbert import PRESETS, BlockBertForMaskedLM, BlockBertForPreTraining, preset_config
+from blockbert.attention import SelfAttention
 from blockbert.config import ConfigError
 
 VARIANTS = {  # name -> (preset, config overrides)
@@ -22,8 +23,22 @@ PEERS = {  # name -> (transformers architecture, attention implementation, extra
 }
 
 
+# the dense model with its attention kernel removed (projections kept): t_rest of the blockwise inference bound
+NO_ATTENTION = "no_attention"
+
+
+class _NoKernel(SelfAttention):
+    """SelfAttention without its kernel: the projections run and the values pass through (z = v)."""
+
+    def forward(self, x, key_mask=None):
+        cfg = self.config
+        B, N, _ = x.shape
+        v = self.qkv(x).view(B, N, 3, cfg.num_heads, cfg.head_dim)[:, :, 2]  # [B, N, H, d]
+        return self.out(v.reshape(B, N, cfg.hidden_size))
+
+
 def known_models() -> list[str]:
-    return [*PRESETS, *VARIANTS, *PEERS]
+    return [*PRESETS, *VARIANTS, *PEERS, NO_ATTENTION]
 
 
 def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):
@@ -31,6 +46,12 @@ def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str 
     ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
     ``model.config.vocab_size`` is the size of its vocabulary."""
     size = dict(size)
+    if name == NO_ATTENTION:
+        model = build("roberta_1seq", size, {}, max_len, attention_impl)
+        for module in model.modules():
+            if isinstance(module, SelfAttention):
+                module.__class__ = _NoKernel
+        return model
     if name in PEERS:
         return _peer(name, preset_config("roberta_1seq", **size), max_len)
     base = name.removesuffix(EAGER)
