@@ -39,5 +39,5 @@ def test_a_default_run_and_its_resume_print_nothing_misleading(tmp_path):
         assert not shown, shown
         assert "model: BlockBertForMaskedLM, 0.13 M parameters, 2 layers" in text
     assert "Step 4/4" in first and "Step 6/6" in resumed
-    log = (tmp_path / "run" / "launch.log").read_text()
+    log = (tmp_path / "run" / "pretrain.log").read_text()  # Hydra names it after the job
     assert "Restoring states from the checkpoint path" in log and "`Trainer.fit` stopped: `max_steps=6` reached" in log

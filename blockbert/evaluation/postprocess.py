@@ -26,25 +26,23 @@ def predict_answers(
     n_best: int = 20,
     max_answer_length: int = 30,
 ) -> dict[str, Prediction]:
+    """BERT's n-best search over all windows of each question: the ``n_best`` best starts and ends of each window,
+    every valid pair (inside the paragraph, the start where its window gives it most context, end >= start,
+    at most ``max_answer_length`` tokens), best first, distinct texts. The pairs are scored with numpy; a text
+    is cut from the paragraph only for the candidates that make the n-best list."""
     by_example: dict[int, list[int]] = {}
     for i, window in enumerate(windows):
         by_example.setdefault(window.example_index, []).append(i)
     predictions = {}
     for e, example in enumerate(examples):
-        candidates, null_score = [], math.inf
+        pairs, null_score = [], math.inf
         for i in by_example.get(e, []):
-            start, end, window = np.asarray(start_logits[i]), np.asarray(end_logits[i]), windows[i]
-            start, end = start[: len(window.input_ids)], end[: len(window.input_ids)]
+            window = windows[i]
+            start = np.asarray(start_logits[i])[: len(window.input_ids)]
+            end = np.asarray(end_logits[i])[: len(window.input_ids)]
             null_score = min(null_score, float(start[0] + end[0]))
-            candidates += _window_candidates(example, window, start, end, n_best, max_answer_length)
-        candidates.sort(key=lambda c: c["score"], reverse=True)
-        seen, nbest = set(), []
-        for c in candidates:
-            if c["text"] not in seen:
-                seen.add(c["text"])
-                nbest.append(c)
-            if len(nbest) == n_best:
-                break
+            pairs.append(_window_pairs(window, start, end, n_best, max_answer_length))
+        nbest = _nbest(example, windows, pairs, n_best)
         best = nbest[0] if nbest else None
         odds = null_score - best["score"] if best else math.inf
         scores = [c["score"] for c in nbest] + ([null_score] if math.isfinite(null_score) else [])
@@ -60,19 +58,38 @@ def predict_answers(
     return predictions
 
 
-def _window_candidates(example, window, start, end, n_best, max_answer_length):
-    out = []
-    for s in np.argsort(-start)[:n_best]:
-        for t in np.argsort(-end)[:n_best]:
-            if window.offsets[s] is None or window.offsets[t] is None or not window.max_context[s]:
-                continue
-            if t < s or t - s + 1 > max_answer_length:
-                continue
-            text = example.context[window.offsets[s][0] : window.offsets[t][1]]
-            out.append(
-                dict(text=text, score=float(start[s] + end[t]), start_logit=float(start[s]), end_logit=float(end[t]))
-            )
-    return out
+def _window_pairs(window: QAWindow, start, end, n_best: int, max_answer_length: int):
+    """(window, start tokens, end tokens, start logits, end logits) of the window's valid pairs, in the order of
+    the n-best starts, then the n-best ends (``np.nonzero`` is row-major)."""
+    starts = np.argsort(-start, kind="stable")[:n_best]
+    ends = np.argsort(-end, kind="stable")[:n_best]
+    in_paragraph = np.array([o is not None for o in window.offsets])
+    usable_start = in_paragraph[starts] & np.asarray(window.max_context, dtype=bool)[starts]
+    length = ends[None, :] - starts[:, None] + 1  # [n_best, n_best]
+    valid = usable_start[:, None] & in_paragraph[ends][None, :] & (length >= 1) & (length <= max_answer_length)
+    rows, cols = np.nonzero(valid)
+    s, t = starts[rows], ends[cols]
+    return window, s, t, start[s], end[t]
+
+
+def _nbest(example: QAExample, windows, pairs: list, n_best: int) -> list[dict]:
+    """The ``n_best`` best candidates with distinct texts, best first (ties keep the windows' order)."""
+    if not pairs:
+        return []
+    scores = np.concatenate([ls + le for _, _, _, ls, le in pairs])
+    owner = np.concatenate([np.full(len(s), k) for k, (_, s, _, _, _) in enumerate(pairs)])
+    index = np.concatenate([np.arange(len(s)) for _, s, _, _, _ in pairs])
+    seen, nbest = set(), []
+    for j in np.argsort(-scores, kind="stable"):
+        window, s, t, ls, le = pairs[owner[j]]
+        k = index[j]
+        text = example.context[window.offsets[s[k]][0] : window.offsets[t[k]][1]]
+        if text not in seen:
+            seen.add(text)
+            nbest.append(dict(text=text, score=float(ls[k] + le[k]), start_logit=float(ls[k]), end_logit=float(le[k])))
+            if len(nbest) == n_best:
+                break
+    return nbest
 
 
 def _softmax(scores):
