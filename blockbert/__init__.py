@@ -1,8 +1,8 @@
 """BlockBERT: BERT with blockwise sparse self-attention (Qiu et al., 2020).
 
-Importing the package is light: only the config (no torch) is loaded at once; the model classes and presets
-are loaded on first use through the module ``__getattr__`` (PEP 562), so ``from blockbert import
-BlockBertModel`` works as before.
+The model classes and presets are loaded on first use through the module ``__getattr__`` (PEP 562), so
+``from blockbert import BlockBertModel`` works as before; with ``BLOCKBERT_CLI=1`` (the command line) importing
+the package loads only the config, no torch.
 
 ``import blockbert`` also registers blockbert's config and model classes with transformers' Auto classes
 (:func:`blockbert.hf_auto.register_auto_classes`), so ``AutoModel.from_pretrained(<block/sparse export>)`` works

@@ -162,8 +162,6 @@ def run_tokenizer(run_dir: Path):
 def pretrained_length(run: str) -> int | None:
     """N of a blockbert pre-training run (directory or checkpoint): the length its blocks were cut from; None
     when the checkpoint holds no model config (loading it reports that, in one line)."""
-    from blockbert.checkpoints import load_checkpoint
-
     path = Path(run).expanduser()
     path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
     if not path.is_file():

@@ -47,7 +47,9 @@ def scale_heads(heads: str, num_heads: int) -> str:
     if sum(counts) == num_heads:
         return str(heads).strip()
     shifted = [max(1, round(c * num_heads / sum(counts))) if c else 0 for c in counts[1:]]
-    if num_heads - sum(shifted) < 1:
+    if not counts[0]:  # no identity head: the last shift takes the rest
+        shifted[-1] += num_heads - sum(shifted)
+    if num_heads - sum(shifted) < (1 if counts[0] else 0) or min(shifted, default=0) < 0:
         raise ConfigError(
             f"heads={heads!r} cannot be scaled to num_heads={num_heads}: give model.heads with counts summing to "
             f"{num_heads}"

@@ -122,7 +122,14 @@ def test_conf_is_found_in_checkout():
 
 @pytest.mark.parametrize(
     "heads, num_heads, expected",
-    [("10:2", 16, "13:3"), ("10:2", 6, "5:1"), ("8:2:2", 16, "10:3:3"), ("12:0", 16, "16:0"), ("3:1", 12, "9:3")],
+    [
+        ("10:2", 16, "13:3"),
+        ("10:2", 6, "5:1"),
+        ("8:2:2", 16, "10:3:3"),
+        ("12:0", 16, "16:0"),
+        ("3:1", 12, "9:3"),
+        ("0:12", 16, "0:16"),
+    ],
 )
 def test_a_head_split_scales_to_another_head_count(heads, num_heads, expected):
     assert scale_heads(heads, num_heads) == expected

@@ -114,7 +114,8 @@ def benchmark_data(cfg, run_dir: Path) -> dict:
 
 def benchmark_run(cfg, run_dir: Path) -> dict:
     """Whole-run throughput of our models' runs against the Hugging Face Trainer and a bare loop
-    (blockbert/tools/run_benchmark.py)."""
+    (blockbert/tools/run_benchmark.py). The precision is fixed: fp32 on CPU, bf16 autocast on CUDA (``dtype``
+    and ``compile`` apply to the other modes); a loop that fails is a row of the table and an exit code of 1."""
     mode = cfg.mode
     device = pick_device(cfg.device)
     settings = OmegaConf.to_container(cfg[mode], resolve=True)
@@ -143,6 +144,12 @@ def benchmark_run(cfg, run_dir: Path) -> dict:
     }
     (run_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     print_run_table(results)
+    failed = [r for r in records if r.get("error")]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(records)} loops failed (first: {failed[0]['loop']} {failed[0]['model']}: "
+            f"{failed[0]['error']}); the others are in {run_dir / 'benchmark.json'}"
+        )
     print("results (benchmark.json) are in:")
     print(run_dir.resolve())
     return results
@@ -158,7 +165,7 @@ def print_run_table(results: dict) -> None:
         f"{size['num_layers']} layers, N={spec['seq_len']}, batch {spec['batch_size']}, {spec['steps']} steps "
         f"after {spec['warmup']}"
     )
-    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "× bare loop", "peak MB"):
+    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "step ÷ bare", "peak MB"):
         table.add_column(column, justify="left" if column in ("loop", "model") else "right")
     if results["mode"] == "finetune":
         table.add_column("dev questions/s", justify="right")

@@ -1,4 +1,5 @@
-"""What every training task shares: model config from Hydra, batch arithmetic, loggers, metrics.json."""
+"""What the training entry points share: the model config from Hydra, starting from a checkpoint without the
+demo's settings, the paper-row checks, batch arithmetic and the model's one-line description."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from blockbert.checkpoints import pretrained_length
 from blockbert.config import BlockBertConfig, ConfigError
 
 log = logging.getLogger(__name__)
-
-LOGGER_KINDS = ("wandb", "csv", "none")
 
 
 def model_config(model_cfg: DictConfig, **overrides) -> dict:

@@ -128,7 +128,7 @@ def finetune(cfg: DictConfig, run_dir: Path, callbacks: tuple = ()) -> dict:
     safety.fit(trainer, module, datamodule)
     trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
 
-    results, threshold = {}, None
+    results, threshold, timing = {}, None, {}
     for split in [s for s in ("dev", "test") if s in data]:
         start = time.perf_counter()
         outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
@@ -136,13 +136,14 @@ def finetune(cfg: DictConfig, run_dir: Path, callbacks: tuple = ()) -> dict:
             data[split], datamodule.windows[split], outputs, answers, threshold, run_dir / split, split
         )
         seconds = time.perf_counter() - start  # windows scored in batches, then the n-best post-processing
-        scores.update(eval_s=seconds, questions_per_s=len(data[split].examples) / seconds)
+        timing[split] = {"seconds": seconds, "questions_per_s": len(data[split].examples) / seconds}
+        log.info("%s: %d questions evaluated in %.1f s", split, len(data[split].examples), seconds)
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     if logger:
         logger.log_metrics(results, step=trainer.global_step)
         finish_wandb()  # now, so that the run directory stays the last line printed
     if trainer.global_rank == 0:
-        metrics.extra.update(results)
+        metrics.extra.update(results, eval_timing=timing)  # wall time: not a metric to log or rank by
         metrics.write(trainer, "finished")
         print(" | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1"))))
         extra = ", null_odds.json" if version2 else ""

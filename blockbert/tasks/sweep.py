@@ -14,7 +14,8 @@ import yaml
 from rich.table import Table
 
 from blockbert.errors import RunInterrupted, one_line, one_line_errors
-from blockbert.tasks.launch import config_dir, run_task
+from blockbert.paths import config_dir
+from blockbert.tasks.launch import run_task
 from blockbert.tools.display import console
 from blockbert.tools.sweep_plan import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
 

@@ -224,7 +224,7 @@ def _child(kind: str, corpus: str, tokenizer: str, cache: str, settings: dict) -
         from omegaconf import OmegaConf
 
         from blockbert.data.pretrain_datamodule import PretrainDataModule
-        from blockbert.tasks.launch import config_dir
+        from blockbert.paths import config_dir
 
         cfg = OmegaConf.load(config_dir() / "data" / "tiny_corpus.yaml")
         cfg.merge_with(

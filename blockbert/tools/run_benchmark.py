@@ -3,8 +3,9 @@
 For each model, three loops train on the same data (the generated corpus or QA set, tokenised once by our
 pipeline), at the same sizes, batch, N and number of steps:
 
-- ``blockbert``: the real ``blockbert pretrain`` / ``blockbert finetune`` run (Lightning, our data modules and
-  callbacks, checkpointing at the end), entered as the command enters it, with a callback timing the steps;
+- ``blockbert``: the ``blockbert pretrain`` / ``blockbert finetune`` run (the command's composed config and its
+  run function: Lightning, our data modules and callbacks, checkpointing at the end; not the Hydra job around it),
+  with a callback timing the steps;
 - ``hf_trainer``: the peer a user would pick, a Hugging Face ``Trainer`` on ``BertForMaskedLM`` (with
   ``DataCollatorForLanguageModeling`` over the same token sequences) or ``BertForQuestionAnswering`` (over the
   same windows), SDPA attention, dense: it is compared with each of our models;
@@ -13,10 +14,11 @@ pipeline), at the same sizes, batch, N and number of steps:
 
 Each loop runs in a fresh process (so peak memory is its own: the process's peak RSS on CPU, the CUDA
 allocator's peak on GPU). A step's time is the wall time between two optimizer steps, everything included
-(data, forward, backward, optimizer, logging); the first ``warmup`` steps are dropped. Throughput is real
-(non-padding) tokens per second for pre-training and examples (windows) per second for fine-tuning, from the
-median step time; the spread is the interquartile range of the step times. Neither loop logs to an external
-service (``logger=none``, ``report_to="none"``) and neither draws a progress bar.
+(data, forward, backward, optimizer, logging); the first ``warmup`` steps are dropped. Throughput is the real
+(non-padding) tokens for pre-training, or examples (windows) for fine-tuning, that each loop counted in its timed
+steps over their total time; the median step and the interquartile range of the step times show the spread.
+Neither loop logs to an external service (``logger=none``, ``report_to="none"``) and neither draws a progress
+bar.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def run(mode: str, models: list[str], spec: dict, log=print) -> list[dict]:
 
 
 def with_ratios(records: list[dict]) -> list[dict]:
-    """Adds ``vs_peer`` (our throughput / the HF Trainer's) and ``vs_bare`` (the blockbert loop's step time /
-    the bare loop's, same model: our loop's overhead)."""
+    """Adds ``vs_peer`` (throughput / the HF Trainer's: above 1 is faster) and ``vs_bare`` (the blockbert loop's
+    median step time / the bare loop's, same model: our loop's overhead; above 1 is slower)."""
     peer = next((r for r in records if r["loop"] == PEER and r.get("throughput")), None)
     bare = {r["model"]: r for r in records if r["loop"] == "bare" and r.get("median_s")}
     for r in records:
@@ -75,23 +77,23 @@ def _in_child(mode: str, loop: str, model: str, spec: dict) -> dict:
         return json.loads(out.read_text())
 
 
-def summary(mode: str, loop: str, model: str, times: list[float], per_step: float, spec: dict) -> dict:
-    """Step-time statistics after warm-up and the throughput they give (``per_step``: the mean tokens or
-    examples of a step, the same for every loop: they draw batches of the same sequences)."""
-    kept = times[spec["warmup"] :]
-    median = statistics.median(kept)
-    q = statistics.quantiles(kept, n=4) if len(kept) > 1 else [median, median, median]
-    unit = "tokens" if mode == "pretrain" else "examples"
+def summary(mode: str, loop: str, model: str, times: list[float], units: list[int], spec: dict) -> dict:
+    """After warm-up: the median step and its IQR, and the throughput: the real tokens (pre-training) or examples
+    (fine-tuning) the loop counted in its timed steps over their total time."""
+    from blockbert.tools.timing import timing_summary
+
+    kept, counted = times[spec["warmup"] :], units[spec["warmup"] :]
+    stats = timing_summary(kept)
     return {
         "mode": mode,
         "loop": loop,
         "model": model,
         "steps": len(kept),
-        "median_s": median,
-        "iqr_s": q[2] - q[0],
-        "unit": unit,
-        "per_step": per_step,
-        "throughput": per_step / median,
+        "median_s": stats["median_s"],
+        "iqr_s": stats["iqr_s"],
+        "unit": "tokens" if mode == "pretrain" else "examples",
+        "per_step": sum(counted) / len(counted),
+        "throughput": sum(counted) / sum(kept),
         "peak_memory_mb": peak_memory_mb(),
     }
 
@@ -158,14 +160,18 @@ def child(mode: str, loop: str, model: str, spec: dict, out: Path) -> None:
         run_dir.mkdir()
         extra = {}
         if loop == "blockbert":
-            times, extra = blockbert_loop(mode, model, spec, run_dir)
+            times, units, extra = blockbert_loop(mode, model, spec, run_dir)
         elif loop == "bare":
-            times, extra = bare_loop(mode, model, spec, run_dir)
+            times, units, extra = bare_loop(mode, model, spec, run_dir)
         else:
-            times = trainer_loop(mode, spec, run_dir)
-        data, _ = _our_data(mode, composed(mode, "roberta_1seq", spec, run_dir), spec)  # read from the cache
-    per_step = spec["batch_size"] * (data.fill * spec["seq_len"] if mode == "pretrain" else 1)
-    out.write_text(json.dumps({**summary(mode, loop, model, times, per_step, spec), **extra}))
+            times, units = trainer_loop(mode, spec, run_dir)
+        record = summary(mode, loop, model, times, units, spec)  # the peak memory before anything else runs
+    out.write_text(json.dumps({**record, **extra}))
+
+
+def units_of(mode: str, batch: dict) -> int:
+    """What a step counts: real (non-padding) tokens for pre-training, examples (windows) for fine-tuning."""
+    return int(batch["attention_mask"].sum()) if mode == "pretrain" else len(batch["input_ids"])
 
 
 def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
@@ -173,17 +179,19 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
 
     class StepTimes(pl.Callback):
         def __init__(self):
-            self.times, self.last, self.step = [], None, 0
+            self.times, self.units, self.last, self.step, self.pending = [], [], None, 0, 0
 
         def on_train_start(self, trainer, pl_module):
             self.last = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.pending += units_of(mode, batch)
             if trainer.global_step == self.step:
                 return  # inside a gradient accumulation
             now = time.perf_counter()
             self.times.append(now - self.last)
-            self.last, self.step = now, trainer.global_step
+            self.units.append(self.pending)
+            self.last, self.step, self.pending = now, trainer.global_step, 0
 
     timer = StepTimes()
     cfg = composed(mode, model, spec, run_dir)
@@ -191,11 +199,12 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
         from blockbert.tasks.pretrain import pretrain
 
         pretrain(cfg, run_dir, callbacks=(timer,))
-        return timer.times, {}
+        return timer.times, timer.units, {}
     from blockbert.tasks.finetune import finetune
 
-    results = finetune(cfg, run_dir, callbacks=(timer,))  # then dev: windows in batches, n-best post-processing
-    return timer.times, {"eval_s": results["dev/eval_s"], "eval_questions_per_s": results["dev/questions_per_s"]}
+    finetune(cfg, run_dir, callbacks=(timer,))  # then dev: windows in batches, n-best post-processing
+    timing = json.loads((run_dir / "metrics.json").read_text())["eval_timing"]["dev"]
+    return timer.times, timer.units, {"eval_s": timing["seconds"], "eval_questions_per_s": timing["questions_per_s"]}
 
 
 def _our_data(mode: str, cfg, spec: dict):
@@ -251,7 +260,7 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
     setup = adamw_with_warmup(net, optim, warmup, steps)
     optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"].startswith("bf16"))
-    times, parts = [], {part: [] for part in STEP_PARTS}
+    times, units, parts = [], [], {part: [] for part in STEP_PARTS}
     last = time.perf_counter()
     for batch in _batches(data.train_dataloader(), steps):
         batch = {k: v.to(device) for k, v in batch.items() if k != "window_index"}
@@ -272,9 +281,10 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
         for part, (begin, end) in zip(STEP_PARTS, zip([last, *marks], marks)):
             parts[part].append(end - begin)
         times.append(marks[-1] - last)
+        units.append(units_of(mode, batch))
         last = marks[-1]
     kept = {part: statistics.median(values[spec["warmup"] :]) for part, values in parts.items()}
-    return times, {"parts_s": kept}  # where a step's time goes
+    return times, units, {"parts_s": kept}  # where a step's time goes
 
 
 STEP_PARTS = ("data", "forward", "backward", "optimizer")
@@ -310,7 +320,7 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
     steps = spec["warmup"] + spec["steps"]
     if mode == "pretrain":
         model = transformers.BertForMaskedLM(hf_config)
-        train = datasets.Dataset.from_dict({"input_ids": list(data.train_set["input_ids"])})
+        train = data.train_set.select_columns(["input_ids"])
         collator = transformers.DataCollatorForLanguageModeling(data.tokenizer, mlm_probability=0.15)
         warmup = cfg.optim.warmup_steps
     else:
@@ -328,6 +338,7 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
         collator = transformers.DataCollatorWithPadding(data.tokenizer)
         warmup = int(cfg.optim.warmup_proportion * steps)
     timer = _trainer_step_times()
+    collator = _Counting(collator, mode, timer)
     args = transformers.TrainingArguments(
         output_dir=str(run_dir / "hf"),
         per_device_train_batch_size=spec["batch_size"],
@@ -347,7 +358,7 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
         model=model, args=args, train_dataset=train, data_collator=collator, callbacks=[timer]
     )
     trainer.train()
-    return timer.times
+    return timer.times, timer.units
 
 
 def _trainer_step_times():
@@ -356,7 +367,7 @@ def _trainer_step_times():
 
     class StepTimes(transformers.TrainerCallback):
         def __init__(self):
-            self.times, self.last = [], None
+            self.times, self.units, self.last, self.pending = [], [], None, 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last = time.perf_counter()
@@ -364,9 +375,23 @@ def _trainer_step_times():
         def on_step_end(self, args, state, control, **kwargs):
             now = time.perf_counter()
             self.times.append(now - self.last)
-            self.last = now
+            self.units.append(self.pending)
+            self.last, self.pending = now, 0
 
     return StepTimes()
+
+
+class _Counting:
+    """The Trainer's collator, counting what each batch it builds holds. Accelerate's loader builds one batch
+    ahead, so a step is credited with the next step's batch: over the timed steps, as many batches all the same."""
+
+    def __init__(self, collator, mode: str, timer):
+        self.collator, self.mode, self.timer = collator, mode, timer
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.timer.pending += units_of(self.mode, batch)
+        return batch
 
 
 if __name__ == "__main__":
