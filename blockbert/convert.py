@@ -300,6 +300,27 @@ def check_shapes(cls, config: BlockBertConfig, state: dict, directory: Path) -> 
             )
 
 
+def hf_config_values(config: BlockBertConfig) -> dict:
+    """The Hugging Face BERT/RoBERTa config fields of a dense ``config`` (the inverse of :func:`config_from_hf`)."""
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "layer_norm_eps": config.layer_norm_eps,
+        "initializer_range": config.initializer_range,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
 def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Path:
     """Write ``model``: a Hugging Face directory when dense, else a blockbert directory."""
     from safetensors.torch import save_file
@@ -327,21 +348,7 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         hf_config = {
             "model_type": kind,
             "architectures": [{"bert": "Bert", "roberta": "Roberta"}[kind] + head],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.num_layers,
-            "num_attention_heads": config.num_heads,
-            "intermediate_size": config.intermediate_size,
-            "max_position_embeddings": config.max_position_embeddings,
-            "type_vocab_size": config.type_vocab_size,
-            "hidden_act": "gelu",
-            "hidden_dropout_prob": config.hidden_dropout,
-            "attention_probs_dropout_prob": config.attention_dropout,
-            "layer_norm_eps": config.layer_norm_eps,
-            "initializer_range": config.initializer_range,
-            "pad_token_id": config.pad_token_id,
-            "position_embedding_type": "absolute",
-            "tie_word_embeddings": True,
+            **hf_config_values(config),
         }
     else:
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if not k.endswith("decoder_weight")}

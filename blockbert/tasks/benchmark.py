@@ -57,14 +57,8 @@ def main(cfg: DictConfig) -> dict:
     )
     header = {
         "mode": cfg.mode,
-        "device": str(device),
+        **where(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "machine": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "repeats": cfg.repeats,
         "warmup": cfg.warmup,
         "baselines": baselines,
@@ -81,6 +75,19 @@ def main(cfg: DictConfig) -> dict:
     print("results (benchmark.json, benchmark.png) are in:")
     print(run_dir.resolve())
     return results
+
+
+def where(device: torch.device) -> dict:
+    """The device, machine, threads, torch version and date a measurement ran on (benchmark.json's header)."""
+    return {
+        "device": str(device),
+        "machine": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
 
 
 def benchmark_data(cfg, run_dir: Path) -> dict:
@@ -131,14 +138,8 @@ def benchmark_run(cfg, run_dir: Path) -> dict:
     records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
     results = {
         "mode": mode,
-        "device": str(device),
+        **where(device),
         "dtype": "bfloat16 (autocast)" if device.type == "cuda" else "float32",
-        "machine": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "settings": spec,
         "records": records,
     }

@@ -305,18 +305,10 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
 
     cfg = composed(mode, "roberta_1seq", spec, run_dir)
     data, config = _our_data(mode, cfg, spec)
-    hf_config = transformers.BertConfig(
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_hidden_layers=config["num_layers"],
-        num_attention_heads=config["num_heads"],
-        intermediate_size=config["intermediate_size"],
-        max_position_embeddings=config["max_position_embeddings"],
-        hidden_dropout_prob=config["hidden_dropout"],
-        attention_probs_dropout_prob=config["attention_dropout"],
-        pad_token_id=config["pad_token_id"],
-        attn_implementation="sdpa",
-    )
+    from blockbert.config import BlockBertConfig
+    from blockbert.convert import hf_config_values
+
+    hf_config = transformers.BertConfig(**hf_config_values(BlockBertConfig(**config)), attn_implementation="sdpa")
     steps = spec["warmup"] + spec["steps"]
     if mode == "pretrain":
         model = transformers.BertForMaskedLM(hf_config)
