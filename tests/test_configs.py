@@ -34,7 +34,7 @@ def test_the_expected_configs_exist():
         "blockbert_n3",
         "tiny",
     }
-    assert len(EXPERIMENTS) == 11  # ten paper rows and the tiny default
+    assert len(EXPERIMENTS) == 12  # ten paper rows, the tiny default and longrange (Figure 4 on a laptop)
     for group, options in {
         "trainer": {"cpu", "gpu", "ddp"},
         "logger": {"wandb", "csv", "none"},
@@ -57,8 +57,14 @@ def test_every_model_composes_and_builds(primary, model):
 @pytest.mark.parametrize("primary", PRIMARIES)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(primary, experiment):
+    if experiment == "longrange" and primary == "finetune":  # a pre-training experiment: it sets the corpus
+        with pytest.raises(Exception, match="In 'experiment/longrange': Could not override 'data'"):
+            compose_cfg(primary, [f"experiment={experiment}"])
+        return
     cfg = compose_cfg(primary, [f"experiment={experiment}"])
-    if experiment != "tiny":
+    if experiment == "longrange":
+        assert cfg.data.name == "longrange" and cfg.model.num_layers == 1 and cfg.model.num_heads == 12
+    elif experiment != "tiny":
         model, n = experiment.rsplit("_", 1)
         assert cfg.model.name == model
         assert cfg.data.max_seq_length == cfg.model.max_position_embeddings == int(n)

@@ -77,7 +77,15 @@ def test_wandb_sweep_files_match_and_reference_existing_keys(name):
 
 
 def test_available_sweeps():
-    assert available() == ["blocks_seqlen", "finetune_each", "finetune_grid", "heads_n2", "heads_n3"]
+    assert available() == [
+        "blocks_seqlen",
+        "finetune_each",
+        "finetune_grid",
+        "heads_n2",
+        "heads_n3",
+        "longrange_n2",
+        "longrange_n3",
+    ]
 
 
 def run(tmp_path, *args, check=True):
@@ -242,3 +250,78 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     grid = keep_job_numbers(sweep, {"init_from": ["/pre/0", "/pre/1", "/pre/2"]}, tmp_path / "sweep.yaml")
     assert grid == {"init_from": ["/pre/0", "/pre/2", "/pre/1"]}
     assert keep_job_numbers(sweep, {"init_from": ["/pre/0"]}, tmp_path / "none.yaml") == {"init_from": ["/pre/0"]}
+
+
+def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
+    from blockbert.tools.sweep_plan import comma_lists
+
+    fixed, swept = comma_lists(["seed=0,1,2", "experiment=tiny", "optim.betas=[0.9,0.98]", "+x=a,b", "hydra.a=1,2"])
+    assert swept == {"seed": ["0", "1", "2"], "x": ["a", "b"]}
+    assert fixed == ["experiment=tiny", "optim.betas=[0.9,0.98]", "hydra.a=1,2"]
+
+
+def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
+    """longrange_n2's summary: one row per head config, mean ± sample std over its seeds, best mean first, and
+    Figure 4 with error bars (summary_seeds.csv, summary.png); a failed seed is left out and counted."""
+    from blockbert.tools.sweep_summary import summarize_sweep
+
+    sweep_dir = tmp_path / "seeds"
+    values = {("12:0", "0"): (10.0, 0.06), ("12:0", "1"): (12.0, 0.08), ("6:6", "0"): (9.0, 0.5),
+              ("6:6", "1"): (9.5, 0.6), ("6:6", "2"): None}  # fmt: skip
+    for job, ((heads, seed), value) in enumerate(values.items()):
+        (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+        (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"model.heads={heads}", f"seed={seed}"])
+        )
+        if value is None:
+            (sweep_dir / str(job) / "error.txt").write_text("RuntimeError: boom\n")
+            continue
+        metrics = {"val/ppl": value[0], "val/acc_longrange": value[1], "val/acc_local": 0.45, "status": "finished"}
+        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps(metrics))
+    grid = {"model.heads": ["12:0", "6:6"], "seed": ["0", "1", "2"]}
+    (sweep_dir / "sweep.yaml").write_text(
+        yaml.safe_dump({"name": "s", "metric": "val/ppl", "mode": "min", "grid": grid})
+    )
+    summarize_sweep(sweep_dir)
+    with (sweep_dir / "summary_seeds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model.heads"] for r in rows] == ["6:6", "12:0"]
+    six, twelve = rows
+    assert (six["seeds"], six["of"]) == ("2", "3") and float(six["val/ppl"]) == pytest.approx(9.25)
+    assert float(six["val/ppl std"]) == pytest.approx(0.3536, abs=1e-4)
+    assert float(twelve["val/acc_longrange"]) == pytest.approx(0.07) and float(twelve["val/acc_local std"]) == 0
+    assert (sweep_dir / "summary.png").stat().st_size > 0 and (sweep_dir / "summary.csv").is_file()
+
+
+def test_readme_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):
+    """benchmarks/readme_tables.py --sweep DIR: the README's block of that sweep becomes its summary (with the
+    command that made it); the text around it stays."""
+    sweep_dir = tmp_path / "longrange_n2"
+    for job, (heads, seed, acc) in enumerate([("12:0", 0, 0.06), ("12:0", 1, 0.07), ("6:6", 0, 0.5), ("6:6", 1, 0.6)]):
+        (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+        (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"model.heads={heads}", f"seed={seed}"])
+        )
+        metrics = {"val/ppl": 10 - acc, "val/acc_longrange": acc, "val/acc_local": 0.45, "status": "finished"}
+        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps(metrics))
+    grid = {"model.heads": ["12:0", "6:6"], "seed": [0, 1]}
+    spec = {
+        "name": "longrange_n2",
+        "metric": "val/ppl",
+        "mode": "min",
+        "grid": grid,
+        "overrides": ["experiment=longrange"],
+    }
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- sweep:longrange_n2:begin -->\nold\n<!-- sweep:longrange_n2:end -->\nafter\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+    out = subprocess.run(
+        ["python", str(script), "--sweep", str(sweep_dir), "--readme", str(readme)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- sweep:longrange_n2:begin -->\n") and text.endswith("end -->\nafter\n")
+    assert "old" not in text and "blockbert sweep longrange_n2\n" in text
+    assert "| 6:6 | 2/2 | 9.450 ± 0.071 | 0.550 ± 0.071 | 0.450 ± 0.000 |" in text
+    assert (tmp_path / "docs" / "sweeps" / "longrange_n2.png").stat().st_size > 0

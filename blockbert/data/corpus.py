@@ -14,9 +14,10 @@ import datasets
 from blockbert.config import ConfigError
 
 from .cache import hub_cache
+from .longrange import LongRangeSpec, longrange_corpus
 
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SOURCES = ("generated", "files", "hub")
+SOURCES = ("generated", "longrange", "files", "hub")
 
 
 def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
@@ -26,11 +27,13 @@ def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
     group = rows_per_document(data_cfg)
     if source == "hub":
         return _load_hub(data_cfg, cache_dir, group)
-    paths = (
-        [str(generated_corpus(cache_dir, data_cfg.generated_documents))]
-        if source == "generated"
-        else _expand(data_cfg.files)
-    )
+    if source == "generated":
+        paths = [str(generated_corpus(cache_dir, data_cfg.generated_documents))]
+    elif source == "longrange":
+        spec = LongRangeSpec.from_config(data_cfg)
+        paths = [str(longrange_corpus(cache_dir, spec, data_cfg.generated_documents))]
+    else:
+        paths = _expand(data_cfg.files)
     return _group_rows(_load_files(paths, data_cfg, cache_dir), group[0])
 
 
@@ -66,7 +69,7 @@ def describe_source(data_cfg) -> str:
         return repr(data_cfg.files if isinstance(data_cfg.files, str) else list(data_cfg.files))
     if data_cfg.source == "hub":
         return f"{data_cfg.hub_name!r} (hub)"
-    return "(generated)"
+    return "(generated long-range corpus)" if data_cfg.source == "longrange" else "(generated)"
 
 
 def _expand(files) -> list[str]:

@@ -18,6 +18,7 @@ from blockbert.config import ConfigError
 
 from .cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
 from .corpus import describe_source, load_documents, rows_per_document
+from .longrange import LongRangeSpec, check_tokenizer, reference_positions
 from .sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
 from .sequences import pack_documents, sentence_pairs, tokenize_documents
 from .tokenizer import load_tokenizer
@@ -86,6 +87,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in prepare_data()
         self.train_set = self.val_set = None
         self.fill: float | None = None  # mean tokens per training sequence / N
+        self.longrange_positions: list[int] | None = None  # data=longrange: where the long-range targets are
 
     def prepare_data(self) -> None:
         if self.train_set is None:  # else setup() has read the cache already
@@ -101,6 +103,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         self.train_set = load_arrow(directory, manifest["train"])
         self.val_set = load_arrow(directory, manifest["validation"])
         self.fill = mean_fill(self.train_set, self.cfg.max_seq_length)  # from the Arrow lengths: any cache entry
+        if self.cfg.source == "longrange":
+            spec = LongRangeSpec.from_config(self.cfg)
+            check_tokenizer(self.tokenizer, spec)
+            self.longrange_positions = reference_positions(spec, self.cfg.max_seq_length)
         if len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
@@ -125,6 +131,8 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]
         else:
             corpus = [cfg.source, cfg.get("generated_documents"), cfg.documents]
+            if cfg.source == "longrange":
+                corpus.append(LongRangeSpec.from_config(cfg).key())
         grouping = rows_per_document(cfg)
         if any(rows != 1 for rows in grouping):  # one row, one document: the keys of earlier caches stay valid
             corpus.append(grouping)

@@ -21,6 +21,8 @@ class PretrainModule(pl.LightningModule):
         model_class = BlockBertForPreTraining if next_sentence_prediction else BlockBertForMaskedLM
         self.model = model_class(config)
         self._val_loss_sum = self._val_tokens = 0.0
+        self._val_hits = torch.zeros(3, 2)  # rows: all, long-range, local targets; columns: correct, counted
+        self._mask_id = self._longrange_at = None
         self._last_time = None
         self.validation_history: list[tuple[int, float]] = []  # (step, perplexity)
 
@@ -42,14 +44,37 @@ class PretrainModule(pl.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val_loss_sum = self._val_tokens = 0.0
+        self._val_hits = torch.zeros(3, 2, device=self.device)
+        data = self.trainer.datamodule if self._trainer else None
+        tokenizer = getattr(data, "tokenizer", None)
+        self._mask_id = tokenizer.mask_token_id if tokenizer is not None else None
+        positions = getattr(data, "longrange_positions", None)
+        self._longrange_at = torch.tensor(positions, device=self.device) if positions else None
 
     def validation_step(self, batch, batch_idx):
         out = self(batch)
         loss = out.mlm_loss if self.hparams.next_sentence_prediction else out.loss
-        masked = (batch["labels"] != -100).sum().item()
+        selected = batch["labels"] != -100  # [B, N]
+        masked = selected.sum().item()
         if masked:
             self._val_loss_sum += loss.item() * masked
             self._val_tokens += masked
+            if self._mask_id is not None:
+                far = torch.zeros_like(selected)  # [B, N]
+                if self._longrange_at is not None:
+                    far[:, self._longrange_at] = True
+                self._count_hits(out.logits, batch["labels"][selected], batch["input_ids"][selected], far[selected])
+
+    def _count_hits(self, logits, labels, inputs, far):
+        """Accuracy counts over the targets replaced by [MASK] (80 % of them): the ones kept or replaced by a
+        random token are left out, as there the input may show the answer. With data=longrange, also split into
+        long-range targets (``far``: at the corpus's reference positions) and local ones."""
+        hidden = inputs == self._mask_id  # [M]
+        correct = (logits.argmax(-1) == labels) & hidden  # [M]
+        groups = [hidden] + ([hidden & far, hidden & ~far] if self._longrange_at is not None else [])
+        for row, group in enumerate(groups):
+            self._val_hits[row, 0] += (correct & group).sum()
+            self._val_hits[row, 1] += group.sum()
 
     def on_validation_epoch_end(self):
         sums = torch.tensor([self._val_loss_sum, self._val_tokens], device=self.device)
@@ -59,6 +84,10 @@ class PretrainModule(pl.LightningModule):
         loss = (sums[0] / sums[1]).item()
         ppl = math.exp(min(loss, 50.0))
         self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)
+        hits = self.all_gather(self._val_hits).reshape(-1, 3, 2).sum(0)
+        names = ["val/acc", "val/acc_longrange", "val/acc_local"]
+        accuracies = {name: (h[0] / h[1]).item() for name, h in zip(names, hits) if h[1]}
+        self.log_dict(accuracies, sync_dist=False)
         full = not self.trainer.sanity_checking or self.trainer.num_sanity_val_steps == float("inf")
         if full and (not self.validation_history or self.validation_history[-1][0] != self.global_step):
             self.validation_history.append((self.global_step, ppl))  # a full sanity check counts (step 0, a resume)

@@ -117,7 +117,7 @@ def check_paper_row(cfg: DictConfig, command: str) -> None:
             "fine-tune it with blockbert finetune, or pre-train the BERT-style MLM + NSP model as "
             "experiment=roberta_2seq_512"
         )
-    toy = (command == "pretrain" and cfg.data.source == "generated") or (
+    toy = (command == "pretrain" and cfg.data.source in ("generated", "longrange")) or (
         command == "finetune" and cfg.task.name == "generated"
     )
     if toy:

@@ -164,6 +164,9 @@ def pretrain(cfg: DictConfig, run_dir: Path, callbacks: tuple = ()) -> dict:
         if module.validation_history:
             history = " -> ".join(f"{ppl:.2f} (step {step})" for step, ppl in module.validation_history)
             print(f"validation perplexity: {history}")
+        accuracies = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")}
+        if accuracies:  # the last validation's masked-token accuracies (data=longrange: long-range and local)
+            print("validation accuracy: " + ", ".join(f"{k[4:]} {float(v):.3f}" for k, v in sorted(accuracies.items())))
         print("results (metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml) are in:")
         print(run_dir.resolve())
     return dict(trainer.callback_metrics)

@@ -17,7 +17,15 @@ from blockbert.errors import RunInterrupted, one_line, one_line_errors
 from blockbert.paths import config_dir
 from blockbert.tasks.launch import run_task
 from blockbert.tools.display import console
-from blockbert.tools.sweep_plan import expand, jobs, load_sweep, merge_overrides, multirun_args, wandb_sweep
+from blockbert.tools.sweep_plan import (
+    comma_lists,
+    expand,
+    jobs,
+    load_sweep,
+    merge_overrides,
+    multirun_args,
+    wandb_sweep,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,9 @@ def run_sweep(
     """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
     summarise it; the exit code."""
     sweep = load_sweep(name)
+    overrides, swept = comma_lists(overrides)
     sweep.overrides = merge_overrides(sweep.overrides, overrides)
+    sweep.parameters = {**sweep.parameters, **swept}
     source_dir = Path(source).expanduser().resolve() if source else None
     grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
     if directory:

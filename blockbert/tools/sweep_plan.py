@@ -136,6 +136,20 @@ def merge_overrides(fixed: list[str], extra: list[str]) -> list[str]:
     return [o for o in fixed if override_key(o) not in replaced] + list(extra)
 
 
+def comma_lists(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Command-line overrides that sweep (``seed=0,1,2``: Hydra's comma list) become parameters of the grid, so
+    that the plan, the job table and the summary know them; (the other overrides, {key: values})."""
+    fixed, swept = [], {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        simple = "," in value and not any(c in value for c in "[]{}()'\"\\") and not key.startswith(("~", "hydra."))
+        if simple:
+            swept[key.lstrip("+")] = [v.strip() for v in value.split(",")]
+        else:
+            fixed.append(override)
+    return fixed, swept
+
+
 def jobs(grid: dict[str, list]) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]

@@ -73,6 +73,15 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
         keys = join_pretraining(rows, Path(spec["from"]))
     rows = rank(rows, metric, mode)
     write_csv(rows, keys, metric, sweep_dir / "summary.csv")
+    write_markdown(rows, keys, metric, sweep_dir / "summary.md")
+    if "seed" in keys and len({r["seed"] for r in rows}) > 1:
+        groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
+        write_seed_csv(groups, sweep_dir / "summary_seeds.csv")
+        print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
+        write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep_dir / "summary.md", seeds=True)
+        if "model.heads" in keys:
+            plot_heads(groups, metric, sweep_dir / "summary.png", spread=True)
+        return rows
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
     for column in ("job", *keys, metric, "status", "error"):
         table.add_column(column)
@@ -98,6 +107,73 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     if "model.heads" in keys:
         plot_heads(rows, metric, sweep_dir / "summary.png")
     return rows
+
+
+SEED_METRICS = ("val/ppl", "val/acc", "val/acc_longrange", "val/acc_local")
+
+
+def over_seeds(rows: list[dict], keys: list[str], metric: str, mode: str) -> list[dict]:
+    """One row per setting (the values of ``keys``): mean and sample std over its finished seeds of the metric
+    and the validation metrics, best mean first."""
+    import statistics
+
+    settings: dict[tuple, list[dict]] = {}
+    for row in rows:
+        settings.setdefault(tuple(row[k] for k in keys), []).append(row)
+    groups = []
+    for values, members in settings.items():
+        done = [r for r in members if r["status"] == "finished"]
+        group = {**dict(zip(keys, values)), "seeds": len(done), "of": len(members), "status": "finished"}
+        for name in dict.fromkeys((metric, *SEED_METRICS)):
+            numbers = [r[name] for r in done if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+            if numbers:
+                group[name] = statistics.fmean(numbers)
+                group[f"{name} std"] = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+        group["status"] = "finished" if done else "failed"
+        group["error"] = ""
+        groups.append(group)
+    return rank(groups, metric, mode)
+
+
+def write_seed_csv(groups: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(k for g in groups for k in g if k not in ("status", "error")))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(groups)
+
+
+def print_seed_table(console, groups: list[dict], title: str) -> None:
+    keys = [k for k in groups[0] if k not in ("seeds", "of", "status", "error") and not _is_metric(k)]
+    metrics = [m for m in dict.fromkeys(k for g in groups for k in g if _is_metric(k) and not k.endswith(" std"))]
+    table = Table(title=title)
+    for column in (*keys, "seeds", *metrics):
+        table.add_column(column)
+    for g in groups:
+        cells = [f"{g[m]:.4g} ± {g[m + ' std']:.2g}" if m in g else "" for m in metrics]
+        table.add_row(*(str(g[k]) for k in keys), f"{g['seeds']}/{g['of']}", *cells)
+    console.print(table)
+
+
+def write_markdown(rows: list[dict], keys: list[str], metric: str, path: Path, seeds: bool = False) -> None:
+    """summary.md: the finished rows, best first, as a Markdown table (mean ± std where ``seeds``), with the
+    validation metrics the rows have."""
+    done = [r for r in rows if r["status"] == "finished"]
+    metrics = [m for m in dict.fromkeys((metric, *SEED_METRICS)) if any(m in r for r in done)]
+    head = [*keys, *(["seeds"] if seeds else []), *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in done:
+        cells = [str(r[k]) for k in keys] + ([f"{r['seeds']}/{r['of']}"] if seeds else [])
+        for m in metrics:
+            value = r.get(m)
+            spread = f" ± {r[m + ' std']:.3f}" if seeds and m + " std" in r else ""
+            cells.append("" if value is None else f"{value:.3f}{spread}")
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _is_metric(key: str) -> bool:
+    return "/" in key
 
 
 def join_pretraining(rows: list[dict], source: Path) -> list[str]:
@@ -138,30 +214,67 @@ def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> Non
         writer.writerows(rows)
 
 
-def plot_heads(rows: list[dict], metric: str, path: Path) -> None:
-    """Figure 4: the metric by head assignment (n=2: per config; n=3: heatmap of the two shifted counts)."""
+def plot_heads(rows: list[dict], metric: str, path: Path, spread: bool = False) -> None:
+    """Figure 4: the metric by head assignment (n=2: per config; n=3: heatmaps of the two shifted counts, beside
+    the long-range and local accuracies where the runs have them). With ``spread`` (rows that are means over
+    seeds) n=2 also shows those accuracies, with error bars of one std."""
     plt = pyplot()
-    import numpy as np
 
     done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
     counts = [[int(c) for c in str(r["model.heads"]).split(":")] for r in done]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    accuracies = [m for m in ("val/acc_longrange", "val/acc_local") if spread and all(m in r for r in done)]
+    if counts and len(counts[0]) == 2 and accuracies:
+        return plot_heads_n2_spread(done, counts, [metric, *accuracies], path)
     if counts and len(counts[0]) == 3:
-        size = max(max(c[1], c[2]) for c in counts) + 1
+        panels = [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in done)]
+        return plot_heads_n3(done, counts, panels, path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    order = sorted(zip(counts, done), key=lambda x: x[0][1:] if x[0] else [])
+    ax.plot(range(len(order)), [r[metric] for _, r in order], "o-")
+    ax.set_xticks(range(len(order)), [":".join(map(str, c)) for c, _ in order])  # labels, not times ("12:0")
+    ax.set_xlabel("head config (identity : shifted)")
+    ax.set_ylabel(metric)
+    ax.tick_params(axis="x", labelrotation=60)
+    ax.set_title(f"{metric} by head assignment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heads_n3(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+    """n=3: one heatmap per metric over the shift-1 and shift-2 head counts (the identity count is the rest)."""
+    plt = pyplot()
+    import numpy as np
+
+    size = max(max(c[1], c[2]) for c in counts) + 1
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
         grid = np.full((size, size), np.nan)
-        for c, r in zip(counts, done):
+        for c, r in zip(counts, rows):
             grid[c[1], c[2]] = r[metric]
-        image = ax.imshow(grid, origin="lower", cmap="viridis_r")
+        image = ax.imshow(grid, origin="lower", cmap="viridis" if "acc" in metric else "viridis_r")
         fig.colorbar(image, ax=ax, label=metric)
         ax.set_xlabel("heads with shift 2")
         ax.set_ylabel("heads with shift 1")
-    else:
-        order = sorted(zip(counts, done), key=lambda x: x[0][1:] if x[0] else [])
-        ax.plot([":".join(map(str, c)) for c, _ in order], [r[metric] for _, r in order], "o-")
+        ax.set_title(f"{metric} by head assignment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heads_n2_spread(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+    """n=2 over seeds: one panel per metric, mean ± std by head config (identity : shifted)."""
+    plt = pyplot()
+    order = sorted(zip(counts, rows), key=lambda x: x[0][1])
+    labels = [":".join(map(str, c)) for c, _ in order]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8))
+    for ax, metric in zip(axes, metrics):
+        ax.errorbar(range(len(order)), [r[metric] for _, r in order],
+                    yerr=[r.get(f"{metric} std", 0) for _, r in order], fmt="o-", capsize=3)  # fmt: skip
+        ax.set_xticks(range(len(order)), labels)
+        ax.set_title(metric)
         ax.set_xlabel("head config (identity : shifted)")
-        ax.set_ylabel(metric)
         ax.tick_params(axis="x", labelrotation=60)
-    ax.set_title(f"{metric} by head assignment")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
