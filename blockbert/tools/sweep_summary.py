@@ -80,7 +80,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
         print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
         write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep_dir / "summary.md", seeds=True)
         if "model.heads" in keys:
-            plot_heads(groups, metric, sweep_dir / "summary.png", spread=True)
+            plot_heads(groups, metric, sweep_dir / "summary.png")
         return rows
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
     for column in ("job", *keys, metric, "status", "error"):
@@ -214,31 +214,17 @@ def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> Non
         writer.writerows(rows)
 
 
-def plot_heads(rows: list[dict], metric: str, path: Path, spread: bool = False) -> None:
-    """Figure 4: the metric by head assignment (n=2: per config; n=3: heatmaps of the two shifted counts, beside
-    the long-range and local accuracies where the runs have them). With ``spread`` (rows that are means over
-    seeds) n=2 also shows those accuracies, with error bars of one std."""
-    plt = pyplot()
-
+def plot_heads(rows: list[dict], metric: str, path: Path) -> None:
+    """Figure 4: the metric by head assignment, beside the long-range and local accuracies where the runs have them
+    (n=2: a panel per metric by head config, with error bars of one std for means over seeds; n=3: heatmaps over
+    the two shifted counts)."""
     done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
+    if not done:
+        return
     counts = [[int(c) for c in str(r["model.heads"]).split(":")] for r in done]
-    accuracies = [m for m in ("val/acc_longrange", "val/acc_local") if spread and all(m in r for r in done)]
-    if counts and len(counts[0]) == 2 and accuracies:
-        return plot_heads_n2_spread(done, counts, [metric, *accuracies], path)
-    if counts and len(counts[0]) == 3:
-        panels = [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in done)]
-        return plot_heads_n3(done, counts, panels, path)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    order = sorted(zip(counts, done), key=lambda x: x[0][1:] if x[0] else [])
-    ax.plot(range(len(order)), [r[metric] for _, r in order], "o-")
-    ax.set_xticks(range(len(order)), [":".join(map(str, c)) for c, _ in order])  # labels, not times ("12:0")
-    ax.set_xlabel("head config (identity : shifted)")
-    ax.set_ylabel(metric)
-    ax.tick_params(axis="x", labelrotation=60)
-    ax.set_title(f"{metric} by head assignment")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    panels = [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in done)]
+    plot = plot_heads_n3 if len(counts[0]) == 3 else plot_heads_n2
+    plot(done, counts, panels, path)
 
 
 def plot_heads_n3(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
@@ -262,16 +248,16 @@ def plot_heads_n3(rows: list[dict], counts: list[list[int]], metrics: list[str],
     plt.close(fig)
 
 
-def plot_heads_n2_spread(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
-    """n=2 over seeds: one panel per metric, mean ± std by head config (identity : shifted)."""
+def plot_heads_n2(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+    """n=2: one panel per metric by head config (identity : shifted); error bars where the rows have a std."""
     plt = pyplot()
     order = sorted(zip(counts, rows), key=lambda x: x[0][1])
     labels = [":".join(map(str, c)) for c, _ in order]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8))
-    for ax, metric in zip(axes, metrics):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
         ax.errorbar(range(len(order)), [r[metric] for _, r in order],
                     yerr=[r.get(f"{metric} std", 0) for _, r in order], fmt="o-", capsize=3)  # fmt: skip
-        ax.set_xticks(range(len(order)), labels)
+        ax.set_xticks(range(len(order)), labels)  # labels, not times ("12:0")
         ax.set_title(metric)
         ax.set_xlabel("head config (identity : shifted)")
         ax.tick_params(axis="x", labelrotation=60)
