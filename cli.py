@@ -1,6 +1,6 @@
 """blockbert: pre-train, fine-tune, sweep, profile and benchmark BlockBERT from one command line.
 
-This module only parses the command and hands its arguments to the task (``blockbert.tasks``).
+This module only parses the command and hands its arguments to the task (``blockbert.app``).
 Arguments after the command are Hydra's: overrides such as ``model=blockbert_n3`` or
 ``trainer.max_steps=10``, and flags such as ``-m`` (multirun), ``--cfg job`` and ``--info``.
 """
@@ -36,7 +36,7 @@ SHELL_COMPLETION_FLAGS = ("-sc", "--shell-completion")
 
 
 def complete_overrides(ctx: typer.Context, incomplete: str) -> list[str]:
-    from blockbert.tasks.launch import complete_overrides
+    from blockbert.app.launch import complete_overrides
 
     return complete_overrides(ctx.command.name, ctx.params, incomplete)
 
@@ -47,14 +47,14 @@ OVERRIDES = typer.Argument(
 
 
 def complete_sweep_name(incomplete: str) -> list[str]:
-    from blockbert.tools.sweep_plan import available
+    from blockbert.experiments.sweep_plan import available
 
     return [name for name in available() if name.startswith(incomplete)]
 
 
 def hydra_help(task: str) -> str:
     """The help's epilog: Hydra's arguments, then each config group of the command with its options."""
-    from blockbert.tasks import config_groups
+    from blockbert.formats.compose import config_groups
 
     lines = [
         f"`{group}`: " + " | ".join(f"**{option}** (default)" if option == default else option for option in options)
@@ -72,7 +72,7 @@ def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
             file=sys.stderr,
         )
         raise typer.Exit(2)
-    from blockbert.tasks.launch import run_task
+    from blockbert.app.launch import run_task
 
     raise typer.Exit(run_task(task, overrides, debug))
 
@@ -132,7 +132,7 @@ def sweep(
 
     Example (laptop scale): `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=50`
     """
-    from blockbert.tasks.sweep import run_sweep
+    from blockbert.app.commands.sweep import run_sweep
 
     raise typer.Exit(
         run_sweep(name, list(overrides or ()), dry_run, directory, wandb_config, source, debug_jobs=debug, debug=debug)
@@ -176,7 +176,7 @@ def evaluate(
 
     Example: `blockbert evaluate dev-v2.0.json predictions.json --na-prob null_odds.json`
     """
-    from blockbert.tasks.evaluate import run_evaluate
+    from blockbert.app.commands.evaluate import run_evaluate
 
     raise typer.Exit(run_evaluate(data_file, predictions_file, na_prob, format, debug=debug))
 
@@ -192,7 +192,7 @@ def export(
 
     Example: `blockbert export runs/pretrain/2026-11-29_10-00-00 exported/`
     """
-    from blockbert.tasks.export import run_export
+    from blockbert.app.commands.export import run_export
 
     raise typer.Exit(run_export(run_dir, out_dir, debug=debug))
 
@@ -229,7 +229,7 @@ def report(
     Example: `blockbert report multirun/sweeps/heads_n2/2026-11-29_10-00-00`, or
     `blockbert report --paper runs/pretrain/RUN runs/finetune/RUN --out paper/`
     """
-    from blockbert.tasks.report import run_paper_report, run_report
+    from blockbert.app.commands.report import run_paper_report, run_report
 
     if paper:
         raise typer.Exit(run_paper_report(directories, out, debug=debug))
@@ -239,7 +239,7 @@ def report(
 def main() -> None:
     if os.environ.get("BLOCKBERT_DDP_JOB") and "LOCAL_RANK" in os.environ:
         # a DDP rank Lightning started by re-running this command line: run only the job that started it
-        from blockbert.tasks.launch import run_ddp_rank
+        from blockbert.app.launch import run_ddp_rank
 
         code = run_ddp_rank()
         if code is not None:

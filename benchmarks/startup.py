@@ -2,8 +2,9 @@
 
     python benchmarks/startup.py [--repeats 5] [--importtime]
 
-Each command runs ``--repeats`` times in a fresh process (after one untimed run that warms the file cache);
-the table shows the median and the range. ``evaluate`` scores a SQuAD dev-sized file (10,570 generated
+Each command runs ``--repeats`` times in a fresh process, the commands in rotating order after one untimed run each
+that warms the file cache (:func:`blockbert.measure.timing.time_side_by_side`); the table shows the median and the
+range. ``evaluate`` scores a SQuAD dev-sized file (10,570 generated
 questions, as many as SQuAD 1.1 dev) against its own answers. ``--importtime`` adds, per command, the
 modules that took longest to import (``python -X importtime``), which is where start-up time goes.
 """
@@ -11,15 +12,19 @@ modules that took longest to import (``python -X importtime``), which is where s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+from blockbert.measure.timing import time_side_by_side, timing_summary
 
 SQUAD_DEV_QUESTIONS = 10_570
 
@@ -49,16 +54,6 @@ def blockbert_command() -> list[str]:
     return [sys.executable, found]
 
 
-def time_command(argv: list[str], repeats: int, env: dict) -> list[float]:
-    subprocess.run(argv, env=env, capture_output=True, check=True)  # warm the file cache
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def slowest_imports(argv: list[str], env: dict, count: int = 5) -> list[tuple[str, float]]:
     """The top-level imports that took longest (cumulative seconds) in one run of ``argv``."""
     done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True)
@@ -79,10 +74,15 @@ def main() -> None:
     base = blockbert_command()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, arguments, target in commands(Path(tmp)):
-            times = time_command([*base, *arguments], args.repeats, env)
-            median = statistics.median(times)
-            rows.append((label, median, min(times), max(times), target))
+        planned = commands(Path(tmp))
+        calls = {
+            label: functools.partial(subprocess.run, [*base, *arguments], env=env, capture_output=True, check=True)
+            for label, arguments, _ in planned
+        }
+        times = time_side_by_side(calls, torch.device("cpu"), warmup=1, repeats=args.repeats)
+        for label, arguments, target in planned:
+            median = timing_summary(times[label])["median_s"]
+            rows.append((label, median, min(times[label]), max(times[label]), target))
             print(f"{label}: median {median:.2f} s", file=sys.stderr)
             if args.importtime:
                 for module, seconds in slowest_imports([*base, *arguments], env):

@@ -1,6 +1,6 @@
-"""How errors end a command: the exceptions that end a run, and their report as one line (``--debug`` for the
-traceback). Bad configuration values are :class:`blockbert.config.ConfigError`. Kept free of heavy imports: the
-error path loads it."""
+"""How errors end a command, in one place: the exceptions every layer raises (:class:`ConfigError` for bad input,
+the ones that end a run) and their report as one line (``--debug`` for the traceback). The bottom of the package:
+it imports nothing of blockbert and nothing heavy, so every layer (the pure-torch model included) may use it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention: schedulers mus
 
 
 SIGINT_EXIT_CODE = 130  # 128 + SIGINT (Ctrl-C)
+
+
+class ConfigError(ValueError):
+    """A configuration value or an input is not accepted; the message is a single line naming the bad value and
+    what is accepted."""
 
 
 class RunInterrupted(Exception):
@@ -47,12 +52,10 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
 
 
 def is_user_error(err: Exception) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from blockbert.config import ConfigError
-
-    return isinstance(err, (ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException))
+    """Bad input: a config value, a missing file, or an override Hydra or OmegaConf refused (told by the exception's
+    package, so that this module imports neither)."""
+    from_config_library = any(c.__module__.split(".")[0] in ("hydra", "omegaconf") for c in type(err).__mro__)
+    return isinstance(err, (ConfigError, FileNotFoundError)) or from_config_library
 
 
 def one_line(err: Exception) -> str:

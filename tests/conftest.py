@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -10,7 +12,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 # registers with transformers' Auto classes before a test imports cli.py, which sets BLOCKBERT_CLI=1
-import blockbert  # noqa: E402, F401
+import blockbert as _blockbert  # noqa: E402, F401
+
+
+def run_blockbert(cwd, *args, check=True, env=None, environ=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """``blockbert ARGS`` run in ``cwd`` as a user runs it: the installed command in a fresh process, the cache under
+    ``cwd/cache`` (``BLOCKBERT_CACHE``), unbuffered output, W&B as this process has it (disabled unless ``env`` says
+    otherwise). ``env`` adds to that environment; ``environ`` replaces it whole. ``check``: the command must exit 0
+    (else the tail of its stderr is shown)."""
+    if environ is None:
+        environ = {**os.environ, "BLOCKBERT_CACHE": str(Path(cwd) / "cache"), "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = subprocess.run(
+        ["blockbert", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=environ, timeout=timeout, **kwargs
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def blockbert():
+    """The command line as a user runs it: :func:`run_blockbert`."""
+    return run_blockbert
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from blockbert.attention import (
+from blockbert.model.attention import (
     block_attention,
     dense_attention,
     sparse_attention,
@@ -199,8 +199,8 @@ def test_sparse_block_attention_never_builds_full_score_matrix():
 )
 def test_flex_backend_equals_sdpa_in_inference(config):
     """FlexAttention (a GPU path; forward only on CPU) computes the same pattern, padding included."""
-    from blockbert.attention import SelfAttention
-    from blockbert.config import BlockBertConfig
+    from blockbert.model.attention import SelfAttention
+    from blockbert.model.config import BlockBertConfig
 
     torch.manual_seed(0)
     base = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, block_seq_len=37, **config)
@@ -215,8 +215,9 @@ def test_flex_backend_equals_sdpa_in_inference(config):
 
 
 def test_flex_backend_refuses_dropout_and_cpu_training():
-    from blockbert.attention import SelfAttention
-    from blockbert.config import BlockBertConfig, ConfigError
+    from blockbert.errors import ConfigError
+    from blockbert.model.attention import SelfAttention
+    from blockbert.model.config import BlockBertConfig
 
     with pytest.raises(ConfigError, match="attention_impl=flex has no attention dropout"):
         BlockBertConfig(attention_impl="flex", attention_dropout=0.1)

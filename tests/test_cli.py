@@ -75,15 +75,8 @@ def test_sequence_longer_than_positions_is_one_line():
     assert "data.max_seq_length=4096 exceeds model.max_position_embeddings=128" in result.output
 
 
-def test_cfg_job_through_the_installed_command(tmp_path):
-    out = subprocess.run(
-        ["blockbert", "pretrain", "model=blockbert_n3", "data.max_seq_length=1024", "--cfg", "job"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env(tmp_path),
-    )
-    assert out.returncode == 0, out.stderr
+def test_cfg_job_through_the_installed_command(blockbert, tmp_path):
+    out = blockbert(tmp_path, "pretrain", "model=blockbert_n3", "data.max_seq_length=1024", "--cfg", "job")
     assert "heads: '8:2:2'" in out.stdout and "max_seq_length: 1024" in out.stdout
     assert not (tmp_path / "runs").exists()  # --cfg runs nothing
 
@@ -100,28 +93,11 @@ def test_python_cli_py_and_info(tmp_path):
     assert "model/tiny" in out.stdout or "model: tiny" in out.stdout
 
 
-def test_multirun_of_two_tiny_jobs_makes_two_run_dirs(tmp_path):
+def test_multirun_of_two_tiny_jobs_makes_two_run_dirs(blockbert, tmp_path):
     sweep = tmp_path / "sweep"
-    out = subprocess.run(
-        [
-            "blockbert",
-            "pretrain",
-            "-m",
-            "model.heads=3:1,2:2",
-            "trainer.max_steps=2",
-            "trainer.val_check_interval=2",
-            "logger=none",
-            "progress_bar=false",
-            "data.generated_documents=40",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env(tmp_path),
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    tiny = ["trainer.max_steps=2", "trainer.val_check_interval=2", "logger=none", "progress_bar=false"]
+    out = blockbert(tmp_path, "pretrain", "-m", "model.heads=3:1,2:2", *tiny, "data.generated_documents=40",
+                    f"hydra.sweep.dir={sweep}")  # fmt: skip
     for job, heads in (("0", "3:1"), ("1", "2:2")):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["step"] == 2 and metrics["status"] == "finished"
@@ -174,7 +150,7 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "heads: '9:3'" in out.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import blockbert.tasks.launch as l; print(l.config_dir())"],
+        [sys.executable, "-c", "import blockbert.paths as p; print(p.config_dir())"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from blockbert.tasks.launch import complete_overrides
+from blockbert.app.launch import complete_overrides
 
 runner = CliRunner()
 
@@ -18,27 +18,29 @@ HEAVY = ("torch", "pytorch_lightning", "lightning", "transformers", "datasets")
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "argv, exit_code",
     [
-        ["--help"],
-        ["pretrain", "--help"],
-        ["pretrain", "--cfg", "job"],
-        ["finetune", "model=blockbert_n3", "--cfg", "job"],
-        ["sweep", "heads_n3", "--dry-run"],
-        ["pretrain", "model.heads=nonsense", "model=tiny", "--cfg", "job"],
+        (["--help"], 0),
+        (["pretrain", "--help"], 0),
+        (["pretrain", "--cfg", "job"], 0),
+        (["finetune", "model=blockbert_n3", "--cfg", "job"], 0),
+        (["sweep", "heads_n3", "--dry-run"], 0),
+        (["pretrain", "model.heads=nonsense", "model=tiny", "--cfg", "job"], 0),  # composes; the run checks the heads
+        (["pretrain", "model=no_such_model", "--cfg", "job"], 2),  # an error while composing
     ],
 )
-def test_commands_that_only_compose_import_no_heavy_library(argv, tmp_path):
+def test_commands_that_only_compose_import_no_heavy_library(argv, exit_code, tmp_path):
     script = (
         "import json, sys\n"
         f"sys.argv = ['blockbert', *{argv!r}]\n"
         "import cli\n"
-        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n"
+        "try:\n    cli.main()\n    code = 0\nexcept SystemExit as stop:\n    code = stop.code or 0\n"
+        f"print(json.dumps([code, sorted(m for m in {HEAVY!r} if m in sys.modules)]), file=sys.stderr)\n"
     )
     env = {**os.environ, "WANDB_MODE": "disabled", "BLOCKBERT_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
-    loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    code, loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    assert code == exit_code, done.stdout[-2000:] + done.stderr[-2000:]
     assert loaded == [], f"{argv} imported {loaded}"
 
 

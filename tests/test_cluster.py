@@ -14,9 +14,10 @@ from hydra import compose, initialize_config_dir
 from typer.testing import CliRunner
 
 import cli
-from blockbert.config import ConfigError
-from blockbert.tasks import cluster
-from blockbert.tasks.launch import config_dir
+from blockbert.app import cluster as _resolvers  # noqa: F401 -- registers the resolvers of conf/cluster
+from blockbert.errors import ConfigError
+from blockbert.paths import config_dir
+from blockbert.train import cluster
 
 TINY = [
     "progress_bar=false",
@@ -45,14 +46,11 @@ def env(tmp_path, **extra):
     return dict(base, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1", **extra)
 
 
-def blockbert(tmp_path, *args, environ=None, timeout=600):
-    return subprocess.run(
-        ["blockbert", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=environ or env(tmp_path),
-        timeout=timeout,
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """The command without any SLURM or submitit variable of this process (``environ``: another environment)."""
+    return lambda tmp_path, *args, environ=None, timeout=600: blockbert(
+        tmp_path, *args, environ=environ or env(tmp_path), timeout=timeout, check=False
     )
 
 
@@ -104,9 +102,9 @@ def test_gpu_trainers_are_refused_on_a_machine_without_cuda(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_ddp_without_a_gpu_fails_at_once_with_one_line(tmp_path):
+def test_ddp_without_a_gpu_fails_at_once_with_one_line(run, tmp_path):
     start = time.time()
-    out = blockbert(tmp_path, "pretrain", "trainer=ddp", "logger=none", timeout=120)
+    out = run(tmp_path, "pretrain", "trainer=ddp", "logger=none", timeout=120)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "trainer.accelerator=gpu but this machine has no CUDA GPU" in error_line(out.stderr)
     assert "Traceback" not in out.stderr and "sequences" not in out.stderr + out.stdout  # before any data work
@@ -161,8 +159,8 @@ def test_slurm_resources_follow_the_trainer():
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (2, None, 1)  # no GPU asked for
 
 
-def test_slurm_resources_through_the_cli(tmp_path):
-    out = blockbert(
+def test_slurm_resources_through_the_cli(run, tmp_path):
+    out = run(
         tmp_path,
         "pretrain",
         "cluster=slurm",
@@ -181,14 +179,14 @@ def test_slurm_resources_through_the_cli(tmp_path):
         assert line in lines
 
 
-def test_the_sbatch_script_asks_for_the_trainers_resources_and_lightnings_signal(tmp_path):
+def test_the_sbatch_script_asks_for_the_trainers_resources_and_lightnings_signal(run, tmp_path):
     """Through the real submitit launcher, with fake sbatch (records its script), sacct (the job failed)
     and srun (only looked for)."""
     sacct = 'echo "JobID|State|NodeList"; echo "4242|FAILED|node1"; echo "4242_0|FAILED|node1"'
     bin_dir = fake_commands(
         tmp_path, sbatch=f'cp "$1" "{tmp_path}/job.sh"; echo "Submitted batch job 4242"', sacct=sacct, srun="exit 1"
     )
-    out = blockbert(
+    out = run(
         tmp_path,
         "pretrain",
         "-m",
@@ -364,10 +362,10 @@ def test_a_preempted_submitit_job_leaves_no_result_and_resumes_in_its_sweep_dire
 # -- DDP jobs in multiruns ---------------------------------------------------------------------------------
 
 
-def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(tmp_path):
+def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(run, tmp_path):
     """Lightning starts rank 1 by re-running the command line; it must run its own job, not the sweep."""
     sweep = tmp_path / "sweep"
-    out = blockbert(
+    out = run(
         tmp_path,
         "pretrain",
         "-m",
@@ -393,9 +391,9 @@ def test_a_local_multirun_of_ddp_jobs_runs_each_job_once_on_two_ranks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "sweep"]  # no stray run or sweep directory
 
 
-def test_submitit_local_runs_one_task_per_device(tmp_path):
+def test_submitit_local_runs_one_task_per_device(run, tmp_path):
     sweep = tmp_path / "sweep"
-    out = blockbert(
+    out = run(
         tmp_path,
         "pretrain",
         "-m",

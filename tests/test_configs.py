@@ -7,10 +7,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from blockbert import PRESETS, BlockBertConfig, BlockBertModel, ConfigError, preset_config
-from blockbert.config import scale_heads
-from blockbert.tasks.common import model_config
-from blockbert.tasks.launch import config_dir
+from blockbert import PRESETS, BlockBertModel, ConfigError, preset_config
+from blockbert.app import cluster  # noqa: F401 -- registers the resolvers of conf/cluster
+from blockbert.model.config import scale_heads
+from blockbert.paths import config_dir
+from blockbert.train.settings import model_config
 
 CONF = config_dir()
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -49,7 +50,7 @@ def test_every_model_composes_and_builds(primary, model):
     cfg = compose_cfg(primary, [f"model={model}"])
     assert cfg.model.name == model
     tiny = dict(TINY, num_heads=cfg.model.num_heads)
-    config = BlockBertConfig(**model_config(cfg.model, **tiny))
+    config = model_config(cfg.model, **tiny)
     out = BlockBertModel(config)(torch.randint(0, 64, (1, 24)))
     assert out.shape == (1, 24, 48)
 
@@ -68,7 +69,7 @@ def test_every_experiment_composes_and_builds(primary, experiment):
         model, n = experiment.rsplit("_", 1)
         assert cfg.model.name == model
         assert cfg.data.max_seq_length == cfg.model.max_position_embeddings == int(n)
-    config = BlockBertConfig(**model_config(cfg.model, **dict(TINY, num_heads=cfg.model.num_heads)))
+    config = model_config(cfg.model, **dict(TINY, num_heads=cfg.model.num_heads))
     BlockBertModel(config)(torch.randint(0, 64, (1, 12)))
 
 
@@ -93,16 +94,16 @@ def test_pretrain_defaults_are_appendix_a1():
 @pytest.mark.parametrize("model", [m for m in MODELS])
 def test_presets_are_the_model_files_as_hydra_composes_them(model):
     cfg = compose_cfg("pretrain", [f"model={model}"])
-    assert BlockBertConfig(**model_config(cfg.model)) == preset_config(model)
+    assert model_config(cfg.model) == preset_config(model)
     assert cfg.model.next_sentence_prediction == PRESETS[model].next_sentence_prediction
 
 
 def test_head_config_is_one_override_and_blocks_follow():
     cfg = compose_cfg("pretrain", ["model=blockbert_n2", "model.heads=9:3"])
     assert cfg.model.heads == "9:3"
-    assert BlockBertConfig(**model_config(cfg.model)).num_blocks == 2
+    assert model_config(cfg.model).num_blocks == 2
     cfg = compose_cfg("pretrain", ["model=blockbert_n2", "model.heads=4:4:4"])
-    assert BlockBertConfig(**model_config(cfg.model)).num_blocks == 3
+    assert model_config(cfg.model).num_blocks == 3
 
 
 def test_bad_head_override_is_a_config_error():

@@ -1,17 +1,16 @@
 """The conventions users bring: W&B and Hugging Face environment variables, transformers-style sample limits."""
 
 import json
-import os
-import subprocess
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from blockbert.config import ConfigError
 from blockbert.data.cache import hub_cache
 from blockbert.data.qa_datamodule import load_task
-from blockbert.lightning.loggers import build_logger
-from blockbert.tasks.launch import config_dir
+from blockbert.errors import ConfigError
+from blockbert.formats.run_dir import RunDir
+from blockbert.paths import config_dir
+from blockbert.train.loggers import build_logger
 
 
 def pretrain_cfg(*overrides):
@@ -29,9 +28,9 @@ def test_wandb_environment_is_honoured_unless_the_config_says_otherwise(tmp_path
     monkeypatch.delenv("WANDB_ENTITY")
     assert (pretrain_cfg().logger.project, pretrain_cfg().logger.entity) == ("blockbert", None)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert build_logger(cfg, tmp_path / "run").save_dir == str(tmp_path / "run")
+    assert build_logger(cfg, RunDir(tmp_path / "run")).save_dir == str(tmp_path / "run")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-files"))
-    assert build_logger(cfg, tmp_path / "run").save_dir == str(tmp_path / "wandb-files")
+    assert build_logger(cfg, RunDir(tmp_path / "run")).save_dir == str(tmp_path / "wandb-files")
 
 
 def test_hugging_face_cache_variables_are_honoured(tmp_path, monkeypatch):
@@ -59,25 +58,11 @@ def test_sample_limits_keep_the_first_questions(tmp_path):
         load_task(finetune_cfg("task.max_eval_samples=0").task, tmp_path)
 
 
-def test_a_quick_fine_tuning_run_scores_the_kept_questions(tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
+def test_a_quick_fine_tuning_run_scores_the_kept_questions(blockbert, tmp_path):
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [
-            "blockbert",
-            "finetune",
-            "task.max_train_samples=24",
-            "task.max_eval_samples=8",
-            "trainer.max_steps=2",
-            "progress_bar=false",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
+    samples = ["task.max_train_samples=24", "task.max_eval_samples=8"]
+    out = blockbert(
+        tmp_path, "finetune", *samples, "trainer.max_steps=2", "progress_bar=false", f"hydra.run.dir={run_dir}"
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     assert len(json.loads((run_dir / "dev" / "predictions.json").read_text())) == 8
     assert "train: 24 questions" in out.stdout + out.stderr

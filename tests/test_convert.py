@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from blockbert import BlockBertConfig, BlockBertForMaskedLM, BlockBertModel, ConfigError
-from blockbert.convert import export, extend_positions
+from blockbert.formats.convert import export, extend_positions
 
 TINY = dict(
     vocab_size=99,
@@ -155,17 +155,7 @@ def test_import_errors_name_the_file_or_key(tmp_path):
         BlockBertModel.from_pretrained(str(path), vocab_size=5)
 
 
-def blockbert_cli(tmp_path, *args):
-    import os
-    import subprocess
-
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
-def test_continue_pretraining_from_an_imported_checkpoint_then_export(tmp_path, tiny_tokenizer):
+def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert, tmp_path, tiny_tokenizer):
     import json
 
     config = transformers.BertConfig(**{**TINY, "vocab_size": len(tiny_tokenizer), "max_position_embeddings": 64})
@@ -173,7 +163,7 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(tmp_path, 
     transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "hf")
     tiny_tokenizer.save_pretrained(tmp_path / "hf")
     run_dir = tmp_path / "run"
-    out = blockbert_cli(
+    out = blockbert(
         tmp_path,
         "pretrain",
         f"model.init_from={tmp_path / 'hf'}",
@@ -188,16 +178,16 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(tmp_path, 
     )
     assert "extending the position table from 64 to 128 rows" in out.stderr + out.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2
-    exported = blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
+    exported = blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
     assert exported.stdout.strip().splitlines()[-1] == str((tmp_path / "out").resolve())
     model = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "out"))
     assert model.config.attention == "block" and model.config.max_position_embeddings == 128
     assert (tmp_path / "out" / "tokenizer.json").is_file()
 
 
-def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
+def test_export_of_a_dense_run_loads_in_transformers(blockbert, tmp_path):
     run_dir = tmp_path / "run"
-    blockbert_cli(
+    blockbert(
         tmp_path,
         "pretrain",
         "model.attention=dense",
@@ -207,8 +197,8 @@ def test_export_of_a_dense_run_loads_in_transformers(tmp_path):
         "data.generated_documents=40",
         f"hydra.run.dir={run_dir}",
     )
-    blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "hf"))
-    from blockbert.checkpoints import model_from_run
+    blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "hf"))
+    from blockbert.formats.checkpoints import model_from_run
 
     ours, _ = model_from_run(str(run_dir))
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()

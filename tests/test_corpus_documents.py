@@ -6,9 +6,9 @@ import re
 import pytest
 from hydra import compose, initialize_config_dir
 
-from blockbert.config import ConfigError
 from blockbert.data.pretrain_datamodule import PretrainDataModule
-from blockbert.tasks.launch import config_dir
+from blockbert.errors import ConfigError
+from blockbert.paths import config_dir
 
 WORDS = "river city music game story book author history science people year world north south".split()
 
@@ -36,7 +36,7 @@ def data_module(tmp_path, nsp, *overrides):
                 "data.max_seq_length=256",
                 "data.tokenizer_vocab_size=200",
                 "data.validation_fraction=0.1",
-                f"data.cache_dir={tmp_path / 'cache'}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
                 *overrides,
             ],
         )

@@ -6,7 +6,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from blockbert.data.pretrain_datamodule import ResumableSampler
 from blockbert.data.sequences import pack_documents, sentence_pairs, split_sentences
-from blockbert.tasks.common import derive_batch
+from blockbert.train.settings import derive_batch
 
 CLS, SEP = 2, 3
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-import blockbert.dropout_attention as da
-from blockbert.attention import block_attention, dense_attention, sparse_attention, sparse_block_attention
+import blockbert.model.dropout_attention as da
+from blockbert.model.attention import block_attention, dense_attention, sparse_attention, sparse_block_attention
 
 
 def reference(q, k, v, keep, kept, rate):
@@ -70,7 +70,7 @@ def test_keep_mask_rate_and_scale_are_exact():
 def test_every_kernel_routes_cpu_dropout_through_it_and_stays_exact_without_drops(kernel, monkeypatch):
     """A rate that rounds to zero drops nothing: the result must equal the no-dropout path, padding included."""
     calls = []
-    import blockbert.attention as attention
+    import blockbert.model.attention as attention
 
     monkeypatch.setattr(attention, "dropout_attention", lambda *a: calls.append(1) or da.dropout_attention(*a))
     g = torch.Generator().manual_seed(1)

@@ -1,8 +1,6 @@
 """Fine-tuning end to end at tiny scale, and `blockbert evaluate` agreeing with it."""
 
 import json
-import os
-import subprocess
 
 import torch
 import yaml
@@ -10,22 +8,13 @@ from typer.testing import CliRunner
 
 import cli
 from blockbert import BlockBertConfig, BlockBertModel
-from blockbert.checkpoints import load_pretrain_run
+from blockbert.formats.checkpoints import load_pretrain_run
 
 runner = CliRunner()
 FAST = ["progress_bar=false", "task.generated_questions=160", "trainer.max_epochs=2", "logger=csv"]
 
 
-def blockbert(tmp_path, command, *args):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    out = subprocess.run(
-        ["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
-def test_squad2_finetune_metrics_equal_the_evaluate_command(tmp_path):
+def test_squad2_finetune_metrics_equal_the_evaluate_command(blockbert, tmp_path):
     run_dir = tmp_path / "ft"
     out = blockbert(tmp_path, "finetune", *FAST, "task.version=2.0", f"hydra.run.dir={run_dir}")
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
@@ -53,7 +42,7 @@ def test_squad2_finetune_metrics_equal_the_evaluate_command(tmp_path):
     assert "best_f1_thresh" in with_probs and metrics["dev/null_threshold"] == metrics["dev/best_f1_thresh"]
 
 
-def test_finetune_from_a_pretrain_run(tmp_path):
+def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
     pre = tmp_path / "pre"
     blockbert(
         tmp_path,

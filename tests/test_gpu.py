@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from blockbert import BlockBertForMaskedLM, preset_config
-from blockbert.attention import SelfAttention, block_attention, sparse_attention, sparse_block_attention
-from blockbert.config import BlockBertConfig
-from blockbert.tools.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
-from blockbert.tools.models import build, random_batch
+from blockbert.measure.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
+from blockbert.measure.models import build, random_batch
+from blockbert.model.attention import SelfAttention, block_attention, sparse_attention, sparse_block_attention
+from blockbert.model.config import BlockBertConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

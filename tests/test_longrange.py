@@ -5,13 +5,11 @@ import json
 import os
 import random
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from blockbert.config import ConfigError
 from blockbert.data.longrange import (
     LongRangeSpec,
     generate_document,
@@ -21,6 +19,7 @@ from blockbert.data.longrange import (
     word_groups,
 )
 from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -135,31 +134,21 @@ def test_every_word_is_one_token_so_blocks_line_up(tmp_path):
     assert tokens[8] in groups[1][0] and tokens[72] in groups[0][0]
 
 
-def pretrain(tmp_path: Path, *overrides: str, logger: str = "csv") -> tuple[dict, str]:
-    run_dir = tmp_path / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(overrides))
-    env = dict(os.environ, BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run(
-        [
-            "blockbert",
-            "pretrain",
-            "experiment=longrange",
-            "progress_bar=false",
-            f"logger={logger}",
-            f"hydra.run.dir={run_dir}",
-            *overrides,
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text()), out.stdout
+@pytest.fixture(scope="session")
+def pretrain(blockbert):
+    """`blockbert pretrain experiment=longrange` with ``overrides``: (its metrics.json, its stdout)."""
+
+    def run(tmp_path: Path, *overrides: str, logger: str = "csv") -> tuple[dict, str]:
+        run_dir = tmp_path / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(overrides))
+        args = ["experiment=longrange", "progress_bar=false", f"logger={logger}", f"hydra.run.dir={run_dir}"]
+        out = blockbert(tmp_path, "pretrain", *args, *overrides)
+        return json.loads((run_dir / "metrics.json").read_text()), out.stdout
+
+    return run
 
 
 @pytest.mark.slow
-def test_long_range_targets_need_a_head_that_sees_the_other_block(tmp_path):
+def test_long_range_targets_need_a_head_that_sees_the_other_block(pretrain, tmp_path):
     """Trained alike (the experiment's 500 steps), the model whose 12 heads all attend within their block stays at
     chance on the references (1/16: the group's words), while one with 6 shifted heads reads them off the other
     block; on local targets both do well. Margins: over 3 seeds the sweep longrange_n2 measured 12:0 at
@@ -173,7 +162,7 @@ def test_long_range_targets_need_a_head_that_sees_the_other_block(tmp_path):
     assert one_block["val/acc_local"] > 0.35 and shifted["val/acc_local"] > 0.35
 
 
-def test_the_accuracies_reach_metrics_json_with_the_default_logger(tmp_path):
+def test_the_accuracies_reach_metrics_json_with_the_default_logger(pretrain, tmp_path):
     env_mode = os.environ.pop("WANDB_MODE", None)  # the default: W&B offline
     try:
         metrics, printed = pretrain(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", logger="wandb")

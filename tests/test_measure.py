@@ -1,19 +1,17 @@
 """The memory counter, the regression, and profile/benchmark end to end (correctness only, no timing)."""
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from blockbert.config import ConfigError
-from blockbert.tasks.benchmark import BOUNDS, _records, baselines_of, print_table
-from blockbert.tools.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
-from blockbert.tools.models import build, random_batch
-from blockbert.tools.timing import OOM, time_side_by_side, timing_summary
+from blockbert.errors import ConfigError
+from blockbert.measure.benchmark import BOUNDS, _records, baselines_of, print_table
+from blockbert.measure.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
+from blockbert.measure.models import build, random_batch
+from blockbert.measure.timing import OOM, time_side_by_side, timing_summary
 
 
 def test_saved_tensor_counter_on_a_toy_graph_known_by_hand():
@@ -69,18 +67,11 @@ def test_side_by_side_timing_rotates_and_reports_oom():
     assert timing_summary(times["big"])["status"] == OOM and timing_summary([1.0, 2.0, 3.0])["median_s"] == 2.0
 
 
-def cli(tmp_path, *args):
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
 SMALL = ["size.hidden_size=48", "size.intermediate_size=64", "size.vocab_size=100", "size.num_layers=1"]
 
 
-def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(tmp_path):
-    out = cli(tmp_path, "profile", "seq_lengths=[96,192]", "tokens_per_device=384", *SMALL, "hydra.run.dir=p")
+def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(blockbert, tmp_path):
+    out = blockbert(tmp_path, "profile", "seq_lengths=[96,192]", "tokens_per_device=384", *SMALL, "hydra.run.dir=p")
     result = json.loads((tmp_path / "p" / "profile.json").read_text())
     assert set(result["models"]) == {"roberta_1seq", "sparsebert", "blockbert_n2", "blockbert_n3"}
     assert (tmp_path / "p" / "profile.png").stat().st_size > 0
@@ -93,8 +84,8 @@ def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(tmp_pat
     assert "n/a (CUDA only)" in out.stdout and "A.2 activations" not in out.stdout
 
 
-def test_benchmark_models_and_attention_end_to_end(tmp_path):
-    cli(
+def test_benchmark_models_and_attention_end_to_end(blockbert, tmp_path):
+    blockbert(
         tmp_path,
         "benchmark",
         "batch_sizes=[1]",
@@ -122,7 +113,7 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
     assert all(r["ratio_to_baseline"] == pytest.approx(1.0) for r in baseline)
     assert {r["phase"] for r in result["records"]} == {"inference", "train"}
     assert all(r["memory_mb"] > 0 for r in result["records"] if r["phase"] == "train")
-    cli(
+    blockbert(
         tmp_path,
         "benchmark",
         "mode=attention",
@@ -146,8 +137,8 @@ def test_benchmark_models_and_attention_end_to_end(tmp_path):
     assert (tmp_path / "a" / "benchmark.png").is_file()
 
 
-def test_table5_preset_gives_ratios_to_both_dense_baselines(tmp_path):
-    out = cli(
+def test_table5_preset_gives_ratios_to_both_dense_baselines(blockbert, tmp_path):
+    out = blockbert(
         tmp_path,
         "benchmark",
         "bench=table5",
@@ -216,8 +207,8 @@ def test_eager_names_are_our_models_with_eager_attention():
         build("hf_bert_eager_eager", size, {}, 128)
 
 
-def test_benchmark_sizes_are_a_config_group(tmp_path):
-    out = cli(tmp_path, "benchmark", "size=base_4layers", "size.hidden_size=96", "--cfg", "job")
+def test_benchmark_sizes_are_a_config_group(blockbert, tmp_path):
+    out = blockbert(tmp_path, "benchmark", "size=base_4layers", "size.hidden_size=96", "--cfg", "job")
     assert "hidden_size: 96" in out.stdout and "num_layers: 4" in out.stdout and "vocab_size: 30522" in out.stdout
 
 

@@ -13,7 +13,7 @@ from blockbert import (
     ConfigError,
     preset_config,
 )
-from blockbert.attention import sparse_fixed_mask
+from blockbert.model.attention import sparse_fixed_mask
 
 
 def one_layer(**kw):

@@ -1,8 +1,7 @@
 """What a user reads: a default run (W&B offline, progress bar on) prints no misleading notice, counts steps,
 and Lightning's own messages (restore, stop reason) reach the run's log file."""
 
-import os
-import subprocess
+import pytest
 
 MISLEADING = (
     "Epoch 0/-2",  # the progress bar of a step-bounded run
@@ -17,21 +16,19 @@ MISLEADING = (
 )
 
 
-def pretrain(tmp_path, *args):
-    env = dict(os.environ, WANDB_MODE="offline", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run(
-        ["blockbert", "pretrain", f"hydra.run.dir={tmp_path / 'run'}", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout + done.stderr
+@pytest.fixture(scope="session")
+def pretrain(blockbert):
+    """`blockbert pretrain` with the default logger (W&B offline): what it prints, stdout and stderr."""
+
+    def run(tmp_path, *args):
+        run_dir = f"hydra.run.dir={tmp_path / 'run'}"
+        done = blockbert(tmp_path, "pretrain", run_dir, *args, env={"WANDB_MODE": "offline"})
+        return done.stdout + done.stderr
+
+    return run
 
 
-def test_a_default_run_and_its_resume_print_nothing_misleading(tmp_path):
+def test_a_default_run_and_its_resume_print_nothing_misleading(pretrain, tmp_path):
     first = pretrain(tmp_path, "trainer.max_steps=4")
     resumed = pretrain(tmp_path, "trainer.max_steps=6")
     for text in (first, resumed):

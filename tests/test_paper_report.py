@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
-from blockbert.tools.paper_report import load_paper
+from blockbert.experiments.paper_report import load_paper
 
 runner = CliRunner()
 SMALL = ["size.hidden_size=48", "size.intermediate_size=64", "size.vocab_size=100", "size.num_layers=1"]

@@ -2,15 +2,13 @@
 from the official checkpoint, never pre-trained; a paper row on the tiny generated data says so."""
 
 import logging
-import os
-import subprocess
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from blockbert.config import ConfigError
-from blockbert.tasks.common import check_paper_row
-from blockbert.tasks.launch import config_dir
+from blockbert.app.run_config import check_paper_row
+from blockbert.errors import ConfigError
+from blockbert.paths import config_dir
 
 TABLE_2 = {
     "roberta_1seq_512",
@@ -38,19 +36,13 @@ def test_every_paper_row_names_its_table_and_row(name):
     assert cfg.data.max_seq_length == (1024 if name.endswith("1024") else 512)
 
 
-def run(tmp_path, *args):
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    return subprocess.run(
-        ["blockbert", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """The command in the test's run directory, whatever its exit code."""
+    return lambda tmp_path, *args: blockbert(tmp_path, *args, f"hydra.run.dir={tmp_path / 'run'}", check=False)
 
 
-def test_google_bert_is_fine_tuned_from_the_official_checkpoint_and_never_pretrained(tmp_path):
+def test_google_bert_is_fine_tuned_from_the_official_checkpoint_and_never_pretrained(run, tmp_path):
     cfg = compose_row("finetune", "experiment=google_bert_512")
     assert cfg.model.init_from == "google-bert/bert-base-uncased" and cfg.model.next_sentence_prediction
     out = run(tmp_path, "pretrain", "experiment=google_bert_512")

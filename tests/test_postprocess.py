@@ -8,7 +8,7 @@ import pytest
 
 from blockbert.data.qa import QAExample
 from blockbert.data.qa_windows import QAWindow
-from blockbert.evaluation.postprocess import predict_answers
+from blockbert.eval.postprocess import predict_answers
 
 
 def loop_reference(examples, windows, start_logits, end_logits, n_best, max_answer_length):

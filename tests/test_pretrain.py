@@ -7,11 +7,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from blockbert.data.pretrain_datamodule import PretrainDataModule
-from blockbert.tasks.launch import config_dir
+from blockbert.paths import config_dir
 
 TINY = [
     "progress_bar=false",
@@ -22,29 +23,17 @@ TINY = [
 ]
 
 
-def run(tmp_path, *args, logger="csv", check=True, **kwargs):
-    env = dict(
-        os.environ,
-        WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"),
-        BLOCKBERT_CACHE=str(tmp_path / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(kwargs.pop("env", {}))
-    out = subprocess.run(
-        ["blockbert", "pretrain", *TINY, f"logger={logger}", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-        **kwargs,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-4000:]
-    return out
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """`blockbert pretrain` with the tiny settings and a CSV logger (``logger``)."""
+
+    def pretrain(tmp_path, *args, logger="csv", **kwargs):
+        return blockbert(tmp_path, "pretrain", *TINY, f"logger={logger}", *args, **kwargs)
+
+    return pretrain
 
 
-def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
+def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     run_dir = tmp_path / "run"
     out = run(tmp_path, "trainer.max_steps=8", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
@@ -78,7 +67,7 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 12
 
 
-def test_sigterm_keeps_a_checkpoint_that_resumes(tmp_path):
+def test_sigterm_keeps_a_checkpoint_that_resumes(run, tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -104,7 +93,7 @@ def test_sigterm_keeps_a_checkpoint_that_resumes(tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
 
 
-def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(tmp_path):
+def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(run, tmp_path):
     run_dir = tmp_path / "run"
     run(
         tmp_path,
@@ -123,7 +112,7 @@ def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(tmp_path):
 
 def data_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="pretrain", overrides=[f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+        cfg = compose(config_name="pretrain", overrides=[f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
     return cfg.data
 
 
@@ -161,7 +150,7 @@ def test_local_jsonl_and_text_corpora_and_cache_reuse(tmp_path):
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
 
 
-def test_two_process_ddp_on_cpu_through_the_cli(tmp_path):
+def test_two_process_ddp_on_cpu_through_the_cli(run, tmp_path):
     """Lightning re-launches `blockbert pretrain ...` for rank 1: the hand-over must survive that."""
     run_dir = tmp_path / "ddp"
     out = run(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blockbert import PRESETS, preset_config
-from blockbert.lightning.pretrain_module import PretrainModule
+from blockbert.train.pretrain_module import PretrainModule
 
 OPTIM = dict(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01, warmup_steps=0)
 
@@ -21,7 +21,7 @@ def test_loss_decreases_on_a_repeated_batch(name):
         max_position_embeddings=64,
         sparse_stride=8,
         sparse_expressivity=2,
-    ).to_dict()
+    )
     nsp = PRESETS[name].next_sentence_prediction
     module = PretrainModule(config, nsp, OPTIM, max_steps=30)
     optimizer = module.configure_optimizers()["optimizer"]
@@ -42,7 +42,7 @@ def test_loss_decreases_on_a_repeated_batch(name):
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():
-    module = PretrainModule(preset_config("tiny").to_dict(), False, OPTIM, max_steps=10)
+    module = PretrainModule(preset_config("tiny"), False, OPTIM, max_steps=10)
     decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.model.named_parameters()}

@@ -8,7 +8,7 @@ import pytest
 
 from blockbert.data.qa import QADataError, QAExample, read_qa_file, split_dev_test
 from blockbert.data.qa_windows import build_windows, window_starts
-from blockbert.evaluation.postprocess import final_texts, predict_answers
+from blockbert.eval.postprocess import final_texts, predict_answers
 
 
 def squad_file(tmp_path, paragraphs, version="1.1", name="squad.json"):

@@ -1,5 +1,5 @@
-"""Every `blockbert ...` command in the README's code blocks does what it says: Hydra commands compose (`--cfg job`,
-one job per value of a `-m` list) into a valid model config, sweeps plan their jobs (`--dry-run`), and the
+"""Every `blockbert ...` command in the code blocks of the README and docs/ does what it says: Hydra commands compose
+(`--cfg job`, one job per value of a `-m` list) into a valid model config, sweeps plan their jobs (`--dry-run`), and the
 commands that need files parse their arguments and options. Run in this process, so the whole README takes
 seconds; the commands themselves run in the other tests."""
 
@@ -13,19 +13,21 @@ import yaml
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from blockbert import BlockBertConfig
-from blockbert.tasks.common import model_config
+from blockbert.train.settings import model_config
 from cli import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 HYDRA_COMMANDS = ("pretrain", "finetune", "profile", "benchmark")
 FILE_COMMANDS = ("evaluate", "report", "export")
 
 
-def readme_commands() -> list[str]:
-    """The `blockbert` commands of the README's bash code blocks (continuations joined, `a && b` split)."""
+def readme_commands(pages=PAGES) -> list[str]:
+    """The `blockbert` commands of the pages' bash code blocks (continuations joined, `a && b` split)."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    blocks = [block for page in pages for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S)]
+    for block in blocks:
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             commands += [part.strip() for part in line.split("&&") if part.strip().startswith("blockbert ")]
     return commands
@@ -61,8 +63,16 @@ COMMANDS = readme_commands()
 
 
 def test_the_readme_has_the_commands_of_every_kind():
-    kinds = {shlex.split(c, comments=True)[1] for c in COMMANDS}
+    kinds = {shlex.split(c, comments=True)[1] for c in readme_commands([README])}
     assert set(HYDRA_COMMANDS) | {"sweep", *FILE_COMMANDS} <= kinds, kinds
+
+
+def test_the_readme_is_a_front_door():
+    """At most 250 lines, what BlockBERT is near the top; the measurements live in docs/."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    assert text.index("## What BlockBERT is") < text.index("## Set up a fresh machine")
+    assert "(docs/results.md)" in text and "| model |" not in text
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -88,4 +98,4 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         cfg = yaml.safe_load(result.output)
         if name in ("pretrain", "finetune"):
-            BlockBertConfig(**model_config(OmegaConf.create(cfg["model"])))  # a valid model, heads included
+            model_config(OmegaConf.create(cfg["model"]))  # a valid model, heads included

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockbert.checkpoints import resume_checkpoint
-from blockbert.config import ConfigError
-from blockbert.lightning.resilience import AtomicCheckpointIO, run_lock
+from blockbert.errors import ConfigError
+from blockbert.formats.checkpoints import resume_checkpoint
+from blockbert.formats.run_dir import RunDir
+from blockbert.train.resilience import AtomicCheckpointIO, run_lock
 
 PRETRAIN = [
     "progress_bar=false",
@@ -54,13 +55,13 @@ def env_for(tmp_path):
     )
 
 
-def blockbert(tmp_path, command, *args, check=True):
-    out = subprocess.run(
-        ["blockbert", command, *args], capture_output=True, text=True, cwd=tmp_path, env=env_for(tmp_path), timeout=600
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-4000:]
-    return out
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # the default logger, as users run it
+
+
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """The command with W&B offline."""
+    return lambda tmp_path, *args, check=True: blockbert(tmp_path, *args, check=check, env=OFFLINE)
 
 
 def weights(run_dir):
@@ -94,9 +95,9 @@ def resumed_step(output: str) -> int:
     return int(re.search(r"resuming from \S+ \(step (\d+)\)", output).group(1))
 
 
-def fault_matrix(tmp_path, command, args, interval):
+def fault_matrix(run, tmp_path, command, args, interval):
     reference = tmp_path / "uninterrupted"
-    blockbert(tmp_path, command, *args, f"hydra.run.dir={reference}")
+    run(tmp_path, command, *args, f"hydra.run.dir={reference}")
     final_step = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     run_dir = tmp_path / "interrupted"
     argv = [*args, f"hydra.run.dir={run_dir}"]
@@ -120,7 +121,7 @@ def fault_matrix(tmp_path, command, args, interval):
         else:
             assert code == -signal.SIGKILL
     else:
-        out = blockbert(tmp_path, command, *argv)
+        out = run(tmp_path, command, *argv)
         assert resumed_step(out.stdout + out.stderr) >= last_seen - interval
     assert interruptions >= 3  # the draws really interrupted the run
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == final_step
@@ -136,13 +137,13 @@ def fault_matrix(tmp_path, command, args, interval):
 
 
 @pytest.mark.slow
-def test_pretrain_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
-    fault_matrix(tmp_path, "pretrain", [*PRETRAIN, "trainer.max_steps=40"], 5)  # 4 micro-batches a step
+def test_pretrain_fault_matrix_ends_as_an_uninterrupted_run(run, tmp_path):
+    fault_matrix(run, tmp_path, "pretrain", [*PRETRAIN, "trainer.max_steps=40"], 5)  # 4 micro-batches a step
 
 
 @pytest.mark.slow
-def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
-    fault_matrix(tmp_path, "finetune", [*FINETUNE, "trainer.max_epochs=6"], 5)  # 2 micro-batches a step
+def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(run, tmp_path):
+    fault_matrix(run, tmp_path, "finetune", [*FINETUNE, "trainer.max_epochs=6"], 5)  # 2 micro-batches a step
 
 
 # The run with one SIGTERM sent to itself at a chosen moment (SIGTERM_AT: a condition on the trainer), which
@@ -150,7 +151,7 @@ def test_finetune_fault_matrix_ends_as_an_uninterrupted_run(tmp_path):
 SIGTERM_AT = """
 import os, signal, sys
 import pytorch_lightning as pl
-from blockbert.lightning import resilience
+from blockbert.train import resilience
 
 class SigtermAt(pl.Callback):
     def on_train_batch_end(self, trainer, *args):  # after the last training batch of the first epoch
@@ -184,33 +185,33 @@ def blockbert_with_sigterm(tmp_path, at, command, *args):
 
 
 @pytest.mark.slow
-def test_sigterm_between_epochs_resumes_exactly(tmp_path):
+def test_sigterm_between_epochs_resumes_exactly(run, tmp_path):
     """A state saved between two epochs resumes as the next epoch's start: same weights as an uninterrupted run
     (before the fix the resumed run's first epoch trained one batch and every accumulation after it shifted)."""
     args = [*PRETRAIN, "trainer.max_steps=8"]  # 16 micro-batches (4 steps) an epoch
     reference = tmp_path / "uninterrupted"
-    blockbert(tmp_path, "pretrain", *args, f"hydra.run.dir={reference}")
+    run(tmp_path, "pretrain", *args, f"hydra.run.dir={reference}")
     run_dir = tmp_path / "interrupted"
     argv = [*args, f"hydra.run.dir={run_dir}"]
     out = blockbert_with_sigterm(tmp_path, "epoch-end", "pretrain", *argv)
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
-    out = blockbert(tmp_path, "pretrain", *argv)
+    out = run(tmp_path, "pretrain", *argv)
     assert resumed_step(out.stdout + out.stderr) > 0
     ours, theirs = weights(run_dir), weights(reference)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 
 
 @pytest.mark.slow
-def test_a_run_extended_after_stopping_mid_epoch_keeps_its_passes_aligned(tmp_path):
+def test_a_run_extended_after_stopping_mid_epoch_keeps_its_passes_aligned(run, tmp_path):
     """max_steps=8 ends in the middle of the second pass (3 micro-batches a step, 16 a pass); raised to 20, the run
     goes on with that pass and steps at the same micro-batches as an uninterrupted 20-step run (Lightning marks the
     cut epoch completed: its counters must not be taken for the start of a new one). The weights differ: the
     learning-rate schedule follows max_steps."""
     args = [*PRETRAIN, "tokens_per_batch=1536"]
-    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'uninterrupted'}")
+    run(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'uninterrupted'}")
     run_dir = tmp_path / "extended"
-    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
-    blockbert(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={run_dir}")
+    run(tmp_path, "pretrain", *args, "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
+    run(tmp_path, "pretrain", *args, "trainer.max_steps=20", f"hydra.run.dir={run_dir}")
 
     def progress(directory):
         state = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=True)
@@ -220,7 +221,7 @@ def test_a_run_extended_after_stopping_mid_epoch_keeps_its_passes_aligned(tmp_pa
     assert progress(run_dir) == progress(tmp_path / "uninterrupted")
 
 
-def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(tmp_path):
+def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(run, tmp_path):
     run_dir = tmp_path / "run"
     # step 6: no periodic validation; several validation batches (Lightning stops between two, not after the last)
     argv = [*PRETRAIN, "trainer.max_steps=6", "data.validation_fraction=0.3", f"hydra.run.dir={run_dir}"]
@@ -228,7 +229,7 @@ def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(tm
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     assert "interrupted: stopped by SIGTERM in the closing validation at step 6" in out.stderr
     assert metrics(run_dir)["status"] == "interrupted"
-    blockbert(tmp_path, "pretrain", *argv)  # nothing left to train: it validates the final state
+    run(tmp_path, "pretrain", *argv)  # nothing left to train: it validates the final state
     final = metrics(run_dir)
     assert final["status"] == "finished" and final["step"] == 6 and final["val/best_ppl_step"] == 6
     assert final["val/ppl"] == final["val/best_ppl"] or final["val/best_ppl"] < final["val/ppl"]
@@ -243,15 +244,15 @@ def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(tm
         ("finetune", FINETUNE, "trainer.max_epochs=1", "trainer.max_epochs=2"),
     ],
 )
-def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
+def test_failed_resume_replaces_nothing(run, tmp_path, command, args, first, more):
     """A resume that fails before training (here: a bad learning rate) reports the real error and leaves the
     checkpoints and metrics.json of the run as they were; the original .hydra/config.yaml is kept."""
     run_dir = tmp_path / "run"
-    blockbert(tmp_path, command, *args, first, f"hydra.run.dir={run_dir}")
+    run(tmp_path, command, *args, first, f"hydra.run.dir={run_dir}")
     files = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
     before = metrics(run_dir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
-    out = blockbert(tmp_path, command, *args, more, "optim.lr=-1", f"hydra.run.dir={run_dir}", check=False)
+    out = run(tmp_path, command, *args, more, "optim.lr=-1", f"hydra.run.dir={run_dir}", check=False)
     assert out.returncode == 1
     errors = [line for line in out.stderr.splitlines() if line.startswith(f"blockbert {command}: error:")]
     assert len(errors) == 1 and "Invalid learning rate: -1" in errors[0], out.stderr[-3000:]
@@ -263,12 +264,12 @@ def test_failed_resume_replaces_nothing(tmp_path, command, args, first, more):
     assert after["status"] == "failed" and "Invalid learning rate" in after["error"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the run's original config
     assert "optim.lr=-1" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
-    out = blockbert(tmp_path, command, *args, more, f"hydra.run.dir={run_dir}")  # it still resumes
+    out = run(tmp_path, command, *args, more, f"hydra.run.dir={run_dir}")  # it still resumes
     assert resumed_step(out.stdout + out.stderr) == before["step"] and metrics(run_dir)["step"] > before["step"]
     assert (run_dir / ".hydra" / "resume-2" / "overrides.yaml").is_file()
 
 
-def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path):
+def test_ctrl_c_stops_with_130_and_the_run_resumes(run, tmp_path):
     run_dir = tmp_path / "run"
     argv = [*PRETRAIN, "trainer.max_steps=60", f"hydra.run.dir={run_dir}"]
     code, stdout, stderr = interrupt(tmp_path, "pretrain", argv, run_dir, signal.SIGINT, random.Random(1), 0)
@@ -276,13 +277,13 @@ def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path):
     assert "blockbert pretrain: interrupted: stopped by Ctrl-C" in stderr
     assert stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     assert metrics(run_dir)["status"] == "interrupted"
-    out = blockbert(tmp_path, "pretrain", *argv)
+    out = run(tmp_path, "pretrain", *argv)
     assert resumed_step(out.stdout + out.stderr) > 0 and metrics(run_dir)["step"] == 60
 
 
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(run, tmp_path):
     run_dir = tmp_path / "run"
-    out = blockbert(
+    out = run(
         tmp_path,
         "pretrain",
         *PRETRAIN,
@@ -308,8 +309,8 @@ def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from blockbert.lightning.resilience import run_lock\n"
-            f"with run_lock(Path({str(tmp_path / 'run')!r})):\n"
+            "from blockbert.formats.run_dir import RunDir\nfrom blockbert.train.resilience import run_lock\n"
+            f"with run_lock(RunDir({str(tmp_path / 'run')!r})):\n"
             "    print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -318,12 +319,12 @@ def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another blockbert process \(pid {holder.pid}"):
-            with run_lock(tmp_path / "run"):
+            with run_lock(RunDir(tmp_path / "run")):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with run_lock(tmp_path / "run"):  # free again once the holder is gone
+    with run_lock(RunDir(tmp_path / "run")):  # free again once the holder is gone
         pass
 
 
@@ -358,13 +359,13 @@ def save(path: Path, step: int):
 
 def test_resume_picks_the_newest_step_and_skips_a_corrupt_last_checkpoint(tmp_path, caplog):
     run_dir = tmp_path / "run"
-    assert resume_checkpoint(None, run_dir) is None
+    assert resume_checkpoint(None, RunDir(run_dir)) is None
     save(run_dir / "checkpoints" / "step-10.ckpt", 10)
     save(run_dir / "checkpoints" / "interrupted.ckpt", 7)  # older, though written later
     save(run_dir / "hpc_ckpt_1.ckpt", 9)
-    assert resume_checkpoint(None, run_dir) == str(run_dir / "checkpoints" / "step-10.ckpt")
+    assert resume_checkpoint(None, RunDir(run_dir)) == str(run_dir / "checkpoints" / "step-10.ckpt")
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
     with caplog.at_level("WARNING"):
-        assert resume_checkpoint(None, run_dir) == str(run_dir / "checkpoints" / "step-10.ckpt")
+        assert resume_checkpoint(None, RunDir(run_dir)) == str(run_dir / "checkpoints" / "step-10.ckpt")
     warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "last.ckpt" in warning and "step-10.ckpt" in warning

@@ -1,12 +1,10 @@
 """Whole-run benchmark (mode=pretrain|finetune): the three loops run on the same data and the ratios follow."""
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from blockbert.tools.run_benchmark import with_ratios
+from blockbert.measure.run_benchmark import with_ratios
 
 PRETRAIN = ["pretrain.seq_len=128", "pretrain.steps=2", "pretrain.documents=200", "pretrain.rows_per_document=4"]
 FINETUNE = ["finetune.seq_len=128", "finetune.batch_size=4", "finetune.steps=2", "finetune.questions=64"]
@@ -30,26 +28,11 @@ def test_ratios_compare_throughput_with_the_peer_and_step_time_with_the_bare_loo
     "mode, settings",
     [("pretrain", PRETRAIN), ("finetune", FINETUNE)],
 )
-def test_each_loop_trains_the_same_data_in_its_own_process(tmp_path, mode, settings):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run(
-        [
-            "blockbert",
-            "benchmark",
-            f"mode={mode}",
-            f"{mode}.models=[blockbert_n3]",
-            *settings,
-            "size=cpu_tiny",
-            "warmup=1",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
+def test_each_loop_trains_the_same_data_in_its_own_process(blockbert, tmp_path, mode, settings):
+    models = f"{mode}.models=[blockbert_n3]"
+    done = blockbert(
+        tmp_path, "benchmark", f"mode={mode}", models, *settings, "size=cpu_tiny", "warmup=1", "hydra.run.dir=run"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     records = {(r["loop"], r["model"]): r for r in results["records"]}
     assert set(records) == {("hf_trainer", "hf_bert"), ("blockbert", "blockbert_n3"), ("bare", "blockbert_n3")}

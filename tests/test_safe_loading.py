@@ -5,7 +5,6 @@ import json
 import os
 import pickle
 import shlex
-import subprocess
 
 import pytest
 import torch
@@ -14,20 +13,21 @@ from typer.testing import CliRunner
 
 import cli
 from blockbert import BlockBertConfig
-from blockbert.checkpoints import CheckpointError, checkpoint_step, load_checkpoint, load_run
-from blockbert.config import ConfigError
-from blockbert.convert import read_checkpoint
 from blockbert.data.corpus import load_documents
 from blockbert.data.qa import QADataError, read_qa_file
-from blockbert.model import BlockBertForMaskedLM
+from blockbert.errors import ConfigError
+from blockbert.formats.checkpoints import CheckpointError, checkpoint_step, load_checkpoint, load_run
+from blockbert.formats.convert import read_checkpoint
+from blockbert.model.modeling import BlockBertForMaskedLM
 
 PRETRAIN = ["progress_bar=false", "logger=none", "trainer.max_steps=2", "data.generated_documents=40"]
 FINETUNE = ["progress_bar=false", "logger=none", "trainer.max_steps=2", "task.generated_questions=40"]
 
 
-def blockbert(cwd, *args):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
-    return subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """The command line, whatever its exit code (the tests read its errors)."""
+    return lambda cwd, *args: blockbert(cwd, *args, check=False)
 
 
 def error_line(out, command: str) -> str:
@@ -56,12 +56,12 @@ def evil_checkpoint(path, marker):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(run, tmp_path_factory):
     """A 2-step pre-training run and a 2-step fine-tuning run from it."""
     root = tmp_path_factory.mktemp("runs")
-    out = blockbert(root, "pretrain", *PRETRAIN, f"hydra.run.dir={root / 'pre'}")
+    out = run(root, "pretrain", *PRETRAIN, f"hydra.run.dir={root / 'pre'}")
     assert out.returncode == 0, out.stderr[-4000:]
-    out = blockbert(root, "finetune", *FINETUNE, f"init_from={root / 'pre'}", f"hydra.run.dir={root / 'ft'}")
+    out = run(root, "finetune", *FINETUNE, f"init_from={root / 'pre'}", f"hydra.run.dir={root / 'ft'}")
     assert out.returncode == 0, out.stderr[-4000:]
     return root
 
@@ -82,21 +82,21 @@ def test_load_run_gives_the_model_of_a_run(runs):
 
 
 @pytest.mark.slow
-def test_every_command_refuses_a_checkpoint_carrying_code(tmp_path):
+def test_every_command_refuses_a_checkpoint_carrying_code(run, tmp_path):
     marker = tmp_path / "code-ran"
     evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)
-    line = error_line(blockbert(tmp_path, "export", str(evil), str(tmp_path / "out")), "export")
+    line = error_line(run(tmp_path, "export", str(evil), str(tmp_path / "out")), "export")
     assert str(evil) in line and "refused" in line and "system" in line and "weights_only=True" in line
-    out = blockbert(tmp_path, "finetune", *FINETUNE, f"init_from={evil}", f"hydra.run.dir={tmp_path / 'ft'}")
+    out = run(tmp_path, "finetune", *FINETUNE, f"init_from={evil}", f"hydra.run.dir={tmp_path / 'ft'}")
     line = error_line(out, "finetune")
     assert str(evil) in line and "refused" in line
     for command, args in (("pretrain", PRETRAIN), ("finetune", FINETUNE)):  # resume from a given file
-        out = blockbert(tmp_path, command, *args, f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / command}")
+        out = run(tmp_path, command, *args, f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / command}")
         assert str(evil) in error_line(out, command)
     planted = tmp_path / "run" / "checkpoints" / "last.ckpt"  # resume in a run directory holding one
     planted.parent.mkdir(parents=True)
     evil_checkpoint(planted, marker)
-    out = blockbert(tmp_path, "pretrain", *PRETRAIN, f"hydra.run.dir={tmp_path / 'run'}")
+    out = run(tmp_path, "pretrain", *PRETRAIN, f"hydra.run.dir={tmp_path / 'run'}")
     assert str(planted) in error_line(out, "pretrain") and planted.exists()
     assert not marker.exists()
     assert not (tmp_path / "out").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from blockbert.evaluation.squad import best_threshold, f1_v1, f1_v2, normalize_answer, score_v1, score_v2
+from blockbert.eval.squad import best_threshold, f1_v1, f1_v2, normalize_answer, score_v1, score_v2
 
 
 def test_normalisation_rules():

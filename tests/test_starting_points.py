@@ -1,8 +1,6 @@
 """Starting from a checkpoint does not inherit the CPU demo's settings (experiment=tiny): the paper's values apply."""
 
 import importlib.util
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,19 @@ SMALL = [
 ]
 
 
-def finetune(tmp_path, *args):
-    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"  # a real 12-head BERT checkpoint
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"))
-    return subprocess.run(
-        ["blockbert", "finetune", f"model.init_from={checkpoint}", *SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
+@pytest.fixture(scope="session")
+def finetune(blockbert):
+    """`blockbert finetune` from a real 12-head BERT checkpoint (small settings), whatever its exit code."""
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"
+
+    def run(tmp_path, *args):
+        overrides = [f"model.init_from={checkpoint}", *SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"]
+        return blockbert(tmp_path, "finetune", *overrides, check=False)
+
+    return run
 
 
-def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(tmp_path):
+def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(finetune, tmp_path):
     out = finetune(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in (out.stdout + out.stderr).splitlines() if "starting from a checkpoint" in line)
@@ -42,7 +39,7 @@ def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(tmp_pat
     assert used["trainer"]["max_steps"] == 2 and used["data"]["max_seq_length"] == 128  # the user's overrides win
 
 
-def test_an_experiment_the_user_chose_is_kept_with_its_heads_fitted_to_the_checkpoint(tmp_path):
+def test_an_experiment_the_user_chose_is_kept_with_its_heads_fitted_to_the_checkpoint(finetune, tmp_path):
     out = finetune(tmp_path, "experiment=tiny")  # the 4-head demo model's split, 3:1, for the 12-head checkpoint
     assert out.returncode == 0, out.stderr[-3000:]
     assert "starting from a checkpoint" not in out.stdout + out.stderr
@@ -51,7 +48,7 @@ def test_an_experiment_the_user_chose_is_kept_with_its_heads_fitted_to_the_check
     assert used["optim"]["lr"] == 1e-3  # the experiment's own values stay
 
 
-def test_heads_given_on_the_command_line_must_fit_the_checkpoint(tmp_path):
+def test_heads_given_on_the_command_line_must_fit_the_checkpoint(finetune, tmp_path):
     out = finetune(tmp_path, "model=blockbert_n2", "model.heads=4:1")
     assert out.returncode == 2
     assert "heads='4:1' assigns 5 heads but the model has num_heads=12" in out.stderr

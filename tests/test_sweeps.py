@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -10,10 +9,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from blockbert import BlockBertConfig
-from blockbert.tasks.common import model_config
-from blockbert.tasks.launch import config_dir
-from blockbert.tools.sweep_plan import (
+from blockbert.experiments.sweep_plan import (
     available,
     expand,
     head_assignments,
@@ -23,6 +19,8 @@ from blockbert.tools.sweep_plan import (
     sweeps_dir,
     wandb_sweep,
 )
+from blockbert.paths import config_dir
+from blockbert.train.settings import model_config
 
 
 def test_head_grids_have_the_paper_sizes_and_sum_to_the_heads():
@@ -49,7 +47,7 @@ def test_every_sweep_job_composes_into_a_valid_config(name):
     assert len(planned) == {"heads_n2": 13, "heads_n3": 91, "finetune_grid": 10, "blocks_seqlen": 6}[name]
     for job in planned:
         cfg = compose_job(sweep.command, [*sweep.overrides, *(f"{k}={v}" for k, v in job.items())])
-        BlockBertConfig(**model_config(cfg.model))
+        model_config(cfg.model)
         if name.startswith("heads"):  # Figure 4 at the paper's setting (section 4.3)
             assert (cfg.model.num_heads, cfg.data.max_seq_length, cfg.data.name) == (12, 512, "wiki_book")
             assert cfg.trainer.max_steps == 1_200_000 and sweep.metric == "val/best_ppl"
@@ -88,12 +86,10 @@ def test_available_sweeps():
     ]
 
 
-def run(tmp_path, *args, check=True):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
-    if check:
-        assert out.returncode == 0, out.stderr[-4000:]
-    return out
+@pytest.fixture(scope="session")
+def run(blockbert):
+    """A sweep takes longer than one run."""
+    return lambda tmp_path, *args, check=True: blockbert(tmp_path, *args, check=check, timeout=900)
 
 
 TINY_JOB = [
@@ -105,7 +101,7 @@ TINY_JOB = [
 ]
 
 
-def test_tiny_sweep_with_a_failing_job_then_resume_and_report(tmp_path):
+def test_tiny_sweep_with_a_failing_job_then_resume_and_report(run, tmp_path):
     spec = tmp_path / "tiny_heads.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -134,7 +130,7 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(tmp_path):
     assert "7:2" in report.stdout and "failed" in report.stdout
 
 
-def test_sweep_through_submitit_local(tmp_path):
+def test_sweep_through_submitit_local(run, tmp_path):
     spec = tmp_path / "two.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -155,7 +151,7 @@ def test_sweep_through_submitit_local(tmp_path):
 
 
 def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
-    from blockbert.tools.sweep_summary import summarize_sweep
+    from blockbert.experiments.sweep_summary import summarize_sweep
 
     sweep_dir = tmp_path / "grid"
     for job, (lr, dev, test) in enumerate([(1e-5, 70.0, 60.0), (3e-5, 80.0, 75.0), (5e-5, 78.0, 79.0)]):
@@ -180,7 +176,7 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
 
 
-def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(tmp_path):
+def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(run, tmp_path):
     """Figure 4's two columns: a tiny pre-training head sweep (best validation perplexity of each job), then
     finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table."""
     spec = tmp_path / "heads.yaml"
@@ -243,7 +239,7 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
 def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     """Pre-training job 1 finished after jobs 0 and 2 were fine-tuned: resumed with --dir, the fine-tuning sweep
     appends it as job 2 instead of sorting it in (job 1 would then fine-tune another model in job 1's directory)."""
-    from blockbert.tasks.sweep import keep_job_numbers
+    from blockbert.app.commands.sweep import keep_job_numbers
 
     sweep = load_sweep("finetune_each")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"init_from": ["/pre/0", "/pre/2"]}}))
@@ -253,7 +249,7 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
 
 
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
-    from blockbert.tools.sweep_plan import comma_lists
+    from blockbert.experiments.sweep_plan import comma_lists
 
     fixed, swept = comma_lists(["seed=0,1,2", "experiment=tiny", "optim.betas=[0.9,0.98]", "+x=a,b", "hydra.a=1,2"])
     assert swept == {"seed": ["0", "1", "2"], "x": ["a", "b"]}
@@ -263,7 +259,7 @@ def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
 def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
     """longrange_n2's summary: one row per head config, mean ± sample std over its seeds, best mean first, and
     Figure 4 with error bars (summary_seeds.csv, summary.png); a failed seed is left out and counted."""
-    from blockbert.tools.sweep_summary import summarize_sweep
+    from blockbert.experiments.sweep_summary import summarize_sweep
 
     sweep_dir = tmp_path / "seeds"
     values = {("12:0", "0"): (10.0, 0.06), ("12:0", "1"): (12.0, 0.08), ("6:6", "0"): (9.0, 0.5),
@@ -293,8 +289,8 @@ def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
     assert (sweep_dir / "summary.png").stat().st_size > 0 and (sweep_dir / "summary.csv").is_file()
 
 
-def test_readme_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):
-    """benchmarks/readme_tables.py --sweep DIR: the README's block of that sweep becomes its summary (with the
+def test_docs_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):
+    """benchmarks/docs_tables.py --sweep DIR: the page's block of that sweep becomes its summary (with the
     command that made it); the text around it stays."""
     sweep_dir = tmp_path / "longrange_n2"
     for job, (heads, seed, acc) in enumerate([("12:0", 0, 0.06), ("12:0", 1, 0.07), ("6:6", 0, 0.5), ("6:6", 1, 0.6)]):
@@ -313,15 +309,15 @@ def test_readme_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):
         "overrides": ["experiment=longrange"],
     }
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- sweep:longrange_n2:begin -->\nold\n<!-- sweep:longrange_n2:end -->\nafter\n")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+    page = tmp_path / "figure4.md"
+    page.write_text("before\n<!-- sweep:longrange_n2:begin -->\nold\n<!-- sweep:longrange_n2:end -->\nafter\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "docs_tables.py"
     out = subprocess.run(
-        ["python", str(script), "--sweep", str(sweep_dir), "--readme", str(readme)], capture_output=True, text=True
+        ["python", str(script), "--sweep", str(sweep_dir), "--doc", str(page)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    text = readme.read_text()
+    text = page.read_text()
     assert text.startswith("before\n<!-- sweep:longrange_n2:begin -->\n") and text.endswith("end -->\nafter\n")
     assert "old" not in text and "blockbert sweep longrange_n2\n" in text
     assert "| 6:6 | 2/2 | 9.450 ± 0.071 | 0.550 ± 0.071 | 0.450 ± 0.000 |" in text
-    assert (tmp_path / "docs" / "sweeps" / "longrange_n2.png").stat().st_size > 0
+    assert (tmp_path / "sweeps" / "longrange_n2.png").stat().st_size > 0 and "](sweeps/longrange_n2.png)" in text

@@ -1,7 +1,6 @@
 """transformers interoperability: save_pretrained, the Auto classes after `import blockbert`, the model card."""
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -22,8 +21,8 @@ from blockbert import (
     BlockBertForQuestionAnswering,
     BlockBertModel,
 )
-from blockbert.hf_auto import BlockBertHFConfig, BlockBertHFForMaskedLM, register_auto_classes
-from blockbert.model_card import model_card
+from blockbert.formats.hf_auto import BlockBertHFConfig, BlockBertHFForMaskedLM, register_auto_classes
+from blockbert.formats.model_card import model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -115,7 +114,7 @@ def test_save_pretrained_round_trip(tmp_path, cls, kind):
     again = cls.from_pretrained(str(tmp_path / "out")).eval()
     assert type(again) is cls
     if kind == "block":  # the export writes N itself
-        assert again.config == dataclasses.replace(model.config, block_seq_len=model.config.attention_length)
+        assert again.config == model.config
     elif kind == "sparse":
         assert again.config == model.config
     ids, mask, types = inputs()
@@ -193,7 +192,7 @@ def test_exports_from_before_the_registration_still_load(tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(old, indent=2) + "\n")
     mine = BlockBertForQuestionAnswering.from_pretrained(str(tmp_path / "old")).eval()
     hf = transformers.AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "old"))
-    assert mine.config.attention_length == hf.config.to_blockbert().attention_length == 64
+    assert mine.config.block_seq_len == hf.config.to_blockbert().block_seq_len == 64
     ids, mask, types = inputs()
     assert_same_outputs(theirs(hf, ids, mask, types), ours(mine, ids, mask, types), mask)
 
@@ -232,19 +231,12 @@ def test_the_command_line_imports_neither_torch_nor_transformers():
     )
 
 
-def blockbert_cli(tmp_path, *args):
-    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    out = subprocess.run(["blockbert", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
-def test_export_writes_a_model_card(tmp_path):
+def test_export_writes_a_model_card(blockbert, tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["model.attention=block", "model.heads=3:1", "data.max_seq_length=64", "trainer.max_steps=2"]
     overrides += ["logger=none", "progress_bar=false", "data.generated_documents=40"]
-    blockbert_cli(tmp_path, "pretrain", *overrides, f"hydra.run.dir={run_dir}")
-    blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
+    blockbert(tmp_path, "pretrain", *overrides, f"hydra.run.dir={run_dir}")
+    blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
     card = (tmp_path / "out" / "README.md").read_text()
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "library_name: blockbert" in front and "- blockbert" in front and "- block-attention" in front
@@ -267,11 +259,11 @@ def test_export_writes_a_model_card(tmp_path):
         assert text in body, text
     assert str(tmp_path) not in card  # no local paths (metrics.json's run_dir is left out)
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"))
-    assert hf.config.to_blockbert().attention_length == 64
+    assert hf.config.to_blockbert().block_seq_len == 64
 
     (run_dir / "metrics.json").unlink()  # a run without its records still exports
     shutil.rmtree(run_dir / ".hydra")
-    blockbert_cli(tmp_path, "export", str(run_dir), str(tmp_path / "bare"))
+    blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "bare"))
     bare = (tmp_path / "bare" / "README.md").read_text()
     assert bare.count("not recorded") >= 4 and "`BlockBertForMaskedLM`" in bare and "head config 3:1" in bare
 

@@ -1,8 +1,11 @@
-"""Data built once into the cache directory, then read back by every process (DDP ranks, SLURM tasks, sweep jobs).
+"""Data built once into the cache directory (``paths.cache_dir``), then read back by every process (DDP ranks, SLURM
+tasks, sweep jobs): the one helper every cached artifact is built through.
 
-A built entry is a directory holding Arrow files and ``manifest.json``, which is written last: an
-entry without it is incomplete and is rebuilt. One process builds under a file lock beside the
-directory; the others wait for the lock and then read what it wrote.
+- :func:`build_once`: a directory (Arrow files, a tokenizer) with ``manifest.json``, which is written last: an
+  entry without it is incomplete and is rebuilt.
+- :func:`build_file`: a single file (a generated corpus or QA set), written to a temporary file and renamed.
+
+One process builds under a file lock beside the entry; the others wait for the lock and then read what it wrote.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
 from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
@@ -50,20 +53,29 @@ def file_stats(patterns) -> list:
     return [(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if os.path.isfile(p)]
 
 
+@contextmanager
+def _building(target: Path):
+    """Hold the build lock of ``target`` (``TARGET.lock`` beside it): one process builds, the others wait here."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", target)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def build_once(directory: Path, build: Callable[[Path], dict]) -> dict:
     """The manifest of ``directory``; unless it is there, ``build(directory)`` writes the files first and
     returns the manifest (JSON-able, file names relative to ``directory``)."""
     manifest = directory / "manifest.json"
     if manifest.is_file():
         return json.loads(manifest.read_text())
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(directory) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process to finish building %s", directory)
-        lock.acquire()
-    try:
+    with _building(directory):
         if manifest.is_file():  # the other process finished it
             return json.loads(manifest.read_text())
         directory.mkdir(exist_ok=True)
@@ -71,21 +83,38 @@ def build_once(directory: Path, build: Callable[[Path], dict]) -> dict:
             if stale.is_file():
                 stale.unlink()
         content = build(directory)
-        tmp = manifest.with_name(f"manifest.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(content, indent=1))
-        tmp.replace(manifest)
+        _write_atomically(manifest, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
         return content
+
+
+def build_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """``path``; unless it is there, ``write(tmp)`` writes it first (a temporary file renamed over ``path``, so that
+    an interrupted build leaves none half written)."""
+    if not path.exists():
+        with _building(path):
+            if not path.exists():
+                _write_atomically(path, write)
+    return path
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
     finally:
-        lock.release()
+        tmp.unlink(missing_ok=True)
 
 
-def arrow_files(dataset: datasets.Dataset) -> list[str]:
+def arrow_files(dataset) -> list[str]:
     """The names of the Arrow files a freshly mapped dataset was written to (one per worker process)."""
     return [Path(f["filename"]).name for f in dataset.cache_files]
 
 
-def load_arrow(directory: Path, files: list[str]) -> datasets.Dataset:
-    """The dataset stored in ``files`` (memory-mapped, concatenated in order)."""
+def load_arrow(directory: Path, files: list[str]):
+    """The ``datasets.Dataset`` stored in ``files`` (memory-mapped, concatenated in order)."""
+    import datasets  # here: the light users of this module (a generated QA set for `blockbert evaluate`) need none
+
     parts = [datasets.Dataset.from_file(str(directory / name)) for name in files]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 

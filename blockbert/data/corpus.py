@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import codecs
 import glob
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 
-from blockbert.config import ConfigError
-
-from .cache import hub_cache
-from .longrange import LongRangeSpec, longrange_corpus
+from blockbert.data.cache import build_file, hub_cache
+from blockbert.data.longrange import LongRangeSpec, longrange_corpus
+from blockbert.errors import ConfigError
 
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SOURCES = ("generated", "longrange", "files", "hub")
@@ -173,9 +171,13 @@ def generated_corpus(cache_dir: Path, documents: int, seed: int = 1234) -> Path:
 
     Sentences follow simple templates, so a tiny model can learn something measurable in minutes.
     """
-    path = cache_dir / "corpora" / f"generated-{documents}-{seed}.txt"
-    if path.exists():
-        return path
+    return build_file(
+        cache_dir / "corpora" / f"generated-{documents}-{seed}.txt",
+        lambda tmp: tmp.write_text(_generated_text(documents, seed), encoding="utf-8"),
+    )
+
+
+def _generated_text(documents: int, seed: int) -> str:
     rng = random.Random(seed)
     docs = []
     for _ in range(documents):
@@ -185,8 +187,4 @@ def generated_corpus(cache_dir: Path, documents: int, seed: int = 1234) -> Path:
             words = [rng.choice(topic if rng.random() < 0.6 else WORDS) for _ in range(rng.randint(5, 16))]
             sentences.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?"]))
         docs.append("\n".join(sentences))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # concurrent jobs each write their own, then one wins
-    tmp.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return "\n\n".join(docs) + "\n"

@@ -34,12 +34,12 @@ the paper has no such corpus; the parameters are data.longrange.*.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from blockbert.config import ConfigError
+from blockbert.data.cache import build_file
+from blockbert.errors import ConfigError
 
 VERSION = 4  # of the generator: part of the cache keys, so that a changed generator never reads old corpora
 LANGUAGE_SEED = 20190703  # the words: the same for every corpus, whatever its seed
@@ -176,16 +176,13 @@ def generate_document(spec: LongRangeSpec, rng: random.Random, words: list[str])
 def longrange_corpus(cache_dir: Path, spec: LongRangeSpec, documents: int, seed: int = 1234) -> Path:
     """Write (once) ``documents`` documents, blank-line separated, a line per segment; the path."""
     name = "-".join("_".join(map(str, v)) if isinstance(v, list) else str(v) for v in spec.key())  # no glob chars
-    path = cache_dir / "corpora" / f"longrange-{name}-{documents}-{seed}.txt"
-    if path.exists():
-        return path
-    rng, words = random.Random(seed), topic_vocabulary(spec.filler_words)
-    lines = ["\n".join(map(" ".join, generate_document(spec, rng, words))) for _ in range(documents)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # concurrent jobs each write their own, then one wins
-    tmp.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+
+    def write(tmp: Path) -> None:
+        rng, words = random.Random(seed), topic_vocabulary(spec.filler_words)
+        lines = ["\n".join(map(" ".join, generate_document(spec, rng, words))) for _ in range(documents)]
+        tmp.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
+
+    return build_file(cache_dir / "corpora" / f"longrange-{name}-{documents}-{seed}.txt", write)
 
 
 def reference_positions(spec: LongRangeSpec, seq_len: int) -> list[int]:

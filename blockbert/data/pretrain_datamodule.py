@@ -14,14 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
-from blockbert.config import ConfigError
-
-from .cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
-from .corpus import describe_source, load_documents, rows_per_document
-from .longrange import LongRangeSpec, check_tokenizer, reference_positions
-from .sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
-from .sequences import pack_documents, sentence_pairs, tokenize_documents
-from .tokenizer import load_tokenizer
+from blockbert.data.cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
+from blockbert.data.corpus import describe_source, load_documents, rows_per_document
+from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
+from blockbert.data.sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
+from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
+from blockbert.data.tokenizer import load_tokenizer
+from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DOCUMENTS_PER_BATCH = 1000

@@ -7,17 +7,18 @@ and the answer is dropped from training (the example stays for evaluation).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import logging
-import os
 import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blockbert.config import ConfigError
+from blockbert.data.cache import build_file, hub_cache
+from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
 FORMATS = ("squad1", "squad2", "mrqa")
@@ -255,9 +256,11 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
     With version "2.0" about one question in five asks about a person the paragraph does not
     mention (no answer).
     """
-    if path.exists():
-        return path
-    version = str(version)
+    text = functools.partial(_generated_squad, questions, str(version), seed)
+    return build_file(path, lambda tmp: tmp.write_text(text(), encoding="utf-8"))
+
+
+def _generated_squad(questions: int, version: str, seed: int) -> str:
     rng = random.Random(seed)
     articles, count = [], 0
     while count < questions:
@@ -294,11 +297,7 @@ def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed
             )
         count += len(qas)
         articles.append({"title": people[0], "paragraphs": [{"context": context, "qas": qas}]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # concurrent jobs each write their own, then one wins
-    tmp.write_text(json.dumps({"version": version, "data": articles}), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return json.dumps({"version": version, "data": articles})
 
 
 def read_hub_split(
@@ -306,8 +305,6 @@ def read_hub_split(
 ) -> QADataset:
     """A split of a hub dataset with the SQuAD schema (``squad``, ``squad_v2``) or MRQA's (``mrqa``)."""
     import datasets
-
-    from blockbert.data.cache import hub_cache
 
     # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
     rows = datasets.load_dataset(name, config, split=split, cache_dir=hub_cache(cache_dir))

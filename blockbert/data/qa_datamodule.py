@@ -15,13 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from blockbert.config import ConfigError
-
-from .cache import arrow_files, build_once, fingerprint, load_arrow, tokenizer_fingerprint
-from .qa import QADataset, read_hub_split, read_qa_file, split_dev_test, write_generated_squad
-from .qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
-from .sampler import ResumableData, ResumableSampler
-from .tokenizer import train_wordpiece
+from blockbert.data.cache import arrow_files, build_once, fingerprint, load_arrow, tokenizer_fingerprint
+from blockbert.data.qa import QADataset, read_hub_split, read_qa_file, split_dev_test, write_generated_squad
+from blockbert.data.qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
+from blockbert.data.sampler import ResumableData, ResumableSampler
+from blockbert.data.tokenizer import train_wordpiece
+from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

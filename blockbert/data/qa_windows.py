@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import datasets
 
-from blockbert.config import ConfigError
-
-from .qa import QAExample
-from .tokenizer import encode_texts, encode_with_offsets
+from blockbert.data.qa import QAExample
+from blockbert.data.tokenizer import encode_texts, encode_with_offsets
+from blockbert.errors import ConfigError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 
-from .tokenizer import encode_sentences
+from blockbert.data.tokenizer import encode_sentences
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

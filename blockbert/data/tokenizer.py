@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import weakref
 from pathlib import Path
 
 import datasets
 from tokenizers import AddedToken, BertWordPieceTokenizer, Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from blockbert.data.cache import build_once
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,14 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
 def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Path):
     """Train an uncased WordPiece tokenizer on the corpus; cached by corpus fingerprint and size."""
     key = hashlib.sha1(f"{documents._fingerprint}-{vocab_size}".encode()).hexdigest()[:16]
-    target = cache_dir / "tokenizers" / key
-    if not (target / "tokenizer.json").exists():
+
+    def build(directory: Path) -> dict:
         wordpiece = BertWordPieceTokenizer(lowercase=True)
         batches = (documents[i : i + 1000]["text"] for i in range(0, len(documents), 1000))
         wordpiece.train_from_iterator(batches, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, **SPECIAL_TOKENS)
-        tmp = target.with_name(f"{key}.tmp-{os.getpid()}")  # concurrent jobs (SLURM tasks) each train their own
-        tokenizer.save_pretrained(str(tmp))
-        try:
-            tmp.replace(target)
-        except OSError:  # another process finished first: same corpus, same tokenizer
-            shutil.rmtree(tmp, ignore_errors=True)
+        PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, **SPECIAL_TOKENS).save_pretrained(str(directory))
+        return {"vocab_size": vocab_size}
+
+    target = cache_dir / "tokenizers" / key
+    build_once(target, build)
     return PreTrainedTokenizerFast.from_pretrained(str(target))

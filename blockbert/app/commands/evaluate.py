@@ -1,0 +1,70 @@
+"""`blockbert evaluate`: official-equivalent scoring of a predictions file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from blockbert.data.qa import QADataError, load_json, read_qa_file, short
+from blockbert.errors import one_line_errors
+from blockbert.eval.squad import score_v1, score_v2
+
+
+def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
+    """A JSON object {question id: value of ``kind``}; a bad file or value is one line naming it."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{name} file {path!r} does not exist")
+    data = load_json(file)
+    if not isinstance(data, dict):
+        raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not a {type(data).__name__}")
+    if isinstance(data.get("data"), list):
+        raise QADataError(
+            f"{path} looks like a QA dataset (SQuAD JSON with 'data'), not a {name} file: expected "
+            "a JSON object {question id: value}, such as a finetune run's dev/predictions.json"
+        )
+    bad = next((qid for qid, value in data.items() if not isinstance(value, kind) or isinstance(value, bool)), None)
+    if bad is not None:
+        raise QADataError(
+            f"{path}: the value for {short(bad)} is {short(data[bad])}, expected "
+            f"{'a string' if kind is str else 'a number'}"
+        )
+    return data
+
+
+def evaluate_files(
+    data_file: str, predictions_file: str, na_prob_file: str | None = None, fmt: str | None = None
+) -> dict:
+    dataset = read_qa_file(data_file, fmt)
+    gold = dataset.gold  # {question id: answers}, built once
+    predictions = load_mapping(predictions_file, "predictions", str)
+    unknown = [qid for qid in predictions if qid not in gold]
+    if unknown:
+        print(
+            f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
+            f"scripts do (first: {short(unknown[0])})",
+            file=sys.stderr,
+        )
+    missing = [qid for qid in gold if qid not in predictions]
+    if missing:
+        print(
+            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
+            file=sys.stderr,
+        )
+    if dataset.format != "squad2":
+        return score_v1(gold, predictions)
+    na_probs = load_mapping(na_prob_file, "no-answer probability", (int, float)) if na_prob_file else None
+    if na_probs is not None:
+        missing_probs = [qid for qid in predictions if qid in gold and qid not in na_probs]
+        if missing_probs:
+            raise QADataError(
+                f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
+                f"question(s) (first: {short(missing_probs[0])})"
+            )
+    return score_v2(gold, predictions, na_probs)
+
+
+@one_line_errors("evaluate")
+def run_evaluate(data_file, predictions_file, na_prob_file, fmt) -> None:
+    print(json.dumps(evaluate_files(data_file, predictions_file, na_prob_file, fmt), indent=2))

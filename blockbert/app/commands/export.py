@@ -1,0 +1,27 @@
+"""`blockbert export`: a run's model as a Hugging Face directory (dense) or a blockbert one (block, sparse), with
+a model card (README.md, see :mod:`blockbert.formats.model_card`)."""
+
+from __future__ import annotations
+
+import sys
+
+from blockbert.errors import one_line_errors
+from blockbert.formats.checkpoints import model_from_run
+from blockbert.formats.model_card import model_card
+
+
+@one_line_errors("export")
+def run_export(run_dir: str, out_dir: str) -> None:
+    model, run = model_from_run(run_dir)
+    out = model.save_pretrained(out_dir, run.tokenizer_dir)
+    try:  # the card is a description: nothing missing from the run, nor a fault in it, fails the export
+        (out / "README.md").write_text(model_card(model, run.path), encoding="utf-8")
+    except Exception as err:  # noqa: BLE001
+        print(f"export: no model card written ({type(err).__name__}: {err})", file=sys.stderr)
+    kind = (
+        "Hugging Face"
+        if model.config.attention == "dense"
+        else "blockbert (load with BlockBertModel.from_pretrained, or with AutoModel after import blockbert)"
+    )
+    print(f"{type(model).__name__} exported as a {kind} directory:")
+    print(out.resolve())

@@ -1,0 +1,267 @@
+"""The one place where the CLI's argument list is handed to Hydra's own runner.
+
+``hydra.main`` reads ``sys.argv``; the CLI instead passes the arguments that follow the command
+(``blockbert pretrain model=tiny -m ...``) to the same two calls ``hydra.main`` makes: Hydra's
+argument parser and ``hydra._internal.utils._run_hydra``. Multirun, launchers, sweepers, ``--cfg``,
+``--info`` and output directories therefore behave as in any Hydra app. ``_run_hydra`` is internal:
+hydra-core is pinned to 1.3.x in pyproject.toml and ``tests/test_cli.py`` covers this hand-over.
+
+Errors: Hydra normally prints its own (multi-line) reports. Here ``HYDRA_FULL_ERROR=1`` lets them
+propagate, and :func:`run_task` prints one line naming the bad value, unless ``debug`` is set.
+
+DDP ranks: Lightning starts the ranks > 0 of a ``trainer=ddp`` job by re-running this process's command
+line, which for a multirun (``-m``) would re-run the whole sweep. Each job therefore leaves its task, its
+overrides and its directory in ``BLOCKBERT_DDP_JOB`` for the ranks it starts, and ``cli.py`` hands such a
+rank to :func:`run_ddp_rank`, which runs that one job in that directory; between two jobs of a multirun
+the process-group state Lightning leaves behind is cleared (:func:`_as_job`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from blockbert.app import ENTRY_POINTS, cluster
+from blockbert.errors import report_error
+from blockbert.formats.compose import config_loader
+from blockbert.formats.run_dir import RunDir
+from blockbert.paths import config_dir
+from blockbert.train.cluster import set_process_rank
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "LOCAL_RANK")  # the first one set is the rank
+
+
+def hydra_output_subdir(run_dir: str) -> str | None:
+    """Where Hydra stores a job's config (:meth:`RunDir.next_config_subdir`: a resume in the same directory keeps the
+    original config and gets ``.hydra/resume-K`` for its own). Ranks other than 0 of a job (SLURM or submitit tasks)
+    store nothing."""
+    rank = next((os.environ[name] for name in RANK_VARIABLES if os.environ.get(name, "").isdigit()), "0")
+    return RunDir(run_dir).next_config_subdir() if int(rank) == 0 else None
+
+
+OmegaConf.register_new_resolver("blockbert_output_subdir", hydra_output_subdir, replace=True)
+
+
+def complete_overrides(command: str, params: dict, incomplete: str) -> list[str]:
+    """Shell completion of the override being typed (``incomplete``) after the ones typed before it
+    (``params["overrides"]``), from the command's config: groups, their options and config keys, by Hydra's
+    own completion (an internal class: hydra-core is pinned to 1.3.x). A sweep completes its command's keys."""
+    from hydra.plugins.completion_plugin import DefaultCompletionPlugin
+
+    task = command
+    if command == "sweep":
+        from blockbert.experiments.sweep_plan import load_sweep
+
+        try:
+            task = load_sweep(params.get("name") or "").command
+        except Exception:  # noqa: BLE001 -- no sweep named yet: complete pre-training's keys
+            task = "pretrain"
+    words, typed = _rejoin_at_equals([*(params.get("overrides") or ()), incomplete])
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text, for a flag missing its value
+            matches = DefaultCompletionPlugin(config_loader())._query(task, " ".join(words))
+    except (Exception, SystemExit):  # noqa: BLE001 -- e.g. a flag still missing its value: nothing to offer
+        return []
+    cut = len(typed) - len(incomplete)  # bash completes only what follows its last '='
+    return [match[cut:] for match in matches if match.startswith(typed)] if cut else matches
+
+
+def _rejoin_at_equals(words: list[str]) -> tuple[list[str], str]:
+    """Bash splits words at '=' (COMP_WORDBREAKS): `model=ti` arrives as `model`, `=`, `ti`, and `model=` as
+    `model` and an empty word (click drops a trailing `=`). The words joined again, and the last of them: the
+    whole override being typed. A bare word (not a flag or a flag's value) is never an override by itself."""
+    joined: list[str] = []
+    glue = False
+    for word in words:
+        if word == "=" and joined:
+            joined[-1] += "="
+            glue = True
+        elif glue:
+            joined[-1] += word
+            glue = False
+        else:
+            joined.append(word)
+    if len(joined) > 1 and joined[-1] == "" and _bare(joined[:-1]):
+        joined = [*joined[:-2], joined[-2] + "="]
+    return joined, joined[-1] if joined else ""
+
+
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn"}
+HYDRA_VALUE_FLAGS |= {"--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _bare(words: list[str]) -> bool:
+    last, before = words[-1], words[-2] if len(words) > 1 else ""
+    return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
+
+
+def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
+    """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code.
+
+    ``wrap`` decorates the entry point (a sweep's jobs record failures instead of raising)."""
+    from hydra import version
+    from hydra._internal.utils import _run_hydra, get_args_parser
+
+    version.setbase("1.3")
+    task_function = _as_job(task, debug, _entry_point(task))
+    if wrap is not None:
+        task_function = wrap(task_function)
+    job_errors: list[Exception] = []
+    if not debug:
+        task_function = _keep_errors(task_function, job_errors)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach the handler below instead of Hydra's printer
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        _run_hydra(
+            args=args, args_parser=parser, task_function=task_function, config_path=str(config_dir()), config_name=task
+        )
+    except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
+        return report_error(task, err, debug)
+    except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
+        return report_error(task, refusal.error, debug)
+    if job_errors:
+        return report_error(task, job_errors[0], debug)
+    return 0
+
+
+def _entry_point(task: str):
+    """``task``'s ``main``, imported when the job runs: Hydra composes (``--cfg job``, ``--help``, a config error)
+    without importing torch and Lightning."""
+
+    def main(cfg):
+        return importlib.import_module(ENTRY_POINTS[task]).main(cfg)
+
+    main.__name__ = main.__qualname__ = "main"
+    main.__module__ = ENTRY_POINTS[task]  # Hydra names the job (runs/<task>/...) after the task function's module
+    return main
+
+
+DDP_JOB_ENV = "BLOCKBERT_DDP_JOB"
+# what Lightning's process launcher leaves in the environment of the process that started the ranks
+DIST_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", DDP_JOB_ENV)
+
+
+def _as_job(task: str, debug: bool, task_function):
+    """The entry point as one Hydra job: it tells the DDP ranks it starts which job to run (module
+    docstring), and afterwards restores the environment and ends the process group, so that the next job
+    of a multirun in this process starts its own ranks. Inside a submitit job a run stopped by SIGTERM
+    exits (code 143) instead of returning a failed result: submitit would take that result for the job's
+    end, while SLURM has requeued the job to resume it."""
+
+    @functools.wraps(task_function)
+    def job(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        saved = {key: os.environ.get(key) for key in DIST_ENV}
+        hydra_cfg = HydraConfig.get()
+        os.environ[DDP_JOB_ENV] = json.dumps(
+            {
+                "task": task,
+                "debug": debug,
+                "run_dir": hydra_cfg.runtime.output_dir,
+                "overrides": list(hydra_cfg.overrides.task),
+            }
+        )
+        set_process_rank()
+        try:
+            return task_function(cfg)
+        except Exception as err:
+            from blockbert.errors import RunInterrupted
+
+            if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):
+                print(f"blockbert {task}: interrupted: {err}", file=sys.stderr)
+                raise SystemExit(err.exit_code) from err
+            raise
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if "torch" in sys.modules:
+                import torch.distributed as dist
+
+                if dist.is_available() and dist.is_initialized():
+                    dist.destroy_process_group()
+
+    return job
+
+
+def ddp_rank_argv() -> tuple[str, list[str], bool] | None:
+    """(task, Hydra arguments, debug) when this process is a DDP rank that Lightning started for a blockbert
+    job (``LOCAL_RANK`` and ``BLOCKBERT_DDP_JOB`` set), else None. The arguments are the job's own overrides
+    (a multirun's values for this job; not ``cluster``, whose launcher already ran), its directory, and
+    what Lightning asks of its ranks: no ``.hydra`` of their own, a job name of their own."""
+    spec = os.environ.get(DDP_JOB_ENV)
+    if not spec or "LOCAL_RANK" not in os.environ:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = json.loads(spec)
+    overrides = [
+        o.input_line for o in OverridesParser.create().parse_overrides(job["overrides"]) if o.key_or_group != "cluster"
+    ]
+    name = next(
+        (arg for arg in reversed(sys.argv) if arg.startswith("hydra.job.name=")),
+        f"hydra.job.name=train_ddp_process_{os.environ['LOCAL_RANK']}",
+    )
+    run_dir = job["run_dir"].replace("\\", "\\\\").replace('"', '\\"')
+    return job["task"], [*overrides, f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null", name], job["debug"]
+
+
+def run_ddp_rank() -> int | None:
+    """Run the job of a DDP rank started by Lightning (:func:`ddp_rank_argv`); None if this is not one."""
+    rank = ddp_rank_argv()
+    if rank is None:
+        return None
+    task, argv, debug = rank
+    os.environ.pop(DDP_JOB_ENV)
+    return run_task(task, argv, debug)
+
+
+def _keep_errors(task_function, errors: list):
+    """Jobs run in this process keep their exception here instead of raising it through Hydra, which
+    would print its own "Error executing job" line first; jobs in other processes (submitit) raise."""
+    main_pid = os.getpid()
+
+    @functools.wraps(task_function)
+    def job(cfg):
+        try:
+            return task_function(cfg)
+        except Exception as err:  # noqa: BLE001 -- reported by run_task
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            from blockbert.errors import RunInterrupted
+
+            stops_multirun = isinstance(err, RunInterrupted) and HydraConfig.get().mode == RunMode.MULTIRUN
+            if os.getpid() != main_pid or stops_multirun:  # a SIGTERM stops the remaining jobs too
+                raise
+            errors.append(err)
+            return None
+
+    return job
+
+
+class PrintSweepDir(Callback):
+    """After a multirun, print the sweep directory as the command's last line."""
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()  # resolvable now, not after the jobs
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if self.sweep_dir is not None:
+            print(self.sweep_dir)

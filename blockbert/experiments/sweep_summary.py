@@ -1,0 +1,263 @@
+"""Summaries of a sweep (or any multirun) directory: summary.csv, a table best first, and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import yaml
+from rich.table import Table
+
+from blockbert.display import console as make_console
+from blockbert.display import pyplot
+from blockbert.formats.run_dir import RunDir
+from blockbert.model.config import parse_heads
+
+STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
+
+
+def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
+    """A row per job directory (one with .hydra/overrides.yaml): its swept values, status and numeric metrics."""
+    rows = []
+    jobs = (job for job in map(RunDir, sweep_dir.iterdir()) if job.overrides_file.is_file())
+    for job in sorted(jobs, key=lambda job: (len(job.path.name), job.path.name)):
+        overrides = job.overrides() or []
+        values = {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+        metrics = job.metrics()
+        row = {"job": job.path.name, "_overrides": values, **{k: values.get(k, "") for k in keys}}
+        if job.error_file.is_file():
+            row.update(status="failed", error=job.error_file.read_text().splitlines()[0])
+        else:
+            finished = job.done_file.is_file() or metrics.get("status") == "finished"
+            row.update(status="finished" if finished else metrics.get("status", "incomplete"), error="")
+        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        rows.append(row)
+    return rows
+
+
+def _unescape(value: str) -> str:
+    """Hydra writes a sweep's values escaped (``3\\:1``) and sometimes quoted."""
+    return re.sub(r"\\(.)", r"\1", value).strip("'\"")
+
+
+def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
+    def key(row):
+        value = row.get(metric)
+        ok = row["status"] == "finished" and isinstance(value, (int, float)) and math.isfinite(value)
+        return (0 if ok else 1, (value if mode == "min" else -value) if ok else 0, STATUS_ORDER.get(row["status"], 9))
+
+    return sorted(rows, key=key)
+
+
+def summarize_sweep(sweep_dir: Path) -> list[dict]:
+    """Write summary.csv (+ selection.json, summary.png) into ``sweep_dir`` and print the table."""
+    console = make_console()
+    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) if (sweep_dir / "sweep.yaml").is_file() else {}
+    keys = list(spec.get("grid", {}))
+    metric, mode = spec.get("metric", "val/ppl"), spec.get("mode", "min")
+    rows = read_jobs(sweep_dir, keys)
+    if not rows:
+        raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
+    if not keys:  # a plain multirun: the overrides whose values differ between jobs
+        every = {k for r in rows for k in r["_overrides"]}
+        keys = sorted(k for k in every if len({r["_overrides"].get(k) for r in rows}) > 1)
+        for r in rows:
+            r.update({k: r["_overrides"].get(k, "") for k in keys})
+    if spec.get("from"):
+        keys = join_pretraining(rows, Path(spec["from"]))
+    rows = rank(rows, metric, mode)
+    write_csv(rows, keys, metric, sweep_dir / "summary.csv")
+    write_markdown(rows, keys, metric, sweep_dir / "summary.md")
+    if "seed" in keys and len({r["seed"] for r in rows}) > 1:
+        groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
+        write_seed_csv(groups, sweep_dir / "summary_seeds.csv")
+        print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
+        write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep_dir / "summary.md", seeds=True)
+        if "model.heads" in keys:
+            plot_heads(groups, metric, sweep_dir / "summary.png")
+        return rows
+    table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
+    for column in ("job", *keys, metric, "status", "error"):
+        table.add_column(column)
+    for row in rows:
+        value = row.get(metric)
+        table.add_row(row["job"], *(_cell(row[k]) for k in keys), _cell(value), row["status"], row["error"][:80])
+    console.print(table)
+    select = spec.get("select") or {}
+    if select:
+        chosen = rank(rows, select["by"], "max" if mode == "max" else "min")[0]
+        if chosen["status"] == "finished":
+            selection = {
+                "job": chosen["job"],
+                **{k: chosen[k] for k in keys},
+                select["by"]: chosen.get(select["by"]),
+                select["report"]: chosen.get(select["report"]),
+            }
+            (sweep_dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+            console.print(
+                f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = "
+                f"{chosen.get(select['report'])}"
+            )
+    if "model.heads" in keys:
+        plot_heads(rows, metric, sweep_dir / "summary.png")
+    return rows
+
+
+SEED_METRICS = ("val/ppl", "val/acc", "val/acc_longrange", "val/acc_local")
+
+
+def over_seeds(rows: list[dict], keys: list[str], metric: str, mode: str) -> list[dict]:
+    """One row per setting (the values of ``keys``): mean and sample std over its finished seeds of the metric
+    and the validation metrics, best mean first."""
+    import statistics
+
+    settings: dict[tuple, list[dict]] = {}
+    for row in rows:
+        settings.setdefault(tuple(row[k] for k in keys), []).append(row)
+    groups = []
+    for values, members in settings.items():
+        done = [r for r in members if r["status"] == "finished"]
+        group = {**dict(zip(keys, values)), "seeds": len(done), "of": len(members), "status": "finished"}
+        for name in dict.fromkeys((metric, *SEED_METRICS)):
+            numbers = [r[name] for r in done if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+            if numbers:
+                group[name] = statistics.fmean(numbers)
+                group[f"{name} std"] = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+        group["status"] = "finished" if done else "failed"
+        group["error"] = ""
+        groups.append(group)
+    return rank(groups, metric, mode)
+
+
+def write_seed_csv(groups: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(k for g in groups for k in g if k not in ("status", "error")))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(groups)
+
+
+def print_seed_table(console, groups: list[dict], title: str) -> None:
+    keys = [k for k in groups[0] if k not in ("seeds", "of", "status", "error") and not _is_metric(k)]
+    metrics = [m for m in dict.fromkeys(k for g in groups for k in g if _is_metric(k) and not k.endswith(" std"))]
+    table = Table(title=title)
+    for column in (*keys, "seeds", *metrics):
+        table.add_column(column)
+    for g in groups:
+        cells = [f"{g[m]:.4g} ± {g[m + ' std']:.2g}" if m in g else "" for m in metrics]
+        table.add_row(*(str(g[k]) for k in keys), f"{g['seeds']}/{g['of']}", *cells)
+    console.print(table)
+
+
+def write_markdown(rows: list[dict], keys: list[str], metric: str, path: Path, seeds: bool = False) -> None:
+    """summary.md: the finished rows, best first, as a Markdown table (mean ± std where ``seeds``), with the
+    validation metrics the rows have."""
+    done = [r for r in rows if r["status"] == "finished"]
+    metrics = [m for m in dict.fromkeys((metric, *SEED_METRICS)) if any(m in r for r in done)]
+    head = [*keys, *(["seeds"] if seeds else []), *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in done:
+        cells = [str(r[k]) for k in keys] + ([f"{r['seeds']}/{r['of']}"] if seeds else [])
+        for m in metrics:
+            value = r.get(m)
+            spread = f" ± {r[m + ' std']:.3f}" if seeds and m + " std" in r else ""
+            cells.append("" if value is None else f"{value:.3f}{spread}")
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _is_metric(key: str) -> bool:
+    return "/" in key
+
+
+def join_pretraining(rows: list[dict], source: Path) -> list[str]:
+    """finetune_each: give each fine-tuning job the swept values and the metric of the pre-training job it
+    started from (its init_from), so that one table holds both of Figure 4's columns. The table's keys."""
+    if not (source / "sweep.yaml").is_file():
+        raise FileNotFoundError(
+            f"from={source} in sweep.yaml: the pre-training sweep is not there any more (moved?): "
+            "put it back, or edit 'from' in this sweep's sweep.yaml"
+        )
+    spec = yaml.safe_load((source / "sweep.yaml").read_text())
+    keys, metric = list(spec.get("grid", {})), spec.get("metric", "val/ppl")
+    pretrained = {str((source / r["job"]).resolve()): r for r in read_jobs(source, keys)}
+    for row in rows:
+        origin = pretrained.get(row.get("init_from", ""), {})
+        row.update(
+            {
+                "pretrain job": origin.get("job", ""),
+                **{k: origin.get(k, "") for k in keys},
+                f"pretrain {metric}": origin.get(metric),
+            }
+        )
+    return ["pretrain job", *keys, f"pretrain {metric}"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:
+    extra = sorted({k for r in rows for k in r} - {"job", "status", "error", "_overrides", metric, *keys})
+    columns = ["job", *keys, metric, "status", "error", *extra]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_heads(rows: list[dict], metric: str, path: Path) -> None:
+    """Figure 4: the metric by head assignment, beside the long-range and local accuracies where the runs have them
+    (n=2: a panel per metric by head config, with error bars of one std for means over seeds; n=3: heatmaps over
+    the two shifted counts)."""
+    done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
+    if not done:
+        return
+    counts = [list(parse_heads(r["model.heads"])) for r in done]
+    panels = [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in done)]
+    plot = plot_heads_n3 if len(counts[0]) == 3 else plot_heads_n2
+    plot(done, counts, panels, path)
+
+
+def plot_heads_n3(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+    """n=3: one heatmap per metric over the shift-1 and shift-2 head counts (the identity count is the rest)."""
+    plt = pyplot()
+    import numpy as np
+
+    size = max(max(c[1], c[2]) for c in counts) + 1
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        grid = np.full((size, size), np.nan)
+        for c, r in zip(counts, rows):
+            grid[c[1], c[2]] = r[metric]
+        image = ax.imshow(grid, origin="lower", cmap="viridis" if "acc" in metric else "viridis_r")
+        fig.colorbar(image, ax=ax, label=metric)
+        ax.set_xlabel("heads with shift 2")
+        ax.set_ylabel("heads with shift 1")
+        ax.set_title(f"{metric} by head assignment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heads_n2(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+    """n=2: one panel per metric by head config (identity : shifted); error bars where the rows have a std."""
+    plt = pyplot()
+    order = sorted(zip(counts, rows), key=lambda x: x[0][1])
+    labels = [":".join(map(str, c)) for c, _ in order]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ax.errorbar(range(len(order)), [r[metric] for _, r in order],
+                    yerr=[r.get(f"{metric} std", 0) for _, r in order], fmt="o-", capsize=3)  # fmt: skip
+        ax.set_xticks(range(len(order)), labels)  # labels, not times ("12:0")
+        ax.set_title(metric)
+        ax.set_xlabel("head config (identity : shifted)")
+        ax.tick_params(axis="x", labelrotation=60)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

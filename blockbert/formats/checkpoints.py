@@ -1,0 +1,178 @@
+"""Every way a run or a checkpoint is loaded: Lightning checkpoints, run directories (the model, its tokenizer),
+Hugging Face checkpoints to start from (``model.init_from``), and the checkpoint a restarted run resumes from.
+Tensors and plain data only (:mod:`blockbert.formats.safe_load`), and one line naming the file on failure.
+
+Lightning's checkpoints of our modules hold nothing but tensors and plain data (the hyper-parameters are plain
+dicts; ``tests/test_safe_loading.py`` checks real pretrain and finetune checkpoints), so no type is allow-listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from blockbert.errors import ConfigError
+from blockbert.formats.pretrained import model_class_for
+from blockbert.formats.run_dir import NO_CHECKPOINT, RunDir, checkpoint_of
+from blockbert.formats.safe_load import CheckpointError, torch_load
+from blockbert.model.config import BlockBertConfig
+
+log = logging.getLogger(__name__)
+
+EXPECTED = "expected a checkpoint of `blockbert pretrain` or `blockbert finetune`"
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The Lightning checkpoint at ``path`` (a dict with ``state_dict`` and ``global_step``); see :func:`torch_load`."""
+    state = torch_load(path, mmap)
+    if not isinstance(state, dict) or "global_step" not in state or not isinstance(state.get("state_dict"), dict):
+        what = f"a dict with keys {_some(state)}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it holds {what}): {EXPECTED}")
+    return state
+
+
+def _some(keys, count: int = 3) -> str:
+    names = [repr(str(k)[:40]) for k in list(keys)[:count]]
+    return ", ".join(names) + (", ..." if len(keys) > count else "") if names else "(none)"
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` of a checkpoint, read without loading its tensors."""
+    return int(load_checkpoint(path, mmap=True)["global_step"])
+
+
+def load_run(run: str) -> tuple[Path, dict, dict]:
+    """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
+    _, ckpt = checkpoint_of(run)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT})")
+    state = load_checkpoint(ckpt, mmap=True)
+    hyper = state.get("hyper_parameters")
+    config = hyper.get("model_config") if isinstance(hyper, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{ckpt} is not a blockbert checkpoint (no hyper_parameters.model_config): {EXPECTED}")
+    try:
+        BlockBertConfig(**config)
+    except (TypeError, ConfigError) as err:
+        raise CheckpointError(f"{ckpt}: hyper_parameters.model_config is not a blockbert model config: {err}") from None
+    # copies, so that no tensor keeps the file mapped (it may be rewritten, by a run resumed in its directory)
+    weights = {
+        k[len("model.") :]: v.clone()
+        for k, v in state["state_dict"].items()
+        if k.startswith("model.") and isinstance(v, torch.Tensor)
+    }
+    if not weights:
+        raise CheckpointError(f"{ckpt} has no model weights (no 'model.*' entry in its state_dict): {EXPECTED}")
+    log.info("loaded %s (step %s)", ckpt, state["global_step"])
+    return ckpt, config, weights
+
+
+def model_from_run(run: str):
+    """(the model, its run directory) of a `blockbert pretrain` or `finetune` run directory (or checkpoint file):
+    a :mod:`blockbert.formats.pretrained` class, so that ``save_pretrained`` works on it."""
+    ckpt, config, weights = load_run(run)
+    model = model_class_for(weights)(BlockBertConfig(**config))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # torch lists every bad key over many lines: keep the first
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"{ckpt}: the weights do not fit its model_config ({detail[:200]})") from None
+    return model, checkpoint_of(run)[0]
+
+
+def load_pretrain_run(init_from: str) -> tuple[dict, dict, object]:
+    """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
+    ckpt, config, weights = load_run(init_from)
+    encoder = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+    run = checkpoint_of(init_from)[0]
+    if not run.has_tokenizer():
+        raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
+    log.info("fine-tuning from %s", ckpt)
+    return config, encoder, run_tokenizer(run)
+
+
+def run_tokenizer(run: RunDir):
+    """The tokenizer a run saved in its tokenizer/ (a trained WordPiece is not reproducible: a resumed run must read
+    the ids it trained on)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(run.tokenizer_dir))
+
+
+def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
+    """(config, state dict, tokenizer) from ``model.init_from``: a Hugging Face BERT/RoBERTa directory
+    or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``. Unless
+    ``heads_given`` (the user set ``model.heads``: it must fit), a block head split written for another head count
+    is scaled to the checkpoint's heads (``10:2`` -> ``13:3`` for 16 heads)."""
+    from transformers import AutoTokenizer
+
+    from blockbert.formats.convert import ARCH_OVERRIDES, import_weights
+
+    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
+    config, state, directory = import_weights(
+        model_cls, model_cfg.init_from, fit_heads=not heads_given, max_position_embeddings=seq_len, **overrides
+    )
+    log.info(
+        "model.init_from=%s: %d layers, hidden %d, vocab %d, attention %s (the checkpoint's sizes win over model.*)",
+        model_cfg.init_from,
+        config.num_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.attention,
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"model.init_from={model_cfg.init_from!r}: the tokenizer has {len(tokenizer)} tokens but the "
+            f"model's vocab_size is {config.vocab_size}"
+        )
+    return config, state, tokenizer
+
+
+def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
+    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
+    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
+    readable, unreadable = [], []
+    for path in run.checkpoint_candidates():
+        try:
+            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
+        except CheckpointError as err:
+            if err.unsafe:
+                raise
+            unreadable.append((path, err))
+    if not readable:
+        return None, unreadable
+    step, _, path = max(readable)
+    return (step, path), unreadable
+
+
+def resume_checkpoint(ckpt_path: str | None, run: RunDir) -> str | None:
+    """``ckpt_path`` if given (checked), else the newest readable checkpoint of the run, else None.
+
+    A candidate that cannot be read (corrupt, truncated) is skipped with a warning naming it and the
+    file used instead; an unsafe one (code in the pickle) stops the run."""
+    if ckpt_path:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+        return str(path)
+    newest, unreadable = newest_checkpoint(run)
+    if newest is None:
+        if unreadable:
+            path, err = unreadable[0]
+            raise CheckpointError(
+                f"no readable checkpoint in {run.path} to resume from ({err}): move the files "
+                "away to start afresh in this directory"
+            )
+        return None
+    step, path = newest
+    for bad, err in unreadable:
+        log.warning("%s cannot be read (%s): resuming from %s (step %d) instead", bad, err, path, step)
+    log.info("resuming from %s (step %d)", path, step)
+    return str(path)

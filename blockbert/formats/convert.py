@@ -1,0 +1,353 @@
+"""Hugging Face BERT/RoBERTa checkpoints in and out of blockbert models (plain PyTorch).
+
+Import: the encoder weights map onto any attention kind (only the pattern changes); the MLM, NSP
+and QA heads are loaded when the checkpoint has them. Export: dense models become a Hugging Face
+directory (``BertFor*``/``RobertaFor*``); block and sparse models a directory that
+``from_pretrained`` here loads (``"model_type": "blockbert"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from blockbert.errors import ConfigError
+from blockbert.formats.safe_load import read_safetensors, torch_load
+from blockbert.model.config import BlockBertConfig, scale_heads
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("bert", "roberta", "blockbert")
+ARCH_OVERRIDES = {
+    "attention",
+    "heads",
+    "sparse_stride",
+    "sparse_expressivity",
+    "sparse_impl",
+    "attention_impl",
+    "hidden_dropout",
+    "attention_dropout",
+    "gradient_checkpointing",
+}
+QKV = ("query", "key", "value")
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
+    """(directory, config.json, state dict) of a local model directory or a hub name (online)."""
+    directory = Path(path).expanduser()
+    if not directory.exists() and "/" in str(path) and not str(path).startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:  # the config, tokenizer files and one copy of the weights (not the TF/Flax/ONNX ones beside them)
+            directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "model.safetensors"]))
+            if not (directory / "model.safetensors").is_file():
+                directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "pytorch_model.bin"]))
+        except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
+            raise FileNotFoundError(
+                f"{path!r} is not a local model directory, and the hub could not provide it "
+                f"({type(err).__name__}): download it where there is network (hf download {path} "
+                "--local-dir DIR) and give the directory DIR instead"
+            ) from None
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except ValueError as err:  # malformed JSON, or not UTF-8 text
+        raise ConfigError(f"{directory}/config.json is not a JSON config ({err})") from None
+    if config.get("model_type") not in SUPPORTED:
+        raise ConfigError(
+            f"{directory}/config.json: model_type={config.get('model_type')!r} is not supported: "
+            f"accepted are {', '.join(SUPPORTED)}"
+        )
+    safetensors_file, bin_file = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        state = read_safetensors(safetensors_file)
+    elif bin_file.is_file():
+        state = torch_load(bin_file)  # weights_only: tensors and plain data; any failure is one line naming the file
+        if not isinstance(state, dict):
+            raise ConfigError(f"{bin_file} holds a {type(state).__name__}, not a state dict (weight name: tensor)")
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    state = {
+        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+        for k, v in state.items()
+    }
+    return directory, config, state
+
+
+def config_from_hf(hf: dict, where: Path) -> BlockBertConfig:
+    kind = hf["model_type"]
+    if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError(
+            f"{where}/config.json: hidden_act={hf.get('hidden_act')!r}, position_embedding_type="
+            f"{hf.get('position_embedding_type')!r}: accepted are gelu and absolute"
+        )
+    pad = hf.get("pad_token_id", 1 if kind == "roberta" else 0)
+    return BlockBertConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=pad,
+        position_offset=pad + 1 if kind == "roberta" else 0,
+    )
+
+
+def encoder_keys(num_layers: int) -> list[tuple[str, str]]:
+    """(Hugging Face key, blockbert key) of the encoder, without prefixes; q/k/v handled apart."""
+    pairs = [
+        ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight"),
+        ("embeddings.LayerNorm.weight", "embeddings.norm.weight"),
+        ("embeddings.LayerNorm.bias", "embeddings.norm.bias"),
+    ]
+    for i in range(num_layers):
+        hf, mine = f"encoder.layer.{i}.", f"layers.{i}."
+        for p in ("weight", "bias"):
+            pairs += [
+                (f"{hf}attention.output.dense.{p}", f"{mine}attention.out.{p}"),
+                (f"{hf}attention.output.LayerNorm.{p}", f"{mine}attention_norm.{p}"),
+                (f"{hf}intermediate.dense.{p}", f"{mine}ffn_in.{p}"),
+                (f"{hf}output.dense.{p}", f"{mine}ffn_out.{p}"),
+                (f"{hf}output.LayerNorm.{p}", f"{mine}ffn_norm.{p}"),
+            ]
+    return pairs
+
+
+def head_keys(kind: str) -> list[tuple[str, str]]:
+    """(Hugging Face key, blockbert key) of the MLM, NSP and QA heads."""
+    if kind == "roberta":
+        mlm = [("lm_head.dense", "mlm.transform"), ("lm_head.layer_norm", "mlm.norm")]
+        pairs = [("lm_head.bias", "mlm.bias")]
+    else:
+        mlm = [
+            ("cls.predictions.transform.dense", "mlm.transform"),
+            ("cls.predictions.transform.LayerNorm", "mlm.norm"),
+        ]
+        pairs = [("cls.predictions.bias", "mlm.bias")]
+    for hf, mine in mlm + [
+        ("bert.pooler.dense", "nsp.pooler"),
+        ("cls.seq_relationship", "nsp.classifier"),
+        ("qa_outputs", "qa"),
+    ]:
+        pairs += [(f"{hf}.weight", f"{mine}.weight"), (f"{hf}.bias", f"{mine}.bias")]
+    return pairs
+
+
+def hf_to_blockbert(state: dict, config: BlockBertConfig, kind: str, encoder_prefix: str) -> dict:
+    """Hugging Face tensors -> blockbert names (encoder under ``encoder_prefix``)."""
+    base = next((p for p in ("bert.", "roberta.") if any(k.startswith(p) for k in state)), "")
+    out = {}
+    for hf, mine in encoder_keys(config.num_layers):
+        if base + hf not in state:
+            raise ConfigError(f"checkpoint has no weight {base + hf!r}")
+        out[encoder_prefix + mine] = state[base + hf]
+    for i in range(config.num_layers):
+        for p in ("weight", "bias"):
+            parts = [state.get(f"{base}encoder.layer.{i}.attention.self.{n}.{p}") for n in QKV]
+            if any(t is None for t in parts):
+                raise ConfigError(f"checkpoint has no weight '{base}encoder.layer.{i}.attention.self.query.{p}'")
+            out[f"{encoder_prefix}layers.{i}.attention.qkv.{p}"] = torch.cat(parts, dim=0)
+    for hf, mine in head_keys(kind):
+        if hf in state:
+            out[mine] = state[hf]
+    if kind == "bert" and "bert.pooler.dense.weight" not in state and "pooler.dense.weight" in state:
+        out["nsp.pooler.weight"], out["nsp.pooler.bias"] = state["pooler.dense.weight"], state["pooler.dense.bias"]
+    return out
+
+
+def blockbert_to_hf(state: dict, config: BlockBertConfig, kind: str) -> dict:
+    """The inverse of :func:`hf_to_blockbert` for an encoder under ``encoder.`` plus heads."""
+    base = f"{kind}."
+    out = {}
+    for hf, mine in encoder_keys(config.num_layers):
+        out[base + hf] = state["encoder." + mine]
+    for i in range(config.num_layers):
+        for p in ("weight", "bias"):
+            for name, part in zip(QKV, state[f"encoder.layers.{i}.attention.qkv.{p}"].chunk(3, dim=0)):
+                out[f"{base}encoder.layer.{i}.attention.self.{name}.{p}"] = part
+    for hf, mine in head_keys(kind):
+        if mine in state:
+            out[hf] = state[mine]
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def extend_positions(table: torch.Tensor, rows: int, offset: int) -> torch.Tensor:
+    """Longformer's recipe: copy the learned positions (after RoBERTa's reserved slots) until ``rows``."""
+    learned = table[offset:]
+    new = table.new_empty(rows, table.shape[1])
+    new[:offset] = table[:offset]
+    filled = offset
+    while filled < rows:
+        take = min(len(learned), rows - filled)
+        new[filled : filled + take] = learned[:take]
+        filled += take
+    return new
+
+
+def load_pretrained(cls, path, **overrides):
+    """Build ``cls`` from a checkpoint directory (:meth:`blockbert.formats.pretrained.Pretrained.from_pretrained`)."""
+    config, state, directory = import_weights(cls, path, **overrides)
+    model = cls(config)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("decoder_weight")]
+    if missing:
+        log.info(
+            "%s: not in the checkpoint, initialised fresh: %s",
+            directory,
+            ", ".join(sorted({k.split(".")[0] for k in missing})),
+        )
+    return model
+
+
+def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[BlockBertConfig, dict, Path]:
+    """(config, state dict for ``cls``, directory). ``max_position_embeddings`` counts usable positions.
+
+    With block attention, ``block_seq_len`` (N, which fixes the blocks) is the override if given; else a
+    checkpoint pre-trained with block attention keeps its N (an export older than the field: its positions),
+    raised to ``max_position_embeddings`` only when that asks for longer sequences; else (Hugging Face,
+    dense or sparse checkpoints) N is ``max_position_embeddings`` when given, the positions otherwise.
+
+    ``fit_heads``: a block head config written for another head count (a preset's ``10:2`` for a 16-head
+    checkpoint) is scaled to the checkpoint's heads (:func:`blockbert.model.config.scale_heads`) instead of refused."""
+    accepted = ARCH_OVERRIDES | {"max_position_embeddings", "block_seq_len"}
+    unknown = set(overrides) - accepted
+    if unknown:
+        raise ConfigError(
+            f"from_pretrained: cannot override {', '.join(sorted(unknown))}: accepted are {', '.join(sorted(accepted))}"
+        )
+    directory, hf, state = read_checkpoint(path)
+    if hf.get("model_type") == "blockbert":
+        values = dict(hf["blockbert"])
+        kind = "blockbert"
+    else:
+        values = config_from_hf(hf, directory).to_dict()
+        kind = hf["model_type"]
+    trained_n = None  # the N a block-attention checkpoint was trained at
+    if values.get("attention") == "block":
+        trained_n = values.get("block_seq_len") or values["max_position_embeddings"] - values.get("position_offset", 0)
+    wanted = overrides.pop("max_position_embeddings", None)
+    block_seq_len = overrides.pop("block_seq_len", None)
+    values.pop("block_seq_len", None)  # set once the positions are final
+    values.update(overrides)
+    if fit_heads and values.get("attention") == "block" and "heads" in overrides:
+        fitted = scale_heads(overrides["heads"], values["num_heads"])
+        if fitted != str(overrides["heads"]).strip():
+            log.info("%s has %d heads: heads %s -> %s", directory, values["num_heads"], overrides["heads"], fitted)
+            values["heads"] = fitted
+    config = BlockBertConfig.from_values(values)
+    prefix = "" if cls.__name__ == "BlockBertModel" else "encoder."
+    if kind == "blockbert":
+        mapped = {(k[len("encoder.") :] if not prefix and k.startswith("encoder.") else k): v for k, v in state.items()}
+    else:
+        mapped = hf_to_blockbert(state, config, kind, prefix)
+    if wanted is not None and wanted + config.position_offset > config.max_position_embeddings:
+        rows = wanted + config.position_offset
+        key = prefix + "embeddings.position.weight"
+        log.info(
+            "%s: extending the position table from %d to %d rows by copying the learned positions",
+            directory,
+            config.max_position_embeddings,
+            rows,
+        )
+        mapped[key] = extend_positions(mapped[key], rows, config.position_offset)
+        config = BlockBertConfig(**{**config.to_dict(), "max_position_embeddings": rows, "block_seq_len": 0})
+    if block_seq_len is None and config.attention == "block":
+        block_seq_len = (wanted or 0) if trained_n is None else max(trained_n, wanted or 0)
+        if trained_n is not None and block_seq_len > trained_n:
+            log.info(
+                "%s: block_seq_len follows the longer sequences, %d -> %d: the blocks are no longer the "
+                "pre-trained ones",
+                directory,
+                trained_n,
+                block_seq_len,
+            )
+    if block_seq_len is not None:
+        config = BlockBertConfig(**{**config.to_dict(), "block_seq_len": block_seq_len})
+    check_shapes(cls, config, mapped, directory)
+    return config, mapped, directory
+
+
+def check_shapes(cls, config: BlockBertConfig, state: dict, directory: Path) -> None:
+    with torch.device("meta"):
+        expected = cls(config).state_dict()
+    for key, tensor in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[key].shape)}"
+            )
+
+
+def hf_config_values(config: BlockBertConfig) -> dict:
+    """The Hugging Face BERT/RoBERTa config fields of a dense ``config`` (the inverse of :func:`config_from_hf`)."""
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "layer_norm_eps": config.layer_norm_eps,
+        "initializer_range": config.initializer_range,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def head_of(state: dict) -> str:
+    """Which head a state dict's keys hold: the class name's suffix, ``Model`` for the bare encoder."""
+    if "qa.weight" in state:
+        return "ForQuestionAnswering"
+    if "nsp.classifier.weight" in state:
+        return "ForPreTraining"
+    return "ForMaskedLM" if "mlm.bias" in state else "Model"
+
+
+def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Path:
+    """Write ``model``: a Hugging Face directory when dense, else a blockbert directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config: BlockBertConfig = model.config
+    state = model.state_dict()
+    if not any(k.startswith("encoder.") for k in state):  # a bare BlockBertModel
+        state = {"encoder." + k: v for k, v in state.items()}
+    head = head_of(state)
+    if config.attention == "dense":
+        kind = "roberta" if config.position_offset else "bert"
+        tensors = blockbert_to_hf(state, config, kind)
+        if head == "Model":
+            tensors = {k[len(kind) + 1 :]: v for k, v in tensors.items()}
+        hf_config = {
+            "model_type": kind,
+            "architectures": [{"bert": "Bert", "roberta": "Roberta"}[kind] + head],
+            **hf_config_values(config),
+        }
+    else:
+        tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if not k.endswith("decoder_weight")}
+        hf_config = {"model_type": "blockbert", "architectures": [f"BlockBert{head}"], "blockbert": config.to_dict()}
+    save_file(tensors, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        for file in tokenizer_dir.iterdir():
+            if file.is_file():
+                (out / file.name).write_bytes(file.read_bytes())
+    return out

@@ -1,0 +1,226 @@
+"""The model card (README.md) that ``blockbert export`` writes beside the weights.
+
+Hugging Face's format: YAML front matter (library_name, tags, pipeline_tag, datasets), then markdown: the
+model class, the attention (kind, heads and n, N), the sizes, the data and task the run trained on, its
+metrics (``metrics.json``), the command that made it (``.hydra/overrides.yaml``) and how to load it, read through
+:class:`~blockbert.formats.run_dir.RunDir`. Whatever the run directory lacks, or cannot be read, is "not recorded":
+building the card never fails on a run's files.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import yaml
+
+from blockbert.formats.run_dir import RunDir
+
+NOT_RECORDED = "not recorded"
+HEAD_TASKS = {  # model class -> (what its head does, pipeline tag, Auto class)
+    "BlockBertModel": ("the encoder alone (hidden states)", "feature-extraction", "AutoModel"),
+    "BlockBertForMaskedLM": ("masked-LM pre-training", "fill-mask", "AutoModelForMaskedLM"),
+    "BlockBertForPreTraining": ("masked LM + next-sentence prediction", "fill-mask", "AutoModelForPreTraining"),
+    "BlockBertForQuestionAnswering": (
+        "extractive question answering",
+        "question-answering",
+        "AutoModelForQuestionAnswering",
+    ),
+}
+
+
+def _get(tree, dotted: str):
+    """``tree["a"]["b"]`` for ``"a.b"``; None where any part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def _names(value) -> list[str]:
+    """A config value that is a name or a list of names (hub datasets), as a list of non-empty strings."""
+    values = value if isinstance(value, list) else [value]
+    return [str(v) for v in values if v not in (None, "")]
+
+
+def _cell(value) -> str:
+    """A value for a markdown table cell: numbers short, text on one line without pipes."""
+    if isinstance(value, bool) or value is None:
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, (int, str)):
+        text = str(value)
+    else:
+        text = json.dumps(value)
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def attention_text(config) -> str:
+    if config.attention == "block":
+        return (
+            f"block: n={config.num_blocks} blocks of {config.block_size} positions, heads {config.heads} "
+            f"(heads per shift: part k attends from block i to block (i + k) mod n)"
+        )
+    if config.attention == "sparse":
+        return (
+            f"sparse: Sparse Transformer fixed pattern, stride l={config.sparse_stride}, "
+            f"expressivity c={config.sparse_expressivity}"
+        )
+    return "dense: full self-attention"
+
+
+def data_text(hydra_config, command: str) -> str:
+    """The corpus (pre-training) or the task's data (fine-tuning) from the run's Hydra config."""
+    if not isinstance(hydra_config, dict):
+        return NOT_RECORDED
+    if command == "finetune":
+        name = _get(hydra_config, "task.name")
+        version, hub = _get(hydra_config, "task.version"), _names(_get(hydra_config, "task.hub_name"))
+        train_file = _get(hydra_config, "task.train_file")
+        detail = [f"version {version}" if version else "", f"hub: {', '.join(hub)}" if hub else ""]
+        detail.append(f"train file: {train_file}" if train_file else "")
+    else:
+        name, source = _get(hydra_config, "data.name"), _get(hydra_config, "data.source")
+        documents = _get(hydra_config, "data.generated_documents")
+        hub, files = _names(_get(hydra_config, "data.hub_name")), _names(_get(hydra_config, "data.files"))
+        if source == "generated" and documents:
+            detail = [f"generated, {documents} documents"]
+        elif source == "hub" and hub:
+            detail = [f"hub: {', '.join(hub)}"]
+        elif source == "files" and files:
+            detail = [f"files: {', '.join(files)}"]
+        else:
+            detail = [str(source or "")]
+        name = name or source
+    if not name:
+        return NOT_RECORDED
+    detail = [d for d in detail if d and d != name]
+    return f"{name} ({'; '.join(detail)})" if detail else str(name)
+
+
+def _datasets(hydra_config, command: str) -> list[str]:
+    """Hub dataset ids for the front matter."""
+    if command == "finetune":
+        return _names(_get(hydra_config, "task.hub_name"))
+    return _names(_get(hydra_config, "data.hub_name")) if _get(hydra_config, "data.source") == "hub" else []
+
+
+def model_card(model, run_dir: str | Path | None) -> str:
+    """README.md text for ``model`` (a blockbert model) exported from the run directory ``run_dir``."""
+    run = RunDir(run_dir) if run_dir is not None else None
+    card = Card(model, run)
+    lines = ["---", yaml.safe_dump(card.front_matter(), sort_keys=False).rstrip(), "---", ""]
+    lines += card.summary() + card.metrics() + card.command() + card.how_to_load()
+    return "\n".join(lines)
+
+
+class Card:
+    """What the card says of a model and the run it came from (missing or unreadable files: "not recorded")."""
+
+    def __init__(self, model, run: RunDir | None):
+        self.model, self.config = model, model.config
+        self.class_name = type(model).__name__
+        self.head, self.pipeline_tag, self.auto_class = HEAD_TASKS.get(
+            self.class_name, (self.class_name, None, "AutoModel")
+        )
+        self.trained_by = "finetune" if "qa.weight" in model.state_dict() else "pretrain"
+        self.run = run
+        self.hydra_config = run.started_config() if run is not None else None
+        self.metrics_values = (run.metrics() or None) if run is not None else None
+        self.preset = _get(self.hydra_config, "model.name") or (self.metrics_values or {}).get("model")
+
+    def front_matter(self) -> dict:
+        meta = {
+            "library_name": "transformers" if self.config.attention == "dense" else "blockbert",
+            "tags": ["blockbert", f"{self.config.attention}-attention", "bert"],
+        }
+        if self.pipeline_tag:
+            meta["pipeline_tag"] = self.pipeline_tag
+        datasets = _datasets(self.hydra_config, self.trained_by) if isinstance(self.hydra_config, dict) else []
+        if datasets:
+            meta["datasets"] = datasets
+        return meta
+
+    def summary(self) -> list[str]:
+        config = self.config
+        block = config.attention == "block"
+        if block:
+            n_text = f"{config.block_seq_len} (block_seq_len: the length cut into the n blocks)"
+        else:
+            n_text = f"{config.max_sequence_length} (the longest sequence)"
+        init_from = _get(self.hydra_config, "init_from" if self.trained_by == "finetune" else "model.init_from")
+        rows = [
+            ("Model class", f"`{self.class_name}` ({self.head})"),
+            ("Preset", self.preset or NOT_RECORDED),
+            ("Attention", attention_text(config)),
+            ("Heads", f"{config.num_heads} per layer" + (f", head config {config.heads}" if block else "")),
+            ("n (blocks)", config.num_blocks),
+            ("N", n_text),
+            (
+                "Sizes",
+                f"{config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, intermediate "
+                f"{config.intermediate_size}, vocabulary {config.vocab_size}, {config.max_position_embeddings} "
+                "positions",
+            ),
+            ("Trained by", f"`blockbert {self.trained_by}`"),
+            ("Data", data_text(self.hydra_config, self.trained_by)),
+            ("Training sequence length", _get(self.hydra_config, "data.max_seq_length") or NOT_RECORDED),
+        ]
+        if init_from:
+            rows.append(("Initialised from", init_from))
+        title = f"# BlockBERT {self.preset or ''}: {self.class_name}, {config.attention} attention".replace(" :", ":")
+        return [
+            title,
+            "",
+            "A BlockBERT model (BERT with blockwise sparse self-attention, Qiu et al. 2020) exported by "
+            f"`blockbert export` from a `blockbert {self.trained_by}` run.",
+            "",
+            "| | |",
+            "|---|---|",
+            *(f"| {key} | {_cell(value)} |" for key, value in rows),
+        ]
+
+    def metrics(self) -> list[str]:
+        lines = ["", "## Metrics", ""]
+        shown = {k: v for k, v in (self.metrics_values or {}).items() if k != "run_dir"}
+        if shown:
+            rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in shown.items()]
+            return lines + ["| metric | value |", "|---|---|", *rows]
+        return lines + [f"{NOT_RECORDED} (the run directory has no readable metrics.json)"]
+
+    def command(self) -> list[str]:
+        lines = ["", "## Command", ""]
+        overrides = self.run.overrides() if self.run is not None else None
+        if overrides is None:
+            return lines + [f"{NOT_RECORDED} (the run directory has no readable .hydra/overrides.yaml)"]
+        args = " ".join(shlex.quote(str(o)) for o in overrides)
+        lines += ["```bash", f"blockbert {self.trained_by} {args}".rstrip(), "```"]
+        resumes = self.run.resumes()
+        if resumes:
+            lines += ["", f"Resumed {resumes} time(s): each resume's overrides are in .hydra/resume-K/overrides.yaml."]
+        return lines
+
+    def how_to_load(self) -> list[str]:
+        config, auto_class = self.config, self.auto_class
+        if config.attention == "dense":
+            kind = "RoBERTa" if config.position_offset else "BERT"
+            lines = ["", "## How to load", "", f"A plain Hugging Face {kind} directory: transformers alone loads it."]
+            imports = []
+        else:
+            lines = [
+                "",
+                "## How to load",
+                "",
+                f"{config.attention.capitalize()} attention needs the blockbert package: importing it registers its "
+                "classes with transformers' Auto classes (no `trust_remote_code`).",
+            ]
+            imports = ["import blockbert  # noqa: F401"]
+        lines += ["", "```python", *imports, f"from transformers import {auto_class}", ""]
+        lines += [f'model = {auto_class}.from_pretrained("path/to/this/directory")', "```", ""]
+        lines += ["or with blockbert's own (plain PyTorch) classes:", "", "```python"]
+        lines += [f"from blockbert import {self.class_name}", ""]
+        return lines + [f'model = {self.class_name}.from_pretrained("path/to/this/directory")', "```", ""]

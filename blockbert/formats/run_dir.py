@@ -1,0 +1,170 @@
+"""The layout of a run directory, in one place: every module that reads or writes a run's files asks :class:`RunDir`.
+
+A run directory (``runs/<command>/<date_time>/``, or a multirun job's ``multirun/<command>/<date_time>/<job>/``)::
+
+    .hydra/config.yaml, overrides.yaml, hydra.yaml   the config the run was started with (Hydra writes them)
+    .hydra/resume-K/                                 the config and overrides of the K-th resume in the directory
+    <command>.log                                    the log (Hydra's job logging)
+    metrics.json                                     the latest metrics, the step and the status
+    checkpoints/step-<k>.ckpt, last.ckpt, interrupted.ckpt
+    hpc_ckpt_<k>.ckpt                                Lightning's SLURM requeue checkpoints
+    tokenizer/                                       the tokenizer the run trained with
+    wandb_run_id, wandb/ or csv/                     the experiment logger's id and files
+    run.lock                                         held by the process training in the directory
+    done.json, error.txt                             a sweep job: complete (its overrides), or failed (why)
+    dev/, test/                                      a fine-tuning run's predictions per split
+    profile.json, benchmark.json (and .png)          what `blockbert profile` / `benchmark` measured
+
+Plain paths and small readers only: no torch, no Lightning, no Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    # ------------------------------------------------------------------------------------------ what a run writes
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "run.lock"
+
+    @property
+    def wandb_id_file(self) -> Path:
+        return self.path / "wandb_run_id"
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / "done.json"
+
+    @property
+    def error_file(self) -> Path:
+        return self.path / "error.txt"
+
+    @property
+    def profile_file(self) -> Path:
+        return self.path / "profile.json"
+
+    @property
+    def benchmark_file(self) -> Path:
+        return self.path / "benchmark.json"
+
+    def has_tokenizer(self) -> bool:
+        return (self.tokenizer_dir / "tokenizer.json").is_file()
+
+    def checkpoint_candidates(self) -> list[Path]:
+        """The checkpoints the run can resume from: ours and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+        return [*self.path.glob("checkpoints/*.ckpt"), *self.path.glob("hpc_ckpt_*.ckpt")]
+
+    # ------------------------------------------------------------------------------------------ Hydra's files
+    @property
+    def hydra_dir(self) -> Path:
+        return self.path / ".hydra"
+
+    def config_dir(self) -> Path:
+        """Where the config the run last used is: .hydra, or the newest .hydra/resume-K."""
+        resumes = sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+        return resumes[-1] if resumes else self.hydra_dir
+
+    def next_config_subdir(self) -> str:
+        """Where a job starting in this directory stores its config: ``.hydra`` for a new directory; a run resumed
+        here keeps the original and gets ``.hydra/resume-K`` (K = 1, 2, ...) for its own config and overrides."""
+        if not (self.hydra_dir / "config.yaml").is_file():
+            return ".hydra"
+        return f".hydra/resume-{len(list(self.hydra_dir.glob('resume-*'))) + 1}"
+
+    def resumes(self) -> int:
+        return len(list(self.hydra_dir.glob("resume-*")))
+
+    def config_file(self) -> Path:
+        """The file of the config the run last used (a resume's if any)."""
+        return self.config_dir() / "config.yaml"
+
+    def config(self) -> dict | None:
+        """The config the run last used; None when there is none or it cannot be read."""
+        return _read_yaml(self.config_file(), dict)
+
+    def started_config(self) -> dict | None:
+        """The config the run was started with (.hydra/config.yaml)."""
+        return _read_yaml(self.hydra_dir / "config.yaml", dict)
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.hydra_dir / "overrides.yaml"
+
+    def overrides(self) -> list | None:
+        """The command-line overrides the run was started with (.hydra/overrides.yaml)."""
+        return _read_yaml(self.overrides_file, list)
+
+    def hydra(self) -> dict:
+        """Hydra's own settings of the run (.hydra/hydra.yaml's ``hydra`` node), empty without them."""
+        return (_read_yaml(self.hydra_dir / "hydra.yaml", dict) or {}).get("hydra") or {}
+
+    def launch_directory(self) -> Path:
+        """Where the run was started (Hydra's runtime.cwd): what its relative paths are relative to."""
+        return Path(self.hydra().get("runtime", {}).get("cwd") or ".")
+
+    # ------------------------------------------------------------------------------------------ results
+    def metrics(self) -> dict:
+        """metrics.json, empty when the run has none (or it cannot be read)."""
+        return _read_json(self.metrics_file) or {}
+
+    def profile(self) -> dict:
+        return _read_json(self.profile_file) or {}
+
+    def benchmark(self) -> dict:
+        return _read_json(self.benchmark_file) or {}
+
+
+def checkpoint_of(run: str | Path) -> tuple[RunDir, Path]:
+    """(the run directory, the checkpoint) of a run directory (its last.ckpt) or of a checkpoint file (in a run's
+    checkpoints/, or anywhere: its folder stands for the run)."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        return RunDir(path), RunDir(path).last_checkpoint
+    root = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return RunDir(root), path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_yaml(path: Path, kind: type):
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, kind) else None

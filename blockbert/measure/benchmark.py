@@ -1,0 +1,411 @@
+"""`blockbert benchmark`'s measurements: inference and training-step time and memory side by side (Tables 2 and 5),
+or one attention layer alone (mode=attention), as ratios to each baseline measured in the same run; mode=data:
+pre-training preprocessing against a plain tokenizer map (:mod:`blockbert.measure.data_benchmark`); mode=pretrain |
+finetune: whole runs against the Hugging Face Trainer and a bare loop (:mod:`blockbert.measure.run_benchmark`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from blockbert.display import MB, console, pyplot
+from blockbert.errors import ConfigError
+from blockbert.formats.run_dir import RunDir
+from blockbert.measure import data_benchmark, run_benchmark
+from blockbert.measure.device import pick_device, pick_dtype, where
+from blockbert.measure.memory import measure_step
+from blockbert.measure.models import NO_ATTENTION, build, random_batch
+from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
+from blockbert.model.attention import SelfAttention
+from blockbert.model.config import BlockBertConfig
+
+log = logging.getLogger(__name__)
+MODES = ("model", "attention", "data", "pretrain", "finetune")
+ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
+    "dense": dict(attention="dense"),
+    "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
+    "sparse (blocks)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32, sparse_impl="blocks"),
+    "block n=2 (10:2)": dict(attention="block", heads="10:2"),
+    "block n=3 (8:2:2)": dict(attention="block", heads="8:2:2"),
+    "identity-only n=2 (12:0)": dict(attention="block", heads="12:0"),
+    "identity-only n=3 (12:0:0)": dict(attention="block", heads="12:0:0"),
+}
+# the blockwise lower bound: the same shapes with every head at shift 0 (no permutation at all)
+BOUNDS = {"block n=2 (10:2)": "identity-only n=2 (12:0)", "block n=3 (8:2:2)": "identity-only n=3 (12:0:0)"}
+
+
+def benchmark(cfg: DictConfig, run: RunDir) -> dict:
+    """The measurement ``cfg.mode`` asks for (the composed benchmark config), written to ``run``'s benchmark.json."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
+    if cfg.mode == "data":
+        return benchmark_data(cfg, run)
+    if cfg.mode in ("pretrain", "finetune"):
+        return benchmark_run(cfg, run)
+    baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
+    header = {
+        "mode": cfg.mode,
+        **where(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "repeats": cfg.repeats,
+        "warmup": cfg.warmup,
+        "baselines": baselines,
+    }
+    records = (
+        benchmark_models(cfg, baselines, device, autocast)
+        if cfg.mode == "model"
+        else benchmark_attention(cfg, device, autocast)
+    )
+    results = {**header, "records": records}
+    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    plot(results, run.benchmark_file.with_suffix(".png"))
+    return done(run, results, "benchmark.json, benchmark.png")
+
+
+def done(run: RunDir, results: dict, contents: str) -> dict:
+    """Print what the run directory holds and the directory, as the command's last line."""
+    print(f"results ({contents}) are in:")
+    print(run.path.resolve())
+    return results
+
+
+def data_dir(cfg) -> Path:
+    """Where the generated corpora of mode=data (and the whole runs' caches) are kept for reuse."""
+    return Path(cfg.paths.cache_dir).expanduser() / "benchmark-data"
+
+
+def benchmark_data(cfg, run: RunDir) -> dict:
+    """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size."""
+    settings = dict(max_seq_length=cfg.data_max_seq_length, nsp=cfg.data_nsp, num_proc=cfg.data_num_proc)
+    records = data_benchmark.run(
+        cfg.data_sizes_mb,
+        data_dir(cfg),
+        settings,
+        cfg.data_repeats,
+        cfg.data_tokenizers_parallelism,
+        log=log.info,
+    )
+    results = {
+        "mode": "data",
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "settings": settings,
+        "tokenizers_parallelism": cfg.data_tokenizers_parallelism,
+        "repeats": cfg.data_repeats,
+        "summary": data_benchmark.summary(records),
+        "records": records,
+    }
+    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
+    data_benchmark.print_table(results)
+    return done(run, results, "benchmark.json")
+
+
+def benchmark_run(cfg, run: RunDir) -> dict:
+    """Whole-run throughput of our models' runs against the Hugging Face Trainer and a bare loop. The precision is
+    fixed: fp32 on CPU, bf16 autocast on CUDA (``dtype`` and ``compile`` apply to the other modes); a loop that fails
+    is a row of the table and an exit code of 1."""
+    mode = cfg.mode
+    device = pick_device(cfg.device)
+    settings = OmegaConf.to_container(cfg[mode], resolve=True)
+    spec = {
+        **{k: v for k, v in settings.items() if k != "models"},
+        "size": OmegaConf.to_container(cfg.size, resolve=True),
+        "warmup": cfg.warmup,
+        "seed": cfg.seed,
+        "accelerator": "gpu" if device.type == "cuda" else "cpu",
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "cache_dir": str(Path(cfg.paths.cache_dir).expanduser()),
+    }
+    records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
+    results = {
+        "mode": mode,
+        **where(device),
+        "dtype": "bfloat16 (autocast)" if device.type == "cuda" else "float32",
+        "settings": spec,
+        "records": records,
+    }
+    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
+    print_run_table(results)
+    failed = [r for r in records if r.get("error")]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(records)} loops failed (first: {failed[0]['loop']} {failed[0]['model']}: "
+            f"{failed[0]['error']}); the others are in {run.benchmark_file}"
+        )
+    return done(run, results, "benchmark.json")
+
+
+def print_run_table(results: dict) -> None:
+    spec = results["settings"]
+    size = spec["size"]
+    unit = "tokens/s" if results["mode"] == "pretrain" else "examples/s"
+    table = Table(
+        title=f"blockbert benchmark ({results['mode']}, whole run): {results['machine']}, {results['device']}, "
+        f"{results['dtype']}, {results['threads']} threads, {results['date']}; hidden {size['hidden_size']}, "
+        f"{size['num_layers']} layers, N={spec['seq_len']}, batch {spec['batch_size']}, {spec['steps']} steps "
+        f"after {spec['warmup']}"
+    )
+    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "step ÷ bare", "peak MB"):
+        table.add_column(column, justify="left" if column in ("loop", "model") else "right")
+    if results["mode"] == "finetune":
+        table.add_column("dev questions/s", justify="right")
+    for r in results["records"]:
+        if r.get("error"):
+            table.add_row(r["loop"], r["model"], f"failed: {r['error']}")
+            continue
+        cells = [
+            r["loop"],
+            r["model"],
+            f"{r['median_s']:.3f}",
+            f"{r['iqr_s']:.3f}",
+            f"{r['throughput']:.1f}",
+            "" if r["vs_peer"] is None else f"{r['vs_peer']:.2f}",
+            "" if r["vs_bare"] is None else f"{r['vs_bare']:.3f}",
+            f"{r['peak_memory_mb']:.0f}",
+        ]
+        if results["mode"] == "finetune":
+            cells.append(f"{r['eval_questions_per_s']:.0f}" if r.get("eval_questions_per_s") else "")
+        table.add_row(*cells)
+    console().print(table)
+    for r in results["records"]:
+        if r.get("parts_s"):
+            parts = ", ".join(f"{part} {seconds:.3f} s" for part, seconds in r["parts_s"].items())
+            print(f"where a step of {r['model']} goes (bare loop, medians): {parts}")
+
+
+def baselines_of(cfg) -> list[str]:
+    """``baseline``: one model or a list of them, each among ``models``; every model gets a ratio to each."""
+    baselines = list(cfg.baseline) if OmegaConf.is_list(cfg.baseline) else [cfg.baseline]
+    for name in baselines or ["[]"]:
+        if name not in cfg.models:
+            raise ConfigError(f"baseline={name} is not among models: accepted are {', '.join(cfg.models)}")
+    return baselines
+
+
+def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
+    size = OmegaConf.to_container(cfg.size, resolve=True)
+    heads = OmegaConf.to_container(cfg.heads, resolve=True)
+    records = []
+    for seq_len in cfg.seq_lengths:  # models of length N: block attention cuts N into its blocks
+        torch.manual_seed(cfg.seed)
+        names = list(cfg.models)
+        bounded = cfg.inference_bound and "roberta_1seq" in names and "inference" in cfg.phases
+        models = {name: build(name, size, heads, seq_len).to(device) for name in names + [NO_ATTENTION] * bounded}
+        if cfg.compile:
+            for model in models.values():
+                model.compile()
+        vocab = min(m.config.vocab_size for m in models.values())
+        optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+        for batch_size in cfg.batch_sizes:
+            batch = random_batch(batch_size, seq_len, vocab, device)
+            for phase in cfg.phases:
+                timed = {n: m for n, m in models.items() if n != NO_ATTENTION or phase == "inference"}
+                calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in timed.items()}
+                times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+                peaks = {
+                    name: _memory(model, batch, device, autocast) if phase == "train" else None
+                    for name, model in timed.items()
+                }
+                rows = _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len), peaks)
+                if NO_ATTENTION in times:
+                    inference_bounds(rows, models)
+                records += rows
+                log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
+        del models, optimizers
+    return records
+
+
+def inference_bounds(rows: list[dict], models: dict) -> None:
+    """Blockwise inference's own limit, t_rest + t_attention / n: t_rest is the model without its attention kernel
+    (``no_attention``), t_attention the dense fused kernel's time (``roberta_1seq`` minus t_rest), both measured in
+    this run. Each block model's record gets ``bound_s`` and ``ratio_to_bound``."""
+    medians = {r["model"]: r["median_s"] for r in rows}
+    rest, dense = medians.get(NO_ATTENTION), medians.get("roberta_1seq")
+    if not rest or not dense:
+        return
+    for r in rows:
+        config = getattr(models[r["model"]], "config", None)
+        if getattr(config, "attention", None) == "block" and r["median_s"]:
+            r["bound_s"] = rest + (dense - rest) / config.num_blocks
+            r["ratio_to_bound"] = r["median_s"] / r["bound_s"]
+
+
+def _call(model, optimizer, batch, phase, autocast):
+    if phase == "inference":
+
+        def infer():
+            model.eval()
+            with torch.no_grad(), autocast:
+                model(batch["input_ids"], batch["attention_mask"])
+
+        return infer
+
+    def train_step():
+        model.train()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def _memory(model, batch, device, autocast) -> float | str | None:
+    """Training-step memory, MB: the CUDA allocator's peak, or on CPU model + optimizer + saved activations."""
+    try:
+        model.train()
+        with autocast:
+            step = measure_step(model, batch)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        if not is_oom(err):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return OOM
+    if step.cuda_peak_bytes is not None:
+        return step.cuda_peak_bytes / MB
+    return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
+
+
+def benchmark_attention(cfg, device, autocast) -> list[dict]:
+    records = []
+    dropouts = cfg.attention_dropout if OmegaConf.is_list(cfg.attention_dropout) else [cfg.attention_dropout]
+    for dropout in dropouts:
+        for seq_len in cfg.attention_seq_lengths:
+            x = torch.randn(cfg.attention_batch_size, seq_len, 768, device=device, requires_grad=True)
+            key_mask = None
+            if cfg.attention_padding:
+                key_mask = torch.ones(cfg.attention_batch_size, seq_len, dtype=torch.bool, device=device)
+                key_mask[:, seq_len - int(cfg.attention_padding * seq_len) :] = False
+            calls = {
+                label: _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast)
+                for label, overrides in ATTENTION_KINDS.items()
+            }
+            times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+            point = dict(
+                phase=f"attention fwd+bwd p={dropout:g}"
+                + (f" pad={cfg.attention_padding:g}" if cfg.attention_padding else ""),
+                batch_size=cfg.attention_batch_size,
+                seq_len=seq_len,
+            )
+            rows = _records(times, ["dense"], point, {})
+            medians = {r["model"]: r["median_s"] for r in rows}
+            for r in rows:
+                bound = medians.get(BOUNDS.get(r["model"]))
+                r["ratio_to_bound"] = r["median_s"] / bound if bound and r["median_s"] else None
+            records += rows
+    return records
+
+
+def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
+    config = BlockBertConfig(
+        hidden_size=768, num_heads=12, max_position_embeddings=seq_len, attention_dropout=dropout, **overrides
+    )
+    layer = SelfAttention(config).to(device).train()
+
+    def step():
+        with autocast:
+            out = layer(x, key_mask)
+        out.float().sum().backward()
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return step
+
+
+def _records(times, baselines, point, peaks) -> list[dict]:
+    """One record per model; ``ratios`` maps each baseline to median / its median (None where either has none),
+    and ``ratio_to_baseline`` is the first baseline's."""
+    summaries = {name: timing_summary(t) for name, t in times.items()}
+    medians = {name: s["median_s"] for name, s in summaries.items()}
+    out = []
+    for name, s in summaries.items():
+        ratios = {b: s["median_s"] / medians[b] if medians.get(b) and s["median_s"] else None for b in baselines}
+        out.append(
+            {
+                **point,
+                "model": name,
+                **s,
+                "ratio_to_baseline": ratios[baselines[0]],
+                "baseline": baselines[0],
+                "ratios": ratios,
+                "memory_mb": peaks.get(name),
+            }
+        )
+    return out
+
+
+def print_table(results: dict) -> None:
+    table = Table(
+        title=f"blockbert benchmark ({results['mode']}): {results['machine']}, {results['device']}, "
+        f"{results['dtype']}, {results['threads']} threads, {results['date']}"
+    )
+    bounded = any(r.get("ratio_to_bound") for r in results["records"])
+    baselines = results["baselines"]
+    for column in ("phase", "B", "N", "model", "median s", "IQR s", *(f"× {b}" for b in baselines), "memory MB") + (
+        ("× bound",) if bounded else ()
+    ):
+        table.add_column(column, justify="left" if column in ("phase", "model") else "right")
+    for r in results["records"]:
+        memory = r["memory_mb"]
+        table.add_row(
+            r["phase"],
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            r["model"],
+            OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
+            "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
+            *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
+            "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
+            *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []),
+        )
+    console().print(table)
+
+
+def plot(results: dict, path: Path) -> None:
+    plt = pyplot()
+
+    records = [r for r in results["records"] if r["ratio_to_baseline"] is not None]
+    points = sorted({(r["phase"], r["batch_size"], r["seq_len"]) for r in records})
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points) + 2), 4))
+    width = 0.8 / max(1, len(models))
+    for m, model in enumerate(models):
+        ys = [
+            next(
+                (
+                    r["ratio_to_baseline"]
+                    for r in records
+                    if (r["phase"], r["batch_size"], r["seq_len"]) == p and r["model"] == model
+                ),
+                0.0,
+            )
+            for p in points
+        ]
+        ax.bar([i + m * width for i in range(len(points))], ys, width, label=model)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(points))])
+    ax.set_xticklabels([f"{p[0]}\nB={p[1]} N={p[2]}" for p in points], fontsize=7)
+    ax.set_ylabel(f"time / {results['baselines'][0]} (median)")
+    ax.set_title(f"{results['mode']} benchmark, {results['device']} {results['dtype']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,110 @@
+"""Build the compared models at the sizes a measurement asks for: the paper's presets, our variants of
+them, and the Hugging Face models a user would otherwise pick (the peers), all at the same sizes."""
+
+from __future__ import annotations
+
+import torch
+
+from blockbert.errors import ConfigError
+from blockbert.formats.presets import PRESETS, preset_config
+from blockbert.model.attention import SelfAttention
+from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining
+
+VARIANTS = {  # name -> (preset, config overrides)
+    "sparsebert_blocks": ("sparsebert", {"sparse_impl": "blocks"}),  # computes only the pattern's blocks
+}
+# any of ours + this suffix (roberta_1seq_eager): attention_impl=eager, the paper's kernel that materialises the
+# N x N (or n blocks of (N/n)^2) probabilities; without it a model takes the attention_impl build() is given
+EAGER = "_eager"
+PEERS = {  # name -> (transformers architecture, attention implementation, extra config)
+    "hf_bert": ("Bert", "sdpa", {}),
+    "hf_bert_eager": ("Bert", "eager", {}),
+    "hf_roberta": ("Roberta", "sdpa", {}),
+    "hf_bigbird": ("BigBird", "eager", {"attention_type": "block_sparse", "block_size": 64, "num_random_blocks": 3}),
+}
+
+
+# the dense model with its attention kernel removed (projections kept): t_rest of the blockwise inference bound
+NO_ATTENTION = "no_attention"
+
+
+class _NoKernel(SelfAttention):
+    """SelfAttention without its kernel: the projections run and the values pass through (z = v)."""
+
+    def forward(self, x, key_mask=None):
+        cfg = self.config
+        B, N, _ = x.shape
+        v = self.qkv(x).view(B, N, 3, cfg.num_heads, cfg.head_dim)[:, :, 2]  # [B, N, H, d]
+        return self.out(v.reshape(B, N, cfg.hidden_size))
+
+
+def known_models() -> list[str]:
+    return [*PRESETS, *VARIANTS, *PEERS, NO_ATTENTION]
+
+
+def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):
+    """A model for sequences of ``max_len`` tokens (block attention cuts that N into its blocks) whose
+    ``forward(input_ids, attention_mask, labels=...)`` returns an output with ``loss``;
+    ``model.config.vocab_size`` is the size of its vocabulary."""
+    size = dict(size)
+    if name == NO_ATTENTION:
+        model = build("roberta_1seq", size, {}, max_len, attention_impl)
+        for module in model.modules():
+            if isinstance(module, SelfAttention):
+                module.__class__ = _NoKernel
+        return model
+    if name in PEERS:
+        return _peer(name, preset_config("roberta_1seq", **size), max_len)
+    base = name.removesuffix(EAGER)
+    preset, overrides = VARIANTS.get(base, (base, {}))
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
+            f"ours also as <name>{EAGER} (eager attention)"
+        )
+    overrides = dict(
+        size, **overrides, max_position_embeddings=max_len, attention_impl="eager" if name != base else attention_impl
+    )
+    if name in heads or base in heads:
+        overrides["heads"] = heads.get(name, heads.get(base))
+    config = preset_config(preset, **overrides)
+    return (BlockBertForPreTraining if PRESETS[preset].next_sentence_prediction else BlockBertForMaskedLM)(config)
+
+
+def _peer(name: str, config, max_len: int) -> PeerModel:
+    import transformers
+
+    arch, attn_implementation, extra = PEERS[name]
+    offset = 2 if arch == "Roberta" else 0  # RoBERTa's positions start after the padding index
+    hf_config = getattr(transformers, f"{arch}Config")(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=max_len + offset,
+        type_vocab_size=1 if arch == "Roberta" else 2,
+        attn_implementation=attn_implementation,
+        **extra,
+    )
+    return PeerModel(getattr(transformers, f"{arch}ForMaskedLM")(hf_config))
+
+
+class PeerModel(torch.nn.Module):
+    """A transformers ``*ForMaskedLM`` behind blockbert's call signature."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config  # transformers' config: vocab_size, hidden_size, ... as ours has
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def random_batch(batch_size: int, seq_len: int, vocab_size: int, device, mlm_probability: float = 0.15) -> dict:
+    g = torch.Generator().manual_seed(seq_len * 1000 + batch_size)
+    ids = torch.randint(5, vocab_size, (batch_size, seq_len), generator=g)
+    labels = torch.where(torch.rand(batch_size, seq_len, generator=g) < mlm_probability, ids, -100)
+    mask = torch.ones_like(ids)
+    return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=labels).items()}

@@ -1,0 +1,94 @@
+"""Timing, in one place: side-by-side calls and the clock of a training loop's steps.
+
+- :func:`time_side_by_side`: every compared call runs in one process, in rotating order, after warm-up. Each call's
+  times are kept; the report gives the median, the spread (interquartile range) and the ratio of medians to a
+  baseline measured in the same run, so machine noise hits all models alike.
+- :class:`StepClock`: the wall time between a training loop's optimizer steps and what each step counted (tokens,
+  examples), for whole runs (:mod:`blockbert.measure.run_benchmark`).
+- :func:`timing_summary`: median, IQR and the samples, for both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+OOM = "OOM"
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(
+    calls: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float] | str]:
+    """{label: [seconds per repeat] or "OOM"}; repeat r starts with the r-th call (rotation)."""
+    times: dict[str, list[float] | str] = {label: [] for label in calls}
+    labels = list(calls)
+    for label in labels:
+        for _ in range(warmup):
+            _guarded(label, calls, times, device)
+    for r in range(repeats):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            if times[label] == OOM:
+                continue
+            start = time.perf_counter()
+            if _guarded(label, calls, times, device):
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
+def _guarded(label, calls, times, device) -> bool:
+    if times[label] == OOM:
+        return False
+    try:
+        calls[label]()
+        synchronize(device)
+        return True
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        if not is_oom(err):
+            raise
+        times[label] = OOM
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False
+
+
+class StepClock:
+    """Wall time between optimizer steps (the first from :meth:`start`) and the units each step counted."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.units: list[int] = []
+        self.pending, self.last = 0, None
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def count(self, units: int) -> None:
+        """A micro-batch's units (several join one step under gradient accumulation)."""
+        self.pending += units
+
+    def step(self) -> float:
+        """An optimizer step ended: its time and units are recorded; returns the time it ends at."""
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.units.append(self.pending)
+        self.last, self.pending = now, 0
+        return now
+
+
+def timing_summary(samples: list[float] | str) -> dict:
+    if samples == OOM or not samples:
+        return {"status": OOM if samples == OOM else "no samples", "median_s": None, "iqr_s": None, "times_s": []}
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return {"status": "ok", "median_s": float(median), "iqr_s": float(q3 - q1), "times_s": [float(t) for t in samples]}

@@ -1,0 +1,106 @@
+"""Fine-tuning on extractive QA (SQuAD, MRQA): from a pre-training run, a Hugging Face checkpoint or scratch, with
+dev EM/F1 at every validation, then each split scored and its predictions written."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
+from blockbert.errors import ConfigError
+from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
+from blockbert.formats.checkpoints import import_model
+from blockbert.formats.pretrained import BlockBertForQuestionAnswering
+from blockbert.formats.run_dir import RunDir
+from blockbert.model.config import BlockBertConfig
+from blockbert.train.qa_module import QAModule
+from blockbert.train.run import TrainingRun
+from blockbert.train.settings import model_config, split_batch, world_size
+
+log = logging.getLogger(__name__)
+
+
+def finetune(
+    cfg: DictConfig, run: RunDir, start: tuple | None = None, heads_given: bool = True, callbacks: tuple = ()
+) -> dict:
+    """The run in ``run`` and its evaluation, from the composed config. ``start``: the pre-training run of
+    ``init_from`` (its model config, encoder weights and tokenizer:
+    :func:`blockbert.formats.checkpoints.load_pretrain_run`); ``heads_given``: the command line set ``model.heads``;
+    ``callbacks`` join the trainer's. Returns the metrics of every split."""
+    seq_len = cfg.data.max_seq_length
+    cache_dir = Path(cfg.paths.cache_dir).expanduser()
+    config, encoder, tokenizer = starting_point(cfg, start, heads_given)
+    config.check_sequence_length(seq_len, "data.max_seq_length")  # a pre-trained model keeps its N
+    world = world_size(cfg.trainer)
+    if world > 1:
+        raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
+    pl.seed_everything(cfg.seed, workers=True)
+    data = load_task(cfg.task, cache_dir)
+    training = TrainingRun(cfg, run, callbacks)
+    if tokenizer is None:  # a fresh model: its vocabulary from the task's text, its blocks cut from this length
+        tokenizer = training.tokenizer(lambda: qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir))
+        config = dataclasses.replace(
+            config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
+        )
+    batch = cfg.optim.batch_size
+    per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
+    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache_dir)
+    datamodule.setup()
+    module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
+    if encoder is not None:
+        module.model.encoder.load_state_dict(encoder)
+    training.prepare(module, tokenizer)
+    answers = AnswerSettings(cfg.data.n_best_size, cfg.data.max_answer_length)
+    trainer_args = training.trainer_args()
+    trainer_args.pop("val_check_interval", None)  # fine-tuning validates once per epoch
+    training.build_trainer(
+        checkpoint=dict(save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps),
+        metrics=dict(task=cfg.task.name, init_from=cfg.init_from, batch_size=batch),
+        callbacks=[DevEvaluation(data["dev"], datamodule.windows["dev"], answers)],
+        trainer_args=trainer_args,
+        accumulate_grad_batches=accumulate,
+    )
+    training.fit(module, datamodule)
+    results, timing = evaluate(training, module, datamodule, data, answers)
+    if training.trainer.global_rank == 0:
+        training.metrics.extra.update(results, eval_timing=timing)  # wall time: not a metric to log or rank by
+        training.metrics.write(training.trainer, "finished")
+    scores = " | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1")))
+    extra = ", null_odds.json" if data["dev"].format == "squad2" else ""
+    training.finish([scores], f"metrics.json, dev/predictions.json{extra}, checkpoints/", results)
+    return results
+
+
+def starting_point(cfg: DictConfig, start: tuple | None, heads_given: bool) -> tuple[BlockBertConfig, dict, object]:
+    """(model config, encoder weights, tokenizer) to fine-tune: a pre-training run's, a Hugging Face checkpoint's
+    (``model.init_from``), or model.* from scratch (no weights, no tokenizer yet: both come from the task)."""
+    if start is not None:
+        return start
+    if cfg.model.get("init_from"):
+        config, state, tokenizer = import_model(
+            BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length, heads_given=heads_given
+        )
+        return config, {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}, tokenizer
+    return model_config(cfg.model), None, None
+
+
+def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, answers) -> tuple[dict, dict]:
+    """Each split scored (SQuAD 2.0's null threshold tuned on dev, applied to test), its prediction files written
+    into the run directory; (metrics as ``split/metric``, seconds and questions/s per split)."""
+    results, threshold, timing = {}, None, {}
+    for split in [s for s in ("dev", "test") if s in data]:
+        start = time.perf_counter()
+        outputs = training.trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
+        scores, threshold = evaluate_split(
+            data[split], datamodule.windows[split], outputs, answers, threshold, training.run.path / split, split
+        )
+        seconds = time.perf_counter() - start  # windows scored in batches, then the n-best post-processing
+        timing[split] = {"seconds": seconds, "questions_per_s": len(data[split].examples) / seconds}
+        log.info("%s: %d questions evaluated in %.1f s", split, len(data[split].examples), seconds)
+        results.update({f"{split}/{k}": v for k, v in scores.items()})
+    return results, timing

@@ -1,0 +1,70 @@
+"""The run's loggers: W&B (offline by default; a resumed run continues its W&B run), CSV, or none. Lightning is
+imported when a logger is built: a sweep's command (:func:`finish_wandb`) does without it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import string
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from blockbert.errors import ConfigError
+from blockbert.formats.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+LOGGER_KINDS = ("wandb", "csv", "none")
+
+
+def build_logger(cfg: DictConfig, run: RunDir):
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_only
+
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run.path), name="csv")
+    if kind == "wandb":
+        mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
+        if mode == "disabled":
+            return False
+        from pytorch_lightning.loggers import WandbLogger
+
+        # The run's W&B id is chosen before W&B starts and kept in the run directory: a resumed run (offline
+        # or online) continues the same W&B run, and `wandb sync` joins the offline pieces in time order.
+        id_file = run.wandb_id_file
+        run_id = id_file.read_text().strip() if id_file.is_file() else ""
+        if not run_id:
+            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
+            if rank_zero_only.rank == 0:
+                run.path.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(run_id + "\n")
+        logger = WandbLogger(
+            save_dir=os.environ.get("WANDB_DIR") or str(run.path),
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            offline=mode == "offline",
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        # Lightning passes anonymous=None, on which W&B >= 0.22 warns that the setting has no effect
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        return logger
+    raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """End the W&B run now (if one is open), so its closing lines come before the command's own last lines.
+    A failure here is only logged: it must not hide the error being reported."""
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        try:
+            sys.modules["wandb"].finish(exit_code=exit_code)
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B could not finish its run: %s", err)
