@@ -63,6 +63,19 @@ def hydra_help(task: str) -> str:
     return HYDRA_HELP + "\n\n**Config groups** (`group=option`):\n\n" + "\n\n".join(lines)
 
 
+class HydraCommand(typer.core.TyperCommand):
+    """A command run by Hydra: the epilog of its help lists its config groups (:func:`hydra_help`), read from conf/
+    only when that help is shown, so that `blockbert --help` reads none."""
+
+    @property
+    def epilog(self) -> str:
+        return hydra_help(self.name)
+
+    @epilog.setter
+    def epilog(self, value) -> None:  # click sets it when the command is built: the property computes it instead
+        pass
+
+
 def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
     overrides = list(overrides or ())
     if any(arg.split("=")[0] in SHELL_COMPLETION_FLAGS for arg in overrides):
@@ -77,7 +90,7 @@ def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
     raise typer.Exit(run_task(task, overrides, debug))
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("pretrain"))
+@app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
 def pretrain(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Pre-train a model with masked-LM (and next-sentence prediction for google_bert/roberta_2seq).
 
@@ -89,7 +102,7 @@ def pretrain(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     hand_over("pretrain", overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("finetune"))
+@app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
 def finetune(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Fine-tune a pre-trained checkpoint on extractive question answering (SQuAD, MRQA).
 
@@ -139,7 +152,7 @@ def sweep(
     )
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("profile"))
+@app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
 def profile(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Break a training step's memory into model, optimizer and activation parts (Table 1).
 
@@ -151,7 +164,7 @@ def profile(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     hand_over("profile", overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=hydra_help("benchmark"))
+@app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
 def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Time inference and training steps of the models side by side and report ratios (Tables 2, 5).
 

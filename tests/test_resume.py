@@ -19,9 +19,8 @@ import pytest
 import torch
 
 from blockbert.errors import ConfigError
-from blockbert.formats.checkpoints import resume_checkpoint
 from blockbert.formats.run_dir import RunDir
-from blockbert.train.resilience import AtomicCheckpointIO, run_lock
+from blockbert.train.resilience import AtomicCheckpointIO, resume_checkpoint, run_lock
 
 PRETRAIN = [
     "progress_bar=false",

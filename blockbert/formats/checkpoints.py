@@ -1,5 +1,5 @@
-"""Every way a run or a checkpoint is loaded: Lightning checkpoints, run directories (the model, its tokenizer),
-Hugging Face checkpoints to start from (``model.init_from``), and the checkpoint a restarted run resumes from.
+"""Every way a run or a checkpoint is loaded: Lightning checkpoints, run directories (the model, its tokenizer) and
+Hugging Face checkpoints to start from (``model.init_from``).
 Tensors and plain data only (:mod:`blockbert.formats.safe_load`), and one line naming the file on failure.
 
 Lightning's checkpoints of our modules hold nothing but tensors and plain data (the hyper-parameters are plain
@@ -132,47 +132,3 @@ def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
             f"model's vocab_size is {config.vocab_size}"
         )
     return config, state, tokenizer
-
-
-def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
-    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
-    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
-    readable, unreadable = [], []
-    for path in run.checkpoint_candidates():
-        try:
-            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
-        except CheckpointError as err:
-            if err.unsafe:
-                raise
-            unreadable.append((path, err))
-    if not readable:
-        return None, unreadable
-    step, _, path = max(readable)
-    return (step, path), unreadable
-
-
-def resume_checkpoint(ckpt_path: str | None, run: RunDir) -> str | None:
-    """``ckpt_path`` if given (checked), else the newest readable checkpoint of the run, else None.
-
-    A candidate that cannot be read (corrupt, truncated) is skipped with a warning naming it and the
-    file used instead; an unsafe one (code in the pickle) stops the run."""
-    if ckpt_path:
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
-        return str(path)
-    newest, unreadable = newest_checkpoint(run)
-    if newest is None:
-        if unreadable:
-            path, err = unreadable[0]
-            raise CheckpointError(
-                f"no readable checkpoint in {run.path} to resume from ({err}): move the files "
-                "away to start afresh in this directory"
-            )
-        return None
-    step, path = newest
-    for bad, err in unreadable:
-        log.warning("%s cannot be read (%s): resuming from %s (step %d) instead", bad, err, path, step)
-    log.info("resuming from %s (step %d)", path, step)
-    return str(path)

@@ -1,6 +1,8 @@
-"""The Lightning layer around the pure-torch model: modules (pre-training, QA), the optimizer and schedule, the
-callbacks that make runs safe to stop and resume, metrics.json, the progress bar and the loggers. Hydra is not
-imported here: the task entry points (``blockbert.app``) compose the config and hand it over.
+"""Training, on Lightning around the pure-torch model: the modules (pre-training, QA), the optimizer and schedule,
+what makes a run safe to stop and resume (``resilience``: the resume lookup, the guard, atomic checkpoints, SIGTERM),
+``metrics.json``, the progress bar, the loggers, the cluster environment, the run settings, the run skeleton
+(``run``) and the two runs (``pretrain``, ``finetune``). Hydra is not imported here: the command's entry point
+(``blockbert.app.commands``) composes the config and hands it over.
 
 Importing this package silences two messages of Lightning that mislead our users: its advertisement for
 LitLogger ("Tip: ... litlogger"), and a deprecation warning Lightning 2.6 raises about torch's own pytree

@@ -3,7 +3,7 @@
 - :func:`run_lock`: one process per run directory.
 - :class:`AtomicCheckpointIO`: a checkpoint is written to a temporary file and renamed, so a kill
   during the write leaves the previous file intact.
-- :func:`blockbert.formats.checkpoints.resume_checkpoint` (used here): the checkpoint a restarted run continues from.
+- :func:`resume_checkpoint`: the checkpoint a restarted run continues from.
 - :class:`RunGuard`: saves only states at optimizer-step boundaries (a checkpoint taken in the
   middle of a gradient accumulation is stored as of the last optimizer step, so the micro-batches
   whose gradients are lost are trained again), seeds dropout per micro-batch (a resumed run draws
@@ -32,8 +32,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.data.sampler import stream_seed
 from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, NonFiniteLossError, RunInterrupted
-from blockbert.formats.checkpoints import newest_checkpoint, resume_checkpoint
+from blockbert.formats.checkpoints import checkpoint_step
 from blockbert.formats.run_dir import RunDir
+from blockbert.formats.safe_load import CheckpointError
 from blockbert.train.cluster import cluster_environment
 from blockbert.train.loggers import finish_wandb
 
@@ -71,6 +72,50 @@ def run_lock(run: RunDir):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
+    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
+    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
+    readable, unreadable = [], []
+    for path in run.checkpoint_candidates():
+        try:
+            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
+        except CheckpointError as err:
+            if err.unsafe:
+                raise
+            unreadable.append((path, err))
+    if not readable:
+        return None, unreadable
+    step, _, path = max(readable)
+    return (step, path), unreadable
+
+
+def resume_checkpoint(ckpt_path: str | None, run: RunDir) -> str | None:
+    """``ckpt_path`` if given (checked), else the newest readable checkpoint of the run, else None.
+
+    A candidate that cannot be read (corrupt, truncated) is skipped with a warning naming it and the
+    file used instead; an unsafe one (code in the pickle) stops the run."""
+    if ckpt_path:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+        return str(path)
+    newest, unreadable = newest_checkpoint(run)
+    if newest is None:
+        if unreadable:
+            path, err = unreadable[0]
+            raise CheckpointError(
+                f"no readable checkpoint in {run.path} to resume from ({err}): move the files "
+                "away to start afresh in this directory"
+            )
+        return None
+    step, path = newest
+    for bad, err in unreadable:
+        log.warning("%s cannot be read (%s): resuming from %s (step %d) instead", bad, err, path, step)
+    log.info("resuming from %s (step %d)", path, step)
+    return str(path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
