@@ -224,8 +224,9 @@ def report(
     paper: bool = typer.Option(
         False,
         "--paper",
-        help="Set each run beside the paper's numbers (Tables 1-5, blockbert/paper_numbers.yaml): ours, the "
-        "paper's, the ratio and the settings (hardware, scale, corpus); rows with no paper row listed as unmatched.",
+        help="Set each run beside the paper's numbers (Tables 1-5, blockbert/experiments/paper_numbers.yaml): ours, "
+        "the paper's, the ratio and the settings (hardware, scale, corpus); rows with no paper row are listed as "
+        "unmatched.",
     ),
     out: str = typer.Option(
         None, "--out", help="--paper: the directory for paper_report.md/.csv/.png (default: the first directory given)."

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from blockbert.experiments.sweep_plan import load_sweep
+from blockbert.formats.run_dir import SweepDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, FIGURE4 = ROOT / "docs" / "results.md", ROOT / "docs" / "figure4.md"
@@ -88,14 +89,14 @@ def replace_block(doc: Path, begin: str, end: str, body: str) -> None:
 def rebuild_sweep(doc: Path, directory: str) -> None:
     sweep_dir = Path(directory).expanduser().resolve()
     run(["blockbert", "report", str(sweep_dir)])
-    name = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["name"]
-    summary = (sweep_dir / "summary.md").read_text()
-    if (sweep_dir / "summary.png").is_file():  # Figure 4's plot, kept beside the page
+    sweep = SweepDir(sweep_dir)
+    spec = sweep.spec()
+    name, summary = spec["name"], sweep.summary(".md").read_text()
+    if sweep.summary(".png").is_file():  # Figure 4's plot, kept beside the page
         image = doc.parent / "sweeps" / f"{name}.png"
         image.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(sweep_dir / "summary.png", image)
+        shutil.copyfile(sweep.summary(".png"), image)
         summary += f"\n![{name}: summary.png](sweeps/{name}.png)\n"
-    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
     extra = " ".join(o for o in spec.get("overrides", []) if o not in load_sweep(name).overrides)
     command = f"blockbert sweep {name}{' ' + extra if extra else ''}"
     replace_block(doc, f"<!-- sweep:{name}:begin -->", f"<!-- sweep:{name}:end -->", f"{stamp([command])}\n\n{summary}")

@@ -1,6 +1,8 @@
-"""Output helpers the tools share: sizes in MiB, a rich console readable in logs, pyplot without a display."""
+"""Output helpers every command shares: sizes in MiB, a rich console readable in logs, pyplot without a display, and
+the closing lines that name the run directory."""
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -15,6 +17,12 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def print_results(contents: str, directory: Path) -> None:
+    """A command's closing lines: what its run directory holds, then the directory itself, the last line printed."""
+    print(f"results ({contents}) are in:")
+    print(Path(directory).resolve())
 
 
 def console() -> Console:

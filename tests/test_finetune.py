@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
-from blockbert import BlockBertConfig, BlockBertModel
+from blockbert import BlockBertModel
 from blockbert.formats.checkpoints import load_pretrain_run
 
 runner = CliRunner()
@@ -54,16 +54,16 @@ def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
         f"hydra.run.dir={pre}",
     )
     config, encoder, tokenizer = load_pretrain_run(str(pre))
-    model = BlockBertModel(BlockBertConfig(**config))
+    model = BlockBertModel(config)
     model.load_state_dict(encoder)  # strict: every encoder weight is there
-    assert len(tokenizer) == config["vocab_size"]
+    assert len(tokenizer) == config.vocab_size
     run_dir = tmp_path / "ft"
     out = blockbert(tmp_path, "finetune", *FAST, "trainer.max_epochs=1", f"init_from={pre}", f"hydra.run.dir={run_dir}")
     assert "fine-tuning from" in out.stderr + out.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["dev/f1"] <= 100
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model_config"]
-    assert first == config
+    assert first == config.to_dict()
     used = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # A.4's values at the pre-training N
     assert used["data"]["max_seq_length"] == 128 and used["optim"]["lr"] == 3e-05
 

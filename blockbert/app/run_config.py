@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from blockbert.errors import ConfigError
-from blockbert.formats.compose import compose
+from blockbert.formats.compose import compose, override_key
 from blockbert.formats.convert import ARCH_OVERRIDES
 from blockbert.formats.run_dir import RunDir
 
@@ -31,13 +31,14 @@ def without_demo_defaults(cfg: DictConfig, command: str, pretrained_n: int | Non
         return cfg
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    given = {override_key(o) for o in overrides}
     demo = hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
     length = pretrained_n if "data.max_seq_length" not in given else None
     if not demo and length in (None, cfg.data.max_seq_length):
         return cfg  # an experiment the user chose stays
     extra = ([f"data.max_seq_length={length}"] if length else []) + (["~experiment"] if demo else [])
-    chosen = compose(hydra.job.config_name, [*overrides, *extra])
+    config_dirs = [source.path for source in hydra.runtime.config_sources if source.provider == "command-line"]
+    chosen = compose(hydra.job.config_name, [*overrides, *extra], config_dirs)
     # the model's sizes come from the checkpoint; from model.* only its attention settings count (import_model)
     ignored = {"paper", "model"} if cfg.get("init_from") else {"paper"}
     before, after = _leaves(cfg), _leaves(chosen)
@@ -70,7 +71,7 @@ def given_on_command_line(key: str) -> bool:
 
     if not HydraConfig.initialized():
         return True
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task)
+    return any(override_key(o) == key for o in HydraConfig.get().overrides.task)
 
 
 def _leaves(cfg: DictConfig) -> dict:

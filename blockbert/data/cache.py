@@ -119,6 +119,11 @@ def load_arrow(directory: Path, files: list[str]):
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def cache_dir(cfg) -> Path:
+    """A composed config's ``paths.cache_dir``, as a path (``~`` expanded)."""
+    return Path(cfg.paths.cache_dir).expanduser()
+
+
 def hub_cache(cache_dir: Path) -> str | None:
     """The datasets cache for hub and file data: HF_DATASETS_CACHE or HF_HOME's when the user set one (None lets
     datasets resolve it), else ``cache_dir/datasets``."""

@@ -173,11 +173,12 @@ def generated_corpus(cache_dir: Path, documents: int, seed: int = 1234) -> Path:
     """
     return build_file(
         cache_dir / "corpora" / f"generated-{documents}-{seed}.txt",
-        lambda tmp: tmp.write_text(_generated_text(documents, seed), encoding="utf-8"),
+        lambda tmp: tmp.write_text(generated_text(documents, seed), encoding="utf-8"),
     )
 
 
-def _generated_text(documents: int, seed: int) -> str:
+def generated_text(documents: int, seed: int = 1234) -> str:
+    """The synthetic corpus's text (:func:`generated_corpus`)."""
     rng = random.Random(seed)
     docs = []
     for _ in range(documents):

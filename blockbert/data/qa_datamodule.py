@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from functools import partial
 from pathlib import Path
 
@@ -112,12 +111,13 @@ class QADataModule(ResumableData, pl.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         seed: int = 0,
-        cache_dir: Path | None = None,
+        *,
+        cache_dir: Path,
     ):
         super().__init__()
         self.data, self.tokenizer, self.cfg = data, tokenizer, data_cfg
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.cache_dir = Path(cache_dir or os.environ.get("BLOCKBERT_CACHE", "~/.cache/blockbert")).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser()  # paths.cache_dir
         self.windows: dict[str, WindowList] = {}
 
     def prepare_data(self) -> None:

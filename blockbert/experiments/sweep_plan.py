@@ -16,6 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from blockbert.errors import ConfigError
+from blockbert.formats.compose import override_key
+from blockbert.formats.run_dir import SweepDir
 from blockbert.paths import sweeps_dir
 
 GENERATORS = ("head_assignments", "pretrained_jobs")
@@ -104,7 +106,7 @@ def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
             f"sweep {sweep.name} fine-tunes the jobs of a pre-training sweep: give its directory with "
             "--from (e.g. --from multirun/sweeps/heads_n3/2026-01-01_00-00-00)"
         )
-    if not (source / "sweep.yaml").is_file():
+    if not SweepDir(source).spec_file.is_file():
         raise ConfigError(
             f"--from {source}: not a sweep directory (no sweep.yaml): give the directory "
             "`blockbert sweep` printed for a pre-training sweep"
@@ -115,10 +117,6 @@ def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
             f"--from {source}: no finished job to fine-tune yet (resume it with `blockbert sweep NAME --dir {source}`)"
         )
     return [str(job.resolve()) for job in finished]
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def merge_overrides(fixed: list[str], extra: list[str]) -> list[str]:

@@ -8,12 +8,11 @@ import math
 import re
 from pathlib import Path
 
-import yaml
 from rich.table import Table
 
 from blockbert.display import console as make_console
 from blockbert.display import pyplot
-from blockbert.formats.run_dir import RunDir
+from blockbert.formats.run_dir import SweepDir
 from blockbert.model.config import parse_heads
 
 STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
@@ -22,8 +21,7 @@ STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
 def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
     """A row per job directory (one with .hydra/overrides.yaml): its swept values, status and numeric metrics."""
     rows = []
-    jobs = (job for job in map(RunDir, sweep_dir.iterdir()) if job.overrides_file.is_file())
-    for job in sorted(jobs, key=lambda job: (len(job.path.name), job.path.name)):
+    for job in SweepDir(sweep_dir).jobs():
         overrides = job.overrides() or []
         values = {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
         metrics = job.metrics()
@@ -55,7 +53,8 @@ def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """Write summary.csv (+ selection.json, summary.png) into ``sweep_dir`` and print the table."""
     console = make_console()
-    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) if (sweep_dir / "sweep.yaml").is_file() else {}
+    sweep = SweepDir(sweep_dir)
+    spec = sweep.spec()
     keys = list(spec.get("grid", {}))
     metric, mode = spec.get("metric", "val/ppl"), spec.get("mode", "min")
     rows = read_jobs(sweep_dir, keys)
@@ -69,15 +68,15 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     if spec.get("from"):
         keys = join_pretraining(rows, Path(spec["from"]))
     rows = rank(rows, metric, mode)
-    write_csv(rows, keys, metric, sweep_dir / "summary.csv")
-    write_markdown(rows, keys, metric, sweep_dir / "summary.md")
+    write_csv(rows, keys, metric, sweep.summary(".csv"))
+    write_markdown(rows, keys, metric, sweep.summary(".md"))
     if "seed" in keys and len({r["seed"] for r in rows}) > 1:
         groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
-        write_seed_csv(groups, sweep_dir / "summary_seeds.csv")
+        write_seed_csv(groups, sweep.seeds_summary)
         print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
-        write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep_dir / "summary.md", seeds=True)
+        write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep.summary(".md"), seeds=True)
         if "model.heads" in keys:
-            plot_heads(groups, metric, sweep_dir / "summary.png")
+            plot_heads(groups, metric, sweep.summary(".png"))
         return rows
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
     for column in ("job", *keys, metric, "status", "error"):
@@ -96,13 +95,13 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
                 select["by"]: chosen.get(select["by"]),
                 select["report"]: chosen.get(select["report"]),
             }
-            (sweep_dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+            sweep.selection_file.write_text(json.dumps(selection, indent=2) + "\n")
             console.print(
                 f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = "
                 f"{chosen.get(select['report'])}"
             )
     if "model.heads" in keys:
-        plot_heads(rows, metric, sweep_dir / "summary.png")
+        plot_heads(rows, metric, sweep.summary(".png"))
     return rows
 
 
@@ -176,12 +175,12 @@ def _is_metric(key: str) -> bool:
 def join_pretraining(rows: list[dict], source: Path) -> list[str]:
     """finetune_each: give each fine-tuning job the swept values and the metric of the pre-training job it
     started from (its init_from), so that one table holds both of Figure 4's columns. The table's keys."""
-    if not (source / "sweep.yaml").is_file():
+    if not SweepDir(source).spec_file.is_file():
         raise FileNotFoundError(
             f"from={source} in sweep.yaml: the pre-training sweep is not there any more (moved?): "
             "put it back, or edit 'from' in this sweep's sweep.yaml"
         )
-    spec = yaml.safe_load((source / "sweep.yaml").read_text())
+    spec = SweepDir(source).spec()
     keys, metric = list(spec.get("grid", {})), spec.get("metric", "val/ppl")
     pretrained = {str((source / r["job"]).resolve()): r for r in read_jobs(source, keys)}
     for row in rows:

@@ -82,7 +82,7 @@ def model_from_run(run: str):
     return model, checkpoint_of(run)[0]
 
 
-def load_pretrain_run(init_from: str) -> tuple[dict, dict, object]:
+def load_pretrain_run(init_from: str) -> tuple[BlockBertConfig, dict, object]:
     """(model config, encoder weights, tokenizer) from a `blockbert pretrain` run directory or checkpoint."""
     ckpt, config, weights = load_run(init_from)
     encoder = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
@@ -90,7 +90,7 @@ def load_pretrain_run(init_from: str) -> tuple[dict, dict, object]:
     if not run.has_tokenizer():
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
     log.info("fine-tuning from %s", ckpt)
-    return config, encoder, run_tokenizer(run)
+    return BlockBertConfig(**config), encoder, run_tokenizer(run)
 
 
 def run_tokenizer(run: RunDir):

@@ -11,6 +11,7 @@ a config is composed: the command line's help reads :func:`config_groups`, which
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import yaml
 
@@ -18,27 +19,48 @@ from blockbert.paths import config_dir
 
 
 @functools.cache
-def config_loader():
-    """Hydra's config loader over conf/ (version base 1.3, as the commands run)."""
-    from hydra import version
+def config_loader(config_dirs: tuple[str, ...] = ()):
+    """Hydra's config loader over conf/ and ``config_dirs`` (what ``--config-dir`` adds, as Hydra's runner adds it)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
 
+    search_path = create_config_search_path(str(config_dir()))
+    for directory in config_dirs:
+        search_path.append("command-line", f"file://{directory}")
+    return ConfigLoaderImpl(config_search_path=search_path)
+
+
+@contextmanager
+def _version_base():
+    """Compose as the commands do (Hydra's version base 1.3), and leave Hydra's global setting as it was: a user's
+    own Hydra app may run in this process."""
+    from hydra import version
+
+    base = version.VersionBase.instance()
+    saved = base.getbase()
     version.setbase("1.3")
-    return ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    try:
+        yield
+    finally:
+        base.version_base = saved
 
 
-def compose(config_name: str | None, overrides=(), with_hydra: bool = False):
+def compose(config_name: str | None, overrides=(), config_dirs=()):
     """``conf/<config_name>.yaml`` (None: nothing but the groups the overrides add, ``+model=tiny``) composed with
-    ``overrides`` as the command composes it; the ``hydra`` node is left out unless ``with_hydra``."""
+    ``overrides`` as the command composes it, the ``hydra`` node left out; ``config_dirs``: a job's ``--config-dir``."""
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    cfg = config_loader().load_configuration(config_name, list(overrides), RunMode.RUN)
-    if not with_hydra:
-        with open_dict(cfg):
-            del cfg["hydra"]
+    with _version_base():
+        cfg = config_loader(tuple(config_dirs)).load_configuration(config_name, list(overrides), RunMode.RUN)
+    with open_dict(cfg):
+        del cfg["hydra"]
     return cfg
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``model.heads`` of ``model.heads=10:2``, ``+x=1``, ``~experiment``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def config_groups(command: str) -> dict[str, tuple[str | None, list[str]]]:

@@ -1,4 +1,5 @@
-"""The layout of a run directory, in one place: every module that reads or writes a run's files asks :class:`RunDir`.
+"""The layout of a run directory, in one place: every module that reads or writes a run's files asks :class:`RunDir`
+(a sweep's directory: :class:`SweepDir`).
 
 A run directory (``runs/<command>/<date_time>/``, or a multirun job's ``multirun/<command>/<date_time>/<job>/``)::
 
@@ -33,6 +34,10 @@ NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, 
 class RunDir:
     path: Path
 
+    STEP_CHECKPOINT = "step-{step}"  # checkpoints/ file names: Lightning's templates, without .ckpt
+    INTERRUPTED = "interrupted"
+    CSV_LOGS = "csv"
+
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path).expanduser())
 
@@ -44,6 +49,10 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
+
+    @property
+    def interrupted_checkpoint(self) -> Path:
+        return self.checkpoints / f"{self.INTERRUPTED}.ckpt"
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -77,6 +86,18 @@ class RunDir:
     def benchmark_file(self) -> Path:
         return self.path / "benchmark.json"
 
+    @property
+    def profile_plot(self) -> Path:
+        return self.path / "profile.png"
+
+    @property
+    def benchmark_plot(self) -> Path:
+        return self.path / "benchmark.png"
+
+    def predictions_dir(self, split: str) -> Path:
+        """A fine-tuning split's predictions.json, nbest_predictions.json (and null_odds.json, gold.json)."""
+        return self.path / split
+
     def has_tokenizer(self) -> bool:
         return (self.tokenizer_dir / "tokenizer.json").is_file()
 
@@ -89,7 +110,7 @@ class RunDir:
     def hydra_dir(self) -> Path:
         return self.path / ".hydra"
 
-    def config_dir(self) -> Path:
+    def last_config_dir(self) -> Path:
         """Where the config the run last used is: .hydra, or the newest .hydra/resume-K."""
         resumes = sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
         return resumes[-1] if resumes else self.hydra_dir
@@ -106,7 +127,7 @@ class RunDir:
 
     def config_file(self) -> Path:
         """The file of the config the run last used (a resume's if any)."""
-        return self.config_dir() / "config.yaml"
+        return self.last_config_dir() / "config.yaml"
 
     def config(self) -> dict | None:
         """The config the run last used; None when there is none or it cannot be read."""
@@ -142,6 +163,43 @@ class RunDir:
 
     def benchmark(self) -> dict:
         return _read_json(self.benchmark_file) or {}
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep's (or any multirun's) directory: ``sweep.yaml`` (what `blockbert sweep` planned: the command, the
+    overrides, the grid, the metric), one :class:`RunDir` per job (``0/``, ``1/``, ...) and the summaries
+    (``summary.csv``, ``summary.md``, ``summary.png``, ``summary_seeds.csv``, ``selection.json``)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "sweep.yaml"
+
+    def spec(self) -> dict:
+        """sweep.yaml; empty for a plain multirun (or one that cannot be read)."""
+        return _read_yaml(self.spec_file, dict) or {}
+
+    def jobs(self) -> list[RunDir]:
+        """The job directories (those with Hydra's overrides.yaml), in job order."""
+        jobs = (job for job in map(RunDir, self.path.iterdir()) if job.overrides_file.is_file())
+        return sorted(jobs, key=lambda job: (len(job.path.name), job.path.name))
+
+    def summary(self, suffix: str) -> Path:
+        """summary.csv, summary.md, summary.png."""
+        return self.path / f"summary{suffix}"
+
+    @property
+    def seeds_summary(self) -> Path:
+        return self.path / "summary_seeds.csv"
+
+    @property
+    def selection_file(self) -> Path:
+        return self.path / "selection.json"
 
 
 def checkpoint_of(run: str | Path) -> tuple[RunDir, Path]:

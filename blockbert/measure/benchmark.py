@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from blockbert.display import MB, console, pyplot
+from blockbert.data.cache import cache_dir
+from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure import data_benchmark, run_benchmark
@@ -73,20 +74,14 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
     results = {**header, "records": records}
     run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    plot(results, run.benchmark_file.with_suffix(".png"))
-    return done(run, results, "benchmark.json, benchmark.png")
-
-
-def done(run: RunDir, results: dict, contents: str) -> dict:
-    """Print what the run directory holds and the directory, as the command's last line."""
-    print(f"results ({contents}) are in:")
-    print(run.path.resolve())
+    plot(results, run.benchmark_plot)
+    print_results("benchmark.json, benchmark.png", run.path)
     return results
 
 
 def data_dir(cfg) -> Path:
     """Where the generated corpora of mode=data (and the whole runs' caches) are kept for reuse."""
-    return Path(cfg.paths.cache_dir).expanduser() / "benchmark-data"
+    return cache_dir(cfg) / "benchmark-data"
 
 
 def benchmark_data(cfg, run: RunDir) -> dict:
@@ -113,7 +108,8 @@ def benchmark_data(cfg, run: RunDir) -> dict:
     }
     run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
     data_benchmark.print_table(results)
-    return done(run, results, "benchmark.json")
+    print_results("benchmark.json", run.path)
+    return results
 
 
 def benchmark_run(cfg, run: RunDir) -> dict:
@@ -130,7 +126,7 @@ def benchmark_run(cfg, run: RunDir) -> dict:
         "seed": cfg.seed,
         "accelerator": "gpu" if device.type == "cuda" else "cpu",
         "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-        "cache_dir": str(Path(cfg.paths.cache_dir).expanduser()),
+        "cache_dir": str(cache_dir(cfg)),
     }
     records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
     results = {
@@ -148,7 +144,8 @@ def benchmark_run(cfg, run: RunDir) -> dict:
             f"{len(failed)} of {len(records)} loops failed (first: {failed[0]['loop']} {failed[0]['model']}: "
             f"{failed[0]['error']}); the others are in {run.benchmark_file}"
         )
-    return done(run, results, "benchmark.json")
+    print_results("benchmark.json", run.path)
+    return results
 
 
 def print_run_table(results: dict) -> None:

@@ -33,42 +33,41 @@ KINDS = ("ours", "floor")
 
 
 def make_corpus(size_mb: float, directory: Path) -> Path:
-    """A text corpus of about ``size_mb`` MB (whole documents, blank-line separated), written once."""
-    from blockbert.data.corpus import generated_corpus
+    """A text corpus of about ``size_mb`` MB (whole documents, blank-line separated), built once into the cache."""
+    from blockbert.data.cache import build_file
+    from blockbert.data.corpus import generated_text
 
-    target = directory / f"corpus-{size_mb:g}MB.txt"
-    if target.exists():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    budget, seed = int(size_mb * MB), 0
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as out:
-        while budget > 0:
-            chunk_file = generated_corpus(directory / "chunks", CHUNK_DOCUMENTS, seed=seed)
-            chunk = chunk_file.read_bytes().rstrip(b"\n")
-            chunk_file.unlink()
-            if len(chunk) + 2 > budget:  # the last chunk: as many whole documents as fit
-                chunk = chunk[: max(chunk.rfind(b"\n\n", 0, budget - 1), 0)]
-                budget = 0
-            if chunk:
-                out.write(chunk + b"\n\n")
-            budget -= len(chunk) + 2
-            seed += 1
-    tmp.replace(target)
-    return target
+    def write(tmp: Path) -> None:
+        budget, seed = int(size_mb * MB), 0
+        with open(tmp, "wb") as out:
+            while budget > 0:
+                chunk = generated_text(CHUNK_DOCUMENTS, seed).encode().rstrip(b"\n")
+                if len(chunk) + 2 > budget:  # the last chunk: as many whole documents as fit
+                    chunk = chunk[: max(chunk.rfind(b"\n\n", 0, budget - 1), 0)]
+                    budget = 0
+                if chunk:
+                    out.write(chunk + b"\n\n")
+                budget -= len(chunk) + 2
+                seed += 1
+
+    return build_file(directory / f"corpus-{size_mb:g}MB.txt", write)
 
 
 def benchmark_tokenizer(corpus: Path, vocab_size: int) -> Path:
     """A WordPiece tokenizer trained on (the first 10 MB of) ``corpus``, the same one for ours and the floor."""
     import datasets
 
+    from blockbert.data.cache import build_once
     from blockbert.data.tokenizer import train_wordpiece
 
-    target = corpus.parent / f"tokenizer-{vocab_size}-{corpus.stem}"
-    if not (target / "tokenizer.json").exists():
+    def build(directory: Path) -> dict:
         with open(corpus, encoding="utf-8") as text:
             documents = datasets.Dataset.from_dict({"text": text.read(10 * MB).split("\n\n")})
-        train_wordpiece(documents, vocab_size, corpus.parent / "cache").save_pretrained(str(target))
+        train_wordpiece(documents, vocab_size, corpus.parent / "cache").save_pretrained(str(directory))
+        return {"vocab_size": vocab_size}
+
+    target = corpus.parent / f"tokenizer-{vocab_size}-{corpus.stem}"
+    build_once(target, build)
     return target
 
 

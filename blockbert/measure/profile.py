@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from blockbert.display import MB, console, pyplot
+from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure.device import pick_device, pick_dtype
@@ -78,9 +78,8 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
         }
     run.profile_file.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, lengths)
-    plot(results, run.profile_file.with_suffix(".png"))
-    print("results (profile.json, profile.png) are in:")
-    print(run.path.resolve())
+    plot(results, run.profile_plot)
+    print_results("profile.json, profile.png", run.path)
     return results
 
 

@@ -203,9 +203,10 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
 
 def _our_data(mode: str, cfg, spec: dict):
     """(data module, model config) built as the blockbert run builds them."""
+    from blockbert.data.cache import cache_dir
     from blockbert.train.settings import model_config
 
-    cache = Path(cfg.paths.cache_dir)
+    cache = cache_dir(cfg)
     if mode == "pretrain":
         from blockbert.data.pretrain_datamodule import PretrainDataModule
 

@@ -178,20 +178,25 @@ class BlockBertConfig:
         """m = ceil(N / n): block i holds positions i*m .. (i+1)*m - 1 (N padded to a multiple of n)."""
         return -(-self.block_seq_len // self.num_blocks)
 
-    def check_sequence_length(self, seq_len: int, setting: str | None = None) -> None:
+    def check_sequence_length(self, seq_len: int, setting: str | None = None, hint: str | None = None) -> None:
         """Refuse sequences the model cannot hold: longer than its positions, or (block) than N. The one check of a
-        length against the model: its inputs (``forward``), and a run's ``setting`` (``data.max_seq_length``)."""
+        length against the model: its inputs (``forward``), and a run's ``setting`` (``data.max_seq_length``),
+        whose error names model.* or, for a model that comes from a checkpoint, gives ``hint`` instead."""
         what = f"sequence length {seq_len}" if setting is None else f"{setting}={seq_len}"
+        offset = f" (minus position_offset={self.position_offset})" if self.position_offset else ""
         if seq_len > self.max_sequence_length:
-            raise ConfigError(
-                f"{what} exceeds {'' if setting is None else 'model.'}max_position_embeddings="
-                f"{self.max_position_embeddings}"
-                + (f" (minus position_offset={self.position_offset})" if self.position_offset else "")
-                + f": use sequences of at most {self.max_sequence_length} tokens or a model with more positions"
-            )
+            if setting is None:
+                limit = f"max_position_embeddings={self.max_position_embeddings}{offset}"
+                advice = f"use sequences of at most {self.max_sequence_length} tokens or a model with more positions"
+            elif hint is None:
+                limit = f"model.max_position_embeddings={self.max_position_embeddings}{offset}"
+                advice = f"set model.max_position_embeddings={seq_len} or a shorter {setting}"
+            else:
+                limit, advice = f"the model's {self.max_sequence_length} positions", hint
+            raise ConfigError(f"{what} exceeds {limit}: {advice}")
         if self.attention == "block" and seq_len > self.block_seq_len:
+            advice = f"use sequences of at most {self.block_seq_len} tokens or a model with a larger block_seq_len"
             raise ConfigError(
                 f"{what} exceeds block_seq_len={self.block_seq_len}, the length block attention cuts into "
-                f"n={self.num_blocks} blocks of {self.block_size} positions: use sequences of at most "
-                f"{self.block_seq_len} tokens or a model with a larger block_seq_len"
+                f"n={self.num_blocks} blocks of {self.block_size} positions: {hint or advice}"
             )

@@ -59,7 +59,7 @@ REQUEUE_SIGNAL = signal.SIGUSR1  # keep in step with hydra.launcher.additional_p
 GPU_ACCELERATORS = ("gpu", "cuda")
 
 
-def cluster_environment(run_dir: RunDir):
+def cluster_environment(run_dir: RunDir | None):
     """The Lightning cluster environment plugin for this run, or None for Lightning's own choice.
 
     - inside a ``cluster=submitit_local`` job: :class:`SubmititLocalEnvironment` (its tasks are the ranks);
@@ -83,9 +83,9 @@ def cluster_environment(run_dir: RunDir):
     return SLURMEnvironment(auto_requeue=True, requeue_signal=REQUEUE_SIGNAL)
 
 
-def _warn_if_requeued_into_a_new_directory(run_dir: RunDir) -> None:
+def _warn_if_requeued_into_a_new_directory(run_dir: RunDir | None) -> None:
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-    if not restarts.isdigit() or int(restarts) == 0:
+    if run_dir is None or not restarts.isdigit() or int(restarts) == 0:
         return
     if not run_dir.checkpoint_candidates():
         log.warning(

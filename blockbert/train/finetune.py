@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from blockbert.data.cache import cache_dir
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.errors import ConfigError
 from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
-from blockbert.formats.checkpoints import import_model
+from blockbert.formats.checkpoints import import_model, load_pretrain_run
 from blockbert.formats.pretrained import BlockBertForQuestionAnswering
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
@@ -33,23 +33,27 @@ def finetune(
     :func:`blockbert.formats.checkpoints.load_pretrain_run`); ``heads_given``: the command line set ``model.heads``;
     ``callbacks`` join the trainer's. Returns the metrics of every split."""
     seq_len = cfg.data.max_seq_length
-    cache_dir = Path(cfg.paths.cache_dir).expanduser()
+    cache = cache_dir(cfg)
     config, encoder, tokenizer = starting_point(cfg, start, heads_given)
-    config.check_sequence_length(seq_len, "data.max_seq_length")  # a pre-trained model keeps its N
+    pretrained = encoder is not None  # a pre-trained model keeps its positions and N
+    hint = "fine-tune at the model's length or shorter (an import with model.init_from extends its positions)"
+    config.check_sequence_length(seq_len, "data.max_seq_length", hint if pretrained else None)
     world = world_size(cfg.trainer)
     if world > 1:
         raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
     pl.seed_everything(cfg.seed, workers=True)
-    data = load_task(cfg.task, cache_dir)
+    data = load_task(cfg.task, cache)
     training = TrainingRun(cfg, run, callbacks)
     if tokenizer is None:  # a fresh model: its vocabulary from the task's text, its blocks cut from this length
-        tokenizer = training.tokenizer(lambda: qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache_dir))
+        tokenizer = training.own_tokenizer()
+        if tokenizer is None:
+            tokenizer = qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache)
         config = dataclasses.replace(
             config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
         )
     batch = cfg.optim.batch_size
     per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
-    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache_dir)
+    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache)
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder is not None:
@@ -77,10 +81,16 @@ def finetune(
 
 
 def starting_point(cfg: DictConfig, start: tuple | None, heads_given: bool) -> tuple[BlockBertConfig, dict, object]:
-    """(model config, encoder weights, tokenizer) to fine-tune: a pre-training run's, a Hugging Face checkpoint's
-    (``model.init_from``), or model.* from scratch (no weights, no tokenizer yet: both come from the task)."""
-    if start is not None:
-        return start
+    """(model config, encoder weights, tokenizer) to fine-tune: a pre-training run's (``init_from``; ``start`` when the
+    caller has read it already), a Hugging Face checkpoint's (``model.init_from``), or model.* from scratch (no
+    weights, no tokenizer yet: both come from the task)."""
+    if cfg.get("init_from") and cfg.model.get("init_from"):
+        raise ConfigError(
+            f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
+            "(a blockbert pre-training run, or a Hugging Face checkpoint)"
+        )
+    if cfg.get("init_from"):
+        return start or load_pretrain_run(cfg.init_from)
     if cfg.model.get("init_from"):
         config, state, tokenizer = import_model(
             BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length, heads_given=heads_given
@@ -96,8 +106,9 @@ def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, an
     for split in [s for s in ("dev", "test") if s in data]:
         start = time.perf_counter()
         outputs = training.trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
+        out_dir = training.run.predictions_dir(split)
         scores, threshold = evaluate_split(
-            data[split], datamodule.windows[split], outputs, answers, threshold, training.run.path / split, split
+            data[split], datamodule.windows[split], outputs, answers, threshold, out_dir, split
         )
         seconds = time.perf_counter() - start  # windows scored in batches, then the n-best post-processing
         timing[split] = {"seconds": seconds, "questions_per_s": len(data[split].examples) / seconds}

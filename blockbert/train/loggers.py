@@ -27,7 +27,7 @@ def build_logger(cfg: DictConfig, run: RunDir):
     if kind == "none":
         return False
     if kind == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(run.path), name="csv")
+        return pl.loggers.CSVLogger(save_dir=str(run.path), name=RunDir.CSV_LOGS)
     if kind == "wandb":
         mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
         if mode == "disabled":

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from blockbert.data.cache import cache_dir
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.formats.checkpoints import import_model
 from blockbert.formats.pretrained import BlockBertForMaskedLM, BlockBertForPreTraining
@@ -45,9 +45,9 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         *(batch, seq_len, batch * seq_len, world, per_device, accumulate),
     )
     training = TrainingRun(cfg, run, callbacks)
-    tokenizer = training.tokenizer(lambda: tokenizer)  # None: the data module trains or loads one
-    cache_dir = Path(cfg.paths.cache_dir).expanduser()
-    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, cache_dir, world, tokenizer=tokenizer)
+    if tokenizer is None:  # a resume reads its own; else the data module trains or loads one
+        tokenizer = training.own_tokenizer()
+    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, cache_dir(cfg), world, tokenizer=tokenizer)
     data.prepare_data()  # builds the cache once (later processes and ranks only read it)
     data.setup("fit")
     if state is None:
@@ -60,7 +60,7 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     trainer_args["val_check_interval"] *= accumulate  # in micro-batches
     trainer = training.build_trainer(
         checkpoint=dict(
-            filename="step-{step}",
+            filename=RunDir.STEP_CHECKPOINT,
             monitor="step",
             mode="max",
             save_top_k=cfg.checkpoint_keep,

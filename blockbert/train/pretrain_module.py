@@ -14,9 +14,13 @@ from blockbert.train.optim import adamw_with_warmup
 
 
 class PretrainModule(pl.LightningModule):
-    def __init__(self, config: BlockBertConfig, next_sentence_prediction: bool, optim: dict, max_steps: int):
+    def __init__(
+        self, model_config: BlockBertConfig | dict, next_sentence_prediction: bool, optim: dict, max_steps: int
+    ):
         super().__init__()
-        # plain data only in the checkpoint (it is read with weights_only=True): the config as a dict
+        config = model_config if isinstance(model_config, BlockBertConfig) else BlockBertConfig(**model_config)
+        # plain data only in the checkpoint (it is read with weights_only=True), under the names load_from_checkpoint
+        # passes back: the config as a dict
         self.save_hyperparameters(
             dict(model_config=config.to_dict(), next_sentence_prediction=next_sentence_prediction, optim=optim,
                  max_steps=max_steps)

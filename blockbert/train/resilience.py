@@ -264,7 +264,7 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
     started or at the step it started from (it would replace a newer state with an older or emptier
     one), and never for a non-finite state."""
 
-    def __init__(self, guard: RunGuard, dirpath: Path, filename: str = "interrupted"):
+    def __init__(self, guard: RunGuard, dirpath: Path, filename: str = RunDir.INTERRUPTED):
         super().__init__(dirpath=dirpath, filename=filename)
         self.guard = guard
         self.saved = False
@@ -333,12 +333,13 @@ class RunSafety:
                 raise
             if where:  # after training
                 then = (
-                    f"training is complete and saved in checkpoints/last.ckpt; run the same command with "
+                    f"training is complete and saved in {self.run.last_checkpoint.relative_to(self.run.path)}; run "
+                    "the same command with "
                     f"hydra.run.dir={self.run.path} to validate it"
                 )
             else:
                 saved = (
-                    "its state is saved in checkpoints/interrupted.ckpt"
+                    f"its state is saved in {self.run.interrupted_checkpoint.relative_to(self.run.path)}"
                     if self.exception_checkpoint.saved
                     else "no optimizer step since it started, so nothing new was saved"
                 )

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from blockbert.display import print_results
 from blockbert.formats.checkpoints import run_tokenizer
 from blockbert.formats.run_dir import RunDir
 from blockbert.train.callbacks import MetricsJson
@@ -26,19 +27,21 @@ log = logging.getLogger(__name__)
 
 
 class TrainingRun:
-    """One training run in ``run``; ``callbacks`` join the trainer's first (the whole-run benchmark times steps)."""
+    """One training run in ``run``; ``extra_callbacks`` join the trainer's first (the whole-run benchmark times steps
+    with one). The Trainer and what comes with it (metrics.json, the logger, the safety pieces) exist once
+    :meth:`build_trainer` has run."""
 
-    def __init__(self, cfg: DictConfig, run: RunDir, callbacks: tuple = ()):
-        self.cfg, self.run, self.extra_callbacks = cfg, run, list(callbacks)
+    def __init__(self, cfg: DictConfig, run: RunDir, extra_callbacks: tuple = ()):
+        self.cfg, self.run, self.extra_callbacks = cfg, run, list(extra_callbacks)
         self.trainer: pl.Trainer | None = None
         self.metrics: MetricsJson | None = None
         self.logger = None
         self.safety: RunSafety | None = None
 
-    def tokenizer(self, make):
+    def own_tokenizer(self):
         """The run's own tokenizer when it has one (a resume: a trained WordPiece is not reproducible, the run must
-        read the ids it trained on), else ``make()``."""
-        return run_tokenizer(self.run) if self.run.has_tokenizer() else make()
+        read the ids it trained on), else None."""
+        return run_tokenizer(self.run) if self.run.has_tokenizer() else None
 
     def prepare(self, module: pl.LightningModule, tokenizer) -> None:
         """Log the model, compile it if asked, and keep the tokenizer in the run (a resumed run keeps its files)."""
@@ -99,5 +102,4 @@ class TrainingRun:
         if self.trainer.global_rank == 0:
             for line in lines:
                 print(line)
-            print(f"results ({contents}) are in:")
-            print(self.run.path.resolve())
+            print_results(contents, self.run.path)

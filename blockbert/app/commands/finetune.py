@@ -7,10 +7,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from blockbert.app.run_config import check_paper_row, given_on_command_line, without_demo_defaults
-from blockbert.errors import ConfigError
 from blockbert.formats.checkpoints import load_pretrain_run
 from blockbert.formats.run_dir import RunDir
-from blockbert.model.config import BlockBertConfig
 from blockbert.train.cluster import check_accelerator
 from blockbert.train.finetune import finetune
 from blockbert.train.resilience import run_lock
@@ -18,15 +16,9 @@ from blockbert.train.resilience import run_lock
 
 def main(cfg: DictConfig) -> dict:
     run = RunDir(HydraConfig.get().runtime.output_dir)
-    if cfg.get("init_from") and cfg.model.get("init_from"):
-        raise ConfigError(
-            f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
-            "(a blockbert pre-training run, or a Hugging Face checkpoint)"
-        )
-    start = None
-    if cfg.get("init_from"):  # read once: its N, its weights, its tokenizer
-        config, encoder, tokenizer = load_pretrain_run(cfg.init_from)
-        start = BlockBertConfig(**config), encoder, tokenizer
+    # read once, here: its N decides the config; the run takes its weights and tokenizer (model.init_from beside it
+    # is refused there)
+    start = load_pretrain_run(cfg.init_from) if cfg.get("init_from") and not cfg.model.get("init_from") else None
     cfg = without_demo_defaults(cfg, "finetune", start[0].block_seq_len if start else None)
     check_accelerator(cfg.trainer)
     with run_lock(run):

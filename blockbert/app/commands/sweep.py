@@ -26,7 +26,7 @@ from blockbert.experiments.sweep_plan import (
     wandb_sweep,
 )
 from blockbert.formats.compose import compose
-from blockbert.formats.run_dir import RunDir
+from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.train.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def run_sweep(
     source_dir = Path(source).expanduser().resolve() if source else None
     grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
     if directory:
-        grid = keep_job_numbers(sweep, grid, Path(directory).expanduser() / "sweep.yaml")
+        grid = keep_job_numbers(sweep, grid, SweepDir(directory).spec_file)
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
@@ -105,7 +105,7 @@ def run_sweep(
         return 0
     sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.yaml").write_text(
+    SweepDir(sweep_dir).spec_file.write_text(
         yaml.safe_dump(
             {
                 "name": sweep.name,
