@@ -11,6 +11,7 @@ import os
 import sys
 
 import typer
+import typer._completion_shared
 
 # The command never loads models through transformers' Auto classes: `import blockbert` (the help's config groups
 # import it) skips registering with them, an import of torch and transformers' model code taking seconds, in this
@@ -23,6 +24,14 @@ app = typer.Typer(
     "data.max_seq_length=1024`.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
+)
+
+# bash ends a completed word with a space: not a `key=` (`data.max_se<TAB>` -> `data.max_seq_length=`), whose value
+# is typed next. Typer's bash script with that one line added (typer builds the script from this table when it shows
+# or installs it).
+NO_SPACE_AFTER_EQUALS = "    [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace\n"
+typer._completion_shared._completion_scripts["bash"] = typer._completion_shared.COMPLETION_SCRIPT_BASH.replace(
+    "    return 0\n", NO_SPACE_AFTER_EQUALS + "    return 0\n", 1
 )
 
 HYDRA_ARGS = {"ignore_unknown_options": True}  # Hydra's flags (-m, --cfg job, ...) reach the overrides as they are
@@ -126,7 +135,12 @@ def sweep(
         autocompletion=complete_sweep_name,
     ),
     overrides: list[str] = OVERRIDES,
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and stop."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="List the jobs, the launcher's resolved settings (cluster=slurm) and each job's command line; "
+        "run and submit nothing.",
+    ),
     directory: str = typer.Option(
         None, "--dir", help="Sweep directory; give an earlier one to resume it (complete jobs are skipped)."
     ),
@@ -139,11 +153,12 @@ def sweep(
     """Run a sweep from sweeps/ (head assignments, fine-tuning grids, Table 2's rows) as a Hydra
     multirun, then summarise it (summary.csv, a table best first, a plot for head sweeps).
 
-    Extra overrides apply to every job and replace the sweep file's own of the same key; `cluster=slurm`
+    Extra overrides apply to every job and replace the sweep file's own of the same key; Hydra's sweeps
+    (`seed=0,1`, `seed=range(0,3)`, `choice(...)`, `glob(...)`) join the grid; `cluster=slurm`
     submits the jobs to SLURM. A failed job is listed with its error and does not stop the others.
     `finetune_each --from DIR` fine-tunes every finished job of the pre-training sweep in DIR.
 
-    Example (laptop scale): `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=50`
+    Example (laptop scale): `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=300`
     """
     from blockbert.app.commands.sweep import run_sweep
 

@@ -25,7 +25,7 @@ HEAVY = ("torch", "pytorch_lightning", "lightning", "transformers", "datasets")
         (["pretrain", "--cfg", "job"], 0),
         (["finetune", "model=blockbert_n3", "--cfg", "job"], 0),
         (["sweep", "heads_n3", "--dry-run"], 0),
-        (["pretrain", "model.heads=nonsense", "model=tiny", "--cfg", "job"], 0),  # composes; the run checks the heads
+        (["pretrain", "model.heads=nonsense", "model=tiny", "--cfg", "job"], 2),  # checked while composing
         (["pretrain", "model=no_such_model", "--cfg", "job"], 2),  # an error while composing
     ],
 )
@@ -56,12 +56,25 @@ def test_command_help_lists_config_groups_with_their_options_and_default():
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "Config groups" in text
-    assert "model: blockbert_n2 | blockbert_n3 |" in text and "roberta_1seq (default)" in text
+    assert "model: blockbert_n2 | blockbert_n3 |" in text and "| tiny (default)" in text
     assert "experiment:" in text and "tiny (default)" in text and "blockbert_n2_512" in text
     finetune = " ".join(runner.invoke(cli.app, ["finetune", "--help"], terminal_width=200).output.split())
     assert "task: generated (default) | mrqa | squad11 | squad20" in finetune
     benchmark = " ".join(runner.invoke(cli.app, ["benchmark", "--help"], terminal_width=200).output.split())
     assert "bench: table5" in benchmark and "size: base |" in benchmark
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "profile", "benchmark"])
+def test_the_help_names_the_defaults_the_run_composes(command):
+    """Each group's default in the help is the option a run with no arguments composes (Hydra's own choices)."""
+    from hydra.types import RunMode
+
+    from blockbert.formats.compose import config_groups, config_loader
+
+    choices = config_loader().load_configuration(command, [], RunMode.RUN).hydra.runtime.choices
+    assert {group: default for group, (default, _) in config_groups(command).items()} == {
+        group: choices.get(group) for group in config_groups(command)
+    }
 
 
 @pytest.mark.parametrize(
@@ -97,6 +110,22 @@ def test_bash_completion_through_the_installed_entry_point(tmp_path):
     }
     done = subprocess.run([sys.executable, shutil.which("blockbert")], capture_output=True, text=True, env=env)
     assert done.stdout.split() == ["blockbert_n2", "blockbert_n3"], done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("blockbert")), reason="needs bash and blockbert")
+def test_bash_completion_of_a_key_leaves_no_space_after_its_equals_sign(tmp_path):
+    script = subprocess.run(["blockbert", "--show-completion", "bash"], capture_output=True, text=True).stdout
+    assert "compopt -o nospace" in script
+    probe = tmp_path / "probe.sh"  # the installed function with bash's own variables, compopt recorded
+    probe.write_text(
+        script.replace("complete -o default", "# complete -o default")
+        + '\ncompopt() { echo compopt "$@"; }\nCOMP_WORDS=(blockbert pretrain data.max_se); COMP_CWORD=2\n'
+        "_blockbert_completion blockbert\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n"
+        "COMP_WORDS=(blockbert pretrain model = blockbert_n); COMP_CWORD=4\n_blockbert_completion blockbert\n"
+        "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    out = subprocess.run(["bash", str(probe)], capture_output=True, text=True).stdout.splitlines()
+    assert out == ["compopt -o nospace", "data.max_seq_length=", "blockbert_n2", "blockbert_n3"]
 
 
 def test_hydra_shell_completion_flag_points_to_ours():

@@ -134,7 +134,7 @@ def test_a_cluster_without_multirun_is_refused_with_one_line(in_tmp, name):
         ),
         (["trainer=ddp", "trainer.devices=2,4"], "trainer.devices=2,4 cannot be swept; run one multirun per value"),
         (["trainer=ddp,gpu"], "trainer=ddp,gpu cannot be swept"),
-        (["trainer.devices=4", "trainer.num_nodes=0"], "trainer.num_nodes=0 must be a number of nodes"),
+        (["trainer.devices=4", "trainer.num_nodes=0"], "trainer.num_nodes=0 is out of range: it must be >= 1"),
     ],
 )
 def test_slurm_refuses_resources_it_cannot_ask_for(in_tmp, args, message):
@@ -177,6 +177,42 @@ def test_slurm_resources_through_the_cli(run, tmp_path):
     lines = [line.strip() for line in out.stdout.splitlines()]
     for line in ("tasks_per_node: 4", "gpus_per_node: 4", "nodes: 2", "signal: USR1@120"):
         assert line in lines
+
+
+def test_a_slurm_sweeps_dry_run_shows_the_resolved_launcher_and_each_jobs_command(in_tmp, monkeypatch):
+    """`blockbert sweep heads_n2 cluster=slurm --dry-run`: what SLURM will be asked for, resolved (gpus_per_node was
+    left as ${blockbert_gpus_per_node:...}), and one command line per job; nothing is submitted."""
+    slurm = {name: "exit 1" for name in ("sbatch", "srun", "sacct", "squeue", "scontrol")}
+    monkeypatch.setenv("PATH", f"{fake_commands(in_tmp, **slurm)}:{os.environ['PATH']}")
+    gpus = ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    result = runner.invoke(
+        cli.app, ["sweep", "heads_n2", "cluster=slurm", "hydra.launcher.partition=gpu", *gpus, "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "${" not in out
+    launcher = out[out.index("launcher: SlurmLauncher") : out.index("job commands")].splitlines()
+    for line in ("partition: gpu", "nodes: 2", "tasks_per_node: 4", "gpus_per_node: 4", "timeout_min: 4320"):
+        assert line in launcher
+    assert "additional_parameters:" in launcher and "  signal: USR1@120" in launcher and "name: pretrain" in launcher
+    assert f"submitit_folder: {in_tmp / 'multirun' / 'sweeps' / 'heads_n2'}" in out
+    commands = [line.split(": ", 1)[1] for line in out.splitlines() if ": blockbert " in line]
+    assert len(commands) == 13
+    assert commands[0] == (
+        "blockbert pretrain -m experiment=blockbert_n2_512 data=wiki_book trainer.max_steps=1200000 cluster=slurm "
+        "hydra.launcher.partition=gpu trainer=ddp trainer.devices=4 trainer.num_nodes=2 model.heads=12:0"
+    )
+    assert not (in_tmp / "calls.txt").exists() and not (in_tmp / "multirun").exists()  # no SLURM command ran
+
+    cpu = runner.invoke(cli.app, ["sweep", "heads_n2", "cluster=slurm", "--dry-run"])
+    assert cpu.exit_code == 0 and {"partition: null", "gpus_per_node: null"} <= set(cpu.output.splitlines())
+    local = runner.invoke(cli.app, ["sweep", "heads_n2", "--dry-run"])
+    assert (
+        local.exit_code == 0 and "launcher:" not in local.output and "0: blockbert pretrain experiment=" in local.output
+    )
+    refused = runner.invoke(cli.app, ["sweep", "heads_n2", "cluster=slurm", "trainer=ddp", "--dry-run"])
+    assert refused.exit_code == 2 and "trainer.devices=-1 (all GPUs of a node" in error_line(refused.output)
+    assert not (in_tmp / "calls.txt").exists()
 
 
 def test_the_sbatch_script_asks_for_the_trainers_resources_and_lightnings_signal(run, tmp_path):

@@ -6,6 +6,7 @@ import re
 import pytest
 from hydra import compose, initialize_config_dir
 
+from blockbert.data.corpus import load_documents
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.errors import ConfigError
 from blockbert.paths import config_dir
@@ -86,3 +87,63 @@ def test_sentence_pairs_of_grouped_rows_follow_each_other(tmp_path):
 def test_bad_rows_per_document_is_one_line(tmp_path, value):
     with pytest.raises(ConfigError, match=r"data.rows_per_document=.* is not accepted: give an integer >= 1"):
         data_module(tmp_path, False, f"data.rows_per_document={value}")
+
+
+WIKITEXT = " = Title = \n \n Text line one .\n \n = = Section = = \n \n more text .\n"
+
+
+def files_config(tmp_path, files, documents="paragraph", *overrides):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(
+            config_name="pretrain",
+            overrides=[
+                "data=text_files",
+                f"data.files={files}",
+                f"data.documents={documents}",
+                "data.max_seq_length=128",
+                "data.tokenizer_vocab_size=200",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                *overrides,
+            ],
+        )
+
+
+def test_whitespace_only_lines_separate_paragraphs(tmp_path):
+    """WikiText's separator lines hold one space (" \\n"): each block between them is a document."""
+    (tmp_path / "valid.txt").write_text(WIKITEXT)
+    cfg = files_config(tmp_path, tmp_path / "valid.txt")
+    docs = load_documents(cfg.data, tmp_path / "cache")["text"]
+    assert [d.strip() for d in docs] == ["= Title =", "Text line one .", "= = Section = =", "more text ."]
+    # tabs, several separator lines, CRLF files and plain blank lines, all in one file
+    (tmp_path / "mixed.txt").write_bytes(b"a one\r\na two\r\n\t \r\n\r\n  \r\nb one\n\nc one\nc two\n \t\n")
+    docs = load_documents(files_config(tmp_path, tmp_path / "mixed.txt").data, tmp_path / "cache")["text"]
+    assert list(docs) == ["a one\na two", "b one", "c one\nc two"]
+
+
+def test_a_wikitext_shaped_corpus_builds(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    sections = [
+        f" = = Section {i} = = \n \n {' '.join(WORDS[i % 7 :])} .\n {' '.join(WORDS[: 5 + i % 5])} .\n"
+        for i in range(60)
+    ]
+    (tmp_path / "corpus" / "valid.txt").write_text(" = Title = \n \n" + " \n".join(sections))
+    cfg = files_config(tmp_path, f"{tmp_path}/corpus/*.txt", "paragraph", "data.validation_fraction=0.1")
+    dm = PretrainDataModule(cfg.data, False, 4, 0, tmp_path / "cache")
+    dm.setup()
+    manifest = json.loads(next((tmp_path / "cache" / "pretrain").glob("*/manifest.json")).read_text())
+    assert manifest["documents"] == {"train": 109, "validation": 12}  # the title, 60 headings, 60 texts
+
+
+def test_too_few_documents_suggest_one_per_line(tmp_path):
+    (tmp_path / "one.txt").write_text("A first line .\nA second line .\nA third line .\n")
+    cfg = files_config(tmp_path, tmp_path / "one.txt")
+    with pytest.raises(
+        ConfigError,
+        match=r"the corpus '.*one\.txt' has 1 non-empty document\(s\): need at least 2.*"
+        r"give data\.documents=line",
+    ):
+        PretrainDataModule(cfg.data, False, 1, 0, tmp_path / "cache").setup()
+    cfg = files_config(tmp_path, tmp_path / "one.txt", "line", "data.validation_fraction=0.3")
+    dm = PretrainDataModule(cfg.data, False, 1, 0, tmp_path / "cache")
+    dm.setup()
+    assert len(dm.train_set) == 2

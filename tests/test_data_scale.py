@@ -396,7 +396,7 @@ def test_build_windows_matches_the_previous_one(tiny_tokenizer):
 
 @pytest.mark.slow
 def test_data_benchmark_end_to_end(blockbert, tmp_path):
-    args = ["mode=data", "data_sizes_mb=[0.3,0.6]", "data_max_seq_length=64", f"paths.cache_dir={tmp_path / 'bench'}"]
+    args = ["mode=data", "data.sizes_mb=[0.3,0.6]", "data.max_seq_length=64", f"paths.cache_dir={tmp_path / 'bench'}"]
     out = blockbert(tmp_path, "benchmark", *args, "hydra.run.dir=b")
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert [r["size_mb"] for r in result["records"]] == [0.3, 0.6]

@@ -99,3 +99,13 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
         cfg = yaml.safe_load(result.output)
         if name in ("pretrain", "finetune"):
             model_config(OmegaConf.create(cfg["model"]))  # a valid model, heads included
+
+
+def test_the_laptop_step_count_is_the_demos_everywhere():
+    """The laptop form of a sweep (README, docs, the help, the sweep files) runs the CPU demo's own step count."""
+    tiny = yaml.safe_load((ROOT / "conf" / "experiment" / "tiny.yaml").read_text())["trainer"]["max_steps"]
+    texts = [ROOT / "README.md", ROOT / "cli.py", *(ROOT / "docs").glob("*.md"), *(ROOT / "sweeps").glob("*.yaml")]
+    found = [
+        int(m) for path in texts for m in re.findall(r"experiment=tiny .*?trainer\.max_steps=(\d+)", path.read_text())
+    ]
+    assert found and set(found) == {tiny}

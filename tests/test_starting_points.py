@@ -42,10 +42,12 @@ def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(finetun
 def test_an_experiment_the_user_chose_is_kept_with_its_heads_fitted_to_the_checkpoint(finetune, tmp_path):
     out = finetune(tmp_path, "experiment=tiny")  # the 4-head demo model's split, 3:1, for the 12-head checkpoint
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "starting from a checkpoint" not in out.stdout + out.stderr
-    assert "has 12 heads: heads 3:1 -> 9:3" in out.stdout + out.stderr
+    line = next(line for line in (out.stdout + out.stderr).splitlines() if "starting from a checkpoint" in line)
+    assert "starting from a checkpoint: the checkpoint's model; changed:" in line
+    assert "model.heads: '3:1' -> '9:3'" in line and "optim.lr" not in line
     used = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())
     assert used["optim"]["lr"] == 1e-3  # the experiment's own values stay
+    assert used["model"]["heads"] == "9:3" and used["model"]["hidden_size"] == 384  # the run's model, as it ran
 
 
 def test_heads_given_on_the_command_line_must_fit_the_checkpoint(finetune, tmp_path):

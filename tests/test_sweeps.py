@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from typer.testing import CliRunner
 
+import cli
+from blockbert.errors import ConfigError
 from blockbert.experiments.sweep_plan import (
     available,
     expand,
@@ -21,6 +24,15 @@ from blockbert.experiments.sweep_plan import (
 )
 from blockbert.paths import config_dir
 from blockbert.train.settings import model_config
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BLOCKBERT_CACHE", str(tmp_path / "cache"))
+    return tmp_path
 
 
 def test_head_grids_have_the_paper_sizes_and_sum_to_the_heads():
@@ -92,6 +104,7 @@ def run(blockbert):
     return lambda tmp_path, *args, check=True: blockbert(tmp_path, *args, check=check, timeout=900)
 
 
+NO_TOKENIZER = "no/such/tokenizer"
 TINY_JOB = [
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
@@ -110,24 +123,24 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(run, tmp_path):
                 "overrides": ["model=tiny"],
                 "metric": "val/ppl",
                 "mode": "min",
-                "parameters": {"model.heads": ["3:1", "7:2", "2:2"]},
+                "parameters": {"model.heads": ["3:1", "2:2"], "data.tokenizer": ["train", NO_TOKENIZER]},
             }
         )
-    )
+    )  # jobs 2 and 3 (the keys sorted) fail as they start; a config error stops a sweep before any job starts
     sweep_dir = tmp_path / "sweep"
     out = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
     assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
     with (sweep_dir / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["finished", "finished", "failed"]  # best first, failure last
-    assert rows[2]["model.heads"] == "7:2" and "assigns 9 heads" in rows[2]["error"]
+    assert [r["status"] for r in rows] == ["finished", "finished", "failed", "failed"]  # best first, failures last
+    assert rows[2]["data.tokenizer"] == NO_TOKENIZER and NO_TOKENIZER in rows[2]["error"]
     assert float(rows[0]["val/ppl"]) <= float(rows[1]["val/ppl"])
     assert (sweep_dir / "summary.png").stat().st_size > 0
-    assert (sweep_dir / "1" / "error.txt").is_file()
+    assert (sweep_dir / "2" / "error.txt").is_file()
     again = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
-    assert "skipping job 0" in again.stdout and "skipping job 2" in again.stdout
+    assert "skipping job 0" in again.stdout and "skipping job 1" in again.stdout
     report = run(tmp_path, "report", str(sweep_dir))
-    assert "7:2" in report.stdout and "failed" in report.stdout
+    assert NO_TOKENIZER in report.stdout and "failed" in report.stdout
 
 
 def test_sweep_through_submitit_local(run, tmp_path):
@@ -186,10 +199,10 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
                 "command": "pretrain",
                 "overrides": ["experiment=tiny"],
                 "metric": "val/best_ppl",
-                "parameters": {"model.heads": ["3:1", "7:2", "2:2"]},
+                "parameters": {"model.heads": ["3:1", "2:2"], "data.tokenizer": ["train", NO_TOKENIZER]},
             }
         )
-    )  # 7:2 fails
+    )  # jobs 2 and 3 fail
     pretrained = tmp_path / "pretrained"
     run(
         tmp_path,
@@ -203,7 +216,7 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         "--dir",
         str(pretrained),
     )
-    for job in ("0", "2"):
+    for job in ("0", "1"):
         metrics = json.loads((pretrained / job / "metrics.json").read_text())
         assert metrics["val/best_ppl"] <= metrics["val/ppl"] and metrics["val/best_ppl_step"] in (0, 2, 4)
     missing = run(tmp_path, "sweep", "finetune_each", "experiment=tiny", check=False)
@@ -228,11 +241,11 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
     assert "pretrain val/best_ppl" in out.stdout
     with (tuned / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["pretrain job"] for r in rows) == ["0", "2"]  # the failed job is not fine-tuned
+    assert sorted(r["pretrain job"] for r in rows) == ["0", "1"]  # the failed jobs are not fine-tuned
     for row in rows:
         origin = json.loads((pretrained / row["pretrain job"] / "metrics.json").read_text())
         assert float(row["pretrain val/best_ppl"]) == pytest.approx(origin["val/best_ppl"])
-        assert row["model.heads"] == {"0": "3:1", "2": "2:2"}[row["pretrain job"]]
+        assert row["model.heads"] == {"0": "3:1", "1": "2:2"}[row["pretrain job"]]
         assert row["status"] == "finished" and row["dev/f1"] != ""
 
 
@@ -249,11 +262,67 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
 
 
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
-    from blockbert.experiments.sweep_plan import comma_lists
+    from blockbert.app.commands.sweep import parse_overrides
 
-    fixed, swept = comma_lists(["seed=0,1,2", "experiment=tiny", "optim.betas=[0.9,0.98]", "+x=a,b", "hydra.a=1,2"])
-    assert swept == {"seed": ["0", "1", "2"], "x": ["a", "b"]}
+    fixed, swept, _ = parse_overrides(
+        ["seed=0,1,2", "experiment=tiny", "optim.betas=[0.9,0.98]", "+x=a,b", "hydra.a=1,2"]
+    )
+    assert swept == {"seed": [0, 1, 2], "+x": ["a", "b"]}  # "+x": the key as Hydra writes it in overrides.yaml
     assert fixed == ["experiment=tiny", "optim.betas=[0.9,0.98]", "hydra.a=1,2"]
+
+
+def test_hydras_sweep_syntax_is_read_by_hydras_grammar_and_expanded_as_its_basic_sweeper_does():
+    """range, choice, glob and comma lists, with values that need Hydra's quoting (a colon, a space, a list): the
+    grid's values, and the jobs our multirun arguments make Hydra's basic sweeper run, one for one."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from blockbert.app.commands.sweep import parse_overrides
+    from blockbert.experiments.sweep_plan import job_overrides, multirun_args
+
+    fixed, swept, texts = parse_overrides(
+        [
+            "seed=range(0,2)",
+            "experiment=tiny",
+            "model.heads=choice(3:1,'2:2')",
+            "model=glob(blockbert_n*)",
+            "+tag='a b',c",
+            "optim.betas=[0.9,0.98],[0.9,0.999]",
+        ]
+    )
+    assert fixed == ["experiment=tiny"]
+    assert swept == {
+        "seed": [0, 1],
+        "model.heads": ["3:1", "2:2"],
+        "model": ["blockbert_n2", "blockbert_n3"],
+        "+tag": ["a b", "c"],
+        "optim.betas": [[0.9, 0.98], [0.9, 0.999]],
+    }
+    args = multirun_args(swept, texts)
+    (hydra_jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    ours = job_overrides(swept, texts)
+    assert len(ours) == len(jobs(swept)) == 32 and hydra_jobs == ours
+    assert ours[0] == ["seed=0", "model.heads=3\\:1", "model=blockbert_n2", "+tag='a b'", "optim.betas=[0.9,0.98]"]
+    with pytest.raises(ConfigError, match=r"lr=interval\(0,1\): .* takes comma lists, range\(...\), choice"):
+        parse_overrides(["lr=interval(0,1)"])
+    with pytest.raises(ConfigError, match="seed=range"):
+        parse_overrides(["seed=range(0,"])
+
+
+def test_a_sweep_over_a_range_of_seeds_is_planned(in_tmp):
+    """`blockbert sweep heads_n2 'seed=range(0,2)'`: Hydra's own sweep syntax joins the grid (it was refused)."""
+    result = runner.invoke(
+        cli.app, ["sweep", "heads_n2", "experiment=tiny", "data=tiny_corpus", "seed=range(0,2)", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sweep heads_n2: 10 pretrain" in result.output  # 4 heads over 2 shifts: 5 configs, times 2 seeds
+    lines = [line.split(": ", 1)[1] for line in result.output.splitlines() if ": blockbert " in line]
+    assert len(lines) == 10 and not any("range" in line for line in lines)
+    assert (
+        lines[1]
+        == "blockbert pretrain trainer.max_steps=1200000 experiment=tiny data=tiny_corpus model.heads=4:0 seed=1"
+    )
+    assert not (in_tmp / "multirun").exists()
 
 
 def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
@@ -287,6 +356,48 @@ def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
     assert float(six["val/ppl std"]) == pytest.approx(0.3536, abs=1e-4)
     assert float(twelve["val/acc_longrange"]) == pytest.approx(0.07) and float(twelve["val/acc_local std"]) == 0
     assert (sweep_dir / "summary.png").stat().st_size > 0 and (sweep_dir / "summary.csv").is_file()
+
+
+def finished_jobs(sweep_dir, grid, results):
+    """A sweep directory whose jobs (``results``: (overrides, metrics) each) finished."""
+    for job, (overrides, metrics) in enumerate(results):
+        (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+        (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps({**metrics, "status": "finished"}))
+    spec = {"name": "close", "metric": "val/ppl", "mode": "min", "grid": grid}
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
+
+
+def test_the_summary_table_tells_close_perplexities_apart(tmp_path, capsys):
+    """Perplexities 227.659 ... 227.748 were all printed 227.7: each column gets the decimals that keep its
+    different values different (and the same decimals for every row)."""
+    from blockbert.experiments.sweep_summary import column_decimals, summarize_sweep
+
+    ppl = {"4:0": 227.748, "3:1": 227.659, "2:2": 227.7, "1:3": 227.701}
+    results = [([f"model.heads={h}"], {"val/ppl": v, "val/acc": 0.1}) for h, v in ppl.items()]
+    finished_jobs(tmp_path / "close", {"model.heads": list(ppl)}, results)
+    summarize_sweep(tmp_path / "close")
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if "finished" in line]
+    assert [(cells[2].strip(), cells[3].strip()) for cells in rows] == [
+        ("3:1", "227.659"),
+        ("2:2", "227.700"),
+        ("1:3", "227.701"),
+        ("4:0", "227.748"),
+    ]
+    assert column_decimals([227.659, 227.748]) == 2 and column_decimals([227.6, 227.6]) == 1
+    assert column_decimals([9.0, 12.0]) == 2 and column_decimals([0.0712, 0.0714]) == 5
+    assert column_decimals([1.0, 1.0 + 1e-15]) == 12 and column_decimals([None, float("nan")]) == 3
+
+
+def test_the_seed_table_tells_close_means_apart(tmp_path, capsys):
+    from blockbert.experiments.sweep_summary import summarize_sweep
+
+    values = {("4:0", "0"): 227.70, ("4:0", "1"): 227.80, ("3:1", "0"): 227.71, ("3:1", "1"): 227.75}
+    results = [([f"model.heads={h}", f"seed={s}"], {"val/ppl": v}) for (h, s), v in values.items()]
+    finished_jobs(tmp_path / "seeds", {"model.heads": ["4:0", "3:1"], "seed": ["0", "1"]}, results)
+    summarize_sweep(tmp_path / "seeds")
+    out = capsys.readouterr().out
+    assert "227.730 ± 0.028" in out and "227.750 ± 0.071" in out  # 227.7 ± 0.028 and 227.8 ± 0.071 before
 
 
 def test_docs_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):

@@ -288,3 +288,147 @@ def test_model_card_of_a_fine_tuned_and_of_a_dense_model(tmp_path):
     (run / "metrics.json").write_text("{not json")  # unreadable records are "not recorded" too
     (run / ".hydra" / "config.yaml").write_text(": : :\n- [")
     assert "not recorded" in model_card(tiny_model(BlockBertModel, "block"), run)
+
+
+# ---------------------------------------------------------------------------------- exports that fit the HF tools
+STANDARD = {  # config.json's standard name: the BlockBertConfig field
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "vocab_size": "vocab_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "intermediate_size": "intermediate_size",
+}
+
+
+@pytest.mark.parametrize("kind", ["block", "sparse"])
+def test_auto_config_of_an_export_has_the_standard_fields(tmp_path, kind):
+    model = tiny_model(BlockBertForMaskedLM, kind)
+    model.save_pretrained(tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["blockbert"] == model.config.to_dict()  # the source of truth for loading, as before
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+    assert isinstance(config, BlockBertHFConfig)
+    for name, field in STANDARD.items():
+        assert written[name] == getattr(config, name) == getattr(model.config, field), name
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 4)
+    assert (config.vocab_size, config.max_position_embeddings) == (100, 64)
+
+    # the node wins over the names beside it; an export without them (older) has the attributes all the same
+    written["hidden_size"], written["num_hidden_layers"] = 999, 7
+    (tmp_path / "out" / "config.json").write_text(json.dumps(written))
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+    assert (config.hidden_size, config.num_hidden_layers) == (32, 2)
+    old = {key: written[key] for key in ("model_type", "architectures", "blockbert")}
+    (tmp_path / "out" / "config.json").write_text(json.dumps(old))
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (32, 2, 100)
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"))
+    hf.save_pretrained(tmp_path / "again")  # transformers' writer keeps both
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["num_attention_heads"] == 4 and again["blockbert"]["num_heads"] == 4
+
+
+@pytest.mark.parametrize(
+    "kind, extra, longest",
+    [("block", {"block_seq_len": 48}, 48), ("block", {}, 64), ("sparse", {}, 64), ("dense", {}, 64)],
+)
+def test_exported_tokenizer_takes_the_models_longest_sequence(tmp_path, tiny_tokenizer, kind, extra, longest):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["model_max_length"] > 10**6
+    model = BlockBertForMaskedLM(BlockBertConfig(**TINY, **KINDS[kind], **extra))
+    model.save_pretrained(tmp_path / "out", tmp_path / "tok")
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == longest
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert tokenizer.model_max_length == longest
+    assert len(tokenizer("the model reads " * 40, truncation=True)["input_ids"]) == longest
+
+
+def write_run_config(run: Path, config: str) -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(config)
+    return run
+
+
+def test_model_card_names_real_data_and_no_preset_that_does_not_describe_the_model(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from blockbert.formats.presets import PRESETS
+
+    model = tiny_model(BlockBertForMaskedLM, "block")
+    local = write_run_config(  # roberta_1seq with block heads and other sizes, on local files
+        tmp_path / "local",
+        "model:\n  name: roberta_1seq\n  init_from: null\n"
+        "data:\n  name: text_files\n  source: files\n  files: [corpus/a.txt, corpus/b.txt]\n  hub_name: null\n",
+    )
+    card = ModelCard(model_card(model, local, PRESETS))
+    assert card.data.datasets is None and "datasets" not in card.data.to_dict()
+    assert card.data.library_name == "blockbert" and card.data.pipeline_tag == "fill-mask"
+    assert "| Data | text_files (local files: corpus/a.txt, corpus/b.txt) |" in card.text
+    assert "| Preset | roberta_1seq" not in card.text and "model.name 'roberta_1seq' does not describe it" in card.text
+    assert "attention block (preset: dense)" in card.text
+    assert "# BlockBERT: BlockBertForMaskedLM, block attention, n=2, heads 3:1 (4 heads)" in card.text
+
+    hub = write_run_config(
+        tmp_path / "hub",
+        "model:\n  name: x\ndata:\n  name: wikitext103\n  source: hub\n  hub_name: wikitext\n"
+        "  hub_config: wikitext-103-raw-v1\n",
+    )
+    card = ModelCard(model_card(model, hub, PRESETS))
+    assert card.data.datasets == ["wikitext"] and "wikitext103 (hub: wikitext; config wikitext-103-raw-v1)" in card.text
+    assert "model.name 'x' is not a preset here" in card.text
+
+    finetune = write_run_config(  # SQuAD from local files: its hub name is not what the run read
+        tmp_path / "ft",
+        "task:\n  name: squad11\n  hub_name: rajpurkar/squad\n  train_file: train-v1.1.json\n"
+        "  dev_file: dev-v1.1.json\n",
+    )
+    card = ModelCard(model_card(tiny_model(BlockBertForQuestionAnswering, "sparse"), finetune, PRESETS))
+    assert card.data.datasets is None and card.data.pipeline_tag == "question-answering"
+    assert "squad11 (local files: train-v1.1.json, dev-v1.1.json)" in card.text and "rajpurkar" not in card.text
+
+
+@pytest.fixture(scope="module")
+def exported_run(blockbert, tmp_path_factory) -> dict:
+    """{kind: export directory}: a tiny block-attention pretrain run on local text files (N = 64 = its positions)
+    exported by `blockbert export`, and its weights as a dense model saved with the run's tokenizer."""
+    tmp = tmp_path_factory.mktemp("export")
+    words = "the model reads a long sequence of words and learns what comes next in every block"
+    (tmp / "corpus.txt").write_text("\n\n".join(f"{words} {i}. {words}." for i in range(60)))
+    run_dir = tmp / "run"
+    overrides = ["data=text_files", f"data.files={tmp / 'corpus.txt'}", "data.tokenizer_vocab_size=200"]
+    overrides += ["model.attention=block", "model.heads=3:1", "model.max_position_embeddings=64"]
+    overrides += ["data.max_seq_length=64", "trainer.max_steps=1", "logger=none", "progress_bar=false"]
+    blockbert(tmp, "pretrain", *overrides, f"hydra.run.dir={run_dir}")
+    blockbert(tmp, "export", str(run_dir), str(tmp / "block"))
+    dense = BlockBertForMaskedLM.from_pretrained(str(tmp / "block"), attention="dense")
+    dense.save_pretrained(tmp / "dense", run_dir / "tokenizer")
+    return {"block": tmp / "block", "dense": tmp / "dense"}
+
+
+@pytest.mark.parametrize("kind", ["block", "dense"])
+def test_fill_mask_pipeline_runs_on_an_export_and_truncates_to_n(exported_run, kind):
+    out = exported_run[kind]
+    fill = transformers.pipeline("fill-mask", model=str(out))  # block: the Auto classes `import blockbert` registered
+    assert isinstance(fill.model, BlockBertHFForMaskedLM if kind == "block" else transformers.BertForMaskedLM)
+    assert fill.tokenizer.model_max_length == 64  # the run's tokenizer said 10**30
+    short = fill("the model [MASK] a long sequence.")
+    assert len(short) == 5 and all(0 <= guess["score"] <= 1 for guess in short)
+    text = "the model [MASK] a long sequence of words. " + "it learns what comes next in every block. " * 20
+    assert len(fill.tokenizer(text)["input_ids"]) > 64  # more than N: the model refuses it whole ...
+    guesses = fill(text, tokenizer_kwargs={"truncation": True})  # ... and takes its first N tokens
+    assert len(guesses) == 5 and guesses[0]["sequence"].startswith("the model")
+
+
+def test_export_of_a_local_files_run_fits_the_hub_tools(exported_run):
+    from huggingface_hub import ModelCard
+
+    out = exported_run["block"]
+    card = ModelCard.load(out / "README.md")  # a run on local files: no hub dataset in the metadata
+    assert card.data.datasets is None and card.data.library_name == "blockbert"
+    assert f"| Data | text_files (local files: {out.parent / 'corpus.txt'}) |" in card.text
+    assert "| Preset | tiny |" in card.text  # tiny is block attention 3:1, 2 layers, hidden 64, 4 heads
+    config = transformers.AutoConfig.from_pretrained(str(out))
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 2, 4)
+    assert config.max_position_embeddings == 64 and config.vocab_size == config.blockbert["vocab_size"] < 200
+    assert transformers.AutoTokenizer.from_pretrained(str(out)).model_max_length == config.blockbert["block_seq_len"]

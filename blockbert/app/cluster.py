@@ -80,10 +80,6 @@ class LauncherChecks(Callback):
                 f"cluster={self.cluster} starts trainer.devices tasks per node but "
                 f"trainer.devices={devices}{what}: set a number, e.g. trainer.devices=8"
             )
-        if not _is_count(nodes):
-            raise ConfigError(
-                f"cluster={self.cluster}: trainer.num_nodes={nodes} must be a number of nodes (1 or more)"
-            )
         if self.cluster == "submitit_local" and nodes != 1:
             raise ConfigError(
                 f"cluster=submitit_local runs on this machine only: trainer.num_nodes={nodes} "
@@ -93,3 +89,35 @@ class LauncherChecks(Callback):
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# the launcher settings a preview always shows, null or not (the others only when set)
+PREVIEW_KEYS = ("partition", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
+
+
+def launcher_settings(config) -> dict | None:
+    """A multirun's launcher settings (``config``: its config, with the ``hydra`` node, as
+    :func:`blockbert.formats.compose.compose_multirun` composes it) resolved as the launcher reads them when it
+    submits the jobs, after the checks ``cluster=...`` declares (ConfigError as the run would end); None for Hydra's
+    basic launcher, which runs the jobs here, one after the other. Nothing is submitted."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+
+    launcher = config.hydra.launcher
+    if launcher.get("_target_") == BASIC_LAUNCHER:
+        return None
+    for callback in (config.hydra.get("callbacks") or {}).values():
+        if callback.get("_target_") == f"{LauncherChecks.__module__}.{LauncherChecks.__qualname__}":
+            LauncherChecks(callback.cluster).check_resources(config)
+    setup_globals()  # Hydra's resolvers (now, hydra), as a run registers them
+    hydra_config = HydraConfig.instance()
+    saved = hydra_config.cfg
+    hydra_config.set_config(config)  # for ${hydra:...} in the settings, as inside a run
+    try:
+        settings = OmegaConf.to_container(launcher, resolve=True)
+    finally:
+        hydra_config.cfg = saved
+    settings.pop("_target_", None)
+    first = {key: settings.pop(key) for key in PREVIEW_KEYS if key in settings}
+    return {**first, **{key: value for key, value in settings.items() if value is not None}}

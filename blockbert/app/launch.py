@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from blockbert.app import ENTRY_POINTS, cluster
 from blockbert.errors import report_error
-from blockbert.formats.compose import config_loader
+from blockbert.formats.compose import config_loader, finishing_loader
 from blockbert.formats.run_dir import RunDir
 from blockbert.paths import config_dir
 from blockbert.train.cluster import set_process_rank
@@ -122,9 +122,14 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        _run_hydra(
-            args=args, args_parser=parser, task_function=task_function, config_path=str(config_dir()), config_name=task
-        )
+        with _finished_configs():
+            _run_hydra(
+                args=args,
+                args_parser=parser,
+                task_function=task_function,
+                config_path=str(config_dir()),
+                config_name=task,
+            )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         return report_error(task, err, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
@@ -132,6 +137,20 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
     if job_errors:
         return report_error(task, job_errors[0], debug)
     return 0
+
+
+@contextlib.contextmanager
+def _finished_configs():
+    """Hydra's runner composing with :func:`blockbert.formats.compose.finishing_loader`'s loader: every config it
+    composes (``--cfg job``, a run, each job of a multirun) is typed, checked and complete before a job starts."""
+    import hydra._internal.hydra as runner
+
+    loader = runner.ConfigLoaderImpl
+    runner.ConfigLoaderImpl = finishing_loader()
+    try:
+        yield
+    finally:
+        runner.ConfigLoaderImpl = loader
 
 
 def _entry_point(task: str):

@@ -1,68 +1,46 @@
-"""The config a training job runs with, decided in its entry point: composed again when the run starts from a
-checkpoint (without the demo's settings, at the pre-training N), what the command line gave, and the paper-row
-checks. Composition itself is :mod:`blockbert.formats.compose`'s."""
+"""What a training job's entry point says about its config: what a checkpoint changed in it, what the command line
+gave, and the paper-row checks. The config itself is decided while it is composed (:mod:`blockbert.formats.compose`),
+before the job starts."""
 
 from __future__ import annotations
 
 import logging
 
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 
 from blockbert.errors import ConfigError
 from blockbert.formats.compose import compose, override_key
-from blockbert.formats.convert import ARCH_OVERRIDES
-from blockbert.formats.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 
-def without_demo_defaults(cfg: DictConfig, command: str, pretrained_n: int | None = None) -> DictConfig:
-    """A run that starts from a checkpoint (``init_from``, ``model.init_from``) under the default experiment, the CPU
-    demo ``tiny``, is composed again without it: the paper's values (A.1 for pretrain, A.4 for finetune: learning
-    rate, schedule, steps) and the dense ``roberta_1seq`` model settings, whose heads fit any checkpoint, with
-    the user's overrides still applied. The demo's lr 1e-3 and 300-step cap would wreck a pretrained model. And
-    fine-tuning from a blockbert run (``init_from``, pre-trained at ``pretrained_n``) runs at that N, as the paper
-    does, unless ``data.max_seq_length`` is given on the command line. What changed is logged, and the run's
-    .hydra/config.yaml holds the config it really uses."""
+def log_starting_point(cfg: DictConfig, command: str) -> None:
+    """For a run that starts from a checkpoint (``init_from``, ``model.init_from``), one line in its log: what the
+    composition took from the checkpoint (:func:`blockbert.formats.compose.finish`), each value as conf/ and the
+    command line give it beside the value the run uses (the one in .hydra/config.yaml)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not (cfg.get("init_from") or cfg.model.get("init_from")) or not HydraConfig.initialized():
-        return cfg
+        return
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
-    given = {override_key(o) for o in overrides}
-    demo = hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
-    length = pretrained_n if "data.max_seq_length" not in given else None
-    if not demo and length in (None, cfg.data.max_seq_length):
-        return cfg  # an experiment the user chose stays
-    extra = ([f"data.max_seq_length={length}"] if length else []) + (["~experiment"] if demo else [])
     config_dirs = [source.path for source in hydra.runtime.config_sources if source.provider == "command-line"]
-    chosen = compose(hydra.job.config_name, [*overrides, *extra], config_dirs)
-    # the model's sizes come from the checkpoint; from model.* only its attention settings count (import_model)
-    ignored = {"paper", "model"} if cfg.get("init_from") else {"paper"}
-    before, after = _leaves(cfg), _leaves(chosen)
+    written = _leaves(compose(hydra.job.config_name, overrides, config_dirs))
+    used = _leaves(cfg)
     changed = [
-        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key)
-        and key.split(".")[0] not in ignored
-        and (not key.startswith("model.") or key.removeprefix("model.") in ARCH_OVERRIDES)
+        f"{key}: {_shown(written, key)} -> {_shown(used, key)}"
+        for key in sorted(written.keys() | used.keys())
+        if written.get(key) != used.get(key) and not key.startswith(("paper.", "hydra."))
     ]
+    demo = not hydra.runtime.choices.get("experiment") and "experiment" not in {override_key(o) for o in overrides}
     log.info(
         "starting from a checkpoint: %s; changed: %s",
         f"the paper's values ({'A.1' if command == 'pretrain' else 'A.4'}), not the CPU demo's (experiment=tiny), "
-        "with your overrides"
+        "with your overrides, and the checkpoint's model"
         if demo
-        else "at the pre-training N",
+        else "the checkpoint's model",
         "; ".join(changed) or "nothing",
     )
-    saved = RunDir(hydra.runtime.output_dir).config_file()
-    if rank_zero_only.rank == 0 and saved.is_file():
-        saved.write_text(
-            "# composed again: the run starts from a checkpoint (see its log)\n" + OmegaConf.to_yaml(chosen)
-        )
-    return chosen
 
 
 def given_on_command_line(key: str) -> bool:
@@ -72,6 +50,10 @@ def given_on_command_line(key: str) -> bool:
     if not HydraConfig.initialized():
         return True
     return any(override_key(o) == key for o in HydraConfig.get().overrides.task)
+
+
+def _shown(leaves: dict, key: str) -> str:
+    return repr(leaves[key]) if key in leaves else "(unset)"
 
 
 def _leaves(cfg: DictConfig) -> dict:

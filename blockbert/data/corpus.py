@@ -10,11 +10,13 @@ from pathlib import Path
 
 import datasets
 
-from blockbert.data.cache import build_file, hub_cache
+from blockbert.data.cache import build_file, file_stats, fingerprint, hub_cache
 from blockbert.data.longrange import LongRangeSpec, longrange_corpus
 from blockbert.errors import ConfigError
 
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# what separates the paragraphs of data.documents=paragraph: part of the cache keys of what is built from them
+PARAGRAPH_SEPARATOR = "blank or whitespace-only lines"
 SOURCES = ("generated", "longrange", "files", "hub")
 
 
@@ -106,12 +108,44 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
             raise ConfigError(f"data.documents={data_cfg.documents!r} is unknown: accepted are paragraph, file, line")
         kwargs["sample_by"] = sample_by
     try:
-        ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir), **kwargs)
+        if kwargs.get("sample_by") == "paragraph":
+            ds = _load_paragraphs(paths, cache_dir)
+        else:
+            ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir), **kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
         if not isinstance(err.__cause__, UnicodeDecodeError):
             raise
         raise ConfigError(_not_utf8(paths) or f"data.files: a file is not UTF-8 text ({err.__cause__})") from None
     return _text_column(ds, data_cfg.text_field if kind != "text" else "text")
+
+
+def _load_paragraphs(paths: list[str], cache_dir: Path) -> datasets.Dataset:
+    """Text files as paragraphs, one per row: blocks of lines separated by blank lines, a line of only whitespace
+    counting as blank (WikiText's separator lines hold one space; ``datasets``' own paragraph mode splits on
+    two newlines only). Cached by ``datasets`` under a fingerprint of the files' paths, sizes and times."""
+    return datasets.Dataset.from_generator(
+        paragraphs,
+        features=datasets.Features({"text": datasets.Value("string")}),
+        gen_kwargs={"paths": paths},
+        cache_dir=hub_cache(cache_dir),
+        fingerprint=fingerprint("paragraphs", PARAGRAPH_SEPARATOR, file_stats(paths)),
+    )
+
+
+def paragraphs(paths: list[str]):
+    """The paragraphs of text files (:data:`PARAGRAPH_SEPARATOR`), as ``{"text": ...}`` rows, lines joined by
+    newlines; read line by line, so a file of any size streams through."""
+    for path in paths:
+        lines: list[str] = []
+        with open(path, encoding="utf-8") as file:  # universal newlines: CRLF and CR read as LF
+            for line in file:
+                if not line.isspace():
+                    lines.append(line)
+                elif lines:
+                    yield {"text": "".join(lines).rstrip("\n")}
+                    lines = []
+        if lines:
+            yield {"text": "".join(lines).rstrip("\n")}
 
 
 def _not_utf8(paths: list[str]) -> str | None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 from blockbert.data.cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
-from blockbert.data.corpus import describe_source, load_documents, rows_per_document
+from blockbert.data.corpus import FORMATS, PARAGRAPH_SEPARATOR, describe_source, load_documents, rows_per_document
 from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
 from blockbert.data.sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
@@ -38,6 +38,20 @@ def check_data_config(data_cfg) -> None:
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
     rows_per_document(data_cfg)
+
+
+def _documents_hint(data_cfg) -> str:
+    """What to try when a corpus of files gives fewer than 2 documents: another data.documents."""
+    if data_cfg.source != "files":
+        return ""
+    if data_cfg.documents == "paragraph":
+        return (
+            ": data.documents=paragraph splits the text at blank lines; give data.documents=line for one document "
+            "per line"
+        )
+    if data_cfg.documents == "file":
+        return ": data.documents=file makes each file one document; give data.documents=paragraph or line"
+    return ""
 
 
 def build_sequences(batch, documents, tokenizer, max_len: int, nsp: bool, seed: int) -> dict:
@@ -125,7 +139,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         every setting that changes the sequences (not num_proc: the sequences do not depend on it)."""
         cfg = self.cfg
         if cfg.source == "files":
-            corpus = ["files", file_stats(cfg.files), cfg.text_field, cfg.documents]
+            stats = file_stats(cfg.files)
+            corpus = ["files", stats, cfg.text_field, cfg.documents]
+            if cfg.documents == "paragraph" and any(FORMATS.get(Path(s[0]).suffix.lower()) == "text" for s in stats):
+                corpus.append(PARAGRAPH_SEPARATOR)  # earlier keys: split on empty lines only
         elif cfg.source == "hub":
             corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]
         else:
@@ -149,7 +166,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         if len(documents) < 2:
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
-                "need at least 2 (for training and validation)"
+                f"need at least 2 (for training and validation){_documents_hint(self.cfg)}"
             )
         n_val = max(1, round(len(documents) * self.cfg.validation_fraction))
         if n_val >= len(documents):

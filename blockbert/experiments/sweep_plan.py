@@ -126,28 +126,27 @@ def merge_overrides(fixed: list[str], extra: list[str]) -> list[str]:
     return [o for o in fixed if override_key(o) not in replaced] + list(extra)
 
 
-def comma_lists(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Command-line overrides that sweep (``seed=0,1,2``: Hydra's comma list) become parameters of the grid, so
-    that the plan, the job table and the summary know them; (the other overrides, {key: values})."""
-    fixed, swept = [], {}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        simple = "," in value and not any(c in value for c in "[]{}()'\"\\") and not key.startswith(("~", "hydra."))
-        if simple:
-            swept[key.lstrip("+")] = [v.strip() for v in value.split(",")]
-        else:
-            fixed.append(override)
-    return fixed, swept
-
-
 def jobs(grid: dict[str, list]) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def multirun_args(grid: dict[str, list]) -> list[str]:
-    """Hydra's comma-list overrides for the basic sweeper (which takes their product)."""
-    return [f"{key}={','.join(_quote(v) for v in values)}" for key, values in grid.items()]
+def multirun_args(grid: dict[str, list], texts: dict[str, list[str]] | None = None) -> list[str]:
+    """Hydra's comma-list overrides for the basic sweeper (which takes their product in this order)."""
+    return [f"{key}={','.join(values)}" for key, values in value_texts(grid, texts).items()]
+
+
+def job_overrides(grid: dict[str, list], texts: dict[str, list[str]] | None = None) -> list[list[str]]:
+    """Each job's swept overrides (``key=value``), in the order of :func:`jobs` and of the basic sweeper's jobs."""
+    keys, values = list(grid), value_texts(grid, texts).values()
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+
+
+def value_texts(grid: dict[str, list], texts: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Each swept value as the text of an override's value: ``texts``' where Hydra's grammar gave them (a sweep
+    written on the command line or among the file's overrides: ``seed=range(0,3)``), else the value quoted."""
+    texts = texts or {}
+    return {key: list(texts[key]) if key in texts else [_quote(v) for v in values] for key, values in grid.items()}
 
 
 def _quote(value) -> str:

@@ -81,9 +81,10 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
     for column in ("job", *keys, metric, "status", "error"):
         table.add_column(column)
+    cell = {column: column_format([row.get(column) for row in rows]) for column in (*keys, metric)}
     for row in rows:
-        value = row.get(metric)
-        table.add_row(row["job"], *(_cell(row[k]) for k in keys), _cell(value), row["status"], row["error"][:80])
+        values = (cell[k](row[k]) for k in keys)
+        table.add_row(row["job"], *values, cell[metric](row.get(metric)), row["status"], row["error"][:80])
     console.print(table)
     select = spec.get("select") or {}
     if select:
@@ -145,8 +146,9 @@ def print_seed_table(console, groups: list[dict], title: str) -> None:
     table = Table(title=title)
     for column in (*keys, "seeds", *metrics):
         table.add_column(column)
+    decimals = {m: seed_decimals([g.get(m) for g in groups], [g.get(f"{m} std") for g in groups]) for m in metrics}
     for g in groups:
-        cells = [f"{g[m]:.4g} ± {g[m + ' std']:.2g}" if m in g else "" for m in metrics]
+        cells = [f"{g[m]:.{decimals[m]}f} ± {g[m + ' std']:.{decimals[m]}f}" if m in g else "" for m in metrics]
         table.add_row(*(str(g[k]) for k in keys), f"{g['seeds']}/{g['of']}", *cells)
     console.print(table)
 
@@ -195,10 +197,36 @@ def join_pretraining(rows: list[dict], source: Path) -> list[str]:
     return ["pretrain job", *keys, f"pretrain {metric}"]
 
 
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def column_decimals(values, significant: int = 4, most: int = 12) -> int:
+    """The decimals one table column shows its numbers with: ``significant`` digits of the largest, and more (at
+    most ``most``) until numbers that differ look different (perplexities 227.659 and 227.748: 227.66, 227.75)."""
+    numbers = {v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    largest = max((abs(v) for v in numbers), default=0)
+    decimals = significant - 1 - (math.floor(math.log10(largest)) if largest else 0)
+    decimals = min(most, max(0, decimals))
+    while decimals < most and len({f"{v:.{decimals}f}" for v in numbers}) < len(numbers):
+        decimals += 1
+    return decimals
+
+
+def seed_decimals(means, stds, most: int = 12) -> int:
+    """The decimals of a column of means ± stds (both at the same): :func:`column_decimals` of the means, and
+    more where the smallest std (not 0) needs them to show two significant digits."""
+    spreads = [v for v in stds if isinstance(v, float) and math.isfinite(v) and v > 0]
+    wanted = 1 - math.floor(math.log10(min(spreads))) if spreads else 0
+    return max(column_decimals(means, most=most), min(most, wanted))
+
+
+def column_format(values):
+    """How one table column writes its cells: floats at the column's :func:`column_decimals`, the rest as text."""
+    decimals = column_decimals([v for v in values if isinstance(v, float)])
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        return f"{value:.{decimals}f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+    return cell
 
 
 def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:

@@ -43,12 +43,26 @@ def checkpoint_step(path: str | Path) -> int:
     return int(load_checkpoint(path, mmap=True)["global_step"])
 
 
-def load_run(run: str) -> tuple[Path, dict, dict]:
-    """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
-    _, ckpt = checkpoint_of(run)
+def run_model_config(run: str) -> dict:
+    """The model config (:class:`BlockBertConfig`'s fields) a blockbert run directory or checkpoint file holds, read
+    without copying its weights."""
+    return _model_config(*_run_checkpoint(run))
+
+
+def _run_checkpoint(run: str) -> tuple[Path, dict]:
+    directory, ckpt = checkpoint_of(run)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT})")
-    state = load_checkpoint(ckpt, mmap=True)
+        if (directory.path / "config.json").is_file() or (Path(run).expanduser() / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{run!r} is a Hugging Face model directory, not a blockbert run: start from it with "
+                f"model.init_from={run} (init_from takes a `blockbert pretrain` run directory or .ckpt file)"
+            )
+        hub = "" if Path(run).expanduser().exists() else "; a Hugging Face model (hub name) goes to model.init_from"
+        raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT}{hub})")
+    return ckpt, load_checkpoint(ckpt, mmap=True)
+
+
+def _model_config(ckpt: Path, state: dict) -> dict:
     hyper = state.get("hyper_parameters")
     config = hyper.get("model_config") if isinstance(hyper, dict) else None
     if not isinstance(config, dict):
@@ -57,6 +71,13 @@ def load_run(run: str) -> tuple[Path, dict, dict]:
         BlockBertConfig(**config)
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"{ckpt}: hyper_parameters.model_config is not a blockbert model config: {err}") from None
+    return config
+
+
+def load_run(run: str) -> tuple[Path, dict, dict]:
+    """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
+    ckpt, state = _run_checkpoint(run)
+    config = _model_config(ckpt, state)
     # copies, so that no tensor keeps the file mapped (it may be rewritten, by a run resumed in its directory)
     weights = {
         k[len("model.") :]: v.clone()

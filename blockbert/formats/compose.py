@@ -15,19 +15,49 @@ from contextlib import contextmanager
 
 import yaml
 
+from blockbert.errors import ConfigError
+from blockbert.formats.schema import SCHEMAS, check_config, drop_unread
+from blockbert.model.config import BlockBertConfig
 from blockbert.paths import config_dir
 
 
 @functools.cache
-def config_loader(config_dirs: tuple[str, ...] = ()):
-    """Hydra's config loader over conf/ and ``config_dirs`` (what ``--config-dir`` adds, as Hydra's runner adds it)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+def config_loader(config_dirs: tuple[str, ...] = (), finished: bool = False):
+    """Hydra's config loader over conf/ and ``config_dirs`` (what ``--config-dir`` adds, as Hydra's runner adds it);
+    ``finished``: the one the commands run with, whose configs are typed, checked and complete (:func:`finish`)."""
     from hydra._internal.utils import create_config_search_path
 
     search_path = create_config_search_path(str(config_dir()))
     for directory in config_dirs:
         search_path.append("command-line", f"file://{directory}")
-    return ConfigLoaderImpl(config_search_path=search_path)
+    return (finishing_loader() if finished else _loader())(config_search_path=search_path)
+
+
+def _loader():
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    return ConfigLoaderImpl
+
+
+@functools.cache
+def finishing_loader():
+    """Hydra's loader, whose every composition of a command's config (a run, each job of a multirun, ``--cfg job``)
+    ends with :func:`finish`."""
+
+    class FinishingConfigLoader(_loader()):
+        def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
+            cfg = super().load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+            if config_name not in SCHEMAS:
+                return cfg
+
+            def again(extra: list[str]):
+                return super(FinishingConfigLoader, self).load_configuration(
+                    config_name, [*overrides, *extra], run_mode, from_shell, validate_sweep_overrides
+                )
+
+            return finish(cfg, config_name, run_mode, again)
+
+    return FinishingConfigLoader
 
 
 @contextmanager
@@ -58,6 +88,98 @@ def compose(config_name: str | None, overrides=(), config_dirs=()):
     return cfg
 
 
+def finish(cfg, command: str, run_mode, again):
+    """A command's composed config, checked and complete: every value typed and in range (:func:`check_config`), and
+    for a run that starts from a checkpoint (``init_from``: a blockbert run; ``model.init_from``: a Hugging Face
+    model), what the checkpoint decides, so that ``--cfg job`` prints what runs and the run's .hydra/config.yaml holds
+    it. ``again(extra)`` composes the command again with ``extra`` overrides; ``run_mode``: a multirun's own config
+    is only checked (each of its jobs is finished when it is composed)."""
+    from hydra.types import RunMode
+
+    drop_unread(cfg, command, {override_key(o) for o in cfg.hydra.overrides.task})
+    check_config(cfg, command)
+    if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
+        cfg = _from_checkpoint(cfg, command, again)
+        _check_model(cfg.model)
+    return cfg
+
+
+def _from_checkpoint(cfg, command: str, again):
+    """Starting from a checkpoint: without the CPU demo's settings, at the checkpoint's sizes.
+
+    Under the default experiment, the CPU demo ``tiny``, the config is composed again without it: the paper's values
+    (A.1 for pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense ``roberta_1seq`` model settings,
+    whose heads fit any checkpoint, with the user's overrides still applied (the demo's lr 1e-3 and 300-step cap
+    would wreck a pretrained model). Fine-tuning from a blockbert run runs at its pre-training N, as the paper does,
+    unless ``data.max_seq_length`` is given. Then the model node takes the checkpoint's sizes: all of a blockbert
+    run's model (``init_from``), or of a Hugging Face model (``model.init_from``) its sizes, with block heads written
+    for another head count scaled to its heads unless ``model.heads`` is given, and its positions extended to
+    ``data.max_seq_length``."""
+    from omegaconf import open_dict
+
+    run, model = cfg.get("init_from"), cfg.model.get("init_from")
+    if not (run or model):
+        return cfg
+    if run and model:
+        raise ConfigError(
+            f"init_from={run!r} and model.init_from={model!r}: give one (init_from: a blockbert pre-training run; "
+            "model.init_from: a Hugging Face checkpoint)"
+        )
+    given = {override_key(o) for o in cfg.hydra.overrides.task}
+    if run:
+        from blockbert.formats.checkpoints import run_model_config
+
+        values = run_model_config(run)
+        trained_n = BlockBertConfig.from_values(values).block_seq_len
+    demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
+    length = trained_n if run and "data.max_seq_length" not in given else None
+    extra = ["~experiment"] if demo else []
+    if length and (demo or length != cfg.data.max_seq_length):
+        extra.append(f"data.max_seq_length={length}")
+    if extra:
+        user = cfg.hydra.overrides.task
+        cfg = again(extra)
+        cfg.hydra.overrides.task = user  # the job's overrides (its directory name, overrides.yaml) stay the user's
+        drop_unread(cfg, command, given)
+        check_config(cfg, command)
+    if model:
+        values = _hf_sizes(cfg, model, given)
+    with open_dict(cfg):
+        cfg.model.update(values)
+    return cfg
+
+
+def _hf_sizes(cfg, init_from: str, given: set) -> dict:
+    """The model settings a run from the Hugging Face checkpoint (or blockbert export) ``init_from`` builds (as
+    :func:`blockbert.formats.convert.import_weights` builds them), read from its config.json alone."""
+    from blockbert.formats.convert import ARCH_OVERRIDES, checkpoint_model_values
+    from blockbert.model.config import scale_heads
+
+    values = checkpoint_model_values(init_from)
+    seq_len, offset = cfg.data.max_seq_length, values.get("position_offset", 0)
+    sizes = {key: value for key, value in values.items() if key not in ARCH_OVERRIDES and key != "block_seq_len"}
+    sizes["max_position_embeddings"] = max(values["max_position_embeddings"], seq_len + offset)
+    if cfg.model.attention == "block":
+        trained = None
+        if values.get("attention") == "block":
+            trained = values.get("block_seq_len") or values["max_position_embeddings"] - offset
+        sizes["block_seq_len"] = seq_len if trained is None else max(trained, seq_len)
+        if "model.heads" not in given:
+            sizes["heads"] = scale_heads(cfg.model.heads, values["num_heads"])
+    return sizes
+
+
+def _check_model(model) -> None:
+    """The model node as the model builds it (head configs against the heads, sizes, dropouts...)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(model, resolve=True)
+    try:
+        BlockBertConfig.from_values(values)
+    except ConfigError as err:  # it names the field: name the key
+        raise ConfigError(f"model.{err}" if str(err).split("=")[0] in values else str(err)) from None
+
+
 def override_key(override: str) -> str:
     """The key an override sets: ``model.heads`` of ``model.heads=10:2``, ``+x=1``, ``~experiment``."""
     return override.split("=", 1)[0].lstrip("+~")
@@ -65,16 +187,35 @@ def override_key(override: str) -> str:
 
 def config_groups(command: str) -> dict[str, tuple[str | None, list[str]]]:
     """{group: (default option, options)} of the groups in ``conf/<command>.yaml``'s own defaults list (the option
-    files of each group directory). Read from the files, without Hydra, for the command line's help."""
+    files of each group directory), the defaults as the run composes them: a default experiment's ``override /group``
+    entries (``experiment=tiny`` picks ``model: tiny``) included. Read from the files, without Hydra, for the
+    command line's help."""
     conf = config_dir()
-    defaults = (yaml.safe_load((conf / f"{command}.yaml").read_text()) or {}).get("defaults", [])
     groups = {}
-    for entry in defaults:
-        if not isinstance(entry, dict):  # `_self_`, `hydra/default`
-            continue
-        ((key, default),) = entry.items()
-        group = key.removeprefix("override ").strip()
+    for group, default in _defaults(conf / f"{command}.yaml").items():
         options = sorted(path.stem for path in (conf / group).glob("*.yaml"))
         if options:
             groups[group] = (default, options)
+    chosen = groups.get("experiment", (None, []))[0]
+    if chosen:
+        for group, option in _defaults(conf / "experiment" / f"{chosen}.yaml").items():
+            if group.startswith("/") and group[1:] in groups:
+                groups[group[1:]] = (option, groups[group[1:]][1])
     return groups
+
+
+def _defaults(path) -> dict[str, str]:
+    """{group: option} of a config file's defaults list (``override`` dropped, ``_self_`` and bare names left out)."""
+    entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+    pairs = [next(iter(entry.items())) for entry in entries if isinstance(entry, dict)]
+    return {key.removeprefix("override ").strip(): value for key, value in pairs}
+
+
+def compose_multirun(config_name: str, overrides=(), config_dirs=()):
+    """``conf/<config_name>.yaml`` composed with ``overrides`` as a multirun (``-m``) composes it before it starts
+    its jobs: sweeps (``seed=0,1``, ``range(...)``) allowed and not applied, and the ``hydra`` node kept (the
+    launcher's and the sweeper's settings, the task overrides), unresolved. A sweep's ``--dry-run`` previews it."""
+    from hydra.types import RunMode
+
+    with _version_base():
+        return config_loader(tuple(config_dirs)).load_configuration(config_name, list(overrides), RunMode.MULTIRUN)

@@ -3,7 +3,9 @@
 Import: the encoder weights map onto any attention kind (only the pattern changes); the MLM, NSP
 and QA heads are loaded when the checkpoint has them. Export: dense models become a Hugging Face
 directory (``BertFor*``/``RobertaFor*``); block and sparse models a directory that
-``from_pretrained`` here loads (``"model_type": "blockbert"``).
+``from_pretrained`` here loads (``"model_type": "blockbert"``, the config under ``"blockbert"``, with the standard
+``hidden_size``, ``num_hidden_layers``, ... beside it for the Hugging Face tools). The tokenizer files of a run are
+copied with ``model_max_length`` set to the longest sequence the model takes.
 """
 
 from __future__ import annotations
@@ -35,33 +37,58 @@ ARCH_OVERRIDES = {
 QKV = ("query", "key", "value")
 
 
-def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
-    """(directory, config.json, state dict) of a local model directory or a hub name (online)."""
-    directory = Path(path).expanduser()
-    if not directory.exists() and "/" in str(path) and not str(path).startswith((".", "/", "~")):
-        from huggingface_hub import snapshot_download
+def _is_hub_name(path) -> bool:
+    return not Path(path).expanduser().exists() and "/" in str(path) and not str(path).startswith((".", "/", "~"))
 
-        try:  # the config, tokenizer files and one copy of the weights (not the TF/Flax/ONNX ones beside them)
-            directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "model.safetensors"]))
-            if not (directory / "model.safetensors").is_file():
-                directory = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "pytorch_model.bin"]))
-        except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
-            raise FileNotFoundError(
-                f"{path!r} is not a local model directory, and the hub could not provide it "
-                f"({type(err).__name__}): download it where there is network (hf download {path} "
-                "--local-dir DIR) and give the directory DIR instead"
-            ) from None
+
+def _local_or_downloaded(path, patterns: list[str]) -> Path:
+    """A local model directory, or the files of hub repository ``path`` matching ``patterns`` (online, or cached)."""
+    if not _is_hub_name(path):
+        return Path(path).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001 -- offline, unknown repo, ...: one line
+        raise FileNotFoundError(
+            f"{path!r} is not a local model directory, and the hub could not provide it "
+            f"({type(err).__name__}): download it where there is network (hf download {path} "
+            "--local-dir DIR) and give the directory DIR instead"
+        ) from None
+
+
+def read_config(directory: Path) -> dict:
+    """The config.json of a Hugging Face model directory (or a blockbert export), checked to be one we read."""
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except ValueError as err:  # malformed JSON, or not UTF-8 text
         raise ConfigError(f"{directory}/config.json is not a JSON config ({err})") from None
-    if config.get("model_type") not in SUPPORTED:
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED:
+        model_type = config.get("model_type") if isinstance(config, dict) else None
         raise ConfigError(
-            f"{directory}/config.json: model_type={config.get('model_type')!r} is not supported: "
-            f"accepted are {', '.join(SUPPORTED)}"
+            f"{directory}/config.json: model_type={model_type!r} is not supported: accepted are {', '.join(SUPPORTED)}"
         )
+    return config
+
+
+def checkpoint_model_values(path: str | Path) -> dict:
+    """The model settings (:class:`BlockBertConfig`'s fields) of a Hugging Face checkpoint or blockbert export, from
+    its config.json alone (a hub name: that file only): what a run from it builds, known before the run starts."""
+    directory = _local_or_downloaded(path, ["config.json"])
+    hf = read_config(directory)
+    if hf["model_type"] == "blockbert":
+        return BlockBertConfig.from_values(hf["blockbert"]).to_dict()
+    return config_from_hf(hf, directory).to_dict()
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
+    """(directory, config.json, state dict) of a local model directory or a hub name (online)."""
+    directory = _local_or_downloaded(path, ["*.json", "*.txt", "model.safetensors"])
+    if not (directory / "model.safetensors").is_file() and directory != Path(path).expanduser():
+        directory = _local_or_downloaded(path, ["*.json", "*.txt", "pytorch_model.bin"])
+    config = read_config(directory)
     safetensors_file, bin_file = directory / "model.safetensors", directory / "pytorch_model.bin"
     if safetensors_file.is_file():
         state = read_safetensors(safetensors_file)
@@ -200,15 +227,35 @@ def load_pretrained(cls, path, **overrides):
     """Build ``cls`` from a checkpoint directory (:meth:`blockbert.formats.pretrained.Pretrained.from_pretrained`)."""
     config, state, directory = import_weights(cls, path, **overrides)
     model = cls(config)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("decoder_weight")]
-    if missing:
-        log.info(
-            "%s: not in the checkpoint, initialised fresh: %s",
-            directory,
-            ", ".join(sorted({k.split(".")[0] for k in missing})),
-        )
+    load_announced(model, state, directory)
     return model
+
+
+def load_announced(model: torch.nn.Module, state: dict, source, task_head: str | None = None) -> None:
+    """Load ``state`` into ``model`` as far as it goes, and say so as transformers does: which parts were loaded from
+    ``source`` and which start fresh (a warning, unless it is only ``task_head``, the head a fine-tuning adds: a
+    pre-training head that starts fresh makes the first losses high), and what the checkpoint holds that the model
+    does not use."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("decoder_weight")]  # tied to the word embeddings
+    loaded = [k for k in state if k not in result.unexpected_keys]
+    log.info("%s: loaded %d weights (%s)", source, len(loaded), _parts(loaded))
+    if missing:
+        expected = task_head is not None and _parts(missing) == task_head
+        log.log(
+            logging.INFO if expected else logging.WARNING,
+            "%s: not in the checkpoint, initialised fresh: %s (%d weights): train them before trusting its outputs",
+            source,
+            _parts(missing),
+            len(missing),
+        )
+    if result.unexpected_keys:
+        log.info("%s: not used by %s: %s", source, type(model).__name__, _parts(result.unexpected_keys))
+
+
+def _parts(keys) -> str:
+    """The parts of a model that ``keys`` fall in (``encoder``, ``mlm``, ``nsp``, ``qa``)."""
+    return ", ".join(sorted({k.split(".")[0] for k in keys}))
 
 
 def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[BlockBertConfig, dict, Path]:
@@ -343,11 +390,39 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         }
     else:
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if not k.endswith("decoder_weight")}
-        hf_config = {"model_type": "blockbert", "architectures": [f"BlockBert{head}"], "blockbert": config.to_dict()}
+        hf_config = {
+            "model_type": "blockbert",
+            "architectures": [f"BlockBert{head}"],
+            "blockbert": config.to_dict(),  # what loading reads; the standard names beside it are for the tools
+            **hf_config_values(config),
+        }
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
-        for file in tokenizer_dir.iterdir():
-            if file.is_file():
-                (out / file.name).write_bytes(file.read_bytes())
+        files = [file for file in tokenizer_dir.iterdir() if file.is_file()]
+        for file in files:
+            (out / file.name).write_bytes(file.read_bytes())
+        if files:
+            write_model_max_length(out, longest_sequence(config))
     return out
+
+
+def longest_sequence(config: BlockBertConfig) -> int:
+    """The longest input the model takes: N (``block_seq_len``) for block attention, else its positions."""
+    return config.block_seq_len if config.attention == "block" else config.max_sequence_length
+
+
+def write_model_max_length(directory: Path, length: int) -> None:
+    """Set the tokenizer's ``model_max_length`` in ``directory/tokenizer_config.json`` (created if missing) to
+    ``length``, so that truncation, and transformers' pipelines, cut inputs to what the model takes."""
+    path = directory / "tokenizer_config.json"
+    values = {}
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ConfigError(f"{path} is not a JSON tokenizer config ({err})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} holds a {type(values).__name__}, not a JSON object (a tokenizer config)")
+    values["model_max_length"] = length
+    path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -7,7 +7,9 @@ so that directories written by ``blockbert export`` / ``save_pretrained`` load w
 Dense models are exported as plain BERT/RoBERTa directories and need none of this.
 
 The config reads the layout :func:`blockbert.formats.convert.export` writes (and wrote before this module existed):
-``{"model_type": "blockbert", "architectures": [...], "blockbert": {<BlockBertConfig fields>}}``.
+``{"model_type": "blockbert", "architectures": [...], "blockbert": {<BlockBertConfig fields>}}``, with (since the
+exports that fit the Hugging Face tools) the standard ``hidden_size``, ``num_hidden_layers``, ... beside it, which
+the config exposes as attributes whether the file has them or not.
 
 The wrappers hold the pure-PyTorch modules of :mod:`blockbert.model.modeling` under the names the export uses, so the
 keys of ``model.safetensors`` load as they are: ``encoder.*`` (a :class:`~blockbert.model.modeling.BlockBertModel`, the
@@ -35,6 +37,8 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, QuestionAnsweringModelOutput
 from transformers.utils import ModelOutput
 
+from blockbert.errors import ConfigError
+from blockbert.formats.convert import hf_config_values
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import (
     BlockBertForMaskedLM,
@@ -53,13 +57,23 @@ except ImportError:  # transformers 4
 
 class BlockBertHFConfig(PretrainedConfig):
     """transformers' view of a blockbert config: the :class:`~blockbert.model.config.BlockBertConfig` fields are kept,
-    as in config.json, in the nested dict ``blockbert``; :meth:`to_blockbert` builds the dataclass from it."""
+    as in config.json, in the nested dict ``blockbert``; :meth:`to_blockbert` builds the dataclass from it.
+
+    The standard names the Hugging Face tools read (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``vocab_size``, ``max_position_embeddings``, ...: :func:`~blockbert.formats.convert.hf_config_values`) are
+    attributes too, set from ``blockbert``, which wins over values given beside it (the copies at the top level of
+    config.json); changing them does not change the model: ``blockbert`` is what the model is built from."""
 
     model_type = "blockbert"
 
     # transformers 5 makes these dataclass fields; transformers 4 sets them from the keyword arguments
     blockbert: dict | None = None
     tie_word_embeddings: bool = True  # the MLM decoder is the word embedding table
+
+    def __init__(self, blockbert: dict | None = None, **kwargs):
+        kwargs.setdefault("tie_word_embeddings", True)
+        kwargs.update(standard_fields(blockbert))
+        super().__init__(blockbert=blockbert, **kwargs)
 
     @classmethod
     def from_blockbert(cls, config: BlockBertConfig, **kwargs) -> BlockBertHFConfig:
@@ -69,6 +83,17 @@ class BlockBertHFConfig(PretrainedConfig):
     def to_blockbert(self) -> BlockBertConfig:
         """The :class:`BlockBertConfig` (validated); fields this version does not know are left out."""
         return BlockBertConfig.from_values(dict(self.blockbert or {}))
+
+
+def standard_fields(blockbert: dict | None) -> dict:
+    """The Hugging Face BERT config fields of a ``blockbert`` node (empty when it is missing or not a valid config:
+    loading the model reports that)."""
+    if not isinstance(blockbert, dict) or not blockbert:
+        return {}
+    try:
+        return hf_config_values(BlockBertConfig.from_values(dict(blockbert)))
+    except (ConfigError, TypeError, ValueError):
+        return {}
 
 
 @dataclass

@@ -1,21 +1,26 @@
 """The model card (README.md) that ``blockbert export`` writes beside the weights.
 
-Hugging Face's format: YAML front matter (library_name, tags, pipeline_tag, datasets), then markdown: the
-model class, the attention (kind, heads and n, N), the sizes, the data and task the run trained on, its
-metrics (``metrics.json``), the command that made it (``.hydra/overrides.yaml``) and how to load it, read through
-:class:`~blockbert.formats.run_dir.RunDir`. Whatever the run directory lacks, or cannot be read, is "not recorded":
-building the card never fails on a run's files.
+Hugging Face's format, written with ``huggingface_hub``'s :class:`ModelCard`: metadata (:class:`ModelCardData`:
+library_name, tags, pipeline_tag, and datasets only when the run read hub datasets), then markdown: the model class,
+the preset (the run's ``model.name`` only when the model still is that preset: else the attention and heads say what
+it is), the attention (kind, heads and n, N), the sizes, the data and task the run trained on (hub datasets, or
+"local files: ..."), its metrics (``metrics.json``), the command that made it (``.hydra/overrides.yaml``) and how to
+load it, read through :class:`~blockbert.formats.run_dir.RunDir` (the config the run last used:
+:meth:`~blockbert.formats.run_dir.RunDir.config`). Whatever the run directory lacks, or cannot be read, is
+"not recorded": building the card never fails on a run's files.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from blockbert.formats.run_dir import RunDir
+from blockbert.model.config import BlockBertConfig
 
 NOT_RECORDED = "not recorded"
 HEAD_TASKS = {  # model class -> (what its head does, pipeline tag, Auto class)
@@ -73,26 +78,69 @@ def attention_text(config) -> str:
     return "dense: full self-attention"
 
 
+def model_text(config) -> str:
+    """The attention kind and heads: what a model is when no preset names it."""
+    if config.attention == "block":
+        return f"block attention, n={config.num_blocks}, heads {config.heads} ({config.num_heads} heads)"
+    if config.attention == "sparse":
+        stride, expressivity = config.sparse_stride, config.sparse_expressivity
+        return f"sparse attention (l={stride}, c={expressivity}), {config.num_heads} heads"
+    return f"dense attention, {config.num_heads} heads"
+
+
+def _architecture(config: BlockBertConfig, nsp: bool | None) -> dict:
+    """What a preset fixes of a model: attention, heads and sizes (the vocabulary follows the tokenizer, the
+    positions the sequence length: a preset's name still describes a model with other ones)."""
+    values = {
+        "attention": config.attention,
+        "num_layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "num_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size or 4 * config.hidden_size,
+        "next_sentence_prediction": nsp,
+    }
+    if config.attention == "block":
+        values["heads"] = ":".join(str(int(part)) for part in str(config.heads).split(":"))
+    if config.attention == "sparse":
+        values |= {"sparse_stride": config.sparse_stride, "sparse_expressivity": config.sparse_expressivity}
+    return values
+
+
+def _files(values: dict) -> str:
+    """``local files: a, b`` of the paths given (a name or a list each), empty without any."""
+    paths = [path for value in values.values() for path in _names(value)]
+    return f"local files: {', '.join(paths)}" if paths else ""
+
+
 def data_text(hydra_config, command: str) -> str:
-    """The corpus (pre-training) or the task's data (fine-tuning) from the run's Hydra config."""
+    """The corpus (pre-training) or the task's data (fine-tuning) from the run's Hydra config: hub datasets only
+    when the run read them (pre-training: ``data.source=hub``; fine-tuning: no ``task.train_file``), local files by
+    their paths."""
     if not isinstance(hydra_config, dict):
         return NOT_RECORDED
     if command == "finetune":
-        name = _get(hydra_config, "task.name")
-        version, hub = _get(hydra_config, "task.version"), _names(_get(hydra_config, "task.hub_name"))
+        name, version = _get(hydra_config, "task.name"), _get(hydra_config, "task.version")
         train_file = _get(hydra_config, "task.train_file")
+        hub = [] if train_file else _names(_get(hydra_config, "task.hub_name"))
+        subset = _get(hydra_config, "task.hub_subset") or _get(hydra_config, "task.hub_config")
+        questions = _get(hydra_config, "task.generated_questions")
         detail = [f"version {version}" if version else "", f"hub: {', '.join(hub)}" if hub else ""]
-        detail.append(f"train file: {train_file}" if train_file else "")
+        detail.append(f"subset {subset}" if hub and subset else "")
+        splits = ("train", "dev", "test")
+        detail.append(_files({split: _get(hydra_config, f"task.{split}_file") for split in splits}))
+        if not hub and not train_file and questions and name == "generated":
+            detail.append(f"generated, {questions} questions")
     else:
         name, source = _get(hydra_config, "data.name"), _get(hydra_config, "data.source")
         documents = _get(hydra_config, "data.generated_documents")
-        hub, files = _names(_get(hydra_config, "data.hub_name")), _names(_get(hydra_config, "data.files"))
+        hub, files = _names(_get(hydra_config, "data.hub_name")), _get(hydra_config, "data.files")
         if source == "generated" and documents:
             detail = [f"generated, {documents} documents"]
         elif source == "hub" and hub:
-            detail = [f"hub: {', '.join(hub)}"]
-        elif source == "files" and files:
-            detail = [f"files: {', '.join(files)}"]
+            config = _get(hydra_config, "data.hub_config")
+            detail = [f"hub: {', '.join(hub)}", f"config {config}" if config else ""]
+        elif source == "files" and _names(files):
+            detail = [_files({"files": files})]
         else:
             detail = [str(source or "")]
         name = name or source
@@ -103,25 +151,33 @@ def data_text(hydra_config, command: str) -> str:
 
 
 def _datasets(hydra_config, command: str) -> list[str]:
-    """Hub dataset ids for the front matter."""
+    """Hub dataset ids for the metadata: only those the run trained on (never for local files)."""
     if command == "finetune":
-        return _names(_get(hydra_config, "task.hub_name"))
+        return [] if _get(hydra_config, "task.train_file") else _names(_get(hydra_config, "task.hub_name"))
     return _names(_get(hydra_config, "data.hub_name")) if _get(hydra_config, "data.source") == "hub" else []
 
 
-def model_card(model, run_dir: str | Path | None) -> str:
-    """README.md text for ``model`` (a blockbert model) exported from the run directory ``run_dir``."""
+def model_card(model, run_dir: str | Path | None, presets: Mapping | None = None) -> str:
+    """README.md text for ``model`` (a blockbert model) exported from the run directory ``run_dir``.
+
+    ``presets``: ``{name: preset}`` (:data:`blockbert.formats.presets.PRESETS`: a preset's ``config`` is its
+    :class:`BlockBertConfig`) to check the run's ``model.name`` against; without them, or when the model is not
+    that preset's (``model.init_from``, other heads or sizes), the card names no preset."""
+    return str(build_model_card(model, run_dir, presets))
+
+
+def build_model_card(model, run_dir: str | Path | None, presets: Mapping | None = None) -> ModelCard:
+    """:func:`model_card` as a ``huggingface_hub`` :class:`ModelCard` (``.data``: the metadata, ``.text``)."""
     run = RunDir(run_dir) if run_dir is not None else None
-    card = Card(model, run)
-    lines = ["---", yaml.safe_dump(card.front_matter(), sort_keys=False).rstrip(), "---", ""]
-    lines += card.summary() + card.metrics() + card.command() + card.how_to_load()
-    return "\n".join(lines)
+    card = Card(model, run, presets)
+    body = card.summary() + card.metrics() + card.command() + card.how_to_load()
+    return ModelCard(f"---\n{card.card_data().to_yaml()}\n---\n\n" + "\n".join(body))
 
 
 class Card:
     """What the card says of a model and the run it came from (missing or unreadable files: "not recorded")."""
 
-    def __init__(self, model, run: RunDir | None):
+    def __init__(self, model, run: RunDir | None, presets: Mapping | None = None):
         self.model, self.config = model, model.config
         self.class_name = type(model).__name__
         self.head, self.pipeline_tag, self.auto_class = HEAD_TASKS.get(
@@ -129,21 +185,46 @@ class Card:
         )
         self.trained_by = "finetune" if "qa.weight" in model.state_dict() else "pretrain"
         self.run = run
-        self.hydra_config = run.started_config() if run is not None else None
+        self.hydra_config = (run.config() or run.started_config()) if run is not None else None
         self.metrics_values = (run.metrics() or None) if run is not None else None
-        self.preset = _get(self.hydra_config, "model.name") or (self.metrics_values or {}).get("model")
+        self.model_name = _get(self.hydra_config, "model.name") or (self.metrics_values or {}).get("model")
+        self.preset, self.not_preset = self._preset(presets)
+
+    def _preset(self, presets: Mapping | None) -> tuple[str | None, str]:
+        """(the preset that describes the model, or None; why the run's ``model.name`` does not)."""
+        name = self.model_name
+        if not name:
+            return None, NOT_RECORDED
+        if presets is None:
+            return None, f"not checked (the run's model.name: {name})"
+        nsp = {"BlockBertForMaskedLM": False, "BlockBertForPreTraining": True}.get(self.class_name)
+        try:
+            preset = presets[name]
+            expected = _architecture(preset.config, nsp if nsp is None else preset.next_sentence_prediction)
+        except Exception:  # noqa: BLE001 -- no such preset (a --config-dir of the run's), or one that does not load
+            return None, f"none (the run's model.name {name!r} is not a preset here)"
+        differs = [
+            f"{key} {value}" + (f" (preset: {expected[key]})" if key in expected else "")
+            for key, value in _architecture(self.config, nsp).items()
+            if value != expected.get(key)
+        ]
+        if not differs:
+            return str(name), ""
+        return None, f"none (the run's model.name {name!r} does not describe it: {', '.join(differs)})"
+
+    def card_data(self) -> ModelCardData:
+        tags = ["blockbert", f"{self.config.attention}-attention", "bert"]
+        datasets = _datasets(self.hydra_config, self.trained_by) if isinstance(self.hydra_config, dict) else []
+        return ModelCardData(
+            library_name="transformers" if self.config.attention == "dense" else "blockbert",
+            tags=tags,
+            pipeline_tag=self.pipeline_tag,
+            datasets=datasets or None,
+        )
 
     def front_matter(self) -> dict:
-        meta = {
-            "library_name": "transformers" if self.config.attention == "dense" else "blockbert",
-            "tags": ["blockbert", f"{self.config.attention}-attention", "bert"],
-        }
-        if self.pipeline_tag:
-            meta["pipeline_tag"] = self.pipeline_tag
-        datasets = _datasets(self.hydra_config, self.trained_by) if isinstance(self.hydra_config, dict) else []
-        if datasets:
-            meta["datasets"] = datasets
-        return meta
+        """The metadata as a dict (what the card's YAML header holds)."""
+        return self.card_data().to_dict()
 
     def summary(self) -> list[str]:
         config = self.config
@@ -155,7 +236,7 @@ class Card:
         init_from = _get(self.hydra_config, "init_from" if self.trained_by == "finetune" else "model.init_from")
         rows = [
             ("Model class", f"`{self.class_name}` ({self.head})"),
-            ("Preset", self.preset or NOT_RECORDED),
+            ("Preset", self.preset or self.not_preset),
             ("Attention", attention_text(config)),
             ("Heads", f"{config.num_heads} per layer" + (f", head config {config.heads}" if block else "")),
             ("n (blocks)", config.num_blocks),
@@ -172,7 +253,8 @@ class Card:
         ]
         if init_from:
             rows.append(("Initialised from", init_from))
-        title = f"# BlockBERT {self.preset or ''}: {self.class_name}, {config.attention} attention".replace(" :", ":")
+        what = f"{config.attention} attention" if self.preset else model_text(config)
+        title = f"# BlockBERT {self.preset or ''}: {self.class_name}, {what}".replace(" :", ":")
         return [
             title,
             "",

@@ -86,13 +86,13 @@ def data_dir(cfg) -> Path:
 
 def benchmark_data(cfg, run: RunDir) -> dict:
     """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size."""
-    settings = dict(max_seq_length=cfg.data_max_seq_length, nsp=cfg.data_nsp, num_proc=cfg.data_num_proc)
+    settings = dict(max_seq_length=cfg.data.max_seq_length, nsp=cfg.data.nsp, num_proc=cfg.data.num_proc)
     records = data_benchmark.run(
-        cfg.data_sizes_mb,
+        cfg.data.sizes_mb,
         data_dir(cfg),
         settings,
-        cfg.data_repeats,
-        cfg.data_tokenizers_parallelism,
+        cfg.data.repeats,
+        cfg.data.tokenizers_parallelism,
         log=log.info,
     )
     results = {
@@ -101,8 +101,8 @@ def benchmark_data(cfg, run: RunDir) -> dict:
         "cpus": os.cpu_count(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "settings": settings,
-        "tokenizers_parallelism": cfg.data_tokenizers_parallelism,
-        "repeats": cfg.data_repeats,
+        "tokenizers_parallelism": cfg.data.tokenizers_parallelism,
+        "repeats": cfg.data.repeats,
         "summary": data_benchmark.summary(records),
         "records": records,
     }

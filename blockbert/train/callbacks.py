@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 
 def jsonable(value):
@@ -77,14 +79,52 @@ class MetricsJson(pl.Callback):
 
 
 class StepProgressBar(RichProgressBar):
-    """Lightning's rich progress bar for a run bounded by steps (pre-training: ``max_epochs=-1``): its label says
-    "Step 120/2400000" (optimizer steps out of ``max_steps``) instead of "Epoch 4/-2"."""
+    """Lightning's rich progress bar counted in optimizer steps: its bar, count and rate are the run's optimizer steps
+    (out of ``max_steps``, or what the epochs make), from the step a resumed run starts at; micro-batches (gradient
+    accumulation) appear only in its label. Lightning's own bar counts micro-batches within an epoch."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return f"Step {self.trainer.global_step}/{self.trainer.max_steps}"
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.is_disabled:
+            return
+        if self.progress is not None and self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(1, "")  # one bar for the whole run: its rate is not reset
+        self._show_steps(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.progress is not None and self.train_progress_bar_id is not None:
-            description = self._get_train_description(trainer.current_epoch)
-            self.progress.update(self.train_progress_bar_id, description=description)
+        if not self.is_disabled and self.train_progress_bar_id is None:  # a run resumed mid-epoch
+            self._initialize_train_progress_bar_id()
+        self._update_metrics(trainer, pl_module)
+        self._show_steps(trainer)
+
+    def _show_steps(self, trainer) -> None:
+        if self.progress is None or self.train_progress_bar_id is None:
+            return
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        description = self._get_train_description(trainer.current_epoch)
+        self.progress.update(
+            self.train_progress_bar_id, total=total, completed=trainer.global_step, description=description
+        )
+        self.refresh()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        epochs = f"epoch {current_epoch + 1}/{trainer.max_epochs}, " if (trainer.max_epochs or 0) > 0 else ""
+        accumulate = trainer.accumulate_grad_batches
+        return f"{epochs}optimizer steps" + (f" ({accumulate} micro-batches each)" if accumulate > 1 else "")
+
+    def configure_columns(self, trainer) -> list:
+        *columns, _ = super().configure_columns(trainer)  # the last: Lightning's rate in it/s
+        return [*columns, StepRate(self)]
+
+
+class StepRate(ProgressColumn):
+    """A bar's rate: optimizer steps per second on the training bar, batches per second on the others."""
+
+    def __init__(self, bar: StepProgressBar):
+        super().__init__()
+        self.bar = bar
+
+    def render(self, task) -> Text:
+        unit = "steps/s" if task.id == self.bar.train_progress_bar_id else "it/s"
+        speed = f"{task.speed:>.2f}" if task.speed is not None else "0.00"
+        return Text(f"{speed} {unit}", style=self.bar.theme.processing_speed)

@@ -15,9 +15,11 @@ from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.errors import ConfigError
 from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
 from blockbert.formats.checkpoints import import_model, load_pretrain_run
+from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForQuestionAnswering
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
+from blockbert.train.callbacks import StepProgressBar
 from blockbert.train.qa_module import QAModule
 from blockbert.train.run import TrainingRun
 from blockbert.train.settings import model_config, split_batch, world_size
@@ -25,16 +27,12 @@ from blockbert.train.settings import model_config, split_batch, world_size
 log = logging.getLogger(__name__)
 
 
-def finetune(
-    cfg: DictConfig, run: RunDir, start: tuple | None = None, heads_given: bool = True, callbacks: tuple = ()
-) -> dict:
-    """The run in ``run`` and its evaluation, from the composed config. ``start``: the pre-training run of
-    ``init_from`` (its model config, encoder weights and tokenizer:
-    :func:`blockbert.formats.checkpoints.load_pretrain_run`); ``heads_given``: the command line set ``model.heads``;
-    ``callbacks`` join the trainer's. Returns the metrics of every split."""
+def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: tuple = ()) -> dict:
+    """The run in ``run`` and its evaluation, from the composed config. ``heads_given``: the command line set
+    ``model.heads``; ``callbacks`` join the trainer's. Returns the metrics of every split."""
     seq_len = cfg.data.max_seq_length
     cache = cache_dir(cfg)
-    config, encoder, tokenizer = starting_point(cfg, start, heads_given)
+    config, encoder, tokenizer = starting_point(cfg, heads_given)
     pretrained = encoder is not None  # a pre-trained model keeps its positions and N
     hint = "fine-tune at the model's length or shorter (an import with model.init_from extends its positions)"
     config.check_sequence_length(seq_len, "data.max_seq_length", hint if pretrained else None)
@@ -57,7 +55,8 @@ def finetune(
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder is not None:
-        module.model.encoder.load_state_dict(encoder)
+        source = f"init_from={cfg.init_from}" if cfg.get("init_from") else f"model.init_from={cfg.model.init_from}"
+        load_announced(module.model, {f"encoder.{k}": v for k, v in encoder.items()}, source, task_head="qa")
     training.prepare(module, tokenizer)
     answers = AnswerSettings(cfg.data.n_best_size, cfg.data.max_answer_length)
     trainer_args = training.trainer_args()
@@ -65,7 +64,8 @@ def finetune(
     training.build_trainer(
         checkpoint=dict(save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps),
         metrics=dict(task=cfg.task.name, init_from=cfg.init_from, batch_size=batch),
-        callbacks=[DevEvaluation(data["dev"], datamodule.windows["dev"], answers)],
+        callbacks=[DevEvaluation(data["dev"], datamodule.windows["dev"], answers)]
+        + ([StepProgressBar()] if cfg.progress_bar else []),
         trainer_args=trainer_args,
         accumulate_grad_batches=accumulate,
     )
@@ -80,17 +80,12 @@ def finetune(
     return results
 
 
-def starting_point(cfg: DictConfig, start: tuple | None, heads_given: bool) -> tuple[BlockBertConfig, dict, object]:
-    """(model config, encoder weights, tokenizer) to fine-tune: a pre-training run's (``init_from``; ``start`` when the
-    caller has read it already), a Hugging Face checkpoint's (``model.init_from``), or model.* from scratch (no
-    weights, no tokenizer yet: both come from the task)."""
-    if cfg.get("init_from") and cfg.model.get("init_from"):
-        raise ConfigError(
-            f"init_from={cfg.init_from!r} and model.init_from={cfg.model.init_from!r}: give one "
-            "(a blockbert pre-training run, or a Hugging Face checkpoint)"
-        )
+def starting_point(cfg: DictConfig, heads_given: bool) -> tuple[BlockBertConfig, dict, object]:
+    """(model config, encoder weights, tokenizer) to fine-tune: a pre-training run's (``init_from``), a Hugging Face
+    checkpoint's (``model.init_from``), or model.* from scratch (no weights, no tokenizer yet: both come from the
+    task). The composed config already holds the checkpoint's model (:func:`blockbert.formats.compose.finish`)."""
     if cfg.get("init_from"):
-        return start or load_pretrain_run(cfg.init_from)
+        return load_pretrain_run(cfg.init_from)
     if cfg.model.get("init_from"):
         config, state, tokenizer = import_model(
             BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length, heads_given=heads_given

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import get_linear_schedule_with_warmup
+
+log = logging.getLogger(__name__)
 
 
 def adamw_with_warmup(model: torch.nn.Module, optim: dict, warmup_steps: int, total_steps: int) -> dict:
     """Lightning's ``configure_optimizers`` value: AdamW (``optim``: lr, betas, eps, weight_decay) stepped with
     a linear warm-up over ``warmup_steps`` and a linear decay to 0 at ``total_steps``."""
+    if 0 < total_steps <= warmup_steps:
+        log.warning(
+            "the warm-up (%d optimizer steps) is not shorter than the run (%d): the learning rate never reaches its "
+            "peak, optim.lr=%g; shorten optim.warmup_steps (pretrain) or optim.warmup_proportion (finetune)",
+            warmup_steps,
+            total_steps,
+            optim["lr"],
+        )
     groups = weight_decay_groups(model, optim["weight_decay"])
     optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"])
     schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)

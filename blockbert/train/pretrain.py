@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from blockbert.data.cache import cache_dir
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.formats.checkpoints import import_model
+from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
@@ -54,7 +55,7 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         config = fresh_config(config, data.tokenizer, seq_len)
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
     if state:
-        module.model.load_state_dict(state, strict=False)  # a head the checkpoint lacks starts fresh
+        load_announced(module.model, state, f"model.init_from={cfg.model.init_from}")  # a missing head starts fresh
     training.prepare(module, data.tokenizer)
     trainer_args = training.trainer_args()
     trainer_args["val_check_interval"] *= accumulate  # in micro-batches

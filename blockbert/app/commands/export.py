@@ -1,5 +1,6 @@
 """`blockbert export`: a run's model as a Hugging Face directory (dense) or a blockbert one (block, sparse), with
-a model card (README.md, see :mod:`blockbert.formats.model_card`)."""
+a model card (README.md, see :mod:`blockbert.formats.model_card`; the run's model.name is checked against the
+presets of conf/model) and the run's tokenizer, its ``model_max_length`` the longest sequence the model takes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from blockbert.errors import one_line_errors
 from blockbert.formats.checkpoints import model_from_run
 from blockbert.formats.model_card import model_card
+from blockbert.formats.presets import PRESETS
 
 
 @one_line_errors("export")
@@ -15,7 +17,7 @@ def run_export(run_dir: str, out_dir: str) -> None:
     model, run = model_from_run(run_dir)
     out = model.save_pretrained(out_dir, run.tokenizer_dir)
     try:  # the card is a description: nothing missing from the run, nor a fault in it, fails the export
-        (out / "README.md").write_text(model_card(model, run.path), encoding="utf-8")
+        (out / "README.md").write_text(model_card(model, run.path, PRESETS), encoding="utf-8")
     except Exception as err:  # noqa: BLE001
         print(f"export: no model card written ({type(err).__name__}: {err})", file=sys.stderr)
     kind = (

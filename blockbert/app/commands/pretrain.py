@@ -5,7 +5,7 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from blockbert.app.run_config import check_paper_row, given_on_command_line, without_demo_defaults
+from blockbert.app.run_config import check_paper_row, given_on_command_line, log_starting_point
 from blockbert.formats.run_dir import RunDir
 from blockbert.train.cluster import check_accelerator
 from blockbert.train.pretrain import pretrain
@@ -14,7 +14,7 @@ from blockbert.train.resilience import run_lock
 
 def main(cfg: DictConfig) -> dict:
     run = RunDir(HydraConfig.get().runtime.output_dir)
-    cfg = without_demo_defaults(cfg, "pretrain")
+    log_starting_point(cfg, "pretrain")
     check_accelerator(cfg.trainer)
     with run_lock(run):
         check_paper_row(cfg, "pretrain")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import sys
 import traceback
 from datetime import datetime
@@ -15,17 +16,17 @@ from rich.table import Table
 
 from blockbert.app.launch import run_task
 from blockbert.display import console
-from blockbert.errors import RunInterrupted, one_line, one_line_errors
+from blockbert.errors import ConfigError, RunInterrupted, one_line, one_line_errors
 from blockbert.experiments.sweep_plan import (
-    comma_lists,
     expand,
+    job_overrides,
     jobs,
     load_sweep,
     merge_overrides,
     multirun_args,
     wandb_sweep,
 )
-from blockbert.formats.compose import compose
+from blockbert.formats.compose import compose, compose_multirun, config_loader, override_key
 from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.train.loggers import finish_wandb
 
@@ -80,30 +81,23 @@ def run_sweep(
     """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
     summarise it; the exit code."""
     sweep = load_sweep(name)
-    overrides, swept = comma_lists(overrides)
-    sweep.overrides = merge_overrides(sweep.overrides, overrides)
-    sweep.parameters = {**sweep.parameters, **swept}
+    sweep.overrides, swept, texts = parse_overrides(merge_overrides(sweep.overrides, overrides))
+    replaced = {override_key(key) for key in swept}
+    sweep.parameters = {**{k: v for k, v in sweep.parameters.items() if override_key(k) not in replaced}, **swept}
     source_dir = Path(source).expanduser().resolve() if source else None
     grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
+    swept_keys = {override_key(key) for key in grid}  # a fixed override of a swept key: the sweep's values win
+    sweep.overrides = [o for o in sweep.overrides if override_key(o) not in swept_keys]
     if directory:
         grid = keep_job_numbers(sweep, grid, SweepDir(directory).spec_file)
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
-    planned = jobs(grid)
-    if dry_run:
-        table = Table(
-            title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs "
-            f"(fixed: {' '.join(sweep.overrides) or 'none'})"
-        )
-        table.add_column("job")
-        for key in grid:
-            table.add_column(key)
-        for i, values in enumerate(planned):
-            table.add_row(str(i), *(str(v) for v in values.values()))
-        console().print(table)
-        return 0
     sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    multirun = [*sweep.overrides, *multirun_args(grid, texts), f"hydra.sweep.dir={sweep_dir}"]
+    if dry_run:
+        print_plan(sweep, grid, job_overrides(grid, texts), multirun)
+        return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
     SweepDir(sweep_dir).spec_file.write_text(
         yaml.safe_dump(
@@ -122,9 +116,7 @@ def run_sweep(
     )
     args = [
         "-m",
-        *sweep.overrides,
-        *multirun_args(grid),
-        f"hydra.sweep.dir={sweep_dir}",
+        *multirun,
         "hydra.sweep.subdir=${hydra.job.num}",
         f"++logger.group={sweep.name}",
     ]
@@ -134,6 +126,85 @@ def run_sweep(
     from blockbert.app.commands.report import run_report
 
     return run_report(str(sweep_dir), debug=debug_jobs)
+
+
+def parse_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list], dict[str, list[str]]]:
+    """A sweep's overrides (its file's and the command line's) read by Hydra's own grammar: (the fixed ones, as
+    written; {key: values} of the sweeps, expanded as Hydra's basic sweeper expands them: ``seed=0,1``,
+    ``seed=range(0,3)``, ``model.heads=choice(10:2,11:1)``, ``model=glob(blockbert_*)``; {key: the same values as
+    override text}). The sweeps join the grid, so that the plan, the job table and the summary know them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Transformer
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create(config_loader=config_loader())
+    fixed, values, texts = [], {}, {}
+    for line in overrides:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except HydraException as err:
+            raise ConfigError(f"override {line!r} is not valid: {' '.join(str(err).split())}") from None
+        if not override.is_sweep_override() or override.is_hydra_override():
+            fixed.append(override.input_line)
+            continue
+        if not override.is_discrete_sweep():
+            raise ConfigError(
+                f"{override.input_line}: blockbert sweep runs Hydra's basic sweeper, which takes comma lists, "
+                "range(...), choice(...) and glob(...), not interval(...)"
+            )
+        key = override.get_key_element()
+        try:
+            elements = list(override.sweep_iterator())  # once: a shuffle(...) draws its order once
+        except HydraException as err:
+            raise ConfigError(f"{override.input_line}: {' '.join(str(err).split())}") from None
+        if not elements:
+            raise ConfigError(f"{override.input_line}: the sweep has no values")
+        values[key] = [_plain(element) for element in elements]
+        texts[key] = [Transformer.str(element) for element in elements]
+    return fixed, values, texts
+
+
+def _plain(element):
+    """A parsed override value as plain data (Hydra's quoted strings as strings), for the plan and sweep.yaml."""
+    from hydra.core.override_parser.types import QuotedString
+
+    if isinstance(element, QuotedString):
+        return element.text
+    if isinstance(element, list):
+        return [_plain(e) for e in element]
+    if isinstance(element, dict):
+        return {_plain(k): _plain(v) for k, v in element.items()}
+    return element
+
+
+def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str]) -> None:
+    """--dry-run: the jobs (a table of the swept values), the launcher's settings as they will be submitted
+    (resolved; a cluster launcher only) and each job's command line, the one that runs it alone. Runs nothing."""
+    from blockbert.app.cluster import launcher_settings
+
+    config = compose_multirun(sweep.command, [*multirun, f"hydra.job.name={sweep.command}"])
+    settings = launcher_settings(config)  # first: a launcher's refusal ends the preview as it would end the run
+    planned = jobs(grid)
+    table = Table(
+        title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs (fixed: {' '.join(sweep.overrides) or 'none'})"
+    )
+    table.add_column("job")
+    for key in grid:
+        table.add_column(key)
+    for i, values in enumerate(planned):
+        table.add_row(str(i), *(str(v) for v in values.values()))
+    console().print(table)
+    flags = []
+    if settings is not None:
+        flags = ["-m"]  # a launcher other than Hydra's basic one runs multiruns only: one job is a one-job multirun
+        launcher = config.hydra.launcher._target_.rsplit(".", 1)[-1]
+        print(f"\nlauncher: {launcher} (hydra.launcher, resolved: every job is submitted with these)")
+        print(yaml.safe_dump(settings, sort_keys=False, width=1000, default_flow_style=False), end="")
+    print("\njob commands (each runs that job alone):")
+    width = len(str(len(per_job) - 1))
+    for i, overrides in enumerate(per_job):
+        line = shlex.join(["blockbert", sweep.command, *flags, *sweep.overrides, *overrides])
+        print(f"{i:>{width}}: {line}")
 
 
 def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:

@@ -1,0 +1,413 @@
+"""The typed configs of conf/: one dataclass per config node, with each numeric setting's range and each choice's
+options. :func:`check_config` checks a composed config against its command's schema while it is composed (before a
+run directory or a W&B run exists), so ``optim.lr=abc`` or ``data.max_seq_length=0`` ends ``--cfg job`` as it ends a
+run: one line naming the key, the value and what is accepted.
+
+A config is checked, not replaced: the YAML files stay the source of every default, the schema only says what each
+key accepts. A key the schema does not know is refused (``+optim.lrr=1``), except under ``trainer``, whose other keys
+go to Lightning's ``Trainer`` as they are. Plain dataclasses, read by OmegaConf (no Hydra here).
+"""
+# ruff: noqa: UP006, UP045 -- OmegaConf 2.3 reads typing's Optional/List/Dict, not X | None or list[...]
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional  # noqa: UP035 -- OmegaConf 2.3 reads typing's generics, not X | None
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
+
+from blockbert.errors import ConfigError
+
+
+def setting(default, low=None, high=None, *, above=None, below=None, choices=None):
+    """A field with what it accepts: ``low <= value <= high``, ``above < value < below``, or one of ``choices``
+    (None is always accepted where the type is Optional)."""
+    rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices}
+    rule = {key: value for key, value in rule.items() if value is not None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=rule)
+    return field(default=default, metadata=rule)
+
+
+@dataclass
+class Model:
+    name: str = "roberta_1seq"
+    init_from: Optional[str] = None
+    next_sentence_prediction: bool = False
+    vocab_size: int = setting(30522, 1)
+    hidden_size: int = setting(768, 1)
+    num_layers: int = setting(12, 1)
+    num_heads: int = setting(12, 1)
+    intermediate_size: int = setting(3072, 0)
+    max_position_embeddings: int = setting(512, 1)
+    type_vocab_size: int = setting(2, 1)
+    attention: str = setting("dense", choices=("dense", "block", "sparse"))
+    heads: str = "10:2"
+    sparse_stride: int = setting(128, 1)
+    sparse_expressivity: int = setting(32, 1)
+    sparse_impl: str = setting("mask", choices=("mask", "blocks"))
+    attention_impl: str = setting("sdpa", choices=("sdpa", "eager", "flex"))
+    hidden_dropout: float = setting(0.1, 0.0, below=1.0)
+    attention_dropout: float = setting(0.1, 0.0, below=1.0)
+    layer_norm_eps: float = setting(1e-12, above=0.0)
+    initializer_range: float = setting(0.02, 0.0)
+    pad_token_id: int = setting(0, 0)
+    gradient_checkpointing: bool = False
+    # the checkpoint's, when the model comes from one (filled in while the config is composed)
+    block_seq_len: Optional[int] = setting(None, 0)
+    position_offset: Optional[int] = setting(None, 0)
+
+
+@dataclass
+class Trainer:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = setting(1, 1)
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_steps: int = setting(-1, -1)
+    max_epochs: Optional[int] = setting(None, -1)
+    gradient_clip_val: Optional[float] = setting(None, 0.0)
+    val_check_interval: Optional[float] = setting(None, above=0.0)
+    limit_val_batches: Optional[float] = setting(None, 0.0)
+    log_every_n_steps: int = setting(50, 1)
+    num_sanity_val_steps: int = setting(2, -1)
+
+
+@dataclass
+class Logger:
+    kind: str = setting("wandb", choices=("wandb", "csv", "none"))
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    mode: Optional[str] = setting(None, choices=("offline", "online", "disabled"))
+    group: Optional[str] = None
+
+
+@dataclass
+class Paths:
+    cache_dir: str = "~/.cache/blockbert"
+
+
+@dataclass
+class Paper:
+    tables: str = ""
+    row: str = ""
+    pretrained: bool = True
+
+
+@dataclass
+class Longrange:
+    segment_tokens: Optional[int] = setting(None, 1)
+    segments: int = setting(1, 1)
+    blocks: int = setting(2, 1)
+    slot_every: int = setting(16, 1)
+    distance: List[float] = setting([1.0])
+    cyclic: bool = False
+    filler_words: int = setting(128, 1)
+    topic_words: int = setting(4, 1)
+
+
+@dataclass
+class CorpusData:
+    name: str = "tiny_corpus"
+    source: str = setting("generated", choices=("generated", "files", "hub", "longrange"))
+    files: Any = None
+    hub_name: Any = None
+    hub_config: Any = None
+    hub_split: str = "train"
+    text_field: str = "text"
+    documents: str = setting("paragraph", choices=("paragraph", "file", "line"))
+    rows_per_document: Any = 1
+    tokenizer: str = "train"
+    tokenizer_vocab_size: int = setting(2048, 1)
+    max_seq_length: int = setting(128, 8)
+    validation_fraction: float = setting(0.05, above=0.0, below=1.0)
+    mlm_probability: float = setting(0.15, above=0.0, below=1.0)
+    per_device_batch_size: int = setting(8, 1)
+    num_workers: int = setting(0, 0)
+    num_proc: Optional[int] = setting(None, 1)
+    generated_documents: int = setting(400, 2)
+    longrange: Optional[Longrange] = None
+
+
+@dataclass
+class Optim:
+    lr: float = setting(2.5e-4, above=0.0)
+    betas: List[float] = setting([0.9, 0.999])
+    eps: float = setting(1e-8, above=0.0)
+    weight_decay: float = setting(0.01, 0.0)
+    warmup_steps: int = setting(10000, 0)
+
+
+@dataclass
+class Pretrain:
+    paths: Paths = field(default_factory=Paths)
+    model: Model = field(default_factory=Model)
+    data: CorpusData = field(default_factory=CorpusData)
+    trainer: Trainer = field(default_factory=Trainer)
+    logger: Logger = field(default_factory=Logger)
+    seed: int = setting(0, 0)
+    paper: Optional[Paper] = None
+    ckpt_path: Optional[str] = None
+    compile: bool = False
+    tokens_per_batch: int = setting(131072, 1)
+    optim: Optim = field(default_factory=Optim)
+    checkpoint_every_n_steps: Optional[int] = setting(10000, 1)
+    checkpoint_keep: int = setting(3, 0)
+    progress_bar: bool = True
+
+
+@dataclass
+class Task:
+    name: str = "generated"
+    format: Optional[str] = setting(None, choices=("squad1", "squad2", "mrqa"))
+    version: Optional[str] = setting(None, choices=("1.1", "2.0"))
+    generated_questions: Optional[int] = setting(None, 4)
+    tokenizer_vocab_size: int = setting(30522, 1)
+    train_file: Optional[str] = None
+    dev_file: Optional[str] = None
+    test_file: Optional[str] = None
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_subset: Optional[str] = None
+    hub_train_split: Optional[str] = None
+    hub_dev_split: Optional[str] = None
+    split_dev: bool = False
+    max_train_samples: Optional[int] = setting(None, 1)
+    max_eval_samples: Optional[int] = setting(None, 1)
+
+
+@dataclass
+class QAData:
+    max_seq_length: int = setting(512, 8)
+    doc_stride: int = setting(128, 1)
+    max_query_length: int = setting(64, 1)
+    max_answer_length: int = setting(30, 1)
+    n_best_size: int = setting(20, 1)
+    per_device_batch_size: int = setting(16, 1)
+    num_proc: Optional[int] = setting(None, 1)
+
+
+@dataclass
+class FinetuneOptim:
+    lr: float = setting(3e-5, above=0.0)
+    batch_size: int = setting(32, 1)
+    betas: List[float] = setting([0.9, 0.999])
+    eps: float = setting(1e-8, above=0.0)
+    weight_decay: float = setting(0.01, 0.0)
+    warmup_proportion: float = setting(0.1, 0.0, 1.0)
+
+
+@dataclass
+class Finetune:
+    paths: Paths = field(default_factory=Paths)
+    model: Model = field(default_factory=Model)
+    task: Task = field(default_factory=Task)
+    trainer: Trainer = field(default_factory=Trainer)
+    logger: Logger = field(default_factory=Logger)
+    seed: int = setting(0, 0)
+    paper: Optional[Paper] = None
+    init_from: Optional[str] = None
+    ckpt_path: Optional[str] = None
+    compile: bool = False
+    checkpoint_every_n_steps: Optional[int] = setting(None, 1)
+    progress_bar: bool = True
+    data: QAData = field(default_factory=QAData)
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+
+
+@dataclass
+class Size:
+    hidden_size: int = setting(768, 1)
+    intermediate_size: int = setting(3072, 1)
+    num_layers: int = setting(12, 1)
+    vocab_size: int = setting(30522, 1)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class Profile:
+    size: Size = field(default_factory=Size)
+    models: List[str] = setting(["roberta_1seq"])
+    seq_lengths: List[int] = setting([128])
+    tokens_per_device: int = setting(4096, 1)
+    attention_impl: str = setting("eager", choices=("eager", "sdpa"))
+    device: str = setting("auto", choices=DEVICES)
+    dtype: str = setting("auto", choices=DTYPES)
+    a2_warmup_steps: int = setting(3, 0)
+    seed: int = setting(0, 0)
+    heads: Dict[str, str] = setting({})
+
+
+@dataclass
+class WholeRun:
+    models: List[str] = setting(["roberta_1seq"])
+    seq_len: int = setting(512, 8)
+    batch_size: int = setting(1, 1)
+    steps: int = setting(10, 1)
+    documents: Optional[int] = setting(None, 2)
+    rows_per_document: Optional[int] = setting(None, 1)
+    questions: Optional[int] = setting(None, 4)
+
+
+@dataclass
+class BenchmarkData:
+    sizes_mb: List[float] = setting([10.0])
+    max_seq_length: int = setting(512, 8)
+    nsp: bool = False
+    num_proc: Optional[int] = setting(None, 1)
+    repeats: int = setting(1, 1)
+    tokenizers_parallelism: bool = False
+
+
+@dataclass
+class Benchmark:
+    paths: Paths = field(default_factory=Paths)
+    size: Size = field(default_factory=Size)
+    mode: str = setting("model", choices=("model", "attention", "data", "pretrain", "finetune"))
+    models: List[str] = setting(["roberta_1seq"])
+    baseline: Any = None
+    phases: List[str] = setting(["inference"])
+    batch_sizes: List[int] = setting([1])
+    seq_lengths: List[int] = setting([512])
+    heads: Dict[str, str] = setting({})
+    inference_bound: bool = True
+    attention_seq_lengths: List[int] = setting([512])
+    attention_batch_size: int = setting(1, 1)
+    attention_dropout: List[float] = setting([0.0])
+    attention_padding: float = setting(0.0, 0.0, below=1.0)
+    repeats: int = setting(5, 1)
+    warmup: int = setting(1, 0)
+    device: str = setting("auto", choices=DEVICES)
+    dtype: str = setting("auto", choices=DTYPES)
+    seed: int = setting(0, 0)
+    compile: bool = False
+    pretrain: WholeRun = field(default_factory=WholeRun)
+    finetune: WholeRun = field(default_factory=WholeRun)
+    data: BenchmarkData = field(default_factory=BenchmarkData)
+
+
+SCHEMAS = {"pretrain": Pretrain, "finetune": Finetune, "profile": Profile, "benchmark": Benchmark}
+# what the experiments (one file per paper row and demo, shared by both commands) set for pre-training only: left out
+# of a fine-tuning config, which would not read them
+NOT_READ = {"finetune": ("tokens_per_batch", "optim.warmup_steps", "trainer.val_check_interval")}
+
+
+def drop_unread(cfg: DictConfig, command: str, given: set[str]) -> None:
+    """Leave out of ``cfg`` the keys ``command`` does not read (:data:`NOT_READ`) that the command line did not give
+    (given ones meet the schema, which names what is accepted)."""
+    for key in NOT_READ.get(command, ()):
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if key not in given and node is not None and name in node:
+            with open_dict(node):
+                del node[name]
+
+
+OPEN_NODES = ("trainer",)  # their other keys are handed on as they are (to Lightning's Trainer)
+
+
+def check_config(cfg: DictConfig, command: str) -> None:
+    """Refuse, in one line, a value of ``cfg`` (``command``'s composed config, its ``hydra`` node aside) whose type or
+    range its schema does not accept, and a key the schema does not know."""
+    schema = SCHEMAS.get(command)
+    if schema is None:
+        return
+    values = {key: value for key, value in OmegaConf.to_container(cfg).items() if key != "hydra"}
+    for key in OPEN_NODES:  # only the keys the schema types
+        if isinstance(values.get(key), dict):
+            known = {f.name for f in dataclasses.fields(_field_type(schema, key))}
+            values[key] = {k: v for k, v in values[key].items() if k in known}
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+        try:
+            resolved = OmegaConf.to_container(typed, resolve=True)
+        except InterpolationResolutionError:  # e.g. a resolver only Hydra's job knows: the types were checked
+            resolved = OmegaConf.to_container(typed)
+    except ConfigKeyError as err:
+        section, _, name = str(err.full_key).rpartition(".")
+        node = _field_type(schema, section) if section else schema
+        accepted = ", ".join(f.name for f in dataclasses.fields(node)) if node else ""
+        raise ConfigError(
+            f"{err.full_key} is not a setting: accepted {'in ' + section if section else ''} are {accepted}".replace(
+                "  ", " "
+            )
+        ) from None
+    except ValidationError as err:
+        raise ConfigError(f"{err.full_key}={_value(values, str(err.full_key))!r}: {_expected(err)}") from None
+    _check_ranges(schema, resolved, "")
+
+
+def _check_ranges(schema, values: dict, prefix: str) -> None:
+    for spec in dataclasses.fields(schema):
+        value = values.get(spec.name)
+        key = prefix + spec.name
+        if dataclasses.is_dataclass(_node_type(spec)) and isinstance(value, dict):
+            _check_ranges(_node_type(spec), value, key + ".")
+        elif value is not None and spec.metadata:
+            problem = _out_of_range(value, spec.metadata)
+            if problem:
+                what = "is not accepted" if "choices" in spec.metadata else "is out of range"
+                raise ConfigError(f"{key}={value!r} {what}: {problem}")
+
+
+def _out_of_range(value, rule: dict) -> str | None:
+    if "choices" in rule:
+        return None if value in rule["choices"] else "accepted are " + ", ".join(map(str, rule["choices"]))
+    bounds = []
+    if "low" in rule:
+        bounds.append((value >= rule["low"], f">= {rule['low']}"))
+    if "above" in rule:
+        bounds.append((value > rule["above"], f"> {rule['above']}"))
+    if "high" in rule:
+        bounds.append((value <= rule["high"], f"<= {rule['high']}"))
+    if "below" in rule:
+        bounds.append((value < rule["below"], f"< {rule['below']}"))
+    if all(ok for ok, _ in bounds):
+        return None
+    return "it must be " + " and ".join(text for _, text in bounds)
+
+
+def _node_type(spec: dataclasses.Field):
+    kind = spec.type if not isinstance(spec.type, str) else eval(spec.type, globals())  # noqa: S307 -- our annotations
+    return next((arg for arg in getattr(kind, "__args__", ()) if dataclasses.is_dataclass(arg)), kind)
+
+
+def _field_type(schema, dotted: str):
+    node = schema
+    for name in dotted.split("."):
+        spec = next((f for f in dataclasses.fields(node) if f.name == name), None) if node else None
+        node = _node_type(spec) if spec else None
+        if not dataclasses.is_dataclass(node):
+            return None
+    return node
+
+
+def _value(values: dict, dotted: str):
+    node = values
+    for name in dotted.replace("[", ".").replace("]", "").split("."):
+        try:
+            node = node[int(name)] if isinstance(node, list) else node[name]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None
+    return node
+
+
+TYPE_NAMES = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def _expected(err: ValidationError) -> str:
+    message = str(err.msg)
+    for name, text in TYPE_NAMES.items():
+        if f"converted to {name}" in message:
+            return f"expected {text}"
+    if "is not a valid bool" in message:
+        return "expected true or false"
+    if message.startswith("Incompatible value 'None'"):
+        return "a value is needed here (not null)"
+    return message.splitlines()[0]

