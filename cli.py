@@ -158,7 +158,8 @@ def sweep(
     submits the jobs to SLURM. A failed job is listed with its error and does not stop the others.
     `finetune_each --from DIR` fine-tunes every finished job of the pre-training sweep in DIR.
 
-    Example (laptop scale): `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=300`
+    Example (laptop scale):
+    `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=300 optim.schedule_steps=600`
     """
     from blockbert.app.commands.sweep import run_sweep
 

@@ -20,11 +20,16 @@ class ConfigError(ValueError):
 
 
 class RunInterrupted(Exception):
-    """Training stopped on SIGTERM or Ctrl-C; ``run_dir`` is where the run resumes, ``exit_code`` the shell's."""
+    """Training stopped on SIGTERM or Ctrl-C: ``state`` says where it stopped and what is saved, ``resume`` how to
+    resume it (the command that started a multirun or a sweep replaces it with its own), ``run_dir`` is where it
+    resumes (a multirun's: its sweep directory), ``exit_code`` the shell's."""
 
-    def __init__(self, message: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE):
-        super().__init__(message)
-        self.run_dir, self.exit_code = run_dir, exit_code
+    def __init__(self, state: str, resume: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE):
+        super().__init__(state)
+        self.state, self.resume, self.run_dir, self.exit_code = state, resume, run_dir, exit_code
+
+    def __str__(self) -> str:
+        return f"{self.state}; {self.resume}"
 
 
 class NonFiniteLossError(RuntimeError):

@@ -147,3 +147,26 @@ def test_too_few_documents_suggest_one_per_line(tmp_path):
     dm = PretrainDataModule(cfg.data, False, 1, 0, tmp_path / "cache")
     dm.setup()
     assert len(dm.train_set) == 2
+
+
+@pytest.mark.parametrize("documents", ["paragraph", "line"])
+def test_a_gzipped_text_corpus_reads_as_the_plain_one(tmp_path, documents):
+    import gzip
+
+    (tmp_path / "valid.txt").write_text(WIKITEXT)
+    (tmp_path / "valid.txt.gz").write_bytes(gzip.compress(WIKITEXT.encode()))
+    plain = load_documents(files_config(tmp_path, tmp_path / "valid.txt", documents).data, tmp_path / "cache")
+    packed = load_documents(files_config(tmp_path, tmp_path / "valid.txt.gz", documents).data, tmp_path / "cache")
+    assert list(packed["text"]) == list(plain["text"]) and len(plain) > 1
+
+
+def test_a_corrupt_gzipped_corpus_is_named_as_corrupt(tmp_path):
+    import gzip
+
+    whole = gzip.compress(WIKITEXT.encode() * 50)
+    (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "plain.gz").write_bytes(whole)
+    with pytest.raises(ConfigError, match=r"cut\.txt\.gz cannot be decompressed: it is corrupt or truncated"):
+        load_documents(files_config(tmp_path, tmp_path / "cut.txt.gz").data, tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"plain\.gz' mixes or uses an unsupported format: .*also gzipped, \.gz"):
+        load_documents(files_config(tmp_path, tmp_path / "plain.gz").data, tmp_path / "cache")

@@ -232,3 +232,29 @@ def test_peers_are_the_transformers_models_at_our_sizes():
     assert build("sparsebert_blocks", size, {}, 128).config.sparse_impl == "blocks"
     with pytest.raises(ConfigError, match="model 'gpt2' is unknown: accepted are blockbert_n2, .*, hf_bigbird"):
         build("gpt2", size, {}, 128)
+
+
+@pytest.mark.parametrize("name", ["roberta_1seq", "blockbert_n2", "hf_bert"])
+def test_table5_times_the_encoder_alone_as_the_cited_script_does(name):
+    from contextlib import nullcontext
+
+    from blockbert.measure.benchmark import _call
+
+    size = dict(hidden_size=24, intermediate_size=48, num_layers=1, vocab_size=50)
+    model = build(name, size, {"blockbert_n2": "10:2"}, 32)
+    heads_called = []
+    lm_head = model.model.cls if name == "hf_bert" else model.mlm
+    lm_head.register_forward_hook(lambda *args: heads_called.append(True))
+    batch = random_batch(2, 32, 50, "cpu")
+    _call(model, None, batch, "inference", nullcontext(), lm_head=False)()
+    assert heads_called == []
+    _call(model, None, batch, "inference", nullcontext(), lm_head=True)()
+    assert heads_called == [True]
+
+
+def test_ratios_of_means_for_table5():
+    times = {"a": [1.0, 1.0, 4.0], "b": [2.0, 2.0, 2.0]}
+    medians = _records(times, ["b"], {}, {})
+    means = _records(times, ["b"], {}, {}, ratio_of="mean")
+    assert medians[0]["ratios"]["b"] == pytest.approx(0.5) and means[0]["ratios"]["b"] == pytest.approx(1.0)
+    assert means[0]["mean_s"] == pytest.approx(2.0) and means[0]["median_s"] == pytest.approx(1.0)

@@ -75,10 +75,47 @@ def test_the_readme_is_a_front_door():
     assert "(docs/results.md)" in text and "| model |" not in text
 
 
+BERT_BASE = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
+
+
+def stand_ins(tmp_path: Path, monkeypatch) -> None:
+    """What the pages' placeholders name, as far as composing a command reads them (the checkpoint's config): a
+    `blockbert pretrain` run (runs/pretrain/<date_time>), a Hugging Face BERT directory (path/to/...), and the hub's
+    models (their config.json, as if cached)."""
+    import json
+
+    import torch
+
+    from blockbert import preset_config
+    from blockbert.formats import convert
+
+    config = preset_config("blockbert_n2", max_position_embeddings=1024, heads="9:3").to_dict()
+    run = tmp_path / "runs" / "pretrain" / "2026-01-01_00-00-00" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"global_step": 1, "state_dict": {}, "hyper_parameters": {"model_config": config}}, run / "last.ckpt")
+    hf = tmp_path / "path" / "to" / "bert-base-uncased"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps(BERT_BASE))
+    monkeypatch.setattr(convert, "_is_hub_name", lambda path: False)  # a hub name reads its (cached) config.json
+    hub = tmp_path / "google-bert" / "bert-base-uncased"
+    hub.mkdir(parents=True)
+    (hub / "config.json").write_text(json.dumps(BERT_BASE))
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BLOCKBERT_CACHE", str(tmp_path / "cache"))
+    stand_ins(tmp_path, monkeypatch)
     args = shlex.split(command.replace("<date_time>", "2026-01-01_00-00-00"), comments=True)[1:]
     name = args[0]
     if name in FILE_COMMANDS:
@@ -109,3 +146,41 @@ def test_the_laptop_step_count_is_the_demos_everywhere():
         int(m) for path in texts for m in re.findall(r"experiment=tiny .*?trainer\.max_steps=(\d+)", path.read_text())
     ]
     assert found and set(found) == {tiny}
+
+
+def our_choice_labels() -> set[str]:
+    """What conf/ labels "our choice": a key of a primary config (``data.max_query_length``) or a group's option
+    (``trainer=gpu``: a comment of its file, or one of its keys)."""
+    labels = set()
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        group = path.parent.relative_to(ROOT / "conf").as_posix()
+        parents: list[tuple[int, str]] = []
+        for line in path.read_text().splitlines():
+            key = re.match(r"^(\s*)([A-Za-z_]\w*):", line)
+            if key:
+                indent = len(key.group(1))
+                parents = [(i, k) for i, k in parents if i < indent] + [(indent, key.group(2))]
+            if "our choice" not in line.lower():
+                continue
+            if group == ".":  # a primary config: its key, or its header (a general remark)
+                if key:
+                    labels.add(".".join(k for _, k in parents))
+            else:
+                labels.add(f"{group}={path.stem}")
+    return labels
+
+
+def test_what_we_chose_in_the_docs_and_the_our_choice_labels_of_conf_agree():
+    text = (ROOT / "docs" / "paper.md").read_text()
+    table = text[text.index("## What the paper states, and what we chose") :]
+    table = table[: table.index("\n## ")] if "\n## " in table else table
+    named = {
+        token
+        for row in table.splitlines()
+        if row.startswith("| ") and not row.startswith("| setting")
+        for token in re.findall(r"`([^`]+)`", row.split("|")[1])
+        if re.fullmatch(r"[a-z_]+(\.[a-z_]+)+|[a-z_]+=[a-z0-9_]+", token)
+    }
+    labels = our_choice_labels()
+    assert labels and labels <= named, f"labelled in conf/ but not in docs/paper.md: {sorted(labels - named)}"
+    assert named <= labels, f"in docs/paper.md but not labelled in conf/: {sorted(named - labels)}"

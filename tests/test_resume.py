@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
@@ -154,13 +155,20 @@ from blockbert.train import resilience
 
 class SigtermAt(pl.Callback):
     def on_train_batch_end(self, trainer, *args):  # after the last training batch of the first epoch
-        if os.environ["SIGTERM_AT"] == "epoch-end" and trainer.current_epoch == 0 \\
+        if os.environ["SIGTERM_AT"] in ("epoch-end", "twice") and trainer.current_epoch == 0 \\
                 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_validation_batch_start(self, trainer, *args):  # in the validation after training
         if os.environ["SIGTERM_AT"] == "closing-validation" and trainer.state.fn == "validate":
             os.kill(os.getpid(), signal.SIGTERM)
+
+close = resilience.finish_wandb
+def finish_wandb(*args, **kwargs):  # "twice": a second SIGTERM while the stopped run closes W&B
+    if os.environ["SIGTERM_AT"] == "twice":
+        os.kill(os.getpid(), signal.SIGTERM)
+    close(*args, **kwargs)
+resilience.finish_wandb = finish_wandb
 
 build = resilience.RunSafety.__init__
 def with_sigterm(self, cfg, run_dir):
@@ -198,6 +206,15 @@ def test_sigterm_between_epochs_resumes_exactly(run, tmp_path):
     assert resumed_step(out.stdout + out.stderr) > 0
     ours, theirs = weights(run_dir), weights(reference)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_a_second_sigterm_while_the_run_closes_still_ends_in_the_interrupted_line(run, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [*PRETRAIN, "trainer.max_steps=8", f"hydra.run.dir={run_dir}"]
+    out = blockbert_with_sigterm(tmp_path, "twice", "pretrain", *argv)
+    assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
+    assert "blockbert pretrain: interrupted: stopped by SIGTERM at step 4" in out.stderr
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
 
 
 @pytest.mark.slow
@@ -327,6 +344,35 @@ def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
         pass
 
 
+def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")  # a run that trains there already
+    (run_dir / "pretrain.log").write_text("its log\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom blockbert.formats.run_dir import RunDir\n"
+            "from blockbert.train.resilience import run_lock\n"
+            f"with run_lock(RunDir({str(run_dir)!r})):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+        out = run(tmp_path, "pretrain", *PRETRAIN, f"hydra.run.dir={run_dir}", check=False)
+        assert out.returncode == 2 and f"in use by another blockbert process (pid {holder.pid}" in out.stderr
+        assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+        assert (run_dir / "pretrain.log").read_text() == "its log\n"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_atomic_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     """A kill in the middle of writing the file (simulated: half the bytes, then an exception) leaves the
     previous checkpoint intact; Lightning's own IO writes over the file in place."""
@@ -368,3 +414,33 @@ def test_resume_picks_the_newest_step_and_skips_a_corrupt_last_checkpoint(tmp_pa
         assert resume_checkpoint(None, RunDir(run_dir)) == str(run_dir / "checkpoints" / "step-10.ckpt")
     warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "last.ckpt" in warning and "step-10.ckpt" in warning
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_the_whole_multirun_and_says_how_to_resume_it(run, tmp_path):
+    """SIGTERM in job 0 of `pretrain -m seed=0,1`: job 0 saves its state, job 1 never starts, the command exits 143
+    naming the sweep directory to resume in; the same command there resumes job 0 and runs job 1."""
+    sweep_dir = tmp_path / "multi"
+    argv = ["-m", "seed=0,1", *PRETRAIN, "trainer.max_steps=8", f"hydra.sweep.dir={sweep_dir}"]
+    out = blockbert_with_sigterm(tmp_path, "epoch-end", "pretrain", *argv)
+    assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
+    line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
+    assert f"run the same command with hydra.sweep.dir={sweep_dir} to resume the multirun" in line
+    assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
+    assert (sweep_dir / "0" / "checkpoints" / "interrupted.ckpt").is_file() and not (sweep_dir / "1").exists()
+    again = run(tmp_path, "pretrain", *argv)
+    assert resumed_step(again.stdout + again.stderr) > 0
+    assert all(metrics(sweep_dir / job)["status"] == "finished" for job in ("0", "1"))
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_the_whole_sweep_and_names_the_sweep_to_resume(run, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(yaml.safe_dump({"command": "pretrain", "metric": "val/ppl", "parameters": {"seed": [0, 1]}}))
+    sweep_dir = tmp_path / "sweep"
+    argv = [str(spec), *PRETRAIN, "trainer.max_steps=8", "--dir", str(sweep_dir)]
+    out = blockbert_with_sigterm(tmp_path, "epoch-end", "sweep", *argv)
+    assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
+    line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
+    assert f"--dir {sweep_dir} to resume the sweep (complete jobs are skipped)" in line and "blockbert sweep" in line
+    assert not (sweep_dir / "1").exists() and not (sweep_dir / "summary.csv").exists()

@@ -40,12 +40,17 @@ from blockbert.train.cluster import set_process_rank
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "LOCAL_RANK")  # the first one set is the rank
 
 
+_OUTPUT_SUBDIRS: dict[str, str | None] = {}  # the job's, decided once: read again, it must not move on to resume-K+1
+
+
 def hydra_output_subdir(run_dir: str) -> str | None:
     """Where Hydra stores a job's config (:meth:`RunDir.next_config_subdir`: a resume in the same directory keeps the
-    original config and gets ``.hydra/resume-K`` for its own). Ranks other than 0 of a job (SLURM or submitit tasks)
-    store nothing."""
-    rank = next((os.environ[name] for name in RANK_VARIABLES if os.environ.get(name, "").isdigit()), "0")
-    return RunDir(run_dir).next_config_subdir() if int(rank) == 0 else None
+    original config and gets ``.hydra/resume-K`` for its own), the same each time the job reads it (forgotten when
+    the job ends: :func:`_as_job`). Ranks other than 0 of a job (SLURM or submitit tasks) store nothing."""
+    if run_dir not in _OUTPUT_SUBDIRS:
+        rank = next((os.environ[name] for name in RANK_VARIABLES if os.environ.get(name, "").isdigit()), "0")
+        _OUTPUT_SUBDIRS[run_dir] = RunDir(run_dir).next_config_subdir() if int(rank) == 0 else None
+    return _OUTPUT_SUBDIRS[run_dir]
 
 
 OmegaConf.register_new_resolver("blockbert_output_subdir", hydra_output_subdir, replace=True)
@@ -104,10 +109,12 @@ def _bare(words: list[str]) -> bool:
     return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
 
 
-def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
+def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume: str | None = None) -> int:
     """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code.
 
-    ``wrap`` decorates the entry point (a sweep's jobs record failures instead of raising)."""
+    ``wrap`` decorates the entry point (a sweep's jobs record failures instead of raising). A job of a multirun
+    stopped by SIGTERM or Ctrl-C stops the multirun: the remaining jobs do not start, and the command says how to
+    resume it all, ``resume`` (a sweep's command) or the same command in the same sweep directory."""
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
@@ -132,6 +139,14 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None) -> int:
             )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         return report_error(task, err, debug)
+    except MultirunStopped as stop:
+        stopped = stop.interrupted
+        stopped.resume = resume or (
+            f"run the same command with hydra.sweep.dir={stop.sweep_dir} to resume the multirun (each job resumes "
+            "in its directory)"
+        )
+        stopped.run_dir = stop.sweep_dir
+        return report_error(task, stopped, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
         return report_error(task, refusal.error, debug)
     if job_errors:
@@ -165,6 +180,15 @@ def _entry_point(task: str):
     return main
 
 
+class MultirunStopped(BaseException):
+    """A job of a multirun run in this process was stopped (SIGTERM, Ctrl-C): the remaining jobs must not start.
+    A BaseException, which Hydra's job runner lets through instead of recording it as one failed job and going on."""
+
+    def __init__(self, interrupted, sweep_dir: str):
+        super().__init__(str(interrupted))
+        self.interrupted, self.sweep_dir = interrupted, sweep_dir
+
+
 DDP_JOB_ENV = "BLOCKBERT_DDP_JOB"
 # what Lightning's process launcher leaves in the environment of the process that started the ranks
 DIST_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", DDP_JOB_ENV)
@@ -195,13 +219,18 @@ def _as_job(task: str, debug: bool, task_function):
         try:
             return task_function(cfg)
         except Exception as err:
+            from hydra.types import RunMode
+
             from blockbert.errors import RunInterrupted
 
             if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):
                 print(f"blockbert {task}: interrupted: {err}", file=sys.stderr)
                 raise SystemExit(err.exit_code) from err
+            if isinstance(err, RunInterrupted) and hydra_cfg.mode == RunMode.MULTIRUN:
+                raise MultirunStopped(err, hydra_cfg.sweep.dir) from err
             raise
         finally:
+            _OUTPUT_SUBDIRS.pop(hydra_cfg.runtime.output_dir, None)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -250,7 +279,8 @@ def run_ddp_rank() -> int | None:
 
 def _keep_errors(task_function, errors: list):
     """Jobs run in this process keep their exception here instead of raising it through Hydra, which
-    would print its own "Error executing job" line first; jobs in other processes (submitit) raise."""
+    would print its own "Error executing job" line first; jobs in other processes (submitit) raise. (A stopped job
+    of a multirun raises :class:`MultirunStopped`, which passes.)"""
     main_pid = os.getpid()
 
     @functools.wraps(task_function)
@@ -258,13 +288,7 @@ def _keep_errors(task_function, errors: list):
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
-
-            from blockbert.errors import RunInterrupted
-
-            stops_multirun = isinstance(err, RunInterrupted) and HydraConfig.get().mode == RunMode.MULTIRUN
-            if os.getpid() != main_pid or stops_multirun:  # a SIGTERM stops the remaining jobs too
+            if os.getpid() != main_pid:
                 raise
             errors.append(err)
             return None

@@ -5,11 +5,16 @@ before the job starts."""
 from __future__ import annotations
 
 import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from blockbert.errors import ConfigError
 from blockbert.formats.compose import compose, override_key
+from blockbert.formats.run_dir import RunDir
+from blockbert.train.resilience import RunDirInUse, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,23 @@ def log_starting_point(cfg: DictConfig, command: str) -> None:
         else "the checkpoint's model",
         "; ".join(changed) or "nothing",
     )
+
+
+@contextmanager
+def locked(run: RunDir):
+    """The run directory's lock (:func:`blockbert.train.resilience.run_lock`) for the job; refused (another process
+    trains there), the job leaves no trace: the config Hydra stored for it beside that run's (``.hydra/resume-K``)
+    is removed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        with run_lock(run):
+            yield
+    except RunDirInUse:
+        subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+        if subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
+            shutil.rmtree(run.path / subdir, ignore_errors=True)
+        raise
 
 
 def given_on_command_line(key: str) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import glob
+import gzip
 import random
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from blockbert.data.longrange import LongRangeSpec, longrange_corpus
 from blockbert.errors import ConfigError
 
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSED = ".gz"  # text, JSON and JSONL files may be gzipped (corpus.txt.gz): datasets and we read them as they are
 # what separates the paragraphs of data.documents=paragraph: part of the cache keys of what is built from them
 PARAGRAPH_SEPARATOR = "blank or whitespace-only lines"
 SOURCES = ("generated", "longrange", "files", "hub")
@@ -89,18 +92,55 @@ def _expand(files) -> list[str]:
 
 def _is_blank(path: str) -> bool:
     size = Path(path).stat().st_size
-    return size == 0 or (size < 4096 and not Path(path).read_bytes().strip())
+    if size == 0 or size >= 4096:
+        return size == 0
+    return not (_read_gzip(path, gzip.decompress) if _gzipped(path) else Path(path).read_bytes()).strip()
+
+
+def _gzipped(path: str) -> bool:
+    return Path(path).suffix.lower() == COMPRESSED
+
+
+def _format(path: str) -> str | None:
+    """The format of a data file by its name: ``text``, ``json`` or ``parquet`` (a gzipped text or JSON file by the
+    name under ``.gz``), None if it is none of them."""
+    name = Path(path)
+    if _gzipped(path):
+        name = Path(name.stem)
+        return FORMATS.get(name.suffix.lower()) if FORMATS.get(name.suffix.lower()) != "parquet" else None
+    return FORMATS.get(name.suffix.lower())
+
+
+def _read_gzip(path: str, read):
+    """``read(bytes)`` of a gzipped file; a corrupt or truncated one is named in one line."""
+    try:
+        return read(Path(path).read_bytes())
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
+        raise ConfigError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
+
+
+def _check_gzip(paths: list[str]) -> None:
+    """Decompress each gzipped file once through, so that a corrupt one is named before datasets meets it."""
+    for path in filter(_gzipped, paths):
+        try:
+            with gzip.open(path, "rb") as file:
+                while file.read(1 << 24):
+                    pass
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise ConfigError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
 
 
 def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset:
-    kinds = {FORMATS.get(Path(p).suffix.lower()) for p in paths}
+    kinds = {_format(p) for p in paths}
     if None in kinds or len(kinds) != 1:
-        bad = [p for p in paths if Path(p).suffix.lower() not in FORMATS]
+        bad = [p for p in paths if _format(p) is None]
+        accepted = ", ".join(sorted(FORMATS))
         raise ConfigError(
             f"data.files: {bad[0] if bad else paths[0]!r} mixes or uses an unsupported format: "
-            f"accepted are one of {', '.join(sorted(FORMATS))} per run"
+            f"accepted are one of {accepted} per run (text and JSON also gzipped, {COMPRESSED})"
         )
     kind = kinds.pop()
+    _check_gzip(paths)
     kwargs = {}
     if kind == "text":
         sample_by = {"paragraph": "paragraph", "file": "document", "line": "line"}.get(data_cfg.documents)
@@ -137,7 +177,8 @@ def paragraphs(paths: list[str]):
     newlines; read line by line, so a file of any size streams through."""
     for path in paths:
         lines: list[str] = []
-        with open(path, encoding="utf-8") as file:  # universal newlines: CRLF and CR read as LF
+        opener = gzip.open if _gzipped(path) else open
+        with opener(path, "rt", encoding="utf-8") as file:  # universal newlines: CRLF and CR read as LF
             for line in file:
                 if not line.isspace():
                     lines.append(line)
@@ -152,7 +193,7 @@ def _not_utf8(paths: list[str]) -> str | None:
     """A line naming the first file that is not UTF-8 text, and where (datasets does not say which file)."""
     for path in paths:
         decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
-        with open(path, "rb") as file:
+        with (gzip.open if _gzipped(path) else open)(path, "rb") as file:
             while True:
                 chunk = file.read(1 << 20)
                 try:

@@ -13,9 +13,11 @@ from tokenizers import AddedToken, BertWordPieceTokenizer, Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from blockbert.data.cache import build_once
+from blockbert.data.wordpiece import learn_vocabulary
 
 log = logging.getLogger(__name__)
 
+WORDPIECE_VERSION = "deterministic-1"  # in the cache key: tokenizers trained before it (by tokenizers' trainer) retire
 SPECIAL_TOKENS = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
@@ -149,13 +151,14 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
 
 
 def train_wordpiece(documents: datasets.Dataset, vocab_size: int, cache_dir: Path):
-    """Train an uncased WordPiece tokenizer on the corpus; cached by corpus fingerprint and size."""
-    key = hashlib.sha1(f"{documents._fingerprint}-{vocab_size}".encode()).hexdigest()[:16]
+    """Train an uncased WordPiece tokenizer on the corpus, deterministically (:mod:`blockbert.data.wordpiece`: the
+    same corpus and size give the same files on any machine); cached by corpus fingerprint and size."""
+    key = hashlib.sha1(f"{documents._fingerprint}-{vocab_size}-{WORDPIECE_VERSION}".encode()).hexdigest()[:16]
 
     def build(directory: Path) -> dict:
-        wordpiece = BertWordPieceTokenizer(lowercase=True)
         batches = (documents[i : i + 1000]["text"] for i in range(0, len(documents), 1000))
-        wordpiece.train_from_iterator(batches, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
+        vocabulary = learn_vocabulary(batches, vocab_size, list(SPECIAL_TOKENS.values()))
+        wordpiece = BertWordPieceTokenizer({token: i for i, token in enumerate(vocabulary)}, lowercase=True)
         PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, **SPECIAL_TOKENS).save_pretrained(str(directory))
         return {"vocab_size": vocab_size}
 

@@ -139,6 +139,7 @@ class Optim:
     eps: float = setting(1e-8, above=0.0)
     weight_decay: float = setting(0.01, 0.0)
     warmup_steps: int = setting(10000, 0)
+    schedule_steps: Optional[int] = setting(None, 1)
 
 
 @dataclass
@@ -273,6 +274,8 @@ class Benchmark:
     models: List[str] = setting(["roberta_1seq"])
     baseline: Any = None
     phases: List[str] = setting(["inference"])
+    lm_head: bool = True
+    ratio_of: str = setting("median", choices=("median", "mean"))
     batch_sizes: List[int] = setting([1])
     seq_lengths: List[int] = setting([512])
     heads: Dict[str, str] = setting({})

@@ -24,7 +24,7 @@ from blockbert.formats.run_dir import RunDir
 from blockbert.measure import data_benchmark, run_benchmark
 from blockbert.measure.device import pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
-from blockbert.measure.models import NO_ATTENTION, build, random_batch
+from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_batch
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
 from blockbert.model.attention import SelfAttention
 from blockbert.model.config import BlockBertConfig
@@ -213,13 +213,17 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
             batch = random_batch(batch_size, seq_len, vocab, device)
             for phase in cfg.phases:
                 timed = {n: m for n, m in models.items() if n != NO_ATTENTION or phase == "inference"}
-                calls = {name: _call(model, optimizers[name], batch, phase, autocast) for name, model in timed.items()}
+                calls = {
+                    name: _call(model, optimizers[name], batch, phase, autocast, cfg.lm_head)
+                    for name, model in timed.items()
+                }
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
                 peaks = {
                     name: _memory(model, batch, device, autocast) if phase == "train" else None
                     for name, model in timed.items()
                 }
-                rows = _records(times, baselines, dict(phase=phase, batch_size=batch_size, seq_len=seq_len), peaks)
+                point = dict(phase=phase, batch_size=batch_size, seq_len=seq_len)
+                rows = _records(times, baselines, point, peaks, cfg.ratio_of)
                 if NO_ATTENTION in times:
                     inference_bounds(rows, models)
                 records += rows
@@ -243,13 +247,16 @@ def inference_bounds(rows: list[dict], models: dict) -> None:
             r["ratio_to_bound"] = r["median_s"] / r["bound_s"]
 
 
-def _call(model, optimizer, batch, phase, autocast):
+def _call(model, optimizer, batch, phase, autocast, lm_head: bool = True):
+    """The timed call: inference under no_grad, of the whole masked-LM model or (``lm_head`` false: Table 5 as the
+    Hugging Face benchmark script times it) its encoder alone; or a training step."""
     if phase == "inference":
+        target = model if lm_head else encoder_of(model)
 
         def infer():
-            model.eval()
+            target.eval()
             with torch.no_grad(), autocast:
-                model(batch["input_ids"], batch["attention_mask"])
+                target(batch["input_ids"], batch["attention_mask"])
 
         return infer
 
@@ -327,14 +334,15 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
     return step
 
 
-def _records(times, baselines, point, peaks) -> list[dict]:
-    """One record per model; ``ratios`` maps each baseline to median / its median (None where either has none),
-    and ``ratio_to_baseline`` is the first baseline's."""
+def _records(times, baselines, point, peaks, ratio_of: str = "median") -> list[dict]:
+    """One record per model; ``ratios`` maps each baseline to the model's time / the baseline's, both the median
+    or both the mean (``ratio_of``; None where either has none), and ``ratio_to_baseline`` is the first one's."""
     summaries = {name: timing_summary(t) for name, t in times.items()}
-    medians = {name: s["median_s"] for name, s in summaries.items()}
+    key = f"{ratio_of}_s"
+    centres = {name: s[key] for name, s in summaries.items()}
     out = []
     for name, s in summaries.items():
-        ratios = {b: s["median_s"] / medians[b] if medians.get(b) and s["median_s"] else None for b in baselines}
+        ratios = {b: s[key] / centres[b] if centres.get(b) and s[key] else None for b in baselines}
         out.append(
             {
                 **point,
@@ -356,9 +364,8 @@ def print_table(results: dict) -> None:
     )
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
     baselines = results["baselines"]
-    for column in ("phase", "B", "N", "model", "median s", "IQR s", *(f"× {b}" for b in baselines), "memory MB") + (
-        ("× bound",) if bounded else ()
-    ):
+    columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines), "memory MB")
+    for column in columns + (("× bound",) if bounded else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
         memory = r["memory_mb"]
@@ -368,6 +375,7 @@ def print_table(results: dict) -> None:
             str(r["seq_len"]),
             r["model"],
             OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
+            "" if r.get("mean_s") is None else f"{r['mean_s']:.4f}",
             "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
             *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
             "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",

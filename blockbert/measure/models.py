@@ -102,6 +102,12 @@ class PeerModel(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
+def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder of a masked-LM model, ours or a transformers peer: the model without its LM head, called as
+    ``encoder(input_ids, attention_mask)``."""
+    return model.model.base_model if isinstance(model, PeerModel) else model.encoder
+
+
 def random_batch(batch_size: int, seq_len: int, vocab_size: int, device, mlm_probability: float = 0.15) -> dict:
     g = torch.Generator().manual_seed(seq_len * 1000 + batch_size)
     ids = torch.randint(5, vocab_size, (batch_size, seq_len), generator=g)

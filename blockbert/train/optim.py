@@ -1,4 +1,5 @@
-"""AdamW with BERT's weight-decay groups, linear warm-up then linear decay: pre-training (A.1) and fine-tuning (A.4)."""
+"""AdamW with BERT's weight-decay groups (our choice: the paper does not say which parameters decay), linear warm-up
+then linear decay: pre-training (A.1) and fine-tuning (A.4)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def adamw_with_warmup(model: torch.nn.Module, optim: dict, warmup_steps: int, to
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: decay on weights, none on biases and LayerNorm parameters (A.1)."""
+    """AdamW parameter groups: decay on weights, none on biases and LayerNorm parameters (BERT's convention, our
+    choice; A.1 gives only the decay, 0.01)."""
     no_decay_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     no_decay_ids |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
     params = list(model.parameters())

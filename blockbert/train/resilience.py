@@ -41,6 +41,10 @@ from blockbert.train.loggers import finish_wandb
 log = logging.getLogger(__name__)
 
 
+class RunDirInUse(ConfigError):
+    """Another process holds the run directory's lock."""
+
+
 @contextmanager
 def run_lock(run: RunDir):
     """Hold the run's ``run.lock`` while it trains; a second process on the same directory stops at once.
@@ -57,7 +61,7 @@ def run_lock(run: RunDir):
         except BlockingIOError:
             handle.seek(0)
             owner = handle.read().strip() or "unknown"
-            raise ConfigError(
+            raise RunDirInUse(
                 f"{run.path} is in use by another blockbert process (pid {owner}, see {path}): wait "
                 "for it to end, or give another hydra.run.dir"
             ) from None
@@ -327,25 +331,25 @@ class RunSafety:
         except BaseException as err:
             ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
             stopped = isinstance(err, SIGTERMException) or ctrl_c
+            if isinstance(err, SIGTERMException):  # the state is saved: a second SIGTERM must not cut the report short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             exit_code = (SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) if stopped else 1
             finish_wandb(exit_code)
             if not stopped:
                 raise
             if where:  # after training
-                then = (
-                    f"training is complete and saved in {self.run.last_checkpoint.relative_to(self.run.path)}; run "
-                    "the same command with "
-                    f"hydra.run.dir={self.run.path} to validate it"
-                )
+                saved = f"training is complete and saved in {self.run.last_checkpoint.relative_to(self.run.path)}"
+                then = f"run the same command with hydra.run.dir={self.run.path} to validate it"
             else:
                 saved = (
                     f"its state is saved in {self.run.interrupted_checkpoint.relative_to(self.run.path)}"
                     if self.exception_checkpoint.saved
                     else "no optimizer step since it started, so nothing new was saved"
                 )
-                then = f"{saved}; run the same command with hydra.run.dir={self.run.path} to resume"
+                then = f"run the same command with hydra.run.dir={self.run.path} to resume"
             raise RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'}{where} at step {trainer.global_step}: {then}",
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'}{where} at step {trainer.global_step}: {saved}",
+                then,
                 self.run.path,
                 exit_code,
             ) from None

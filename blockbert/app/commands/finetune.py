@@ -6,17 +6,16 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from blockbert.app.run_config import check_paper_row, given_on_command_line, log_starting_point
+from blockbert.app.run_config import check_paper_row, given_on_command_line, locked, log_starting_point
 from blockbert.formats.run_dir import RunDir
 from blockbert.train.cluster import check_accelerator
 from blockbert.train.finetune import finetune
-from blockbert.train.resilience import run_lock
 
 
 def main(cfg: DictConfig) -> dict:
     run = RunDir(HydraConfig.get().runtime.output_dir)
-    log_starting_point(cfg, "finetune")
     check_accelerator(cfg.trainer)
-    with run_lock(run):
+    with locked(run):
+        log_starting_point(cfg, "finetune")
         check_paper_row(cfg, "finetune")
         return finetune(cfg, run, heads_given=given_on_command_line("model.heads"))

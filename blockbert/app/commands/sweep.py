@@ -16,7 +16,7 @@ from rich.table import Table
 
 from blockbert.app.launch import run_task
 from blockbert.display import console
-from blockbert.errors import ConfigError, RunInterrupted, one_line, one_line_errors
+from blockbert.errors import ConfigError, one_line, one_line_errors
 from blockbert.experiments.sweep_plan import (
     expand,
     job_overrides,
@@ -49,9 +49,7 @@ def tolerant(main):
             return None
         run.error_file.unlink(missing_ok=True)
         try:
-            main(cfg)
-        except RunInterrupted:
-            raise  # SIGTERM stops the whole sweep; running the sweep again with --dir resumes it
+            main(cfg)  # a stopped job stops the whole sweep (launch.MultirunStopped passes): --dir resumes it
         except Exception as err:  # noqa: BLE001 -- recorded, the sweep goes on
             run.error_file.write_text(f"{type(err).__name__}: {one_line(err)}\n\n{traceback.format_exc()}")
             print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)
@@ -120,7 +118,9 @@ def run_sweep(
         "hydra.sweep.subdir=${hydra.job.num}",
         f"++logger.group={sweep.name}",
     ]
-    code = run_task(sweep.command, args, debug_jobs, wrap=tolerant)
+    again = shlex.join(["blockbert", "sweep", name, *overrides, *(["--from", str(source_dir)] if source_dir else [])])
+    resume = f"run {again} --dir {sweep_dir} to resume the sweep (complete jobs are skipped)"
+    code = run_task(sweep.command, args, debug_jobs, wrap=tolerant, resume=resume)
     if code:
         return code
     from blockbert.app.commands.report import run_report
@@ -185,9 +185,11 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str])
     config = compose_multirun(sweep.command, [*multirun, f"hydra.job.name={sweep.command}"])
     settings = launcher_settings(config)  # first: a launcher's refusal ends the preview as it would end the run
     planned = jobs(grid)
-    table = Table(
-        title=f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs (fixed: {' '.join(sweep.overrides) or 'none'})"
+    # the title as its own line: a table's title wraps at the table's width
+    console().print(
+        f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs (fixed: {' '.join(sweep.overrides) or 'none'})"
     )
+    table = Table()
     table.add_column("job")
     for key in grid:
         table.add_column(key)
