@@ -155,7 +155,8 @@ def sweep(
 
     Extra overrides apply to every job and replace the sweep file's own of the same key; Hydra's sweeps
     (`seed=0,1`, `seed=range(0,3)`, `choice(...)`, `glob(...)`) join the grid; `cluster=slurm`
-    submits the jobs to SLURM. A failed job is listed with its error and does not stop the others.
+    submits the jobs to SLURM. Every job's config is checked before the first starts (a bad value stops
+    the sweep then); a job that fails as it runs is listed with its error and does not stop the others.
     `finetune_each --from DIR` fine-tunes every finished job of the pre-training sweep in DIR.
 
     Example (laptop scale):

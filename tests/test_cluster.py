@@ -199,7 +199,8 @@ def test_a_slurm_sweeps_dry_run_shows_the_resolved_launcher_and_each_jobs_comman
     commands = [line.split(": ", 1)[1] for line in out.splitlines() if ": blockbert " in line]
     assert len(commands) == 13
     assert commands[0] == (
-        "blockbert pretrain -m experiment=blockbert_n2_512 data=wiki_book trainer.max_steps=1200000 cluster=slurm "
+        "blockbert pretrain -m experiment=blockbert_n2_512 data=wiki_book trainer.max_steps=1200000 "
+        "optim.schedule_steps=2400000 cluster=slurm "
         "hydra.launcher.partition=gpu trainer=ddp trainer.devices=4 trainer.num_nodes=2 model.heads=12:0"
     )
     assert not (in_tmp / "calls.txt").exists() and not (in_tmp / "multirun").exists()  # no SLURM command ran

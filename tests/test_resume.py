@@ -261,25 +261,26 @@ def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(ru
     ],
 )
 def test_failed_resume_replaces_nothing(run, tmp_path, command, args, first, more):
-    """A resume that fails before training (here: a bad learning rate) reports the real error and leaves the
-    checkpoints and metrics.json of the run as they were; the original .hydra/config.yaml is kept."""
+    """A resume that fails before training (here: AdamW refuses a beta, which the config's schema does not range-check)
+    reports the real error and leaves the checkpoints and metrics.json of the run as they were; the original
+    .hydra/config.yaml is kept."""
     run_dir = tmp_path / "run"
     run(tmp_path, command, *args, first, f"hydra.run.dir={run_dir}")
     files = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
     before = metrics(run_dir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
-    out = run(tmp_path, command, *args, more, "optim.lr=-1", f"hydra.run.dir={run_dir}", check=False)
+    out = run(tmp_path, command, *args, more, "optim.betas=[2.0,0.999]", f"hydra.run.dir={run_dir}", check=False)
     assert out.returncode == 1
     errors = [line for line in out.stderr.splitlines() if line.startswith(f"blockbert {command}: error:")]
-    assert len(errors) == 1 and "Invalid learning rate: -1" in errors[0], out.stderr[-3000:]
+    assert len(errors) == 1 and "Invalid beta parameter at index 0: 2.0" in errors[0], out.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == files
     after = metrics(run_dir)
     assert {k: v for k, v in after.items() if k not in ("status", "error")} == {
         k: v for k, v in before.items() if k != "status"
     }
-    assert after["status"] == "failed" and "Invalid learning rate" in after["error"]
+    assert after["status"] == "failed" and "Invalid beta parameter" in after["error"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the run's original config
-    assert "optim.lr=-1" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+    assert "optim.betas=[2.0,0.999]" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
     out = run(tmp_path, command, *args, more, f"hydra.run.dir={run_dir}")  # it still resumes
     assert resumed_step(out.stdout + out.stderr) == before["step"] and metrics(run_dir)["step"] > before["step"]
     assert (run_dir / ".hydra" / "resume-2" / "overrides.yaml").is_file()

@@ -68,10 +68,12 @@ def test_every_sweep_job_composes_into_a_valid_config(name):
 def test_command_line_overrides_replace_the_sweep_files_own():
     """The laptop form documented in the head sweeps: the later experiment/data/max_steps replace the file's."""
     sweep = load_sweep("heads_n3")
-    overrides = merge_overrides(sweep.overrides, ["experiment=tiny", "data=tiny_corpus", "trainer.max_steps=300"])
-    assert overrides == ["experiment=tiny", "data=tiny_corpus", "trainer.max_steps=300"]
+    laptop = ["experiment=tiny", "data=tiny_corpus", "trainer.max_steps=300", "optim.schedule_steps=600"]
+    overrides = merge_overrides(sweep.overrides, laptop)
+    assert overrides == laptop
     cfg = compose_job("pretrain", overrides)
     assert (cfg.model.num_heads, cfg.data.max_seq_length, cfg.trainer.max_steps) == (4, 128, 300)
+    assert cfg.optim.schedule_steps == 600  # the first half of the schedule, as the paper-scale form
     assert len(expand(sweep, cfg.model.num_heads)["model.heads"]) == 15  # 4 heads over 3 shifts
     assert merge_overrides(["~experiment", "task=squad11"], ["experiment=tiny"]) == ["task=squad11", "experiment=tiny"]
 
@@ -320,7 +322,8 @@ def test_a_sweep_over_a_range_of_seeds_is_planned(in_tmp):
     assert len(lines) == 10 and not any("range" in line for line in lines)
     assert (
         lines[1]
-        == "blockbert pretrain trainer.max_steps=1200000 experiment=tiny data=tiny_corpus model.heads=4:0 seed=1"
+        == "blockbert pretrain trainer.max_steps=1200000 optim.schedule_steps=2400000 experiment=tiny data=tiny_corpus "
+        "model.heads=4:0 seed=1"
     )
     assert not (in_tmp / "multirun").exists()
 

@@ -160,3 +160,24 @@ def test_a_warm_up_longer_than_the_run_is_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="blockbert"):
         adamw_with_warmup(torch.nn.Linear(2, 2), optim, warmup_steps=2, total_steps=6)
     assert caplog.text == ""
+
+
+def test_what_only_the_job_resolves_is_left_to_the_job():
+    check_config(compose("pretrain", ["seed=${hydra:job.num}"]), "pretrain")  # a multirun's per-job seed
+    check_config(compose("benchmark", ["device=cuda:1"]), "benchmark")  # any torch device
+    check_config(compose("pretrain", ["checkpoint_keep=-1"]), "pretrain")  # Lightning's "keep them all"
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval=0.25: expected an integer"):
+        check_config(compose("pretrain", ["trainer.val_check_interval=0.25"]), "pretrain")  # optimizer steps
+
+
+@needs_minilm
+def test_a_run_from_a_checkpoint_keeps_the_users_overrides_as_its_name():
+    from hydra.types import RunMode
+
+    from blockbert.formats.compose import config_loader
+
+    checkpoint = Path(MINILM.submodule_search_locations[0]) / "model"
+    overrides = [f"model.init_from={checkpoint}", "seed=3"]
+    cfg = config_loader(finished=True).load_configuration("finetune", overrides, RunMode.RUN)
+    assert list(cfg.hydra.overrides.task) == overrides and "experiment" not in cfg.hydra.job.override_dirname
+    assert cfg.model.hidden_size == 384 and "experiment" not in cfg.hydra.runtime.choices  # the demo is gone

@@ -24,6 +24,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
         return report_error(task, stopped, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
         return report_error(task, refusal.error, debug)
+    finally:
+        _OUTPUT_SUBDIRS.clear()
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # set by a stopped run until its line was printed
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if job_errors:
         return report_error(task, job_errors[0], debug)
     return 0

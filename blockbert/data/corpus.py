@@ -101,7 +101,7 @@ def _gzipped(path: str) -> bool:
     return Path(path).suffix.lower() == COMPRESSED
 
 
-def _format(path: str) -> str | None:
+def file_format(path: str) -> str | None:
     """The format of a data file by its name: ``text``, ``json`` or ``parquet`` (a gzipped text or JSON file by the
     name under ``.gz``), None if it is none of them."""
     name = Path(path)
@@ -131,9 +131,9 @@ def _check_gzip(paths: list[str]) -> None:
 
 
 def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset:
-    kinds = {_format(p) for p in paths}
+    kinds = {file_format(p) for p in paths}
     if None in kinds or len(kinds) != 1:
-        bad = [p for p in paths if _format(p) is None]
+        bad = [p for p in paths if file_format(p) is None]
         accepted = ", ".join(sorted(FORMATS))
         raise ConfigError(
             f"data.files: {bad[0] if bad else paths[0]!r} mixes or uses an unsupported format: "

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 from blockbert.data.cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
-from blockbert.data.corpus import FORMATS, PARAGRAPH_SEPARATOR, describe_source, load_documents, rows_per_document
+from blockbert.data.corpus import PARAGRAPH_SEPARATOR, describe_source, file_format, load_documents, rows_per_document
 from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
 from blockbert.data.sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
@@ -141,7 +141,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         if cfg.source == "files":
             stats = file_stats(cfg.files)
             corpus = ["files", stats, cfg.text_field, cfg.documents]
-            if cfg.documents == "paragraph" and any(FORMATS.get(Path(s[0]).suffix.lower()) == "text" for s in stats):
+            if cfg.documents == "paragraph" and any(file_format(s[0]) == "text" for s in stats):
                 corpus.append(PARAGRAPH_SEPARATOR)  # earlier keys: split on empty lines only
         elif cfg.source == "hub":
             corpus = ["hub", str(cfg.hub_name), str(cfg.hub_config), cfg.hub_split, cfg.text_field]

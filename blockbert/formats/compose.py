@@ -98,10 +98,25 @@ def finish(cfg, command: str, run_mode, again):
 
     drop_unread(cfg, command, {override_key(o) for o in cfg.hydra.overrides.task})
     check_config(cfg, command)
+    _refuse_unpretrained_row(cfg, command)
     if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
         cfg = _from_checkpoint(cfg, command, again)
         _check_model(cfg.model)
     return cfg
+
+
+def _refuse_unpretrained_row(cfg, command: str) -> None:
+    """A paper row the paper never pre-trained (the official Google BERT checkpoint) is refused by ``pretrain`` while
+    composing, before its checkpoint (a hub model) is looked for."""
+    paper = cfg.get("paper")
+    if command != "pretrain" or not paper or paper.get("pretrained", True):
+        return
+    name = cfg.hydra.runtime.choices.get("experiment")
+    raise ConfigError(
+        f"experiment={name}, the paper's {paper.row} row (Tables {paper.tables}), is an official checkpoint, which "
+        "the paper fine-tunes and never pre-trains: fine-tune it with blockbert finetune, or pre-train the BERT-style "
+        "MLM + NSP model as experiment=roberta_2seq_512"
+    )
 
 
 def _from_checkpoint(cfg, command: str, again):
@@ -137,9 +152,10 @@ def _from_checkpoint(cfg, command: str, again):
     if length and (demo or length != cfg.data.max_seq_length):
         extra.append(f"data.max_seq_length={length}")
     if extra:
-        user = cfg.hydra.overrides.task
+        user, dirname = cfg.hydra.overrides.task, cfg.hydra.job.override_dirname
         cfg = again(extra)
-        cfg.hydra.overrides.task = user  # the job's overrides (its directory name, overrides.yaml) stay the user's
+        # the job's overrides stay the user's (overrides.yaml, a multirun's directory names, DDP ranks' command line)
+        cfg.hydra.overrides.task, cfg.hydra.job.override_dirname = user, dirname
         drop_unread(cfg, command, given)
         check_config(cfg, command)
     if model:
@@ -218,4 +234,5 @@ def compose_multirun(config_name: str, overrides=(), config_dirs=()):
     from hydra.types import RunMode
 
     with _version_base():
-        return config_loader(tuple(config_dirs)).load_configuration(config_name, list(overrides), RunMode.MULTIRUN)
+        loader = config_loader(tuple(config_dirs), finished=True)  # checked as the run will check it
+        return loader.load_configuration(config_name, list(overrides), RunMode.MULTIRUN)

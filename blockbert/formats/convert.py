@@ -338,7 +338,8 @@ def check_shapes(cls, config: BlockBertConfig, state: dict, directory: Path) -> 
 
 
 def hf_config_values(config: BlockBertConfig) -> dict:
-    """The Hugging Face BERT/RoBERTa config fields of a dense ``config`` (the inverse of :func:`config_from_hf`)."""
+    """The Hugging Face BERT/RoBERTa config fields of ``config`` (the inverse of :func:`config_from_hf`): a dense
+    export's config, and the standard fields beside a block or sparse export's own."""
     return {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,

@@ -222,10 +222,6 @@ class Card:
             datasets=datasets or None,
         )
 
-    def front_matter(self) -> dict:
-        """The metadata as a dict (what the card's YAML header holds)."""
-        return self.card_data().to_dict()
-
     def summary(self) -> list[str]:
         config = self.config
         block = config.attention == "block"

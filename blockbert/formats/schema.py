@@ -21,10 +21,11 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Valid
 from blockbert.errors import ConfigError
 
 
-def setting(default, low=None, high=None, *, above=None, below=None, choices=None):
+def setting(default, low=None, high=None, *, above=None, below=None, choices=None, means=None):
     """A field with what it accepts: ``low <= value <= high``, ``above < value < below``, or one of ``choices``
-    (None is always accepted where the type is Optional)."""
-    rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices}
+    (None is always accepted where the type is Optional); ``means``: what the value is, said instead of the bounds
+    when they are not met."""
+    rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices, "means": means}
     rule = {key: value for key, value in rule.items() if value is not None}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=rule)
@@ -77,11 +78,16 @@ class Trainer:
 
 
 @dataclass
+class PretrainTrainer(Trainer):
+    val_check_interval: int = setting(10000, 1)  # optimizer steps between validations (not an epoch fraction)
+
+
+@dataclass
 class Logger:
     kind: str = setting("wandb", choices=("wandb", "csv", "none"))
     project: Optional[str] = None
     entity: Optional[str] = None
-    mode: Optional[str] = setting(None, choices=("offline", "online", "disabled"))
+    mode: Optional[str] = setting(None, choices=("offline", "online", "disabled", "shared"))
     group: Optional[str] = None
 
 
@@ -123,7 +129,12 @@ class CorpusData:
     tokenizer: str = "train"
     tokenizer_vocab_size: int = setting(2048, 1)
     max_seq_length: int = setting(128, 8)
-    validation_fraction: float = setting(0.05, above=0.0, below=1.0)
+    validation_fraction: float = setting(
+        0.05,
+        above=0.0,
+        below=1.0,
+        means="it is the fraction of documents held out for validation, a number strictly between 0 and 1 (e.g. 0.05)",
+    )
     mlm_probability: float = setting(0.15, above=0.0, below=1.0)
     per_device_batch_size: int = setting(8, 1)
     num_workers: int = setting(0, 0)
@@ -147,7 +158,7 @@ class Pretrain:
     paths: Paths = field(default_factory=Paths)
     model: Model = field(default_factory=Model)
     data: CorpusData = field(default_factory=CorpusData)
-    trainer: Trainer = field(default_factory=Trainer)
+    trainer: PretrainTrainer = field(default_factory=PretrainTrainer)
     logger: Logger = field(default_factory=Logger)
     seed: int = setting(0, 0)
     paper: Optional[Paper] = None
@@ -156,7 +167,7 @@ class Pretrain:
     tokens_per_batch: int = setting(131072, 1)
     optim: Optim = field(default_factory=Optim)
     checkpoint_every_n_steps: Optional[int] = setting(10000, 1)
-    checkpoint_keep: int = setting(3, 0)
+    checkpoint_keep: int = setting(3, -1)  # -1: all (Lightning's save_top_k)
     progress_bar: bool = True
 
 
@@ -227,7 +238,6 @@ class Size:
     vocab_size: int = setting(30522, 1)
 
 
-DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -238,7 +248,7 @@ class Profile:
     seq_lengths: List[int] = setting([128])
     tokens_per_device: int = setting(4096, 1)
     attention_impl: str = setting("eager", choices=("eager", "sdpa"))
-    device: str = setting("auto", choices=DEVICES)
+    device: str = "auto"  # auto, or a torch device: cpu, cuda, cuda:1, ...
     dtype: str = setting("auto", choices=DTYPES)
     a2_warmup_steps: int = setting(3, 0)
     seed: int = setting(0, 0)
@@ -286,7 +296,7 @@ class Benchmark:
     attention_padding: float = setting(0.0, 0.0, below=1.0)
     repeats: int = setting(5, 1)
     warmup: int = setting(1, 0)
-    device: str = setting("auto", choices=DEVICES)
+    device: str = "auto"
     dtype: str = setting("auto", choices=DTYPES)
     seed: int = setting(0, 0)
     compile: bool = False
@@ -352,11 +362,16 @@ def _check_ranges(schema, values: dict, prefix: str) -> None:
         key = prefix + spec.name
         if dataclasses.is_dataclass(_node_type(spec)) and isinstance(value, dict):
             _check_ranges(_node_type(spec), value, key + ".")
-        elif value is not None and spec.metadata:
+        elif value is not None and spec.metadata and not _unresolved(value):
             problem = _out_of_range(value, spec.metadata)
             if problem:
                 what = "is not accepted" if "choices" in spec.metadata else "is out of range"
                 raise ConfigError(f"{key}={value!r} {what}: {problem}")
+
+
+def _unresolved(value) -> bool:
+    """An interpolation only the job resolves (``${hydra:job.num}``, an unset ``${oc.env:...}``): checked there."""
+    return isinstance(value, str) and "${" in value
 
 
 def _out_of_range(value, rule: dict) -> str | None:
@@ -373,7 +388,7 @@ def _out_of_range(value, rule: dict) -> str | None:
         bounds.append((value < rule["below"], f"< {rule['below']}"))
     if all(ok for ok, _ in bounds):
         return None
-    return "it must be " + " and ".join(text for _, text in bounds)
+    return rule.get("means") or "it must be " + " and ".join(text for _, text in bounds)
 
 
 def _node_type(spec: dataclasses.Field):
