@@ -422,7 +422,7 @@ def test_a_stop_reaches_the_whole_multirun_and_says_how_to_resume_it(run, tmp_pa
     """SIGTERM in job 0 of `pretrain -m seed=0,1`: job 0 saves its state, job 1 never starts, the command exits 143
     naming the sweep directory to resume in; the same command there resumes job 0 and runs job 1."""
     sweep_dir = tmp_path / "multi"
-    argv = ["-m", "seed=0,1", *PRETRAIN, "trainer.max_steps=8", f"hydra.sweep.dir={sweep_dir}"]
+    argv = ["-m", "seed=0,1", *PRETRAIN, "trainer.max_steps=5", f"hydra.sweep.dir={sweep_dir}"]  # stopped at 4
     out = blockbert_with_sigterm(tmp_path, "epoch-end", "pretrain", *argv)
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
@@ -439,7 +439,7 @@ def test_a_stop_reaches_the_whole_sweep_and_names_the_sweep_to_resume(run, tmp_p
     spec = tmp_path / "two.yaml"
     spec.write_text(yaml.safe_dump({"command": "pretrain", "metric": "val/ppl", "parameters": {"seed": [0, 1]}}))
     sweep_dir = tmp_path / "sweep"
-    argv = [str(spec), *PRETRAIN, "trainer.max_steps=8", "--dir", str(sweep_dir)]
+    argv = [str(spec), *PRETRAIN, "trainer.max_steps=5", "--dir", str(sweep_dir)]
     out = blockbert_with_sigterm(tmp_path, "epoch-end", "sweep", *argv)
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)

@@ -83,8 +83,10 @@ def test_a_multirun_with_one_bad_job_runs_none(blockbert, tmp_path):
 def test_the_other_commands_check_their_values_too(blockbert, tmp_path):
     out = blockbert(tmp_path, "benchmark", "data.nsp=maybe", "--cfg", "job", check=False)
     assert out.returncode == 2 and "data.nsp='maybe': expected true or false" in out.stderr
-    out = blockbert(tmp_path, "profile", "device=tpu", "--cfg", "job", check=False)
-    assert out.returncode == 2 and "device='tpu' is not accepted: accepted are auto, cpu, cuda" in out.stderr
+    out = blockbert(tmp_path, "profile", "dtype=half", "--cfg", "job", check=False)
+    assert out.returncode == 2 and "dtype='half' is not accepted: accepted are auto, float32, float16, bfloat16" in (
+        out.stderr
+    )
     out = blockbert(tmp_path, "finetune", "optim.warmup_proportion=2", "--cfg", "job", check=False)
     assert out.returncode == 2 and "optim.warmup_proportion=2.0 is out of range: it must be >= 0.0 and <= 1.0" in (
         out.stderr
