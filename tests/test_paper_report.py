@@ -322,3 +322,21 @@ def test_bad_directories_are_one_line_errors(tmp_path):
     assert all(f"{kind} (" in error for kind in ("pretrain", "finetune", "profile", "benchmark"))
     assert "missing: no such directory" in error_of("--paper", tmp_path / "missing")
     assert "several directories: only with --paper" in error_of(tmp_path / "other", tmp_path / "missing")
+
+
+@pytest.mark.parametrize("statistic", ["mean", "median"])
+def test_table5_is_compared_by_the_statistic_the_benchmark_divided(tmp_path, statistic):
+    from blockbert.experiments.paper_report import benchmark_report
+
+    records = [
+        {"phase": "inference", "batch_size": 8, "seq_len": 1024, "model": name, "status": "ok", "mean_s": mean,
+         "median_s": median}
+        for name, mean, median in [("roberta_1seq", 2.0, 1.0), ("blockbert_n2", 1.0, 0.9)]
+    ]  # fmt: skip
+    result = {"mode": "model", "repeats": 30, "warmup": 3, "ratio_of": statistic, "lm_head": False, "records": records}
+    (tmp_path / "benchmark.json").write_text(json.dumps(result))
+    report = benchmark_report(paper(), str(tmp_path), tmp_path)
+    ratio = next(r for r in report.rows if r.metric == "time ÷ RoBERTa's")
+    assert ratio.ours == pytest.approx(0.5 if statistic == "mean" else 0.9)
+    assert f"ours: {statistic} of 30 runs" in {r.note for r in report.rows}
+    assert report.setting.endswith("random token ids") and "the encoder alone (no LM head)" in report.setting

@@ -502,10 +502,11 @@ def benchmark_report(paper: Paper, run: str, path: Path) -> RunReport:
         if not cells:
             missing[r["model"], r["phase"]].append(f"{point[0]}×{point[1]}")
             continue
-        ours = r["median_s"] if r.get("status") == "ok" else r.get("status")
+        statistic = result.get("ratio_of", "median")  # a run before the setting: medians
+        ours = r.get(f"{statistic}_s") if r.get("status") == "ok" else r.get("status")
         times[(r["model"], *point)] = (ours, cells[0])
         report.rows.append(
-            compare(paper, cells[0], ours, run, r["model"], f"ours: median of {result.get('repeats')} runs")
+            compare(paper, cells[0], ours, run, r["model"], f"ours: {statistic} of {result.get('repeats')} runs")
         )
     for (name, phase), points in missing.items():
         report.unmatched.append(
@@ -553,8 +554,9 @@ def time_ratio(paper: Paper, run: str, block: tuple, dense: tuple) -> Comparison
 def benchmark_setting(result: dict, path: Path) -> str:
     size = (RunDir(path).config() or {}).get("size") or {}
     scale = (
-        f"{model_size(size) if size else 'sizes not recorded'}; median of "
+        f"{model_size(size) if size else 'sizes not recorded'}; {result.get('ratio_of', 'median')} of "
         f"{result.get('repeats')} runs after {result.get('warmup')} warm-up"
+        + ("; the encoder alone (no LM head)" if result.get("lm_head") is False else "")
     )
     hardware = (
         f"{result.get('machine')}, {result.get('device')}, {result.get('dtype')}, {result.get('threads')} threads"

@@ -65,6 +65,8 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         "repeats": cfg.repeats,
         "warmup": cfg.warmup,
         "baselines": baselines,
+        "ratio_of": cfg.ratio_of,  # the statistic each ratio divides
+        "lm_head": cfg.lm_head,  # inference timed with the LM head (or the encoder alone)
     }
     records = (
         benchmark_models(cfg, baselines, device, autocast)
