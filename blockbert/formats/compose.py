@@ -1,6 +1,11 @@
 """The one place a config is composed from ``conf/``: Hydra's own config loader, the one a ``blockbert`` command runs
-its job with, so that what is composed here (a preset's model node, a benchmark's run config, a config composed again
-inside a job, a sweep's head count, an experiment's paper row) is what the command would run.
+its job with, so that what is composed here (a preset's model node, a benchmark's run config, the config as written
+beside the one a job runs, a sweep's head count, an experiment's paper row) is what the command would compose.
+
+A command composes through :func:`finishing_loader`'s subclass of that loader (Hydra's runner is handed it by
+:mod:`blockbert.app.launch`): each config ends with :func:`finish`, which checks every value against
+:mod:`blockbert.formats.schema` and completes a run that starts from a checkpoint, before any job starts.
+:func:`compose` gives the config as written (conf/ and the overrides), unchecked.
 
 The loader is used directly, not through ``hydra.compose``: it keeps no global state, so it composes the same inside
 a running Hydra job (which holds Hydra's global state) and outside one. It is an internal class of hydra-core, which
@@ -77,7 +82,8 @@ def _version_base():
 
 def compose(config_name: str | None, overrides=(), config_dirs=()):
     """``conf/<config_name>.yaml`` (None: nothing but the groups the overrides add, ``+model=tiny``) composed with
-    ``overrides`` as the command composes it, the ``hydra`` node left out; ``config_dirs``: a job's ``--config-dir``."""
+    ``overrides`` as the command composes it before :func:`finish`, the ``hydra`` node left out; ``config_dirs``: a
+    job's ``--config-dir``."""
     from hydra.types import RunMode
     from omegaconf import open_dict
 
