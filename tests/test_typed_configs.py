@@ -77,7 +77,7 @@ def test_a_multirun_with_one_bad_job_runs_none(blockbert, tmp_path):
     (a job that fails as it runs is recorded and the others go on: tests/test_sweeps.py)."""
     out = blockbert(tmp_path, "pretrain", "-m", "model.heads=3:1,7:2", "logger=none", check=False)
     assert out.returncode == 2 and "model.heads='7:2' assigns 9 heads but the model has num_heads=4" in out.stderr
-    assert not list(tmp_path.glob("multirun/*/*/*/metrics.json")) and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "cache").exists()  # no trace
 
 
 def test_the_other_commands_check_their_values_too(blockbert, tmp_path):

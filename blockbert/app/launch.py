@@ -24,6 +24,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -139,6 +140,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
                 config_name=task,
             )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
+        _remove_unstarted()
         return report_error(task, err, debug)
     except MultirunStopped as stop:
         stopped = stop.interrupted
@@ -152,6 +154,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
         return report_error(task, refusal.error, debug)
     finally:
         _OUTPUT_SUBDIRS.clear()
+        _NEW_SWEEP_DIRS.clear()
         if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # set by a stopped run until its line was printed
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if job_errors:
@@ -301,6 +304,17 @@ def _keep_errors(task_function, errors: list):
     return job
 
 
+_NEW_SWEEP_DIRS: list[Path] = []  # the topmost directory each multirun of this process creates
+
+
+def _remove_unstarted() -> None:
+    """A multirun refused before its first job (a bad value in one job's config) leaves no trace: the directories it
+    made that hold nothing but Hydra's multirun.yaml are removed."""
+    for top in _NEW_SWEEP_DIRS:
+        if top.is_dir() and all(p.name == "multirun.yaml" for p in top.rglob("*") if not p.is_dir()):
+            shutil.rmtree(top, ignore_errors=True)
+
+
 class PrintSweepDir(Callback):
     """After a multirun, print the sweep directory as the command's last line."""
 
@@ -309,6 +323,11 @@ class PrintSweepDir(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()  # resolvable now, not after the jobs
+        top = self.sweep_dir
+        while not top.parent.exists():
+            top = top.parent
+        if not top.exists():  # a directory this multirun makes: gone again if no job starts (_remove_unstarted)
+            _NEW_SWEEP_DIRS.append(top)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if self.sweep_dir is not None:
