@@ -343,7 +343,7 @@ def check_config(cfg: DictConfig, command: str) -> None:
         except InterpolationResolutionError:  # e.g. a resolver only Hydra's job knows: the types were checked
             resolved = OmegaConf.to_container(typed)
     except ConfigKeyError as err:
-        section, _, name = str(err.full_key).rpartition(".")
+        section = str(err.full_key).rpartition(".")[0]
         node = _field_type(schema, section) if section else schema
         accepted = ", ".join(f.name for f in dataclasses.fields(node)) if node else ""
         raise ConfigError(
