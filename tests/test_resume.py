@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -320,36 +321,9 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
-def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom pathlib import Path\n"
-            "from blockbert.formats.run_dir import RunDir\nfrom blockbert.train.resilience import run_lock\n"
-            f"with run_lock(RunDir({str(tmp_path / 'run')!r})):\n"
-            "    print('locked', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=rf"in use by another blockbert process \(pid {holder.pid}"):
-            with run_lock(RunDir(tmp_path / "run")):
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
-    with run_lock(RunDir(tmp_path / "run")):  # free again once the holder is gone
-        pass
-
-
-def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
-    run_dir = tmp_path / "run"
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")  # a run that trains there already
-    (run_dir / "pretrain.log").write_text("its log\n")
+@contextmanager
+def held_by_another_process(run_dir):
+    """``run_dir``'s lock held by another process while the block runs; yields that process."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -364,14 +338,32 @@ def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
+    with held_by_another_process(tmp_path / "run") as holder:
+        with pytest.raises(ConfigError, match=rf"in use by another blockbert process \(pid {holder.pid}"):
+            with run_lock(RunDir(tmp_path / "run")):
+                pass
+    with run_lock(RunDir(tmp_path / "run")):  # free again once the holder is gone
+        pass
+
+
+def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")  # a run that trains there already
+    (run_dir / "pretrain.log").write_text("its log\n")
+    with held_by_another_process(run_dir) as holder:
         before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
         out = run(tmp_path, "pretrain", *PRETRAIN, f"hydra.run.dir={run_dir}", check=False)
         assert out.returncode == 2 and f"in use by another blockbert process (pid {holder.pid}" in out.stderr
         assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
         assert (run_dir / "pretrain.log").read_text() == "its log\n"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_atomic_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
+from blockbert.train.cluster import check_accelerator
 from blockbert.train.resilience import RunDirInUse, run_lock
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,20 @@ def locked(run: RunDir):
         if subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
             shutil.rmtree(run.path / subdir, ignore_errors=True)
         raise
+
+
+def run_training(cfg: DictConfig, command: str, train) -> dict:
+    """A training command's job: ``train(cfg, run, heads_given=...)`` (:func:`blockbert.train.pretrain.pretrain`,
+    :func:`blockbert.train.finetune.finetune`) in the job's run directory, locked, after the checks of the machine
+    and the paper row."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run = RunDir(HydraConfig.get().runtime.output_dir)
+    check_accelerator(cfg.trainer)
+    with locked(run):
+        log_starting_point(cfg, command)
+        check_paper_row(cfg, command)
+        return train(cfg, run, heads_given=given_on_command_line("model.heads"))
 
 
 def given_on_command_line(key: str) -> bool:

@@ -94,7 +94,7 @@ def _is_blank(path: str) -> bool:
     size = Path(path).stat().st_size
     if size == 0 or size >= 4096:
         return size == 0
-    return not (_read_gzip(path, gzip.decompress) if _gzipped(path) else Path(path).read_bytes()).strip()
+    return not (_read_through_gzip(path, 4096) if _gzipped(path) else Path(path).read_bytes()).strip()
 
 
 def _gzipped(path: str) -> bool:
@@ -111,23 +111,17 @@ def file_format(path: str) -> str | None:
     return FORMATS.get(name.suffix.lower())
 
 
-def _read_gzip(path: str, read):
-    """``read(bytes)`` of a gzipped file; a corrupt or truncated one is named in one line."""
+def _read_through_gzip(path: str, keep: int = 0) -> bytes:
+    """Decompress a gzipped file once through, so that a corrupt or truncated one is named in one line (before
+    datasets meets it); its first ``keep`` bytes."""
     try:
-        return read(Path(path).read_bytes())
+        with gzip.open(path, "rb") as file:
+            head = file.read(keep) if keep else b""
+            while file.read(1 << 24):
+                pass
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
         raise ConfigError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
-
-
-def _check_gzip(paths: list[str]) -> None:
-    """Decompress each gzipped file once through, so that a corrupt one is named before datasets meets it."""
-    for path in filter(_gzipped, paths):
-        try:
-            with gzip.open(path, "rb") as file:
-                while file.read(1 << 24):
-                    pass
-        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
-            raise ConfigError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
+    return head
 
 
 def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset:
@@ -140,7 +134,8 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
             f"accepted are one of {accepted} per run (text and JSON also gzipped, {COMPRESSED})"
         )
     kind = kinds.pop()
-    _check_gzip(paths)
+    for path in filter(_gzipped, paths):
+        _read_through_gzip(path)
     kwargs = {}
     if kind == "text":
         sample_by = {"paragraph": "paragraph", "file": "document", "line": "line"}.get(data_cfg.documents)

@@ -154,21 +154,28 @@ class Optim:
 
 
 @dataclass
-class Pretrain:
+class Run:
+    """What both training commands hold."""
+
     paths: Paths = field(default_factory=Paths)
     model: Model = field(default_factory=Model)
-    data: CorpusData = field(default_factory=CorpusData)
-    trainer: PretrainTrainer = field(default_factory=PretrainTrainer)
+    trainer: Trainer = field(default_factory=Trainer)
     logger: Logger = field(default_factory=Logger)
     seed: int = setting(0, 0)
     paper: Optional[Paper] = None
     ckpt_path: Optional[str] = None
     compile: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class Pretrain(Run):
+    data: CorpusData = field(default_factory=CorpusData)
+    trainer: PretrainTrainer = field(default_factory=PretrainTrainer)
     tokens_per_batch: int = setting(131072, 1)
     optim: Optim = field(default_factory=Optim)
     checkpoint_every_n_steps: Optional[int] = setting(10000, 1)
     checkpoint_keep: int = setting(3, -1)  # -1: all (Lightning's save_top_k)
-    progress_bar: bool = True
 
 
 @dataclass
@@ -213,19 +220,10 @@ class FinetuneOptim:
 
 
 @dataclass
-class Finetune:
-    paths: Paths = field(default_factory=Paths)
-    model: Model = field(default_factory=Model)
+class Finetune(Run):
     task: Task = field(default_factory=Task)
-    trainer: Trainer = field(default_factory=Trainer)
-    logger: Logger = field(default_factory=Logger)
-    seed: int = setting(0, 0)
-    paper: Optional[Paper] = None
     init_from: Optional[str] = None
-    ckpt_path: Optional[str] = None
-    compile: bool = False
     checkpoint_every_n_steps: Optional[int] = setting(None, 1)
-    progress_bar: bool = True
     data: QAData = field(default_factory=QAData)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
 
