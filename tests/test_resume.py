@@ -78,7 +78,15 @@ def interrupt(tmp_path, command, args, run_dir, sig, rng, after_step):
     """Start the run, wait until it has trained past ``after_step``, then send ``sig`` at a random moment."""
     with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
         proc = subprocess.Popen(
-            ["blockbert", command, *args], cwd=tmp_path, env=env_for(tmp_path), stdout=stdout, stderr=stderr, text=True
+            ["blockbert", command, *args],
+            cwd=tmp_path,
+            env=env_for(tmp_path),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            # Ctrl-C as a terminal delivers it: a pytest started in the background (`pytest &`) ignores SIGINT, and
+            # the run would inherit that and never see the signal (the cause of this test failing in such runs)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.time() + 300
         while metrics(run_dir).get("step", -1) <= after_step and proc.poll() is None:
