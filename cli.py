@@ -194,6 +194,41 @@ def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     hand_over("benchmark", overrides, debug)
 
 
+@app.command(context_settings=HYDRA_ARGS)
+def plan(
+    overrides: list[str] = OVERRIDES,
+    command: str = typer.Option("pretrain", "--command", help="The command planned: pretrain | finetune."),
+    gpus: int = typer.Option(None, "--gpus", help="Devices the run gets (default: the trainer's)."),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="Memory per device, e.g. 16GB (default: the device's)."),
+    gpu: str = typer.Option(
+        None, "--gpu", help="Plan for this GPU kind from its calibration (e.g. H200) instead of measuring here."
+    ),
+    sweep: str = typer.Option(None, "--sweep", help="Plan every job of this sweep (sweeps/) and total the grid."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="Fit and time, on this device, the paper's pre-training rows (or the run the overrides give): a "
+        "calibration to plan for this GPU elsewhere (--gpu).",
+    ),
+    out: str = typer.Option(None, "--out", help="Directory for plan.json (default: runs/plan/<date>)."),
+    debug: bool = DEBUG,
+) -> None:
+    """Before a run: its memory per device (weights, gradients, AdamW states, O(N) and O(N²) activations), whether
+    it fits and the largest per-device batch that does, the batch arithmetic, and seconds per step and device-hours.
+
+    Composes the run's config exactly as `pretrain`/`finetune` would (same overrides). The memory and time
+    coefficients are fitted on this device in seconds (the model cut to 1 and 2 layers) and kept for next time;
+    `--gpu NAME` uses a calibration measured on that GPU with `--calibrate`. Prints a table; plan.json holds it.
+
+    Example: `blockbert plan experiment=blockbert_n2_1024 trainer=ddp --gpus 32 --gpu-memory 16GB`
+    """
+    from blockbert.app.commands.plan import run_plan
+
+    raise typer.Exit(
+        run_plan(list(overrides or ()), command, gpus, gpu_memory, gpu, sweep, calibrate, out, debug=debug)
+    )
+
+
 @app.command()
 def evaluate(
     data_file: str = typer.Argument(..., help="Gold data: SQuAD JSON or MRQA .jsonl/.jsonl.gz."),

@@ -1,5 +1,6 @@
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -7,6 +8,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the memory fits `blockbert plan` and every run's check measure, shared by the tests as a user's runs share them
+os.environ.setdefault("BLOCKBERT_PLAN_DIR", tempfile.mkdtemp(prefix="blockbert-plan-"))
 
 
 import pytest  # noqa: E402

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from blockbert.errors import ConfigError
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
+from blockbert.measure.plan import check_fit
 from blockbert.train.cluster import check_accelerator
 from blockbert.train.resilience import RunDirInUse, run_lock
 
@@ -51,24 +53,34 @@ def log_starting_point(cfg: DictConfig, command: str) -> None:
 @contextmanager
 def locked(run: RunDir):
     """The run directory's lock (:func:`blockbert.train.resilience.run_lock`) for the job; refused (another process
-    trains there), the job leaves no trace: the config Hydra stored for it beside that run's (``.hydra/resume-K``)
-    is removed."""
-    from hydra.core.hydra_config import HydraConfig
-
+    trains there), the job leaves no trace (:func:`forget_job`)."""
     try:
         with run_lock(run):
             yield
     except RunDirInUse:
-        subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
-        if subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
-            shutil.rmtree(run.path / subdir, ignore_errors=True)
+        forget_job(run, whole=False)
         raise
+
+
+def forget_job(run: RunDir, whole: bool = True) -> None:
+    """A job refused before it trained leaves no trace: its run directory if it holds nothing but what the job's
+    start wrote (Hydra's config and log, the lock) and ``whole``, else the config Hydra stored for this job beside
+    an earlier run's (``.hydra/resume-K``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if whole and all(p.name in (".hydra", run.lock_file.name) or p.suffix == ".log" for p in run.path.iterdir()):
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing but what this job's start wrote
+        return
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    if subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
+        shutil.rmtree(run.path / subdir, ignore_errors=True)
 
 
 def run_training(cfg: DictConfig, command: str, train) -> dict:
     """A training command's job: ``train(cfg, run, heads_given=...)`` (:func:`blockbert.train.pretrain.pretrain`,
-    :func:`blockbert.train.finetune.finetune`) in the job's run directory, locked, after the checks of the machine
-    and the paper row."""
+    :func:`blockbert.train.finetune.finetune`) in the job's run directory, locked, after the checks of the machine,
+    the paper row and the device's memory (:func:`blockbert.measure.plan.check_fit`: a refused run leaves no
+    trace)."""
     from hydra.core.hydra_config import HydraConfig
 
     run = RunDir(HydraConfig.get().runtime.output_dir)
@@ -76,7 +88,14 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
-        return train(cfg, run, heads_given=given_on_command_line("model.heads"))
+        try:
+            check_fit(cfg, command)
+        except ConfigError as refused:
+            refusal = refused
+        else:
+            return train(cfg, run, heads_given=given_on_command_line("model.heads"))
+    forget_job(run)  # with the lock released: its file is in the directory
+    raise refusal
 
 
 def given_on_command_line(key: str) -> bool:

@@ -80,15 +80,16 @@ def _version_base():
         base.version_base = saved
 
 
-def compose(config_name: str | None, overrides=(), config_dirs=()):
+def compose(config_name: str | None, overrides=(), config_dirs=(), finished: bool = False):
     """``conf/<config_name>.yaml`` (None: nothing but the groups the overrides add, ``+model=tiny``) composed with
-    ``overrides`` as the command composes it before :func:`finish`, the ``hydra`` node left out; ``config_dirs``: a
-    job's ``--config-dir``."""
+    ``overrides`` as the command composes it before :func:`finish` (``finished``: after it, the config a run gets),
+    the ``hydra`` node left out; ``config_dirs``: a job's ``--config-dir``."""
     from hydra.types import RunMode
     from omegaconf import open_dict
 
     with _version_base():
-        cfg = config_loader(tuple(config_dirs)).load_configuration(config_name, list(overrides), RunMode.RUN)
+        loader = config_loader(tuple(config_dirs), finished=finished)
+        cfg = loader.load_configuration(config_name, list(overrides), RunMode.RUN)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

@@ -94,6 +94,7 @@ class Logger:
 @dataclass
 class Paths:
     cache_dir: str = "~/.cache/blockbert"
+    plan_dir: Optional[str] = None
 
 
 @dataclass
@@ -166,6 +167,8 @@ class Run:
     ckpt_path: Optional[str] = None
     compile: bool = False
     progress_bar: bool = True
+    fit_check: bool = True
+    device_memory: Optional[str] = None
 
 
 @dataclass
@@ -265,6 +268,22 @@ class WholeRun:
 
 
 @dataclass
+class PlannedRun:
+    model: str = "roberta_1seq"
+    seq_len: int = setting(512, 8)
+    batch_size: int = setting(1, 1)
+    accumulate: int = setting(1, 1)
+
+
+@dataclass
+class PlanCheck:
+    runs: List[PlannedRun] = field(default_factory=lambda: [PlannedRun()])
+    steps: int = setting(20, 1)
+    documents: int = setting(600, 2)
+    rows_per_document: int = setting(120, 1)
+
+
+@dataclass
 class BenchmarkData:
     sizes_mb: List[float] = setting([10.0])
     max_seq_length: int = setting(512, 8)
@@ -278,7 +297,7 @@ class BenchmarkData:
 class Benchmark:
     paths: Paths = field(default_factory=Paths)
     size: Size = field(default_factory=Size)
-    mode: str = setting("model", choices=("model", "attention", "data", "pretrain", "finetune"))
+    mode: str = setting("model", choices=("model", "attention", "data", "pretrain", "finetune", "plan"))
     models: List[str] = setting(["roberta_1seq"])
     baseline: Any = None
     phases: List[str] = setting(["inference"])
@@ -301,6 +320,7 @@ class Benchmark:
     pretrain: WholeRun = field(default_factory=WholeRun)
     finetune: WholeRun = field(default_factory=WholeRun)
     data: BenchmarkData = field(default_factory=BenchmarkData)
+    plan: PlanCheck = field(default_factory=PlanCheck)
 
 
 SCHEMAS = {"pretrain": Pretrain, "finetune": Finetune, "profile": Profile, "benchmark": Benchmark}

@@ -21,7 +21,7 @@ from blockbert.data.cache import cache_dir
 from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
-from blockbert.measure import data_benchmark, run_benchmark
+from blockbert.measure import data_benchmark, plan, run_benchmark
 from blockbert.measure.device import pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
 from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_batch
@@ -30,7 +30,7 @@ from blockbert.model.attention import SelfAttention
 from blockbert.model.config import BlockBertConfig
 
 log = logging.getLogger(__name__)
-MODES = ("model", "attention", "data", "pretrain", "finetune")
+MODES = ("model", "attention", "data", "pretrain", "finetune", "plan")
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
     "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
@@ -50,6 +50,8 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
     if cfg.mode == "data":
         return benchmark_data(cfg, run)
+    if cfg.mode == "plan":
+        return benchmark_plan(cfg, run)
     if cfg.mode in ("pretrain", "finetune"):
         return benchmark_run(cfg, run)
     baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
@@ -146,6 +148,65 @@ def benchmark_run(cfg, run: RunDir) -> dict:
             f"{len(failed)} of {len(records)} loops failed (first: {failed[0]['loop']} {failed[0]['model']}: "
             f"{failed[0]['error']}); the others are in {run.benchmark_file}"
         )
+    print_results("benchmark.json", run.path)
+    return results
+
+
+def benchmark_plan(cfg, run: RunDir) -> dict:
+    """``blockbert plan``'s predictions against pre-training runs: for each of ``plan.runs``, the plan from a fit
+    measured now on this device, then a run of ``plan.steps`` optimizer steps after ``warmup`` (the blockbert loop of
+    mode=pretrain, in its own process): predicted ÷ measured median step time, and on CUDA the predicted peak ÷ the
+    allocator's peak in the run (on a CPU the run's peak RSS holds the whole process: not compared)."""
+    device = pick_device(cfg.device)
+    settings = OmegaConf.to_container(cfg.plan, resolve=True)
+    records = []
+    for planned in settings["runs"]:
+        spec = {
+            "seq_len": planned["seq_len"],
+            "batch_size": planned["batch_size"],
+            "accumulate": planned["accumulate"],
+            "steps": settings["steps"],
+            "documents": settings["documents"],
+            "rows_per_document": settings["rows_per_document"],
+            "size": OmegaConf.to_container(cfg.size, resolve=True),
+            "warmup": cfg.warmup,
+            "seed": cfg.seed,
+            "accelerator": "gpu" if device.type == "cuda" else "cpu",
+            "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+            "cache_dir": str(cache_dir(cfg)),
+        }
+        target = plan.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
+        fit = plan.measure_fit(target, device, timed=True)
+        predicted = {"step_s": plan.time_of(target, fit)["step_s"], "peak_mb": plan.memory_of(target, fit)["peak"] / MB}
+        measured = run_benchmark.in_child("pretrain", "blockbert", planned["model"], spec)
+        record = {**planned, "predicted": predicted, "measured": measured}
+        if measured.get("median_s"):
+            record["time_ratio"] = predicted["step_s"] / measured["median_s"]
+            if device.type == "cuda":
+                record["memory_ratio"] = predicted["peak_mb"] / measured["peak_memory_mb"]
+        log.info(
+            "%s: predicted %.3f, measured %s s/step", planned["model"], predicted["step_s"], measured.get("median_s")
+        )
+        records.append(record)
+    results = {"mode": "plan", **where(device), "settings": {**settings, "size": spec["size"]}, "records": records}
+    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(
+        title=f"blockbert benchmark (plan): predicted ÷ measured, {results['machine']}, {results['device']}, "
+        f"{results['threads']} threads, {results['date']}; {settings['steps']} steps after {cfg.warmup}"
+    )
+    for column in ("model", "N", "micro-batch", "accumulation", "predicted s/step", "measured s/step", "time ratio"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    if device.type == "cuda":
+        table.add_column("memory ratio", justify="right")
+    for r in records:
+        measured = r["measured"].get("median_s")
+        cells = [r["model"], str(r["seq_len"]), str(r["batch_size"]), str(r["accumulate"])]
+        cells += [f"{r['predicted']['step_s']:.3f}", "failed" if measured is None else f"{measured:.3f}"]
+        cells.append(f"{r['time_ratio']:.3f}" if "time_ratio" in r else "")
+        if device.type == "cuda":
+            cells.append(f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "")
+        table.add_row(*cells)
+    console().print(table)
     print_results("benchmark.json", run.path)
     return results
 

@@ -4,6 +4,8 @@ Activation memory is counted as the bytes of the tensors autograd saves for back
 once (parameters excluded: they are model memory). This works the same on CPU and GPU. On CUDA,
 ``a2_activation_bytes`` estimates it the paper's way too (Appendix A.2, Equation 4): the allocator's
 peak in a training step minus model and optimizer memory.
+
+:func:`step_peaks` measures what a training step adds at its peak, on any device (``blockbert plan``'s fits).
 """
 
 from __future__ import annotations
@@ -95,6 +97,61 @@ def a2_activation_bytes(model: torch.nn.Module, batch: dict, warmup_steps: int =
     optimizer_bytes = sum(t.numel() * t.element_size() for t in [p.grad for p in params if p.grad is not None] + state)
     model.zero_grad(set_to_none=True)
     return peak - parameter_bytes(model) - optimizer_bytes
+
+
+def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """What stays allocated between training steps: parameters, gradients still held, the optimizer's states."""
+    tensors = {id(p): p for p in model.parameters()}
+    tensors |= {id(p.grad): p.grad for p in model.parameters() if p.grad is not None}
+    tensors |= {id(t): t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def step_peaks(model, batch_fn, loss_fn, optimizer, autocast, clip: float | None = 1.0) -> dict[str, int]:
+    """A training step as a Lightning run takes it, in bytes above :func:`resident_bytes` at its start, phase by
+    phase: ``first``, the peak of a micro-batch's forward + backward with no gradients held (set to None after the
+    last step); ``accumulating``, the same for the next micro-batch of a gradient accumulation, the gradients held;
+    ``optimizer``, the peak of gradient clipping, the optimizer's step and the gradients set to None. ``batch_fn()``
+    builds the batch inside each forward phase (its tensors count); ``loss_fn(model, batch)`` is the loss.
+
+    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``). Elsewhere: the peak of the live tensor
+    storages torch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``) follows, parameters, gradients and
+    optimizer states included."""
+    resident = resident_bytes(model, optimizer)
+    device = next(model.parameters()).device
+
+    def forward_backward():
+        batch = batch_fn()
+        with autocast:
+            loss = loss_fn(model, batch)
+        loss.backward()
+
+    def optimizer_step():
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    peaks = {phase: _peak(call, model, optimizer, device) - resident for phase, call in (
+        ("first", forward_backward), ("accumulating", forward_backward), ("optimizer", optimizer_step)
+    )}  # fmt: skip
+    return peaks
+
+
+def _peak(phase, model, optimizer, device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        phase()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        phase()
+    return tracker.get_tracker_snapshot("peak")[device]["Total"]
 
 
 @dataclass

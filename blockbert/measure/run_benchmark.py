@@ -45,7 +45,7 @@ def run(mode: str, models: list[str], spec: dict, log=print) -> list[dict]:
     jobs = [(PEER, "hf_bert")] + [(loop, model) for model in models for loop in ("blockbert", "bare")]
     for loop, model in jobs:
         start = time.perf_counter()
-        record = _in_child(mode, loop, model, spec)
+        record = in_child(mode, loop, model, spec)
         log(
             f"{mode} {loop} {model}: {record.get('median_s') or record.get('error')} s/step "
             f"({time.perf_counter() - start:.0f} s in all)"
@@ -68,7 +68,7 @@ def with_ratios(records: list[dict]) -> list[dict]:
     return records
 
 
-def _in_child(mode: str, loop: str, model: str, spec: dict) -> dict:
+def in_child(mode: str, loop: str, model: str, spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         args = [sys.executable, "-m", "blockbert.measure.run_benchmark", mode, loop, model, json.dumps(spec), str(out)]
@@ -132,7 +132,7 @@ def composed(mode: str, model: str, spec: dict):
     ]
     if mode == "pretrain":
         extra = [
-            f"tokens_per_batch={batch * n}",
+            f"tokens_per_batch={batch * n * spec.get('accumulate', 1)}",  # accumulate: micro-batches per step
             f"trainer.val_check_interval={10 * steps}",
             f"data.generated_documents={spec['documents']}",
             f"data.rows_per_document={spec['rows_per_document']}",

@@ -3,6 +3,8 @@
 - :func:`time_side_by_side`: every compared call runs in one process, in rotating order, after warm-up. Each call's
   times are kept; the report gives the median, the spread (interquartile range) and the ratio of medians to a
   baseline measured in the same run, so machine noise hits all models alike.
+- :func:`time_in_order`: the phases of one step (forward + backward, then the optimizer's step), each timed, in
+  their order, after warm-up (``blockbert plan``).
 - :class:`StepClock`: the wall time between a training loop's optimizer steps and what each step counted (tokens,
   examples), for whole runs (:mod:`blockbert.measure.run_benchmark`).
 - :func:`timing_summary`: median, IQR and the samples, for both.
@@ -45,6 +47,21 @@ def time_side_by_side(
             if _guarded(label, calls, times, device):
                 times[label].append(time.perf_counter() - start)
     return times
+
+
+def time_in_order(phases: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict:
+    """{phase: median seconds}: the phases run in their order ``warmup + repeats`` times, the first ``warmup``
+    untimed; each phase timed alone (the device synchronised around it)."""
+    times: dict[str, list[float]] = {name: [] for name in phases}
+    for r in range(warmup + repeats):
+        for name, call in phases.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def _guarded(label, calls, times, device) -> bool:

@@ -66,6 +66,18 @@ def num_heads(command: str, overrides: list[str]) -> int:
     return int(compose(command, [o for o in overrides if not o.startswith("hydra.")]).model.num_heads)
 
 
+def expanded_sweep(name: str, overrides: list[str], source_dir: Path | None = None):
+    """(the sweep with the extra overrides merged, its grid, the grid's values as typed): the jobs a sweep runs."""
+    sweep = load_sweep(name)
+    sweep.overrides, swept, texts = parse_overrides(merge_overrides(sweep.overrides, overrides))
+    replaced = {override_key(key) for key in swept}
+    sweep.parameters = {**{k: v for k, v in sweep.parameters.items() if override_key(k) not in replaced}, **swept}
+    grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
+    swept_keys = {override_key(key) for key in grid}  # a fixed override of a swept key: the sweep's values win
+    sweep.overrides = [o for o in sweep.overrides if override_key(o) not in swept_keys]
+    return sweep, grid, texts
+
+
 @one_line_errors("sweep")
 def run_sweep(
     name: str,
@@ -78,14 +90,8 @@ def run_sweep(
 ) -> int:
     """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
     summarise it; the exit code."""
-    sweep = load_sweep(name)
-    sweep.overrides, swept, texts = parse_overrides(merge_overrides(sweep.overrides, overrides))
-    replaced = {override_key(key) for key in swept}
-    sweep.parameters = {**{k: v for k, v in sweep.parameters.items() if override_key(k) not in replaced}, **swept}
     source_dir = Path(source).expanduser().resolve() if source else None
-    grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
-    swept_keys = {override_key(key) for key in grid}  # a fixed override of a swept key: the sweep's values win
-    sweep.overrides = [o for o in sweep.overrides if override_key(o) not in swept_keys]
+    sweep, grid, texts = expanded_sweep(name, overrides, source_dir)
     if directory:
         grid = keep_job_numbers(sweep, grid, SweepDir(directory).spec_file)
     if wandb_config:

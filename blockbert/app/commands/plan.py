@@ -1,0 +1,138 @@
+"""`blockbert plan`: a run's (or a sweep's) memory per device, batch arithmetic and time, before it is spent
+(:mod:`blockbert.measure.plan`); ``--calibrate`` fits the paper's rows on this GPU for planning elsewhere."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from blockbert.app.commands.sweep import expanded_sweep
+from blockbert.display import console, print_results
+from blockbert.errors import ConfigError, one_line_errors
+from blockbert.experiments.sweep_plan import job_overrides
+from blockbert.formats.compose import compose
+from blockbert.measure import plan as planner
+
+COMMANDS = ("pretrain", "finetune")
+CALIBRATED_ROWS = [  # plan --calibrate: the paper's pre-training rows, at their N and the run's micro-batch
+    f"experiment={name}"
+    for name in ("roberta_1seq_512", "blockbert_n2_512", "blockbert_n3_512", "sparsebert_512")
+    + ("roberta_1seq_1024", "blockbert_n2_1024", "blockbert_n3_1024", "sparsebert_1024")
+]
+
+
+@one_line_errors("plan")
+def run_plan(
+    overrides: list[str],
+    command: str = "pretrain",
+    gpus: int | None = None,
+    gpu_memory: str | None = None,
+    gpu: str | None = None,
+    sweep: str | None = None,
+    calibrate: bool = False,
+    out: str | None = None,
+) -> int:
+    if command not in COMMANDS:
+        raise ConfigError(f"--command {command!r}: accepted are {', '.join(COMMANDS)}")
+    if gpus is not None and gpus < 1:
+        raise ConfigError(f"--gpus {gpus}: give at least 1")
+    out_dir = Path(out or f"runs/plan/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    if calibrate:
+        return _calibrate(overrides, out_dir)
+    jobs = [(command, overrides)]
+    if sweep:
+        spec, grid, texts = expanded_sweep(sweep, overrides)
+        jobs = [(spec.command, [*spec.overrides, *job]) for job in job_overrides(grid, texts)]
+    results = []
+    for job_command, job in jobs:
+        cfg = compose(job_command, job, finished=True)
+        target = planner.target_of(cfg, job_command, devices=gpus)
+        device, store, described, capacity, notes = _where(cfg, gpu)
+        if gpu_memory:
+            capacity = planner.parse_size(gpu_memory, "--gpu-memory")
+            described["source"] += f"; --gpu-memory {gpu_memory}"
+        if capacity is None:
+            raise ConfigError(f"the calibration of {store.kind} does not say its memory: give --gpu-memory")
+        fit, source = planner.fit_for(target, store, device, timed=True)
+        result = planner.plan(target, fit, source, capacity, described, notes)
+        result["overrides"] = job
+        results.append(result)
+        planner.print_plan(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"jobs": results}
+    if sweep:
+        summary["sweep"] = sweep
+        summary["device_hours"] = _sweep_total(results)
+    (out_dir / "plan.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_results("plan.json", out_dir)
+    return 0
+
+
+def _where(cfg, gpu: str | None):
+    """(the device to measure on: None for a named GPU's calibration; its fits; its description; its memory; notes
+    for the plan)."""
+    if gpu:
+        store = planner.named_store(planner.plan_dir(cfg.paths), gpu)
+        device = store.data["device"]
+        described = {"name": device.get("name", store.kind), "source": f"calibration {store.kind}"}
+        return None, store, described, device.get("memory_bytes"), ()
+    device, notes = planner.run_device(cfg.trainer), ()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        device = torch.device("cpu")
+        notes = (
+            "the trainer asks for GPUs and this machine has none: memory and time are measured on this CPU, with "
+            "its kernels; `--gpu NAME` plans from a GPU's calibration",
+        )
+    store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
+    memory = "free memory" if device.type == "cuda" else "available memory"
+    described = {"name": planner.device_name(device), "source": f"this machine, its {memory}"}
+    return device, store, described, planner.free_memory(device), notes
+
+
+def _sweep_total(results: list[dict]) -> float | None:
+    hours = [r.get("time", {}).get("device_hours") for r in results]
+    total = None if None in hours else sum(hours)
+    table = Table(title=f"Sweep: {len(results)} jobs")
+    for column in ("job", "fits", "peak GB", "s/step", "device-h"):
+        table.add_column(column, justify="right" if column != "job" else "left")
+    for r, h in zip(results, hours):
+        table.add_row(
+            " ".join(r["overrides"][-3:]),
+            "yes" if r["fits"] else "NO",
+            f"{r['memory_gb']['peak']:.2f}",
+            f"{r['time']['step_s']:.3g}",
+            "?" if h is None else f"{h:.4g}",
+        )
+    table.caption = "total: " + ("unknown (a job has no step limit)" if total is None else f"{total:.4g} device-hours")
+    console().print(table)
+    return total
+
+
+def _calibrate(overrides: list[str], out_dir: Path) -> int:
+    """Fits with times, on this device, of the run the overrides give, or without overrides of the paper's
+    pre-training rows; stored in this device kind's file, copied to ``out_dir``."""
+    if not torch.cuda.is_available():
+        console().print("[yellow]no GPU here: the calibration is of this CPU[/yellow]")
+    trainer = "trainer=gpu" if torch.cuda.is_available() else "trainer=cpu"
+    jobs = [overrides] if overrides else [[row, trainer] for row in CALIBRATED_ROWS]
+    store = None
+    for job in jobs:
+        cfg = compose("pretrain", job, finished=True)
+        target = planner.target_of(cfg, "pretrain")
+        device = planner.run_device(cfg.trainer)
+        store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
+        _, source = planner.fit_for(target, store, device, timed=True)
+        console().print(f"{' '.join(job)}: {source}", highlight=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy = out_dir / store.path.name
+    copy.write_text(store.path.read_text())
+    print(
+        f"calibration of {store.kind}: copy {copy.name} into the plan directory of the machine that plans "
+        f"(paths.plan_dir, by default ~/.cache/blockbert/plan/), then `blockbert plan --gpu {store.kind} ...`"
+    )
+    print_results(copy.name, out_dir)
+    return 0

@@ -1,0 +1,666 @@
+"""`blockbert plan`: what a run needs before it is spent: memory per device, the batch arithmetic, time.
+
+Memory per device is what stays between optimizer steps (weights and AdamW's two moments; under DDP the gradient
+buckets, under FSDP a shard of it all) plus the highest of the peaks a step's phases add (measured with
+:func:`blockbert.measure.memory.step_peaks`):
+
+- a micro-batch's forward + backward: ``c0 + a1·b·N + a2·b·N²`` for b sequences of N tokens per device, Table 1's
+  O(N) and O(N²) parts (a2 is the attention's, divided by n for BlockBert); with gradient accumulation, the later
+  micro-batches' peak, which holds the gradients too;
+- the optimizer's step: the gradients and the step's temporaries.
+
+The coefficients are fitted on the device from training steps of the same model cut to 1 and 2 layers, at b = 1
+and 2 and at N and about N/2 (section 2.2's regression with the batch left free). Every layer is the same layer, so
+each coefficient is taken as linear in the number of layers (our scaling law; the checks in tests/test_plan.py and
+``blockbert benchmark mode=plan`` measure how well it holds). Fits are kept per device kind in
+``paths.plan_dir/<device>.json`` (by default in the cache) and reused; ``blockbert plan --calibrate`` fits (and
+times) the paper's rows so that another machine can plan for that GPU (``--gpu``).
+
+Time: the same cut models' forward + backward at the run's N and optimizer step are timed on the device (median of
+3 after a warm-up), taken as linear in layers and in sequences per micro-batch; an optimizer step is accumulation ×
+micro-batch + optimizer step. Data loading, logging and DDP's gradient communication are outside it (the plan says
+so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.table import Table
+
+from blockbert.display import console
+from blockbert.errors import ConfigError
+from blockbert.measure.memory import step_peaks
+from blockbert.measure.timing import time_in_order
+from blockbert.model.config import BlockBertConfig
+from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
+from blockbert.train.optim import weight_decay_groups
+from blockbert.train.settings import derive_batch, model_config, split_batch, world_size
+
+log = logging.getLogger(__name__)
+GB = 1e9
+USABLE = 0.95  # our choice: 5 % of the device's memory left to the allocator's fragmentation and the process
+MEASURE_TOKENS_CPU = 4096  # our choice: tokens per timed micro-batch on a CPU (time taken as linear in sequences)
+FIT_LAYERS = (1, 2)
+FIT_TOKENS_CPU = 8192  # our choice: the most tokens of a fitted micro-batch on a CPU
+FIT_VERSION = 1  # raised when the model's kernels or the measurement change: older fits are not reused
+CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"  # shipped fits of GPU kinds (plan --calibrate)
+PRECISIONS = {  # Lightning's precision -> (parameter dtype, autocast dtype)
+    "32-true": (torch.float32, None),
+    "16-mixed": (torch.float32, torch.float16),
+    "bf16-mixed": (torch.float32, torch.bfloat16),
+    "bf16-true": (torch.bfloat16, None),
+    "16-true": (torch.float16, None),
+}
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+@dataclasses.dataclass
+class Target:
+    """A run as its config derives it: the model, N, the batch arithmetic, the precision and the strategy."""
+
+    command: str
+    model: BlockBertConfig
+    head: str  # mlm | mlm+nsp | qa
+    seq_len: int
+    batch: int  # sequences per optimizer step, all devices
+    per_device: int  # sequences per micro-batch and device
+    accumulate: int
+    devices: int
+    precision: str
+    strategy: str  # single | ddp | fsdp
+    max_steps: int | None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq_len
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes as GB (10⁹) from 1 GB up, else MB (10⁶)."""
+    return f"{nbytes / GB:.2f} GB" if abs(nbytes) >= GB else f"{nbytes / 1e6:.1f} MB"
+
+
+def precision_name(value) -> str:
+    name = PRECISION_ALIASES.get(str(value), str(value))
+    if name not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={value!r} cannot be planned: accepted are {', '.join(PRECISIONS)} "
+            f"(or {', '.join(PRECISION_ALIASES)})"
+        )
+    return name
+
+
+def target_of(cfg: DictConfig, command: str, devices: int | None = None, per_device: int | None = None) -> Target:
+    """The run a composed ``pretrain``/``finetune`` config describes; ``devices`` replaces the trainer's device
+    count (``plan --gpus``), ``per_device`` data.per_device_batch_size."""
+    seq_len = cfg.data.max_seq_length
+    world = devices or world_size(cfg.trainer)
+    setting = per_device or cfg.data.per_device_batch_size
+    if command == "pretrain":
+        batch, per_dev, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, setting, world)
+        head = "mlm+nsp" if cfg.model.next_sentence_prediction else "mlm"
+    else:
+        batch = cfg.optim.batch_size
+        per_dev, accumulate = split_batch(batch, setting, world)
+        head = "qa"
+    config = model_config(cfg.model, vocab_size=_vocab_size(cfg, command))
+    if not config_from_checkpoint(cfg):
+        config = dataclasses.replace(config, block_seq_len=seq_len)  # a fresh model's blocks are cut from N
+    config.check_sequence_length(seq_len, "data.max_seq_length")
+    strategy = str(cfg.trainer.strategy)
+    kind = "fsdp" if strategy.startswith("fsdp") else "ddp" if strategy.startswith("ddp") and world > 1 else "single"
+    steps = cfg.trainer.max_steps
+    return Target(
+        command, config, head, seq_len, batch, per_dev, accumulate, world, precision_name(cfg.trainer.precision), kind,
+        steps if steps and steps > 0 else None,
+    )  # fmt: skip
+
+
+def config_from_checkpoint(cfg: DictConfig) -> bool:
+    return bool(cfg.get("init_from") or cfg.model.get("init_from"))
+
+
+def _vocab_size(cfg: DictConfig, command: str) -> int:
+    """The vocabulary the run's model gets: a checkpoint's; a tokenizer trained for the run has the size asked of
+    it (at most: a small corpus may give fewer pieces); otherwise model.vocab_size."""
+    if config_from_checkpoint(cfg):
+        return cfg.model.vocab_size
+    if command == "pretrain":
+        return cfg.data.tokenizer_vocab_size if cfg.data.tokenizer == "train" else cfg.model.vocab_size
+    return cfg.task.tokenizer_vocab_size
+
+
+# ------------------------------------------------------------------------------------------- the model and a step
+
+
+def model_at(target: Target, layers: int, seq_len: int) -> torch.nn.Module:
+    """The run's model cut to ``layers`` layers, its blocks cut from ``seq_len``."""
+    config = dataclasses.replace(target.model, num_layers=layers)
+    if config.attention == "block":
+        config = dataclasses.replace(config, block_seq_len=seq_len)
+    model_class = {"mlm": BlockBertForMaskedLM, "mlm+nsp": BlockBertForPreTraining, "qa": BlockBertForQuestionAnswering}
+    return model_class[target.head](config)
+
+
+def parameter_count(target: Target) -> tuple[int, int]:
+    """(parameters of the whole model, of its largest layer), counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = model_at(target, target.model.num_layers, target.seq_len)
+    layer = max((sum(p.numel() for p in m.parameters()) for m in model.encoder.layers), default=0)
+    return sum(p.numel() for p in model.parameters()), layer
+
+
+def batch_maker(target: Target, batch: int, seq_len: int, device: torch.device):
+    """A function building a training batch of the run's kind: MLM labels on 15 % of the tokens, NSP labels,
+    QA answer positions."""
+
+    def make() -> dict:
+        g = torch.Generator().manual_seed(seq_len * 1000 + batch)
+        ids = torch.randint(5, target.model.vocab_size, (batch, seq_len), generator=g)
+        out = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if target.head == "qa":
+            out["token_type_ids"] = torch.zeros_like(ids)
+            out["start_positions"] = torch.randint(0, seq_len, (batch,), generator=g)
+            out["end_positions"] = torch.randint(0, seq_len, (batch,), generator=g)
+        else:
+            out["labels"] = torch.where(torch.rand(batch, seq_len, generator=g) < 0.15, ids, -100)
+        if target.head == "mlm+nsp":
+            out["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=g)
+        return {k: v.to(device) for k, v in out.items()}
+
+    return make
+
+
+def loss_of(model, batch: dict) -> torch.Tensor:
+    if isinstance(model, BlockBertForQuestionAnswering):
+        return model(**batch).loss
+    return model(**batch, masked_only=True).loss  # as the pre-training module calls it
+
+
+def autocast_of(target: Target, device: torch.device):
+    dtype = PRECISIONS[target.precision][1]
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def model_and_optimizer(target: Target, layers: int, seq_len: int, device: torch.device):
+    torch.manual_seed(0)
+    model = model_at(target, layers, seq_len).to(device=device, dtype=PRECISIONS[target.precision][0]).train()
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.01), lr=1e-6)  # as the run's (train.optim)
+    return model, optimizer
+
+
+# --------------------------------------------------------------------------------------------------- the fit
+
+
+def fit_key(target: Target) -> dict:
+    """What a fit depends on besides the layers, the batch and the device kind (its store): the model's layer and
+    heads, vocabulary, precision, N, and how it is measured (FIT_VERSION)."""
+    values = target.model.to_dict()
+    for key in ("num_layers", "block_seq_len", "max_position_embeddings", "name", "init_from"):
+        values.pop(key, None)
+    return {
+        "model": values,
+        "head": target.head,
+        "precision": target.precision,
+        "seq_len": target.seq_len,
+        "version": FIT_VERSION,
+    }
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fit_lengths(target: Target) -> tuple[int, int]:
+    """N and about N/2 (a multiple of the blocks)."""
+    n = target.seq_len
+    blocks = target.model.num_blocks if target.model.attention == "block" else 1
+    return max(blocks, 8, (n // 2) // blocks * blocks), n
+
+
+def fit_batches(target: Target, device: torch.device) -> tuple[int, int]:
+    """The micro-batches fitted: the run's and half of it (a step's peak is where activations dominate; at a much
+    smaller batch it can sit elsewhere), on a CPU at most FIT_TOKENS_CPU tokens."""
+    high = target.per_device if device.type == "cuda" else min(target.per_device, FIT_TOKENS_CPU // target.seq_len)
+    high = max(2, high)
+    return high // 2, high
+
+
+def measure_fit(target: Target, device: torch.device, timed: bool) -> dict:
+    """The memory coefficients (and with ``timed`` the step times) of ``target`` on ``device``: module docstring."""
+    autocast = autocast_of(target, device)
+    rows = {layers: [] for layers in FIT_LAYERS}  # (b * N, b * N^2, first, accumulating)
+    optimizer_peak = {layers: 0 for layers in FIT_LAYERS}
+    times, timed_batch = {}, timed_micro_batch(target, device)
+    for layers in FIT_LAYERS:
+        for n in fit_lengths(target):
+            model, optimizer = model_and_optimizer(target, layers, n, device)
+            step_peaks(model, batch_maker(target, 1, n, device), loss_of, optimizer, autocast)  # states allocated
+            for b in fit_batches(target, device):
+                peaks = step_peaks(model, batch_maker(target, b, n, device), loss_of, optimizer, autocast)
+                rows[layers].append((b * n, b * n * n, peaks["first"], peaks["accumulating"]))
+                optimizer_peak[layers] = max(optimizer_peak[layers], peaks["optimizer"])
+            if timed and n == target.seq_len:
+                times[layers] = _time_step(model, optimizer, target, timed_batch, device, autocast)
+            del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    memory = {"optimizer": [optimizer_peak[layers] for layers in FIT_LAYERS]}
+    worst = 0.0
+    for column, phase in ((2, "first"), (3, "accumulating")):
+        coefficients = []
+        for layers in FIT_LAYERS:
+            x = np.array([[1.0, r[0], r[1]] for r in rows[layers]])
+            y = np.array([float(r[column]) for r in rows[layers]])
+            solution, *_ = np.linalg.lstsq(x, y, rcond=None)
+            worst = max(worst, float(np.max(np.abs(x @ solution - y) / np.maximum(y, 1.0))))
+            coefficients.append(solution.tolist())
+        memory[phase] = {name: [c[i] for c in coefficients] for i, name in enumerate(("c0", "a1", "a2"))}
+    entry = {
+        "key": fit_key(target),
+        "memory": memory,
+        "memory_points": {str(layers): rows[layers] for layers in FIT_LAYERS},
+        "worst_residual": worst,  # the fit's largest relative miss on its own points
+        "measured": _where(device),
+    }
+    if timed:
+        entry["time"] = {
+            "micro_batch": timed_batch,
+            "forward_backward_s": [times[layers]["forward_backward"] for layers in FIT_LAYERS],
+            "optimizer_s": [times[layers]["optimizer"] for layers in FIT_LAYERS],
+        }
+    return entry
+
+
+def timed_micro_batch(target: Target, device: torch.device) -> int:
+    """The micro-batch timed: the run's on a GPU; on a CPU at most MEASURE_TOKENS_CPU tokens (time is linear in the
+    sequences there)."""
+    if device.type == "cuda":
+        return target.per_device
+    return max(1, min(target.per_device, MEASURE_TOKENS_CPU // target.seq_len))
+
+
+def _time_step(model, optimizer, target: Target, batch: int, device, autocast) -> dict:
+    make = batch_maker(target, batch, target.seq_len, device)
+    fixed = make()
+
+    def forward_backward():
+        with autocast:
+            loss = loss_of(model, fixed)
+        loss.backward()
+
+    def optimizer_step():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return time_in_order({"forward_backward": forward_backward, "optimizer": optimizer_step}, device, 1, 3)
+
+
+def _where(device: torch.device) -> dict:
+    return {
+        "device": device_kind(device),
+        "name": device_name(device),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
+
+
+def at_layers(values: list[float], layers: int) -> float:
+    """A coefficient measured at 1 and 2 layers, at ``layers`` (linear in the layers)."""
+    return values[0] + (layers - 1) * (values[1] - values[0])
+
+
+# ----------------------------------------------------------------------------------------- devices and the store
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def device_kind(device: torch.device) -> str:
+    """A file name for a device kind: ``cpu``, ``nvidia-h200``."""
+    return slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def free_memory(device: torch.device) -> int:
+    """What the device has free now: the GPU's free memory, or the machine's available memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def total_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def plan_dir(paths: DictConfig) -> Path:
+    """Where fits are kept: ``paths.plan_dir``, by default ``paths.cache_dir/plan``."""
+    return Path(paths.get("plan_dir") or Path(paths.cache_dir) / "plan").expanduser()
+
+
+def describe_device(device: torch.device) -> dict:
+    return {"kind": device_kind(device), "name": device_name(device), "memory_bytes": total_memory(device)}
+
+
+class FitStore:
+    """The fits of one device kind: ``<plan_dir>/<kind>.json`` (measured here), read over a shipped calibration
+    (``blockbert/measure/calibrations/<kind>.json``)."""
+
+    def __init__(self, directory: Path, kind: str):
+        self.kind = kind
+        self.path = Path(directory) / f"{kind}.json"
+        self.data = {"device": {}, "fits": {}}
+        for source in (CALIBRATIONS / f"{kind}.json", self.path):
+            if source.is_file():
+                stored = json.loads(source.read_text())
+                self.data["device"].update(stored.get("device", {}))
+                self.data["fits"].update(stored.get("fits", {}))
+
+    def get(self, target: Target, timed: bool) -> dict | None:
+        entry = self.data["fits"].get(key_hash(fit_key(target)))
+        return entry if entry and (not timed or "time" in entry) else None
+
+    def put(self, target: Target, entry: dict, device: dict) -> None:
+        """Keep ``entry``, the fit of ``target`` on ``device`` (:func:`describe_device`)."""
+        self.data["fits"][key_hash(fit_key(target))] = entry
+        self.data["device"] = device
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.data, indent=1) + "\n")
+        partial.replace(self.path)  # whole, even with two processes writing
+
+
+def named_store(directory: Path, gpu: str) -> FitStore:
+    """The fits of the GPU kind named ``gpu`` (``H200``, ``nvidia-h200``): measured on it by ``plan --calibrate``
+    and copied here, or shipped."""
+    wanted = slug(gpu)
+    kinds = sorted({p.stem for d in (CALIBRATIONS, directory) for p in d.glob("*.json")})
+    matches = [k for k in kinds if k == wanted] or [k for k in kinds if wanted in k and k != "cpu"]
+    if len(matches) != 1:
+        known = ", ".join(k for k in kinds if k != "cpu") or "none"
+        raise ConfigError(
+            f"--gpu {gpu!r}: no calibration of that GPU kind ({'several match' if matches else 'none found'}); "
+            f"known: {known}. Run `blockbert plan --calibrate` on that GPU and copy "
+            f"<kind>.json from that machine's plan directory into {directory}"
+        )
+    return FitStore(directory, matches[0])
+
+
+def fit_for(target: Target, store: FitStore, device: torch.device | None, timed: bool) -> tuple[dict, str]:
+    """(fit, where it comes from): stored for this device kind, or measured now on ``device`` (None: a named GPU's
+    calibration, which must hold it)."""
+    entry = store.get(target, timed)
+    if entry is not None:
+        return entry, f"fitted on {entry['measured']['name']} ({entry['measured']['date']}, stored in {store.path})"
+    if device is None:
+        raise ConfigError(
+            f"the calibration of {store.kind} has no fit{' with times' if timed else ''} of this model "
+            f"({target.model.attention}, {target.model.num_heads} heads, hidden {target.model.hidden_size}, "
+            f"N={target.seq_len}, {target.precision}): run `blockbert plan --calibrate` with these overrides on that "
+            "GPU"
+        )
+    log.info("plan: fitting memory%s on %s (1 and 2 layers)", " and time" if timed else "", device_name(device))
+    entry = measure_fit(target, device, timed)
+    store.put(target, entry, describe_device(device))
+    return entry, f"fitted now on {entry['measured']['name']} (stored in {store.path})"
+
+
+# -------------------------------------------------------------------------------------------------- the plan
+
+
+def memory_of(target: Target, fit: dict, per_device: int | None = None) -> dict:
+    """Bytes per device of the run (``per_device``: another micro-batch size): each part and the peak."""
+    b = per_device or target.per_device
+    layers, n = target.model.num_layers, target.seq_len
+    parameters, largest_layer = parameter_count(target)
+    width = torch.finfo(PRECISIONS[target.precision][0]).bits // 8
+    weights = gradients = parameters * width
+    states = 2 * parameters * width  # AdamW's two moments
+    shards = target.devices if target.strategy == "fsdp" else 1
+    phase = "accumulating" if target.accumulate > 1 else "first"
+    coefficients = {name: at_layers(values, layers) for name, values in fit["memory"][phase].items()}
+    linear, quadratic = coefficients["a1"] * b * n, coefficients["a2"] * b * n * n
+    optimizer_peak = at_layers(fit["memory"]["optimizer"], layers) / shards
+    parts = {
+        "weights": weights / shards,
+        "optimizer_states": states / shards,
+        "ddp_buckets": gradients if target.strategy == "ddp" else 0,  # torch DDP's default: a copy of the gradients
+        "fsdp_gathered": 2 * largest_layer * width if target.strategy == "fsdp" else 0,  # a layer, the next prefetched
+    }
+    resident = sum(parts.values())
+    forward_backward = coefficients["c0"] + linear + quadratic
+    return {
+        **parts,
+        "gradients": gradients / shards,
+        "activations_linear": linear,  # O(N)
+        "activations_quadratic": quadratic,  # O(N^2)
+        "step_constant": coefficients["c0"],
+        "forward_backward_peak": resident + forward_backward,
+        "optimizer_peak": resident + optimizer_peak,
+        "peak": resident + max(forward_backward, optimizer_peak),
+    }
+
+
+def largest_batch(target: Target, fit: dict, capacity: float) -> int:
+    """The largest micro-batch per device whose peak fits in ``capacity`` bytes (0: not even one sequence); the
+    peak grows linearly in the micro-batch."""
+    one = memory_of(target, fit, 1)
+    if one["peak"] > capacity:
+        return 0
+    per_sequence = one["activations_linear"] + one["activations_quadratic"]
+    if per_sequence <= 0:
+        return 1 << 20
+    largest = int((capacity - (one["forward_backward_peak"] - per_sequence)) // per_sequence)
+    while largest > 1 and memory_of(target, fit, largest)["peak"] > capacity:  # rounding
+        largest -= 1
+    return max(1, largest)
+
+
+def best_setting(target: Target, largest: int) -> tuple[int, int] | None:
+    """The largest data.per_device_batch_size that fits and the accumulation it gives (the run splits its batch
+    into equal micro-batches): None when not even one sequence fits."""
+    per_device_total = target.batch // target.devices
+    fitting = [b for b in range(1, min(largest, per_device_total) + 1) if per_device_total % b == 0]
+    return (fitting[-1], per_device_total // fitting[-1]) if fitting else None
+
+
+def time_of(target: Target, fit: dict) -> dict:
+    timing = fit["time"]
+    layers = target.model.num_layers
+    micro = at_layers(timing["forward_backward_s"], layers) * target.per_device / timing["micro_batch"]
+    step = target.accumulate * micro + at_layers(timing["optimizer_s"], layers)
+    out = {"micro_batch_s": micro, "optimizer_step_s": step - target.accumulate * micro, "step_s": step}
+    if target.max_steps:
+        out["run_hours"] = step * target.max_steps / 3600
+        out["device_hours"] = out["run_hours"] * target.devices
+    return out
+
+
+def plan(target: Target, fit: dict, source: str, capacity: float, device: dict, notes: tuple = ()) -> dict:
+    """The plan of ``target`` (a JSON-ready dict): memory per device, whether it fits in ``capacity`` bytes and the
+    largest per-device batch that does, the batch arithmetic, the time (when the fit is timed), and the
+    assumptions with ``notes`` added."""
+    timed = "time" in fit
+    memory = memory_of(target, fit)
+    usable = capacity * USABLE
+    largest = largest_batch(target, fit, usable)
+    setting = best_setting(target, largest)
+    result = {
+        "run": {
+            "command": target.command,
+            "model": _describe(target.model),
+            "seq_len": target.seq_len,
+            "precision": target.precision,
+            "strategy": target.strategy,
+            "devices": target.devices,
+            "batch": target.batch,
+            "per_device_batch": target.per_device,
+            "accumulation": target.accumulate,
+            "tokens_per_step": target.tokens_per_step,
+            "max_steps": target.max_steps,
+        },
+        "device": {**device, "memory_gb": capacity / GB, "usable_gb": usable / GB},
+        "memory_gb": {key: value / GB for key, value in memory.items()},
+        "fits": memory["peak"] <= usable,
+        "largest_per_device_batch": largest,
+        "suggested_per_device_batch_size": setting[0] if setting else None,
+        "suggested_accumulation": setting[1] if setting else None,
+        "fit": {"source": source, "worst_residual": fit["worst_residual"], "measured": fit["measured"]},
+        "assumptions": [*assumptions(target, timed), *notes],
+    }
+    if timed:
+        result["time"] = time_of(target, fit)
+    return result
+
+
+def _describe(config: BlockBertConfig) -> str:
+    attention = config.attention + (f" {config.heads} (n={config.num_blocks})" if config.attention == "block" else "")
+    return f"{config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, {attention}"
+
+
+def assumptions(target: Target, timed: bool) -> list[str]:
+    lines = [
+        "memory: weights, gradients and AdamW's two moments counted from the parameters; a step's peaks fitted on "
+        "steps of the model cut to 1 and 2 layers (c0 + a1·b·N + a2·b·N² each, linear in the layers)",
+        f"fits when the peak is at most {USABLE:.0%} of the device's memory (our margin)",
+    ]
+    if target.strategy == "ddp":
+        lines.append("DDP: gradient buckets as large as the gradients (torch's default), not measured")
+    if target.strategy == "fsdp":
+        lines.append("FSDP: weights, gradients and states sharded over the devices, two layers gathered; not measured")
+    if timed:
+        lines.append(
+            "time: forward + backward at N and the optimizer step measured on the cut models, linear in layers and in "
+            "sequences per micro-batch; data loading, logging and gradient communication not included"
+        )
+    if target.max_steps is None:
+        lines.append("no step limit (trainer.max_steps): the total follows from the epochs; give trainer.max_steps")
+    return lines
+
+
+def print_plan(result: dict) -> None:
+    run, memory = result["run"], result["memory_gb"]
+    table = Table(title=f"Plan: blockbert {run['command']}, {run['model']}, N={run['seq_len']}")
+    table.add_column("")
+    table.add_column("per device", justify="right")
+    rows = [
+        ("weights", memory["weights"]),
+        ("optimizer states (AdamW)", memory["optimizer_states"]),
+        ("gradients (held from backward to the optimizer step)", memory["gradients"]),
+        ("DDP gradient buckets", memory["ddp_buckets"]),
+        ("FSDP gathered layers", memory["fsdp_gathered"]),
+        ("activations O(N): a1·b·N", memory["activations_linear"]),
+        ("activations O(N²): a2·b·N²", memory["activations_quadratic"]),
+        ("step constant c0", memory["step_constant"]),
+        ("peak in forward + backward", memory["forward_backward_peak"]),
+        ("peak in the optimizer step", memory["optimizer_peak"]),
+    ]
+    for label, value in rows:
+        if value or not label.startswith(("DDP", "FSDP")):
+            table.add_row(label, size_text(value * GB))
+    device = result["device"]
+    verdict = "[green]fits[/green]" if result["fits"] else "[red]does not fit[/red]"
+    table.add_row(
+        "[bold]peak[/bold]",
+        f"[bold]{size_text(memory['peak'] * GB)}[/bold] of {size_text(device['usable_gb'] * GB)} usable: {verdict}",
+    )
+    table.add_row("largest micro-batch that fits", str(result["largest_per_device_batch"]))
+    table.add_row(
+        "batch",
+        f"{run['batch']} sequences × {run['seq_len']} = {run['tokens_per_step']} tokens = {run['devices']} devices × "
+        f"{run['per_device_batch']} × {run['accumulation']} accumulation",
+    )
+    if "time" in result:
+        time = result["time"]
+        table.add_row("seconds per optimizer step", f"{time['step_s']:.3g}")
+        if "run_hours" in time:
+            hours = f"{time['run_hours']:.3g} h wall-clock, {time['device_hours']:.4g} device-hours"
+            table.add_row(f"{run['max_steps']} steps", hours)
+    table.caption = f"{device['name']} ({device['source']}); fit: {result['fit']['source']}"
+    console().print(table)
+    for line in result["assumptions"]:
+        console().print(f"  - {line}", highlight=False)
+
+
+# --------------------------------------------------------------------------------- the check before a run
+
+
+def check_fit(cfg: DictConfig, command: str) -> None:
+    """Refuse a run whose plan says it does not fit in its device's memory (``fit_check=false``: run anyway), in one
+    line naming the largest per-device batch that fits. Only the process of rank 0 checks."""
+    if not cfg.get("fit_check", True) or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        return
+    device = run_device(cfg.trainer)
+    target = target_of(cfg, command)
+    fit, _ = fit_for(target, FitStore(plan_dir(cfg.paths), device_kind(device)), device, timed=False)
+    capacity = parse_size(cfg.device_memory, "device_memory") if cfg.get("device_memory") else free_memory(device)
+    usable = capacity * USABLE
+    peak = memory_of(target, fit)["peak"]
+    if peak <= usable:
+        log.info("plan: %s per device at its peak, of %s usable on %s", size_text(peak), size_text(usable), device)
+        return
+    largest = largest_batch(target, fit, usable)
+    setting = best_setting(target, largest)
+    where = f"the {size_text(usable)} usable on {device_name(device)}" + (
+        f" (device_memory={cfg.device_memory})" if cfg.get("device_memory") else ""
+    )
+    if setting is None:
+        advice = (
+            "not even one sequence per device fits: shorten data.max_seq_length, or use model.gradient_checkpointing"
+            "=true, trainer.precision=bf16-mixed or trainer=fsdp"
+        )
+    else:
+        advice = (
+            f"the largest per-device batch that fits is {setting[0]} (accumulation {setting[1]}): set "
+            f"data.per_device_batch_size={setting[0]}"
+        )
+    raise ConfigError(
+        f"data.per_device_batch_size={target.per_device} at N={target.seq_len} needs {size_text(peak)} per device "
+        f"at its peak, more than {where}; {advice}, or fit_check=false to run anyway"
+    )
+
+
+def run_device(trainer_cfg: DictConfig) -> torch.device:
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text, setting: str) -> float:
+    """Bytes of ``16GB``, ``80GiB``, ``512MB`` or a number of bytes."""
+    match = SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"{setting}={text!r} is not a memory size: give e.g. 16GB, 80GiB or 512MB")
+    return float(match.group(1)) * UNITS[(match.group(2) or "B").lower()]

@@ -1,0 +1,170 @@
+"""`blockbert plan`: predicted memory against measured training steps (dense, n=2, n=3; two N; two batches), the
+batch arithmetic, the refusal of a run that does not fit (and what it keeps), named GPUs' calibrations, sweeps."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from blockbert.errors import ConfigError
+from blockbert.formats.compose import compose
+from blockbert.measure import plan
+from blockbert.measure.memory import resident_bytes, step_peaks
+
+CPU = torch.device("cpu")
+SMALL = [  # 4 layers: the fit's 1 and 2 layers are extrapolated
+    "model.hidden_size=128",
+    "model.num_layers=4",
+    "model.num_heads=4",
+    "model.intermediate_size=512",
+    "model.max_position_embeddings=512",
+]
+HEADS = {"roberta_1seq": None, "blockbert_n2": "3:1", "blockbert_n3": "2:1:1"}
+
+
+def target_of(model: str, seq_len: int, per_device: int, accumulate: int = 1, extra=()) -> plan.Target:
+    overrides = [
+        f"model={model}",
+        *SMALL,
+        f"data.max_seq_length={seq_len}",
+        f"tokens_per_batch={per_device * accumulate * seq_len}",
+        f"data.per_device_batch_size={per_device}",
+        *([f"model.heads='{HEADS[model]}'"] if HEADS[model] else []),
+        *extra,
+    ]
+    return plan.target_of(compose("pretrain", overrides, finished=True), "pretrain")
+
+
+def measured_peak(target: plan.Target, per_device: int) -> tuple[int, int]:
+    """(the peak of a training step of the whole model, measured; what stays between steps)."""
+    model, optimizer = plan.model_and_optimizer(target, target.model.num_layers, target.seq_len, CPU)
+    make = plan.batch_maker(target, per_device, target.seq_len, CPU)
+    autocast = plan.autocast_of(target, CPU)
+    step_peaks(model, make, plan.loss_of, optimizer, autocast)  # the optimizer's states allocated
+    peaks = step_peaks(model, make, plan.loss_of, optimizer, autocast)
+    phases = ("first", "accumulating", "optimizer") if target.accumulate > 1 else ("first", "optimizer")
+    resident = resident_bytes(model, optimizer)
+    return resident + max(peaks[phase] for phase in phases), resident
+
+
+@pytest.mark.parametrize("seq_len", [128, 256])
+@pytest.mark.parametrize("model", list(HEADS))
+def test_predicted_peak_within_10_percent_of_the_measured_step(model, seq_len):
+    target = target_of(model, seq_len, per_device=4)
+    fit = plan.measure_fit(target, CPU, timed=False)
+    for per_device in (4, 16):  # the run's micro-batch, and four times it (what the largest batch extrapolates to)
+        predicted = plan.memory_of(target, fit, per_device)
+        measured, resident = measured_peak(target, per_device)
+        assert abs(predicted["peak"] / measured - 1) < 0.10, (per_device, predicted["peak"], measured)
+        counted = predicted["weights"] + predicted["optimizer_states"]
+        assert abs(counted / resident - 1) < 0.01  # weights and AdamW's moments, counted from the parameters
+
+
+@pytest.mark.parametrize(
+    "extra, accumulate",
+    [((), 2), (("trainer.precision=bf16-mixed",), 1)],
+    ids=["gradient-accumulation", "bf16-mixed"],
+)
+def test_predicted_peak_with_accumulation_and_mixed_precision(extra, accumulate):
+    target = target_of("blockbert_n2", 128, per_device=4, accumulate=accumulate, extra=extra)
+    assert target.accumulate == accumulate
+    fit = plan.measure_fit(target, CPU, timed=False)
+    measured, _ = measured_peak(target, 4)
+    assert abs(plan.memory_of(target, fit)["peak"] / measured - 1) < 0.10
+
+
+def test_largest_batch_is_the_edge_of_the_prediction():
+    target = target_of("blockbert_n3", 128, per_device=4)
+    fit = plan.measure_fit(target, CPU, timed=False)
+    capacity = plan.memory_of(target, fit, 9)["peak"] + 1
+    largest = plan.largest_batch(target, fit, capacity)
+    assert largest == 9
+    assert plan.memory_of(target, fit, largest + 1)["peak"] > capacity
+    assert plan.best_setting(target, largest) == (4, 1)  # the run's batch of 4 splits into micro-batches of 4
+    assert plan.largest_batch(target, fit, plan.memory_of(target, fit, 1)["peak"] - 1) == 0
+
+
+def test_the_batch_arithmetic_is_the_runs():
+    cfg = compose("pretrain", ["experiment=blockbert_n2_1024", "trainer=ddp"], finished=True)
+    target = plan.target_of(cfg, "pretrain", devices=32)
+    assert (target.batch, target.per_device, target.accumulate, target.strategy) == (128, 4, 1, "ddp")
+    assert target.tokens_per_step == 131072 and target.max_steps == 2_400_000
+    assert target.model.heads == "9:3" and target.precision == "bf16-mixed"
+    finetune = plan.target_of(compose("finetune", [], finished=True), "finetune")
+    assert finetune.head == "qa" and finetune.max_steps == 300
+
+
+def test_sizes_and_precisions_are_checked():
+    assert plan.parse_size("16GB", "x") == 16e9 and plan.parse_size("80GiB", "x") == 80 * 2**30
+    with pytest.raises(ConfigError, match=r"device_memory='lots' is not a memory size: give e.g. 16GB"):
+        plan.parse_size("lots", "device_memory")
+    with pytest.raises(ConfigError, match=r"trainer.precision='64-true' cannot be planned: accepted are 32-true"):
+        plan.precision_name("64-true")
+
+
+def test_plan_with_the_defaults(blockbert, tmp_path):
+    env = {"BLOCKBERT_PLAN_DIR": str(tmp_path / "fits")}
+    out = blockbert(tmp_path, "plan", env=env)
+    assert "peak" in out.stdout and "fits" in out.stdout and "seconds per optimizer step" in out.stdout
+    (result,) = json.loads(next(tmp_path.glob("runs/plan/*/plan.json")).read_text())["jobs"]
+    assert result["fits"] and result["run"]["accumulation"] == 2 and result["run"]["per_device_batch"] == 8
+    assert result["time"]["step_s"] > 0 and result["time"]["run_hours"] > 0
+    assert result["fit"]["source"].startswith("fitted now")
+    assert (tmp_path / "fits" / "cpu.json").is_file()
+    blockbert(tmp_path, "plan", "--out", "again", env=env)  # the fit is kept and reused
+    (again,) = json.loads((tmp_path / "again" / "plan.json").read_text())["jobs"]
+    assert again["fit"]["source"].startswith("fitted on") and again["memory_gb"] == result["memory_gb"]
+
+
+def test_a_run_that_does_not_fit_is_refused_and_what_exists_stays(blockbert, tmp_path):
+    blockbert(tmp_path, "plan", "--out", "plan")
+    (planned,) = json.loads((tmp_path / "plan" / "plan.json").read_text())["jobs"]
+    too_small = f"device_memory={int(planned['memory_gb']['peak'] * 1e9 * 0.6)}B"
+    out = blockbert(tmp_path, "pretrain", too_small, check=False)
+    assert out.returncode == 2
+    error = out.stderr.strip().splitlines()[0]
+    assert re.search(r"data.per_device_batch_size=8 at N=128 needs [0-9.]+ MB per device at its peak", error), error
+    assert "fit_check=false to run anyway" in error
+    largest = int(re.search(r"the largest per-device batch that fits is (\d+)", error).group(1))
+    assert 1 <= largest < 8
+    assert not list(tmp_path.glob("runs/pretrain/*"))  # refused before it trained: no trace
+
+    run_dir = tmp_path / "run"
+    blockbert(tmp_path, "pretrain", f"hydra.run.dir={run_dir}", too_small, f"data.per_device_batch_size={largest}",
+              "trainer.max_steps=2", "logger=none")  # fmt: skip
+    metrics = (run_dir / "metrics.json").read_text()
+    resumed = blockbert(tmp_path, "pretrain", f"hydra.run.dir={run_dir}", too_small, "trainer.max_steps=4", check=False)
+    assert resumed.returncode == 2 and "largest per-device batch" in resumed.stderr
+    assert (run_dir / "metrics.json").read_text() == metrics and list(run_dir.glob("checkpoints/*.ckpt"))
+    assert not list(run_dir.glob(".hydra/resume-*"))
+    blockbert(tmp_path, "pretrain", too_small, "fit_check=false", "trainer.max_steps=1", "logger=none")
+
+
+def test_plan_for_a_named_gpu_from_its_calibration(blockbert, tmp_path):
+    fits = tmp_path / "fits"
+    blockbert(tmp_path, "plan", "--calibrate", "trainer.max_steps=300", env={"BLOCKBERT_PLAN_DIR": str(fits)})
+    calibration = json.loads((fits / "cpu.json").read_text())  # as a GPU's calibration is, from another kind
+    calibration["device"] = {"kind": "nvidia-test-gpu", "name": "NVIDIA Test GPU", "memory_bytes": 16e9}
+    (fits / "nvidia-test-gpu.json").write_text(json.dumps(calibration))
+    (fits / "cpu.json").unlink()
+    env = {"BLOCKBERT_PLAN_DIR": str(fits)}
+    blockbert(tmp_path, "plan", "--gpu", "Test GPU", "--gpus", "2", "--out", "named", env=env)
+    (result,) = json.loads((tmp_path / "named" / "plan.json").read_text())["jobs"]
+    assert result["device"]["name"] == "NVIDIA Test GPU" and result["device"]["memory_gb"] == 16
+    assert result["run"]["devices"] == 2 and result["time"]["device_hours"] == 2 * result["time"]["run_hours"]
+    assert not (fits / "cpu.json").exists()  # nothing measured here
+    other = blockbert(tmp_path, "plan", "--gpu", "test-gpu", "data.max_seq_length=64", env=env, check=False)
+    assert other.returncode == 2 and "has no fit with times of this model" in other.stderr
+    unknown = blockbert(tmp_path, "plan", "--gpu", "A100", env=env, check=False)
+    assert unknown.returncode == 2 and "no calibration of that GPU kind" in unknown.stderr
+    assert "known: nvidia-test-gpu" in unknown.stderr
+
+
+def test_plan_of_a_sweep_totals_its_device_hours(blockbert, tmp_path):
+    laptop = ["experiment=tiny", "trainer.max_steps=300", "optim.schedule_steps=600"]  # the sweep's laptop form
+    blockbert(tmp_path, "plan", "--sweep", "heads_n2", *laptop, "--out", "sweep")
+    summary = json.loads((tmp_path / "sweep" / "plan.json").read_text())
+    jobs = summary["jobs"]
+    assert len(jobs) > 1 and len({job["run"]["model"] for job in jobs}) == len(jobs)  # one per head assignment
+    assert summary["device_hours"] == pytest.approx(sum(job["time"]["device_hours"] for job in jobs))
