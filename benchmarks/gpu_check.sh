@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# Run THERE, on a lent GPU machine, from the repo root, after benchmarks/gpu_wheels.sh ran here:
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
-# At most 9 minutes (the timeouts below add up to 520 s): the GPU tests, the Table 5 grid (bench=table5:
-# B = 8/16/24/32, N = 1024, fp16, BERT-base; here inference and training step with memory, ratios to both dense
-# baselines -- eager RoBERTa, the paper's, and SDPA RoBERTa, today's -- and to HF BERT, and the inference bound),
-# the training step over N = 512..4096, one attention layer against the identity-only bound, and the whole-run
-# throughput of pre-training (N = 2048) and fine-tuning (N = 384, batch 16) against the Hugging Face Trainer and a
-# bare loop (bf16). Every result file lands flat in $OUT (at most 8 files come back).
+# Run THERE, on a lent GPU machine, from the repo root, after benchmarks/gpu_wheels.sh ran here, in two calls (each
+# part's timeout below; every result file lands flat in $OUT):
+#   run(command="bash benchmarks/gpu_check.sh tests plan table5", carry=[".whl"], timeout_s=590)        # 540 s at most
+#   run(command="bash benchmarks/gpu_check.sh seqlen attention pretrain finetune", carry=[".whl"], timeout_s=590)  # 330 s
+# Parts:
+#   tests      tests/test_gpu.py (kernels, fp16/bf16, flex, compile, A.2, plan's memory within 10 % and its largest
+#              batch against the allocator)
+#   plan       `blockbert plan --calibrate` (the paper's pre-training rows fitted and timed: the calibration of this
+#              GPU kind, to ship in blockbert/measure/calibrations/), then `benchmark mode=plan` (predicted ÷
+#              measured seconds per step and peak memory for 3 pre-training runs, BERT-base width)
+#   table5     the Table 5 grid (bench=table5: B = 8/16/24/32, N = 1024, fp16, BERT-base; inference and training step
+#              with memory, ratios to eager RoBERTa, SDPA RoBERTa and HF BERT, and the inference bound)
+#   seqlen     the training step over N = 512..4096
+#   attention  one attention layer against the identity-only bound
+#   pretrain, finetune  whole-run throughput (N = 2048; N = 384, batch 16) against the Hugging Face Trainer and a
+#              bare loop (bf16)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    --find-links .whl hydra-core omegaconf antlr4-python3-runtime datasets dill multiprocess
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD BLOCKBERT_CACHE=/tmp/gpu/cache
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__)"; } \
   > "$OUT/machine.txt" 2>&1
-timeout 100 python3 -m pytest -q -rs tests/test_gpu.py > "$OUT/tests.log" 2>&1
 
 MODELS='[roberta_1seq,sparsebert,sparsebert_blocks,blockbert_n2,blockbert_n3,hf_bert,hf_bigbird]'
 bench() {  # name, timeout, overrides...
@@ -26,13 +34,27 @@ bench() {  # name, timeout, overrides...
   timeout "$limit" python3 cli.py benchmark device=cuda hydra.run.dir=/tmp/gpu/"$name" "$@" >> "$OUT/benchmark.log" 2>&1
   cp /tmp/gpu/"$name"/benchmark.json "$OUT/$name.json" 2>/dev/null || echo "$name: no results" >> "$OUT/benchmark.log"
 }
-bench table5 120 bench=table5 \
-  'models=[roberta_1seq_eager,roberta_1seq,sparsebert,blockbert_n2,blockbert_n3,hf_bert,hf_bigbird]' \
-  'baseline=[roberta_1seq_eager,roberta_1seq,hf_bert]' 'phases=[inference,train]' repeats=5 warmup=2
-bench seqlen 60 size=base dtype=bfloat16 "models=$MODELS" 'batch_sizes=[1]' 'seq_lengths=[512,1024,2048,4096]' \
-  'phases=[train]' repeats=5 warmup=2
-bench attention 40 mode=attention dtype=bfloat16 attention_batch_size=8 'attention_seq_lengths=[1024,2048,4096]' repeats=10 warmup=3
-bench pretrain 100 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 pretrain.steps=10 \
-  pretrain.documents=1200 pretrain.rows_per_document=120 warmup=3
-bench finetune 100 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3
-tail -n 60 "$OUT/benchmark.log"
+part() {
+  case $1 in
+    tests) timeout 150 python3 -m pytest -q -rs -o addopts= tests/test_gpu.py > "$OUT/tests.log" 2>&1 ;;
+    plan)
+      timeout 120 python3 cli.py plan --calibrate --out /tmp/gpu/calibration > "$OUT/plan.log" 2>&1
+      cp /tmp/gpu/calibration/*.json "$OUT/" 2>/dev/null || echo "calibration: no results" >> "$OUT/plan.log"
+      bench plan_check 170 mode=plan size=base ;;
+    table5) bench table5 100 bench=table5 \
+      'models=[roberta_1seq_eager,roberta_1seq,sparsebert,blockbert_n2,blockbert_n3,hf_bert,hf_bigbird]' \
+      'baseline=[roberta_1seq_eager,roberta_1seq,hf_bert]' 'phases=[inference,train]' repeats=5 warmup=2 ;;
+    seqlen) bench seqlen 90 size=base dtype=bfloat16 "models=$MODELS" 'batch_sizes=[1]' \
+      'seq_lengths=[512,1024,2048,4096]' 'phases=[train]' repeats=3 warmup=1 ;;
+    attention) bench attention 40 mode=attention dtype=bfloat16 attention_batch_size=8 \
+      'attention_seq_lengths=[1024,2048,4096]' repeats=10 warmup=3 ;;
+    pretrain) bench pretrain 100 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 \
+      pretrain.steps=10 pretrain.documents=1200 pretrain.rows_per_document=120 warmup=3 ;;
+    finetune) bench finetune 100 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3 ;;
+    *) echo "unknown part $1: tests plan table5 seqlen attention pretrain finetune" >&2; exit 2 ;;
+  esac
+}
+for name in "${@:-tests plan table5 seqlen attention pretrain finetune}"; do
+  for one in $name; do part "$one"; done
+done
+tail -n 60 "$OUT/benchmark.log" 2>/dev/null

@@ -13,7 +13,7 @@ import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-COMMANDS = ["pretrain", "finetune", "sweep", "profile", "benchmark", "evaluate", "report", "export"]
+COMMANDS = ["pretrain", "finetune", "sweep", "plan", "profile", "benchmark", "evaluate", "report", "export"]
 
 
 @pytest.fixture(autouse=True)

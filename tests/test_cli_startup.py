@@ -132,3 +132,10 @@ def test_hydra_shell_completion_flag_points_to_ours():
     result = runner.invoke(cli.app, ["pretrain", "-sc", "install=bash"])
     assert result.exit_code == 2
     assert "blockbert --install-completion" in result.output
+
+
+def test_plan_overrides_complete_the_planned_command():
+    assert complete_overrides("plan", {"command": "finetune", "overrides": []}, "task.max_train") == [
+        "task.max_train_samples="
+    ]
+    assert complete_overrides("plan", {"overrides": []}, "tokens_per_") == ["tokens_per_batch="]

@@ -68,7 +68,7 @@ def test_half_precision_block_and_sparse_match_float32(dtype, atol):
 )
 def test_flex_equals_sdpa_forward_and_backward(config):
     torch.manual_seed(0)
-    base = dict(hidden_size=768, num_heads=12, attention_dropout=0.0, **config)
+    base = dict(hidden_size=768, num_heads=12, attention_dropout=0.0, max_position_embeddings=1024, **config)
     sdpa = SelfAttention(BlockBertConfig(**base)).to(CUDA)
     flex = SelfAttention(BlockBertConfig(**base, attention_impl="flex")).to(CUDA)
     flex.load_state_dict(sdpa.state_dict())
@@ -124,3 +124,64 @@ def test_a2_estimate_covers_the_saved_tensors_and_blockwise_halves_its_quadratic
         assert fit.slope > 0 and fit.r2 > 0.95
         slopes[name] = fit.slope
     assert 0.35 < slopes["blockbert_n2_eager"] / slopes["roberta_1seq_eager"] < 0.65
+
+
+def _plan_target(model: str, seq_len: int, per_device: int):
+    from blockbert.formats.compose import compose
+    from blockbert.measure import plan
+
+    heads = {"roberta_1seq": [], "blockbert_n2": ["model.heads='10:2'"], "blockbert_n3": ["model.heads='8:2:2'"]}
+    overrides = [
+        f"model={model}", *heads[model], "model.num_layers=4", "model.max_position_embeddings=1024",
+        "data.tokenizer_vocab_size=30522", f"data.max_seq_length={seq_len}", f"tokens_per_batch={per_device * seq_len}",
+        f"data.per_device_batch_size={per_device}", "trainer=gpu",
+    ]  # fmt: skip
+    return plan.target_of(compose("pretrain", overrides, finished=True), "pretrain")
+
+
+def _measured_peak(target, per_device: int) -> int:
+    from blockbert.measure import plan
+    from blockbert.measure.memory import resident_bytes, step_peaks
+
+    model, optimizer = plan.model_and_optimizer(target, target.model.num_layers, target.seq_len, CUDA)
+    make = plan.batch_maker(target, per_device, target.seq_len, CUDA)
+    autocast = plan.autocast_of(target, CUDA)
+    step_peaks(model, make, plan.loss_of, optimizer, autocast)
+    peaks = step_peaks(model, make, plan.loss_of, optimizer, autocast)
+    measured = resident_bytes(model, optimizer) + max(peaks["first"], peaks["optimizer"])
+    del model, optimizer
+    torch.cuda.empty_cache()
+    return measured
+
+
+@pytest.mark.parametrize("seq_len", [512, 1024])
+@pytest.mark.parametrize("model", ["roberta_1seq", "blockbert_n2", "blockbert_n3"])
+def test_plan_predicts_the_gpu_peak_within_10_percent(model, seq_len):
+    """BERT-base width, 4 layers (fitted at 1 and 2), bf16 autocast: the allocator's peak of a training step."""
+    from blockbert.measure import plan
+
+    target = _plan_target(model, seq_len, 4)
+    fit = plan.measure_fit(target, CUDA, timed=False)
+    for per_device in (4, 8):
+        predicted = plan.memory_of(target, fit, per_device)["peak"]
+        measured = _measured_peak(target, per_device)
+        assert abs(predicted / measured - 1) < 0.10, (per_device, predicted, measured)
+
+
+def test_plan_largest_batch_fits_and_the_next_does_not():
+    """With the GPU's memory capped between the predicted peaks of b and b + 1, b trains and b + 1 runs out."""
+    from blockbert.measure import plan
+
+    target = _plan_target("blockbert_n3", 1024, 8)
+    fit = plan.measure_fit(target, CUDA, timed=False)
+    capacity = (plan.memory_of(target, fit, 8)["peak"] + plan.memory_of(target, fit, 9)["peak"]) / 2
+    assert plan.largest_batch(target, fit, capacity) == 8
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(capacity / torch.cuda.get_device_properties(CUDA).total_memory)
+    try:
+        _measured_peak(target, 8)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            _measured_peak(target, 9)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()

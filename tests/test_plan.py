@@ -111,7 +111,7 @@ def test_plan_with_the_defaults(blockbert, tmp_path):
     assert result["fits"] and result["run"]["accumulation"] == 2 and result["run"]["per_device_batch"] == 8
     assert result["time"]["step_s"] > 0 and result["time"]["run_hours"] > 0
     assert result["fit"]["source"].startswith("fitted now")
-    assert (tmp_path / "fits" / "cpu.json").is_file()
+    assert len(list((tmp_path / "fits").glob("cpu-*.json"))) == 1
     blockbert(tmp_path, "plan", "--out", "again", env=env)  # the fit is kept and reused
     (again,) = json.loads((tmp_path / "again" / "plan.json").read_text())["jobs"]
     assert again["fit"]["source"].startswith("fitted on") and again["memory_gb"] == result["memory_gb"]
@@ -124,7 +124,8 @@ def test_a_run_that_does_not_fit_is_refused_and_what_exists_stays(blockbert, tmp
     out = blockbert(tmp_path, "pretrain", too_small, check=False)
     assert out.returncode == 2
     error = out.stderr.strip().splitlines()[0]
-    assert re.search(r"data.per_device_batch_size=8 at N=128 needs [0-9.]+ MB per device at its peak", error), error
+    needs = r"a micro-batch of 8 sequences of N=128 \(data.per_device_batch_size=8\) needs [0-9.]+ MB per device at its"
+    assert re.search(needs, error), error
     assert "fit_check=false to run anyway" in error
     largest = int(re.search(r"the largest per-device batch that fits is (\d+)", error).group(1))
     assert 1 <= largest < 8
@@ -144,16 +145,17 @@ def test_a_run_that_does_not_fit_is_refused_and_what_exists_stays(blockbert, tmp
 def test_plan_for_a_named_gpu_from_its_calibration(blockbert, tmp_path):
     fits = tmp_path / "fits"
     blockbert(tmp_path, "plan", "--calibrate", "trainer.max_steps=300", env={"BLOCKBERT_PLAN_DIR": str(fits)})
-    calibration = json.loads((fits / "cpu.json").read_text())  # as a GPU's calibration is, from another kind
+    (measured,) = fits.glob("cpu-*.json")
+    calibration = json.loads(measured.read_text())  # as a GPU's calibration is, from another kind
     calibration["device"] = {"kind": "nvidia-test-gpu", "name": "NVIDIA Test GPU", "memory_bytes": 16e9}
     (fits / "nvidia-test-gpu.json").write_text(json.dumps(calibration))
-    (fits / "cpu.json").unlink()
+    measured.unlink()
     env = {"BLOCKBERT_PLAN_DIR": str(fits)}
     blockbert(tmp_path, "plan", "--gpu", "Test GPU", "--gpus", "2", "--out", "named", env=env)
     (result,) = json.loads((tmp_path / "named" / "plan.json").read_text())["jobs"]
     assert result["device"]["name"] == "NVIDIA Test GPU" and result["device"]["memory_gb"] == 16
     assert result["run"]["devices"] == 2 and result["time"]["device_hours"] == 2 * result["time"]["run_hours"]
-    assert not (fits / "cpu.json").exists()  # nothing measured here
+    assert not list(fits.glob("cpu-*.json"))  # nothing measured here
     other = blockbert(tmp_path, "plan", "--gpu", "test-gpu", "data.max_seq_length=64", env=env, check=False)
     assert other.returncode == 2 and "has no fit with times of this model" in other.stderr
     unknown = blockbert(tmp_path, "plan", "--gpu", "A100", env=env, check=False)
@@ -168,3 +170,9 @@ def test_plan_of_a_sweep_totals_its_device_hours(blockbert, tmp_path):
     jobs = summary["jobs"]
     assert len(jobs) > 1 and len({job["run"]["model"] for job in jobs}) == len(jobs)  # one per head assignment
     assert summary["device_hours"] == pytest.approx(sum(job["time"]["device_hours"] for job in jobs))
+
+
+def test_a_gpu_run_planned_on_a_cpu_needs_the_gpus_memory(blockbert, tmp_path):
+    out = blockbert(tmp_path, "plan", "trainer=gpu", check=False)
+    assert out.returncode == 2
+    assert "the run asks for GPUs and this machine has none: give --gpu-memory (e.g. 16GiB)" in out.stderr

@@ -64,7 +64,7 @@ COMMANDS = readme_commands()
 
 def test_the_readme_has_the_commands_of_every_kind():
     kinds = {shlex.split(c, comments=True)[1] for c in readme_commands([README])}
-    assert set(HYDRA_COMMANDS) | {"sweep", *FILE_COMMANDS} <= kinds, kinds
+    assert set(HYDRA_COMMANDS) | {"sweep", "plan", *FILE_COMMANDS} <= kinds, kinds
 
 
 def test_the_readme_is_a_front_door():
@@ -122,6 +122,12 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
         typer.main.get_command(app).get_command(None, name).make_context(name, args[1:])  # raises on a bad option
         return
     runner = CliRunner()
+    if name == "plan":  # its options parse, and its overrides compose the run it plans (the plan runs in test_plan)
+        context = typer.main.get_command(app).get_command(None, name).make_context(name, args[1:])
+        overrides, command = context.params["overrides"] or [], context.params["command"]
+        result = runner.invoke(app, [command, *overrides, "--cfg", "job"])
+        assert result.exit_code == 0, result.output
+        return
     if name == "sweep":
         if "--from" in args:
             args[args.index("--from") + 1] = str(finished_sweep(tmp_path / "pretrained"))

@@ -61,10 +61,11 @@ OmegaConf.register_new_resolver("blockbert_output_subdir", hydra_output_subdir, 
 def complete_overrides(command: str, params: dict, incomplete: str) -> list[str]:
     """Shell completion of the override being typed (``incomplete``) after the ones typed before it
     (``params["overrides"]``), from the command's config: groups, their options and config keys, by Hydra's
-    own completion (an internal class: hydra-core is pinned to 1.3.x). A sweep completes its command's keys."""
+    own completion (an internal class: hydra-core is pinned to 1.3.x). A sweep completes its command's keys, a plan its
+    ``--command``'s."""
     from hydra.plugins.completion_plugin import DefaultCompletionPlugin
 
-    task = command
+    task = params.get("command") or "pretrain" if command == "plan" else command
     if command == "sweep":
         from blockbert.experiments.sweep_plan import load_sweep
 

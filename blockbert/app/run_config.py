@@ -4,6 +4,7 @@ before the job starts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from contextlib import contextmanager
@@ -63,39 +64,45 @@ def locked(run: RunDir):
 
 
 def forget_job(run: RunDir, whole: bool = True) -> None:
-    """A job refused before it trained leaves no trace: its run directory if it holds nothing but what the job's
-    start wrote (Hydra's config and log, the lock) and ``whole``, else the config Hydra stored for this job beside
-    an earlier run's (``.hydra/resume-K``)."""
+    """A job refused before it trained leaves no trace: with ``whole``, what it wrote in a directory no run had used
+    (Hydra stored its config as the run's own ``.hydra``), and the directory when nothing else is in it; else the
+    config Hydra stored for this job beside an earlier run's (``.hydra/resume-K``)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if whole and all(p.name in (".hydra", run.lock_file.name) or p.suffix == ".log" for p in run.path.iterdir()):
-        shutil.rmtree(run.path, ignore_errors=True)  # nothing but what this job's start wrote
-        return
-    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
-    if subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    subdir = hydra.output_subdir if hydra else None
+    if whole and subdir == ".hydra":  # what the job's start wrote, then the directory if nothing else is in it
+        shutil.rmtree(run.path / ".hydra", ignore_errors=True)
+        for created in (run.lock_file, run.path / f"{hydra.job.name}.log"):
+            created.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run.path.rmdir()
+    elif subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
         shutil.rmtree(run.path / subdir, ignore_errors=True)
 
 
 def run_training(cfg: DictConfig, command: str, train) -> dict:
     """A training command's job: ``train(cfg, run, heads_given=...)`` (:func:`blockbert.train.pretrain.pretrain`,
     :func:`blockbert.train.finetune.finetune`) in the job's run directory, locked, after the checks of the machine,
-    the paper row and the device's memory (:func:`blockbert.measure.plan.check_fit`: a refused run leaves no
-    trace)."""
+    the paper row and the device's memory (:func:`blockbert.measure.plan.check_fit`, by rank 0: the other ranks
+    start after it): a run refused there leaves no trace, except a sweep's job, whose directory records why."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-    run = RunDir(HydraConfig.get().runtime.output_dir)
+    hydra = HydraConfig.get()
+    run = RunDir(hydra.runtime.output_dir)
     check_accelerator(cfg.trainer)
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
-        try:
-            check_fit(cfg, command)
-        except ConfigError as refused:
-            refusal = refused
-        else:
-            return train(cfg, run, heads_given=given_on_command_line("model.heads"))
-    forget_job(run)  # with the lock released: its file is in the directory
-    raise refusal
+        if rank_zero_only.rank == 0:
+            try:
+                check_fit(cfg, command)
+            except ConfigError:
+                forget_job(run, whole=hydra.mode != RunMode.MULTIRUN)
+                raise
+        return train(cfg, run, heads_given=given_on_command_line("model.heads"))
 
 
 def given_on_command_line(key: str) -> bool:

@@ -107,18 +107,10 @@ def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def step_peaks(model, batch_fn, loss_fn, optimizer, autocast, clip: float | None = 1.0) -> dict[str, int]:
-    """A training step as a Lightning run takes it, in bytes above :func:`resident_bytes` at its start, phase by
-    phase: ``first``, the peak of a micro-batch's forward + backward with no gradients held (set to None after the
-    last step); ``accumulating``, the same for the next micro-batch of a gradient accumulation, the gradients held;
-    ``optimizer``, the peak of gradient clipping, the optimizer's step and the gradients set to None. ``batch_fn()``
-    builds the batch inside each forward phase (its tensors count); ``loss_fn(model, batch)`` is the loss.
-
-    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``). Elsewhere: the peak of the live tensor
-    storages torch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``) follows, parameters, gradients and
-    optimizer states included."""
-    resident = resident_bytes(model, optimizer)
-    device = next(model.parameters()).device
+def step_phases(model, batch_fn, loss_fn, optimizer, autocast, clip: float | None = 1.0):
+    """A training step as a Lightning run takes it, in its two phases: (a micro-batch's forward under ``autocast``
+    and backward; gradient clipping, the optimizer's step and the gradients set to None). ``batch_fn()`` gives the
+    batch, ``loss_fn(model, batch)`` the loss."""
 
     def forward_backward():
         batch = batch_fn()
@@ -132,10 +124,24 @@ def step_peaks(model, batch_fn, loss_fn, optimizer, autocast, clip: float | None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    peaks = {phase: _peak(call, model, optimizer, device) - resident for phase, call in (
-        ("first", forward_backward), ("accumulating", forward_backward), ("optimizer", optimizer_step)
-    )}  # fmt: skip
-    return peaks
+    return forward_backward, optimizer_step
+
+
+def step_peaks(model, batch_fn, loss_fn, optimizer, autocast, clip: float | None = 1.0) -> dict[str, int]:
+    """A training step (:func:`step_phases`) in bytes above :func:`resident_bytes` at its start, phase by phase:
+    ``first``, the peak of a micro-batch's forward + backward with no gradients held (set to None after the last
+    step); ``accumulating``, the same for the next micro-batch of a gradient accumulation, the gradients held;
+    ``optimizer``, the peak of the optimizer's phase. ``batch_fn()`` builds the batch inside each forward phase (its
+    tensors count).
+
+    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``). Elsewhere: the peak of the live tensor
+    storages torch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``) follows, parameters, gradients and
+    optimizer states included."""
+    resident = resident_bytes(model, optimizer)
+    device = next(model.parameters()).device
+    forward_backward, optimizer_step = step_phases(model, batch_fn, loss_fn, optimizer, autocast, clip)
+    phases = (("first", forward_backward), ("accumulating", forward_backward), ("optimizer", optimizer_step))
+    return {phase: _peak(call, model, optimizer, device) - resident for phase, call in phases}
 
 
 def _peak(phase, model, optimizer, device: torch.device) -> int:

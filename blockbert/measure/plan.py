@@ -16,10 +16,10 @@ each coefficient is taken as linear in the number of layers (our scaling law; th
 ``paths.plan_dir/<device>.json`` (by default in the cache) and reused; ``blockbert plan --calibrate`` fits (and
 times) the paper's rows so that another machine can plan for that GPU (``--gpu``).
 
-Time: the same cut models' forward + backward at the run's N and optimizer step are timed on the device (median of
-3 after a warm-up), taken as linear in layers and in sequences per micro-batch; an optimizer step is accumulation ×
-micro-batch + optimizer step. Data loading, logging and DDP's gradient communication are outside it (the plan says
-so).
+Time: the same cut models' forward + backward at the run's N and optimizer step are timed on the device, in turns
+(median of 5 after a warm-up), taken as linear in layers and in sequences per micro-batch; an optimizer step is
+accumulation × micro-batch + optimizer step. Data loading, logging and DDP's gradient communication are outside it
+(the plan says so).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,8 @@ from rich.table import Table
 
 from blockbert.display import console
 from blockbert.errors import ConfigError
-from blockbert.measure.memory import step_peaks
+from blockbert.measure.device import where
+from blockbert.measure.memory import step_peaks, step_phases
 from blockbert.measure.timing import time_in_order
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
@@ -53,8 +54,9 @@ GB = 1e9
 USABLE = 0.95  # our choice: 5 % of the device's memory left to the allocator's fragmentation and the process
 MEASURE_TOKENS_CPU = 4096  # our choice: tokens per timed micro-batch on a CPU (time taken as linear in sequences)
 FIT_LAYERS = (1, 2)
+TIME_REPEATS = 5
 FIT_TOKENS_CPU = 8192  # our choice: the most tokens of a fitted micro-batch on a CPU
-FIT_VERSION = 1  # raised when the model's kernels or the measurement change: older fits are not reused
+FIT_VERSION = 2  # raised when the model's kernels or the measurement change: older fits are not reused
 CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"  # shipped fits of GPU kinds (plan --calibrate)
 PRECISIONS = {  # Lightning's precision -> (parameter dtype, autocast dtype)
     "32-true": (torch.float32, None),
@@ -102,12 +104,16 @@ def precision_name(value) -> str:
     return name
 
 
-def target_of(cfg: DictConfig, command: str, devices: int | None = None, per_device: int | None = None) -> Target:
+def target_of(cfg: DictConfig, command: str, devices: int | None = None) -> Target:
     """The run a composed ``pretrain``/``finetune`` config describes; ``devices`` replaces the trainer's device
-    count (``plan --gpus``), ``per_device`` data.per_device_batch_size."""
+    count (``plan --gpus``)."""
     seq_len = cfg.data.max_seq_length
     world = devices or world_size(cfg.trainer)
-    setting = per_device or cfg.data.per_device_batch_size
+    setting = cfg.data.per_device_batch_size
+    config = model_config(cfg.model, vocab_size=_vocab_size(cfg, command))
+    config.check_sequence_length(seq_len, "data.max_seq_length")  # first, as the run checks it
+    if not config_from_checkpoint(cfg):
+        config = dataclasses.replace(config, block_seq_len=seq_len)  # a fresh model's blocks are cut from N
     if command == "pretrain":
         batch, per_dev, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, setting, world)
         head = "mlm+nsp" if cfg.model.next_sentence_prediction else "mlm"
@@ -115,12 +121,9 @@ def target_of(cfg: DictConfig, command: str, devices: int | None = None, per_dev
         batch = cfg.optim.batch_size
         per_dev, accumulate = split_batch(batch, setting, world)
         head = "qa"
-    config = model_config(cfg.model, vocab_size=_vocab_size(cfg, command))
-    if not config_from_checkpoint(cfg):
-        config = dataclasses.replace(config, block_seq_len=seq_len)  # a fresh model's blocks are cut from N
-    config.check_sequence_length(seq_len, "data.max_seq_length")
     strategy = str(cfg.trainer.strategy)
-    kind = "fsdp" if strategy.startswith("fsdp") else "ddp" if strategy.startswith("ddp") and world > 1 else "single"
+    several = world > 1 and (strategy.startswith("ddp") or strategy == "auto")  # Lightning's auto: DDP
+    kind = "fsdp" if strategy.startswith("fsdp") else "ddp" if several else "single"
     steps = cfg.trainer.max_steps
     return Target(
         command, config, head, seq_len, batch, per_dev, accumulate, world, precision_name(cfg.trainer.precision), kind,
@@ -190,7 +193,10 @@ def loss_of(model, batch: dict) -> torch.Tensor:
 
 
 def autocast_of(target: Target, device: torch.device):
+    """The run's autocast; on a CPU fp16 is measured as bf16 (the same 2-byte tensors; CPUs compute fp16 slowly)."""
     dtype = PRECISIONS[target.precision][1]
+    if dtype == torch.float16 and device.type == "cpu":
+        dtype = torch.bfloat16
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
@@ -227,7 +233,7 @@ def fit_lengths(target: Target) -> tuple[int, int]:
     """N and about N/2 (a multiple of the blocks)."""
     n = target.seq_len
     blocks = target.model.num_blocks if target.model.attention == "block" else 1
-    return max(blocks, 8, (n // 2) // blocks * blocks), n
+    return max(blocks, max(8, n // 2) // blocks * blocks), n
 
 
 def fit_batches(target: Target, device: torch.device) -> tuple[int, int]:
@@ -243,20 +249,24 @@ def measure_fit(target: Target, device: torch.device, timed: bool) -> dict:
     autocast = autocast_of(target, device)
     rows = {layers: [] for layers in FIT_LAYERS}  # (b * N, b * N^2, first, accumulating)
     optimizer_peak = {layers: 0 for layers in FIT_LAYERS}
-    times, timed_batch = {}, timed_micro_batch(target, device)
-    for layers in FIT_LAYERS:
-        for n in fit_lengths(target):
-            model, optimizer = model_and_optimizer(target, layers, n, device)
-            step_peaks(model, batch_maker(target, 1, n, device), loss_of, optimizer, autocast)  # states allocated
-            for b in fit_batches(target, device):
-                peaks = step_peaks(model, batch_maker(target, b, n, device), loss_of, optimizer, autocast)
-                rows[layers].append((b * n, b * n * n, peaks["first"], peaks["accumulating"]))
-                optimizer_peak[layers] = max(optimizer_peak[layers], peaks["optimizer"])
-            if timed and n == target.seq_len:
-                times[layers] = _time_step(model, optimizer, target, timed_batch, device, autocast)
-            del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    batches = fit_batches(target, device)
+    while True:
+        try:
+            for layers in FIT_LAYERS:
+                for n in fit_lengths(target):
+                    _fit_points(target, layers, n, batches, device, autocast, rows, optimizer_peak)
+            break
+        except torch.cuda.OutOfMemoryError:  # the run's batch does not fit even cut to 2 layers: fit smaller ones
+            if batches == (1, 2):
+                raise ConfigError(
+                    f"not even 2 sequences of N={target.seq_len} fit on {device_name(device)} in a 2-layer cut of "
+                    "the model: shorten data.max_seq_length or use model.gradient_checkpointing=true"
+                ) from None
+            rows, optimizer_peak = {layers: [] for layers in FIT_LAYERS}, {layers: 0 for layers in FIT_LAYERS}
+            batches = (max(1, batches[0] // 2), max(2, batches[1] // 2))
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     memory = {"optimizer": [optimizer_peak[layers] for layers in FIT_LAYERS]}
     worst = 0.0
     for column, phase in ((2, "first"), (3, "accumulating")):
@@ -276,12 +286,17 @@ def measure_fit(target: Target, device: torch.device, timed: bool) -> dict:
         "measured": _where(device),
     }
     if timed:
-        entry["time"] = {
-            "micro_batch": timed_batch,
-            "forward_backward_s": [times[layers]["forward_backward"] for layers in FIT_LAYERS],
-            "optimizer_s": [times[layers]["optimizer"] for layers in FIT_LAYERS],
-        }
+        entry["time"] = time_fit(target, device, autocast, min(timed_micro_batch(target, device), batches[1]))
     return entry
+
+
+def _fit_points(target, layers, n, batches, device, autocast, rows, optimizer_peak) -> None:
+    model, optimizer = model_and_optimizer(target, layers, n, device)
+    step_peaks(model, batch_maker(target, 1, n, device), loss_of, optimizer, autocast)  # the states allocated
+    for b in batches:
+        peaks = step_peaks(model, batch_maker(target, b, n, device), loss_of, optimizer, autocast)
+        rows[layers].append((b * n, b * n * n, peaks["first"], peaks["accumulating"]))
+        optimizer_peak[layers] = max(optimizer_peak[layers], peaks["optimizer"])
 
 
 def timed_micro_batch(target: Target, device: torch.device) -> int:
@@ -292,30 +307,27 @@ def timed_micro_batch(target: Target, device: torch.device) -> int:
     return max(1, min(target.per_device, MEASURE_TOKENS_CPU // target.seq_len))
 
 
-def _time_step(model, optimizer, target: Target, batch: int, device, autocast) -> dict:
-    make = batch_maker(target, batch, target.seq_len, device)
-    fixed = make()
-
-    def forward_backward():
-        with autocast:
-            loss = loss_of(model, fixed)
-        loss.backward()
-
-    def optimizer_step():
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return time_in_order({"forward_backward": forward_backward, "optimizer": optimizer_step}, device, 1, 3)
+def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict:
+    """Forward + backward of a micro-batch of ``batch`` sequences at the run's N and the optimizer step, for the
+    model cut to 1 and 2 layers, timed in turns (so that a machine's drift hits both alike): medians of TIME_REPEATS
+    after a warm-up."""
+    phases = {}
+    for layers in FIT_LAYERS:
+        model, optimizer = model_and_optimizer(target, layers, target.seq_len, device)
+        inputs = batch_maker(target, batch, target.seq_len, device)()  # built once: the batch is not timed
+        step = step_phases(model, lambda inputs=inputs: inputs, loss_of, optimizer, autocast)
+        phases[f"forward_backward_{layers}"], phases[f"optimizer_{layers}"] = step
+    times = time_in_order(phases, device, 1, TIME_REPEATS)
+    return {
+        "micro_batch": batch,
+        "forward_backward_s": [times[f"forward_backward_{layers}"] for layers in FIT_LAYERS],
+        "optimizer_s": [times[f"optimizer_{layers}"] for layers in FIT_LAYERS],
+    }
 
 
 def _where(device: torch.device) -> dict:
-    return {
-        "device": device_kind(device),
-        "name": device_name(device),
-        "torch": torch.__version__,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-    }
+    measured = where(device)
+    return {"device": device_kind(device), "name": device_name(device), **{k: measured[k] for k in ("torch", "date")}}
 
 
 def at_layers(values: list[float], layers: int) -> float:
@@ -327,16 +339,13 @@ def at_layers(values: list[float], layers: int) -> float:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()})"
+    machine = where(device)["machine"]
+    return machine if device.type == "cuda" else f"CPU ({machine}, {os.cpu_count()} cores)"
 
 
 def device_kind(device: torch.device) -> str:
-    """A file name for a device kind: ``cpu``, ``nvidia-h200``."""
-    return slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+    """A file name for a device kind: ``nvidia-h200``; ``cpu-x86-64-2`` (the machine and its cores)."""
+    return slug(device_name(device) if device.type == "cuda" else f"cpu {where(device)['machine']} {os.cpu_count()}")
 
 
 def slug(name: str) -> str:
@@ -371,30 +380,43 @@ def describe_device(device: torch.device) -> dict:
 
 class FitStore:
     """The fits of one device kind: ``<plan_dir>/<kind>.json`` (measured here), read over a shipped calibration
-    (``blockbert/measure/calibrations/<kind>.json``)."""
+    (``blockbert/measure/calibrations/<kind>.json``, when there is one)."""
 
     def __init__(self, directory: Path, kind: str):
         self.kind = kind
         self.path = Path(directory) / f"{kind}.json"
         self.data = {"device": {}, "fits": {}}
         for source in (CALIBRATIONS / f"{kind}.json", self.path):
-            if source.is_file():
-                stored = json.loads(source.read_text())
-                self.data["device"].update(stored.get("device", {}))
-                self.data["fits"].update(stored.get("fits", {}))
+            stored = _read_fits(source)
+            self.data["device"].update(stored.get("device", {}))
+            self.data["fits"].update(stored.get("fits", {}))
 
-    def get(self, target: Target, timed: bool) -> dict | None:
+    def get(self, target: Target, micro_batch: int | None = None) -> dict | None:
+        """The fit of ``target``; with ``micro_batch``, only one timed at that micro-batch."""
         entry = self.data["fits"].get(key_hash(fit_key(target)))
-        return entry if entry and (not timed or "time" in entry) else None
+        if entry and micro_batch is not None and entry.get("time", {}).get("micro_batch") != micro_batch:
+            return None
+        return entry
 
     def put(self, target: Target, entry: dict, device: dict) -> None:
-        """Keep ``entry``, the fit of ``target`` on ``device`` (:func:`describe_device`)."""
-        self.data["fits"][key_hash(fit_key(target))] = entry
+        """Keep ``entry``, the fit of ``target`` on ``device`` (:func:`describe_device`), beside the fits the file
+        holds now (another process may have added some)."""
+        self.data["fits"] = {**_read_fits(self.path).get("fits", {}), key_hash(fit_key(target)): entry}
         self.data["device"] = device
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial = self.path.with_suffix(f".{socket.gethostname()}.{os.getpid()}.tmp")
         partial.write_text(json.dumps(self.data, indent=1) + "\n")
         partial.replace(self.path)  # whole, even with two processes writing
+
+
+def _read_fits(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("plan: %s is not a fits file (JSON): ignored, and replaced by the next fit", path)
+        return {}
 
 
 def named_store(directory: Path, gpu: str) -> FitStore:
@@ -416,8 +438,8 @@ def named_store(directory: Path, gpu: str) -> FitStore:
 def fit_for(target: Target, store: FitStore, device: torch.device | None, timed: bool) -> tuple[dict, str]:
     """(fit, where it comes from): stored for this device kind, or measured now on ``device`` (None: a named GPU's
     calibration, which must hold it)."""
-    entry = store.get(target, timed)
-    if entry is not None:
+    entry = store.get(target, timed_micro_batch(target, device) if timed and device is not None else None)
+    if entry is not None and (not timed or "time" in entry):
         return entry, f"fitted on {entry['measured']['name']} ({entry['measured']['date']}, stored in {store.path})"
     if device is None:
         raise ConfigError(
@@ -444,8 +466,9 @@ def memory_of(target: Target, fit: dict, per_device: int | None = None) -> dict:
     weights = gradients = parameters * width
     states = 2 * parameters * width  # AdamW's two moments
     shards = target.devices if target.strategy == "fsdp" else 1
-    phase = "accumulating" if target.accumulate > 1 else "first"
-    coefficients = {name: at_layers(values, layers) for name, values in fit["memory"][phase].items()}
+    phases = ("first", "accumulating") if target.accumulate > 1 else ("first",)  # gradients held: the later ones
+    fitted = [{name: at_layers(values, layers) for name, values in fit["memory"][phase].items()} for phase in phases]
+    coefficients = max(fitted, key=lambda c: c["c0"] + c["a1"] * b * n + c["a2"] * b * n * n)
     linear, quadratic = coefficients["a1"] * b * n, coefficients["a2"] * b * n * n
     optimizer_peak = at_layers(fit["memory"]["optimizer"], layers) / shards
     parts = {
@@ -475,8 +498,8 @@ def largest_batch(target: Target, fit: dict, capacity: float) -> int:
     if one["peak"] > capacity:
         return 0
     per_sequence = one["activations_linear"] + one["activations_quadratic"]
-    if per_sequence <= 0:
-        return 1 << 20
+    if per_sequence <= 0:  # a fit that sees no cost per sequence: say the run's whole batch fits, nothing more
+        return target.batch // target.devices
     largest = int((capacity - (one["forward_backward_peak"] - per_sequence)) // per_sequence)
     while largest > 1 and memory_of(target, fit, largest)["peak"] > capacity:  # rounding
         largest -= 1
@@ -533,7 +556,7 @@ def plan(target: Target, fit: dict, source: str, capacity: float, device: dict, 
         "suggested_per_device_batch_size": setting[0] if setting else None,
         "suggested_accumulation": setting[1] if setting else None,
         "fit": {"source": source, "worst_residual": fit["worst_residual"], "measured": fit["measured"]},
-        "assumptions": [*assumptions(target, timed), *notes],
+        "assumptions": [*assumptions(target, fit, timed), *notes],
     }
     if timed:
         result["time"] = time_of(target, fit)
@@ -545,7 +568,7 @@ def _describe(config: BlockBertConfig) -> str:
     return f"{config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, {attention}"
 
 
-def assumptions(target: Target, timed: bool) -> list[str]:
+def assumptions(target: Target, fit: dict, timed: bool) -> list[str]:
     lines = [
         "memory: weights, gradients and AdamW's two moments counted from the parameters; a step's peaks fitted on "
         "steps of the model cut to 1 and 2 layers (c0 + a1·b·N + a2·b·N² each, linear in the layers)",
@@ -554,12 +577,17 @@ def assumptions(target: Target, timed: bool) -> list[str]:
     if target.strategy == "ddp":
         lines.append("DDP: gradient buckets as large as the gradients (torch's default), not measured")
     if target.strategy == "fsdp":
-        lines.append("FSDP: weights, gradients and states sharded over the devices, two layers gathered; not measured")
+        lines.append(
+            "FSDP: weights, gradients and states sharded over the devices, two layers gathered, the step's activations"
+            " as a single device's (an upper bound: their gradients are not sharded there); not measured"
+        )
     if timed:
         lines.append(
             "time: forward + backward at N and the optimizer step measured on the cut models, linear in layers and in "
             "sequences per micro-batch; data loading, logging and gradient communication not included"
         )
+    if target.precision == "16-mixed" and fit["measured"]["device"].startswith("cpu"):
+        lines.append("fp16 autocast measured as bf16 on this CPU: the same tensor sizes, not the same speed")
     if target.max_steps is None:
         lines.append("no step limit (trainer.max_steps): the total follows from the epochs; give trainer.max_steps")
     return lines
@@ -570,20 +598,20 @@ def print_plan(result: dict) -> None:
     table = Table(title=f"Plan: blockbert {run['command']}, {run['model']}, N={run['seq_len']}")
     table.add_column("")
     table.add_column("per device", justify="right")
-    rows = [
+    rows = [  # what stays between steps, then what each phase of a step adds at its peak
         ("weights", memory["weights"]),
         ("optimizer states (AdamW)", memory["optimizer_states"]),
-        ("gradients (held from backward to the optimizer step)", memory["gradients"]),
         ("DDP gradient buckets", memory["ddp_buckets"]),
         ("FSDP gathered layers", memory["fsdp_gathered"]),
-        ("activations O(N): a1·b·N", memory["activations_linear"]),
-        ("activations O(N²): a2·b·N²", memory["activations_quadratic"]),
-        ("step constant c0", memory["step_constant"]),
-        ("peak in forward + backward", memory["forward_backward_peak"]),
-        ("peak in the optimizer step", memory["optimizer_peak"]),
+        ("  + activations O(N): a1·b·N", memory["activations_linear"]),
+        ("  + activations O(N²): a2·b·N²", memory["activations_quadratic"]),
+        ("  + step constant c0", memory["step_constant"]),
+        ("  = peak in forward + backward", memory["forward_backward_peak"]),
+        ("  gradients (within the optimizer step's peak)", memory["gradients"]),
+        ("  = peak in the optimizer step", memory["optimizer_peak"]),
     ]
     for label, value in rows:
-        if value or not label.startswith(("DDP", "FSDP")):
+        if value or not label.startswith(("DDP", "FSDP")):  # the engine's rows only when it is used
             table.add_row(label, size_text(value * GB))
     device = result["device"]
     verdict = "[green]fits[/green]" if result["fits"] else "[red]does not fit[/red]"
@@ -592,10 +620,15 @@ def print_plan(result: dict) -> None:
         f"[bold]{size_text(memory['peak'] * GB)}[/bold] of {size_text(device['usable_gb'] * GB)} usable: {verdict}",
     )
     table.add_row("largest micro-batch that fits", str(result["largest_per_device_batch"]))
+    if result["suggested_per_device_batch_size"]:
+        table.add_row(
+            "largest data.per_device_batch_size that fits",
+            f"{result['suggested_per_device_batch_size']} (accumulation {result['suggested_accumulation']})",
+        )
     table.add_row(
         "batch",
-        f"{run['batch']} sequences × {run['seq_len']} = {run['tokens_per_step']} tokens = {run['devices']} devices × "
-        f"{run['per_device_batch']} × {run['accumulation']} accumulation",
+        f"{run['batch']} sequences × {run['seq_len']} = {run['tokens_per_step']} tokens = {run['devices']} "
+        f"device{'s' if run['devices'] > 1 else ''} × {run['per_device_batch']} × {run['accumulation']} accumulation",
     )
     if "time" in result:
         time = result["time"]
@@ -614,8 +647,14 @@ def print_plan(result: dict) -> None:
 
 def check_fit(cfg: DictConfig, command: str) -> None:
     """Refuse a run whose plan says it does not fit in its device's memory (``fit_check=false``: run anyway), in one
-    line naming the largest per-device batch that fits. Only the process of rank 0 checks."""
-    if not cfg.get("fit_check", True) or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+    line naming the largest per-device batch that fits. A run that cannot be planned (a precision the plan does not
+    model) is not checked, and says so."""
+    if not cfg.get("fit_check", True):
+        return
+    try:
+        precision_name(cfg.trainer.precision)
+    except ConfigError as err:
+        log.warning("plan: the memory check is skipped: %s", err)
         return
     device = run_device(cfg.trainer)
     target = target_of(cfg, command)
@@ -626,31 +665,35 @@ def check_fit(cfg: DictConfig, command: str) -> None:
     if peak <= usable:
         log.info("plan: %s per device at its peak, of %s usable on %s", size_text(peak), size_text(usable), device)
         return
-    largest = largest_batch(target, fit, usable)
-    setting = best_setting(target, largest)
+    setting = best_setting(target, largest_batch(target, fit, usable))
     where = f"the {size_text(usable)} usable on {device_name(device)}" + (
         f" (device_memory={cfg.device_memory})" if cfg.get("device_memory") else ""
     )
     if setting is None:
-        advice = (
-            "not even one sequence per device fits: shorten data.max_seq_length, or use model.gradient_checkpointing"
-            "=true, trainer.precision=bf16-mixed or trainer=fsdp"
-        )
+        options = [
+            "shorten data.max_seq_length",
+            *([] if target.model.gradient_checkpointing else ["use model.gradient_checkpointing=true"]),
+            *([] if target.precision != "32-true" else ["trainer.precision=bf16-mixed"]),
+            *([] if target.strategy == "fsdp" else ["trainer=fsdp on several GPUs"]),
+        ]
+        advice = "not even one sequence per device fits: " + ", ".join(options)
     else:
         advice = (
             f"the largest per-device batch that fits is {setting[0]} (accumulation {setting[1]}): set "
             f"data.per_device_batch_size={setting[0]}"
         )
     raise ConfigError(
-        f"data.per_device_batch_size={target.per_device} at N={target.seq_len} needs {size_text(peak)} per device "
-        f"at its peak, more than {where}; {advice}, or fit_check=false to run anyway"
+        f"a micro-batch of {target.per_device} sequences of N={target.seq_len} (data.per_device_batch_size="
+        f"{cfg.data.per_device_batch_size}) needs {size_text(peak)} per device at its peak, more than {where}; "
+        f"{advice}, or fit_check=false to run anyway"
     )
 
 
 def run_device(trainer_cfg: DictConfig) -> torch.device:
     accelerator = str(trainer_cfg.accelerator)
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)  # each rank checks its own
+        return torch.device("cuda", local if local < torch.cuda.device_count() else 0)  # one GPU visible per task
     return torch.device("cpu")
 
 

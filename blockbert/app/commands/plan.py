@@ -42,6 +42,8 @@ def run_plan(
         raise ConfigError(f"--gpus {gpus}: give at least 1")
     out_dir = Path(out or f"runs/plan/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     if calibrate:
+        if gpu or gpu_memory or gpus or sweep:
+            raise ConfigError("--calibrate measures this device: --gpu, --gpu-memory, --gpus and --sweep do not apply")
         return _calibrate(overrides, out_dir)
     jobs = [(command, overrides)]
     if sweep:
@@ -49,14 +51,21 @@ def run_plan(
         jobs = [(spec.command, [*spec.overrides, *job]) for job in job_overrides(grid, texts)]
     results = []
     for job_command, job in jobs:
-        cfg = compose(job_command, job, finished=True)
+        cfg = compose(job_command, [o for o in job if not o.startswith("hydra.")], finished=True)
         target = planner.target_of(cfg, job_command, devices=gpus)
         device, store, described, capacity, notes = _where(cfg, gpu)
         if gpu_memory:
             capacity = planner.parse_size(gpu_memory, "--gpu-memory")
             described["source"] += f"; --gpu-memory {gpu_memory}"
-        if capacity is None:
-            raise ConfigError(f"the calibration of {store.kind} does not say its memory: give --gpu-memory")
+        elif capacity is None:
+            raise ConfigError(
+                "the run asks for GPUs and this machine has none: give --gpu-memory (e.g. 16GiB) to plan against, or "
+                "--gpu NAME to plan from that GPU's calibration"
+                if device is not None
+                else f"the calibration of {store.kind} does not say its memory: give --gpu-memory"
+            )
+        if cfg.get("compile"):
+            notes = (*notes, "compile=true is not modelled: the plan measures the model uncompiled")
         fit, source = planner.fit_for(target, store, device, timed=True)
         result = planner.plan(target, fit, source, capacity, described, notes)
         result["overrides"] = job
@@ -80,17 +89,19 @@ def _where(cfg, gpu: str | None):
         device = store.data["device"]
         described = {"name": device.get("name", store.kind), "source": f"calibration {store.kind}"}
         return None, store, described, device.get("memory_bytes"), ()
-    device, notes = planner.run_device(cfg.trainer), ()
-    if device.type == "cuda" and not torch.cuda.is_available():
+    device = planner.run_device(cfg.trainer)
+    if device.type == "cuda" and not torch.cuda.is_available():  # measured on this CPU; its memory is not the GPU's
         device = torch.device("cpu")
+        store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
         notes = (
             "the trainer asks for GPUs and this machine has none: memory and time are measured on this CPU, with "
             "its kernels; `--gpu NAME` plans from a GPU's calibration",
         )
+        return device, store, {"name": planner.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
     store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
     memory = "free memory" if device.type == "cuda" else "available memory"
     described = {"name": planner.device_name(device), "source": f"this machine, its {memory}"}
-    return device, store, described, planner.free_memory(device), notes
+    return device, store, described, planner.free_memory(device), ()
 
 
 def _sweep_total(results: list[dict]) -> float | None:
@@ -117,8 +128,10 @@ def _calibrate(overrides: list[str], out_dir: Path) -> int:
     pre-training rows; stored in this device kind's file, copied to ``out_dir``."""
     if not torch.cuda.is_available():
         console().print("[yellow]no GPU here: the calibration is of this CPU[/yellow]")
-    trainer = "trainer=gpu" if torch.cuda.is_available() else "trainer=cpu"
-    jobs = [overrides] if overrides else [[row, trainer] for row in CALIBRATED_ROWS]
+    trainer = ["trainer=gpu"] if torch.cuda.is_available() else []  # the GPU unless the overrides say otherwise
+    if any(o.split("=")[0].lstrip("+~") == "trainer" for o in overrides):
+        trainer = []
+    jobs = [[*trainer, *overrides]] if overrides else [[row, *trainer] for row in CALIBRATED_ROWS]
     store = None
     for job in jobs:
         cfg = compose("pretrain", job, finished=True)
