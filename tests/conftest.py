@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -8,8 +9,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# the memory fits `blockbert plan` and every run's check measure, shared by the tests as a user's runs share them
-os.environ.setdefault("BLOCKBERT_PLAN_DIR", tempfile.mkdtemp(prefix="blockbert-plan-"))
+# the memory fits `blockbert plan` and every run's check measure, shared by the tests (and pytest-xdist's workers) as
+# a user's runs share them; removed when the session ends (pytest_sessionfinish)
+SESSION = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()  # a worker's parent: the controller
+PLAN_DIR = Path(tempfile.gettempdir()) / f"blockbert-plan-{SESSION}"
+os.environ.setdefault("BLOCKBERT_PLAN_DIR", str(PLAN_DIR))
 
 
 import pytest  # noqa: E402
@@ -53,3 +57,8 @@ def pytest_collection_modifyitems(items):
     """The slow end-to-end tests first: spread over the workers (pytest -n 2) they then run beside the many short
     tests instead of ending the run one after another."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers), after every worker
+        shutil.rmtree(PLAN_DIR, ignore_errors=True)

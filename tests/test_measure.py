@@ -134,6 +134,10 @@ def test_benchmark_models_and_attention_end_to_end(blockbert, tmp_path):
     for r in records:
         bound = next((b for b in records if b["phase"] == r["phase"] and b["model"] == BOUNDS.get(r["model"])), None)
         assert r["ratio_to_bound"] == (pytest.approx(r["median_s"] / bound["median_s"]) if bound else None)
+        n = {"block n=3 (8:2:2)": 3, "identity-only n=2 (12:0)": 2}.get(r["model"])
+        if n or r["model"] == "dense":
+            assert r["floor"] == (pytest.approx(1 / n) if n else None)  # time ÷ dense cannot go below 1/n
+    assert not any(r["model"].startswith("flex") for r in records)  # FlexAttention: CUDA without dropout only
     assert (tmp_path / "a" / "benchmark.png").is_file()
 
 

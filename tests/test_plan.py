@@ -139,7 +139,13 @@ def test_a_run_that_does_not_fit_is_refused_and_what_exists_stays(blockbert, tmp
     assert resumed.returncode == 2 and "largest per-device batch" in resumed.stderr
     assert (run_dir / "metrics.json").read_text() == metrics and list(run_dir.glob("checkpoints/*.ckpt"))
     assert not list(run_dir.glob(".hydra/resume-*"))
-    blockbert(tmp_path, "pretrain", too_small, "fit_check=false", "trainer.max_steps=1", "logger=none")
+
+
+def test_fit_check_false_runs_what_the_plan_refuses():
+    refused = compose("pretrain", ["device_memory=1MB"], finished=True)
+    with pytest.raises(ConfigError, match="or fit_check=false to run anyway"):
+        plan.check_fit(refused, "pretrain")
+    plan.check_fit(compose("pretrain", ["device_memory=1MB", "fit_check=false"], finished=True), "pretrain")
 
 
 def test_plan_for_a_named_gpu_from_its_calibration(blockbert, tmp_path):

@@ -42,6 +42,13 @@ ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
 }
 # the blockwise lower bound: the same shapes with every head at shift 0 (no permutation at all)
 BOUNDS = {"block n=2 (10:2)": "identity-only n=2 (12:0)", "block n=3 (8:2:2)": "identity-only n=3 (12:0:0)"}
+FLEX_KINDS = {  # the peer to beat: FlexAttention with the pattern's block mask (compiled; CUDA, no dropout only)
+    "flex block mask n=2 (10:2)": dict(attention="block", heads="10:2", attention_impl="flex"),
+    "flex block mask n=3 (8:2:2)": dict(attention="block", heads="8:2:2", attention_impl="flex"),
+}
+# time ÷ dense can go no lower than 1/n: each query block attends to one of n key blocks
+FLOORS = {label: 1 / len(kind["heads"].split(":")) for label, kind in {**ATTENTION_KINDS, **FLEX_KINDS}.items()
+          if kind["attention"] == "block"}  # fmt: skip
 
 
 def benchmark(cfg: DictConfig, run: RunDir) -> dict:
@@ -361,9 +368,10 @@ def benchmark_attention(cfg, device, autocast) -> list[dict]:
             if cfg.attention_padding:
                 key_mask = torch.ones(cfg.attention_batch_size, seq_len, dtype=torch.bool, device=device)
                 key_mask[:, seq_len - int(cfg.attention_padding * seq_len) :] = False
+            kinds = {**ATTENTION_KINDS, **(FLEX_KINDS if device.type == "cuda" and dropout == 0 else {})}
             calls = {
                 label: _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast)
-                for label, overrides in ATTENTION_KINDS.items()
+                for label, overrides in kinds.items()
             }
             times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
             point = dict(
@@ -377,6 +385,7 @@ def benchmark_attention(cfg, device, autocast) -> list[dict]:
             for r in rows:
                 bound = medians.get(BOUNDS.get(r["model"]))
                 r["ratio_to_bound"] = r["median_s"] / bound if bound and r["median_s"] else None
+                r["floor"] = FLOORS.get(r["model"])
             records += rows
     return records
 
@@ -426,9 +435,10 @@ def print_table(results: dict) -> None:
         f"{results['dtype']}, {results['threads']} threads, {results['date']}"
     )
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
+    floored = any(r.get("floor") for r in results["records"])
     baselines = results["baselines"]
     columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines), "memory MB")
-    for column in columns + (("× bound",) if bounded else ()):
+    for column in columns + (("× bound",) if bounded else ()) + (("1/n floor",) if floored else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
         memory = r["memory_mb"]
@@ -443,6 +453,7 @@ def print_table(results: dict) -> None:
             *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
             "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
             *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []),
+            *([f"{r['floor']:.3f}" if r.get("floor") else ""] if floored else []),
         )
     console().print(table)
 

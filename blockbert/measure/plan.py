@@ -292,7 +292,8 @@ def measure_fit(target: Target, device: torch.device, timed: bool) -> dict:
 
 def _fit_points(target, layers, n, batches, device, autocast, rows, optimizer_peak) -> None:
     model, optimizer = model_and_optimizer(target, layers, n, device)
-    step_peaks(model, batch_maker(target, 1, n, device), loss_of, optimizer, autocast)  # the states allocated
+    for phase in step_phases(model, batch_maker(target, 1, n, device), loss_of, optimizer, autocast):
+        phase()  # a first step, untracked: the optimizer's states allocated
     for b in batches:
         peaks = step_peaks(model, batch_maker(target, b, n, device), loss_of, optimizer, autocast)
         rows[layers].append((b * n, b * n * n, peaks["first"], peaks["accumulating"]))
