@@ -197,7 +197,9 @@ def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def plan(
     overrides: list[str] = OVERRIDES,
-    command: str = typer.Option("pretrain", "--command", help="The command planned: pretrain | finetune."),
+    command: str = typer.Option(
+        None, "--command", help="The command planned: pretrain (default) | finetune; with --sweep, the sweep's."
+    ),
     gpus: int = typer.Option(None, "--gpus", help="Devices the run gets (default: the trainer's)."),
     gpu_memory: str = typer.Option(None, "--gpu-memory", help="Memory per device, e.g. 16GB (default: the device's)."),
     gpu: str = typer.Option(

@@ -4,6 +4,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # two workers on two cores: one thread each, and in the commands they start
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # (OpenMP threads spinning on a shared core slowed tests up to 8x)
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

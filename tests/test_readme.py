@@ -124,7 +124,7 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
     runner = CliRunner()
     if name == "plan":  # its options parse, and its overrides compose the run it plans (the plan runs in test_plan)
         context = typer.main.get_command(app).get_command(None, name).make_context(name, args[1:])
-        overrides, command = context.params["overrides"] or [], context.params["command"]
+        overrides, command = context.params["overrides"] or [], context.params["command"] or "pretrain"
         result = runner.invoke(app, [command, *overrides, "--cfg", "job"])
         assert result.exit_code == 0, result.output
         return

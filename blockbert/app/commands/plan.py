@@ -28,7 +28,7 @@ CALIBRATED_ROWS = [  # plan --calibrate: the paper's pre-training rows, at their
 @one_line_errors("plan")
 def run_plan(
     overrides: list[str],
-    command: str = "pretrain",
+    command: str | None = None,
     gpus: int | None = None,
     gpu_memory: str | None = None,
     gpu: str | None = None,
@@ -36,7 +36,7 @@ def run_plan(
     calibrate: bool = False,
     out: str | None = None,
 ) -> int:
-    if command not in COMMANDS:
+    if command not in (None, *COMMANDS):
         raise ConfigError(f"--command {command!r}: accepted are {', '.join(COMMANDS)}")
     if gpus is not None and gpus < 1:
         raise ConfigError(f"--gpus {gpus}: give at least 1")
@@ -45,9 +45,11 @@ def run_plan(
         if gpu or gpu_memory or gpus or sweep:
             raise ConfigError("--calibrate measures this device: --gpu, --gpu-memory, --gpus and --sweep do not apply")
         return _calibrate(overrides, out_dir)
-    jobs = [(command, overrides)]
+    jobs = [(command or "pretrain", overrides)]
     if sweep:
         spec, grid, texts = expanded_sweep(sweep, overrides)
+        if command not in (None, spec.command):
+            raise ConfigError(f"--command {command} with --sweep {sweep}: that sweep runs {spec.command}")
         jobs = [(spec.command, [*spec.overrides, *job]) for job in job_overrides(grid, texts)]
     results = []
     for job_command, job in jobs:
