@@ -425,9 +425,10 @@ def named_store(directory: Path, gpu: str) -> FitStore:
     and copied here, or shipped."""
     wanted = slug(gpu)
     kinds = sorted({p.stem for d in (CALIBRATIONS, directory) for p in d.glob("*.json")})
-    matches = [k for k in kinds if k == wanted] or [k for k in kinds if wanted in k and k != "cpu"]
+    gpus = [k for k in kinds if not k.startswith("cpu")]
+    matches = [k for k in kinds if k == wanted] or [k for k in gpus if wanted in k]
     if len(matches) != 1:
-        known = ", ".join(k for k in kinds if k != "cpu") or "none"
+        known = ", ".join(gpus) or "none"
         raise ConfigError(
             f"--gpu {gpu!r}: no calibration of that GPU kind ({'several match' if matches else 'none found'}); "
             f"known: {known}. Run `blockbert plan --calibrate` on that GPU and copy "
@@ -574,6 +575,8 @@ def assumptions(target: Target, fit: dict, timed: bool) -> list[str]:
         "memory: weights, gradients and AdamW's two moments counted from the parameters; a step's peaks fitted on "
         "steps of the model cut to 1 and 2 layers (c0 + a1·b·N + a2·b·N² each, linear in the layers)",
         f"fits when the peak is at most {USABLE:.0%} of the device's memory (our margin)",
+        "full sequences of N tokens and a vocabulary of the checkpoint's size, else the size asked of a trained "
+        "tokenizer: an upper bound where batches are padded or a small corpus gives fewer pieces",
     ]
     if target.strategy == "ddp":
         lines.append("DDP: gradient buckets as large as the gradients (torch's default), not measured")
