@@ -9,10 +9,10 @@ buckets, under FSDP a shard of it all) plus the highest of the peaks a step's ph
   micro-batches' peak, which holds the gradients too;
 - the optimizer's step: the gradients and the step's temporaries.
 
-The coefficients are fitted on the device from training steps of the same model cut to 1 and 2 layers, at b = 1
-and 2 and at N and about N/2 (section 2.2's regression with the batch left free). Every layer is the same layer, so
-each coefficient is taken as linear in the number of layers (our scaling law; the checks in tests/test_plan.py and
-``blockbert benchmark mode=plan`` measure how well it holds). Fits are kept per device kind in
+The coefficients are fitted on the device from training steps of the same model cut to 1 and 2 layers, at the run's
+micro-batch and half of it and at N and about N/2 (section 2.2's regression with the batch left free). Every layer
+is the same layer, so each coefficient is taken as linear in the number of layers (our scaling law; the checks in
+tests/test_plan.py and ``blockbert benchmark mode=plan`` measure how well it holds). Fits are kept per device kind in
 ``paths.plan_dir/<device>.json`` (by default in the cache) and reused; ``blockbert plan --calibrate`` fits (and
 times) the paper's rows so that another machine can plan for that GPU (``--gpu``).
 
