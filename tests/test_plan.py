@@ -182,3 +182,13 @@ def test_a_gpu_run_planned_on_a_cpu_needs_the_gpus_memory(blockbert, tmp_path):
     out = blockbert(tmp_path, "plan", "trainer=gpu", check=False)
     assert out.returncode == 2
     assert "the run asks for GPUs and this machine has none: give --gpu-memory (e.g. 16GiB)" in out.stderr
+
+
+def test_benchmark_mode_plan_sets_predictions_beside_runs(blockbert, tmp_path):
+    runs = "plan.runs=[{model: blockbert_n2, seq_len: 64, batch_size: 2, accumulate: 2}]"
+    blockbert(tmp_path, "benchmark", "mode=plan", "size=cpu_tiny", runs, "plan.steps=3", "plan.documents=40",
+              "plan.rows_per_document=20", "warmup=1", "hydra.run.dir=b")  # fmt: skip
+    (record,) = json.loads((tmp_path / "b" / "benchmark.json").read_text())["records"]
+    assert record["accumulate"] == 2 and record["measured"]["steps"] == 3
+    assert record["time_ratio"] == pytest.approx(record["predicted"]["step_s"] / record["measured"]["median_s"])
+    assert "memory_ratio" not in record  # on a CPU the run's peak RSS holds the whole process: not compared

@@ -130,15 +130,7 @@ def benchmark_run(cfg, run: RunDir) -> dict:
     mode = cfg.mode
     device = pick_device(cfg.device)
     settings = OmegaConf.to_container(cfg[mode], resolve=True)
-    spec = {
-        **{k: v for k, v in settings.items() if k != "models"},
-        "size": OmegaConf.to_container(cfg.size, resolve=True),
-        "warmup": cfg.warmup,
-        "seed": cfg.seed,
-        "accelerator": "gpu" if device.type == "cuda" else "cpu",
-        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-        "cache_dir": str(cache_dir(cfg)),
-    }
+    spec = whole_run_spec(cfg, device, {k: v for k, v in settings.items() if k != "models"})
     records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
     results = {
         "mode": mode,
@@ -159,6 +151,20 @@ def benchmark_run(cfg, run: RunDir) -> dict:
     return results
 
 
+def whole_run_spec(cfg, device: torch.device, settings: dict) -> dict:
+    """What a whole run in its own process (:mod:`blockbert.measure.run_benchmark`) is given: ``settings`` (N,
+    batch, steps, data) with the sizes, warm-up, seed, device and cache; bf16 autocast on CUDA, fp32 on CPU."""
+    return {
+        **settings,
+        "size": OmegaConf.to_container(cfg.size, resolve=True),
+        "warmup": cfg.warmup,
+        "seed": cfg.seed,
+        "accelerator": "gpu" if device.type == "cuda" else "cpu",
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "cache_dir": str(cache_dir(cfg)),
+    }
+
+
 def benchmark_plan(cfg, run: RunDir) -> dict:
     """``blockbert plan``'s predictions against pre-training runs: for each of ``plan.runs``, the plan from a fit
     measured now on this device, then a run of ``plan.steps`` optimizer steps after ``warmup`` (the blockbert loop of
@@ -168,20 +174,8 @@ def benchmark_plan(cfg, run: RunDir) -> dict:
     settings = OmegaConf.to_container(cfg.plan, resolve=True)
     records = []
     for planned in settings["runs"]:
-        spec = {
-            "seq_len": planned["seq_len"],
-            "batch_size": planned["batch_size"],
-            "accumulate": planned["accumulate"],
-            "steps": settings["steps"],
-            "documents": settings["documents"],
-            "rows_per_document": settings["rows_per_document"],
-            "size": OmegaConf.to_container(cfg.size, resolve=True),
-            "warmup": cfg.warmup,
-            "seed": cfg.seed,
-            "accelerator": "gpu" if device.type == "cuda" else "cpu",
-            "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-            "cache_dir": str(cache_dir(cfg)),
-        }
+        run_settings = {key: settings[key] for key in ("steps", "documents", "rows_per_document")}
+        spec = whole_run_spec(cfg, device, {**{k: v for k, v in planned.items() if k != "model"}, **run_settings})
         target = plan.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
         fit = plan.measure_fit(target, device, timed=True)
         predicted = {"step_s": plan.time_of(target, fit)["step_s"], "peak_mb": plan.memory_of(target, fit)["peak"] / MB}
