@@ -43,6 +43,7 @@ from blockbert.display import console
 from blockbert.errors import ConfigError
 from blockbert.measure.device import where
 from blockbert.measure.memory import step_peaks, step_phases
+from blockbert.measure.models import random_batch
 from blockbert.measure.timing import time_in_order
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
@@ -166,22 +167,20 @@ def parameter_count(target: Target) -> tuple[int, int]:
 
 
 def batch_maker(target: Target, batch: int, seq_len: int, device: torch.device):
-    """A function building a training batch of the run's kind: MLM labels on 15 % of the tokens, NSP labels,
-    QA answer positions."""
+    """A function building a training batch of the run's kind: the benchmark's random MLM batch
+    (:func:`blockbert.measure.models.random_batch`), with NSP labels, or QA answer positions instead of MLM labels."""
 
     def make() -> dict:
-        g = torch.Generator().manual_seed(seq_len * 1000 + batch)
-        ids = torch.randint(5, target.model.vocab_size, (batch, seq_len), generator=g)
-        out = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+        out = random_batch(batch, seq_len, target.model.vocab_size, device)
+        g = torch.Generator().manual_seed(seq_len * 1000 + batch + 1)
         if target.head == "qa":
-            out["token_type_ids"] = torch.zeros_like(ids)
-            out["start_positions"] = torch.randint(0, seq_len, (batch,), generator=g)
-            out["end_positions"] = torch.randint(0, seq_len, (batch,), generator=g)
-        else:
-            out["labels"] = torch.where(torch.rand(batch, seq_len, generator=g) < 0.15, ids, -100)
+            del out["labels"]
+            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+            out["start_positions"] = torch.randint(0, seq_len, (batch,), generator=g).to(device)
+            out["end_positions"] = torch.randint(0, seq_len, (batch,), generator=g).to(device)
         if target.head == "mlm+nsp":
-            out["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=g)
-        return {k: v.to(device) for k, v in out.items()}
+            out["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=g).to(device)
+        return out
 
     return make
 
