@@ -27,6 +27,7 @@ from torch import nn
 from blockbert.errors import ConfigError
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.dropout_attention import dropout_attention
+from blockbert.model.jagged import Packing, jagged_attention
 
 
 def _attend(q, k, v, keep, dropout_p: float, eager: bool):
@@ -292,21 +293,30 @@ class SelfAttention(nn.Module):
             "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity),
         }.get(config.attention, ("dense",))
 
-    def forward(self, x, key_mask=None):
+    def forward(self, x, key_mask=None, packed: Packing | None = None):
+        """x [B, N, hidden] with ``key_mask`` [B, N]; or, ``packed``, x [T, hidden]: the batch's real tokens."""
         cfg = self.config
-        B, N, _ = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, N, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        )  # 3 x [B, H, N, d]
+        qkv = self.qkv(x)  # [B, N, 3 * hidden], or [T, 3 * hidden] packed
         p = cfg.attention_dropout if self.training else 0.0
+        if packed is not None and packed.groups is not None:
+            q, k, v = qkv.view(-1, 3, cfg.num_heads, cfg.head_dim).unbind(1)  # 3 x [T, H, d]
+            return self.out(jagged_attention(q, k, v, packed, p).reshape(-1, cfg.hidden_size))
+        if packed is not None:  # unpadded: the attention kernels on the padded batch
+            qkv, key_mask = packed.unpack(qkv), packed.key_mask  # [B, N, 3 * hidden]
+        B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
+        z = self._attention(q, k, v, key_mask, p).transpose(1, 2).reshape(B, N, cfg.hidden_size)  # [B, N, H*d]
+        return self.out(z if packed is None else packed.pack(z))
+
+    def _attention(self, q, k, v, key_mask, p):
+        """The configured kernel on [B, H, N, d]."""
+        cfg = self.config
         eager = cfg.attention_impl == "eager"
         if cfg.attention_impl == "flex":
-            z = flex_attention(q, k, v, self.flex_pattern, key_mask)
-        elif cfg.attention == "block":
-            z = block_attention(q, k, v, cfg.head_counts, key_mask, p, eager, cfg.block_seq_len)
-        elif cfg.attention == "sparse":
+            return flex_attention(q, k, v, self.flex_pattern, key_mask)
+        if cfg.attention == "block":
+            return block_attention(q, k, v, cfg.head_counts, key_mask, p, eager, cfg.block_seq_len)
+        if cfg.attention == "sparse":
             kernel = sparse_block_attention if cfg.sparse_impl == "blocks" else sparse_attention
-            z = kernel(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)
-        else:
-            z = dense_attention(q, k, v, key_mask, p, eager)
-        return self.out(z.transpose(1, 2).reshape(B, N, cfg.hidden_size))  # [B, N, H*d]
+            return kernel(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)
+        return dense_attention(q, k, v, key_mask, p, eager)

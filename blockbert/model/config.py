@@ -15,6 +15,7 @@ from blockbert.errors import ConfigError
 ATTENTION_KINDS = ("dense", "block", "sparse")
 ATTENTION_IMPLS = ("sdpa", "eager", "flex")
 SPARSE_IMPLS = ("mask", "blocks")
+LAYOUTS = ("auto", "padded", "unpadded", "jagged")
 
 
 def parse_heads(heads: str, num_heads: int | None = None) -> tuple[int, ...]:
@@ -80,6 +81,11 @@ class BlockBertConfig:
     sparse_expressivity: int = 32  # ... and expressivity c
     sparse_impl: str = "mask"  # mask (dense attention under the pattern, the paper's cost) | blocks (only its keys)
     attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities) | flex (GPU)
+    # how a batch with padding is computed (blockbert.model.jagged); every layout gives the same real-token outputs:
+    # padded (every position) | unpadded (linear layers and norms on real tokens only, attention on the padded
+    # batch) | jagged (real tokens only, attention as variable-length problems; dense or block with sdpa)
+    # | auto (unpadded when a batch's padding pays for it, else padded)
+    layout: str = "auto"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
@@ -114,6 +120,13 @@ class BlockBertConfig:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}: "
                 f"choose a hidden size that is a multiple of {self.num_heads}"
+            )
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout={self.layout!r} is unknown: accepted are {', '.join(LAYOUTS)}")
+        if self.layout == "jagged" and (self.attention == "sparse" or self.attention_impl != "sdpa"):
+            raise ConfigError(
+                f"layout=jagged computes dense or block attention with attention_impl=sdpa, not attention="
+                f"{self.attention} with attention_impl={self.attention_impl}: use layout=unpadded or padded"
             )
         if self.sparse_impl not in SPARSE_IMPLS:
             raise ConfigError(f"sparse_impl={self.sparse_impl!r} is unknown: accepted are {', '.join(SPARSE_IMPLS)}")

@@ -13,6 +13,11 @@ from torch.utils.checkpoint import checkpoint
 
 from blockbert.model.attention import SelfAttention
 from blockbert.model.config import BlockBertConfig
+from blockbert.model.jagged import Packing, packing
+
+# auto layout: a batch whose real tokens are at most this share of its positions runs unpadded (our threshold,
+# measured in blockbert benchmark mode=layout: see the README)
+UNPAD_BELOW_FILL = 0.9
 
 
 class Embeddings(nn.Module):
@@ -45,8 +50,8 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, key_mask=None):
-        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask)))
+    def forward(self, x, key_mask=None, packed: Packing | None = None):
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask, packed)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
@@ -76,20 +81,34 @@ class BlockBertModel(nn.Module):
         init_bert_weights(self, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        self.config.check_sequence_length(input_ids.shape[1])
+        cfg = self.config
+        cfg.check_sequence_length(input_ids.shape[1])
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()  # [B, N]
-        if key_mask is not None and bool(key_mask.all()):
-            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does;
-            # the check costs one host sync per forward on CUDA
-        x = self.embeddings(input_ids, token_type_ids)
+        real = None if key_mask is None else int(key_mask.sum())  # one host sync per forward on CUDA
+        if real == input_ids.numel():
+            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
+        x = self.embeddings(input_ids, token_type_ids)  # [B, N, hidden]
+        layout = self.layout_for(input_ids.numel(), real)
+        packed = None
+        if layout != "padded":
+            B, N = input_ids.shape
+            packed = packing(key_mask, B, N, cfg.head_counts, cfg.block_seq_len, layout == "jagged", x.device)
+            x = packed.pack(x)  # [T, hidden]: the real tokens only
         for layer in self.layers:
-            if self.config.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+            if cfg.gradient_checkpointing and self.training:  # the non-reentrant kind cannot save nested tensors
+                x = checkpoint(layer, x, key_mask, packed, use_reentrant=layout == "jagged")
             else:
-                x = layer(x, key_mask)
-        return x
+                x = layer(x, key_mask, packed)
+        return x if packed is None else packed.unpack(x)  # [B, N, hidden]; zeros at padding when unpadded
+
+    def layout_for(self, positions: int, real: int | None) -> str:
+        """The layout of a batch of ``positions`` with ``real`` real tokens (None: no mask): the configured one, or
+        for auto, unpadded when at most UNPAD_BELOW_FILL of the positions are real, else padded."""
+        if self.config.layout != "auto":
+            return self.config.layout
+        return "unpadded" if real is not None and real <= UNPAD_BELOW_FILL * positions else "padded"
 
 
 class MaskedLMHead(nn.Module):
@@ -215,6 +234,8 @@ class BlockBertForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None):
         logits = self.qa(self.encoder(input_ids, attention_mask, token_type_ids))  # [B, N, 2]
+        if attention_mask is not None:  # padding is no answer, whatever the layout computed there
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
         start_logits, end_logits = logits.unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
