@@ -50,6 +50,7 @@ class Model:
     sparse_expressivity: int = setting(32, 1)
     sparse_impl: str = setting("mask", choices=("mask", "blocks"))
     attention_impl: str = setting("sdpa", choices=("sdpa", "eager", "flex"))
+    layout: str = setting("auto", choices=("auto", "padded", "unpadded", "jagged"))
     hidden_dropout: float = setting(0.1, 0.0, below=1.0)
     attention_dropout: float = setting(0.1, 0.0, below=1.0)
     layer_norm_eps: float = setting(1e-12, above=0.0)
@@ -138,7 +139,7 @@ class CorpusData:
     )
     mlm_probability: float = setting(0.15, above=0.0, below=1.0)
     per_device_batch_size: int = setting(8, 1)
-    num_workers: int = setting(0, 0)
+    num_workers: Optional[int] = setting(None, 0)
     num_proc: Optional[int] = setting(None, 1)
     generated_documents: int = setting(400, 2)
     longrange: Optional[Longrange] = None
@@ -209,6 +210,7 @@ class QAData:
     max_answer_length: int = setting(30, 1)
     n_best_size: int = setting(20, 1)
     per_device_batch_size: int = setting(16, 1)
+    num_workers: Optional[int] = setting(None, 0)
     num_proc: Optional[int] = setting(None, 1)
 
 
@@ -284,6 +286,15 @@ class PlanCheck:
 
 
 @dataclass
+class LayoutCheck:
+    models: List[str] = setting(["roberta_1seq"])
+    layouts: List[str] = setting(["padded", "unpadded"])
+    fills: List[float] = setting([1.0])
+    batch_size: int = setting(8, 1)
+    seq_len: int = setting(512, 8)
+
+
+@dataclass
 class BenchmarkData:
     sizes_mb: List[float] = setting([10.0])
     max_seq_length: int = setting(512, 8)
@@ -297,7 +308,7 @@ class BenchmarkData:
 class Benchmark:
     paths: Paths = field(default_factory=Paths)
     size: Size = field(default_factory=Size)
-    mode: str = setting("model", choices=("model", "attention", "data", "pretrain", "finetune", "plan"))
+    mode: str = setting("model", choices=("model", "attention", "layout", "data", "pretrain", "finetune", "plan"))
     models: List[str] = setting(["roberta_1seq"])
     baseline: Any = None
     phases: List[str] = setting(["inference"])
@@ -321,6 +332,7 @@ class Benchmark:
     finetune: WholeRun = field(default_factory=WholeRun)
     data: BenchmarkData = field(default_factory=BenchmarkData)
     plan: PlanCheck = field(default_factory=PlanCheck)
+    layout: LayoutCheck = field(default_factory=LayoutCheck)
 
 
 SCHEMAS = {"pretrain": Pretrain, "finetune": Finetune, "profile": Profile, "benchmark": Benchmark}

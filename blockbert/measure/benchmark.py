@@ -1,7 +1,8 @@
-"""`blockbert benchmark`'s measurements: inference and training-step time and memory side by side (Tables 2 and 5),
-or one attention layer alone (mode=attention), as ratios to each baseline measured in the same run; mode=data:
-pre-training preprocessing against a plain tokenizer map (:mod:`blockbert.measure.data_benchmark`); mode=pretrain |
-finetune: whole runs against the Hugging Face Trainer and a bare loop (:mod:`blockbert.measure.run_benchmark`)."""
+"""`blockbert benchmark`'s measurements, as ratios to each baseline measured in the same run: inference and
+training-step time and memory side by side (Tables 2 and 5); one attention layer alone (mode=attention); each model
+in each layout on padded batches (mode=layout); mode=data: pre-training preprocessing against a plain tokenizer map
+(:mod:`blockbert.measure.data_benchmark`); mode=pretrain | finetune: whole runs against the Hugging Face Trainer and
+a bare loop (:mod:`blockbert.measure.run_benchmark`)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_bat
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
 from blockbert.model.attention import SelfAttention
 from blockbert.model.config import BlockBertConfig
+from blockbert.model.jagged import packing
 
 log = logging.getLogger(__name__)
-MODES = ("model", "attention", "data", "pretrain", "finetune", "plan")
+MODES = ("model", "attention", "layout", "data", "pretrain", "finetune", "plan")
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
     "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
@@ -39,9 +41,19 @@ ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "block n=3 (8:2:2)": dict(attention="block", heads="8:2:2"),
     "identity-only n=2 (12:0)": dict(attention="block", heads="12:0"),
     "identity-only n=3 (12:0:0)": dict(attention="block", heads="12:0:0"),
+    # the jagged layout: real tokens packed, the blocks as one variable-length batch per head group (packing excluded:
+    # a model computes it once per forward for all its layers)
+    "dense jagged": dict(attention="dense", layout="jagged"),
+    "block n=2 (10:2) jagged": dict(attention="block", heads="10:2", layout="jagged"),
+    "block n=3 (8:2:2) jagged": dict(attention="block", heads="8:2:2", layout="jagged"),
 }
 # the blockwise lower bound: the same shapes with every head at shift 0 (no permutation at all)
-BOUNDS = {"block n=2 (10:2)": "identity-only n=2 (12:0)", "block n=3 (8:2:2)": "identity-only n=3 (12:0:0)"}
+BOUNDS = {
+    "block n=2 (10:2)": "identity-only n=2 (12:0)",
+    "block n=3 (8:2:2)": "identity-only n=3 (12:0:0)",
+    "block n=2 (10:2) jagged": "identity-only n=2 (12:0)",
+    "block n=3 (8:2:2) jagged": "identity-only n=3 (12:0:0)",
+}
 FLEX_KINDS = {  # the peer to beat: FlexAttention with the pattern's block mask (compiled; CUDA, no dropout only)
     "flex block mask n=2 (10:2)": dict(attention="block", heads="10:2", attention_impl="flex"),
     "flex block mask n=3 (8:2:2)": dict(attention="block", heads="8:2:2", attention_impl="flex"),
@@ -61,7 +73,7 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         return benchmark_plan(cfg, run)
     if cfg.mode in ("pretrain", "finetune"):
         return benchmark_run(cfg, run)
-    baselines = baselines_of(cfg) if cfg.mode == "model" else ["dense"]
+    baselines = {"model": baselines_of(cfg), "layout": ["padded"]}.get(cfg.mode, ["dense"])
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     autocast = (
@@ -77,11 +89,8 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         "ratio_of": cfg.ratio_of,  # the statistic each ratio divides
         "lm_head": cfg.lm_head,  # inference timed with the LM head (or the encoder alone)
     }
-    records = (
-        benchmark_models(cfg, baselines, device, autocast)
-        if cfg.mode == "model"
-        else benchmark_attention(cfg, device, autocast)
-    )
+    measure = {"model": benchmark_models, "attention": benchmark_attention, "layout": benchmark_layouts}[cfg.mode]
+    records = measure(cfg, baselines, device, autocast)
     results = {**header, "records": records}
     run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -352,7 +361,45 @@ def _memory(model, batch, device, autocast) -> float | str | None:
     return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
 
 
-def benchmark_attention(cfg, device, autocast) -> list[dict]:
+def benchmark_layouts(cfg, baselines, device, autocast) -> list[dict]:
+    """Each model's training step and inference in each of ``layout.layouts`` on the same weights, on batches whose
+    real tokens fill ``layout.fills`` of the positions: time ÷ the padded layout's, side by side in one run."""
+    settings = cfg.layout
+    size = OmegaConf.to_container(cfg.size, resolve=True)
+    records = []
+    for name in settings.models:
+        torch.manual_seed(cfg.seed)
+        model = build(name, size, OmegaConf.to_container(cfg.heads, resolve=True), settings.seq_len).to(device)
+        if model.config.attention == "sparse" and "jagged" in settings.layouts:
+            raise ConfigError(f"layout=jagged computes dense or block attention, not {name}'s sparse attention")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        for fill in settings.fills:
+            batch = random_batch(settings.batch_size, settings.seq_len, model.config.vocab_size, device, fill=fill)
+            real = float(batch["attention_mask"].float().mean())
+            for phase in cfg.phases:
+                calls = {
+                    layout: _in_layout(model, layout, _call(model, optimizer, batch, phase, autocast, cfg.lm_head))
+                    for layout in settings.layouts
+                }
+                times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
+                point = dict(phase=f"{phase} fill={real:.2f}", batch_size=settings.batch_size, seq_len=settings.seq_len)
+                for r in _records(times, baselines, point, {}, cfg.ratio_of):
+                    records.append({**r, "model": f"{name} {r['model']}", "layout": r["model"], "fill": real})
+            log.info("%s fill=%.2f done", name, real)
+    return records
+
+
+def _in_layout(model, layout: str, call):
+    """``call`` with the model's layout set to ``layout`` (its modules share one config)."""
+
+    def run():
+        model.config.layout = layout
+        call()
+
+    return run
+
+
+def benchmark_attention(cfg, baselines, device, autocast) -> list[dict]:
     records = []
     dropouts = cfg.attention_dropout if OmegaConf.is_list(cfg.attention_dropout) else [cfg.attention_dropout]
     for dropout in dropouts:
@@ -389,10 +436,15 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
         hidden_size=768, num_heads=12, max_position_embeddings=seq_len, attention_dropout=dropout, **overrides
     )
     layer = SelfAttention(config).to(device).train()
+    packed = None
+    if config.layout == "jagged":
+        B, N = x.shape[:2]
+        packed = packing(key_mask, B, N, config.head_counts, config.block_seq_len, True, device)
+        x = packed.pack(x.detach()).requires_grad_()  # [T, hidden]
 
     def step():
         with autocast:
-            out = layer(x, key_mask)
+            out = layer(x, key_mask, packed)
         out.float().sum().backward()
         layer.zero_grad(set_to_none=True)
         x.grad = None

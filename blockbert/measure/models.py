@@ -31,11 +31,10 @@ NO_ATTENTION = "no_attention"
 class _NoKernel(SelfAttention):
     """SelfAttention without its kernel: the projections run and the values pass through (z = v)."""
 
-    def forward(self, x, key_mask=None):
+    def forward(self, x, key_mask=None, packed=None):
         cfg = self.config
-        B, N, _ = x.shape
-        v = self.qkv(x).view(B, N, 3, cfg.num_heads, cfg.head_dim)[:, :, 2]  # [B, N, H, d]
-        return self.out(v.reshape(B, N, cfg.hidden_size))
+        v = self.qkv(x).view(*x.shape[:-1], 3, cfg.hidden_size)[..., 2, :]  # [B, N, H*d], or [T, H*d] packed
+        return self.out(v)
 
 
 def known_models() -> list[str]:
@@ -108,9 +107,15 @@ def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.model.base_model if isinstance(model, PeerModel) else model.encoder
 
 
-def random_batch(batch_size: int, seq_len: int, vocab_size: int, device, mlm_probability: float = 0.15) -> dict:
+def random_batch(
+    batch_size: int, seq_len: int, vocab_size: int, device, mlm_probability: float = 0.15, fill: float = 1.0
+) -> dict:
+    """A masked-LM batch of random tokens; with ``fill`` < 1 its sequences end early, their lengths spread evenly
+    from (2 * fill - 1) * seq_len (at least 1) to seq_len, so its real tokens are about ``fill`` of its positions."""
     g = torch.Generator().manual_seed(seq_len * 1000 + batch_size)
     ids = torch.randint(5, vocab_size, (batch_size, seq_len), generator=g)
-    labels = torch.where(torch.rand(batch_size, seq_len, generator=g) < mlm_probability, ids, -100)
-    mask = torch.ones_like(ids)
+    shortest = max(1, round((2 * fill - 1) * seq_len)) if fill < 1 else seq_len
+    lengths = torch.linspace(shortest, seq_len, batch_size).round().long()  # one sequence: the shortest
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    labels = torch.where((torch.rand(batch_size, seq_len, generator=g) < mlm_probability) & mask.bool(), ids, -100)
     return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=labels).items()}

@@ -256,7 +256,7 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
     clock, parts = StepClock(), {part: [] for part in STEP_PARTS}
     clock.start()
     for batch in _batches(data.train_dataloader(), steps):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "window_index"}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "window_index"}
         marks = [clock.last, time.perf_counter()]  # the data part ends here
         with autocast:
             loss = net(**batch, masked_only=True).loss if mode == "pretrain" else net(**batch).loss
