@@ -235,8 +235,8 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=self.sampler,
             collate_fn=KeyedMasking(self._collator(), self.seed),
-            num_workers=self.cfg.num_workers,
             drop_last=True,
+            **self.loader_options(self.cfg.get("num_workers")),
         )
 
     def val_dataloader(self):
@@ -247,7 +247,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             return self._collator(seed)(features)
 
         return DataLoader(
-            self.val_set, batch_size=self.batch_size, collate_fn=collate, num_workers=self.cfg.num_workers
+            self.val_set,
+            batch_size=self.batch_size,
+            collate_fn=collate,
+            **self.loader_options(self.cfg.get("num_workers")),
         )
 
 

@@ -109,14 +109,13 @@ class QADataModule(ResumableData, pl.LightningDataModule):
         tokenizer,
         data_cfg,
         batch_size: int,
-        num_workers: int = 0,
         seed: int = 0,
         *,
         cache_dir: Path,
     ):
         super().__init__()
         self.data, self.tokenizer, self.cfg = data, tokenizer, data_cfg
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.batch_size, self.seed = batch_size, seed
         self.cache_dir = Path(cache_dir).expanduser()  # paths.cache_dir
         self.windows: dict[str, WindowList] = {}
 
@@ -207,7 +206,7 @@ class QADataModule(ResumableData, pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             collate_fn=collate,
-            num_workers=self.num_workers,
+            **self.loader_options(self.cfg.get("num_workers")),
         )
 
     def train_dataloader(self):

@@ -10,6 +10,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -106,3 +107,14 @@ class ResumableData:
 
     def load_state_dict(self, state: dict) -> None:
         self._samples_consumed = state["samples_consumed"]
+
+    def loader_options(self, num_workers: int | None) -> dict:
+        """DataLoader options for where the batches go. To a CUDA device: pinned memory (the copy overlaps the step)
+        and, for ``num_workers`` None, min(4, cores per device) workers kept alive across epochs. On a CPU: no worker
+        processes by default (they would take the cores training runs on)."""
+        trainer = getattr(self, "trainer", None)
+        cuda = trainer.strategy.root_device.type == "cuda" if trainer is not None else torch.cuda.is_available()
+        if num_workers is None:
+            devices = trainer.num_devices if trainer is not None else 1
+            num_workers = min(4, max(1, (os.cpu_count() or 1) // devices)) if cuda else 0
+        return dict(num_workers=num_workers, pin_memory=cuda, persistent_workers=num_workers > 0)
