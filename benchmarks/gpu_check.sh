@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run THERE, on a lent GPU machine, from the repo root, after benchmarks/gpu_wheels.sh ran here, in two calls (each
-# part's timeout below; every result file lands flat in $OUT):
-#   run(command="bash benchmarks/gpu_check.sh tests plan table5", carry=[".whl"], timeout_s=590)        # 540 s at most
-#   run(command="bash benchmarks/gpu_check.sh seqlen attention pretrain finetune", carry=[".whl"], timeout_s=590)  # 330 s
+# Run THERE, on a lent GPU machine, from the repo root, after benchmarks/gpu_wheels.sh ran here, in three calls of at
+# most 8 minutes each (each part's timeout below; every result file lands flat in $OUT):
+#   run(command="bash benchmarks/gpu_check.sh tests plan", carry=[".whl"], timeout_s=590)                   # 470 s
+#   run(command="bash benchmarks/gpu_check.sh table5 seqlen attention layout", carry=[".whl"], timeout_s=590)  # 320 s
+#   run(command="bash benchmarks/gpu_check.sh pretrain finetune", carry=[".whl"], timeout_s=590)              # 200 s
 # Parts:
 #   tests      tests/test_gpu.py (kernels, fp16/bf16, flex, compile, A.2, plan's memory within 10 % and its largest
 #              batch against the allocator)
@@ -12,7 +13,10 @@
 #   table5     the Table 5 grid (bench=table5: B = 8/16/24/32, N = 1024, fp16, BERT-base; inference and training step
 #              with memory, ratios to eager RoBERTa, SDPA RoBERTa and HF BERT, and the inference bound)
 #   seqlen     the training step over N = 512..4096
-#   attention  one attention layer against the identity-only bound
+#   attention  one attention layer (padded and jagged layouts, FlexAttention at dropout 0) against dense SDPA and the
+#              identity-only bound
+#   layout     BERT-base models (dense, n=2, n=3) in each layout (padded, unpadded, jagged) on batches filled to 100,
+#              75 and 50 % of N=512, bf16: the measurement `layout=auto` should follow on a GPU
 #   pretrain, finetune  whole-run throughput (N = 2048; N = 384, batch 16) against the Hugging Face Trainer and a
 #              bare loop (bf16)
 set -uo pipefail
@@ -36,7 +40,7 @@ bench() {  # name, timeout, overrides...
 }
 part() {
   case $1 in
-    tests) timeout 150 python3 -m pytest -q -rs -o addopts= tests/test_gpu.py > "$OUT/tests.log" 2>&1 ;;
+    tests) timeout 180 python3 -m pytest -q -rs -o addopts= tests/test_gpu.py > "$OUT/tests.log" 2>&1 ;;
     plan)
       timeout 120 python3 cli.py plan --calibrate --out /tmp/gpu/calibration > "$OUT/plan.log" 2>&1
       cp /tmp/gpu/calibration/*.json "$OUT/" 2>/dev/null || echo "calibration: no results" >> "$OUT/plan.log"
@@ -46,15 +50,17 @@ part() {
       'baseline=[roberta_1seq_eager,roberta_1seq,hf_bert]' 'phases=[inference,train]' repeats=5 warmup=2 ;;
     seqlen) bench seqlen 90 size=base dtype=bfloat16 "models=$MODELS" 'batch_sizes=[1]' \
       'seq_lengths=[512,1024,2048,4096]' 'phases=[train]' repeats=3 warmup=1 ;;
-    attention) bench attention 40 mode=attention dtype=bfloat16 attention_batch_size=8 \
+    attention) bench attention 70 mode=attention dtype=bfloat16 attention_batch_size=8 \
       'attention_seq_lengths=[1024,2048,4096]' repeats=10 warmup=3 ;;
+    layout) bench layout 60 mode=layout size=base dtype=bfloat16 'phases=[train,inference]' 'layout.fills=[1.0,0.75,0.5]' \
+      layout.batch_size=16 repeats=5 warmup=2 ;;
     pretrain) bench pretrain 100 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 \
       pretrain.steps=10 pretrain.documents=1200 pretrain.rows_per_document=120 warmup=3 ;;
     finetune) bench finetune 100 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3 ;;
-    *) echo "unknown part $1: tests plan table5 seqlen attention pretrain finetune" >&2; exit 2 ;;
+    *) echo "unknown part $1: tests plan table5 seqlen attention layout pretrain finetune" >&2; exit 2 ;;
   esac
 }
-for name in "${@:-tests plan table5 seqlen attention pretrain finetune}"; do
+for name in "${@:-tests plan table5 seqlen attention layout pretrain finetune}"; do
   for one in $name; do part "$one"; done
 done
 tail -n 60 "$OUT/benchmark.log" 2>/dev/null

@@ -13,6 +13,7 @@ from blockbert.measure.memory import a2_activation_bytes, fit_linear_quadratic, 
 from blockbert.measure.models import build, random_batch
 from blockbert.model.attention import SelfAttention, block_attention, sparse_attention, sparse_block_attention
 from blockbert.model.config import BlockBertConfig
+from blockbert.model.jagged import jagged_attention, packing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -55,6 +56,51 @@ def test_half_precision_block_and_sparse_match_float32(dtype, atol):
     ):
         expected = kernel(q, k, v, *args, mask)
         torch.testing.assert_close(kernel(*half, *args, mask).float(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("counts,N", [((12,), 1024), ((10, 2), 1024), ((8, 2, 2), 1024), ((8, 2, 2), 1000)])
+def test_jagged_attention_on_cuda_matches_the_mask_path(counts, N, dtype, atol):
+    """The jagged layout in half precision (variable-length flash attention through nested jagged tensors) against
+    the mask path in float32, forward and backward, with padding that leaves a key block empty; dropout runs."""
+    from blockbert.model.attention import dense_attention
+
+    q, k, v = (t.detach() for t in qkv(B=3, N=N))
+    mask = padding_mask(3, N)
+    mask[1, N // 4 :] = False  # shorter than one block: its shifted heads see only padding
+    reference = (
+        dense_attention(q, k, v, mask) if len(counts) == 1 else block_attention(q, k, v, counts, mask, 0.0, False, N)
+    )
+    packed = packing(mask, 3, N, counts, N, True, CUDA)
+    half = [packed.pack(t.transpose(1, 2)).to(dtype).requires_grad_() for t in (q, k, v)]  # [T, H, d]
+    out = jagged_attention(*half, packed)
+    real = mask[:, :, None, None]
+    torch.testing.assert_close(packed.unpack(out).float() * real, reference.transpose(1, 2) * real, atol=atol, rtol=0)
+    out.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in half)
+    dropped = jagged_attention(*half, packed, dropout_p=0.1)
+    dropped.float().sum().backward()
+    assert torch.isfinite(dropped).all() and not torch.equal(dropped, out)
+
+
+@pytest.mark.parametrize("layout", ["unpadded", "jagged"])
+def test_layouts_train_on_cuda_as_padded_does(layout):
+    """A bf16 training step of BlockBERT n=3 on a padded batch: the same loss and gradients in every layout."""
+    torch.manual_seed(0)
+    size = dict(hidden_size=768, num_heads=12, num_layers=2, vocab_size=1000, hidden_dropout=0.0, attention_dropout=0.0)
+    batch = random_batch(8, 512, 1000, CUDA, fill=0.6)
+    grads = {}
+    for name in ("padded", layout):
+        torch.manual_seed(0)
+        model = BlockBertForMaskedLM(preset_config("blockbert_n3", **size, max_position_embeddings=512, layout=name))
+        model = model.to(CUDA).train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        grads[name] = (loss.detach(), torch.cat([p.grad.flatten().float() for p in model.parameters()]))
+    torch.testing.assert_close(grads[layout][0], grads["padded"][0], atol=2e-2, rtol=0)
+    cosine = torch.nn.functional.cosine_similarity(grads[layout][1], grads["padded"][1], dim=0)
+    assert cosine > 0.99
 
 
 @pytest.mark.parametrize(

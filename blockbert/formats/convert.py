@@ -30,6 +30,7 @@ ARCH_OVERRIDES = {
     "sparse_expressivity",
     "sparse_impl",
     "attention_impl",
+    "layout",
     "hidden_dropout",
     "attention_dropout",
     "gradient_checkpointing",
