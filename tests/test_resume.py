@@ -172,6 +172,15 @@ class SigtermAt(pl.Callback):
         if os.environ["SIGTERM_AT"] == "closing-validation" and trainer.state.fn == "validate":
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def on_train_start(self, trainer, *args):  # Ctrl-C just after the optimizer's 3rd step, before Lightning counts it
+        if os.environ["SIGTERM_AT"] == "ctrl-c-in-step":
+            steps = []
+            def after_step(optimizer, *_):
+                steps.append(1)
+                if len(steps) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+            trainer.optimizers[0].register_step_post_hook(after_step)
+
 close = resilience.finish_wandb
 def finish_wandb(*args, **kwargs):  # "twice": a second SIGTERM while the stopped run closes W&B
     if os.environ["SIGTERM_AT"] == "twice":
@@ -197,6 +206,7 @@ def blockbert_with_sigterm(tmp_path, at, command, *args):
         cwd=tmp_path,
         env=dict(env_for(tmp_path), SIGTERM_AT=at),
         timeout=600,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal has it (see interrupt())
     )
 
 
@@ -213,6 +223,23 @@ def test_sigterm_between_epochs_resumes_exactly(run, tmp_path):
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     out = run(tmp_path, "pretrain", *argv)
     assert resumed_step(out.stdout + out.stderr) > 0
+    ours, theirs = weights(run_dir), weights(reference)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_ctrl_c_inside_the_optimizer_step_resumes_exactly(run, tmp_path):
+    """Ctrl-C between the optimizer's step and Lightning counting it is held until the micro-batch ends (before the
+    fix the saved weights were a step ahead of the saved position: the resumed run trained one step off)."""
+    args = [*PRETRAIN, "trainer.max_steps=6"]
+    reference = tmp_path / "uninterrupted"
+    run(tmp_path, "pretrain", *args, f"hydra.run.dir={reference}")
+    run_dir = tmp_path / "interrupted"
+    argv = [*args, f"hydra.run.dir={run_dir}"]
+    out = blockbert_with_sigterm(tmp_path, "ctrl-c-in-step", "pretrain", *argv)
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert "interrupted: stopped by Ctrl-C at step 3" in out.stderr
+    out = run(tmp_path, "pretrain", *argv)
+    assert resumed_step(out.stdout + out.stderr) == 3
     ours, theirs = weights(run_dir), weights(reference)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 

@@ -7,7 +7,8 @@
 - :class:`RunGuard`: saves only states at optimizer-step boundaries (a checkpoint taken in the
   middle of a gradient accumulation is stored as of the last optimizer step, so the micro-batches
   whose gradients are lost are trained again), seeds dropout per micro-batch (a resumed run draws
-  what an uninterrupted one draws), and stops on a non-finite loss or weights.
+  what an uninterrupted one draws), holds a Ctrl-C until the micro-batch it lands in ends, and stops
+  on a non-finite loss or weights.
 - :class:`StepCheckpoint`: Lightning's periodic checkpoint, without a second copy of the step resumed from.
 - :class:`ExceptionCheckpoint`: Lightning's on-exception checkpoint, written only when training
   went past the state it started from, and never for a non-finite state.
@@ -19,6 +20,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,13 +147,18 @@ class RunGuard(pl.Callback):
         self.start_step: int | None = None  # the optimizer step training (re)started at; None before
         self._boundary_total = 0  # micro-batches processed (since the start of training) at the last optimizer step
         self._requeue = None  # Lightning's SLURM requeue handler and a signal it has yet to act on
+        self._in_batch = False  # between on_train_batch_start and the end of on_train_batch_end
+        self._ctrl_c = False  # a Ctrl-C held until the micro-batch ends
+        self._sigint_before = None  # the SIGINT handler to restore when training ends
 
     def on_train_start(self, trainer, pl_module):
         self.start_step = trainer.global_step
         self._boundary_total = trainer.fit_loop.epoch_loop.batch_progress.total.processed
         self._defer_requeue(trainer)
+        self._defer_ctrl_c()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._in_batch = True
         torch.manual_seed(stream_seed(self.seed, trainer.global_rank, trainer.fit_loop.epoch_loop.total_batch_idx))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -168,6 +175,15 @@ class RunGuard(pl.Callback):
                 handler, signum = self._requeue
                 self._requeue = (handler, None)
                 handler(signum, None)  # now, at a step boundary: Lightning saves hpc_ckpt_<k> and requeues
+        self._in_batch = False
+        if self._ctrl_c:
+            raise KeyboardInterrupt  # the micro-batch is counted: its state is consistent (on_save_checkpoint)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore_sigint()
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore_sigint()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]
@@ -197,6 +213,32 @@ class RunGuard(pl.Callback):
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "state_at"):
             checkpoint[type(datamodule).__qualname__] = datamodule.state_at(self._boundary_total)
+
+    def _defer_ctrl_c(self) -> None:
+        """Ctrl-C raises KeyboardInterrupt wherever Python is. Inside a micro-batch -- between the optimizer's step and
+        Lightning counting it, say -- the state Lightning then saves has weights one step ahead of its counters and
+        data position, and the resumed run trained one step off (seen as validations at steps 99, 199, ...). Inside
+        a micro-batch the Ctrl-C is held and raised when it ends; a second one, or one between micro-batches
+        (loading data, validating), interrupts at once. A run started with SIGINT ignored keeps ignoring it."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        before = signal.getsignal(signal.SIGINT)
+        if before in (signal.SIG_IGN, None):
+            return
+
+        def hold(signum, frame):
+            if self._in_batch and not self._ctrl_c:
+                self._ctrl_c = True
+                return
+            raise KeyboardInterrupt
+
+        self._sigint_before = before
+        signal.signal(signal.SIGINT, hold)
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_before is not None:
+            signal.signal(signal.SIGINT, self._sigint_before)
+            self._sigint_before = None
 
     def _defer_requeue(self, trainer) -> None:
         """Lightning's SLURM auto-requeue handler saves a checkpoint from inside the signal handler, which may
