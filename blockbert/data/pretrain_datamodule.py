@@ -240,16 +240,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         )
 
     def val_dataloader(self):
-        # The same masks at every validation, so validation perplexities are comparable over time.
-        seed = self.seed
-
-        def collate(features):
-            return self._collator(seed)(features)
-
         return DataLoader(
             self.val_set,
             batch_size=self.batch_size,
-            collate_fn=collate,
+            collate_fn=FixedMasking(self.tokenizer, self.cfg.mlm_probability, self.seed),
             **self.loader_options(self.cfg.get("num_workers")),
         )
 
@@ -260,6 +254,18 @@ def mean_fill(sequences: datasets.Dataset, max_len: int) -> float:
         return 0.0
     lengths = pyarrow.compute.list_value_length(sequences.data.column("input_ids"))
     return pyarrow.compute.sum(lengths).as_py() / (len(sequences) * max_len)
+
+
+class FixedMasking:
+    """The same masks at every validation, so validation perplexities are comparable over time: each batch masked by
+    a collator seeded afresh (a class, not a closure, so that worker processes can be spawned with it)."""
+
+    def __init__(self, tokenizer, mlm_probability: float, seed: int):
+        self.tokenizer, self.mlm_probability, self.seed = tokenizer, mlm_probability, seed
+
+    def __call__(self, features: list[dict]) -> dict:
+        collator = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mlm_probability, seed=self.seed)
+        return collator(features)
 
 
 class KeyedMasking:

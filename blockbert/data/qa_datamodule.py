@@ -179,33 +179,11 @@ class QADataModule(ResumableData, pl.LightningDataModule):
         )
 
     def _loader(self, split: str, sampler: ResumableSampler | None = None):
-        windows = self.windows[split]
-        pad = self.tokenizer.pad_token_id
-
-        def collate(indices):
-            batch = [windows[i] for i in indices]
-            n = max(len(w.input_ids) for w in batch)
-            ids = torch.full((len(batch), n), pad, dtype=torch.long)
-            types = torch.zeros((len(batch), n), dtype=torch.long)
-            mask = torch.zeros((len(batch), n), dtype=torch.long)
-            for row, w in enumerate(batch):
-                ids[row, : len(w.input_ids)] = torch.tensor(w.input_ids)
-                types[row, : len(w.input_ids)] = torch.tensor(w.token_type_ids)
-                mask[row, : len(w.input_ids)] = 1
-            return dict(
-                input_ids=ids,
-                token_type_ids=types,
-                attention_mask=mask,
-                start_positions=torch.tensor([w.start_position for w in batch]),
-                end_positions=torch.tensor([w.end_position for w in batch]),
-                window_index=torch.tensor(indices),
-            )
-
         return DataLoader(
-            list(range(len(windows))),
+            list(range(len(self.windows[split]))),
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=collate,
+            collate_fn=WindowBatch(self.windows[split], self.tokenizer.pad_token_id),
             **self.loader_options(self.cfg.get("num_workers")),
         )
 
@@ -221,6 +199,33 @@ class QADataModule(ResumableData, pl.LightningDataModule):
 
     def eval_dataloader(self, split: str):
         return self._loader(split)
+
+
+class WindowBatch:
+    """Window indices -> a batch padded to its longest window (a class, not a closure, so that worker processes can
+    be spawned with it)."""
+
+    def __init__(self, windows, pad: int):
+        self.windows, self.pad = windows, pad
+
+    def __call__(self, indices: list[int]) -> dict:
+        batch = [self.windows[i] for i in indices]
+        n = max(len(w.input_ids) for w in batch)
+        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
+        types = torch.zeros((len(batch), n), dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for row, w in enumerate(batch):
+            ids[row, : len(w.input_ids)] = torch.tensor(w.input_ids)
+            types[row, : len(w.input_ids)] = torch.tensor(w.token_type_ids)
+            mask[row, : len(w.input_ids)] = 1
+        return dict(
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=mask,
+            start_positions=torch.tensor([w.start_position for w in batch]),
+            end_positions=torch.tensor([w.end_position for w in batch]),
+            window_index=torch.tensor(indices),
+        )
 
 
 def _trainable(example) -> bool:

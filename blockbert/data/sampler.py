@@ -115,6 +115,14 @@ class ResumableData:
         trainer = getattr(self, "trainer", None)
         cuda = trainer.strategy.root_device.type == "cuda" if trainer is not None else torch.cuda.is_available()
         if num_workers is None:
-            devices = trainer.num_devices if trainer is not None else 1
-            num_workers = min(4, max(1, (os.cpu_count() or 1) // devices)) if cuda else 0
+            num_workers = default_workers(cuda, trainer.num_devices if trainer is not None else 1)
         return dict(num_workers=num_workers, pin_memory=cuda, persistent_workers=num_workers > 0)
+
+
+def default_workers(cuda: bool, devices: int = 1) -> int:
+    """DataLoader worker processes when data.num_workers is null: none on a CPU (they would take the cores training
+    runs on); on a GPU min(4, the cores this process may use / the devices on this machine)."""
+    if not cuda:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, max(1, cores // devices))

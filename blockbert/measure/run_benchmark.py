@@ -287,6 +287,7 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
     import datasets
     import transformers
 
+    from blockbert.data.sampler import default_workers
     from blockbert.formats.convert import hf_config_values
 
     cfg = composed(mode, "roberta_1seq", spec)
@@ -314,6 +315,7 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
         warmup = int(cfg.optim.warmup_proportion * steps)
     timer = _trainer_steps()
     collator = _Counting(collator, mode, timer.clock)
+    workers = default_workers(spec["accelerator"] == "gpu")
     args = transformers.TrainingArguments(
         output_dir=str(run_dir / "hf"),
         per_device_train_batch_size=spec["batch_size"],
@@ -326,6 +328,8 @@ def trainer_loop(mode: str, spec: dict, run_dir: Path):
         report_to="none",
         disable_tqdm=True,
         use_cpu=spec["accelerator"] == "cpu",
+        dataloader_num_workers=workers,  # as our loaders have them (data.num_workers null)
+        dataloader_persistent_workers=workers > 0,
         bf16=spec["precision"].startswith("bf16"),
         seed=spec["seed"],
     )

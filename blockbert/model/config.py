@@ -81,7 +81,8 @@ class BlockBertConfig:
     sparse_expressivity: int = 32  # ... and expressivity c
     sparse_impl: str = "mask"  # mask (dense attention under the pattern, the paper's cost) | blocks (only its keys)
     attention_impl: str = "sdpa"  # sdpa (fused when available) | eager (materialises probabilities) | flex (GPU)
-    # how a batch with padding is computed (blockbert.model.jagged); every layout gives the same real-token outputs:
+    # how a batch with padding is computed (blockbert.model.jagged); without dropout every layout gives the same
+    # outputs at the real tokens:
     # padded (every position) | unpadded (linear layers and norms on real tokens only, attention on the padded
     # batch) | jagged (real tokens only, attention as variable-length problems; dense or block with sdpa)
     # | auto (unpadded when a batch's padding pays for it, else padded)

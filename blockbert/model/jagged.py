@@ -12,7 +12,8 @@ kernel per problem on a CPU):
   The query side is the packed tokens as they are; only the shifted heads' keys and values are gathered into their
   key blocks' order. A query block whose key block holds no real token gets a zero output, as on the mask path.
 
-:class:`Packing` is computed once per forward (one host sync for its sizes) and shared by every layer.
+:class:`Packing` is computed once per forward and shared by every layer: the real tokens' index (the forward's host
+sync), and for the jagged layout the problems' sizes (a second sync) and one copy of their offsets to the device.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# SDPA's nested-tensor kernels on a CPU go through torch's strided nested tensors, which warn that they are a prototype,
-# and torch.fx logs a notice about is_fx_tracing on their first use: neither is the user's concern
-warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+# torch.fx logs a notice about is_fx_tracing on the first use of nested tensors: not the user's concern
 logging.getLogger("torch.fx._symbolic_trace").addFilter(lambda record: "is_fx_tracing" not in record.getMessage())
 
 
@@ -70,33 +69,42 @@ class Packing:
         return out.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
 
 
-def packing(key_mask, batch: int, length: int, head_counts: tuple, block_seq_len: int, jagged: bool, device) -> Packing:
-    """The packing of a batch of ``length`` tokens with ``key_mask`` [B, L] (True = real; None: all real); with
-    ``jagged``, its attention problems too: ``head_counts`` (n = its length) and ``block_seq_len`` (N) give the
-    blocks, n = 1 being dense attention."""
+def packing(
+    key_mask, batch: int, length: int, head_counts: tuple, block_seq_len: int, jagged: bool, device, index=None
+) -> Packing:
+    """The packing of a batch of ``length`` tokens with ``key_mask`` [B, L] (True = real; None: all real) and its
+    real tokens' flat ``index`` (computed here when not given: a host sync); with ``jagged``, its attention problems
+    too: ``head_counts`` (n = its length) and ``block_seq_len`` (N) give the blocks, n = 1 being dense attention.
+    The problems' sizes are read on the host (a second sync) and their offsets and indices reach the device in one
+    copy, asynchronous from pinned memory on a GPU."""
+    if key_mask is not None and index is None:
+        index = key_mask.reshape(-1).nonzero().squeeze(1)  # [T]
     if not jagged:
-        index = None if key_mask is None else key_mask.reshape(-1).nonzero().squeeze(1)  # [T]
         return Packing(index, key_mask, batch, length, None)
     n = len(head_counts)
     m = -(-block_seq_len // n) if n > 1 else length  # block length; dense: one block, the sequence
     nb = -(-length // m)  # blocks holding positions of this batch
     if key_mask is None:
-        index = None
         counts = torch.tensor([min(m, length - i * m) for i in range(nb)]).repeat(batch, 1)  # [B, nb]
     else:
-        index = key_mask.reshape(-1).nonzero().squeeze(1)  # [T]
         padded = F.pad(key_mask, (0, nb * m - length), value=False)
-        counts = padded.view(batch, nb, m).sum(-1).cpu()  # [B, nb]; the one host sync
+        counts = padded.view(batch, nb, m).sum(-1).cpu()  # [B, nb]
     starts = counts.reshape(-1).cumsum(0) - counts.reshape(-1)  # [B * nb] first packed token of each block
     groups, head = [], 0
     for shift, count in enumerate(head_counts):
         if count:
-            groups.append(_head_group(counts, starts, shift, n, slice(head, head + count), device))
+            groups.append(_head_group(counts, starts, shift, n, slice(head, head + count)))
         head += count
+    fields = ("query_offsets", "key_offsets", "key_index", "visible")
+    moved = iter(_on_device([getattr(g, name) for g in groups for name in fields], device))
+    for group in groups:
+        for name in fields:
+            setattr(group, name, next(moved))
     return Packing(index, key_mask, batch, length, groups)
 
 
-def _head_group(counts, starts, shift: int, n: int, heads: slice, device) -> HeadGroup:
+def _head_group(counts, starts, shift: int, n: int, heads: slice) -> HeadGroup:
+    """The problems of the heads of ``shift``, their offsets and indices on the CPU."""
     B, nb = counts.shape
     blocks = torch.arange(nb)
     query_len = counts.reshape(-1)  # [B * nb]
@@ -109,7 +117,7 @@ def _head_group(counts, starts, shift: int, n: int, heads: slice, device) -> Hea
     empty = real & (key_len == 0)
     visible = None
     if bool(empty.any()):  # a stand-in key (the block's first query) keeps the kernel off empty problems
-        visible = torch.repeat_interleave((~empty[real]).to(torch.float32), query_len[real])[:, None, None]
+        visible = torch.repeat_interleave((~empty[real]).long(), query_len[real])[:, None, None]  # [T, 1, 1]
         key_start = torch.where(empty, starts, key_start)
         key_len = torch.where(empty, 1, key_len)
     query_len, key_len, key_start = query_len[real], key_len[real], key_start[real]
@@ -122,13 +130,23 @@ def _head_group(counts, starts, shift: int, n: int, heads: slice, device) -> Hea
         key_index += torch.arange(total)
     return HeadGroup(
         heads=heads,
-        query_offsets=query_offsets.to(device),
-        key_offsets=key_offsets.to(device),
-        key_index=None if key_index is None else key_index.to(device),
-        visible=None if visible is None else visible.to(device),
+        query_offsets=query_offsets,
+        key_offsets=key_offsets,
+        key_index=key_index,
+        visible=visible,
         max_query=int(query_len.max()) if len(query_len) else 0,
         max_key=int(key_len.max()) if len(key_len) else 0,
     )
+
+
+def _on_device(tensors: list, device) -> list:
+    """CPU int64 tensors (or None) on ``device``: on a GPU in one copy from pinned memory, not waiting for it."""
+    present = [t for t in tensors if t is not None]
+    if not present or torch.device(device).type == "cpu":
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in present]).pin_memory().to(device, non_blocking=True)
+    parts = iter(flat.split([t.numel() for t in present]))
+    return [None if t is None else next(parts).view(t.shape) for t in tensors]
 
 
 def jagged_attention(q, k, v, packing: Packing, dropout_p: float = 0.0):
@@ -136,22 +154,27 @@ def jagged_attention(q, k, v, packing: Packing, dropout_p: float = 0.0):
     outs = []
     for group in packing.groups:
         qg, kg, vg = (t[:, group.heads] for t in (q, k, v))  # [T, h, d]
+        if group.max_query == 0:  # no real token in the batch
+            outs.append(torch.zeros_like(qg))
+            continue
         if group.key_index is not None:
             kg, vg = kg[group.key_index], vg[group.key_index]  # [T_k, h, d]
-        out = F.scaled_dot_product_attention(
-            _nested(qg, group.query_offsets, group.max_query),
-            _nested(kg, group.key_offsets, group.max_key),
-            _nested(vg, group.key_offsets, group.max_key),
-            dropout_p=dropout_p,
-        )  # [P, h, j, d]
+        with warnings.catch_warnings():  # on a CPU, via torch's strided nested tensors, which warn they are a prototype
+            warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+            out = F.scaled_dot_product_attention(
+                _nested(qg, group.query_offsets, group.max_query),
+                _nested(kg, group.key_offsets, group.max_key),
+                _nested(vg, group.key_offsets, group.max_key),
+                dropout_p=dropout_p,
+            )  # [P, h, j, d]
         out = out.transpose(1, 2).values()  # [T, h, d]
-        outs.append(out if group.visible is None else out * group.visible.to(out.dtype))
+        outs.append(out if group.visible is None else out * group.visible.to(out.dtype))  # 0: no key, no output
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [T, H, d]
 
 
 def _nested(values, offsets, max_len: int):
     """[T, h, d] + offsets -> a nested jagged tensor [P, h, j, d] (SDPA's layout)."""
-    if not values.is_cuda:  # SDPA's CPU (math) kernel for nested tensors takes contiguous values only
+    if not values.is_cuda or values.dtype == torch.float64:  # SDPA's math kernel takes contiguous nested values only
         values = values.contiguous()
     return torch.nested.nested_tensor_from_jagged(values, offsets, min_seqlen=1, max_seqlen=max_len).transpose(1, 2)
 

@@ -85,27 +85,36 @@ class BlockBertModel(nn.Module):
         cfg.check_sequence_length(input_ids.shape[1])
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        key_mask = None if attention_mask is None else attention_mask.bool()  # [B, N]
-        real = None if key_mask is None else int(key_mask.sum())  # one host sync per forward on CUDA
-        if real == input_ids.numel():
-            key_mask = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
+        key_mask = index = real = None
+        if attention_mask is not None:
+            key_mask = attention_mask.bool()  # [B, N]
+            index = key_mask.reshape(-1).nonzero().squeeze(1)  # [T] real tokens; the host sync of a forward
+            real = index.numel()
+            if real == input_ids.numel():
+                key_mask = index = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
         x = self.embeddings(input_ids, token_type_ids)  # [B, N, hidden]
         layout = self.layout_for(input_ids.numel(), real)
         packed = None
         if layout != "padded":
             B, N = input_ids.shape
-            packed = packing(key_mask, B, N, cfg.head_counts, cfg.block_seq_len, layout == "jagged", x.device)
+            jagged = layout == "jagged"
+            packed = packing(key_mask, B, N, cfg.head_counts, cfg.block_seq_len, jagged, x.device, index)
             x = packed.pack(x)  # [T, hidden]: the real tokens only
         for layer in self.layers:
-            if cfg.gradient_checkpointing and self.training:  # the non-reentrant kind cannot save nested tensors
-                x = checkpoint(layer, x, key_mask, packed, use_reentrant=layout == "jagged")
+            if cfg.gradient_checkpointing and self.training:
+                # nested tensors fail the non-reentrant kind's check of the recomputed tensors' metadata
+                check = "none" if layout == "jagged" else "default"
+                x = checkpoint(layer, x, key_mask, packed, use_reentrant=False, determinism_check=check)
             else:
                 x = layer(x, key_mask, packed)
         return x if packed is None else packed.unpack(x)  # [B, N, hidden]; zeros at padding when unpadded
 
     def layout_for(self, positions: int, real: int | None) -> str:
-        """The layout of a batch of ``positions`` with ``real`` real tokens (None: no mask): the configured one, or
-        for auto, unpadded when at most UNPAD_BELOW_FILL of the positions are real, else padded."""
+        """The layout of a batch of ``positions`` with ``real`` real tokens (None: no mask): padded when none is real,
+        else the configured one, or for auto, unpadded when at most UNPAD_BELOW_FILL of the positions are real, else
+        padded."""
+        if real == 0:  # nothing to pack
+            return "padded"
         if self.config.layout != "auto":
             return self.config.layout
         return "unpadded" if real is not None and real <= UNPAD_BELOW_FILL * positions else "padded"

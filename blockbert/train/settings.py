@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.errors import ConfigError
 from blockbert.model.config import BlockBertConfig
+from blockbert.model.modeling import UNPAD_BELOW_FILL
 
 
 def model_config(model_cfg: DictConfig, **overrides) -> BlockBertConfig:
@@ -26,7 +27,8 @@ def describe_model(model) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     return (
         f"model: {type(model).__name__}, {parameters / 1e6:.2f} M parameters, {config.num_layers} layers, hidden "
-        f"{config.hidden_size}, {config.num_heads} heads, attention {attention}"
+        f"{config.hidden_size}, {config.num_heads} heads, attention {attention}, layout {config.layout}"
+        + (f" (a batch unpadded at <= {UNPAD_BELOW_FILL:.0%} real tokens)" if config.layout == "auto" else "")
     )
 
 
