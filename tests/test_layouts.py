@@ -12,12 +12,12 @@ from hydra import compose, initialize_config_dir
 
 from blockbert.data.pretrain_datamodule import PretrainDataModule
 from blockbert.errors import ConfigError
-from blockbert.formats.compose import config_dir
 from blockbert.model import modeling
 from blockbert.model.attention import block_attention, dense_attention
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.jagged import jagged_attention, packing
 from blockbert.model.modeling import BlockBertForPreTraining, BlockBertForQuestionAnswering, BlockBertModel
+from blockbert.paths import config_dir
 
 TINY = dict(vocab_size=50, hidden_size=24, num_layers=2, num_heads=6, max_position_embeddings=40)
 KINDS = {
