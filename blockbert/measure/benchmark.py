@@ -41,8 +41,8 @@ ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "block n=3 (8:2:2)": dict(attention="block", heads="8:2:2"),
     "identity-only n=2 (12:0)": dict(attention="block", heads="12:0"),
     "identity-only n=3 (12:0:0)": dict(attention="block", heads="12:0:0"),
-    # the jagged layout: real tokens packed, the blocks as one variable-length batch per head group (packing excluded:
-    # a model computes it once per forward for all its layers)
+    # the jagged layout: real tokens packed, the blocks as one variable-length batch per head group; its projections
+    # run on the real tokens only, and the packing is not timed (a model computes it once per forward for all layers)
     "dense jagged": dict(attention="dense", layout="jagged"),
     "block n=2 (10:2) jagged": dict(attention="block", heads="10:2", layout="jagged"),
     "block n=3 (8:2:2) jagged": dict(attention="block", heads="8:2:2", layout="jagged"),

@@ -2,8 +2,8 @@
 
 A padded batch [B, L] is packed into its T real tokens ([T, hidden], ModernBERT's unpadding), so embeddings' work
 aside, every linear layer, LayerNorm and dropout skips padding. Attention is then a jagged batch of independent
-problems, computed by SDPA on nested jagged tensors (variable-length flash attention on a CUDA GPU, SDPA's math
-kernel per problem on a CPU):
+problems, computed by SDPA on nested jagged tensors (its variable-length fused kernels on a CUDA GPU, its math kernel
+per problem on a CPU):
 
 * dense -- one problem per sequence: its real tokens attend to its real tokens;
 * block -- one problem per (sequence, query block, head group): the real tokens of query block i attend to the real
@@ -51,10 +51,6 @@ class Packing:
     batch: int
     length: int
     groups: list[HeadGroup] | None  # the jagged layout's attention problems; None: attention on the padded batch
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.length if self.index is None else int(self.index.numel())
 
     def pack(self, x):
         """[B, L, ...] -> [T, ...]: the real tokens, in order."""

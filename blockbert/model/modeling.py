@@ -15,8 +15,8 @@ from blockbert.model.attention import SelfAttention
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.jagged import Packing, packing
 
-# auto layout: a batch whose real tokens are at most this share of its positions runs unpadded (our threshold,
-# measured in blockbert benchmark mode=layout: see the README)
+# auto layout: a batch whose real tokens are at most this share of its positions runs unpadded (our threshold, from
+# blockbert benchmark mode=layout on a CPU: docs/results.md, "Layouts of padded batches")
 UNPAD_BELOW_FILL = 0.9
 
 
