@@ -174,7 +174,7 @@ def test_a2_estimate_covers_the_saved_tensors_and_blockwise_halves_its_quadratic
 
 def _plan_target(model: str, seq_len: int, per_device: int):
     from blockbert.formats.compose import compose
-    from blockbert.measure import plan
+    from blockbert.measure import plan_fit
 
     heads = {"roberta_1seq": [], "blockbert_n2": ["model.heads='10:2'"], "blockbert_n3": ["model.heads='8:2:2'"]}
     overrides = [
@@ -182,18 +182,18 @@ def _plan_target(model: str, seq_len: int, per_device: int):
         "data.tokenizer_vocab_size=30522", f"data.max_seq_length={seq_len}", f"tokens_per_batch={per_device * seq_len}",
         f"data.per_device_batch_size={per_device}", "trainer=gpu",
     ]  # fmt: skip
-    return plan.target_of(compose("pretrain", overrides, finished=True), "pretrain")
+    return plan_fit.target_of(compose("pretrain", overrides, finished=True), "pretrain")
 
 
 def _measured_peak(target, per_device: int) -> int:
-    from blockbert.measure import plan
+    from blockbert.measure import plan_fit
     from blockbert.measure.memory import resident_bytes, step_peaks
 
-    model, optimizer = plan.model_and_optimizer(target, target.model.num_layers, target.seq_len, CUDA)
-    make = plan.batch_maker(target, per_device, target.seq_len, CUDA)
-    autocast = plan.autocast_of(target, CUDA)
-    step_peaks(model, make, plan.loss_of, optimizer, autocast)
-    peaks = step_peaks(model, make, plan.loss_of, optimizer, autocast)
+    model, optimizer = plan_fit.model_and_optimizer(target, target.model.num_layers, target.seq_len, CUDA)
+    make = plan_fit.batch_maker(target, per_device, target.seq_len, CUDA)
+    autocast = plan_fit.autocast_of(target, CUDA)
+    step_peaks(model, make, plan_fit.loss_of, optimizer, autocast)
+    peaks = step_peaks(model, make, plan_fit.loss_of, optimizer, autocast)
     measured = resident_bytes(model, optimizer) + max(peaks["first"], peaks["optimizer"])
     del model, optimizer
     torch.cuda.empty_cache()
@@ -204,10 +204,10 @@ def _measured_peak(target, per_device: int) -> int:
 @pytest.mark.parametrize("model", ["roberta_1seq", "blockbert_n2", "blockbert_n3"])
 def test_plan_predicts_the_gpu_peak_within_10_percent(model, seq_len):
     """BERT-base width, 4 layers (fitted at 1 and 2), bf16 autocast: the allocator's peak of a training step."""
-    from blockbert.measure import plan
+    from blockbert.measure import plan, plan_fit
 
     target = _plan_target(model, seq_len, 4)
-    fit = plan.measure_fit(target, CUDA, timed=False)
+    fit = plan_fit.measure_fit(target, CUDA, timed=False)
     for per_device in (4, 8):
         predicted = plan.memory_of(target, fit, per_device)["peak"]
         measured = _measured_peak(target, per_device)
@@ -216,10 +216,10 @@ def test_plan_predicts_the_gpu_peak_within_10_percent(model, seq_len):
 
 def test_plan_largest_batch_fits_and_the_next_does_not():
     """With the GPU's memory capped between the predicted peaks of b and b + 1, b trains and b + 1 runs out."""
-    from blockbert.measure import plan
+    from blockbert.measure import plan, plan_fit
 
     target = _plan_target("blockbert_n3", 1024, 8)
-    fit = plan.measure_fit(target, CUDA, timed=False)
+    fit = plan_fit.measure_fit(target, CUDA, timed=False)
     capacity = (plan.memory_of(target, fit, 8)["peak"] + plan.memory_of(target, fit, 9)["peak"]) / 2
     assert plan.largest_batch(target, fit, capacity) == 8
     torch.cuda.empty_cache()

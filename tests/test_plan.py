@@ -9,7 +9,7 @@ import torch
 
 from blockbert.errors import ConfigError
 from blockbert.formats.compose import compose
-from blockbert.measure import plan
+from blockbert.measure import plan, plan_fit
 from blockbert.measure.memory import resident_bytes, step_peaks
 
 CPU = torch.device("cpu")
@@ -23,7 +23,7 @@ SMALL = [  # 4 layers: the fit's 1 and 2 layers are extrapolated
 HEADS = {"roberta_1seq": None, "blockbert_n2": "3:1", "blockbert_n3": "2:1:1"}
 
 
-def target_of(model: str, seq_len: int, per_device: int, accumulate: int = 1, extra=()) -> plan.Target:
+def target_of(model: str, seq_len: int, per_device: int, accumulate: int = 1, extra=()) -> plan_fit.Target:
     overrides = [
         f"model={model}",
         *SMALL,
@@ -33,16 +33,16 @@ def target_of(model: str, seq_len: int, per_device: int, accumulate: int = 1, ex
         *([f"model.heads='{HEADS[model]}'"] if HEADS[model] else []),
         *extra,
     ]
-    return plan.target_of(compose("pretrain", overrides, finished=True), "pretrain")
+    return plan_fit.target_of(compose("pretrain", overrides, finished=True), "pretrain")
 
 
-def measured_peak(target: plan.Target, per_device: int) -> tuple[int, int]:
+def measured_peak(target: plan_fit.Target, per_device: int) -> tuple[int, int]:
     """(the peak of a training step of the whole model, measured; what stays between steps)."""
-    model, optimizer = plan.model_and_optimizer(target, target.model.num_layers, target.seq_len, CPU)
-    make = plan.batch_maker(target, per_device, target.seq_len, CPU)
-    autocast = plan.autocast_of(target, CPU)
-    step_peaks(model, make, plan.loss_of, optimizer, autocast)  # the optimizer's states allocated
-    peaks = step_peaks(model, make, plan.loss_of, optimizer, autocast)
+    model, optimizer = plan_fit.model_and_optimizer(target, target.model.num_layers, target.seq_len, CPU)
+    make = plan_fit.batch_maker(target, per_device, target.seq_len, CPU)
+    autocast = plan_fit.autocast_of(target, CPU)
+    step_peaks(model, make, plan_fit.loss_of, optimizer, autocast)  # the optimizer's states allocated
+    peaks = step_peaks(model, make, plan_fit.loss_of, optimizer, autocast)
     phases = ("first", "accumulating", "optimizer") if target.accumulate > 1 else ("first", "optimizer")
     resident = resident_bytes(model, optimizer)
     return resident + max(peaks[phase] for phase in phases), resident
@@ -52,7 +52,7 @@ def measured_peak(target: plan.Target, per_device: int) -> tuple[int, int]:
 @pytest.mark.parametrize("model", list(HEADS))
 def test_predicted_peak_within_10_percent_of_the_measured_step(model, seq_len):
     target = target_of(model, seq_len, per_device=4)
-    fit = plan.measure_fit(target, CPU, timed=False)
+    fit = plan_fit.measure_fit(target, CPU, timed=False)
     for per_device in (4, 16):  # the run's micro-batch, and four times it (what the largest batch extrapolates to)
         predicted = plan.memory_of(target, fit, per_device)
         measured, resident = measured_peak(target, per_device)
@@ -69,14 +69,14 @@ def test_predicted_peak_within_10_percent_of_the_measured_step(model, seq_len):
 def test_predicted_peak_with_accumulation_and_mixed_precision(extra, accumulate):
     target = target_of("blockbert_n2", 128, per_device=4, accumulate=accumulate, extra=extra)
     assert target.accumulate == accumulate
-    fit = plan.measure_fit(target, CPU, timed=False)
+    fit = plan_fit.measure_fit(target, CPU, timed=False)
     measured, _ = measured_peak(target, 4)
     assert abs(plan.memory_of(target, fit)["peak"] / measured - 1) < 0.10
 
 
 def test_largest_batch_is_the_edge_of_the_prediction():
     target = target_of("blockbert_n3", 128, per_device=4)
-    fit = plan.measure_fit(target, CPU, timed=False)
+    fit = plan_fit.measure_fit(target, CPU, timed=False)
     capacity = plan.memory_of(target, fit, 9)["peak"] + 1
     largest = plan.largest_batch(target, fit, capacity)
     assert largest == 9
@@ -87,11 +87,11 @@ def test_largest_batch_is_the_edge_of_the_prediction():
 
 def test_the_batch_arithmetic_is_the_runs():
     cfg = compose("pretrain", ["experiment=blockbert_n2_1024", "trainer=ddp"], finished=True)
-    target = plan.target_of(cfg, "pretrain", devices=32)
+    target = plan_fit.target_of(cfg, "pretrain", devices=32)
     assert (target.batch, target.per_device, target.accumulate, target.strategy) == (128, 4, 1, "ddp")
     assert target.tokens_per_step == 131072 and target.max_steps == 2_400_000
     assert target.model.heads == "9:3" and target.precision == "bf16-mixed"
-    finetune = plan.target_of(compose("finetune", [], finished=True), "finetune")
+    finetune = plan_fit.target_of(compose("finetune", [], finished=True), "finetune")
     assert finetune.head == "qa" and finetune.max_steps == 300
 
 
@@ -100,7 +100,7 @@ def test_sizes_and_precisions_are_checked():
     with pytest.raises(ConfigError, match=r"device_memory='lots' is not a memory size: give e.g. 16GB"):
         plan.parse_size("lots", "device_memory")
     with pytest.raises(ConfigError, match=r"trainer.precision='64-true' cannot be planned: accepted are 32-true"):
-        plan.precision_name("64-true")
+        plan_fit.precision_name("64-true")
 
 
 def test_plan_with_the_defaults(blockbert, tmp_path):

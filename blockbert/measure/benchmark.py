@@ -22,7 +22,7 @@ from blockbert.data.cache import cache_dir
 from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
-from blockbert.measure import data_benchmark, plan, run_benchmark
+from blockbert.measure import data_benchmark, plan, plan_fit, run_benchmark
 from blockbert.measure.device import pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
 from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_batch
@@ -185,8 +185,8 @@ def benchmark_plan(cfg, run: RunDir) -> dict:
     for planned in settings["runs"]:
         run_settings = {key: settings[key] for key in ("steps", "documents", "rows_per_document")}
         spec = whole_run_spec(cfg, device, {**{k: v for k, v in planned.items() if k != "model"}, **run_settings})
-        target = plan.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
-        fit = plan.measure_fit(target, device, timed=True)
+        target = plan_fit.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
+        fit = plan_fit.measure_fit(target, device, timed=True)
         predicted = {"step_s": plan.time_of(target, fit)["step_s"], "peak_mb": plan.memory_of(target, fit)["peak"] / MB}
         measured = run_benchmark.in_child("pretrain", "blockbert", planned["model"], spec)
         record = {**planned, "predicted": predicted, "measured": measured}

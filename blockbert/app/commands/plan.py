@@ -16,6 +16,7 @@ from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_plan import job_overrides
 from blockbert.formats.compose import compose
 from blockbert.measure import plan as planner
+from blockbert.measure import plan_fit
 
 COMMANDS = ("pretrain", "finetune")
 CALIBRATED_ROWS = [  # plan --calibrate: the paper's pre-training rows, at their N and the run's micro-batch
@@ -54,7 +55,7 @@ def run_plan(
     results = []
     for job_command, job in jobs:
         cfg = compose(job_command, [o for o in job if not o.startswith("hydra.")], finished=True)
-        target = planner.target_of(cfg, job_command, devices=gpus)
+        target = plan_fit.target_of(cfg, job_command, devices=gpus)
         device, store, described, capacity, notes = _where(cfg, gpu)
         if gpu_memory:
             capacity = planner.parse_size(gpu_memory, "--gpu-memory")
@@ -68,7 +69,7 @@ def run_plan(
             )
         if cfg.get("compile"):
             notes = (*notes, "compile=true is not modelled: the plan measures the model uncompiled")
-        fit, source = planner.fit_for(target, store, device, timed=True)
+        fit, source = plan_fit.fit_for(target, store, device, timed=True)
         result = planner.plan(target, fit, source, capacity, described, notes)
         result["overrides"] = job
         results.append(result)
@@ -87,23 +88,23 @@ def _where(cfg, gpu: str | None):
     """(the device to measure on: None for a named GPU's calibration; its fits; its description; its memory; notes
     for the plan)."""
     if gpu:
-        store = planner.named_store(planner.plan_dir(cfg.paths), gpu)
+        store = plan_fit.named_store(plan_fit.plan_dir(cfg.paths), gpu)
         device = store.data["device"]
         described = {"name": device.get("name", store.kind), "source": f"calibration {store.kind}"}
         return None, store, described, device.get("memory_bytes"), ()
     device = planner.run_device(cfg.trainer)
     if device.type == "cuda" and not torch.cuda.is_available():  # measured on this CPU; its memory is not the GPU's
         device = torch.device("cpu")
-        store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
+        store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
         notes = (
             "the trainer asks for GPUs and this machine has none: memory and time are measured on this CPU, with "
             "its kernels; `--gpu NAME` plans from a GPU's calibration",
         )
-        return device, store, {"name": planner.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
-    store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
+        return device, store, {"name": plan_fit.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
+    store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
     memory = "free memory" if device.type == "cuda" else "available memory"
-    described = {"name": planner.device_name(device), "source": f"this machine, its {memory}"}
-    return device, store, described, planner.free_memory(device), ()
+    described = {"name": plan_fit.device_name(device), "source": f"this machine, its {memory}"}
+    return device, store, described, plan_fit.free_memory(device), ()
 
 
 def _sweep_total(results: list[dict]) -> float | None:
@@ -137,10 +138,10 @@ def _calibrate(overrides: list[str], out_dir: Path) -> int:
     store = None
     for job in jobs:
         cfg = compose("pretrain", job, finished=True)
-        target = planner.target_of(cfg, "pretrain")
+        target = plan_fit.target_of(cfg, "pretrain")
         device = planner.run_device(cfg.trainer)
-        store = planner.FitStore(planner.plan_dir(cfg.paths), planner.device_kind(device))
-        _, source = planner.fit_for(target, store, device, timed=True)
+        store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
+        _, source = plan_fit.fit_for(target, store, device, timed=True)
         console().print(f"{' '.join(job)}: {source}", highlight=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy = out_dir / store.path.name
