@@ -186,8 +186,9 @@ def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Time inference and training steps of the models side by side and report ratios (Tables 2, 5).
 
     Models (roberta_1seq, sparsebert, blockbert_n2/n3 and Hugging Face BERT/RoBERTa/BigBird), one attention
-    layer (mode=attention), the data pipeline (mode=data), or whole runs against the Hugging Face Trainer and a
-    bare loop (mode=pretrain|finetune); median, spread and ratios measured in the same run; benchmark.json.
+    layer (mode=attention), the layouts of padded batches (mode=layout), the data pipeline (mode=data), whole runs
+    against the Hugging Face Trainer and a bare loop (mode=pretrain|finetune), or the plan's predictions against
+    runs (mode=plan); median, spread and ratios measured in the same run; benchmark.json.
 
     Example: `blockbert benchmark mode=attention attention_seq_lengths='[1024,2048]'`
     """
