@@ -1,9 +1,10 @@
-"""The jagged layout: the encoder on a batch's real tokens only, attention as variable-length problems (plain PyTorch).
+"""Packed batches: the encoder on a batch's real tokens only (the unpadded and jagged layouts; plain PyTorch).
 
 A padded batch [B, L] is packed into its T real tokens ([T, hidden], ModernBERT's unpadding), so embeddings' work
-aside, every linear layer, LayerNorm and dropout skips padding. Attention is then a jagged batch of independent
-problems, computed by SDPA on nested jagged tensors (its variable-length fused kernels on a CUDA GPU, its math kernel
-per problem on a CPU):
+aside, every linear layer, LayerNorm and dropout skips padding. The unpadded layout runs attention on the batch
+padded again (:meth:`Packing.unpack`); the jagged layout runs it as a jagged batch of independent problems,
+computed by SDPA on nested jagged tensors (its variable-length fused kernels on a CUDA GPU, its math kernel per
+problem on a CPU):
 
 * dense -- one problem per sequence: its real tokens attend to its real tokens;
 * block -- one problem per (sequence, query block, head group): the real tokens of query block i attend to the real
