@@ -19,7 +19,7 @@ from blockbert.data.corpus import PARAGRAPH_SEPARATOR, describe_source, file_for
 from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
 from blockbert.data.sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
-from blockbert.data.tokenizer import load_tokenizer
+from blockbert.data.tokenizer import WORDPIECE_VERSION, load_tokenizer
 from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             corpus.append(grouping)
         if self.tokenizer is not None:
             tokenizer = ["given", tokenizer_fingerprint(self.tokenizer)]
-        elif cfg.tokenizer == "train":
-            tokenizer = ["train", cfg.tokenizer_vocab_size]
+        elif cfg.tokenizer == "train":  # with the learner's version: sequences of a retired learner's vocabulary retire
+            tokenizer = ["train", cfg.tokenizer_vocab_size, WORDPIECE_VERSION]
         else:
             tokenizer = [cfg.tokenizer, file_stats([cfg.tokenizer, f"{cfg.tokenizer}/*"])]
         key = fingerprint(corpus, tokenizer, cfg.max_seq_length, cfg.validation_fraction, self.nsp, self.seed)
