@@ -36,6 +36,9 @@ typer._completion_shared._completion_scripts["bash"] = typer._completion_shared.
 
 HYDRA_ARGS = {"ignore_unknown_options": True}  # Hydra's flags (-m, --cfg job, ...) reach the overrides as they are
 DEBUG = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line.")
+CONFIG_DIR = typer.Option(
+    None, "--config-dir", "-cd", help="A directory of your own configs, searched with conf/ (Hydra's --config-dir)."
+)
 HYDRA_HELP = (
     "**Arguments** are Hydra's: `key=value` overrides, `group=option` to pick a config, `-m` with comma lists for "
     "a multirun (`-m cluster=slurm` submits its jobs to SLURM), `--cfg job` to print the composed config, "
@@ -148,6 +151,7 @@ def sweep(
     source: str = typer.Option(
         None, "--from", help="finetune_each: the pre-training sweep directory whose finished jobs are fine-tuned."
     ),
+    config_dir: str = CONFIG_DIR,
     debug: bool = DEBUG,
 ) -> None:
     """Run a sweep from sweeps/ (head assignments, fine-tuning grids, Table 2's rows) as a Hydra
@@ -165,7 +169,17 @@ def sweep(
     from blockbert.app.commands.sweep import run_sweep
 
     raise typer.Exit(
-        run_sweep(name, list(overrides or ()), dry_run, directory, wandb_config, source, debug_jobs=debug, debug=debug)
+        run_sweep(
+            name,
+            list(overrides or ()),
+            dry_run,
+            directory,
+            wandb_config,
+            source,
+            debug_jobs=debug,
+            config_dir=config_dir,
+            debug=debug,
+        )
     )
 
 
@@ -213,7 +227,11 @@ def plan(
         help="Fit and time, on this device, the paper's pre-training rows (or the run the overrides give): a "
         "calibration to plan for this GPU elsewhere (--gpu).",
     ),
+    source: str = typer.Option(
+        None, "--from", help="With --sweep finetune_each: the pre-training sweep directory whose jobs are planned."
+    ),
     out: str = typer.Option(None, "--out", help="Directory for plan.json (default: runs/plan/<date>)."),
+    config_dir: str = CONFIG_DIR,
     debug: bool = DEBUG,
 ) -> None:
     """Before a run: its memory per device (weights, gradients, AdamW states, O(N) and O(N²) activations), whether
@@ -228,7 +246,19 @@ def plan(
     from blockbert.app.commands.plan import run_plan
 
     raise typer.Exit(
-        run_plan(list(overrides or ()), command, gpus, gpu_memory, gpu, sweep, calibrate, out, debug=debug)
+        run_plan(
+            list(overrides or ()),
+            command,
+            gpus,
+            gpu_memory,
+            gpu,
+            sweep,
+            calibrate,
+            out,
+            source=source,
+            config_dir=config_dir,
+            debug=debug,
+        )
     )
 
 

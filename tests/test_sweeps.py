@@ -193,13 +193,17 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
 
 def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(run, tmp_path):
     """Figure 4's two columns: a tiny pre-training head sweep (best validation perplexity of each job), then
-    finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table."""
+    finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table. The pre-training
+    sweep takes its experiment from the user's --config-dir, as `plan` does to plan the fine-tuning jobs."""
+    own = tmp_path / "own_conf" / "experiment"
+    own.mkdir(parents=True)
+    (own / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - tiny\ntrainer:\n  max_steps: 4\n")
     spec = tmp_path / "heads.yaml"
     spec.write_text(
         yaml.safe_dump(
             {
                 "command": "pretrain",
-                "overrides": ["experiment=tiny"],
+                "overrides": ["experiment=mine"],
                 "metric": "val/best_ppl",
                 "parameters": {"model.heads": ["3:1", "2:2"], "data.tokenizer": ["train", NO_TOKENIZER]},
             }
@@ -210,7 +214,8 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         tmp_path,
         "sweep",
         str(spec),
-        "trainer.max_steps=4",
+        "--config-dir",
+        str(own.parent),
         "trainer.val_check_interval=2",
         "logger=none",
         "progress_bar=false",
@@ -223,6 +228,12 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         assert metrics["val/best_ppl"] <= metrics["val/ppl"] and metrics["val/best_ppl_step"] in (0, 2, 4)
     missing = run(tmp_path, "sweep", "finetune_each", "experiment=tiny", check=False)
     assert missing.returncode == 2 and "give its directory with --from" in missing.stderr
+    plan = ["finetune_each", "--from", str(pretrained), "-cd", str(own.parent), "experiment=mine", "task=generated"]
+    run(tmp_path, "plan", "--sweep", *plan, "--out", "planned")
+    planned = json.loads((tmp_path / "planned" / "plan.json").read_text())["jobs"]
+    assert sorted(job["overrides"][-1] for job in planned) == [f"init_from={(pretrained / j).resolve()}" for j in "01"]
+    alone = run(tmp_path, "plan", "--from", str(pretrained), check=False)
+    assert alone.returncode == 2 and "give it with --sweep finetune_each" in alone.stderr
     tuned = tmp_path / "tuned"
     out = run(
         tmp_path,
@@ -435,3 +446,19 @@ def test_docs_tables_rebuilds_a_sweeps_block_from_its_directory(tmp_path):
     assert "old" not in text and "blockbert sweep longrange_n2\n" in text
     assert "| 6:6 | 2/2 | 9.450 ± 0.071 | 0.550 ± 0.071 | 0.450 ± 0.000 |" in text
     assert (tmp_path / "sweeps" / "longrange_n2.png").stat().st_size > 0 and "](sweeps/longrange_n2.png)" in text
+
+
+def test_a_sweep_with_a_config_dir_hands_it_to_every_job(in_tmp):
+    """`--config-dir` (Hydra's flag, refused by `sweep` and `plan` before) composes the grid with the user's configs
+    and stays on each job's command line; a directory that does not exist is one line."""
+    (in_tmp / "own" / "experiment").mkdir(parents=True)
+    (in_tmp / "own" / "experiment" / "two_heads.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - tiny\nmodel:\n  num_heads: 2\n"
+    )
+    result = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "own", "experiment=two_heads", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split(": ", 1)[1] for line in result.output.splitlines() if ": blockbert " in line]
+    assert len(lines) == 3  # 2 heads over 2 shifts: the user's model, not conf/'s
+    assert all(line.startswith(f"blockbert pretrain --config-dir {in_tmp / 'own'} ") for line in lines)
+    missing = runner.invoke(cli.app, ["sweep", "heads_n2", "--config-dir", "nowhere", "--dry-run"])
+    assert missing.exit_code == 2 and "--config-dir nowhere: no such directory" in missing.output

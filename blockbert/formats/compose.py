@@ -31,10 +31,11 @@ def config_loader(config_dirs: tuple[str, ...] = (), finished: bool = False):
     """Hydra's config loader over conf/ and ``config_dirs`` (what ``--config-dir`` adds, as Hydra's runner adds it);
     ``finished``: the one the commands run with, whose configs are typed, checked and complete (:func:`finish`)."""
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
 
     search_path = create_config_search_path(str(config_dir()))
     for directory in config_dirs:
-        search_path.append("command-line", f"file://{directory}")
+        search_path.prepend("command-line", f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
     return (finishing_loader() if finished else _loader())(config_search_path=search_path)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from blockbert.app.commands.sweep import expanded_sweep
+from blockbert.app.commands.sweep import config_dirs_of, expanded_sweep
 from blockbert.display import console, print_results
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_plan import job_overrides
@@ -36,25 +36,31 @@ def run_plan(
     sweep: str | None = None,
     calibrate: bool = False,
     out: str | None = None,
+    source: str | None = None,
+    config_dir: str | None = None,
 ) -> int:
     if command not in (None, *COMMANDS):
         raise ConfigError(f"--command {command!r}: accepted are {', '.join(COMMANDS)}")
     if gpus is not None and gpus < 1:
         raise ConfigError(f"--gpus {gpus}: give at least 1")
+    if source and not sweep:
+        raise ConfigError(f"--from {source}: give it with --sweep finetune_each (the sweep that fine-tunes its jobs)")
     out_dir = Path(out or f"runs/plan/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    config_dirs = config_dirs_of(config_dir)
     if calibrate:
         if gpu or gpu_memory or gpus or sweep:
             raise ConfigError("--calibrate measures this device: --gpu, --gpu-memory, --gpus and --sweep do not apply")
-        return _calibrate(overrides, out_dir)
+        return _calibrate(overrides, out_dir, config_dirs)
     jobs = [(command or "pretrain", overrides)]
     if sweep:
-        spec, grid, texts = expanded_sweep(sweep, overrides)
+        source_dir = Path(source).expanduser().resolve() if source else None
+        spec, grid, texts = expanded_sweep(sweep, overrides, source_dir, config_dirs)
         if command not in (None, spec.command):
             raise ConfigError(f"--command {command} with --sweep {sweep}: that sweep runs {spec.command}")
         jobs = [(spec.command, [*spec.overrides, *job]) for job in job_overrides(grid, texts)]
     results = []
     for job_command, job in jobs:
-        cfg = compose(job_command, [o for o in job if not o.startswith("hydra.")], finished=True)
+        cfg = compose(job_command, [o for o in job if not o.startswith("hydra.")], config_dirs, finished=True)
         target = plan_fit.target_of(cfg, job_command, devices=gpus)
         device, store, described, capacity, notes = _where(cfg, gpu)
         if gpu_memory:
@@ -126,7 +132,7 @@ def _sweep_total(results: list[dict]) -> float | None:
     return total
 
 
-def _calibrate(overrides: list[str], out_dir: Path) -> int:
+def _calibrate(overrides: list[str], out_dir: Path, config_dirs: tuple[str, ...]) -> int:
     """Fits with times, on this device, of the run the overrides give, or without overrides of the paper's
     pre-training rows; stored in this device kind's file, copied to ``out_dir``."""
     if not torch.cuda.is_available():
@@ -137,7 +143,7 @@ def _calibrate(overrides: list[str], out_dir: Path) -> int:
     jobs = [[*trainer, *overrides]] if overrides else [[row, *trainer] for row in CALIBRATED_ROWS]
     store = None
     for job in jobs:
-        cfg = compose("pretrain", job, finished=True)
+        cfg = compose("pretrain", job, config_dirs, finished=True)
         target = plan_fit.target_of(cfg, "pretrain")
         device = planner.run_device(cfg.trainer)
         store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))

@@ -61,18 +61,33 @@ def tolerant(main):
     return job
 
 
-def num_heads(command: str, overrides: list[str]) -> int:
+def num_heads(command: str, overrides: list[str], config_dirs: tuple[str, ...] = ()) -> int:
     """The model's head count in the sweep's command as its overrides compose it (the head-assignment grid)."""
-    return int(compose(command, [o for o in overrides if not o.startswith("hydra.")]).model.num_heads)
+    return int(compose(command, [o for o in overrides if not o.startswith("hydra.")], config_dirs).model.num_heads)
 
 
-def expanded_sweep(name: str, overrides: list[str], source_dir: Path | None = None):
-    """(the sweep with the extra overrides merged, its grid, the grid's values as typed): the jobs a sweep runs."""
+def config_dirs_of(config_dir: str | None) -> tuple[str, ...]:
+    """``--config-dir``'s directory, absolute, as a tuple for :func:`compose` (empty without one)."""
+    if config_dir is None:
+        return ()
+    path = Path(config_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--config-dir {config_dir}: no such directory (give a directory of config groups, as conf/)")
+    return (str(path),)
+
+
+def config_dir_flags(config_dirs: tuple[str, ...]) -> list[str]:
+    return [arg for directory in config_dirs for arg in ("--config-dir", directory)]
+
+
+def expanded_sweep(name: str, overrides: list[str], source_dir: Path | None = None, config_dirs: tuple[str, ...] = ()):
+    """(the sweep with the extra overrides merged, its grid, the grid's values as typed): the jobs a sweep runs;
+    ``config_dirs``: ``--config-dir``, composed with conf/ as the jobs will compose it."""
     sweep = load_sweep(name)
     sweep.overrides, swept, texts = parse_overrides(merge_overrides(sweep.overrides, overrides))
     replaced = {override_key(key) for key in swept}
     sweep.parameters = {**{k: v for k, v in sweep.parameters.items() if override_key(k) not in replaced}, **swept}
-    grid = expand(sweep, num_heads(sweep.command, sweep.overrides), source_dir)
+    grid = expand(sweep, num_heads(sweep.command, sweep.overrides, config_dirs), source_dir)
     swept_keys = {override_key(key) for key in grid}  # a fixed override of a swept key: the sweep's values win
     sweep.overrides = [o for o in sweep.overrides if override_key(o) not in swept_keys]
     return sweep, grid, texts
@@ -87,11 +102,14 @@ def run_sweep(
     wandb_config: bool = False,
     source: str | None = None,
     debug_jobs: bool = False,
+    config_dir: str | None = None,
 ) -> int:
     """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
-    summarise it; the exit code."""
+    summarise it; the exit code. ``config_dir``: Hydra's ``--config-dir``, handed to every job."""
     source_dir = Path(source).expanduser().resolve() if source else None
-    sweep, grid, texts = expanded_sweep(name, overrides, source_dir)
+    config_dirs = config_dirs_of(config_dir)
+    flags = config_dir_flags(config_dirs)
+    sweep, grid, texts = expanded_sweep(name, overrides, source_dir, config_dirs)
     if directory:
         grid = keep_job_numbers(sweep, grid, SweepDir(directory).spec_file)
     if wandb_config:
@@ -100,7 +118,7 @@ def run_sweep(
     sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     multirun = [*sweep.overrides, *multirun_args(grid, texts), f"hydra.sweep.dir={sweep_dir}"]
     if dry_run:
-        print_plan(sweep, grid, job_overrides(grid, texts), multirun)
+        print_plan(sweep, grid, job_overrides(grid, texts), multirun, config_dirs)
         return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
     SweepDir(sweep_dir).spec_file.write_text(
@@ -119,12 +137,15 @@ def run_sweep(
         )
     )
     args = [
+        *flags,
         "-m",
         *multirun,
         "hydra.sweep.subdir=${hydra.job.num}",
         f"++logger.group={sweep.name}",
     ]
-    again = shlex.join(["blockbert", "sweep", name, *overrides, *(["--from", str(source_dir)] if source_dir else [])])
+    again = shlex.join(
+        ["blockbert", "sweep", name, *overrides, *(["--from", str(source_dir)] if source_dir else []), *flags]
+    )
     resume = f"run {again} --dir {sweep_dir} to resume the sweep (complete jobs are skipped)"
     code = run_task(sweep.command, args, debug_jobs, wrap=tolerant, resume=resume)
     if code:
@@ -183,12 +204,12 @@ def _plain(element):
     return element
 
 
-def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str]) -> None:
+def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str], config_dirs: tuple = ()) -> None:
     """--dry-run: the jobs (a table of the swept values), the launcher's settings as they will be submitted
     (resolved; a cluster launcher only) and each job's command line, the one that runs it alone. Runs nothing."""
     from blockbert.app.cluster import launcher_settings
 
-    config = compose_multirun(sweep.command, [*multirun, f"hydra.job.name={sweep.command}"])
+    config = compose_multirun(sweep.command, [*multirun, f"hydra.job.name={sweep.command}"], config_dirs)
     settings = launcher_settings(config)  # first: a launcher's refusal ends the preview as it would end the run
     planned = jobs(grid)
     # the title as its own line: a table's title wraps at the table's width
@@ -202,16 +223,20 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str])
     for i, values in enumerate(planned):
         table.add_row(str(i), *(str(v) for v in values.values()))
     console().print(table)
-    flags = []
+    multirun_flag = []
     if settings is not None:
-        flags = ["-m"]  # a launcher other than Hydra's basic one runs multiruns only: one job is a one-job multirun
+        multirun_flag = [
+            "-m"
+        ]  # a launcher other than Hydra's basic one runs multiruns only: one job is a one-job multirun
         launcher = config.hydra.launcher._target_.rsplit(".", 1)[-1]
         print(f"\nlauncher: {launcher} (hydra.launcher, resolved: every job is submitted with these)")
         print(yaml.safe_dump(settings, sort_keys=False, width=1000, default_flow_style=False), end="")
     print("\njob commands (each runs that job alone):")
     width = len(str(len(per_job) - 1))
     for i, overrides in enumerate(per_job):
-        line = shlex.join(["blockbert", sweep.command, *flags, *sweep.overrides, *overrides])
+        line = shlex.join(
+            ["blockbert", sweep.command, *config_dir_flags(config_dirs), *multirun_flag, *sweep.overrides, *overrides]
+        )
         print(f"{i:>{width}}: {line}")
 
 
