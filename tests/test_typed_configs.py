@@ -183,3 +183,13 @@ def test_a_run_from_a_checkpoint_keeps_the_users_overrides_as_its_name():
     cfg = config_loader(finished=True).load_configuration("finetune", overrides, RunMode.RUN)
     assert list(cfg.hydra.overrides.task) == overrides and "experiment" not in cfg.hydra.job.override_dirname
     assert cfg.model.hidden_size == 384 and "experiment" not in cfg.hydra.runtime.choices  # the demo is gone
+
+
+def test_a_users_config_dir_composes_beside_conf(tmp_path):
+    """What `--config-dir` adds is searched before the schemas, as Hydra's runner adds it: composing with it (a run
+    from a checkpoint, a sweep's grid, a plan) failed on Hydra's 'schema config source must be last'."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - tiny\nseed: 7\n")
+    for finished in (False, True):
+        cfg = compose("pretrain", ["experiment=mine"], (str(tmp_path),), finished=finished)
+        assert cfg.seed == 7 and cfg.model.hidden_size == compose("pretrain", ["experiment=tiny"]).model.hidden_size
