@@ -230,7 +230,7 @@ def plan(
     source: str = typer.Option(
         None, "--from", help="With --sweep finetune_each: the pre-training sweep directory whose jobs are planned."
     ),
-    out: str = typer.Option(None, "--out", help="Directory for plan.json (default: runs/plan/<date>)."),
+    out: str = typer.Option(None, "--out", help="Directory for plan.json (default: runs/plan/DATE_TIME)."),
     config_dir: str = CONFIG_DIR,
     debug: bool = DEBUG,
 ) -> None:
