@@ -48,3 +48,32 @@ def test_no_weight_decay_on_biases_and_layer_norms():
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)] for p in no_decay["params"])
     assert all(names[id(p)].endswith("weight") and "norm" not in names[id(p)] for p in decay["params"])
+
+
+def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_second(monkeypatch):
+    """train/tokens_per_s: real tokens (not padding) counted before the batch moves to its device (no host sync a
+    step on a GPU), on all devices, over windows of at least a second once the first step has given a rate."""
+    from types import SimpleNamespace
+
+    import blockbert.train.pretrain_module as pretrain_module
+
+    now = [0.0]
+    monkeypatch.setattr(pretrain_module.time, "perf_counter", lambda: now[0])
+    module = PretrainModule(preset_config("tiny", vocab_size=100), False, OPTIM, max_steps=10)
+    module._trainer = SimpleNamespace(training=True, world_size=2)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0  # 13 real tokens of 16
+
+    def step(seconds):
+        module.on_before_batch_transfer({"attention_mask": mask}, 0)
+        rate = module._tokens_per_s()
+        now[0] += seconds
+        return rate
+
+    assert step(0.5) is None  # nothing measured yet
+    assert step(0.5) == pytest.approx(13 * 2 / 0.5)  # the first step's rate
+    rates = [step(0.5), step(0.5)]
+    assert rates == [pytest.approx(52.0), pytest.approx(13 * 2 * 2 / 1.0)]  # kept until a second has passed
+    module._trainer.training = False  # validation batches are not counted
+    module.on_before_batch_transfer({"attention_mask": mask}, 0)
+    assert module.real_tokens == 4 * 13

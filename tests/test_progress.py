@@ -71,3 +71,31 @@ def test_the_training_rate_is_in_optimizer_steps(tmp_path):
         id, speed = bar.train_progress_bar_id, 3.5
 
     assert rate.render(Task()).plain == "3.50 steps/s"
+
+
+def test_the_bar_reads_the_logged_values_once_a_second_not_every_step(tmp_path, monkeypatch):
+    """Reading logged tensors is a host sync on a GPU: at most once per METRICS_EVERY_S of the (faked) clock, and
+    after validation, where Lightning's bar read them every batch."""
+    import blockbert.train.callbacks as callbacks
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    bar, read_at = Recorded(), []
+
+    def update(trainer, pl_module):
+        read_at.append(trainer.global_step)
+
+    monkeypatch.setattr(bar, "_update_metrics", update)
+
+    class Ticking(Tiny):
+        def training_step(self, batch, batch_idx):
+            now[0] += 0.3  # a step takes 0.3 s
+            return super().training_step(batch, batch_idx)
+
+    data = DataLoader(TensorDataset(torch.randn(20, 2)), batch_size=2)
+    trainer = pl.Trainer(callbacks=[bar], logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         max_steps=10, limit_val_batches=0)  # fmt: skip
+    trainer.fit(Ticking(), data)
+    during = [step for step in read_at if step < 10]
+    assert during == [1, 5, 9], read_at  # the first step, then every fourth (1.2 s)
+    assert bar.shown[-1][0] == 10  # the steps themselves are shown every step

@@ -176,13 +176,17 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
 
     class Steps(pl.Callback):
         def __init__(self):
-            self.clock, self.step = StepClock(), 0
+            self.clock, self.step, self.tokens = StepClock(), 0, 0
 
         def on_train_start(self, trainer, pl_module):
             self.clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.clock.count(units_of(mode, batch))
+            if mode == "pretrain":  # the module counts real tokens on the host: summed here, a host sync a step
+                self.clock.count(pl_module.real_tokens - self.tokens)
+                self.tokens = pl_module.real_tokens
+            else:
+                self.clock.count(len(batch["input_ids"]))
             if trainer.global_step != self.step:  # else inside a gradient accumulation
                 self.clock.step()
                 self.step = trainer.global_step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,6 +13,8 @@ from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from rich.progress import ProgressColumn
 from rich.text import Text
+
+METRICS_EVERY_S = 1.0  # our choice: how often the progress bar reads the logged values
 
 
 def jsonable(value):
@@ -81,7 +84,12 @@ class MetricsJson(pl.Callback):
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar counted in optimizer steps: its bar, count and rate are the run's optimizer steps
     (out of ``max_steps``, or what the epochs make), from the step a resumed run starts at; micro-batches (gradient
-    accumulation) appear only in its label. Lightning's own bar counts micro-batches within an epoch."""
+    accumulation) appear only in its label. Lightning's own bar counts micro-batches within an epoch.
+
+    The logged values it shows (loss, tokens/s) are read at most every METRICS_EVERY_S seconds, and after each
+    validation and epoch: Lightning's bar reads them every batch, a host sync per step on a GPU."""
+
+    _metrics_shown_at = -math.inf
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.is_disabled:
@@ -93,7 +101,10 @@ class StepProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.is_disabled and self.train_progress_bar_id is None:  # a run resumed mid-epoch
             self._initialize_train_progress_bar_id()
-        self._update_metrics(trainer, pl_module)
+        now = time.monotonic()
+        if now - self._metrics_shown_at >= METRICS_EVERY_S:  # reading the logged values is a host sync on a GPU
+            self._update_metrics(trainer, pl_module)
+            self._metrics_shown_at = now
         self._show_steps(trainer)
 
     def _show_steps(self, trainer) -> None:

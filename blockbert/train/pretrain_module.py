@@ -12,6 +12,8 @@ from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.train.optim import adamw_with_warmup
 
+RATE_WINDOW_S = 1.0  # our choice: train/tokens_per_s is the rate over windows of this many seconds
+
 
 class PretrainModule(pl.LightningModule):
     def __init__(
@@ -30,11 +32,20 @@ class PretrainModule(pl.LightningModule):
         self._val_loss_sum = self._val_tokens = 0.0
         self._val_hits = torch.zeros(3, 2)  # rows: all, long-range, local targets; columns: correct, counted
         self._mask_id = self._longrange_at = None
-        self._last_time = None
+        self.real_tokens = 0  # real (non-padding) tokens of the training batches this process has taken
+        self._rate_window: tuple[float, int] | None = None  # (its start, real_tokens then): train/tokens_per_s
+        self._rate: float | None = None
         self.validation_history: list[tuple[int, float]] = []  # (step, perplexity)
 
     def forward(self, batch):
         return self.model(**batch, masked_only=True)  # vocabulary logits only where a token is masked
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        """Real tokens are counted here, on the host before the batch moves: counted on a GPU they would cost a host
+        sync every step (the CPU could not queue the next step while the GPU runs this one)."""
+        if self._trainer is not None and self.trainer.training:
+            self.real_tokens += int(batch["attention_mask"].sum())
+        return batch
 
     def training_step(self, batch, batch_idx):
         out = self(batch)
@@ -42,12 +53,23 @@ class PretrainModule(pl.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         if self.hparams.next_sentence_prediction:
             self.log_dict({"train/mlm_loss": out.mlm_loss, "train/nsp_loss": out.nsp_loss}, batch_size=size)
-        now = time.perf_counter()
-        if self._last_time is not None:
-            tokens = batch["attention_mask"].sum().item() * self.trainer.world_size
-            self.log("train/tokens_per_s", tokens / (now - self._last_time), prog_bar=True, batch_size=size)
-        self._last_time = now
+        rate = self._tokens_per_s()
+        if rate is not None:
+            self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=size)
         return out.loss
+
+    def _tokens_per_s(self) -> float | None:
+        """Real tokens per second on all devices, over a window of at least RATE_WINDOW_S seconds of wall time (the
+        previous window's rate until the next has passed): on a GPU, steps are queued ahead and one step's wall time
+        is not its cost. The first rate, a step after the run (or its resumption) starts, is over that step."""
+        now = time.perf_counter()
+        if self._rate_window is None:
+            self._rate_window = (now, self.real_tokens)
+        start, tokens = self._rate_window
+        if now - start >= RATE_WINDOW_S or (self._rate is None and self.real_tokens > tokens):
+            self._rate = (self.real_tokens - tokens) * self.trainer.world_size / (now - start)
+            self._rate_window = (now, self.real_tokens)
+        return self._rate
 
     def on_validation_epoch_start(self):
         self._val_loss_sum = self._val_tokens = 0.0
@@ -101,7 +123,7 @@ class PretrainModule(pl.LightningModule):
         if self.validation_history:  # Figure 4's metric: the best perplexity reached, and when
             best_step, best = min(self.validation_history, key=lambda entry: entry[1])
             self.log_dict({"val/best_ppl": best, "val/best_ppl_step": float(best_step)}, sync_dist=False)
-        self._last_time = None  # validation time is not training throughput
+        self._rate_window = None  # validation time is not training throughput
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["validation_history"] = [list(entry) for entry in self.validation_history]
