@@ -180,11 +180,11 @@ def _masked_lm(head: MaskedLMHead, hidden, labels, masked_only: bool):
     if labels is None:
         return None, head(hidden)
     if masked_only:
-        selected = labels != -100  # [B, N]
-        logits = head(hidden[selected])  # [M, vocab]
-        if not selected.any():  # nothing masked: a zero loss that keeps the graph
+        index = (labels.reshape(-1) != -100).nonzero().squeeze(1)  # [M]; the one host sync of the head
+        logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, index))  # [M, vocab]
+        if index.numel() == 0:  # nothing masked: a zero loss that keeps the graph
             return logits.sum() * 0.0, logits
-        return F.cross_entropy(logits, labels[selected]), logits
+        return F.cross_entropy(logits, labels.reshape(-1).index_select(0, index)), logits
     logits = head(hidden)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100), logits
 
