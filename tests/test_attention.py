@@ -214,6 +214,29 @@ def test_flex_backend_equals_sdpa_in_inference(config):
         torch.testing.assert_close(flex(x, mask), sdpa(x, mask), atol=1e-5, rtol=1e-5)
 
 
+def test_flex_kernel_sees_lengths_in_multiples_of_its_tile(monkeypatch):
+    """Batches padded to their longest sequence take few shapes at FlexAttention (each shape is a compile on a GPU,
+    and past torch.compile's recompile limit the unfused kernel runs): every length is padded to FLEX_BLOCK."""
+    from torch.nn.attention import flex_attention as fa
+
+    from blockbert.model.attention import FLEX_BLOCK, SelfAttention
+    from blockbert.model.config import BlockBertConfig
+
+    kernel, lengths = fa.flex_attention, []
+
+    def recorded(q, k, v, **kwargs):
+        lengths.append(q.shape[2])
+        return kernel(q, k, v, **kwargs)
+
+    monkeypatch.setattr(fa, "flex_attention", recorded)
+    config = dict(hidden_size=32, num_heads=4, attention_dropout=0.0, attention="block", heads="3:1")
+    flex = SelfAttention(BlockBertConfig(**config, attention_impl="flex", block_seq_len=300)).eval()
+    with torch.no_grad():
+        for L in (37, 100, 129, 300):
+            assert flex(torch.randn(1, L, 32)).shape == (1, L, 32)
+    assert lengths == [FLEX_BLOCK, FLEX_BLOCK, 2 * FLEX_BLOCK, 3 * FLEX_BLOCK]
+
+
 def test_flex_backend_refuses_dropout_and_cpu_training():
     from blockbert.errors import ConfigError
     from blockbert.model.attention import SelfAttention

@@ -226,6 +226,9 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     """Any of the three patterns through PyTorch's FlexAttention (``attention_impl=flex``).
 
     ``pattern`` is ("dense",), ("block", head_counts, block_seq_len) or ("sparse", stride, expressivity).
+    Inputs are padded (as padding) to a multiple of FLEX_BLOCK: the kernel is compiled once per shape, and batches
+    padded to their longest sequence (QA windows) would otherwise pass torch.compile's recompile limit and fall back
+    to the unfused kernel.
     The pattern's BlockMask is built once per (pattern, length, device) and cached, so fully masked tiles
     are skipped; padding is a score_mod on top. Block boundaries come from block_seq_len (N), not from
     the input's length, as in :func:`block_attention`. FlexAttention has no dropout and, on CPU, neither
@@ -238,16 +241,26 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
             "attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
             "on CPU): use attention_impl=sdpa, or flex for inference"
         )
-    assert pattern[0] != "block" or q.shape[2] <= pattern[2], "BlockBertConfig.check_sequence_length refuses it"
+    B, _, L, _ = q.shape
+    assert pattern[0] != "block" or L <= pattern[2], "BlockBertConfig.check_sequence_length refuses it"
+    padded = -(-L // FLEX_BLOCK) * FLEX_BLOCK
+    if padded != L:
+        q, k, v = (F.pad(t, (0, 0, 0, padded - L)) for t in (q, k, v))
+        if key_mask is None:
+            key_mask = torch.ones(B, L, dtype=torch.bool, device=q.device)
+        key_mask = F.pad(key_mask, (0, padded - L), value=False)  # [B, padded]
     score_mod = None
     if key_mask is not None:
 
         def score_mod(score, b, h, q_idx, kv_idx):
             return torch.where(key_mask[b, kv_idx], score, -float("inf"))
 
-    block_mask = _flex_block_mask(pattern, q.shape[1], q.shape[2], q.device)
+    block_mask = _flex_block_mask(pattern, q.shape[1], padded, q.device)
     kernel = _compiled_flex() if q.is_cuda else fa.flex_attention
-    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)[:, :, :L]
+
+
+FLEX_BLOCK = 128  # FlexAttention's default tile: every input length is padded to a multiple of it
 
 
 @functools.lru_cache(maxsize=1)

@@ -171,8 +171,8 @@ def jagged_attention(q, k, v, packing: Packing, dropout_p: float = 0.0):
 
 def _nested(values, offsets, max_len: int):
     """[T, h, d] + offsets -> a nested jagged tensor [P, h, j, d] (SDPA's layout)."""
-    if not values.is_cuda or values.dtype == torch.float64:  # SDPA's math kernel takes contiguous nested values only
-        values = values.contiguous()
+    if not values.is_cuda or values.dtype == torch.float64 or values.shape[-1] % 8:
+        values = values.contiguous()  # SDPA's math kernel (the one left when the fused ones decline) needs it
     return torch.nested.nested_tensor_from_jagged(values, offsets, min_seqlen=1, max_seqlen=max_len).transpose(1, 2)
 
 
