@@ -208,3 +208,24 @@ def test_doc_stride_must_be_positive(tiny_tokenizer):
     example = QAExample("x", "q", "the model reads", ["model"], [(4, 9)])
     with pytest.raises(Exception, match="data.doc_stride=0 must be a positive number"):
         build_windows(example, 0, tiny_tokenizer, 32, 0, 8)
+
+
+def test_generated_paragraphs_spread_over_a_range_of_persons(tmp_path):
+    """task.generated_people=[1, 14]: paragraphs about 1 to 14 persons (lengths spread, as real QA sets' are); the
+    default [3, 3] keeps every paragraph at three persons, and every answer stays at its offset."""
+    from blockbert.data.qa import write_generated_squad
+    from blockbert.data.qa_datamodule import load_task
+    from blockbert.formats.compose import compose
+
+    def persons(path):
+        data = read_qa_file(path)
+        assert data.mismatched_answers == 0 and len(data.examples) >= 400
+        return {len(set(e.context.split(".")) - {""}) // 3 for e in data.examples}  # three facts per person
+
+    assert persons(write_generated_squad(tmp_path / "default.json", 400)) == {3}
+    spread = persons(write_generated_squad(tmp_path / "spread.json", 400, people=(1, 14)))
+    assert min(spread) == 1 and max(spread) == 14 and len(spread) > 10
+    task = compose("finetune", ["task.generated_people=[14,1]", "task.generated_questions=40"], finished=True).task
+    files = load_task(task, tmp_path / "cache")
+    assert (tmp_path / "cache" / "qa" / "generated-v1.1-40-people1-14").is_dir()  # apart from the default's files
+    assert {e.qid for e in files["train"].examples}

@@ -45,6 +45,9 @@ def test_each_loop_trains_the_same_data_in_its_own_process(blockbert, tmp_path, 
         assert 0 < record["per_step"] <= (128 if mode == "pretrain" else 4)  # batch 1 x N=128, or 4 windows
         assert record["throughput"] > 0
     assert ours["vs_bare"] == pytest.approx(ours["median_s"] / bare["median_s"])
+    if mode == "pretrain":  # the same sequences in the same order; ours counts them on the host, the bare loop on its
+        assert ours["per_step"] == bare["per_step"]  # device
+
     if mode == "finetune":
         assert ours["eval_questions_per_s"] > 0
     assert set(bare["parts_s"]) == {"data", "forward", "backward", "optimizer"}

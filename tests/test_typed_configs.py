@@ -193,3 +193,11 @@ def test_a_users_config_dir_composes_beside_conf(tmp_path):
     for finished in (False, True):
         cfg = compose("pretrain", ["experiment=mine"], (str(tmp_path),), finished=finished)
         assert cfg.seed == 7 and cfg.model.hidden_size == compose("pretrain", ["experiment=tiny"]).model.hidden_size
+
+
+@pytest.mark.parametrize("people", ["[0,2]", "[5]", "[1,24]"])
+def test_generated_people_takes_two_counts_within_the_names(tmp_path, monkeypatch, people):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["finetune", f"task.generated_people={people}", "--cfg", "job"])
+    assert result.exit_code == 2, result.output
+    assert "give [fewest, most] persons per paragraph, each 1 to 23" in result.output.splitlines()[0]

@@ -250,22 +250,26 @@ FACTS = [  # (sentence, question, answer source)
 ]
 
 
-def write_generated_squad(path: Path, questions: int, version: str = "1.1", seed: int = 0) -> Path:
+def write_generated_squad(
+    path: Path, questions: int, version: str = "1.1", seed: int = 0, people: tuple[int, int] = (3, 3)
+) -> Path:
     """Write (once) a synthetic SQuAD-format file: short biographies and questions about them.
 
-    With version "2.0" about one question in five asks about a person the paragraph does not
-    mention (no answer).
+    Each paragraph tells three facts about each of ``people`` persons (as many as a uniform draw from that range:
+    a range spreads the paragraphs' lengths as real QA sets' are spread; three each by default). With version "2.0"
+    about one question in five asks about a person the paragraph does not mention (no answer).
     """
-    text = functools.partial(_generated_squad, questions, str(version), seed)
+    text = functools.partial(_generated_squad, questions, str(version), seed, people)
     return build_file(path, lambda tmp: tmp.write_text(text(), encoding="utf-8"))
 
 
-def _generated_squad(questions: int, version: str, seed: int) -> str:
+def _generated_squad(questions: int, version: str, seed: int, people: tuple[int, int]) -> str:
     rng = random.Random(seed)
+    fewest, most = people
     articles, count = [], 0
     while count < questions:
         prefix = f"a{len(articles)}q"
-        people = rng.sample(NAMES, 3)
+        people = rng.sample(NAMES, fewest if fewest == most else rng.randint(fewest, most))
         facts, qas = [], []
         for person in people:
             values = dict(n=person, city=rng.choice(CITIES), thing=rng.choice(THINGS), color=rng.choice(COLORS))

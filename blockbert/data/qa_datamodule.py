@@ -24,12 +24,21 @@ from blockbert.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def generated_people(task_cfg) -> tuple[int, int]:
+    """task.generated_people as (fewest, most) persons a generated paragraph is about (two values, checked by the
+    schema; in either order)."""
+    fewest, most = sorted(task_cfg.get("generated_people") or (3, 3))
+    return fewest, most
+
+
 def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
     """{"train", "dev"[, "test"]} datasets of the configured task."""
     if task_cfg.name == "generated":
-        folder = cache_dir / "qa" / f"generated-v{task_cfg.version}-{task_cfg.generated_questions}"
+        people = generated_people(task_cfg)
+        spread = "" if people == (3, 3) else f"-people{people[0]}-{people[1]}"
+        folder = cache_dir / "qa" / f"generated-v{task_cfg.version}-{task_cfg.generated_questions}{spread}"
         files = {
-            split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed)
+            split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed, people)
             for split, n, seed in (
                 ("train", task_cfg.generated_questions, 0),
                 ("dev", task_cfg.generated_questions // 4, 1),

@@ -21,11 +21,12 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Valid
 from blockbert.errors import ConfigError
 
 
-def setting(default, low=None, high=None, *, above=None, below=None, choices=None, means=None):
+def setting(default, low=None, high=None, *, above=None, below=None, choices=None, means=None, length=None):
     """A field with what it accepts: ``low <= value <= high``, ``above < value < below``, or one of ``choices``
-    (None is always accepted where the type is Optional); ``means``: what the value is, said instead of the bounds
-    when they are not met."""
+    (None is always accepted where the type is Optional; a list's every element); ``length``: a list's; ``means``:
+    what the value is, said instead of the bounds when they are not met."""
     rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices, "means": means}
+    rule["length"] = length
     rule = {key: value for key, value in rule.items() if value is not None}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=rule)
@@ -188,6 +189,9 @@ class Task:
     format: Optional[str] = setting(None, choices=("squad1", "squad2", "mrqa"))
     version: Optional[str] = setting(None, choices=("1.1", "2.0"))
     generated_questions: Optional[int] = setting(None, 4)
+    generated_people: List[int] = setting(  # of the 24 names: one left for a 2.0 stranger
+        [3, 3], 1, 23, length=2, means="give [fewest, most] persons per paragraph, each 1 to 23, e.g. [1, 14]"
+    )
     tokenizer_vocab_size: int = setting(30522, 1)
     train_file: Optional[str] = None
     dev_file: Optional[str] = None
@@ -267,6 +271,7 @@ class WholeRun:
     documents: Optional[int] = setting(None, 2)
     rows_per_document: Optional[int] = setting(None, 1)
     questions: Optional[int] = setting(None, 4)
+    people: Optional[List[int]] = setting(None, 1, 23, length=2, means="give [fewest, most], each 1 to 23")
 
 
 @dataclass
@@ -405,6 +410,10 @@ def _unresolved(value) -> bool:
 
 
 def _out_of_range(value, rule: dict) -> str | None:
+    if isinstance(value, list):
+        if "length" in rule and len(value) != rule["length"]:
+            return rule.get("means") or f"give {rule['length']} values"
+        return next(filter(None, (_out_of_range(element, rule) for element in value)), None)
     if "choices" in rule:
         return None if value in rule["choices"] else "accepted are " + ", ".join(map(str, rule["choices"]))
     bounds = []

@@ -141,6 +141,7 @@ def composed(mode: str, model: str, spec: dict):
         extra = [
             f"optim.batch_size={batch}",
             f"task.generated_questions={spec['questions']}",
+            *([f"task.generated_people=[{','.join(map(str, spec['people']))}]"] if spec.get("people") else []),
             "trainer.max_epochs=1000",
         ]
     return compose(mode, [*common, *extra, "~experiment"])
