@@ -49,8 +49,12 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     first = torch.load(run_dir / "checkpoints" / "step-4.ckpt", weights_only=False)
     periodic_bytes = (run_dir / "checkpoints" / "step-4.ckpt").read_bytes()
 
-    out = run(tmp_path, "trainer.max_steps=12", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
+    assert "matrix products at precision" not in out.stdout + out.stderr  # PyTorch's default, unchanged
+    out = run(
+        tmp_path, "trainer.max_steps=12", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}", "matmul_precision=high"
+    )
     assert "resuming from" in out.stderr + out.stdout
+    assert "float32 matrix products at precision 'high' (matmul_precision)" in out.stdout + out.stderr
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 12
     assert last["lr_schedulers"][0]["last_epoch"] == 12  # scheduler and optimizer continued, not restarted

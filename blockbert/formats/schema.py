@@ -168,6 +168,7 @@ class Run:
     paper: Optional[Paper] = None
     ckpt_path: Optional[str] = None
     compile: bool = False
+    matmul_precision: str = setting("highest", choices=("highest", "high", "medium"))
     progress_bar: bool = True
     fit_check: bool = True
     device_memory: Optional[str] = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
@@ -44,8 +45,12 @@ class TrainingRun:
         return run_tokenizer(self.run) if self.run.has_tokenizer() else None
 
     def prepare(self, module: pl.LightningModule, tokenizer) -> None:
-        """Log the model, compile it if asked, and keep the tokenizer in the run (a resumed run keeps its files)."""
+        """Log the model, set the float32 matmul precision, compile the model if asked, and keep the tokenizer in the
+        run (a resumed run keeps its files)."""
         log.info(describe_model(module.model))
+        if self.cfg.matmul_precision != torch.get_float32_matmul_precision():
+            torch.set_float32_matmul_precision(self.cfg.matmul_precision)
+            log.info(f"float32 matrix products at precision {self.cfg.matmul_precision!r} (matmul_precision)")
         if self.cfg.compile:
             module.model.compile()
         if rank_zero_only.rank == 0 and not self.run.tokenizer_dir.is_dir():
