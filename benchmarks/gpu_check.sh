@@ -2,10 +2,11 @@
 # Run THERE, on a lent GPU machine, from the repo root, after benchmarks/gpu_wheels.sh ran here. A session has 15
 # minutes of device time, start-up (a few minutes) included: two calls, the second issued at once so that it finds
 # the machine warm, most important first (each part's timeout below; every result file lands flat in $OUT):
-#   run(command="bash benchmarks/gpu_check.sh tests attention layout", carry=[".whl"], timeout_s=480)   # 440 s
-#   run(command="bash benchmarks/gpu_check.sh table5 pretrain finetune", carry=[".whl"], timeout_s=340)  # 310 s
-# and only with time left: run(command="bash benchmarks/gpu_check.sh plan seqlen", ...)                    # 480 s
-# A part that runs out of time is stopped with SIGINT: pytest still prints which tests passed, failed or did not run.
+#   run(command="bash benchmarks/gpu_check.sh tests attention layout", carry=[".whl"], timeout_s=440)   # 410 s
+#   run(command="bash benchmarks/gpu_check.sh table5 pretrain finetune", carry=[".whl"], timeout_s=270)  # 250 s
+# The last parts, `plan seqlen` (about 7 minutes), need device time of their own: a later session's, or what these
+# two leave when their parts end early. A part that runs out of time is stopped with SIGINT: pytest still prints
+# which tests passed, failed or did not run.
 # Parts:
 #   tests      tests/test_gpu.py but its plan tests (kernels, layouts, fp16/bf16, flex, compile, A.2)
 #   plan       tests/test_gpu.py's plan tests (plan's memory within 10 % and its largest batch against the allocator),
@@ -49,25 +50,28 @@ bench() {  # name, timeout, overrides...
 }
 part() {
   case $1 in
-    tests) timeout -s INT -k 10 240 python3 -m pytest -v -rfEs --durations=15 -o addopts= tests/test_gpu.py \
+    tests) timeout -s INT -k 10 200 python3 -m pytest -v -rfEs --durations=15 -o addopts= tests/test_gpu.py \
       -k "not plan" > "$OUT/tests.log" 2>&1 ;;
     plan)
       timeout -s INT -k 10 90 python3 -m pytest -v -rfEs -o addopts= tests/test_gpu.py -k plan > "$OUT/plan_tests.log" 2>&1
       timeout -s INT -k 10 120 python3 cli.py plan --calibrate --out /tmp/gpu/calibration > "$OUT/plan.log" 2>&1
       cp /tmp/gpu/calibration/*.json "$OUT/" 2>/dev/null || echo "calibration: no results" >> "$OUT/plan.log"
       bench plan_check 170 mode=plan size=base ;;
-    table5) bench table5 100 bench=table5 \
+    table5) bench table5 90 bench=table5 \
       'models=[roberta_1seq_eager,roberta_1seq,sparsebert,blockbert_n2,blockbert_n3,hf_bert,hf_bigbird]' \
       'baseline=[roberta_1seq_eager,roberta_1seq,hf_bert]' 'phases=[inference,train]' repeats=5 warmup=2 ;;
     seqlen) bench seqlen 90 size=base dtype=bfloat16 "models=$MODELS" 'batch_sizes=[1]' \
       'seq_lengths=[512,1024,2048,4096]' 'phases=[train]' repeats=3 warmup=1 ;;
-    attention) bench attention 100 mode=attention dtype=bfloat16 attention_batch_size=8 \
-      'attention_seq_lengths=[1024,2048,4096]' repeats=10 warmup=3 ;;
-    layout) bench layout 80 mode=layout size=base dtype=bfloat16 'phases=[train,inference]' 'layout.fills=[1.0,0.75,0.5]' \
+    attention)  # dropout 0.1 first (the targets), then dropout 0 beside FlexAttention (compiled per length)
+      bench attention 50 mode=attention dtype=bfloat16 attention_batch_size=4 \
+        'attention_seq_lengths=[1024,2048,4096,8192]' 'attention_dropout=[0.1]' repeats=10 warmup=3
+      bench attention_flex 90 mode=attention dtype=bfloat16 attention_batch_size=4 \
+        'attention_seq_lengths=[1024,4096]' 'attention_dropout=[0.0]' repeats=10 warmup=3 ;;
+    layout) bench layout 70 mode=layout size=base dtype=bfloat16 'phases=[train,inference]' 'layout.fills=[1.0,0.75,0.5]' \
       layout.batch_size=16 repeats=5 warmup=2 ;;
-    pretrain) bench pretrain 100 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 \
+    pretrain) bench pretrain 80 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 \
       pretrain.steps=10 pretrain.documents=1200 pretrain.rows_per_document=120 warmup=3 ;;
-    finetune) bench finetune 100 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3 ;;
+    finetune) bench finetune 80 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3 ;;
     *) echo "unknown part $1: tests plan table5 seqlen attention layout pretrain finetune" >&2; exit 2 ;;
   esac
 }

@@ -52,7 +52,8 @@ def test_no_weight_decay_on_biases_and_layer_norms():
 
 def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_second(monkeypatch):
     """train/tokens_per_s: real tokens (not padding) counted before the batch moves to its device (no host sync a
-    step on a GPU), on all devices, over windows of at least a second once the first step has given a rate."""
+    step on a GPU), times the processes, over windows of at least a second once the first step has given a rate;
+    validation time is left out."""
     from types import SimpleNamespace
 
     import blockbert.train.pretrain_module as pretrain_module
@@ -60,7 +61,7 @@ def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_seco
     now = [0.0]
     monkeypatch.setattr(pretrain_module.time, "perf_counter", lambda: now[0])
     module = PretrainModule(preset_config("tiny", vocab_size=100), False, OPTIM, max_steps=10)
-    module._trainer = SimpleNamespace(training=True, world_size=2)
+    module._trainer = SimpleNamespace(training=True, world_size=2, datamodule=None)
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[1, 5:] = 0  # 13 real tokens of 16
 
@@ -71,9 +72,14 @@ def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_seco
         return rate
 
     assert step(0.5) is None  # nothing measured yet
-    assert step(0.5) == pytest.approx(13 * 2 / 0.5)  # the first step's rate
-    rates = [step(0.5), step(0.5)]
-    assert rates == [pytest.approx(52.0), pytest.approx(13 * 2 * 2 / 1.0)]  # kept until a second has passed
-    module._trainer.training = False  # validation batches are not counted
+    assert step(0.25) == pytest.approx(13 * 2 / 0.5)  # the first step's rate
+    rates = [step(0.25) for _ in range(4)]  # twice as fast now: kept until a second has passed
+    assert rates == [pytest.approx(52.0)] * 3 + [pytest.approx(4 * 13 * 2 / 1.0)]
+    module.on_validation_epoch_start()
+    module._trainer.training = False  # validation batches are not counted, nor is validation's time
     module.on_before_batch_transfer({"attention_mask": mask}, 0)
-    assert module.real_tokens == 4 * 13
+    now[0] += 10.0
+    module._trainer.training = True
+    rates = [step(0.5) for _ in range(4)]
+    assert rates == [pytest.approx(104.0)] * 2 + [pytest.approx(2 * 13 * 2 / 1.0)] * 2  # not over the 10 s
+    assert module.real_tokens == 10 * 13

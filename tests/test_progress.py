@@ -99,3 +99,29 @@ def test_the_bar_reads_the_logged_values_once_a_second_not_every_step(tmp_path, 
     during = [step for step in read_at if step < 10]
     assert during == [1, 5, 9], read_at  # the first step, then every fourth (1.2 s)
     assert bar.shown[-1][0] == 10  # the steps themselves are shown every step
+
+
+def test_training_converts_no_logged_tensor_a_step_and_the_bar_still_shows_the_loss(tmp_path, monkeypatch):
+    """Lightning converts every prog_bar value to a Python number at the end of each batch (a host sync a step on a
+    GPU): our modules log none in training, and the bar reads the loss and the rate itself, once a second."""
+    from pytorch_lightning.trainer.connectors.logger_connector import result
+
+    from blockbert import preset_config
+    from blockbert.train.pretrain_module import PretrainModule
+
+    converted = []
+    convert = result.convert_tensors_to_scalars
+    monkeypatch.setattr(result, "convert_tensors_to_scalars", lambda value: converted.append(value) or convert(value))
+    torch.manual_seed(0)
+    optim = dict(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01, warmup_steps=0)
+    module = PretrainModule(preset_config("tiny", vocab_size=100), False, optim, max_steps=6)
+    ids = torch.randint(5, 100, (12, 16))
+    labels = torch.where(torch.rand(12, 16) < 0.2, ids, -100)
+    rows = [dict(input_ids=i, attention_mask=torch.ones_like(i), labels=lab) for i, lab in zip(ids, labels)]
+    bar = StepProgressBar()
+    trainer = pl.Trainer(callbacks=[bar], logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         max_steps=6, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, DataLoader(rows, batch_size=2))
+    assert converted == []
+    shown = bar.get_metrics(trainer, module)
+    assert shown["train/loss"] > 0 and shown["train/tokens_per_s"] > 0

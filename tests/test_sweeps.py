@@ -462,3 +462,12 @@ def test_a_sweep_with_a_config_dir_hands_it_to_every_job(in_tmp):
     assert all(line.startswith(f"blockbert pretrain --config-dir {in_tmp / 'own'} ") for line in lines)
     missing = runner.invoke(cli.app, ["sweep", "heads_n2", "--config-dir", "nowhere", "--dry-run"])
     assert missing.exit_code == 2 and "--config-dir nowhere: no such directory" in missing.output
+    started = in_tmp / "started"  # a sweep started with --config-dir own, resumed with --dir
+    started.mkdir()
+    (started / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads_n2", "config_dir": str(in_tmp / "own")}))
+    resumed = runner.invoke(cli.app, ["sweep", "heads_n2", "experiment=two_heads", "--dir", "started", "--dry-run"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"blockbert pretrain --config-dir {in_tmp / 'own'} " in resumed.output
+    (in_tmp / "other").mkdir()
+    other = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "other", "--dir", "started", "--dry-run"])
+    assert other.exit_code == 2 and f"was run with --config-dir {in_tmp / 'own'}" in other.output

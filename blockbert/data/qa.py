@@ -269,9 +269,9 @@ def _generated_squad(questions: int, version: str, seed: int, people: tuple[int,
     articles, count = [], 0
     while count < questions:
         prefix = f"a{len(articles)}q"
-        people = rng.sample(NAMES, fewest if fewest == most else rng.randint(fewest, most))
+        persons = rng.sample(NAMES, fewest if fewest == most else rng.randint(fewest, most))
         facts, qas = [], []
-        for person in people:
+        for person in persons:
             values = dict(n=person, city=rng.choice(CITIES), thing=rng.choice(THINGS), color=rng.choice(COLORS))
             for sentence, question, key in rng.sample(FACTS, 3):
                 facts.append((sentence.format(**values), question.format(**values), values[key]))
@@ -290,7 +290,7 @@ def _generated_squad(questions: int, version: str, seed: int, people: tuple[int,
         context = context.rstrip()
         qas = rng.sample(qas, 3)
         if version.startswith("2") and rng.random() < 0.6:
-            stranger = rng.choice([n for n in NAMES if n not in people])
+            stranger = rng.choice([n for n in NAMES if n not in persons])
             qas.append(
                 {
                     "id": f"{prefix}{len(facts)}",
@@ -300,7 +300,7 @@ def _generated_squad(questions: int, version: str, seed: int, people: tuple[int,
                 }
             )
         count += len(qas)
-        articles.append({"title": people[0], "paragraphs": [{"context": context, "qas": qas}]})
+        articles.append({"title": persons[0], "paragraphs": [{"context": context, "qas": qas}]})
     return json.dumps({"version": version, "data": articles})
 
 

@@ -183,7 +183,7 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
             self.clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if mode == "pretrain":  # the module counts real tokens on the host: summed here, a host sync a step
+            if mode == "pretrain":  # counted by the module on the host (summing the mask here would be a host sync)
                 self.clock.count(pl_module.real_tokens - self.tokens)
                 self.tokens = pl_module.real_tokens
             else:

@@ -222,6 +222,9 @@ def _summary_keep_on(windows: int, l: int, c: int, device: torch.device) -> torc
     return ((position < start) | (position > start + l)).to(device)
 
 
+FLEX_BLOCK = 128  # FlexAttention's default tile: every input length is padded to a multiple of it
+
+
 def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     """Any of the three patterns through PyTorch's FlexAttention (``attention_impl=flex``).
 
@@ -258,9 +261,6 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
     block_mask = _flex_block_mask(pattern, q.shape[1], padded, q.device)
     kernel = _compiled_flex() if q.is_cuda else fa.flex_attention
     return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)[:, :, :L]
-
-
-FLEX_BLOCK = 128  # FlexAttention's default tile: every input length is padded to a multiple of it
 
 
 @functools.lru_cache(maxsize=1)

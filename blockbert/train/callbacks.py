@@ -86,10 +86,17 @@ class StepProgressBar(RichProgressBar):
     (out of ``max_steps``, or what the epochs make), from the step a resumed run starts at; micro-batches (gradient
     accumulation) appear only in its label. Lightning's own bar counts micro-batches within an epoch.
 
-    The logged values it shows (loss, tokens/s) are read at most every METRICS_EVERY_S seconds, and after each
-    validation and epoch: Lightning's bar reads them every batch, a host sync per step on a GPU."""
+    It shows the logged values named in SHOWN, read at most every METRICS_EVERY_S seconds and after each validation
+    and epoch. They are logged without ``prog_bar``: Lightning turns a ``prog_bar`` value into a Python number at
+    the end of every batch, a host sync per step on a GPU."""
 
+    SHOWN = ("train/loss", "train/tokens_per_s")
     _metrics_shown_at = -math.inf
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        logged = trainer.callback_metrics
+        shown = {key: logged[key] for key in self.SHOWN if key in logged}
+        return {**super().get_metrics(trainer, pl_module), **{key: jsonable(value) for key, value in shown.items()}}
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.is_disabled:

@@ -50,18 +50,19 @@ class PretrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self(batch)
         size = batch["input_ids"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", out.loss, batch_size=size)  # not prog_bar: Lightning reads those every batch (a sync)
         if self.hparams.next_sentence_prediction:
             self.log_dict({"train/mlm_loss": out.mlm_loss, "train/nsp_loss": out.nsp_loss}, batch_size=size)
         rate = self._tokens_per_s()
-        if rate is not None:
-            self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=size)
+        if rate is not None:  # a tensor on the host: a float would be copied to the GPU, a host sync every step
+            self.log("train/tokens_per_s", torch.tensor(rate), batch_size=size)
         return out.loss
 
     def _tokens_per_s(self) -> float | None:
-        """Real tokens per second on all devices, over a window of at least RATE_WINDOW_S seconds of wall time (the
-        previous window's rate until the next has passed): on a GPU, steps are queued ahead and one step's wall time
-        is not its cost. The first rate, a step after the run (or its resumption) starts, is over that step."""
+        """Real tokens per second, this process's count times the number of processes, over windows of at least
+        RATE_WINDOW_S seconds of wall time (the previous window's rate until the next has passed), which smooths
+        step-to-step spread; the first rate, a step after the run (or its resumption) starts, is over that step, so
+        that a run shorter than a window has one."""
         now = time.perf_counter()
         if self._rate_window is None:
             self._rate_window = (now, self.real_tokens)
@@ -72,6 +73,7 @@ class PretrainModule(pl.LightningModule):
         return self._rate
 
     def on_validation_epoch_start(self):
+        self._rate_window = None  # validation time is not training throughput
         self._val_loss_sum = self._val_tokens = 0.0
         self._val_hits = torch.zeros(3, 2, device=self.device)
         data = self.trainer.datamodule if self._trainer else None
@@ -123,7 +125,6 @@ class PretrainModule(pl.LightningModule):
         if self.validation_history:  # Figure 4's metric: the best perplexity reached, and when
             best_step, best = min(self.validation_history, key=lambda entry: entry[1])
             self.log_dict({"val/best_ppl": best, "val/best_ppl_step": float(best_step)}, sync_dist=False)
-        self._rate_window = None  # validation time is not training throughput
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["validation_history"] = [list(entry) for entry in self.validation_history]

@@ -22,7 +22,7 @@ class QAModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, batch_size=batch["input_ids"].shape[0])  # the bar reads it (StepProgressBar)
         return loss
 
     def validation_step(self, batch, batch_idx):

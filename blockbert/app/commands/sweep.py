@@ -108,6 +108,8 @@ def run_sweep(
     summarise it; the exit code. ``config_dir``: Hydra's ``--config-dir``, handed to every job."""
     source_dir = Path(source).expanduser().resolve() if source else None
     config_dirs = config_dirs_of(config_dir)
+    if directory:
+        config_dirs = resumed_config_dirs(SweepDir(directory).spec_file, config_dirs)
     flags = config_dir_flags(config_dirs)
     sweep, grid, texts = expanded_sweep(name, overrides, source_dir, config_dirs)
     if directory:
@@ -132,6 +134,7 @@ def run_sweep(
                 "overrides": sweep.overrides,
                 "grid": grid,
                 **({"from": str(source_dir)} if source_dir else {}),
+                **({"config_dir": config_dirs[0]} if config_dirs else {}),
             },
             sort_keys=False,
         )
@@ -225,9 +228,8 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str],
     console().print(table)
     multirun_flag = []
     if settings is not None:
-        multirun_flag = [
-            "-m"
-        ]  # a launcher other than Hydra's basic one runs multiruns only: one job is a one-job multirun
+        # a launcher other than Hydra's basic one runs multiruns only: one job is a one-job multirun
+        multirun_flag = ["-m"]
         launcher = config.hydra.launcher._target_.rsplit(".", 1)[-1]
         print(f"\nlauncher: {launcher} (hydra.launcher, resolved: every job is submitted with these)")
         print(yaml.safe_dump(settings, sort_keys=False, width=1000, default_flow_style=False), end="")
@@ -238,6 +240,22 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str],
             ["blockbert", sweep.command, *config_dir_flags(config_dirs), *multirun_flag, *sweep.overrides, *overrides]
         )
         print(f"{i:>{width}}: {line}")
+
+
+def resumed_config_dirs(stored: Path, config_dirs: tuple[str, ...]) -> tuple[str, ...]:
+    """A sweep resumed in its directory composes with the ``--config-dir`` it was started with (recorded in its
+    sweep.yaml): taken when none is given, refused when another is."""
+    if not stored.is_file():
+        return config_dirs
+    recorded = (yaml.safe_load(stored.read_text()) or {}).get("config_dir")
+    if recorded is None or config_dirs == (recorded,):
+        return config_dirs
+    if not config_dirs:
+        return (recorded,)
+    raise ConfigError(
+        f"--config-dir {config_dirs[0]}: the sweep in {stored.parent} was run with --config-dir {recorded}; resume "
+        "it with that one (or without --config-dir)"
+    )
 
 
 def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
