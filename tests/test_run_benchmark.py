@@ -51,5 +51,6 @@ def test_each_loop_trains_the_same_data_in_its_own_process(blockbert, tmp_path, 
     if mode == "finetune":
         assert ours["eval_questions_per_s"] > 0
     assert set(bare["parts_s"]) == {"data", "forward", "backward", "optimizer"}
+    assert 0 < bare["fill"] <= 1 and "of their positions (the rest: padding)" in done.stdout
     assert sum(bare["parts_s"].values()) == pytest.approx(bare["median_s"], rel=0.5)
     assert "× HF Trainer" in done.stdout and "step ÷ bare" in done.stdout

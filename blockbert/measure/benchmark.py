@@ -257,6 +257,8 @@ def print_run_table(results: dict) -> None:
         if r.get("parts_s"):
             parts = ", ".join(f"{part} {seconds:.3f} s" for part, seconds in r["parts_s"].items())
             print(f"where a step of {r['model']} goes (bare loop, medians): {parts}")
+            if r.get("fill") is not None:
+                print(f"  its batches' real tokens fill {r['fill']:.0%} of their positions (the rest: padding)")
 
 
 def baselines_of(cfg) -> list[str]:

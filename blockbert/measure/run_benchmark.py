@@ -260,7 +260,10 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"].startswith("bf16"))
     clock, parts = StepClock(), {part: [] for part in STEP_PARTS}
     clock.start()
-    for batch in _batches(data.train_dataloader(), steps):
+    real = positions = 0
+    for step, batch in enumerate(_batches(data.train_dataloader(), steps)):
+        if step >= spec["warmup"]:  # on the host, before the batch moves
+            real, positions = real + int(batch["attention_mask"].sum()), positions + batch["attention_mask"].numel()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "window_index"}
         marks = [clock.last, time.perf_counter()]  # the data part ends here
         with autocast:
@@ -280,7 +283,8 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
         for part, begin, end in zip(STEP_PARTS, marks, marks[1:]):
             parts[part].append(end - begin)
     kept = {part: statistics.median(values[spec["warmup"] :]) for part, values in parts.items()}
-    return clock.times, clock.units, {"parts_s": kept}  # where a step's time goes
+    fill = real / positions if positions else None  # real tokens' share of the timed batches' positions
+    return clock.times, clock.units, {"parts_s": kept, "fill": fill}  # where a step's time goes
 
 
 STEP_PARTS = ("data", "forward", "backward", "optimizer")
