@@ -356,6 +356,40 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
+def test_a_non_finite_loss_is_read_every_ten_steps_and_named_by_its_step(tmp_path):
+    """The non-finite flag stays on the device (reading it every micro-batch would be a host sync a step on a GPU):
+    a NaN loss at step 3 stops training at step 10's check, named by step 3, and nothing after it is saved."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from blockbert.errors import NonFiniteLossError
+    from blockbert.train.resilience import NON_FINITE_CHECK_EVERY, ExceptionCheckpoint, RunGuard
+
+    class NanAtStepThree(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.layer(batch[0]).pow(2).mean()
+            return loss * float("nan") if self.global_step == 2 else loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    guard = RunGuard(0, "32-true", run)
+    saved = ExceptionCheckpoint(guard, run.checkpoints)
+    trainer = pl.Trainer(callbacks=[guard, saved], logger=False, max_steps=30,
+                         default_root_dir=tmp_path, enable_progress_bar=False)  # fmt: skip
+    data = DataLoader(TensorDataset(torch.randn(80, 2)), batch_size=2)
+    with pytest.raises(NonFiniteLossError, match="the training loss is not finite at step 3: training stopped"):
+        trainer.fit(NanAtStepThree(), data)
+    assert NON_FINITE_CHECK_EVERY == 10 and trainer.global_step == 10
+    assert not saved.saved and not list(run.checkpoints.iterdir())
+
+
 @contextmanager
 def held_by_another_process(run_dir):
     """``run_dir``'s lock held by another process while the block runs; yields that process."""

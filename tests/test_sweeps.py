@@ -471,3 +471,14 @@ def test_a_sweep_with_a_config_dir_hands_it_to_every_job(in_tmp):
     (in_tmp / "other").mkdir()
     other = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "other", "--dir", "started", "--dry-run"])
     assert other.exit_code == 2 and f"was run with --config-dir {in_tmp / 'own'}" in other.output
+    plain = in_tmp / "plain"  # started without one: resumed without one, and refused with one
+    plain.mkdir()
+    (plain / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads_n2", "config_dir": None}))
+    added = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "own", "--dir", "plain", "--dry-run"])
+    assert added.exit_code == 2 and "was run without --config-dir" in added.output
+    (in_tmp / "own").rename(in_tmp / "moved")  # the recorded directory moved: say so, and take the new place
+    lost = runner.invoke(cli.app, ["sweep", "heads_n2", "experiment=two_heads", "--dir", "started", "--dry-run"])
+    assert lost.exit_code == 2 and "which no longer exists: give its new place with --config-dir" in lost.output
+    found = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "moved", "experiment=two_heads", "--dir", "started",
+                                    "--dry-run"])  # fmt: skip
+    assert found.exit_code == 0 and f"--config-dir {in_tmp / 'moved'} " in found.output

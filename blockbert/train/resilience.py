@@ -8,7 +8,8 @@
   middle of a gradient accumulation is stored as of the last optimizer step, so the micro-batches
   whose gradients are lost are trained again), seeds dropout per micro-batch (a resumed run draws
   what an uninterrupted one draws), holds a Ctrl-C until the micro-batch it lands in ends, and stops
-  on a non-finite loss or weights.
+  on a non-finite loss (kept on the device and read every NON_FINITE_CHECK_EVERY optimizer steps, before a
+  periodic checkpoint or a validation, and at the end: no host sync a step) or non-finite weights.
 - :class:`StepCheckpoint`: Lightning's periodic checkpoint, without a second copy of the step resumed from.
 - :class:`ExceptionCheckpoint`: Lightning's on-exception checkpoint, written only when training
   went past the state it started from, and never for a non-finite state.
@@ -29,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -139,6 +141,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+NON_FINITE_CHECK_EVERY = 10  # our choice: optimizer steps between two reads of the non-finite flag
+
+
 class RunGuard(pl.Callback):
     """Step-boundary checkpoints, per-micro-batch dropout seeds and the non-finite check (module docstring)."""
 
@@ -150,6 +155,7 @@ class RunGuard(pl.Callback):
         self._in_batch = False  # between on_train_batch_start and the end of on_train_batch_end
         self._ctrl_c = False  # a Ctrl-C held until the micro-batch ends
         self._sigint_before = None  # the SIGINT handler to restore when training ends
+        self._first_bad = None  # on the device: the first optimizer step (from 1) whose loss was not finite, 0: none
 
     def on_train_start(self, trainer, pl_module):
         self.start_step = trainer.global_step
@@ -163,13 +169,17 @@ class RunGuard(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        finite = loss is None or bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(not finite, all=False):  # every rank stops together
-            raise NonFiniteLossError(
-                f"the training loss is not finite at step {trainer.global_step + 1}: "
-                f"training stopped, nothing from this state is saved; {self._cause()}"
-            )
-        if not trainer.fit_loop.epoch_loop._should_accumulate():  # this micro-batch ended an optimizer step
+        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()
+        if loss is not None:  # on the device: reading it every micro-batch would be a host sync a step on a GPU
+            bad = ~torch.isfinite(loss.detach()).all()
+            if self._first_bad is None:
+                self._first_bad = torch.zeros((), dtype=torch.long, device=loss.device)
+            step = trainer.global_step + 1 if accumulating else trainer.global_step  # the step it belongs to, from 1
+            here = torch.full_like(self._first_bad, step)
+            self._first_bad = torch.where(bad & (self._first_bad == 0), here, self._first_bad)
+        if not accumulating:  # this micro-batch ended an optimizer step
+            if trainer.global_step % NON_FINITE_CHECK_EVERY == 0:  # the same steps on every rank: a collective
+                self.check_finite(trainer)
             self._boundary_total = trainer.fit_loop.epoch_loop.batch_progress.total.processed
             if self._requeue is not None and self._requeue[1] is not None:
                 handler, signum = self._requeue
@@ -179,6 +189,30 @@ class RunGuard(pl.Callback):
         if self._ctrl_c:
             raise KeyboardInterrupt  # the micro-batch is counted: its state is consistent (on_save_checkpoint)
 
+    def first_non_finite_step(self) -> int | None:
+        """The first optimizer step (1-based) whose loss on this process was not finite, None if none was (a host
+        sync)."""
+        first = 0 if self._first_bad is None else int(self._first_bad)
+        return first or None
+
+    def check_finite(self, trainer) -> None:
+        """Stop, on every rank, if a loss since training started was not finite. A host sync, and a collective under
+        DDP, so it runs where every rank is at the same point: every NON_FINITE_CHECK_EVERY optimizer steps, before a
+        periodic checkpoint or a validation, and at the end of training."""
+        first = self.first_non_finite_step()
+        if trainer.strategy.reduce_boolean_decision(first is not None, all=False):  # every rank stops together
+            where = f"at step {first}" if first is not None else "on another process"
+            raise NonFiniteLossError(
+                f"the training loss is not finite {where}: training stopped, nothing from this state is saved; "
+                f"{self._cause()}"
+            )
+
+    def on_validation_start(self, trainer, pl_module):
+        self.check_finite(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.check_finite(trainer)
+
     def on_exception(self, trainer, pl_module, exception):
         self._restore_sigint()
 
@@ -186,6 +220,8 @@ class RunGuard(pl.Callback):
         self._restore_sigint()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.status == TrainerStatus.RUNNING:  # a periodic save, on every rank at once (not on_exception's)
+            self.check_finite(trainer)
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]
         if bad:
             raise NonFiniteLossError(
@@ -319,7 +355,7 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer, pl_module, exception):
         self.exception = exception
         start = self.guard.start_step
-        if isinstance(exception, NonFiniteLossError):
+        if isinstance(exception, NonFiniteLossError) or self.guard.first_non_finite_step() is not None:
             return  # the state is not finite: nothing of it is saved
         if start is None or trainer.global_step <= start:
             log.info(

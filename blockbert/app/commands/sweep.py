@@ -109,7 +109,7 @@ def run_sweep(
     source_dir = Path(source).expanduser().resolve() if source else None
     config_dirs = config_dirs_of(config_dir)
     if directory:
-        config_dirs = resumed_config_dirs(SweepDir(directory).spec_file, config_dirs)
+        config_dirs = resumed_config_dirs(SweepDir(directory), config_dirs)
     flags = config_dir_flags(config_dirs)
     sweep, grid, texts = expanded_sweep(name, overrides, source_dir, config_dirs)
     if directory:
@@ -117,7 +117,8 @@ def run_sweep(
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
-    sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    sweep_dir = sweep_dir.expanduser().resolve()
     multirun = [*sweep.overrides, *multirun_args(grid, texts), f"hydra.sweep.dir={sweep_dir}"]
     if dry_run:
         print_plan(sweep, grid, job_overrides(grid, texts), multirun, config_dirs)
@@ -134,7 +135,7 @@ def run_sweep(
                 "overrides": sweep.overrides,
                 "grid": grid,
                 **({"from": str(source_dir)} if source_dir else {}),
-                **({"config_dir": config_dirs[0]} if config_dirs else {}),
+                "config_dir": config_dirs[0] if config_dirs else None,
             },
             sort_keys=False,
         )
@@ -242,20 +243,30 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str],
         print(f"{i:>{width}}: {line}")
 
 
-def resumed_config_dirs(stored: Path, config_dirs: tuple[str, ...]) -> tuple[str, ...]:
-    """A sweep resumed in its directory composes with the ``--config-dir`` it was started with (recorded in its
-    sweep.yaml): taken when none is given, refused when another is."""
-    if not stored.is_file():
+def resumed_config_dirs(sweep_dir: SweepDir, config_dirs: tuple[str, ...]) -> tuple[str, ...]:
+    """A sweep resumed in its directory composes with the ``--config-dir`` it was started with, or without one as it
+    was (its sweep.yaml records which): taken when none is given, refused when another is, unless the recorded one
+    no longer exists (moved: the given one takes its place). A sweep.yaml from before the record decides nothing."""
+    spec = sweep_dir.spec()
+    if "config_dir" not in spec:
         return config_dirs
-    recorded = (yaml.safe_load(stored.read_text()) or {}).get("config_dir")
-    if recorded is None or config_dirs == (recorded,):
+    recorded = spec["config_dir"]
+    kept = () if recorded is None else (str(Path(recorded).expanduser().resolve()),)
+    moved = bool(kept) and not Path(kept[0]).is_dir()
+    if config_dirs and config_dirs != kept and not moved:
+        started = f"with --config-dir {recorded}" if kept else "without --config-dir"
+        raise ConfigError(
+            f"--config-dir {config_dirs[0]}: the sweep in {sweep_dir.path} was run {started}; resume it as it was "
+            "(its remaining jobs would compose differently)"
+        )
+    if config_dirs:
         return config_dirs
-    if not config_dirs:
-        return (recorded,)
-    raise ConfigError(
-        f"--config-dir {config_dirs[0]}: the sweep in {stored.parent} was run with --config-dir {recorded}; resume "
-        "it with that one (or without --config-dir)"
-    )
+    if moved:
+        raise ConfigError(
+            f"the sweep in {sweep_dir.path} was run with --config-dir {recorded}, which no longer exists: give its new "
+            "place with --config-dir"
+        )
+    return kept
 
 
 def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
