@@ -27,19 +27,29 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALL
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 if [ -d .whl ]; then  # one package at a time: pip installs all or none, and one that fails must not take the rest
-  for package in hydra-core omegaconf antlr4-python3-runtime datasets dill multiprocess; do
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      --find-links .whl "$package" >> "$OUT/machine.txt" 2>&1 || echo "wheel $package: not installed" >> "$OUT/machine.txt"
-  done
+  if [ -d /tmp/site/hydra ] && [ -d /tmp/site/datasets ]; then
+    echo "wheels: installed by an earlier call" >> "$OUT/machine.txt"
+  else
+    for package in hydra-core omegaconf antlr4-python3-runtime datasets dill multiprocess; do
+      python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site --find-links .whl "$package" >> "$OUT/machine.txt" 2>&1 \
+        || echo "wheel $package: not installed" >> "$OUT/machine.txt"
+    done
+  fi
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD BLOCKBERT_CACHE=/tmp/gpu/cache
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  for module in hydra omegaconf datasets dill multiprocess pytorch_lightning transformers typer rich pytest; do
-    python3 -c "import $module" 2>/dev/null || echo "missing: $module"
-  done
+  python3 -c "
+import importlib
+for name in 'hydra omegaconf datasets dill multiprocess pytorch_lightning transformers typer rich pytest'.split():
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        print('missing:', name, type(err).__name__, err)
+"
 } >> "$OUT/machine.txt" 2>&1
 
 MODELS='[roberta_1seq,sparsebert,sparsebert_blocks,blockbert_n2,blockbert_n3,hf_bert,hf_bigbird]'
