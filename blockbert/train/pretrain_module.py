@@ -54,7 +54,8 @@ class PretrainModule(pl.LightningModule):
         if self.hparams.next_sentence_prediction:
             self.log_dict({"train/mlm_loss": out.mlm_loss, "train/nsp_loss": out.nsp_loss}, batch_size=size)
         rate = self._tokens_per_s()
-        if rate is not None:  # a tensor on the host: a float would be copied to the GPU, a host sync every step
+        if rate is not None:  # on the host (a float would be copied to the GPU, a sync a step); never sync_dist: the
+            # rate counts every process already, and a host tensor cannot take part in NCCL's all-reduce
             self.log("train/tokens_per_s", torch.tensor(rate), batch_size=size)
         return out.loss
 
@@ -67,7 +68,7 @@ class PretrainModule(pl.LightningModule):
         if self._rate_window is None:
             self._rate_window = (now, self.real_tokens)
         start, tokens = self._rate_window
-        if now - start >= RATE_WINDOW_S or (self._rate is None and self.real_tokens > tokens):
+        if now - start >= RATE_WINDOW_S or (self._rate is None and self.real_tokens > tokens and now > start):
             self._rate = (self.real_tokens - tokens) * self.trainer.world_size / (now - start)
             self._rate_window = (now, self.real_tokens)
         return self._rate
