@@ -266,12 +266,13 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     """Pre-training job 1 finished after jobs 0 and 2 were fine-tuned: resumed with --dir, the fine-tuning sweep
     appends it as job 2 instead of sorting it in (job 1 would then fine-tune another model in job 1's directory)."""
     from blockbert.app.commands.sweep import keep_job_numbers
+    from blockbert.formats.run_dir import SweepDir
 
     sweep = load_sweep("finetune_each")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"init_from": ["/pre/0", "/pre/2"]}}))
-    grid = keep_job_numbers(sweep, {"init_from": ["/pre/0", "/pre/1", "/pre/2"]}, tmp_path / "sweep.yaml")
+    grid = keep_job_numbers(sweep, {"init_from": ["/pre/0", "/pre/1", "/pre/2"]}, SweepDir(tmp_path).spec())
     assert grid == {"init_from": ["/pre/0", "/pre/2", "/pre/1"]}
-    assert keep_job_numbers(sweep, {"init_from": ["/pre/0"]}, tmp_path / "none.yaml") == {"init_from": ["/pre/0"]}
+    assert keep_job_numbers(sweep, {"init_from": ["/pre/0"]}, {}) == {"init_from": ["/pre/0"]}
 
 
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():

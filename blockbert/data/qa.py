@@ -250,8 +250,11 @@ FACTS = [  # (sentence, question, answer source)
 ]
 
 
+GENERATED_PEOPLE = (3, 3)  # a generated paragraph's persons by default: [fewest, most]
+
+
 def write_generated_squad(
-    path: Path, questions: int, version: str = "1.1", seed: int = 0, people: tuple[int, int] = (3, 3)
+    path: Path, questions: int, version: str = "1.1", seed: int = 0, people: tuple[int, int] = GENERATED_PEOPLE
 ) -> Path:
     """Write (once) a synthetic SQuAD-format file: short biographies and questions about them.
 

@@ -15,7 +15,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from blockbert.data.cache import arrow_files, build_once, fingerprint, load_arrow, tokenizer_fingerprint
-from blockbert.data.qa import QADataset, read_hub_split, read_qa_file, split_dev_test, write_generated_squad
+from blockbert.data.qa import (
+    GENERATED_PEOPLE,
+    QADataset,
+    read_hub_split,
+    read_qa_file,
+    split_dev_test,
+    write_generated_squad,
+)
 from blockbert.data.qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
 from blockbert.data.sampler import ResumableData, ResumableSampler
 from blockbert.data.tokenizer import train_wordpiece
@@ -27,7 +34,7 @@ log = logging.getLogger(__name__)
 def generated_people(task_cfg) -> tuple[int, int]:
     """task.generated_people as (fewest, most) persons a generated paragraph is about (two values, checked by the
     schema; in either order)."""
-    fewest, most = sorted(task_cfg.get("generated_people") or (3, 3))
+    fewest, most = sorted(task_cfg.get("generated_people") or GENERATED_PEOPLE)
     return fewest, most
 
 
@@ -35,7 +42,7 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
     """{"train", "dev"[, "test"]} datasets of the configured task."""
     if task_cfg.name == "generated":
         people = generated_people(task_cfg)
-        spread = "" if people == (3, 3) else f"-people{people[0]}-{people[1]}"
+        spread = "" if people == GENERATED_PEOPLE else f"-people{people[0]}-{people[1]}"
         folder = cache_dir / "qa" / f"generated-v{task_cfg.version}-{task_cfg.generated_questions}{spread}"
         files = {
             split: write_generated_squad(folder / f"{split}.json", n, task_cfg.version, seed, people)

@@ -25,8 +25,8 @@ def setting(default, low=None, high=None, *, above=None, below=None, choices=Non
     """A field with what it accepts: ``low <= value <= high``, ``above < value < below``, or one of ``choices``
     (None is always accepted where the type is Optional; a list's every element); ``length``: a list's; ``means``:
     what the value is, said instead of the bounds when they are not met."""
-    rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices, "means": means}
-    rule["length"] = length
+    rule = {"low": low, "high": high, "above": above, "below": below, "choices": choices, "means": means,
+            "length": length}  # fmt: skip
     rule = {key: value for key, value in rule.items() if value is not None}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=rule)

@@ -187,7 +187,7 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
                 self.clock.count(pl_module.real_tokens - self.tokens)
                 self.tokens = pl_module.real_tokens
             else:
-                self.clock.count(len(batch["input_ids"]))
+                self.clock.count(units_of(mode, batch))  # examples: a shape, no sync
             if trainer.global_step != self.step:  # else inside a gradient accumulation
                 self.clock.step()
                 self.step = trainer.global_step
@@ -262,8 +262,9 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
     clock.start()
     real = positions = 0
     for step, batch in enumerate(_batches(data.train_dataloader(), steps)):
-        if step >= spec["warmup"]:  # on the host, before the batch moves
-            real, positions = real + int(batch["attention_mask"].sum()), positions + batch["attention_mask"].numel()
+        units, mask = units_of(mode, batch), batch["attention_mask"]  # on the host, before the batch moves
+        if step >= spec["warmup"]:
+            real, positions = real + int(mask.sum()), positions + mask.numel()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "window_index"}
         marks = [clock.last, time.perf_counter()]  # the data part ends here
         with autocast:
@@ -278,7 +279,7 @@ def bare_loop(mode: str, model: str, spec: dict, run_dir: Path):
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
-        clock.count(units_of(mode, batch))
+        clock.count(units)
         marks.append(clock.step())
         for part, begin, end in zip(STEP_PARTS, marks, marks[1:]):
             parts[part].append(end - begin)

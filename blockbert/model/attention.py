@@ -76,12 +76,7 @@ def block_attention(
     assert L <= N, f"sequence length {L} > block_seq_len={N}: BlockBertConfig.check_sequence_length refuses it"
     m = -(-N // n)  # footnote 4: N padded to a multiple of n
     b = -(-L // m)  # query blocks holding real positions; b = n when L > (n - 1) * m
-    pad = b * m - L
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        if key_mask is None:
-            key_mask = torch.ones(B, L, dtype=torch.bool, device=q.device)
-        key_mask = F.pad(key_mask, (0, pad), value=False)
+    q, k, v, key_mask = _pad_positions(q, k, v, key_mask, b * m - L)
     q, k, v = (t.reshape(B, H, b, m, d).transpose(1, 2) for t in (q, k, v))  # [B, b, H, m, d]
     k, v = _shift_blocks(k, head_counts), _shift_blocks(v, head_counts)
     keep = None
@@ -95,6 +90,16 @@ def block_attention(
     q, k, v = (t.reshape(B * b, H, m, d) for t in (q, k, v))
     out = _attend(q, k, v, keep, dropout_p, eager)  # [B * b, H, m, d]
     return out.view(B, b, H, m, d).transpose(1, 2).reshape(B, H, b * m, d)[:, :, :L]
+
+
+def _pad_positions(q, k, v, key_mask, pad: int):
+    """q, k, v [B, H, L, d] and key_mask [B, L] (None: no padding) with ``pad`` positions of padding appended."""
+    if not pad:
+        return q, k, v, key_mask
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    if key_mask is None:
+        key_mask = torch.ones(q.shape[0], q.shape[2] - pad, dtype=torch.bool, device=q.device)
+    return q, k, v, F.pad(key_mask, (0, pad), value=False)
 
 
 def _shift_blocks(t, head_counts):
@@ -244,14 +249,10 @@ def flex_attention(q, k, v, pattern: tuple, key_mask=None):
             "attention_impl=flex trains only on a CUDA GPU (PyTorch has no FlexAttention backward "
             "on CPU): use attention_impl=sdpa, or flex for inference"
         )
-    B, _, L, _ = q.shape
+    L = q.shape[2]
     assert pattern[0] != "block" or L <= pattern[2], "BlockBertConfig.check_sequence_length refuses it"
     padded = -(-L // FLEX_BLOCK) * FLEX_BLOCK
-    if padded != L:
-        q, k, v = (F.pad(t, (0, 0, 0, padded - L)) for t in (q, k, v))
-        if key_mask is None:
-            key_mask = torch.ones(B, L, dtype=torch.bool, device=q.device)
-        key_mask = F.pad(key_mask, (0, padded - L), value=False)  # [B, padded]
+    q, k, v, key_mask = _pad_positions(q, k, v, key_mask, padded - L)  # key_mask [B, padded]
     score_mod = None
     if key_mask is not None:
 

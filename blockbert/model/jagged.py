@@ -19,6 +19,7 @@ sync), and for the jagged layout the problems' sizes (a second sync) and one cop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -156,8 +157,7 @@ def jagged_attention(q, k, v, packing: Packing, dropout_p: float = 0.0):
             continue
         if group.key_index is not None:
             kg, vg = kg[group.key_index], vg[group.key_index]  # [T_k, h, d]
-        with warnings.catch_warnings():  # on a CPU, via torch's strided nested tensors, which warn they are a prototype
-            warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        with _quiet_prototype() if not qg.is_cuda else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(
                 _nested(qg, group.query_offsets, group.max_query),
                 _nested(kg, group.key_offsets, group.max_key),
@@ -167,6 +167,15 @@ def jagged_attention(q, k, v, packing: Packing, dropout_p: float = 0.0):
         out = out.transpose(1, 2).values()  # [T, h, d]
         outs.append(out if group.visible is None else out * group.visible.to(out.dtype))  # 0: no key, no output
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [T, H, d]
+
+
+@contextlib.contextmanager
+def _quiet_prototype():
+    """On a CPU, SDPA goes through torch's strided nested tensors, which warn that they are a prototype (not on a GPU,
+    where entering this each call would only cost time)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        yield
 
 
 def _nested(values, offsets, max_len: int):

@@ -175,8 +175,7 @@ class RunGuard(pl.Callback):
             if self._first_bad is None:
                 self._first_bad = torch.zeros((), dtype=torch.long, device=loss.device)
             step = trainer.global_step + 1 if accumulating else trainer.global_step  # the step it belongs to, from 1
-            here = torch.full_like(self._first_bad, step)
-            self._first_bad = torch.where(bad & (self._first_bad == 0), here, self._first_bad)
+            self._first_bad = torch.where(bad & (self._first_bad == 0), step, self._first_bad)
         if not accumulating:  # this micro-batch ended an optimizer step
             if trainer.global_step % NON_FINITE_CHECK_EVERY == 0:  # the same steps on every rank: a collective
                 self.check_finite(trainer)

@@ -108,12 +108,11 @@ def run_sweep(
     summarise it; the exit code. ``config_dir``: Hydra's ``--config-dir``, handed to every job."""
     source_dir = Path(source).expanduser().resolve() if source else None
     config_dirs = config_dirs_of(config_dir)
-    if directory:
-        config_dirs = resumed_config_dirs(SweepDir(directory), config_dirs)
+    stored = SweepDir(directory).spec() if directory else {}  # a sweep resumed in its directory: its sweep.yaml
+    config_dirs = resumed_config_dirs(stored, config_dirs, directory)
     flags = config_dir_flags(config_dirs)
     sweep, grid, texts = expanded_sweep(name, overrides, source_dir, config_dirs)
-    if directory:
-        grid = keep_job_numbers(sweep, grid, SweepDir(directory).spec_file)
+    grid = keep_job_numbers(sweep, grid, stored)
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
@@ -243,38 +242,37 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], multirun: list[str],
         print(f"{i:>{width}}: {line}")
 
 
-def resumed_config_dirs(sweep_dir: SweepDir, config_dirs: tuple[str, ...]) -> tuple[str, ...]:
+def resumed_config_dirs(stored: dict, config_dirs: tuple[str, ...], directory: str | None) -> tuple[str, ...]:
     """A sweep resumed in its directory composes with the ``--config-dir`` it was started with, or without one as it
     was (its sweep.yaml records which): taken when none is given, refused when another is, unless the recorded one
-    no longer exists (moved: the given one takes its place). A sweep.yaml from before the record decides nothing."""
-    spec = sweep_dir.spec()
-    if "config_dir" not in spec:
+    no longer exists (moved: the given one takes its place). A sweep.yaml from before the record decides nothing;
+    ``stored``: the sweep.yaml in ``directory`` ({} for a new sweep)."""
+    if "config_dir" not in stored:
         return config_dirs
-    recorded = spec["config_dir"]
+    recorded = stored["config_dir"]
     kept = () if recorded is None else (str(Path(recorded).expanduser().resolve()),)
     moved = bool(kept) and not Path(kept[0]).is_dir()
     if config_dirs and config_dirs != kept and not moved:
         started = f"with --config-dir {recorded}" if kept else "without --config-dir"
         raise ConfigError(
-            f"--config-dir {config_dirs[0]}: the sweep in {sweep_dir.path} was run {started}; resume it as it was "
+            f"--config-dir {config_dirs[0]}: the sweep in {directory} was run {started}; resume it as it was "
             "(its remaining jobs would compose differently)"
         )
     if config_dirs:
         return config_dirs
     if moved:
         raise ConfigError(
-            f"the sweep in {sweep_dir.path} was run with --config-dir {recorded}, which no longer exists: give its new "
+            f"the sweep in {directory} was run with --config-dir {recorded}, which no longer exists: give its new "
             "place with --config-dir"
         )
     return kept
 
 
-def keep_job_numbers(sweep, grid: dict, stored: Path) -> dict:
-    """A sweep resumed in its directory (--dir) keeps the values it was planned with, in their order, so that
-    job K stays the job it was: pre-training jobs that finished since (finetune_each) are appended, not sorted in."""
-    if not stored.is_file():
-        return grid
-    planned = (yaml.safe_load(stored.read_text()) or {}).get("grid", {})
+def keep_job_numbers(sweep, grid: dict, stored: dict) -> dict:
+    """A sweep resumed in its directory (--dir) keeps the values it was planned with (``stored``: its sweep.yaml), in
+    their order, so that job K stays the job it was: pre-training jobs that finished since (finetune_each) are
+    appended, not sorted in."""
+    planned = stored.get("grid", {})
     for key, values in sweep.parameters.items():
         if isinstance(values, dict) and "pretrained_jobs" in values and key in planned:
             grid[key] = planned[key] + [value for value in grid[key] if value not in planned[key]]
