@@ -227,6 +227,18 @@ def _as_job(task: str, debug: bool, task_function):
         set_process_rank()
         try:
             return task_function(cfg)
+        except KeyboardInterrupt as err:  # before its training began (it stops there with RunInterrupted)
+            from hydra.types import RunMode
+
+            from blockbert.errors import SIGINT_EXIT_CODE, RunInterrupted
+
+            if hydra_cfg.mode != RunMode.MULTIRUN:
+                raise
+            stopped = RunInterrupted(
+                f"stopped by Ctrl-C in job {hydra_cfg.job.num} before it trained", "", hydra_cfg.sweep.dir,
+                SIGINT_EXIT_CODE,
+            )  # fmt: skip
+            raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err
         except Exception as err:
             from hydra.types import RunMode
 
