@@ -44,6 +44,21 @@ def test_block_attention_uses_fused_kernels_with_dropout(dtype, padded):
     assert torch.isfinite(out).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("heads,N", [("10:2", 1024), ("8:2:2", 1024), ("8:2:2", 4096)])
+def test_block_attention_runs_on_flash_alone_without_padding(heads, N):
+    """A training step of a BlockBERT layer in bf16 with dropout, SDPA limited to its flash kernel: n=3 at N = 1024
+    and 4096 (not multiples of 3) included, as the last block's keys are sliced, not masked."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = BlockBertConfig(hidden_size=768, num_heads=12, max_position_embeddings=N, attention="block", heads=heads)
+    layer = SelfAttention(config).to(CUDA).train()
+    x = torch.randn(2, N, 768, device=CUDA, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 def test_half_precision_block_and_sparse_match_float32(dtype, atol):
     q, k, v = (t.detach() for t in qkv(N=1000))

@@ -28,6 +28,7 @@ from blockbert.measure.memory import measure_step
 from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_batch
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
 from blockbert.model.attention import SelfAttention
+from blockbert.model.blocks import blocks_of
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.jagged import packing
 
@@ -438,15 +439,18 @@ def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):
         hidden_size=768, num_heads=12, max_position_embeddings=seq_len, attention_dropout=dropout, **overrides
     )
     layer = SelfAttention(config).to(device).train()
-    packed = None
+    B, N = x.shape[:2]
+    layout = None
     if config.layout == "jagged":
-        B, N = x.shape[:2]
-        packed = packing(key_mask, B, N, config.head_counts, config.block_seq_len, True, device)
-        x = packed.pack(x.detach()).requires_grad_()  # [T, hidden]
+        layout = packing(key_mask, B, N, config.head_counts, config.block_seq_len, True, device)
+        x = layout.pack(x.detach()).requires_grad_()  # [T, hidden]
+    elif config.block_major:  # the layer as a model runs it: on hidden states laid out block-major once per forward
+        layout = blocks_of(key_mask, B, N, config.num_blocks, config.block_seq_len)
+        x, key_mask = layout.to_blocks(x.detach()).requires_grad_(), None  # [b, B, m, hidden]
 
     def step():
         with autocast:
-            out = layer(x, key_mask, packed)
+            out = layer(x, key_mask, layout)
         out.float().sum().backward()
         layer.zero_grad(set_to_none=True)
         x.grad = None

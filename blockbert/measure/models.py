@@ -31,7 +31,7 @@ NO_ATTENTION = "no_attention"
 class _NoKernel(SelfAttention):
     """SelfAttention without its kernel: the projections run and the values pass through (z = v)."""
 
-    def forward(self, x, key_mask=None, packed=None):
+    def forward(self, x, key_mask=None, layout=None):
         cfg = self.config
         v = self.qkv(x).view(*x.shape[:-1], 3, cfg.hidden_size)[..., 2, :]  # [B, N, H*d], or [T, H*d] packed
         return self.out(v)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockbert.errors import ConfigError
+from blockbert.model.blocks import Blocks, blocks_of
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.dropout_attention import dropout_attention
 from blockbert.model.jagged import Packing, jagged_attention
@@ -60,36 +61,88 @@ def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, eager: bool 
 def block_attention(
     q, k, v, head_counts, key_mask=None, dropout_p: float = 0.0, eager: bool = False, block_seq_len: int | None = None
 ):
-    """Blockwise attention; ``head_counts[s]`` consecutive heads take shift s.
+    """Blockwise attention on [B, H, L, d] (the functional form; a model keeps its hidden states block-major and
+    calls :func:`blockwise_attention` itself); ``head_counts[s]`` consecutive heads take shift s.
 
     The blocks are fixed by ``block_seq_len`` (N; default: this call's length): block i holds positions
     i*m .. (i+1)*m - 1 with m = ceil(N/n), so a position's block never depends on how far a batch is padded.
     A shorter input is computed as if padded to N, but only its first b = ceil(L/m) query blocks are: the
     others are padding; a query block whose key block lies past the input sees no real key (zero output).
-    The blocks are laid out as a batch of B * b independent attention problems of m tokens
-    ([B * b, H, m, d]), so SDPA picks its fused kernels; k and v are permuted per head group on the
-    way, which is all the permutation costs over the identity-only bound (forward and backward).
     """
     B, H, L, d = q.shape
-    n = len(head_counts)
     N = L if block_seq_len is None else block_seq_len
     assert L <= N, f"sequence length {L} > block_seq_len={N}: BlockBertConfig.check_sequence_length refuses it"
-    m = -(-N // n)  # footnote 4: N padded to a multiple of n
-    b = -(-L // m)  # query blocks holding real positions; b = n when L > (n - 1) * m
-    q, k, v, key_mask = _pad_positions(q, k, v, key_mask, b * m - L)
-    q, k, v = (t.reshape(B, H, b, m, d).transpose(1, 2) for t in (q, k, v))  # [B, b, H, m, d]
-    k, v = _shift_blocks(k, head_counts), _shift_blocks(v, head_counts)
-    keep = None
-    if key_mask is not None:
-        keep = _shift_blocks(key_mask.reshape(B, b, 1, 1, m).expand(B, b, H, 1, m), head_counts)
-    if b < n and any(head_counts[1:]):  # key blocks past the input are all padding
-        present = _key_blocks(b, tuple(head_counts), q.device)[1][None, :, :, None, None]  # [1, b, H, 1, 1]
-        keep = present.expand(B, b, H, 1, m) if keep is None else keep & present
-    if keep is not None:
-        keep = keep.reshape(B * b, H, 1, m)
-    q, k, v = (t.reshape(B * b, H, m, d) for t in (q, k, v))
-    out = _attend(q, k, v, keep, dropout_p, eager)  # [B * b, H, m, d]
-    return out.view(B, b, H, m, d).transpose(1, 2).reshape(B, H, b * m, d)[:, :, :L]
+    blocks = blocks_of(key_mask, B, L, len(head_counts), N)
+    q, k, v = (blocks.to_blocks(t.transpose(1, 2)) for t in (q, k, v))  # [b, B, m, H, d]
+    out = blockwise_attention(q, k, v, head_counts, blocks, dropout_p, eager)
+    return blocks.from_blocks(out).transpose(1, 2)  # [B, H, L, d]
+
+
+def blockwise_attention(q, k, v, head_counts, blocks: Blocks, dropout_p: float = 0.0, eager: bool = False):
+    """Blockwise attention on block-major q, k, v [b, B, m, H, d] -> [b, B, m, H, d] (:mod:`blockbert.model.blocks`).
+
+    Each head group (the heads of one shift s) is computed in key order: slot j holds the query block that attends
+    to key block j, query block (j - s) mod n. So the keys and values are the layout's own blocks, never copied,
+    and all key blocks of m positions are one SDPA call on [c * B, h, m, d] views; a last block of r < m positions
+    is a second call with its keys sliced to r. Neither needs a mask unless the batch has padding, so on a GPU the
+    flash kernel runs at any N, divisible by n or not. Only a shifted group's queries are permuted on the way in,
+    and its outputs back to query order on the way out; a query block whose key block lies past the input (b < n)
+    gets a zero output.
+    """
+    n = len(head_counts)
+    outs, start = [], 0
+    for shift, count in enumerate(head_counts):
+        if count:
+            group = (t[..., start : start + count, :] for t in (q, k, v))
+            outs.append(_head_group(*group, shift, n, blocks, dropout_p, eager))
+        start += count
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)  # [b, B, m, H, d]
+
+
+def _head_group(q, k, v, shift: int, n: int, blocks: Blocks, dropout_p: float, eager: bool):
+    """One head group's attention, q, k, v [b, B, m, h, d] -> [b, B, m, h, d]."""
+    b, full, r = blocks.count, blocks.full, blocks.last
+    # slot j: query block (j - s) mod n; a slot whose query block lies past the input computes a dropped stand-in
+    query_of = [(j - shift) % n for j in range(b)]
+    q = _take_blocks([q], [(0, i if i < b else j) for j, i in enumerate(query_of)])
+    parts = []
+    if full:
+        parts.append(_attend_blocks(q[:full], k[:full], v[:full], blocks.keep_full, dropout_p, eager))
+    if full < b:
+        parts.append(_attend_blocks(q[full:], k[full:, :, :r], v[full:, :, :r], blocks.keep_last, dropout_p, eager))
+    key_of = [(i + shift) % n for i in range(b)]  # query block i's key block, and so its slot
+    return _take_blocks(parts, [None if j >= b else (0, j) if j < full else (len(parts) - 1, 0) for j in key_of])
+
+
+def _attend_blocks(q, k, v, keep, dropout_p: float, eager: bool):
+    """q [c, B, m, h, d], k and v [c, B, m or r, h, d] -> [c, B, m, h, d]: c * B independent problems, one call."""
+    c = q.shape[0]
+    q, k, v = (t.flatten(0, 1).transpose(1, 2) for t in (q, k, v))  # [c * B, h, m, d]: views
+    return _attend(q, k, v, keep, dropout_p, eager).transpose(1, 2).unflatten(0, (c, -1))
+
+
+def _take_blocks(parts: list, sources: list):
+    """Blocks along dim 0 of [c, ...] tensors: block i is ``parts[p][j]`` for ``sources[i]`` = (p, j), zeros for None.
+    Runs of consecutive blocks are taken as slices, and a whole part is returned as it is (no copy)."""
+    runs = []  # [part, first, stop] or [None, 0, count]
+    for source in sources:
+        last = runs[-1] if runs else None
+        if source is None:
+            if last is not None and last[0] is None:
+                last[2] += 1
+            else:
+                runs.append([None, 0, 1])
+        elif last is not None and last[0] == source[0] and last[2] == source[1]:
+            last[2] += 1
+        else:
+            runs.append([source[0], source[1], source[1] + 1])
+    if len(runs) == 1 and runs[0][0] is not None and runs[0][1:] == [0, parts[runs[0][0]].shape[0]]:
+        return parts[runs[0][0]]
+    like = parts[0]
+    pieces = [
+        like.new_zeros(stop, *like.shape[1:]) if part is None else parts[part][first:stop] for part, first, stop in runs
+    ]
+    return torch.cat(pieces)
 
 
 def _pad_positions(q, k, v, key_mask, pad: int):
@@ -102,34 +155,9 @@ def _pad_positions(q, k, v, key_mask, pad: int):
     return q, k, v, F.pad(key_mask, (0, pad), value=False)
 
 
-def _shift_blocks(t, head_counts):
-    """Block i of a head with shift s gets block (i + s) mod n: t is [B, b, H, ...] with b <= n blocks.
-
-    With all n blocks this is a roll of block dim 1 by -s per head group (dim 2); with b < n, a key block
-    (i + s) mod n >= b lies past the input (all padding, masked by the caller) and block 0 stands in
-    for it. With every head at shift 0 (the identity-only bound) nothing is copied.
-    """
-    if not any(head_counts[1:]):
-        return t
-    b, n = t.shape[1], len(head_counts)
-    if b == n:
-        groups = torch.split(t, list(head_counts), dim=2)
-        return torch.cat([g.roll(-s, dims=1) if s else g for s, g in enumerate(groups)], dim=2)
-    source = _key_blocks(b, tuple(head_counts), t.device)[0]  # [b, H]
-    return t[:, source, torch.arange(t.shape[2], device=t.device)]  # [B, b, H, ...]
-
-
 def head_shifts(head_counts) -> torch.Tensor:
     """[H]: the shift of each head, ``head_counts[s]`` consecutive heads taking shift s."""
     return torch.repeat_interleave(torch.arange(len(head_counts)), torch.tensor(head_counts))
-
-
-@functools.lru_cache(maxsize=64)
-def _key_blocks(b: int, head_counts: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """([b, H] key block of query block i for head h, clamped to b - 1; [b, H] bool: that block exists)."""
-    n = len(head_counts)
-    target = (torch.arange(b)[:, None] + head_shifts(head_counts)[None, :]) % n
-    return torch.where(target < b, target, 0).to(device), (target < b).to(device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -307,29 +335,43 @@ class SelfAttention(nn.Module):
             "sparse": ("sparse", config.sparse_stride, config.sparse_expressivity),
         }.get(config.attention, ("dense",))
 
-    def forward(self, x, key_mask=None, packed: Packing | None = None):
-        """x [B, N, hidden] with ``key_mask`` [B, N]; or, ``packed``, x [T, hidden]: the batch's real tokens."""
+    def forward(self, x, key_mask=None, layout: Packing | Blocks | None = None):
+        """x [B, N, hidden] with ``key_mask`` [B, N]; x [b, B, m, hidden] block-major with ``layout`` its
+        :class:`Blocks` (the model's for block attention); or x [T, hidden], the batch's real tokens, with ``layout``
+        their :class:`Packing`."""
         cfg = self.config
-        qkv = self.qkv(x)  # [B, N, 3 * hidden], or [T, 3 * hidden] packed
+        if layout is None and cfg.block_major:  # alone, not in a model: the block-major layout for this call
+            blocks = blocks_of(key_mask, x.shape[0], x.shape[1], cfg.num_blocks, cfg.block_seq_len)
+            return blocks.from_blocks(self(blocks.to_blocks(x), None, blocks))
+        qkv = self.qkv(x)  # [B, N, 3 * hidden], [b, B, m, 3 * hidden] block-major, or [T, 3 * hidden] packed
         p = cfg.attention_dropout if self.training else 0.0
-        if packed is not None and packed.groups is not None:
+        if isinstance(layout, Blocks):
+            return self.out(self._blockwise(qkv, layout, p))
+        if layout is not None and layout.groups is not None:
             q, k, v = qkv.view(-1, 3, cfg.num_heads, cfg.head_dim).unbind(1)  # 3 x [T, H, d]
-            return self.out(jagged_attention(q, k, v, packed, p).reshape(-1, cfg.hidden_size))
-        if packed is not None:  # unpadded: the attention kernels on the padded batch
-            qkv, key_mask = packed.unpack(qkv), packed.key_mask  # [B, N, 3 * hidden]
+            return self.out(jagged_attention(q, k, v, layout, p).reshape(-1, cfg.hidden_size))
+        if layout is not None and layout.blocks is not None:  # unpadded block attention: real tokens to blocks
+            return self.out(layout.pack_blocks(self._blockwise(layout.unpack_blocks(qkv), layout.blocks, p)))
+        if layout is not None:  # unpadded: the attention kernels on the padded batch
+            qkv, key_mask = layout.unpack(qkv), layout.key_mask  # [B, N, 3 * hidden]
         B, N, _ = qkv.shape
         q, k, v = qkv.view(B, N, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
         z = self._attention(q, k, v, key_mask, p).transpose(1, 2).reshape(B, N, cfg.hidden_size)  # [B, N, H*d]
-        return self.out(z if packed is None else packed.pack(z))
+        return self.out(z if layout is None else layout.pack(z))
+
+    def _blockwise(self, qkv, blocks: Blocks, p):
+        """Block attention on block-major projections [b, B, m, 3 * hidden] -> [b, B, m, hidden]."""
+        cfg = self.config
+        q, k, v = qkv.unflatten(-1, (3, cfg.num_heads, cfg.head_dim)).unbind(3)  # 3 x [b, B, m, H, d]
+        eager = cfg.attention_impl == "eager"
+        return blockwise_attention(q, k, v, cfg.head_counts, blocks, p, eager).flatten(3)
 
     def _attention(self, q, k, v, key_mask, p):
-        """The configured kernel on [B, H, N, d]."""
+        """The configured kernel on [B, H, N, d] (not block attention through SDPA or eager: :meth:`_blockwise`)."""
         cfg = self.config
         eager = cfg.attention_impl == "eager"
         if cfg.attention_impl == "flex":
             return flex_attention(q, k, v, self.flex_pattern, key_mask)
-        if cfg.attention == "block":
-            return block_attention(q, k, v, cfg.head_counts, key_mask, p, eager, cfg.block_seq_len)
         if cfg.attention == "sparse":
             kernel = sparse_block_attention if cfg.sparse_impl == "blocks" else sparse_attention
             return kernel(q, k, v, cfg.sparse_stride, cfg.sparse_expressivity, key_mask, p, eager)

@@ -175,6 +175,11 @@ class BlockBertConfig:
         return len(self.head_counts)
 
     @property
+    def block_major(self) -> bool:
+        """Block attention through SDPA or eager: hidden states laid out block-major (:mod:`blockbert.model.blocks`)."""
+        return self.attention == "block" and self.attention_impl != "flex"
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 

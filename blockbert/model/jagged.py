@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from blockbert.model.blocks import Blocks, blocks_of
+
 # torch.fx logs a notice about is_fx_tracing on the first use of nested tensors: not the user's concern
 logging.getLogger("torch.fx._symbolic_trace").addFilter(lambda record: "is_fx_tracing" not in record.getMessage())
 
@@ -53,6 +55,8 @@ class Packing:
     batch: int
     length: int
     groups: list[HeadGroup] | None  # the jagged layout's attention problems; None: attention on the padded batch
+    blocks: Blocks | None = None  # unpadded block attention: the padded batch block-major
+    block_index: torch.Tensor | None = None  # [T] each real token's flat index in the block-major [b * B * m]
 
     def pack(self, x):
         """[B, L, ...] -> [T, ...]: the real tokens, in order."""
@@ -66,19 +70,42 @@ class Packing:
         out = x.new_zeros(self.batch * self.length, *x.shape[1:])
         return out.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
 
+    def pack_blocks(self, x):
+        """[b, B, m, ...] block-major -> [T, ...]: the real tokens, in order."""
+        return x.flatten(0, 2)[self.block_index]
+
+    def unpack_blocks(self, x):
+        """[T, ...] -> [b, B, m, ...]: the real tokens in the block-major layout, zeros elsewhere."""
+        b, m = self.blocks.count, self.blocks.size
+        out = x.new_zeros(b * self.batch * m, *x.shape[1:])
+        return out.index_copy(0, self.block_index, x).view(b, self.batch, m, *x.shape[1:])
+
 
 def packing(
-    key_mask, batch: int, length: int, head_counts: tuple, block_seq_len: int, jagged: bool, device, index=None
+    key_mask,
+    batch: int,
+    length: int,
+    head_counts: tuple,
+    block_seq_len: int,
+    jagged: bool,
+    device,
+    index=None,
+    block_major: bool = False,
 ) -> Packing:
     """The packing of a batch of ``length`` tokens with ``key_mask`` [B, L] (True = real; None: all real) and its
     real tokens' flat ``index`` (computed here when not given: a host sync); with ``jagged``, its attention problems
     too: ``head_counts`` (n = its length) and ``block_seq_len`` (N) give the blocks, n = 1 being dense attention.
     The problems' sizes are read on the host (a second sync) and their offsets and indices reach the device in one
-    copy, asynchronous from pinned memory on a GPU."""
+    copy, asynchronous from pinned memory on a GPU. Unpadded (not ``jagged``) with ``block_major``, block attention
+    runs on the padded batch laid out block-major (:mod:`blockbert.model.blocks`), its tokens put there directly."""
     if key_mask is not None and index is None:
         index = key_mask.reshape(-1).nonzero().squeeze(1)  # [T]
     if not jagged:
-        return Packing(index, key_mask, batch, length, None)
+        if not block_major:
+            return Packing(index, key_mask, batch, length, None)
+        blocks = blocks_of(key_mask, batch, length, len(head_counts), block_seq_len)
+        flat = torch.arange(batch * length, device=device) if index is None else index
+        return Packing(index, key_mask, batch, length, None, blocks, blocks.index_of(flat))
     n = len(head_counts)
     m = -(-block_seq_len // n) if n > 1 else length  # block length; dense: one block, the sequence
     nb = -(-length // m)  # blocks holding positions of this batch

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from blockbert.model.attention import SelfAttention
+from blockbert.model.blocks import Blocks, blocks_of
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.jagged import Packing, packing
 
@@ -50,8 +51,8 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, key_mask=None, packed: Packing | None = None):
-        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask, packed)))
+    def forward(self, x, key_mask=None, layout: Packing | Blocks | None = None):
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask, layout)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
@@ -93,21 +94,29 @@ class BlockBertModel(nn.Module):
             if real == input_ids.numel():
                 key_mask = index = None  # no padding: the kernels run unmasked (fused on CPU too), as transformers does
         x = self.embeddings(input_ids, token_type_ids)  # [B, N, hidden]
-        layout = self.layout_for(input_ids.numel(), real)
-        packed = None
-        if layout != "padded":
-            B, N = input_ids.shape
-            jagged = layout == "jagged"
-            packed = packing(key_mask, B, N, cfg.head_counts, cfg.block_seq_len, jagged, x.device, index)
-            x = packed.pack(x)  # [T, hidden]: the real tokens only
+        B, N = input_ids.shape
+        kind = self.layout_for(input_ids.numel(), real)
+        layout: Packing | Blocks | None = None
+        if kind != "padded":
+            jagged = kind == "jagged"
+            layout = packing(
+                key_mask, B, N, cfg.head_counts, cfg.block_seq_len, jagged, x.device, index, cfg.block_major
+            )
+            x = layout.pack(x)  # [T, hidden]: the real tokens only
+        elif cfg.block_major:
+            layout = blocks_of(key_mask, B, N, cfg.num_blocks, cfg.block_seq_len)
+            x = layout.to_blocks(x)  # [b, B, m, hidden]
+            key_mask = None  # the layout holds it
         for layer in self.layers:
             if cfg.gradient_checkpointing and self.training:
                 # nested tensors fail the non-reentrant kind's check of the recomputed tensors' metadata
-                check = "none" if layout == "jagged" else "default"
-                x = checkpoint(layer, x, key_mask, packed, use_reentrant=False, determinism_check=check)
+                check = "none" if kind == "jagged" else "default"
+                x = checkpoint(layer, x, key_mask, layout, use_reentrant=False, determinism_check=check)
             else:
-                x = layer(x, key_mask, packed)
-        return x if packed is None else packed.unpack(x)  # [B, N, hidden]; zeros at padding when unpadded
+                x = layer(x, key_mask, layout)
+        if isinstance(layout, Blocks):
+            return layout.from_blocks(x)  # [B, N, hidden]
+        return x if layout is None else layout.unpack(x)  # [B, N, hidden]; zeros at padding when unpadded
 
     def layout_for(self, positions: int, real: int | None) -> str:
         """The layout of a batch of ``positions`` with ``real`` real tokens (None: no mask): padded when none is real,
