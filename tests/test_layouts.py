@@ -106,7 +106,7 @@ def test_every_layout_gives_the_same_outputs_and_gradients_at_real_tokens(cls, k
             torch.testing.assert_close(grad, expected_grads[name], atol=1e-5, rtol=1e-4, msg=f"{layout} {name}")
 
 
-@pytest.mark.parametrize("layout", ["unpadded", "jagged"])
+@pytest.mark.parametrize("layout", ["padded", "unpadded", "jagged"])
 def test_layouts_under_gradient_checkpointing(layout):
     ids = torch.randint(1, 50, (3, 20), generator=torch.Generator().manual_seed(2))
     mask = key_mask(3, 20, holes=True, seed=3).long()

@@ -5,7 +5,8 @@
 * block   -- BlockBERT (section 3 of the paper): the configured length N (``block_seq_len``) is cut
              into n blocks, head h has a shift k_h and query block i attends only to key block
              (i + k_h) mod n. Computed as a batch of n problems of N/n tokens (fewer for a shorter
-             input: its all-padding query blocks are skipped): never an N x N score matrix.
+             input: its all-padding query blocks are skipped) on hidden states laid out block-major
+             (:mod:`blockbert.model.blocks`): never an N x N score matrix.
 * sparse  -- SparseBert: the bidirectional "fixed" pattern of the Sparse Transformer as fairseq's
              ``sparse_multihead_attention.py`` builds it, either applied as a mask on dense attention
              (``mask``, faithful to the paper, which does not save compute with it) or computed over

@@ -2,7 +2,8 @@
 
 A padded batch [B, L] is packed into its T real tokens ([T, hidden], ModernBERT's unpadding), so embeddings' work
 aside, every linear layer, LayerNorm and dropout skips padding. The unpadded layout runs attention on the batch
-padded again (:meth:`Packing.unpack`); the jagged layout runs it as a jagged batch of independent problems,
+padded again (:meth:`Packing.unpack`; block attention's straight into its block-major layout,
+:meth:`Packing.unpack_blocks`); the jagged layout runs it as a jagged batch of independent problems,
 computed by SDPA on nested jagged tensors (its variable-length fused kernels on a CUDA GPU, its math kernel per
 problem on a CPU):
 
