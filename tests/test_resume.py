@@ -506,3 +506,29 @@ def test_a_stop_reaches_the_whole_sweep_and_names_the_sweep_to_resume(run, tmp_p
     line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
     assert f"--dir {sweep_dir} to resume the sweep (complete jobs are skipped)" in line and "blockbert sweep" in line
     assert not (sweep_dir / "1").exists() and not (sweep_dir / "summary.csv").exists()
+
+
+def test_ctrl_c_before_a_multirun_job_trains_ends_in_the_interrupted_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while job 0 of a multirun prepares its data (before training's own handler is set): exit 130 and the
+    interrupted line naming the sweep directory to resume in; job 1 never starts."""
+    from blockbert.app import launch
+
+    started = []
+
+    def entry_point(task):
+        def main(cfg):
+            started.append(cfg.seed)
+            raise KeyboardInterrupt
+
+        main.__module__ = launch.ENTRY_POINTS[task]
+        return main
+
+    monkeypatch.setattr(launch, "_entry_point", entry_point)
+    sweep_dir = tmp_path / "multi"
+    code = launch.run_task("pretrain", ["-m", "seed=0,1", "logger=none", f"hydra.sweep.dir={sweep_dir}"])
+    err = capsys.readouterr().err
+    assert code == 130, err[-3000:]
+    line = next(line for line in err.splitlines() if "interrupted:" in line)
+    assert "stopped by Ctrl-C in job 0 before it trained" in line
+    assert f"run the same command with hydra.sweep.dir={sweep_dir} to resume the multirun" in line
+    assert started == [0]
