@@ -122,10 +122,11 @@ def test_kernel_on_a_short_input_equals_the_input_padded_to_N(head_counts, L, ma
     )[:, :, :L]
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
     g = torch.randn_like(got)
-    if not got.requires_grad:  # every query block's key block lies past the input: zeros, whatever q, k, v
-        assert not got.any() and not any(a.any() for a in torch.autograd.grad(expected, (q, k, v), g))
-        return
-    for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(expected, (q, k, v), g)):
+    # k and v reach no output when every key block of a shifted-only head config lies past the input (L = 1)
+    grads = [
+        torch.autograd.grad(out, (q, k, v), g, allow_unused=True, materialize_grads=True) for out in (got, expected)
+    ]
+    for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 

@@ -33,9 +33,12 @@ def padding(batch: int, length: int, padded: bool):
 @pytest.mark.parametrize("heads", ["3:2:1", "0:4:2", "6:0:0", "2:0:4"])
 @pytest.mark.parametrize("length", [25, 20, 18, 10, 9, 4])
 @pytest.mark.parametrize("padded", [False, True])
-def test_self_attention_equals_the_masked_reference(heads, length, padded):
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_self_attention_equals_the_masked_reference(heads, length, padded, impl):
+    """Outputs and gradients; a short input whose key blocks all lie past it (0:4:2 at 9 positions or fewer) gives
+    zeros and still zero gradients, not none (DDP needs every parameter's gradient)."""
     torch.manual_seed(0)
-    layer = SelfAttention(config(heads)).double().train()
+    layer = SelfAttention(config(heads, attention_impl=impl)).double().train()
     x = torch.randn(3, length, 24, dtype=torch.float64, requires_grad=True)
     mask = padding(3, length, padded)
     got = layer(x, mask)
@@ -47,8 +50,7 @@ def test_self_attention_equals_the_masked_reference(heads, length, padded):
     torch.testing.assert_close(got, expected)
     g = torch.randn_like(got)
     params = (x, *layer.parameters())
-    grads = [torch.autograd.grad(out, params, g, allow_unused=True, materialize_grads=True) for out in (got, expected)]
-    for a, b in zip(*grads):  # a short input whose key blocks all lie past it: x reaches no output
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(expected, params, g)):
         torch.testing.assert_close(a, b)
 
 
@@ -106,3 +108,21 @@ def test_to_blocks_and_back(length):
     assert torch.equal(blocks.from_blocks(laid), x)
     index = torch.arange(2 * length)
     assert torch.equal(laid.flatten(0, 2)[blocks.index_of(index)], x.flatten(0, 1))
+
+
+def test_a_short_input_computes_only_the_blocks_it_holds(monkeypatch):
+    """N = 24, m = 8, n = 3 and 10 positions (b = 2): the identity heads compute both blocks; a shifted head only the
+    query block whose key block holds positions (the other key block lies past the input: zeros, not computed)."""
+    problems = []
+    real_attend = attention._attend
+
+    def counting(q, k, v, keep, dropout_p, eager):
+        problems.append((q.shape[0] * q.shape[1], k.shape[2]))  # (blocks x batch x heads, keys)
+        return real_attend(q, k, v, keep, dropout_p, eager)
+
+    monkeypatch.setattr(attention, "_attend", counting)
+    q, k, v = (torch.randn(1, 4, 10, 5) for _ in range(3))
+    attention.block_attention(q, k, v, (2, 1, 1), block_seq_len=24)
+    # identity (2 heads): block 0 (8 keys), block 1 (its 2 positions); shift 1: query block 0 -> key block 1 (2 keys);
+    # shift 2: query block 1 -> key block 0 (8 keys)
+    assert problems == [(2, 8), (2, 2), (1, 2), (1, 8)]

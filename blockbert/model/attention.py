@@ -13,7 +13,8 @@
              the pattern's keys only (``blocks``, same result).
 
 Every kernel takes q, k, v of shape [B, H, N, d] and an optional key mask [B, N] (True = real
-token) and returns [B, H, N, d]. A query that can see no real key gets a zero output.
+token) and returns [B, H, N, d] (but :func:`blockwise_attention`, which a model calls: block-major
+[b, B, m, H, d] with its :class:`Blocks`). A query that can see no real key gets a zero output.
 """
 
 from __future__ import annotations
@@ -91,28 +92,44 @@ def blockwise_attention(q, k, v, head_counts, blocks: Blocks, dropout_p: float =
     gets a zero output.
     """
     n = len(head_counts)
-    outs, start = [], 0
-    for shift, count in enumerate(head_counts):
-        if count:
-            group = (t[..., start : start + count, :] for t in (q, k, v))
-            outs.append(_head_group(*group, shift, n, blocks, dropout_p, eager))
-        start += count
+    shifts = [shift for shift, count in enumerate(head_counts) if count]
+    # split, not sliced: in backward the groups' gradients are joined in one cat, not each added into a zeroed whole
+    groups = zip(*(t.split([c for c in head_counts if c], dim=3) for t in (q, k, v)))
+    outs = [_head_group(*group, shift, n, blocks, dropout_p, eager) for shift, group in zip(shifts, groups)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)  # [b, B, m, H, d]
 
 
 def _head_group(q, k, v, shift: int, n: int, blocks: Blocks, dropout_p: float, eager: bool):
-    """One head group's attention, q, k, v [b, B, m, h, d] -> [b, B, m, h, d]."""
-    b, full, r = blocks.count, blocks.full, blocks.last
-    # slot j: query block (j - s) mod n; a slot whose query block lies past the input computes a dropped stand-in
-    query_of = [(j - shift) % n for j in range(b)]
-    q = _take_blocks([q], [(0, i if i < b else j) for j, i in enumerate(query_of)])
-    parts = []
-    if full:
-        parts.append(_attend_blocks(q[:full], k[:full], v[:full], blocks.keep_full, dropout_p, eager))
-    if full < b:
-        parts.append(_attend_blocks(q[full:], k[full:, :, :r], v[full:, :, :r], blocks.keep_last, dropout_p, eager))
-    key_of = [(i + shift) % n for i in range(b)]  # query block i's key block, and so its slot
-    return _take_blocks(parts, [None if j >= b else (0, j) if j < full else (len(parts) - 1, 0) for j in key_of])
+    """One head group's attention, q, k, v [b, B, m, h, d] -> [b, B, m, h, d].
+
+    Slot j (key block j) is computed when its query block (j - s) mod n holds positions: runs of consecutive slots
+    are one call each, cut where the keys' length changes (a last block of r < m positions: its keys sliced to r).
+    """
+    b, full, r, batch = blocks.count, blocks.full, blocks.last, blocks.batch
+    slots = [j for j in range(b) if (j - shift) % n < b]
+    if not slots:  # every key block of this group's queries lies past the input
+        return q * 0  # zeros that keep the parameters' gradients (zero, not none: DDP needs them)
+    runs = []  # [first, stop) of consecutive slots with keys of one length
+    for j in slots:
+        if runs and runs[-1][1] == j and j != full:
+            runs[-1][1] += 1
+        else:
+            runs.append([j, j + 1])
+    queries = _take_blocks([q], [(0, (j - shift) % n) for j in slots], q).split([stop - first for first, stop in runs])
+    cuts = sorted({0, b, *(end for run in runs for end in run)})
+    sizes = [stop - first for first, stop in zip(cuts, cuts[1:])]
+    keys, values = ({first: piece for first, piece in zip(cuts, t.split(sizes))} for t in (k, v))
+    outs, where = [], {}
+    for (first, stop), qr in zip(runs, queries):
+        kr, vr, keep = keys[first], values[first], blocks.keep_full
+        if first >= full:
+            kr, vr, keep = kr[:, :, :r], vr[:, :, :r], blocks.keep_last
+        elif keep is not None:
+            keep = keep[first * batch : stop * batch]
+        where.update({j: (len(outs), j - first) for j in range(first, stop)})
+        outs.append(_attend_blocks(qr, kr, vr, keep, dropout_p, eager))
+    # query block i's output is slot (i + s) mod n's, zeros where that key block lies past the input
+    return _take_blocks(outs, [where.get((i + shift) % n) for i in range(b)], q)
 
 
 def _attend_blocks(q, k, v, keep, dropout_p: float, eager: bool):
@@ -122,9 +139,12 @@ def _attend_blocks(q, k, v, keep, dropout_p: float, eager: bool):
     return _attend(q, k, v, keep, dropout_p, eager).transpose(1, 2).unflatten(0, (c, -1))
 
 
-def _take_blocks(parts: list, sources: list):
-    """Blocks along dim 0 of [c, ...] tensors: block i is ``parts[p][j]`` for ``sources[i]`` = (p, j), zeros for None.
-    Runs of consecutive blocks are taken as slices, and a whole part is returned as it is (no copy)."""
+def _take_blocks(parts: list, sources: list, like):
+    """Blocks along dim 0 of [c, ...] tensors: block i is ``parts[p][j]`` for ``sources[i]`` = (p, j), zeros for None
+    (``like[:1] * 0``: in the autograd graph, so that parameters reaching only zeros get zero gradients, not none).
+    The sources are distinct. Runs of consecutive blocks are taken whole, and a whole part is returned as it is (no
+    copy); each part is cut at its runs' ends with ``split``, whose backward is one cat, not a zeroed whole per run.
+    """
     runs = []  # [part, first, stop] or [None, 0, count]
     for source in sources:
         last = runs[-1] if runs else None
@@ -139,11 +159,15 @@ def _take_blocks(parts: list, sources: list):
             runs.append([source[0], source[1], source[1] + 1])
     if len(runs) == 1 and runs[0][0] is not None and runs[0][1:] == [0, parts[runs[0][0]].shape[0]]:
         return parts[runs[0][0]]
-    like = parts[0]
-    pieces = [
-        like.new_zeros(stop, *like.shape[1:]) if part is None else parts[part][first:stop] for part, first, stop in runs
-    ]
-    return torch.cat(pieces)
+    segments = {}
+    for p, part in enumerate(parts):
+        cuts = sorted({0, part.shape[0], *(end for run in runs if run[0] == p for end in run[1:])})
+        sizes = [stop - first for first, stop in zip(cuts, cuts[1:])]
+        segments.update({(p, first, first + size): piece for first, size, piece in zip(cuts, sizes, part.split(sizes))})
+    zeros = like[:1] * 0  # [1, ...]
+    return torch.cat(
+        [zeros.expand(stop, *like.shape[1:]) if p is None else segments[p, first, stop] for p, first, stop in runs]
+    )
 
 
 def _pad_positions(q, k, v, key_mask, pad: int):
@@ -370,6 +394,7 @@ class SelfAttention(nn.Module):
     def _attention(self, q, k, v, key_mask, p):
         """The configured kernel on [B, H, N, d] (not block attention through SDPA or eager: :meth:`_blockwise`)."""
         cfg = self.config
+        assert not cfg.block_major, "block attention through SDPA or eager runs block-major: SelfAttention._blockwise"
         eager = cfg.attention_impl == "eager"
         if cfg.attention_impl == "flex":
             return flex_attention(q, k, v, self.flex_pattern, key_mask)
