@@ -213,6 +213,7 @@ def _as_job(task: str, debug: bool, task_function):
     @functools.wraps(task_function)
     def job(cfg):
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         saved = {key: os.environ.get(key) for key in DIST_ENV}
         hydra_cfg = HydraConfig.get()
@@ -228,8 +229,6 @@ def _as_job(task: str, debug: bool, task_function):
         try:
             return task_function(cfg)
         except KeyboardInterrupt as err:  # before its training began (it stops there with RunInterrupted)
-            from hydra.types import RunMode
-
             from blockbert.errors import SIGINT_EXIT_CODE, RunInterrupted
 
             if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -240,8 +239,6 @@ def _as_job(task: str, debug: bool, task_function):
             )  # fmt: skip
             raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err
         except Exception as err:
-            from hydra.types import RunMode
-
             from blockbert.errors import RunInterrupted
 
             if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):

@@ -91,45 +91,32 @@ def blockwise_attention(q, k, v, head_counts, blocks: Blocks, dropout_p: float =
     and its outputs back to query order on the way out; a query block whose key block lies past the input (b < n)
     gets a zero output.
     """
-    n = len(head_counts)
+    assert len(blocks.plans) == len(head_counts), "blocks_of(..., n) with n = len(head_counts)"
     shifts = [shift for shift, count in enumerate(head_counts) if count]
     # split, not sliced: in backward the groups' gradients are joined in one cat, not each added into a zeroed whole
     groups = zip(*(t.split([c for c in head_counts if c], dim=3) for t in (q, k, v)))
-    outs = [_head_group(*group, shift, n, blocks, dropout_p, eager) for shift, group in zip(shifts, groups)]
+    outs = [_head_group(*group, shift, blocks, dropout_p, eager) for shift, group in zip(shifts, groups)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)  # [b, B, m, H, d]
 
 
-def _head_group(q, k, v, shift: int, n: int, blocks: Blocks, dropout_p: float, eager: bool):
-    """One head group's attention, q, k, v [b, B, m, h, d] -> [b, B, m, h, d].
-
-    Slot j (key block j) is computed when its query block (j - s) mod n holds positions: runs of consecutive slots
-    are one call each, cut where the keys' length changes (a last block of r < m positions: its keys sliced to r).
-    """
-    b, full, r, batch = blocks.count, blocks.full, blocks.last, blocks.batch
-    slots = [j for j in range(b) if (j - shift) % n < b]
-    if not slots:  # every key block of this group's queries lies past the input
+def _head_group(q, k, v, shift: int, blocks: Blocks, dropout_p: float, eager: bool):
+    """One head group's attention, q, k, v [b, B, m, h, d] -> [b, B, m, h, d], as :attr:`Blocks.plans` says."""
+    full, r, batch = blocks.full, blocks.last, blocks.batch
+    runs, query_runs, output_runs = blocks.plans[shift]
+    if not runs:  # every key block of this group's queries lies past the input
         return q * 0  # zeros that keep the parameters' gradients (zero, not none: DDP needs them)
-    runs = []  # [first, stop) of consecutive slots with keys of one length
-    for j in slots:
-        if runs and runs[-1][1] == j and j != full:
-            runs[-1][1] += 1
-        else:
-            runs.append([j, j + 1])
-    queries = _take_blocks([q], [(0, (j - shift) % n) for j in slots], q).split([stop - first for first, stop in runs])
-    cuts = sorted({0, b, *(end for run in runs for end in run)})
-    sizes = [stop - first for first, stop in zip(cuts, cuts[1:])]
-    keys, values = ({first: piece for first, piece in zip(cuts, t.split(sizes))} for t in (k, v))
-    outs, where = [], {}
+    queries = _take_blocks([q], query_runs, q).split([stop - first for first, stop in runs])
+    ends = [end for run in runs for end in run]
+    keys, values = _segments(k, ends), _segments(v, ends)
+    outs = []
     for (first, stop), qr in zip(runs, queries):
         kr, vr, keep = keys[first], values[first], blocks.keep_full
-        if first >= full:
+        if first >= full:  # the last block's keys sliced to its r positions
             kr, vr, keep = kr[:, :, :r], vr[:, :, :r], blocks.keep_last
         elif keep is not None:
             keep = keep[first * batch : stop * batch]
-        where.update({j: (len(outs), j - first) for j in range(first, stop)})
         outs.append(_attend_blocks(qr, kr, vr, keep, dropout_p, eager))
-    # query block i's output is slot (i + s) mod n's, zeros where that key block lies past the input
-    return _take_blocks(outs, [where.get((i + shift) % n) for i in range(b)], q)
+    return _take_blocks(outs, output_runs, q)
 
 
 def _attend_blocks(q, k, v, keep, dropout_p: float, eager: bool):
@@ -139,34 +126,23 @@ def _attend_blocks(q, k, v, keep, dropout_p: float, eager: bool):
     return _attend(q, k, v, keep, dropout_p, eager).transpose(1, 2).unflatten(0, (c, -1))
 
 
-def _take_blocks(parts: list, sources: list, like):
-    """Blocks along dim 0 of [c, ...] tensors: block i is ``parts[p][j]`` for ``sources[i]`` = (p, j), zeros for None
-    (``like[:1] * 0``: in the autograd graph, so that parameters reaching only zeros get zero gradients, not none).
-    The sources are distinct. Runs of consecutive blocks are taken whole, and a whole part is returned as it is (no
-    copy); each part is cut at its runs' ends with ``split``, whose backward is one cat, not a zeroed whole per run.
-    """
-    runs = []  # [part, first, stop] or [None, 0, count]
-    for source in sources:
-        last = runs[-1] if runs else None
-        if source is None:
-            if last is not None and last[0] is None:
-                last[2] += 1
-            else:
-                runs.append([None, 0, 1])
-        elif last is not None and last[0] == source[0] and last[2] == source[1]:
-            last[2] += 1
-        else:
-            runs.append([source[0], source[1], source[1] + 1])
-    if len(runs) == 1 and runs[0][0] is not None and runs[0][1:] == [0, parts[runs[0][0]].shape[0]]:
+def _segments(t, ends) -> dict:
+    """t cut along dim 0 at ``ends``: {first block: piece}. With ``split``, whose backward is one cat, not a zeroed
+    whole per slice."""
+    cuts = sorted({0, t.shape[0], *ends})
+    return dict(zip(cuts, t.split([stop - first for first, stop in zip(cuts, cuts[1:])])))
+
+
+def _take_blocks(parts: list, runs: tuple, like):
+    """Blocks along dim 0 of [c, ...] tensors, given as ``runs`` (part, first, stop) of consecutive blocks of one
+    part, or (None, 0, count) of zeros (``like[:1] * 0``: in the autograd graph, so that parameters reaching only
+    zeros get zero gradients, not none). A whole part in order is returned as it is (no copy)."""
+    if len(runs) == 1 and runs[0][0] is not None and runs[0][1:] == (0, parts[runs[0][0]].shape[0]):
         return parts[runs[0][0]]
-    segments = {}
-    for p, part in enumerate(parts):
-        cuts = sorted({0, part.shape[0], *(end for run in runs if run[0] == p for end in run[1:])})
-        sizes = [stop - first for first, stop in zip(cuts, cuts[1:])]
-        segments.update({(p, first, first + size): piece for first, size, piece in zip(cuts, sizes, part.split(sizes))})
+    pieces = [_segments(part, [end for run in runs if run[0] == p for end in run[1:]]) for p, part in enumerate(parts)]
     zeros = like[:1] * 0  # [1, ...]
     return torch.cat(
-        [zeros.expand(stop, *like.shape[1:]) if p is None else segments[p, first, stop] for p, first, stop in runs]
+        [zeros.expand(stop, *like.shape[1:]) if p is None else pieces[p][first] for p, first, stop in runs]
     )
 
 

@@ -33,6 +33,7 @@ class Blocks:
     count: int  # b, blocks holding positions
     keep_full: torch.Tensor | None  # [full * B, 1, 1, m] True = real key, in the blocks of m positions; None: all are
     keep_last: torch.Tensor | None  # [B, 1, 1, r] the same in a last block of r < m positions; None: all are, or none
+    plans: tuple = ()  # per shift s: how a head group of shift s is computed on these blocks (group_plan)
 
     @property
     def last(self) -> int:
@@ -71,6 +72,7 @@ def blocks_of(key_mask, batch: int, length: int, n: int, block_seq_len: int) -> 
     no padding), for n blocks of the length ``block_seq_len`` (N) is cut into."""
     m = -(-block_seq_len // n)
     layout = Blocks(batch, length, m, -(-length // m), None, None)
+    layout.plans = tuple(group_plan(layout.count, layout.full, shift, n) for shift in range(n))
     if key_mask is not None:
         keys = layout.to_blocks(key_mask)  # [b, B, m]
         full, r = layout.full, layout.last
@@ -81,4 +83,44 @@ def blocks_of(key_mask, batch: int, length: int, n: int, block_seq_len: int) -> 
     return layout
 
 
-__all__ = ["Blocks", "blocks_of"]
+def group_plan(b: int, full: int, shift: int, n: int) -> tuple[tuple, tuple, tuple]:
+    """How a head group of ``shift`` is computed on b blocks, ``full`` of them of m positions (worked out once per
+    forward, for every layer).
+
+    Slot j (key block j) is computed when its query block (j - s) mod n holds positions, in runs of consecutive
+    slots whose keys have one length (the last block's are cut to r < m). Returns the runs [first, stop) of slots;
+    the computed slots' query blocks; and each query block i's output: slot (i + s) mod n's, or zeros where that key
+    block lies past the input. The last two as runs of consecutive blocks (part, first, stop) of one part (the
+    queries; the calls' outputs, one per run of slots), or (None, 0, count) of zeros.
+    """
+    slots = [j for j in range(b) if (j - shift) % n < b]
+    runs: list[list[int]] = []
+    for j in slots:
+        if runs and runs[-1][1] == j and j != full:
+            runs[-1][1] += 1
+        else:
+            runs.append([j, j + 1])
+    where = {j: (index, j - first) for index, (first, stop) in enumerate(runs) for j in range(first, stop)}
+    queries = [(0, (j - shift) % n) for j in slots]
+    outputs = [where.get((i + shift) % n) for i in range(b)]
+    return tuple(map(tuple, runs)), _as_runs(queries), _as_runs(outputs)
+
+
+def _as_runs(sources: list) -> tuple:
+    """Blocks (part, index), or None for zeros, as runs (part, first, stop) of consecutive blocks of one part, or
+    (None, 0, count)."""
+    runs: list[list] = []
+    for source in sources:
+        last = runs[-1] if runs else None
+        if source is None and last is not None and last[0] is None:
+            last[2] += 1
+        elif source is None:
+            runs.append([None, 0, 1])
+        elif last is not None and last[0] == source[0] and last[2] == source[1]:
+            last[2] += 1
+        else:
+            runs.append([source[0], source[1], source[1] + 1])
+    return tuple(map(tuple, runs))
+
+
+__all__ = ["Blocks", "blocks_of", "group_plan"]
