@@ -13,6 +13,7 @@ MISLEADING = (
     "Total FLOPs: 0",  # Lightning's summary without an example input
     "save_last",
     "weights_only",
+    "You have overridden `on_before_batch_transfer`",  # Lightning on our token count (no data module has it)
 )
 
 

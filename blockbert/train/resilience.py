@@ -388,6 +388,9 @@ class RunSafety:
         # above) and warns that "the last model of the previous fit" will be used, which would mislead.
         warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model.*")
         warnings.filterwarnings("ignore", message=r".*no last checkpoint available.*")
+        # PretrainModule counts real tokens in on_before_batch_transfer; Lightning notes that a data module was passed
+        # too, as if both defined the hook (ours do not): nothing for a user to act on.
+        warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`.*")
         if ckpt_path is not None:  # resuming in place: the directory is meant to hold checkpoints
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         with self._stops_as_interrupted(trainer, ""):
