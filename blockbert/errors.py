@@ -20,13 +20,15 @@ class ConfigError(ValueError):
 
 
 class RunInterrupted(Exception):
-    """Training stopped on SIGTERM or Ctrl-C: ``state`` says where it stopped and what is saved, ``resume`` how to
-    resume it (the command that started a multirun or a sweep replaces it with its own), ``run_dir`` is where it
-    resumes (a multirun's: its sweep directory), ``exit_code`` the shell's."""
+    """A run stopped on SIGTERM or Ctrl-C: ``state`` says where it stopped and what is saved, ``resume`` how to
+    resume it (the command that started a multirun or a sweep replaces it with its own unless the run is not
+    ``resumable``: a benchmark is measured again), ``run_dir`` is where it resumes (a multirun's: its sweep
+    directory), ``exit_code`` the shell's."""
 
-    def __init__(self, state: str, resume: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE):
+    def __init__(self, state: str, resume: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE, resumable: bool = True):
         super().__init__(state)
         self.state, self.resume, self.run_dir, self.exit_code = state, resume, run_dir, exit_code
+        self.resumable = resumable
 
     def __str__(self) -> str:
         return f"{self.state}; {self.resume}"

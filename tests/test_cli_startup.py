@@ -114,8 +114,9 @@ def test_bash_completion_through_the_installed_entry_point(tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("blockbert")), reason="needs bash and blockbert")
 def test_bash_completion_of_a_key_leaves_no_space_after_its_equals_sign(tmp_path):
-    script = subprocess.run(["blockbert", "--show-completion", "bash"], capture_output=True, text=True).stdout
-    assert "compopt -o nospace" in script
+    shown = subprocess.run(["blockbert", "--show-completion", "bash"], capture_output=True, text=True)
+    script = shown.stdout
+    assert "compopt -o nospace" in script, f"exit {shown.returncode}: {shown.stderr[-2000:]}"
     probe = tmp_path / "probe.sh"  # the installed function with bash's own variables, compopt recorded
     probe.write_text(
         script.replace("complete -o default", "# complete -o default")

@@ -1,6 +1,10 @@
 """The memory counter, the regression, and profile/benchmark end to end (correctness only, no timing)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,6 +102,7 @@ def test_benchmark_models_and_attention_end_to_end(blockbert, tmp_path):
         "baseline=hf_bert",
     )
     result = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    assert result["complete"] is True and not (tmp_path / "b" / "benchmark.json.part").exists()
     models = {r["model"] for r in result["records"]}
     assert models == {"roberta_1seq", "sparsebert", "sparsebert_blocks", "blockbert_n3", "hf_bert", "hf_bigbird"} | {
         "no_attention"  # t_rest of the inference bound, timed in inference only
@@ -262,3 +267,48 @@ def test_ratios_of_means_for_table5():
     means = _records(times, ["b"], {}, {}, ratio_of="mean")
     assert medians[0]["ratios"]["b"] == pytest.approx(0.5) and means[0]["ratios"]["b"] == pytest.approx(1.0)
     assert means[0]["mean_s"] == pytest.approx(2.0) and means[0]["median_s"] == pytest.approx(1.0)
+
+
+# blockbert benchmark with Ctrl-C as a terminal sends it (SIGINT to the process) when the second point starts
+CTRL_C_AT_SECOND_POINT = """
+import os, signal
+from blockbert.measure import benchmark
+timed = benchmark.time_side_by_side
+points = []
+def ctrl_c_at_second(*args, **kwargs):
+    points.append(1)
+    if len(points) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    return timed(*args, **kwargs)
+benchmark.time_side_by_side = ctrl_c_at_second
+from cli import main
+main()
+"""
+
+
+def test_a_benchmark_stopped_by_ctrl_c_keeps_the_rows_it_measured(tmp_path):
+    """The rows of the points measured before Ctrl-C are in benchmark.json (marked incomplete) and in the table; the
+    command says so in one line and exits 130 (a GPU check's part stopped by its time limit keeps its rows)."""
+    out = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AT_SECOND_POINT, "benchmark", "mode=attention", "attention_seq_lengths=[96,128]"]
+        + ["attention_dropout=[0.0]", "repeats=1", "warmup=0", "hydra.run.dir=a"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache")},
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal has it
+    )
+    assert out.returncode == 130, out.stderr[-3000:]
+    result = json.loads((tmp_path / "a" / "benchmark.json").read_text())
+    rows = result["records"]
+    assert result["complete"] is False and {r["seq_len"] for r in rows} == {96}
+    assert {r["model"] for r in rows} >= {"dense", "block n=2 (10:2)", "block n=3 (8:2:2)"}
+    errors = [line for line in out.stderr.splitlines() if "blockbert benchmark:" in line]
+    assert errors == [
+        f"blockbert benchmark: interrupted: stopped by Ctrl-C after {len(rows)} measured rows; benchmark.json holds "
+        "them; a rerun measures everything again"
+    ]
+    assert "Traceback" not in out.stderr
+    assert "block n=3 (8:2:2)" in out.stdout  # the table of the rows measured
+    assert out.stdout.strip().splitlines()[-1] == str((tmp_path / "a").resolve())

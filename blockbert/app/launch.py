@@ -145,10 +145,11 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
         return report_error(task, err, debug)
     except MultirunStopped as stop:
         stopped = stop.interrupted
-        stopped.resume = resume or (
-            f"run the same command with hydra.sweep.dir={stop.sweep_dir} to resume the multirun (each job resumes "
-            "in its directory)"
-        )
+        if stopped.resumable:
+            stopped.resume = resume or (
+                f"run the same command with hydra.sweep.dir={stop.sweep_dir} to resume the multirun (each job "
+                "resumes in its directory)"
+            )
         stopped.run_dir = stop.sweep_dir
         return report_error(task, stopped, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written

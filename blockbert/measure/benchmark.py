@@ -2,7 +2,13 @@
 training-step time and memory side by side (Tables 2 and 5); one attention layer alone (mode=attention); each model
 in each layout on padded batches (mode=layout); mode=data: pre-training preprocessing against a plain tokenizer map
 (:mod:`blockbert.measure.data_benchmark`); mode=pretrain | finetune: whole runs against the Hugging Face Trainer and
-a bare loop (:mod:`blockbert.measure.run_benchmark`)."""
+a bare loop (:mod:`blockbert.measure.run_benchmark`).
+
+benchmark.json is written after every measured point, with ``"complete": false`` until the last: a benchmark stopped
+by Ctrl-C (or a scheduler's time limit: SIGINT, SIGTERM, even SIGKILL) keeps every row it measured. Ctrl-C also
+prints the table of those rows and ends with exit code 130. A rerun measures everything again: rows measured at
+different times are not side by side, so a stopped benchmark is not resumed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +27,7 @@ from rich.table import Table
 
 from blockbert.data.cache import cache_dir
 from blockbert.display import MB, console, print_results, pyplot
-from blockbert.errors import ConfigError
+from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure import data_benchmark, plan, plan_fit, run_benchmark
 from blockbert.measure.device import pick_device, pick_dtype, where
@@ -91,13 +98,53 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         "lm_head": cfg.lm_head,  # inference timed with the LM head (or the encoder alone)
     }
     measure = {"model": benchmark_models, "attention": benchmark_attention, "layout": benchmark_layouts}[cfg.mode]
-    records = measure(cfg, baselines, device, autocast)
-    results = {**header, "records": records}
-    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results)
-    plot(results, run.benchmark_plot)
-    print_results("benchmark.json, benchmark.png", run.path)
+    results, stopped = measured(run, header, measure(cfg, baselines, device, autocast))
+    if results["records"]:
+        print_table(results)
+        plot(results, run.benchmark_plot)
+    end(run, results, stopped, "benchmark.json, benchmark.png")
     return results
+
+
+def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, bool]:
+    """``header`` with the records of ``points`` (an iterable of lists of records, one list per measured point),
+    written to benchmark.json after each point (``derive``, if given, first recomputes what is derived from all
+    records so far); and whether Ctrl-C stopped the measurement."""
+    results = {**header, "complete": False, "records": []}
+    stopped = False
+    try:
+        for rows in points:
+            results["records"] += rows
+            if derive:
+                derive(results)
+            _write(run, results)
+    except KeyboardInterrupt:
+        stopped = True
+    results["complete"] = not stopped
+    _write(run, results)
+    return results, stopped
+
+
+def _write(run: RunDir, results: dict) -> None:
+    """benchmark.json replaced whole (written beside it, then renamed): a stop while writing leaves the last one."""
+    part = run.benchmark_file.with_suffix(".json.part")
+    part.write_text(json.dumps(results, indent=2) + "\n")
+    part.replace(run.benchmark_file)
+
+
+def end(run: RunDir, results: dict, stopped: bool, contents: str) -> None:
+    """The command's last lines: where the results are, or (``stopped``) the interruption and what it kept."""
+    if stopped:
+        rows = len(results["records"])
+        kept = f"{run.benchmark_file.name} holds them" if rows else f"{run.benchmark_file.name} holds none"
+        raise RunInterrupted(
+            f"stopped by Ctrl-C after {rows} measured rows; {kept}",
+            "a rerun measures everything again",
+            run.path,
+            SIGINT_EXIT_CODE,
+            resumable=False,
+        )
+    print_results(contents, run.path)
 
 
 def data_dir(cfg) -> Path:
@@ -108,7 +155,7 @@ def data_dir(cfg) -> Path:
 def benchmark_data(cfg, run: RunDir) -> dict:
     """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size."""
     settings = dict(max_seq_length=cfg.data.max_seq_length, nsp=cfg.data.nsp, num_proc=cfg.data.num_proc)
-    records = data_benchmark.run(
+    points = data_benchmark.run(
         cfg.data.sizes_mb,
         data_dir(cfg),
         settings,
@@ -116,7 +163,7 @@ def benchmark_data(cfg, run: RunDir) -> dict:
         cfg.data.tokenizers_parallelism,
         log=log.info,
     )
-    results = {
+    header = {
         "mode": "data",
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -124,12 +171,15 @@ def benchmark_data(cfg, run: RunDir) -> dict:
         "settings": settings,
         "tokenizers_parallelism": cfg.data.tokenizers_parallelism,
         "repeats": cfg.data.repeats,
-        "summary": data_benchmark.summary(records),
-        "records": records,
     }
-    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
-    data_benchmark.print_table(results)
-    print_results("benchmark.json", run.path)
+
+    def summarise(results):
+        results["summary"] = data_benchmark.summary(results["records"])
+
+    results, stopped = measured(run, header, ([record] for record in points), summarise)
+    if results["records"]:
+        data_benchmark.print_table(results)
+    end(run, results, stopped, "benchmark.json")
     return results
 
 
@@ -141,23 +191,24 @@ def benchmark_run(cfg, run: RunDir) -> dict:
     device = pick_device(cfg.device)
     settings = OmegaConf.to_container(cfg[mode], resolve=True)
     spec = whole_run_spec(cfg, device, {k: v for k, v in settings.items() if k != "models"})
-    records = run_benchmark.run(mode, list(settings["models"]), spec, log=log.info)
-    results = {
+    header = {
         "mode": mode,
         **where(device),
         "dtype": "bfloat16 (autocast)" if device.type == "cuda" else "float32",
         "settings": spec,
-        "records": records,
     }
-    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
-    print_run_table(results)
+    loops = ([record] for record in run_benchmark.run(mode, list(settings["models"]), spec, log=log.info))
+    results, stopped = measured(run, header, loops, lambda results: run_benchmark.with_ratios(results["records"]))
+    records = results["records"]
+    if records:
+        print_run_table(results)
     failed = [r for r in records if r.get("error")]
-    if failed:
+    if failed and not stopped:
         raise RuntimeError(
             f"{len(failed)} of {len(records)} loops failed (first: {failed[0]['loop']} {failed[0]['model']}: "
             f"{failed[0]['error']}); the others are in {run.benchmark_file}"
         )
-    print_results("benchmark.json", run.path)
+    end(run, results, stopped, "benchmark.json")
     return results
 
 
@@ -182,44 +233,59 @@ def benchmark_plan(cfg, run: RunDir) -> dict:
     allocator's peak in the run (on a CPU the run's peak RSS holds the whole process: not compared)."""
     device = pick_device(cfg.device)
     settings = OmegaConf.to_container(cfg.plan, resolve=True)
-    records = []
+    header = {
+        "mode": "plan",
+        **where(device),
+        "settings": {**settings, "size": OmegaConf.to_container(cfg.size, resolve=True)},
+    }
+    results, stopped = measured(run, header, ([record] for record in _plans_against_runs(cfg, settings, device)))
+    if results["records"]:
+        print_plan_table(results, settings["steps"], cfg.warmup, device)
+    end(run, results, stopped, "benchmark.json")
+    return results
+
+
+def _plans_against_runs(cfg, settings: dict, device: torch.device):
+    """One record per planned run: the plan's prediction and the run's measurement."""
     for planned in settings["runs"]:
         run_settings = {key: settings[key] for key in ("steps", "documents", "rows_per_document")}
         spec = whole_run_spec(cfg, device, {**{k: v for k, v in planned.items() if k != "model"}, **run_settings})
         target = plan_fit.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
         fit = plan_fit.measure_fit(target, device, timed=True)
         predicted = {"step_s": plan.time_of(target, fit)["step_s"], "peak_mb": plan.memory_of(target, fit)["peak"] / MB}
-        measured = run_benchmark.in_child("pretrain", "blockbert", planned["model"], spec)
-        record = {**planned, "predicted": predicted, "measured": measured}
-        if measured.get("median_s"):
-            record["time_ratio"] = predicted["step_s"] / measured["median_s"]
+        run_measured = run_benchmark.in_child("pretrain", "blockbert", planned["model"], spec)
+        record = {**planned, "predicted": predicted, "measured": run_measured}
+        if run_measured.get("median_s"):
+            record["time_ratio"] = predicted["step_s"] / run_measured["median_s"]
             if device.type == "cuda":
-                record["memory_ratio"] = predicted["peak_mb"] / measured["peak_memory_mb"]
+                record["memory_ratio"] = predicted["peak_mb"] / run_measured["peak_memory_mb"]
         log.info(
-            "%s: predicted %.3f, measured %s s/step", planned["model"], predicted["step_s"], measured.get("median_s")
+            "%s: predicted %.3f, measured %s s/step",
+            planned["model"],
+            predicted["step_s"],
+            run_measured.get("median_s"),
         )
-        records.append(record)
-    results = {"mode": "plan", **where(device), "settings": {**settings, "size": spec["size"]}, "records": records}
-    run.benchmark_file.write_text(json.dumps(results, indent=2) + "\n")
+        yield record
+
+
+def print_plan_table(results: dict, steps: int, warmup: int, device: torch.device) -> None:
     table = Table(
         title=f"blockbert benchmark (plan): predicted ÷ measured, {results['machine']}, {results['device']}, "
-        f"{results['threads']} threads, {results['date']}; {settings['steps']} steps after {cfg.warmup}"
+        f"{results['threads']} threads, {results['date']}; {steps} steps after {warmup}"
     )
     for column in ("model", "N", "micro-batch", "accumulation", "predicted s/step", "measured s/step", "time ratio"):
         table.add_column(column, justify="left" if column == "model" else "right")
     if device.type == "cuda":
         table.add_column("memory ratio", justify="right")
-    for r in records:
-        measured = r["measured"].get("median_s")
+    for r in results["records"]:
+        seconds = r["measured"].get("median_s")
         cells = [r["model"], str(r["seq_len"]), str(r["batch_size"]), str(r["accumulate"])]
-        cells += [f"{r['predicted']['step_s']:.3f}", "failed" if measured is None else f"{measured:.3f}"]
+        cells += [f"{r['predicted']['step_s']:.3f}", "failed" if seconds is None else f"{seconds:.3f}"]
         cells.append(f"{r['time_ratio']:.3f}" if "time_ratio" in r else "")
         if device.type == "cuda":
             cells.append(f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "")
         table.add_row(*cells)
     console().print(table)
-    print_results("benchmark.json", run.path)
-    return results
 
 
 def print_run_table(results: dict) -> None:
@@ -271,10 +337,10 @@ def baselines_of(cfg) -> list[str]:
     return baselines
 
 
-def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
+def benchmark_models(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
+    """Each model's inference and training step at each N and batch size: one list of records per point."""
     size = OmegaConf.to_container(cfg.size, resolve=True)
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
-    records = []
     for seq_len in cfg.seq_lengths:  # models of length N: block attention cuts N into its blocks
         torch.manual_seed(cfg.seed)
         names = list(cfg.models)
@@ -302,10 +368,9 @@ def benchmark_models(cfg, baselines, device, autocast) -> list[dict]:
                 rows = _records(times, baselines, point, peaks, cfg.ratio_of)
                 if NO_ATTENTION in times:
                     inference_bounds(rows, models)
-                records += rows
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
+                yield rows
         del models, optimizers
-    return records
 
 
 def inference_bounds(rows: list[dict], models: dict) -> None:
@@ -364,12 +429,12 @@ def _memory(model, batch, device, autocast) -> float | str | None:
     return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
 
 
-def benchmark_layouts(cfg, baselines, device, autocast) -> list[dict]:
+def benchmark_layouts(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
     """Each model's training step and inference in each of ``layout.layouts`` on the same weights, on batches whose
-    real tokens fill ``layout.fills`` of the positions: time ÷ the padded layout's, side by side in one run."""
+    real tokens fill ``layout.fills`` of the positions: time ÷ the padded layout's, side by side in one run; one
+    list of records per point."""
     settings = cfg.layout
     size = OmegaConf.to_container(cfg.size, resolve=True)
-    records = []
     for name in settings.models:
         torch.manual_seed(cfg.seed)
         model = build(name, size, OmegaConf.to_container(cfg.heads, resolve=True), settings.seq_len).to(device)
@@ -386,10 +451,11 @@ def benchmark_layouts(cfg, baselines, device, autocast) -> list[dict]:
                 }
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
                 point = dict(phase=f"{phase} fill={real:.2f}", batch_size=settings.batch_size, seq_len=settings.seq_len)
-                for r in _records(times, baselines, point, {}, cfg.ratio_of):
-                    records.append({**r, "model": f"{name} {r['model']}", "layout": r["model"], "fill": real})
+                yield [
+                    {**r, "model": f"{name} {r['model']}", "layout": r["model"], "fill": real}
+                    for r in _records(times, baselines, point, {}, cfg.ratio_of)
+                ]
             log.info("%s fill=%.2f done", name, real)
-    return records
 
 
 def _in_layout(model, layout: str, call):
@@ -402,8 +468,9 @@ def _in_layout(model, layout: str, call):
     return run
 
 
-def benchmark_attention(cfg, baselines, device, autocast) -> list[dict]:
-    records = []
+def benchmark_attention(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
+    """One attention layer's forward and backward, each kind beside dense SDPA, per dropout and N: one list of
+    records per point."""
     dropouts = cfg.attention_dropout if OmegaConf.is_list(cfg.attention_dropout) else [cfg.attention_dropout]
     for dropout in dropouts:
         for seq_len in cfg.attention_seq_lengths:
@@ -430,8 +497,7 @@ def benchmark_attention(cfg, baselines, device, autocast) -> list[dict]:
                 bound = medians.get(BOUNDS.get(r["model"]))
                 r["ratio_to_bound"] = r["median_s"] / bound if bound and r["median_s"] else None
                 r["floor"] = FLOORS.get(r["model"])
-            records += rows
-    return records
+            yield rows
 
 
 def _attention_step(overrides, seq_len, dropout, x, key_mask, device, autocast):

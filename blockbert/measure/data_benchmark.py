@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from blockbert.display import MB
@@ -98,10 +99,10 @@ def run(
     parallelism: bool = False,
     vocab_size: int = 30522,
     log=print,
-) -> list[dict]:
-    """One record per corpus size: the medians over ``repeats`` of ours and the floor, measured in turns."""
+) -> Iterator[dict]:
+    """One record per corpus size, as each is measured: the medians over ``repeats`` of ours and the floor, measured
+    in turns."""
     tokenizer = benchmark_tokenizer(make_corpus(min(sizes_mb), directory), vocab_size)
-    records = []
     for size in sizes_mb:
         corpus = make_corpus(size, directory)
         corpus_mb = corpus.stat().st_size / MB
@@ -127,8 +128,7 @@ def run(
             )
         record["ratio"] = record["ours_s"] / record["floor_s"]
         record["ratio_cpu"] = record["ours_cpu_s"] / record["floor_cpu_s"]
-        records.append(record)
-    return records
+        yield record
 
 
 def summary(records: list[dict]) -> dict:

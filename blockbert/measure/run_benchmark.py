@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from blockbert.measure.timing import StepClock, synchronize, timing_summary
@@ -39,9 +40,9 @@ LOOPS = ("blockbert", "hf_trainer", "bare")
 PEER = "hf_trainer"
 
 
-def run(mode: str, models: list[str], spec: dict, log=print) -> list[dict]:
-    """One record per (model, loop): the peer once (dense BERT), then ours; each loop in its own process."""
-    records = []
+def run(mode: str, models: list[str], spec: dict, log=print) -> Iterator[dict]:
+    """One record per (model, loop), as each loop ends: the peer once (dense BERT), then ours; each loop in its own
+    process. :func:`with_ratios` relates them."""
     jobs = [(PEER, "hf_bert")] + [(loop, model) for model in models for loop in ("blockbert", "bare")]
     for loop, model in jobs:
         start = time.perf_counter()
@@ -50,8 +51,7 @@ def run(mode: str, models: list[str], spec: dict, log=print) -> list[dict]:
             f"{mode} {loop} {model}: {record.get('median_s') or record.get('error')} s/step "
             f"({time.perf_counter() - start:.0f} s in all)"
         )
-        records.append(record)
-    return with_ratios(records)
+        yield record
 
 
 def with_ratios(records: list[dict]) -> list[dict]:
