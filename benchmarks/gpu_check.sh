@@ -6,7 +6,8 @@
 #   run(command="bash benchmarks/gpu_check.sh table5 pretrain finetune", carry=[".whl"], timeout_s=270)  # 250 s
 # The last parts, `plan seqlen` (about 7 minutes), need device time of their own: a later session's, or what these
 # two leave when their parts end early. A part that runs out of time is stopped with SIGINT: pytest still prints
-# which tests passed, failed or did not run.
+# which tests passed, failed or did not run, and a benchmark keeps the rows it measured (benchmark.json, "complete":
+# false).
 # Parts:
 #   tests      tests/test_gpu.py but its plan tests (kernels, layouts, fp16/bf16, flex, compile, A.2)
 #   plan       tests/test_gpu.py's plan tests (plan's memory within 10 % and its largest batch against the allocator),
