@@ -53,7 +53,7 @@ def test_no_weight_decay_on_biases_and_layer_norms():
 def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_second(monkeypatch):
     """train/tokens_per_s: real tokens (not padding) counted before the batch moves to its device (no host sync a
     step on a GPU), times the processes, over windows of at least a second once the first step has given a rate;
-    validation time is left out."""
+    the time of validation and of writing a checkpoint is left out."""
     from types import SimpleNamespace
 
     import blockbert.train.pretrain_module as pretrain_module
@@ -82,4 +82,8 @@ def test_tokens_per_second_counts_real_tokens_on_the_host_over_windows_of_a_seco
     module._trainer.training = True
     rates = [step(0.5) for _ in range(4)]
     assert rates == [pytest.approx(104.0)] * 2 + [pytest.approx(2 * 13 * 2 / 1.0)] * 2  # not over the 10 s
-    assert module.real_tokens == 10 * 13
+    module.on_save_checkpoint({})  # at a step's end; writing the file takes 10 s
+    now[0] += 10.0
+    rates = [step(0.5) for _ in range(4)]
+    assert rates == [pytest.approx(52.0)] * 4  # the rate before, then the new window's: not over the save's 10 s
+    assert module.real_tokens == 14 * 13

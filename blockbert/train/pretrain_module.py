@@ -129,6 +129,7 @@ class PretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["validation_history"] = [list(entry) for entry in self.validation_history]
+        self._rate_window = None  # the checkpoint's writing, which follows, is not training throughput
 
     def on_load_checkpoint(self, checkpoint):  # a resumed run keeps the perplexities reached before
         self.validation_history = [(int(step), float(ppl)) for step, ppl in checkpoint.get("validation_history", [])]
