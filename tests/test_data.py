@@ -72,6 +72,26 @@ def test_dynamic_masking_never_masks_special_tokens(tiny_tokenizer):
     assert 0.7 < (replaced == tok.mask_token_id).float().mean() < 0.9
 
 
+def test_validation_masks_are_the_same_every_time_in_any_process(tiny_tokenizer, monkeypatch):
+    """FixedMasking: the same masks at every validation, the global RNG left as it was, and no refusal outside the
+    main process (a collator's own seed refuses a process that is neither the main one nor a loader worker)."""
+    import multiprocessing
+
+    from blockbert.data.pretrain_datamodule import FixedMasking
+
+    ids = tiny_tokenizer(["the model reads a long sequence of words " * 6] * 8)["input_ids"]
+    masking = FixedMasking(DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.15), seed=3)
+    torch.manual_seed(0)
+    first = masking([{"input_ids": i} for i in ids])
+    after = torch.rand(1)
+    monkeypatch.setattr(multiprocessing.current_process(), "name", "SpawnProcess-1")  # a ddp_spawn rank, say
+    torch.manual_seed(0)
+    again = masking([{"input_ids": i} for i in ids])
+    assert torch.equal(torch.rand(1), after)
+    assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["labels"], again["labels"])
+    assert (first["labels"] != -100).any()
+
+
 def test_derive_batch_from_tokens_per_batch():
     assert derive_batch(131072, 512, 8, 32) == (256, 8, 1)
     assert derive_batch(131072, 1024, 8, 8) == (128, 8, 2)

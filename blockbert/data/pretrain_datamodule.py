@@ -216,8 +216,10 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             desc=f"building {split} sequences",
         )
 
-    def _collator(self, seed=None):
-        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.cfg.mlm_probability, seed=seed)
+    def _collator(self):
+        """Masks drawn from the global RNG, which :class:`KeyedMasking` and :class:`FixedMasking` seed (the
+        collator's own ``seed`` refuses any process but the main one or a loader worker: a ddp_spawn rank)."""
+        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.cfg.mlm_probability)
 
     def train_dataloader(self):
         trainer = self.trainer
@@ -243,7 +245,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         return DataLoader(
             self.val_set,
             batch_size=self.batch_size,
-            collate_fn=FixedMasking(self.tokenizer, self.cfg.mlm_probability, self.seed),
+            collate_fn=FixedMasking(self._collator(), self.seed),
             **self.loader_options(self.cfg.get("num_workers")),
         )
 
@@ -257,15 +259,16 @@ def mean_fill(sequences: datasets.Dataset, max_len: int) -> float:
 
 
 class FixedMasking:
-    """The same masks at every validation, so validation perplexities are comparable over time: each batch masked by
-    a collator seeded afresh (a class, not a closure, so that worker processes can be spawned with it)."""
+    """The same masks at every validation, so validation perplexities are comparable over time: each batch masked
+    with the RNG seeded afresh (a class, not a closure, so that worker processes can be spawned with it)."""
 
-    def __init__(self, tokenizer, mlm_probability: float, seed: int):
-        self.tokenizer, self.mlm_probability, self.seed = tokenizer, mlm_probability, seed
+    def __init__(self, collator, seed: int):
+        self.collator, self.seed = collator, seed
 
     def __call__(self, features: list[dict]) -> dict:
-        collator = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mlm_probability, seed=self.seed)
-        return collator(features)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.collator(features)
 
 
 class KeyedMasking:
