@@ -101,6 +101,17 @@ def test_gpu_trainers_are_refused_on_a_machine_without_cuda(monkeypatch):
         cluster.check_accelerator(compose(config_name="pretrain").trainer)
 
 
+def test_spawned_processes_are_refused_with_one_line_before_any_data_work(in_tmp):
+    """ddp_spawn's processes would start without the command's setup; trainer=ddp is what the line offers."""
+    result = runner.invoke(cli.app, ["pretrain", *DDP_CPU, "trainer.strategy=ddp_spawn"])
+    assert result.exit_code == 2
+    assert error_line(result.output).endswith(
+        "error: trainer.strategy=ddp_spawn is not supported: its processes start without this command's setup; use "
+        "trainer=ddp (strategy ddp, each process runs the command), with trainer.accelerator=cpu for CPU processes"
+    )
+    assert not (in_tmp / "cache").exists() and not any((in_tmp / "runs" / "pretrain").iterdir())  # no run directory
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_ddp_without_a_gpu_fails_at_once_with_one_line(run, tmp_path):
     start = time.time()

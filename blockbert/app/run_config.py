@@ -92,7 +92,12 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
 
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
-    check_accelerator(cfg.trainer)
+    whole = hydra.mode != RunMode.MULTIRUN
+    try:
+        check_accelerator(cfg.trainer)
+    except ConfigError:
+        forget_job(run, whole)
+        raise
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
@@ -100,7 +105,7 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
             try:
                 check_fit(cfg, command)
             except ConfigError:
-                forget_job(run, whole=hydra.mode != RunMode.MULTIRUN)
+                forget_job(run, whole)
                 raise
         return train(cfg, run, heads_given=given_on_command_line("model.heads"))
 

@@ -98,7 +98,16 @@ def _warn_if_requeued_into_a_new_directory(run_dir: RunDir | None) -> None:
 
 
 def check_accelerator(trainer_cfg) -> None:
-    """Fail with one line before any data work when the trainer asks for an accelerator this machine lacks."""
+    """Fail with one line before any data work when the trainer asks for an accelerator this machine lacks, or for
+    a strategy that spawns its processes (ddp_spawn): those start from a pickled Trainer without the command around
+    it, so they run without its setup (matmul_precision, warning filters) and return without its closing lines.
+    ``trainer=ddp`` does the same work with processes that run the command itself."""
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    if "spawn" in strategy:
+        raise ConfigError(
+            f"trainer.strategy={strategy} is not supported: its processes start without this command's setup; use "
+            "trainer=ddp (strategy ddp, each process runs the command), with trainer.accelerator=cpu for CPU processes"
+        )
     accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
     if accelerator not in GPU_ACCELERATORS:
         return
