@@ -110,13 +110,13 @@ class PretrainModule(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         sums = torch.tensor([self._val_loss_sum, self._val_tokens], device=self.device)
-        sums = self.all_gather(sums).reshape(-1, 2).sum(0)  # every rank joins, even one with nothing masked
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # every rank joins, even one with nothing masked
         if not sums[1]:
             return
         loss = (sums[0] / sums[1]).item()
         ppl = math.exp(min(loss, 50.0))
         self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)
-        hits = self.all_gather(self._val_hits).reshape(-1, 3, 2).sum(0)
+        hits = self.trainer.strategy.reduce(self._val_hits, reduce_op="sum")
         names = ["val/acc", "val/acc_longrange", "val/acc_local"]
         accuracies = {name: (h[0] / h[1]).item() for name, h in zip(names, hits) if h[1]}
         self.log_dict(accuracies, sync_dist=False)
