@@ -383,6 +383,30 @@ def test_windows_on_the_generated_squad_set(tmp_path, tiny_tokenizer, version):
     assert len(dm.windows["train"]) > 2 * len(data["train"].examples)  # several windows per question
 
 
+def test_training_windows_are_split_over_processes_in_whole_global_batches(tmp_path, tiny_tokenizer):
+    """Two ranks, batches of 4 each: every pass, the ranks take disjoint windows, as many batches each, together
+    every window but the last ones that fill no global batch of 8; dev is read whole by each."""
+    from types import SimpleNamespace
+
+    path = write_generated_squad(tmp_path / "train.json", 30, "1.1", 0)
+    data = {"train": read_qa_file(path), "dev": read_qa_file(path)}
+    loaders = []
+    for rank in (0, 1):
+        dm = QADataModule(data, tiny_tokenizer, QA_CFG, 4, cache_dir=tmp_path / "cache", world_size=2)
+        dm.setup()
+        cpu = SimpleNamespace(root_device=SimpleNamespace(type="cpu"))
+        dm.trainer = SimpleNamespace(global_rank=rank, strategy=cpu, num_devices=2)
+        loaders.append(dm)
+    size = len(loaders[0].windows["train"])
+    assert size % 8 and size > 16
+    for _ in range(2):  # two passes: a new order each
+        taken = [[i for batch in dm.train_dataloader() for i in batch["window_index"].tolist()] for dm in loaders]
+        assert len(taken[0]) == len(taken[1]) == size // 8 * 4
+        assert not set(taken[0]) & set(taken[1])
+    assert all(len([i for b in dm.val_dataloader() for i in b["window_index"].tolist()]) == len(dm.windows["dev"])
+               for dm in loaders)  # fmt: skip
+
+
 def test_build_windows_matches_the_previous_one(tiny_tokenizer):
     for example in hand_made().examples:
         for settings in [(40, 16, 8), (16, 4, 4), (64, 128, 64)]:

@@ -1,6 +1,7 @@
 """Fine-tuning end to end at tiny scale, and `blockbert evaluate` agreeing with it."""
 
 import json
+import re
 
 import torch
 import yaml
@@ -40,6 +41,24 @@ def test_squad2_finetune_metrics_equal_the_evaluate_command(blockbert, tmp_path)
         ).stdout
     )
     assert "best_f1_thresh" in with_probs and metrics["dev/null_threshold"] == metrics["dev/best_f1_thresh"]
+
+
+def test_two_process_fine_tuning_on_cpu_splits_the_batch_and_scores_all_of_dev(blockbert, tmp_path):
+    """trainer=ddp with 2 CPU processes: the batch of 32 is 16 windows on each (each pass drops the windows that fill
+    no whole batch), every process scores all of dev, and rank 0's prediction files give the logged scores."""
+    run_dir = tmp_path / "ddp"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    out = blockbert(tmp_path, "finetune", *FAST, *ddp, f"hydra.run.dir={run_dir}")
+    assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    windows = int(re.search(r"train: (\d+) windows", (run_dir / "finetune.log").read_text()).group(1))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["step"] == 2 * (windows // 32)  # 2 epochs
+    dev_file = next((tmp_path / "cache" / "qa").glob("generated-v1.1-*/dev.json"))
+    scored = json.loads(
+        blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json")).stdout
+    )
+    assert metrics["dev/exact_match"] == scored["exact_match"] and metrics["dev/f1"] == scored["f1"]
+    assert "sync_dist" not in out.stderr and "Traceback" not in out.stderr
 
 
 def test_finetune_from_a_pretrain_run(blockbert, tmp_path):

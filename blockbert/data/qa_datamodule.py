@@ -117,7 +117,11 @@ def qa_tokenizer(data: dict[str, QADataset], vocab_size: int, cache_dir: Path):
 class QADataModule(ResumableData, pl.LightningDataModule):
     """Windows built with a batched ``datasets.map`` and cached under ``cache_dir/qa_windows/KEY``, KEY following
     the tokenizer, the questions and paragraphs, and the window settings; a second run reads them back.
-    ``windows[split]`` is a list-like view of the cached table whose items are QAWindows."""
+    ``windows[split]`` is a list-like view of the cached table whose items are QAWindows.
+
+    Over ``world_size`` processes each takes every world_size-th training window of the pass's order, and a pass
+    drops its last windows that fill no whole global batch (a different few each pass): ranks whose last batches
+    differed would wait for each other. Dev and test are read whole by every process (the scores need them all)."""
 
     def __init__(
         self,
@@ -128,10 +132,11 @@ class QADataModule(ResumableData, pl.LightningDataModule):
         seed: int = 0,
         *,
         cache_dir: Path,
+        world_size: int = 1,
     ):
         super().__init__()
         self.data, self.tokenizer, self.cfg = data, tokenizer, data_cfg
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.world_size = batch_size, seed, world_size
         self.cache_dir = Path(cache_dir).expanduser()  # paths.cache_dir
         self.windows: dict[str, WindowList] = {}
 
@@ -205,8 +210,15 @@ class QADataModule(ResumableData, pl.LightningDataModule):
 
     def train_dataloader(self):
         # one pass per epoch, read on from the restored position on resume (ResumableData)
+        trainer = self.trainer
         self.sampler = ResumableSampler(
-            len(self.windows["train"]), self.seed, self.batch_size, self._samples_consumed, drop_last=False
+            len(self.windows["train"]),
+            self.seed,
+            self.batch_size * self.world_size,
+            self._samples_consumed,
+            trainer.global_rank if trainer else 0,
+            self.world_size,
+            drop_last=self.world_size > 1,
         )
         return self._loader("train", self.sampler)
 

@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.data.cache import cache_dir
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
-from blockbert.errors import ConfigError
 from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
 from blockbert.formats.checkpoints import import_model, load_pretrain_run
 from blockbert.formats.convert import load_announced
@@ -37,8 +36,6 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     hint = "fine-tune at the model's length or shorter (an import with model.init_from extends its positions)"
     config.check_sequence_length(seq_len, "data.max_seq_length", hint if pretrained else None)
     world = world_size(cfg.trainer)
-    if world > 1:
-        raise ConfigError(f"fine-tuning runs on one device for now (trainer gives {world}): set trainer.devices=1")
     pl.seed_everything(cfg.seed, workers=True)
     data = load_task(cfg.task, cache)
     training = TrainingRun(cfg, run, callbacks)
@@ -51,7 +48,7 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         )
     batch = cfg.optim.batch_size
     per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
-    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache)
+    datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache, world_size=world)
     datamodule.setup()
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder is not None:
@@ -68,6 +65,7 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         + ([StepProgressBar()] if cfg.progress_bar else []),
         trainer_args=trainer_args,
         accumulate_grad_batches=accumulate,
+        use_distributed_sampler=False,  # the data module splits training over ranks itself; dev is read whole
     )
     training.fit(module, datamodule)
     results, timing = evaluate(training, module, datamodule, data, answers)
@@ -101,7 +99,8 @@ def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, an
     for split in [s for s in ("dev", "test") if s in data]:
         start = time.perf_counter()
         outputs = training.trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
-        out_dir = training.run.predictions_dir(split)
+        # every process scores the whole split (the same scores); rank 0 writes the files
+        out_dir = training.run.predictions_dir(split) if training.trainer.global_rank == 0 else None
         scores, threshold = evaluate_split(
             data[split], datamodule.windows[split], outputs, answers, threshold, out_dir, split
         )
