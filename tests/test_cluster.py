@@ -101,15 +101,17 @@ def test_gpu_trainers_are_refused_on_a_machine_without_cuda(monkeypatch):
         cluster.check_accelerator(compose(config_name="pretrain").trainer)
 
 
-def test_spawned_processes_are_refused_with_one_line_before_any_data_work(in_tmp):
-    """ddp_spawn's processes would start without the command's setup; trainer=ddp is what the line offers."""
-    result = runner.invoke(cli.app, ["pretrain", *DDP_CPU, "trainer.strategy=ddp_spawn"])
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_processes_started_from_inside_the_command_are_refused_with_one_line(in_tmp, strategy):
+    """Spawned or forked ranks: what they compute would not come back; trainer=ddp is what the line offers."""
+    result = runner.invoke(cli.app, ["finetune", *DDP_CPU, f"trainer.strategy={strategy}"])
     assert result.exit_code == 2
     assert error_line(result.output).endswith(
-        "error: trainer.strategy=ddp_spawn is not supported: its processes start without this command's setup; use "
-        "trainer=ddp (strategy ddp, each process runs the command), with trainer.accelerator=cpu for CPU processes"
+        f"error: trainer.strategy={strategy} is not supported: Lightning would start its processes from inside this "
+        "one, and what they compute would not come back; use trainer=ddp (strategy ddp, each process runs the "
+        "command), with trainer.accelerator=cpu for CPU processes"
     )
-    assert not (in_tmp / "cache").exists() and not any((in_tmp / "runs" / "pretrain").iterdir())  # no run directory
+    assert not (in_tmp / "cache").exists() and not any((in_tmp / "runs" / "finetune").iterdir())  # no run directory
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

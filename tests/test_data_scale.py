@@ -399,10 +399,15 @@ def test_training_windows_are_split_over_processes_in_whole_global_batches(tmp_p
         loaders.append(dm)
     size = len(loaders[0].windows["train"])
     assert size % 8 and size > 16
+    trains = [dm.train_dataloader() for dm in loaders]
+    assert [len(train) for train in trains] == [size // 8] * 2  # batches a pass: Lightning validates after the last
+    passes = []
     for _ in range(2):  # two passes: a new order each
-        taken = [[i for batch in dm.train_dataloader() for i in batch["window_index"].tolist()] for dm in loaders]
+        taken = [[i for batch in train for i in batch["window_index"].tolist()] for train in trains]
         assert len(taken[0]) == len(taken[1]) == size // 8 * 4
         assert not set(taken[0]) & set(taken[1])
+        passes.append(taken)
+    assert passes[0] != passes[1]
     assert all(len([i for b in dm.val_dataloader() for i in b["window_index"].tolist()]) == len(dm.windows["dev"])
                for dm in loaders)  # fmt: skip
 

@@ -58,6 +58,10 @@ def test_two_process_fine_tuning_on_cpu_splits_the_batch_and_scores_all_of_dev(b
         blockbert(tmp_path, "evaluate", str(dev_file), str(run_dir / "dev" / "predictions.json")).stdout
     )
     assert metrics["dev/exact_match"] == scored["exact_match"] and metrics["dev/f1"] == scored["f1"]
+    rows = (run_dir / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("dev/f1")
+    scored_rows = [row for row in rows[1:] if row.split(",")[column]]
+    assert len(scored_rows) == 3  # dev scored at the end of each of the 2 epochs, then the final scores
     assert "sync_dist" not in out.stderr and "Traceback" not in out.stderr
 
 

@@ -234,10 +234,14 @@ def _as_job(task: str, debug: bool, task_function):
 
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 raise
+            trains = task in ("pretrain", "finetune")  # a stopped training job resumes; a measurement is run again
             stopped = RunInterrupted(
-                f"stopped by Ctrl-C in job {hydra_cfg.job.num} before it trained", "", hydra_cfg.sweep.dir,
+                f"stopped by Ctrl-C in job {hydra_cfg.job.num}" + (" before it trained" if trains else ""),
+                "" if trains else "a rerun runs every job again",
+                hydra_cfg.sweep.dir,
                 SIGINT_EXIT_CODE,
-            )  # fmt: skip
+                resumable=trains,
+            )
             raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err
         except Exception as err:
             from blockbert.errors import RunInterrupted

@@ -266,8 +266,8 @@ class FixedMasking:
         self.collator, self.seed = collator, seed
 
     def __call__(self, features: list[dict]) -> dict:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, which the collator draws from, restored after
+            torch.default_generator.manual_seed(self.seed)
             return self.collator(features)
 
 
@@ -280,6 +280,6 @@ class KeyedMasking:
 
     def __call__(self, rows: list[dict]) -> dict:
         key = min(row.pop("stream_key") for row in rows)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stream_seed(self.seed, key))
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, which the collator draws from, restored after
+            torch.default_generator.manual_seed(stream_seed(self.seed, key))
             return self.collator(rows)

@@ -120,8 +120,9 @@ class QADataModule(ResumableData, pl.LightningDataModule):
     ``windows[split]`` is a list-like view of the cached table whose items are QAWindows.
 
     Over ``world_size`` processes each takes every world_size-th training window of the pass's order, and a pass
-    drops its last windows that fill no whole global batch (a different few each pass): ranks whose last batches
-    differed would wait for each other. Dev and test are read whole by every process (the scores need them all)."""
+    drops its last windows that fill no batch on every process (a different few each pass): ranks whose last
+    batches differed would wait for each other. Dev and test are read whole by every process (the scores need them
+    all)."""
 
     def __init__(
         self,
@@ -210,9 +211,14 @@ class QADataModule(ResumableData, pl.LightningDataModule):
 
     def train_dataloader(self):
         # one pass per epoch, read on from the restored position on resume (ResumableData)
-        trainer = self.trainer
+        trainer, size = self.trainer, len(self.windows["train"])
+        if self.world_size > 1 and size < self.batch_size * self.world_size:
+            raise ConfigError(
+                f"{size} training windows fill no batch of {self.batch_size} on each of {self.world_size} devices: "
+                "use fewer devices (trainer.devices) or a smaller optim.batch_size"
+            )
         self.sampler = ResumableSampler(
-            len(self.windows["train"]),
+            size,
             self.seed,
             self.batch_size * self.world_size,
             self._samples_consumed,

@@ -27,7 +27,8 @@ class ResumableSampler(Sampler[int]):
 
     One iteration runs to the end of the current permutation, so a resumed run first finishes the
     pass it was interrupted in, then goes on with the next. With ``drop_last`` a tail shorter than
-    one global batch is dropped (pre-training); without it the last batch of a pass is short
+    one global batch (``global_batch``: a batch on each rank) is dropped (pre-training, and fine-tuning
+    on several ranks, whose last batches must match); without it the last batch of a pass is short
     (fine-tuning, one rank). Each rank takes every ``world_size``-th sample of the global order, so
     Lightning's distributed sampler is not used. With ``stream_keys`` the sampler yields
     ``pass * size + index`` instead of ``index``: each draw of a sample has its own key (read the
@@ -62,8 +63,11 @@ class ResumableSampler(Sampler[int]):
         for index in order[offset : offset + usable][self.rank :: self.world_size].tolist():
             yield base + index
 
-    def __len__(self) -> int:  # constant: Lightning sizes its epoch loop once
-        return self.size // self.world_size
+    def __len__(self) -> int:
+        """A whole pass's samples on this rank. Constant: Lightning sizes its epoch loop once, and validates at the
+        end of an epoch when the batches it counts reach this length."""
+        per_pass = self.size // self.global_batch * self.global_batch if self.drop_last else self.size
+        return per_pass // self.world_size
 
     def position_after(self, batches: int) -> int:
         """The stream position after ``batches`` global batches since the start of training."""

@@ -557,6 +557,7 @@ def benchmark_setting(result: dict, path: Path) -> str:
         f"{model_size(size) if size else 'sizes not recorded'}; {result.get('ratio_of', 'median')} of "
         f"{result.get('repeats')} runs after {result.get('warmup')} warm-up"
         + ("; the encoder alone (no LM head)" if result.get("lm_head") is False else "")
+        + ("; stopped before its end: the rows it measured" if result.get("complete") is False else "")
     )
     hardware = (
         f"{result.get('machine')}, {result.get('device')}, {result.get('dtype')}, {result.get('threads')} threads"

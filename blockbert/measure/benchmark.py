@@ -245,7 +245,7 @@ def benchmark_plan(cfg, run: RunDir) -> dict:
     return results
 
 
-def _plans_against_runs(cfg, settings: dict, device: torch.device):
+def _plans_against_runs(cfg, settings: dict, device: torch.device) -> Iterator[dict]:
     """One record per planned run: the plan's prediction and the run's measurement."""
     for planned in settings["runs"]:
         run_settings = {key: settings[key] for key in ("steps", "documents", "rows_per_document")}

@@ -99,14 +99,16 @@ def _warn_if_requeued_into_a_new_directory(run_dir: RunDir | None) -> None:
 
 def check_accelerator(trainer_cfg) -> None:
     """Fail with one line before any data work when the trainer asks for an accelerator this machine lacks, or for
-    a strategy that spawns its processes (ddp_spawn): those start from a pickled Trainer without the command around
-    it, so they run without its setup (matmul_precision, warning filters) and return without its closing lines.
-    ``trainer=ddp`` does the same work with processes that run the command itself."""
+    a strategy whose processes Lightning starts from inside this one (ddp_spawn, ddp_fork, ddp_notebook): spawned
+    ones run without the command's setup (matmul_precision, warning filters), and what any of them computes after
+    training (predictions, validation history) stays in them. ``trainer=ddp`` does the same work with processes
+    that each run the command."""
     strategy = str(trainer_cfg.get("strategy", "auto"))
-    if "spawn" in strategy:
+    if any(kind in strategy for kind in ("spawn", "fork", "notebook")):
         raise ConfigError(
-            f"trainer.strategy={strategy} is not supported: its processes start without this command's setup; use "
-            "trainer=ddp (strategy ddp, each process runs the command), with trainer.accelerator=cpu for CPU processes"
+            f"trainer.strategy={strategy} is not supported: Lightning would start its processes from inside this "
+            "one, and what they compute would not come back; use trainer=ddp (strategy ddp, each process runs the "
+            "command), with trainer.accelerator=cpu for CPU processes"
         )
     accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
     if accelerator not in GPU_ACCELERATORS:

@@ -60,11 +60,15 @@ def split_batch(batch: int, per_device: int, world_size: int) -> tuple[int, int]
 
 
 def world_size(trainer_cfg: DictConfig) -> int:
+    """The processes Lightning starts for ``trainer_cfg``: -1 or "auto" devices are every GPU when the accelerator
+    is a GPU, or auto on a machine with CUDA (Lightning picks the GPU then), else one."""
     devices = trainer_cfg.devices
     if devices in (-1, "auto"):
         import torch
 
-        devices = torch.cuda.device_count() if trainer_cfg.accelerator in ("gpu", "cuda") else 1
+        accelerator = trainer_cfg.accelerator
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        devices = torch.cuda.device_count() if gpu else 1
     if isinstance(devices, str):  # "0,1" or "2"
         parts = [d for d in devices.split(",") if d.strip()]
         count = len(parts) if len(parts) > 1 or not parts[0].strip().isdigit() else int(parts[0])
