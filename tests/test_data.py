@@ -6,7 +6,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from blockbert.data.pretrain_datamodule import ResumableSampler
 from blockbert.data.sequences import pack_documents, sentence_pairs, split_sentences
-from blockbert.train.settings import derive_batch
+from blockbert.train.settings import derive_batch, world_size
 
 CLS, SEP = 2, 3
 
@@ -91,6 +91,21 @@ def test_validation_masks_are_the_same_every_time_in_any_process(tiny_tokenizer,
     again = masking([{"input_ids": i} for i in ids])
     assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["labels"], again["labels"])
     assert (first["labels"] != -100).any()
+
+
+def test_the_processes_lightning_starts_are_the_ones_the_batch_is_split_over(monkeypatch):
+    from omegaconf import OmegaConf
+
+    def trainer(accelerator, devices, nodes=1):
+        return OmegaConf.create({"accelerator": accelerator, "devices": devices, "num_nodes": nodes})
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert world_size(trainer("auto", -1)) == world_size(trainer("gpu", "auto")) == 4  # every GPU, as Lightning takes
+    assert world_size(trainer("cpu", -1)) == 1
+    assert world_size(trainer("gpu", "0,2", 2)) == 4 and world_size(trainer("cpu", 2)) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert world_size(trainer("auto", "auto")) == 1
 
 
 def test_derive_batch_from_tokens_per_batch():

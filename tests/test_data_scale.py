@@ -412,6 +412,15 @@ def test_training_windows_are_split_over_processes_in_whole_global_batches(tmp_p
                for dm in loaders)  # fmt: skip
 
 
+def test_too_few_training_windows_for_the_devices_is_one_line(tmp_path, tiny_tokenizer):
+    data = {"train": hand_made(), "dev": hand_made()}
+    dm = QADataModule(data, tiny_tokenizer, QA_CFG, 64, cache_dir=tmp_path, world_size=2)
+    dm.setup()
+    size = len(dm.windows["train"])
+    with pytest.raises(ConfigError, match=rf"^{size} training windows fill no batch of 64 on each of 2 devices: use "):
+        dm.train_dataloader()
+
+
 def test_build_windows_matches_the_previous_one(tiny_tokenizer):
     for example in hand_made().examples:
         for settings in [(40, 16, 8), (16, 4, 4), (64, 128, 64)]:
