@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from blockbert.data.pretrain_datamodule import ResumableSampler
+from blockbert.data.sampler import ResumableSampler
 from blockbert.data.sequences import pack_documents, sentence_pairs, split_sentences
 from blockbert.train.settings import derive_batch, world_size
 

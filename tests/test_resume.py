@@ -422,6 +422,28 @@ def test_a_second_process_on_the_run_directory_is_refused(tmp_path):
         pass
 
 
+def test_a_resume_with_another_micro_batch_is_refused_and_the_run_stays_as_it_was(run, tmp_path):
+    """The data position counts the trained run's micro-batches: a resume reading another number of samples per
+    micro-batch across its devices would read on from the wrong place. Refused in one line, nothing changed; the
+    same command with the run's own batch then resumes."""
+    run_dir = tmp_path / "run"
+    run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=4", f"hydra.run.dir={run_dir}")
+    kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]  # the lock: a pid
+    before = {p.relative_to(run_dir): p.read_bytes() for p in kept}
+    changed = [*PRETRAIN, "data.per_device_batch_size=8", "trainer.max_steps=8", f"hydra.run.dir={run_dir}"]
+    out = run(tmp_path, "pretrain", *changed, check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert [line for line in out.stderr.splitlines() if ": error: " in line] == [
+        "blockbert pretrain: error: this run cannot resume with micro-batches of 8 samples across its devices: it "
+        "trained with 4 (per-device batch x devices), and its data position counts those; resume with the "
+        "trainer.devices and per-device batch size it had"
+    ]
+    kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]
+    assert {p.relative_to(run_dir): p.read_bytes() for p in kept} == before  # no new W&B run, no resume-K config
+    out = run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
+    assert resumed_step(out.stdout + out.stderr) == 4
+
+
 def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

@@ -107,7 +107,11 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
             except ConfigError:
                 forget_job(run, whole)
                 raise
-        return train(cfg, run, heads_given=given_on_command_line("model.heads"))
+        try:
+            return train(cfg, run, heads_given=given_on_command_line("model.heads"))
+        except ConfigError:  # refused as it started: a resume leaves only its log lines (.hydra/resume-K goes)
+            forget_job(run, whole=False)
+            raise
 
 
 def given_on_command_line(key: str) -> bool:

@@ -17,7 +17,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFas
 from blockbert.data.cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
 from blockbert.data.corpus import PARAGRAPH_SEPARATOR, describe_source, file_format, load_documents, rows_per_document
 from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
-from blockbert.data.sampler import ResumableData, ResumableSampler, StreamDataset, stream_seed
+from blockbert.data.sampler import ResumableData, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
 from blockbert.data.tokenizer import WORDPIECE_VERSION, load_tokenizer
 from blockbert.errors import ConfigError
@@ -223,19 +223,11 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
 
     def train_dataloader(self):
         trainer = self.trainer
-        self.sampler = ResumableSampler(
-            len(self.train_set),
-            self.seed,
-            self.batch_size * self.world_size,
-            self._samples_consumed,
-            trainer.global_rank if trainer else 0,
-            self.world_size,
-            stream_keys=True,
-        )
+        sampler = self.training_sampler(len(self.train_set), trainer.global_rank if trainer else 0, stream_keys=True)
         return DataLoader(
             StreamDataset(self.train_set),
             batch_size=self.batch_size,
-            sampler=self.sampler,
+            sampler=sampler,
             collate_fn=KeyedMasking(self._collator(), self.seed),
             drop_last=True,
             **self.loader_options(self.cfg.get("num_workers")),

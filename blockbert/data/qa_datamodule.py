@@ -217,16 +217,8 @@ class QADataModule(ResumableData, pl.LightningDataModule):
                 f"{size} training windows fill no batch of {self.batch_size} on each of {self.world_size} devices: "
                 "use fewer devices (trainer.devices) or a smaller optim.batch_size"
             )
-        self.sampler = ResumableSampler(
-            size,
-            self.seed,
-            self.batch_size * self.world_size,
-            self._samples_consumed,
-            trainer.global_rank if trainer else 0,
-            self.world_size,
-            drop_last=self.world_size > 1,
-        )
-        return self._loader("train", self.sampler)
+        sampler = self.training_sampler(size, trainer.global_rank if trainer else 0, drop_last=self.world_size > 1)
+        return self._loader("train", sampler)
 
     def val_dataloader(self):
         return self._loader("dev")

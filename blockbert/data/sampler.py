@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from blockbert.errors import ConfigError
+
 
 def stream_seed(*values: int) -> int:
     """A well-mixed 64-bit seed from integers (a run seed, a rank, a stream position, ...)."""
@@ -99,18 +101,43 @@ class ResumableData:
     """
 
     sampler: ResumableSampler | None = None
+    batch_size: int  # samples per micro-batch on each rank
+    world_size: int = 1
     _samples_consumed: int = 0  # restored from a checkpoint on resume
+    _trained_batch: int | None = None  # the restored run's samples per micro-batch over all ranks
 
     def state_dict(self) -> dict:
         return self.state_at(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
 
     def state_at(self, batches: int) -> dict:
-        if self.sampler is None:  # no training batch drawn in this process yet: the restored position holds
-            return {"samples_consumed": self._samples_consumed}
-        return {"samples_consumed": self.sampler.position_after(batches)}
+        if self.sampler is None:  # no training batch drawn in this process yet: the restored state holds
+            known = {} if self._trained_batch is None else {"global_batch": self._trained_batch}
+            return {"samples_consumed": self._samples_consumed, **known}
+        return {"samples_consumed": self.sampler.position_after(batches), "global_batch": self.sampler.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
         self._samples_consumed = state["samples_consumed"]
+        self._trained_batch = state.get("global_batch")  # absent from checkpoints written before it was recorded
+
+    def check_resume(self, state: dict | None) -> None:
+        """Refuse, before training starts, to resume from a checkpoint whose data ``state`` counted micro-batches of
+        another number of samples across the ranks (another per-device batch or device count): the position is
+        worked out from Lightning's count of batches, in the trained run's batches."""
+        trained, now = (state or {}).get("global_batch"), self.batch_size * self.world_size
+        if trained is not None and trained != now:
+            raise ConfigError(
+                f"this run cannot resume with micro-batches of {now} samples across its devices: it trained with "
+                f"{trained} (per-device batch x devices), and its data position counts those; resume with the "
+                "trainer.devices and per-device batch size it had"
+            )
+
+    def training_sampler(self, size: int, rank: int, **options) -> ResumableSampler:
+        """The training sampler of this rank, read on from the restored position."""
+        global_batch = self.batch_size * self.world_size
+        self.sampler = ResumableSampler(
+            size, self.seed, global_batch, self._samples_consumed, rank, self.world_size, **options
+        )
+        return self.sampler
 
     def loader_options(self, num_workers: int | None) -> dict:
         """DataLoader options for where the batches go. To a CUDA device: pinned memory (the copy overlaps the step)

@@ -34,9 +34,9 @@ from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from blockbert.data.sampler import stream_seed
+from blockbert.data.sampler import ResumableData, stream_seed
 from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, NonFiniteLossError, RunInterrupted
-from blockbert.formats.checkpoints import checkpoint_step
+from blockbert.formats.checkpoints import checkpoint_step, load_checkpoint
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import CheckpointError
 from blockbert.train.cluster import cluster_environment
@@ -380,8 +380,11 @@ class RunSafety:
         self.plugins = [AtomicCheckpointIO(), *([environment] if environment is not None else [])]
 
     def fit(self, trainer: pl.Trainer, module, datamodule) -> None:
-        """``trainer.fit`` from the checkpoint to resume (if any); a SIGTERM ends in :class:`RunInterrupted`."""
+        """``trainer.fit`` from the checkpoint to resume (if any), once the data module has accepted its state (before
+        the logger or any callback writes); a SIGTERM ends in :class:`RunInterrupted`."""
         ckpt_path = resume_checkpoint(self.ckpt_path, self.run)
+        if ckpt_path is not None and isinstance(datamodule, ResumableData):
+            datamodule.check_resume(load_checkpoint(ckpt_path, mmap=True).get(type(datamodule).__qualname__))
         # Lightning cannot see that the data modules restore the data position themselves (ResumableData).
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         # With no checkpoint Lightning looks for a "last" one itself (it finds none: every candidate was read
