@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +84,7 @@ def build_once(directory: Path, build: Callable[[Path], dict]) -> dict:
             if stale.is_file():
                 stale.unlink()
         content = build(directory)
-        _write_atomically(manifest, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
+        write_atomically(manifest, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
         return content
 
 
@@ -93,12 +94,14 @@ def build_file(path: Path, write: Callable[[Path], None]) -> Path:
     if not path.exists():
         with _building(path):
             if not path.exists():
-                _write_atomically(path, write)
+                write_atomically(path, write)
     return path
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a file beside ``path`` (named after this host and process), then renamed over ``path``:
+    readers see the old file or the new one, whole, even with processes of several machines writing."""
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         write(tmp)
         tmp.replace(path)

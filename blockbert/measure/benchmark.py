@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from blockbert.data.cache import cache_dir
+from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
 from blockbert.formats.run_dir import RunDir
@@ -126,10 +126,8 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, bool
 
 
 def _write(run: RunDir, results: dict) -> None:
-    """benchmark.json replaced whole (written beside it, then renamed): a stop while writing leaves the last one."""
-    part = run.benchmark_file.with_suffix(".json.part")
-    part.write_text(json.dumps(results, indent=2) + "\n")
-    part.replace(run.benchmark_file)
+    """benchmark.json replaced whole: a stop while writing leaves the last one."""
+    write_atomically(run.benchmark_file, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
 
 
 def end(run: RunDir, results: dict, stopped: bool, contents: str) -> None:

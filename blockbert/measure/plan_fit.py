@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import re
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from blockbert.data.cache import write_atomically
 from blockbert.errors import ConfigError
 from blockbert.measure.device import where
 from blockbert.measure.memory import step_peaks, step_phases
@@ -379,9 +379,7 @@ class FitStore:
         self.data["fits"] = {**_read_fits(self.path).get("fits", {}), key_hash(fit_key(target)): entry}
         self.data["device"] = device
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(f".{socket.gethostname()}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(self.data, indent=1) + "\n")
-        partial.replace(self.path)  # whole, even with two processes writing
+        write_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(self.data, indent=1) + "\n"))
 
 
 def _read_fits(path: Path) -> dict:

@@ -14,6 +14,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from rich.progress import ProgressColumn
 from rich.text import Text
 
+from blockbert.data.cache import write_atomically
+
 METRICS_EVERY_S = 1.0  # our choice: how often the progress bar reads the logged values
 
 
@@ -55,9 +57,7 @@ class MetricsJson(pl.Callback):
             metrics.pop("error", None)
         else:
             metrics["error"] = error
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.path)
+        write_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n"))
 
     def on_train_start(self, trainer, pl_module):
         self.start_step, self.finished = trainer.global_step, False
