@@ -24,6 +24,10 @@
 #   pretrain, finetune  whole-run throughput (N = 2048; N = 384, batch 16) against the Hugging Face Trainer and a
 #              bare loop (bf16)
 set -uo pipefail
+PARTS='tests plan table5 seqlen attention layout pretrain finetune'
+for one in ${*:-}; do  # every part named is known before the first starts
+  [[ " $PARTS " == *" $one "* ]] || { echo "unknown part $one: $PARTS" >&2; exit 2; }
+done
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
@@ -83,10 +87,9 @@ part() {
     pretrain) bench pretrain 80 mode=pretrain size=base 'pretrain.models=[blockbert_n3]' pretrain.batch_size=8 \
       pretrain.steps=10 pretrain.documents=1200 pretrain.rows_per_document=120 warmup=3 ;;
     finetune) bench finetune 80 mode=finetune size=base 'finetune.models=[blockbert_n3]' finetune.steps=10 warmup=3 ;;
-    *) echo "unknown part $1: tests plan table5 seqlen attention layout pretrain finetune" >&2; exit 2 ;;
   esac
 }
-for name in "${@:-tests plan table5 seqlen attention layout pretrain finetune}"; do
+for name in "${@:-$PARTS}"; do
   for one in $name; do part "$one"; done
 done
 tail -n 60 "$OUT/benchmark.log" 2>/dev/null
