@@ -93,6 +93,40 @@ def test_the_other_commands_check_their_values_too(blockbert, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("phases=[training]", "phases=['training'] is not accepted: accepted are inference, train"),
+        ("batch_sizes=[2,0]", "batch_sizes=[2, 0] is out of range: it must be >= 1"),
+        ("seq_lengths=[0]", "seq_lengths=[0] is out of range: it must be >= 8"),
+        ("attention_dropout=[1.5]", "attention_dropout=[1.5] is out of range: it must be >= 0.0 and < 1.0"),
+    ],
+)
+def test_a_benchmark_refuses_a_grid_it_cannot_measure(override, message):
+    """Before: phases=[training] was timed as a training step, batch_sizes=[0] timed empty batches."""
+    with pytest.raises(ConfigError) as refused:
+        check_config(compose("benchmark", [override]), "benchmark")
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "device='gpu' is unknown: accepted are auto, cpu, cuda, cuda:K"),
+        ("mps", "device='mps' is unknown: accepted are auto, cpu, cuda, cuda:K"),
+        ("cuda:7", "device=cuda:7: this machine has "),
+    ],
+)
+def test_a_measurement_refuses_a_device_it_cannot_use_in_one_line(blockbert, tmp_path, device, message):
+    """benchmark and profile; before: torch's RuntimeError, or an AssertionError from CUDA's lazy init."""
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a CUDA GPU 7")
+    for command in ("benchmark", "profile"):
+        out = blockbert(tmp_path, command, f"device={device}", check=False)
+        assert out.returncode == 2 and f"blockbert {command}: error: {message}" in out.stderr, out.stderr
+        assert not list(tmp_path.glob(f"runs/{command}/*"))  # no run directory
+
+
 def test_trainer_takes_lightning_arguments_beyond_the_schema():
     check_config(compose("pretrain", ["+trainer.accumulate_grad_batches=2"]), "pretrain")
     with pytest.raises(ConfigError, match=r"trainer.max_steps='x': expected an integer"):

@@ -1,6 +1,6 @@
-"""What a training job's entry point says about its config: what a checkpoint changed in it, what the command line
-gave, and the paper-row checks. The config itself is decided while it is composed (:mod:`blockbert.formats.compose`),
-before the job starts."""
+"""What a job's entry point does around its task: for training, what a checkpoint changed in the config, what the
+command line gave, and the paper-row checks; for every job, no trace left when it is refused before it runs. The config
+itself is decided while it is composed (:mod:`blockbert.formats.compose`), before the job starts."""
 
 from __future__ import annotations
 
@@ -79,6 +79,22 @@ def forget_job(run: RunDir, whole: bool = True) -> None:
             run.path.rmdir()
     elif subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
         shutil.rmtree(run.path / subdir, ignore_errors=True)
+
+
+def run_measurement(cfg: DictConfig, measure) -> dict:
+    """A measuring command's job (benchmark, profile): ``measure(cfg, run)`` in the job's run directory. Refused (a
+    device this machine lacks, a model it does not know), it leaves what it measured and no other trace, except a
+    multirun's job, whose directory records why."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    run = RunDir(hydra.runtime.output_dir)
+    try:
+        return measure(cfg, run)
+    except ConfigError:
+        forget_job(run, whole=hydra.mode != RunMode.MULTIRUN)
+        raise
 
 
 def run_training(cfg: DictConfig, command: str, train) -> dict:

@@ -253,7 +253,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 class Profile:
     size: Size = field(default_factory=Size)
     models: List[str] = setting(["roberta_1seq"])
-    seq_lengths: List[int] = setting([128])
+    seq_lengths: List[int] = setting([128], 8)
     tokens_per_device: int = setting(4096, 1)
     attention_impl: str = setting("eager", choices=("eager", "sdpa"))
     device: str = "auto"  # auto, or a torch device: cpu, cuda, cuda:1, ...
@@ -317,16 +317,16 @@ class Benchmark:
     mode: str = setting("model", choices=("model", "attention", "layout", "data", "pretrain", "finetune", "plan"))
     models: List[str] = setting(["roberta_1seq"])
     baseline: Any = None
-    phases: List[str] = setting(["inference"])
+    phases: List[str] = setting(["inference"], choices=("inference", "train"))
     lm_head: bool = True
     ratio_of: str = setting("median", choices=("median", "mean"))
-    batch_sizes: List[int] = setting([1])
-    seq_lengths: List[int] = setting([512])
+    batch_sizes: List[int] = setting([1], 1)
+    seq_lengths: List[int] = setting([512], 8)
     heads: Dict[str, str] = setting({})
     inference_bound: bool = True
-    attention_seq_lengths: List[int] = setting([512])
+    attention_seq_lengths: List[int] = setting([512], 8)
     attention_batch_size: int = setting(1, 1)
-    attention_dropout: List[float] = setting([0.0])
+    attention_dropout: List[float] = setting([0.0], 0.0, below=1.0)
     attention_padding: float = setting(0.0, 0.0, below=1.0)
     repeats: int = setting(5, 1)
     warmup: int = setting(1, 0)

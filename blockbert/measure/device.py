@@ -14,9 +14,20 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def pick_device(name: str) -> torch.device:
+    """``device=``: auto (a CUDA GPU where there is one, else the CPU), cpu, cuda or cuda:K; refused in one line if
+    unknown or absent here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is unknown: accepted are auto, cpu, cuda, cuda:K")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        found = f"{torch.cuda.device_count()} CUDA GPUs" if torch.cuda.is_available() else "no CUDA GPU"
+        raise ConfigError(f"device={name}: this machine has {found} (torch {torch.__version__}): use device=auto, cpu")
+    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from blockbert.formats.run_dir import RunDir
+from blockbert.app.run_config import run_measurement
 from blockbert.measure.profile import profile
 
 
 def main(cfg: DictConfig) -> dict:
-    return profile(cfg, RunDir(HydraConfig.get().runtime.output_dir))
+    return run_measurement(cfg, profile)
