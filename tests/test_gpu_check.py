@@ -91,7 +91,9 @@ def test_every_command_of_every_part_would_start(tmp_path):
             continue
         assert command[1] == "cli.py", command
         name, args = command[2], command[3:]
-        group.commands[name].make_context(name, list(args))  # its options parse (Typer's own check)
+        parsed = group.commands[name].make_context(name, list(args))  # its options parse (Typer's own check)
+        stray = [arg for arg in parsed.params.get("overrides") or () if arg.startswith("-")]
+        assert not stray, f"{command}: not options of blockbert {name}: {stray}"  # they would reach Hydra
         if name != "benchmark":
             continue
         benchmarks += 1
