@@ -7,6 +7,7 @@ Arguments after the command are Hydra's: overrides such as ``model=blockbert_n3`
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 
@@ -88,8 +89,36 @@ class HydraCommand(typer.core.TyperCommand):
         pass
 
 
-def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
-    overrides = list(overrides or ())
+def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags: bool) -> None:
+    """End the command in one line at a word of its overrides that is an option it does not have (``--max-steps=3``):
+    Typer hands unknown options over with the overrides, so that Hydra's flags (``hydra_flags``) reach Hydra."""
+    flags = [word.split("=")[0] for word in overrides if word.startswith("-")]
+    if not flags:
+        return
+    task = ctx.command.name
+    known = [name for param in ctx.command.params for name in (*param.opts, *param.secondary_opts) if name[0] == "-"]
+    known.append("--help")
+    if hydra_flags:
+        from hydra._internal.utils import get_args_parser
+
+        known += get_args_parser()._option_string_actions  # every spelling of Hydra's flags (-m, --multirun, ...)
+    unknown = next((flag for flag in flags if flag not in known), None)
+    if unknown is None:
+        return
+    near = difflib.get_close_matches(unknown, [name for name in known if name.startswith("--")], n=1)
+    print(
+        f"blockbert {task}: error: {unknown} is not an option of blockbert {task}"
+        + (f" (did you mean {near[0]}?)" if near else "")
+        + "; settings are key=value overrides (trainer.max_steps=10), the options are listed by "
+        f"`blockbert {task} --help`",
+        file=sys.stderr,
+    )
+    raise typer.Exit(2)
+
+
+def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> None:
+    task, overrides = ctx.command.name, list(overrides or ())
+    refuse_unknown_options(ctx, overrides, hydra_flags=True)
     if any(arg.split("=")[0] in SHELL_COMPLETION_FLAGS for arg in overrides):
         print(
             f"blockbert {task}: error: Hydra's shell completion does not apply to the blockbert command: "
@@ -103,7 +132,7 @@ def hand_over(task: str, overrides: list[str] | None, debug: bool) -> None:
 
 
 @app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
-def pretrain(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
+def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Pre-train a model with masked-LM (and next-sentence prediction for google_bert/roberta_2seq).
 
     With no arguments: a tiny BlockBert on a generated corpus, on the CPU, in a few minutes.
@@ -111,11 +140,11 @@ def pretrain(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
 
     Example: `blockbert pretrain experiment=blockbert_n2_1024 data=wiki_book trainer=ddp`
     """
-    hand_over("pretrain", overrides, debug)
+    hand_over(ctx, overrides, debug)
 
 
 @app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
-def finetune(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
+def finetune(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Fine-tune a pre-trained checkpoint on extractive question answering (SQuAD, MRQA).
 
     With no arguments: the tiny model, from scratch, on a generated SQuAD-format set, on the CPU.
@@ -125,11 +154,12 @@ def finetune(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     Example: `blockbert finetune experiment=blockbert_n2_512 init_from=runs/pretrain/RUN task=squad11
     task.train_file=train-v1.1.json task.dev_file=dev-v1.1.json`
     """
-    hand_over("finetune", overrides, debug)
+    hand_over(ctx, overrides, debug)
 
 
 @app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
 def sweep(
+    ctx: typer.Context,
     name: str = typer.Argument(
         ...,
         help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
@@ -166,6 +196,7 @@ def sweep(
     Example (laptop scale):
     `blockbert sweep heads_n2 experiment=tiny data=tiny_corpus trainer.max_steps=300 optim.schedule_steps=600`
     """
+    refuse_unknown_options(ctx, list(overrides or ()), hydra_flags=False)
     from blockbert.app.commands.sweep import run_sweep
 
     raise typer.Exit(
@@ -184,7 +215,7 @@ def sweep(
 
 
 @app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
-def profile(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
+def profile(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Break a training step's memory into model, optimizer and activation parts (Table 1).
 
     Fits activation = O(N) part + O(N²) part with the tokens per device fixed and prints Table 1's
@@ -192,11 +223,11 @@ def profile(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
 
     Example: `blockbert profile attention_impl=eager seq_lengths='[128,256,512,1024]'`
     """
-    hand_over("profile", overrides, debug)
+    hand_over(ctx, overrides, debug)
 
 
 @app.command(cls=HydraCommand, context_settings=HYDRA_ARGS)
-def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
+def benchmark(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Time inference and training steps of the models side by side and report ratios (Tables 2, 5).
 
     Models (roberta_1seq, sparsebert, blockbert_n2/n3 and Hugging Face BERT/RoBERTa/BigBird), one attention
@@ -206,11 +237,12 @@ def benchmark(overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
 
     Example: `blockbert benchmark mode=attention attention_seq_lengths='[1024,2048]'`
     """
-    hand_over("benchmark", overrides, debug)
+    hand_over(ctx, overrides, debug)
 
 
 @app.command(context_settings=HYDRA_ARGS)
 def plan(
+    ctx: typer.Context,
     overrides: list[str] = OVERRIDES,
     command: str = typer.Option(
         None, "--command", help="The command planned: pretrain (default) | finetune; with --sweep, the sweep's."
@@ -243,6 +275,7 @@ def plan(
 
     Example: `blockbert plan experiment=blockbert_n2_1024 trainer=ddp --gpus 32 --gpu-memory 16GB`
     """
+    refuse_unknown_options(ctx, list(overrides or ()), hydra_flags=False)
     from blockbert.app.commands.plan import run_plan
 
     raise typer.Exit(

@@ -54,6 +54,31 @@ def test_unknown_group_option_is_one_line_naming_the_options():
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pretrain", "--max-steps=3"], "--max-steps is not an option of blockbert pretrain; settings are key=value"),
+        (["benchmark", "--repeats", "3"], "--repeats is not an option of blockbert benchmark; settings"),
+        (["plan", "--calibrated"], "--calibrated is not an option of blockbert plan (did you mean --calibrate?)"),
+        (["sweep", "heads_n2", "--dryrun"], "--dryrun is not an option of blockbert sweep (did you mean --dry-run?)"),
+        (["finetune", "--debugg"], "--debugg is not an option of blockbert finetune (did you mean --debug?)"),
+        (["benchmark", "--cfg"], "argument --cfg/-c: expected one argument; the options are listed by `blockbert"),
+    ],
+)
+def test_an_option_the_command_lacks_is_one_line(args, message):
+    """Before: Hydra's usage text, or its override parser's exception for plan and sweep."""
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert error_line(result.output).startswith(f"blockbert {args[0]}: error: {message}")
+    assert "usage:" not in result.output and not (Path.cwd() / "runs").exists()
+
+
+def test_hydra_flags_still_reach_hydra():
+    result = runner.invoke(cli.app, ["pretrain", "-c", "job", "--package", "trainer", "trainer.max_steps=7"])
+    assert result.exit_code == 0, result.output
+    assert "max_steps: 7" in result.output
+
+
 def test_bad_head_config_is_one_line():
     result = runner.invoke(cli.app, ["pretrain", "model=blockbert_n2", "model.heads=7:2"])
     assert result.exit_code == 2

@@ -33,7 +33,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from blockbert.app import ENTRY_POINTS, cluster
-from blockbert.errors import report_error
+from blockbert.errors import ConfigError, report_error
 from blockbert.formats.compose import config_loader, finishing_loader
 from blockbert.formats.run_dir import RunDir
 from blockbert.paths import config_dir
@@ -112,6 +112,12 @@ def _bare(words: list[str]) -> bool:
     return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
 
 
+def _refuse_argument(command: str, message: str):
+    """argparse's error (Hydra's parser of flags), e.g. a flag without its value, in one line (the command line's
+    words that are no option were refused before: cli.py)."""
+    raise ConfigError(f"{message}; the options are listed by `blockbert {command} --help`")
+
+
 def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume: str | None = None) -> int:
     """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code.
 
@@ -130,7 +136,11 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
         task_function = _keep_errors(task_function, job_errors)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach the handler below instead of Hydra's printer
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    parser.error = functools.partial(_refuse_argument, task)  # argparse would print its usage, then exit 2
+    try:
+        args = parser.parse_args(argv)
+    except ConfigError as err:
+        return report_error(task, err, debug)
     try:
         with _finished_configs():
             _run_hydra(
