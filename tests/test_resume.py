@@ -444,6 +444,48 @@ def test_a_resume_with_another_micro_batch_is_refused_and_the_run_stays_as_it_wa
     assert resumed_step(out.stdout + out.stderr) == 4
 
 
+def test_a_resume_that_changes_the_run_or_has_nothing_to_train_is_refused_and_the_run_stays_as_it_was(run, tmp_path):
+    """Before: the checkpoint was loaded into whatever the command line built (other heads: silently; another width:
+    a state_dict error), and a finished run's metrics.json was marked failed; rerunning a finished run started a
+    new W&B run and a resume config for nothing."""
+    run_dir = tmp_path / "run"
+    run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=4", f"hydra.run.dir={run_dir}")
+    kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]  # the lock: a pid
+    before = {p.relative_to(run_dir): p.read_bytes() for p in kept}
+    refusals = {
+        ("model.heads=2:2", "model.layout=padded", "trainer.max_steps=8"): (
+            f"resuming {run_dir} with model.heads='2:2' (the run has '3:1'): a resume continues the run as it was "
+            "started; give the run's values, or a new hydra.run.dir for a new run"
+        ),
+        ("model.hidden_size=32", "seed=1", "data.max_seq_length=64", "optim.lr=1e-4", "trainer.max_steps=8"): (
+            f"resuming {run_dir} with data.max_seq_length=64 (the run has 128), model.hidden_size=32 (the run has "
+            "64), seed=1 (the run has 0): a resume continues"
+        ),
+        ("trainer.max_steps=4", "model.layout=padded"): (
+            f"{run_dir} finished already (metrics.json): nothing to train; raise trainer.max_steps (or "
+            "trainer.max_epochs) to train it further, or give a new hydra.run.dir for a new run"
+        ),
+    }
+    for changed, message in refusals.items():
+        out = run(tmp_path, "pretrain", *PRETRAIN, *changed, f"hydra.run.dir={run_dir}", check=False)
+        assert out.returncode == 2, out.stderr[-3000:]
+        errors = [line for line in out.stderr.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and errors[0].startswith(f"blockbert pretrain: error: {message}"), errors
+        kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]
+        assert {p.relative_to(run_dir): p.read_bytes() for p in kept} == before  # metrics.json still "finished"
+    out = run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=6", "model.layout=padded", f"hydra.run.dir={run_dir}")
+    assert resumed_step(out.stdout + out.stderr) == 4 and metrics(run_dir)["step"] == 6
+
+
+def test_a_new_run_refused_as_it_starts_leaves_no_run_directory(run, tmp_path):
+    """Before: its .hydra, log and lock stayed (and a fine-tuning run's tokenizer and W&B id)."""
+    out = run(tmp_path, "pretrain", *PRETRAIN, "data=text_files", "data.files=corpus/*.txt", check=False)
+    assert out.returncode == 2 and "data.files: no file matches 'corpus/*.txt'" in out.stderr
+    out = run(tmp_path, "finetune", *FINETUNE, "ckpt_path=nope.ckpt", check=False)
+    assert out.returncode == 2 and "ckpt_path='nope.ckpt': no such checkpoint file" in out.stderr
+    assert not list(tmp_path.glob("runs/*/*"))
+
+
 def test_a_refused_run_leaves_no_trace_in_the_directory_in_use(run, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

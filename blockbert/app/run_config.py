@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from blockbert.errors import ConfigError
+from blockbert.errors import ConfigError, is_user_error
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure.plan import check_fit
@@ -63,18 +63,24 @@ def locked(run: RunDir):
         raise
 
 
-def forget_job(run: RunDir, whole: bool = True) -> None:
+def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset()) -> None:
     """A job refused before it trained leaves no trace: with ``whole``, what it wrote in a directory no run had used
-    (Hydra stored its config as the run's own ``.hydra``), and the directory when nothing else is in it; else the
-    config Hydra stored for this job beside an earlier run's (``.hydra/resume-K``)."""
+    (Hydra stored its config as the run's own ``.hydra``) -- its start's files and the entries ``created`` since --
+    and the directory when nothing else is in it, unless it wrote a checkpoint (a run to resume); else the config Hydra
+    stored for this job beside an earlier run's (``.hydra/resume-K``)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     subdir = hydra.output_subdir if hydra else None
     if whole and subdir == ".hydra":  # what the job's start wrote, then the directory if nothing else is in it
+        if run.checkpoint_candidates():
+            return
         shutil.rmtree(run.path / ".hydra", ignore_errors=True)
-        for created in (run.lock_file, run.path / f"{hydra.job.name}.log"):
-            created.unlink(missing_ok=True)
+        for start in (run.lock_file, run.path / f"{hydra.job.name}.log"):
+            start.unlink(missing_ok=True)
+        for name in created:
+            entry = run.path / name
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             run.path.rmdir()
     elif subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
@@ -97,6 +103,51 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
         raise
 
 
+# what a resume continues as the run was started: its model, data, QA task, seed and global batch
+RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from")
+# ... but how the same computation runs (the kernels and layouts are exact against each other), the data loading, and
+# the micro-batch, which RunSafety.fit checks against the checkpoint's data position itself (our choice of what may
+# change)
+RESUME_MAY_CHANGE = ("model.attention_impl", "model.layout", "model.gradient_checkpointing", "data.num_workers",
+                     "data.num_proc", "data.per_device_batch_size", "task.max_eval_samples")  # fmt: skip
+TRAINS_FURTHER = ("trainer.max_steps", "trainer.max_epochs")
+
+
+def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
+    """A job in a run's directory (Hydra stores its config in ``subdir`` = .hydra/resume-K) continues that run: refused
+    in one line when its config changes what the run trains (:data:`RESUME_KEEPS` but :data:`RESUME_MAY_CHANGE`) --
+    before, the checkpoint was loaded into whatever the command line built -- or when the run finished and neither
+    trainer.max_steps nor trainer.max_epochs changed (nothing to train). Keys the run's config lacks (a config from
+    an older blockbert) are not compared."""
+    if not subdir or not subdir.startswith(".hydra/resume-"):
+        return
+    started = _leaves(OmegaConf.create(run.started_config() or {}), resolve=False)
+    now = _leaves(cfg, resolve=False)
+    changed = [
+        f"{key}={now.get(key)!r} (the run has {started[key]!r})"
+        for key in sorted(started.keys() & now.keys())
+        if started[key] != now[key] and _kept(key) and not _kept(key, RESUME_MAY_CHANGE)
+    ]
+    if changed:
+        more = " ..." if changed[3:] else ""
+        raise ConfigError(
+            f"resuming {run.path} with {', '.join(changed[:3])}{more}: a resume continues the run as it was started; "
+            "give the run's values, or a new hydra.run.dir for a new run"
+        )
+    k = int(subdir.rsplit("-", 1)[1])
+    before = run.hydra_dir / (f"resume-{k - 1}" if k > 1 else "") / "config.yaml"
+    last = _leaves(OmegaConf.load(before), resolve=False) if before.is_file() else {}
+    if run.metrics().get("status") == "finished" and all(last.get(key) == now.get(key) for key in TRAINS_FURTHER):
+        raise ConfigError(
+            f"{run.path} finished already (metrics.json): nothing to train; raise trainer.max_steps (or "
+            "trainer.max_epochs) to train it further, or give a new hydra.run.dir for a new run"
+        )
+
+
+def _kept(key: str, prefixes=RESUME_KEEPS) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
 def run_training(cfg: DictConfig, command: str, train) -> dict:
     """A training command's job: ``train(cfg, run, heads_given=...)`` (:func:`blockbert.train.pretrain.pretrain`,
     :func:`blockbert.train.finetune.finetune`) in the job's run directory, locked, after the checks of the machine,
@@ -111,9 +162,11 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     whole = hydra.mode != RunMode.MULTIRUN
     try:
         check_accelerator(cfg.trainer)
+        check_resume(cfg, run, hydra.output_subdir)
     except ConfigError:
         forget_job(run, whole)
         raise
+    started_with = {entry.name for entry in run.path.iterdir()}  # what a refused new run leaves: nothing beyond
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
@@ -125,8 +178,9 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
                 raise
         try:
             return train(cfg, run, heads_given=given_on_command_line("model.heads"))
-        except ConfigError:  # refused as it started: a resume leaves only its log lines (.hydra/resume-K goes)
-            forget_job(run, whole=False)
+        except Exception as err:
+            if is_user_error(err):  # refused as it started: a new run leaves nothing, a resume only its log lines
+                forget_job(run, whole, created={entry.name for entry in run.path.iterdir()} - started_with)
             raise
 
 
@@ -143,8 +197,8 @@ def _shown(leaves: dict, key: str) -> str:
     return repr(leaves[key]) if key in leaves else "(unset)"
 
 
-def _leaves(cfg: DictConfig) -> dict:
-    """{dotted key: value} of a config's leaves (interpolations resolved)."""
+def _leaves(cfg: DictConfig, resolve: bool = True) -> dict:
+    """{dotted key: value} of a config's leaves (interpolations resolved, with ``resolve``)."""
 
     def walk(node, prefix):
         for key, value in node.items():
@@ -153,7 +207,7 @@ def _leaves(cfg: DictConfig) -> dict:
             else:
                 yield f"{prefix}{key}", value
 
-    return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
+    return dict(walk(OmegaConf.to_container(cfg, resolve=resolve), ""))
 
 
 def check_paper_row(cfg: DictConfig, command: str) -> None:
