@@ -50,7 +50,16 @@ def test_every_shipped_config_meets_its_schema(command, choice):
     [
         ("optim.lr=abc", "optim.lr='abc': expected a number"),
         ("data.max_seq_length=0", "data.max_seq_length=0 is out of range: it must be >= 8"),
-        ("+optim.lrr=1", "optim.lrr is not a setting: accepted in optim are lr, betas"),
+        ("+optim.lrr=1", "optim.lrr is not a setting (did you mean optim.lr?): accepted in optim are lr, betas"),
+        # a typo'd key: before, Hydra's advice to add it with + (which then failed)
+        ("model.heds=3:1", "model.heds is not a setting (did you mean model.heads?): accepted in model are name,"),
+        (
+            "trainer.max_step=9",
+            "trainer.max_step is not a setting (did you mean trainer.max_steps?); another "
+            "Lightning Trainer argument is given as +trainer.max_step=VALUE: accepted in trainer are accelerator",
+        ),
+        ("modle=tiny", "modle is not a setting (did you mean model?): accepted are paths, model,"),
+        ("data.nonsense.x=1", "data.nonsense is not a setting: accepted in data are name, source"),
         ("trainer.max_steps=x", "trainer.max_steps='x': expected an integer"),
         ("data.documents=lines", "data.documents='lines' is not accepted: accepted are paragraph, file, line"),
         ("model.heads=5:1", "model.heads='5:1' assigns 6 heads but the model has num_heads=4"),

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import yaml
 
 from blockbert.errors import ConfigError
-from blockbert.formats.schema import SCHEMAS, check_config, drop_unread
+from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, not_a_setting
 from blockbert.model.config import BlockBertConfig
 from blockbert.paths import config_dir
 
@@ -52,7 +52,8 @@ def finishing_loader():
 
     class FinishingConfigLoader(_loader()):
         def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
-            cfg = super().load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+            with _unknown_keys_named(config_name):
+                cfg = super().load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
             if config_name not in SCHEMAS:
                 return cfg
 
@@ -64,6 +65,21 @@ def finishing_loader():
             return finish(cfg, config_name, run_mode, again)
 
     return FinishingConfigLoader
+
+
+@contextmanager
+def _unknown_keys_named(config_name: str | None):
+    """An override of a key ``config_name``'s config lacks (``model.heds=3:1``, a typo) refused as the schema refuses
+    ``+model.heds=3:1`` (:func:`blockbert.formats.schema.not_a_setting`), not as Hydra's advice to add it."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        yield
+    except ConfigCompositionException as err:
+        if config_name in SCHEMAS and isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
+            raise not_a_setting(config_name, str(err.__cause__.full_key)) from None
+        raise
 
 
 @contextmanager
@@ -88,7 +104,7 @@ def compose(config_name: str | None, overrides=(), config_dirs=(), finished: boo
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    with _version_base():
+    with _version_base(), _unknown_keys_named(config_name):
         loader = config_loader(tuple(config_dirs), finished=finished)
         cfg = loader.load_configuration(config_name, list(overrides), RunMode.RUN)
     with open_dict(cfg):

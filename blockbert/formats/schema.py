@@ -12,6 +12,7 @@ go to Lightning's ``Trainer`` as they are. Plain dataclasses, read by OmegaConf 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional  # noqa: UP035 -- OmegaConf 2.3 reads typing's generics, not X | None
 
@@ -379,17 +380,24 @@ def check_config(cfg: DictConfig, command: str) -> None:
         except InterpolationResolutionError:  # e.g. a resolver only Hydra's job knows: the types were checked
             resolved = OmegaConf.to_container(typed)
     except ConfigKeyError as err:
-        section = str(err.full_key).rpartition(".")[0]
-        node = _field_type(schema, section) if section else schema
-        accepted = ", ".join(f.name for f in dataclasses.fields(node)) if node else ""
-        raise ConfigError(
-            f"{err.full_key} is not a setting: accepted {'in ' + section if section else ''} are {accepted}".replace(
-                "  ", " "
-            )
-        ) from None
+        raise not_a_setting(command, str(err.full_key)) from None
     except ValidationError as err:
         raise ConfigError(f"{err.full_key}={_value(values, str(err.full_key))!r}: {_expected(err)}") from None
     _check_ranges(schema, resolved, "")
+
+
+def not_a_setting(command: str, key: str) -> ConfigError:
+    """The one-line refusal of a dotted ``key`` that ``command``'s schema does not have (``model.heds=3:1``, a typo,
+    or ``+model.heds=3:1``): the nearest key, and the ones accepted in its section."""
+    section = key.rpartition(".")[0]
+    node = _field_type(SCHEMAS[command], section) if section else SCHEMAS[command]
+    names = [spec.name for spec in dataclasses.fields(node)] if node else []
+    near = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
+    where = f" in {section}" if section else ""
+    text = f"{key} is not a setting" + (f" (did you mean {section + '.' if section else ''}{near[0]}?)" if near else "")
+    if section in OPEN_NODES:
+        text += f"; another Lightning Trainer argument is given as +{key}=VALUE"
+    return ConfigError(f"{text}: accepted{where} are {', '.join(names)}")
 
 
 def _check_ranges(schema, values: dict, prefix: str) -> None:
