@@ -101,7 +101,7 @@ def test_sequence_longer_than_positions_is_one_line():
 
 
 def test_cfg_job_through_the_installed_command(blockbert, tmp_path):
-    out = blockbert(tmp_path, "pretrain", "model=blockbert_n3", "data.max_seq_length=1024", "--cfg", "job")
+    out = blockbert(tmp_path, "pretrain", "experiment=blockbert_n3_1024", "--cfg", "job")
     assert "heads: '8:2:2'" in out.stdout and "max_seq_length: 1024" in out.stdout
     assert not (tmp_path / "runs").exists()  # --cfg runs nothing
 

@@ -89,6 +89,25 @@ def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
     assert first == config.to_dict()
     used = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # A.4's values at the pre-training N
     assert used["data"]["max_seq_length"] == 128 and used["optim"]["lr"] == 3e-05
+    assert used["model"]["name"] == "tiny" and used["model"]["heads"] == "3:1"  # the run's (was: roberta_1seq)
+
+    def composed(*args):
+        return blockbert(tmp_path, "finetune", f"init_from={pre}", *args, "--cfg", "job", check=False)
+
+    # the run's model is built: another one asked for is refused (before: replaced by the run's, unseen)
+    for given, named in (
+        (["model.heads=2:2"], "model.heads='2:2' (the run's is '3:1')"),
+        (["model=blockbert_n3"], "model.name='blockbert_n3' (the run's is 'tiny')"),
+    ):
+        out = composed(*given)
+        refusal = f"init_from={pre} builds that run's model, and the command line gives {named}: drop it"
+        assert out.returncode == 2 and refusal in out.stderr, out.stderr
+    out = composed("model.attention_dropout=0.2", "model.layout=padded")  # how it computes: the user's
+    used = yaml.safe_load(out.stdout)["model"]
+    assert out.returncode == 0 and used["attention_dropout"] == 0.2 and used["layout"] == "padded"
+    out = composed("data.max_seq_length=256")  # the advice fits a run from a checkpoint (was: model.max_position_...)
+    advice = "exceeds the model's 128 positions: init_from keeps the pre-trained model's length: run at that length"
+    assert out.returncode == 2 and f"data.max_seq_length=256 {advice}" in out.stderr, out.stderr
 
 
 def test_evaluate_errors_and_unknown_ids(tmp_path):

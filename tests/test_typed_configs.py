@@ -60,6 +60,8 @@ def test_every_shipped_config_meets_its_schema(command, choice):
         ),
         ("modle=tiny", "modle is not a setting (did you mean model?): accepted are paths, model,"),
         ("data.nonsense.x=1", "data.nonsense is not a setting: accepted in data are name, source"),
+        # the run refused it; --cfg job printed it
+        ("data.max_seq_length=256", "data.max_seq_length=256 exceeds model.max_position_embeddings=128: set model."),
         ("trainer.max_steps=x", "trainer.max_steps='x': expected an integer"),
         ("data.documents=lines", "data.documents='lines' is not accepted: accepted are paragraph, file, line"),
         ("model.heads=5:1", "model.heads='5:1' assigns 6 heads but the model has num_heads=4"),

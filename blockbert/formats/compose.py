@@ -126,6 +126,7 @@ def finish(cfg, command: str, run_mode, again):
     if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
         cfg = _from_checkpoint(cfg, command, again)
         _check_model(cfg.model)
+        _check_length(cfg)
     return cfg
 
 
@@ -169,7 +170,9 @@ def _from_checkpoint(cfg, command: str, again):
         from blockbert.formats.checkpoints import run_model_config
 
         values = run_model_config(run)
+        _refuse_other_model(cfg, run, values, given)
         trained_n = BlockBertConfig.from_values(values).block_seq_len
+        values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
     length = trained_n if run and "data.max_seq_length" not in given else None
     extra = ["~experiment"] if demo else []
@@ -187,6 +190,44 @@ def _from_checkpoint(cfg, command: str, again):
     with open_dict(cfg):
         cfg.model.update(values)
     return cfg
+
+
+# what a run from a blockbert run (init_from) may set otherwise than the run's model: how the same model computes, and
+# its dropouts (our choice; the rest is the pre-trained model)
+MAY_DIFFER_FROM_RUN = ("attention_impl", "layout", "gradient_checkpointing", "hidden_dropout", "attention_dropout")
+
+
+def _refuse_other_model(cfg, run: str, values: dict, given: set) -> None:
+    """``init_from`` builds the run's model: a ``model.X`` the command line gives (or a ``model=`` preset) that
+    differs from it is refused in one line, not replaced by the run's value unseen."""
+    from blockbert.formats.run_dir import checkpoint_of
+
+    started = checkpoint_of(run)[0].started_config() or {}
+    values["name"] = (started.get("model") or {}).get("name", cfg.model.name)  # what the run called its model
+    differ = [
+        f"model.{key}={cfg.model[key]!r} (the run's is {values[key]!r})"
+        for key in sorted(values)
+        if key not in MAY_DIFFER_FROM_RUN and key in cfg.model and cfg.model[key] != values[key]
+        and (f"model.{key}" in given or (key == "name" and "model" in given))
+    ]  # fmt: skip
+    if differ:
+        raise ConfigError(
+            f"init_from={run} builds that run's model, and the command line gives {', '.join(differ)}: drop it (a "
+            f"run from a blockbert run may set only model.{', model.'.join(MAY_DIFFER_FROM_RUN)} otherwise)"
+        )
+
+
+def _check_length(cfg) -> None:
+    """``data.max_seq_length`` against the model's positions (and a pre-trained block model's N), as the run checks
+    it, so that ``--cfg job`` refuses it too."""
+    from omegaconf import OmegaConf
+
+    config = BlockBertConfig.from_values(OmegaConf.to_container(cfg.model, resolve=True))
+    hint = FROM_RUN_LENGTH if cfg.get("init_from") else None
+    config.check_sequence_length(cfg.data.max_seq_length, "data.max_seq_length", hint)
+
+
+FROM_RUN_LENGTH = "init_from keeps the pre-trained model's length: run at that length or shorter"
 
 
 def _hf_sizes(cfg, init_from: str, given: set) -> dict:
