@@ -88,6 +88,13 @@ def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(blockbe
     assert "n/a (CUDA only)" in out.stdout and "A.2 activations" not in out.stdout
 
 
+def test_profile_refuses_one_length_which_the_fit_cannot_split(blockbert, tmp_path):
+    """Before: one point fitted, printed as 0.0 / 248.4 MB with R² 1.0."""
+    out = blockbert(tmp_path, "profile", "seq_lengths=[96,96]", *SMALL, check=False)
+    assert out.returncode == 2 and "seq_lengths=[96, 96]: give at least two different lengths" in out.stderr
+    assert not list(tmp_path.glob("runs/profile/*"))
+
+
 def test_benchmark_models_and_attention_end_to_end(blockbert, tmp_path):
     blockbert(
         tmp_path,

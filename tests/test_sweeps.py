@@ -191,6 +191,19 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
 
 
+def test_report_of_one_run_says_what_report_takes(tmp_path):
+    """Before: "no job directories (with .hydra/overrides.yaml) found", for a directory holding one."""
+    from blockbert.errors import ConfigError
+    from blockbert.experiments.sweep_summary import summarize_sweep
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    with pytest.raises(
+        ConfigError, match=r"run is one run, not a sweep or multirun of them: `blockbert report --paper"
+    ):
+        summarize_sweep(tmp_path / "run")
+
+
 def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(run, tmp_path):
     """Figure 4's two columns: a tiny pre-training head sweep (best validation perplexity of each job), then
     finetune_each --from it: one fine-tuning job per finished pre-training job, joined in one table. The pre-training

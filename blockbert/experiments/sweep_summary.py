@@ -12,7 +12,8 @@ from rich.table import Table
 
 from blockbert.display import console as make_console
 from blockbert.display import pyplot
-from blockbert.formats.run_dir import SweepDir
+from blockbert.errors import ConfigError
+from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.model.config import parse_heads
 
 STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
@@ -58,6 +59,11 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     keys = list(spec.get("grid", {}))
     metric, mode = spec.get("metric", "val/ppl"), spec.get("mode", "min")
     rows = read_jobs(sweep_dir, keys)
+    if not rows and RunDir(sweep_dir).overrides_file.is_file():
+        raise ConfigError(
+            f"{sweep_dir} is one run, not a sweep or multirun of them: `blockbert report --paper {sweep_dir}` sets a "
+            "run beside the paper's numbers"
+        )
     if not rows:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
     if not keys:  # a plain multirun: the overrides whose values differ between jobs

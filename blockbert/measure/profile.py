@@ -34,6 +34,11 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
     size = OmegaConf.to_container(cfg.size, resolve=True)
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
     lengths = list(cfg.seq_lengths)
+    if len(set(lengths)) < 2:
+        raise ConfigError(
+            f"seq_lengths={lengths}: give at least two different lengths, which the fit of activation memory into an "
+            "O(N) and an O(N²) part needs"
+        )
     results = {
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
