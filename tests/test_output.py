@@ -37,5 +37,8 @@ def test_a_default_run_and_its_resume_print_nothing_misleading(pretrain, tmp_pat
         assert not shown, shown
         assert "model: BlockBertForMaskedLM, 0.13 M parameters, 2 layers" in text
     assert "optimizer steps" in first and " 4/4 " in first and " 6/6 " in resumed  # the bar counts optimizer steps
+    for text in (first, resumed):  # W&B's closing history and summary repeat ours: left out, its sync command kept
+        assert "Run history:" not in text and "Run summary:" not in text
+        assert f"W&B (offline): wandb sync {tmp_path / 'run' / 'wandb' / 'offline-run-'}" in text
     log = (tmp_path / "run" / "pretrain.log").read_text()  # Hydra names it after the job
     assert "Restoring states from the checkpoint path" in log and "`Trainer.fit` stopped: `max_steps=6` reached" in log

@@ -118,12 +118,15 @@ def _refuse_argument(command: str, message: str):
     raise ConfigError(f"{message}; the options are listed by `blockbert {command} --help`")
 
 
-def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume: str | None = None) -> int:
+def run_task(
+    task: str, argv: list[str], debug: bool = False, wrap=None, resume: str | None = None, command: str | None = None
+) -> int:
     """Run ``task``'s entry point under Hydra with ``argv`` (overrides and Hydra flags); exit code.
 
     ``wrap`` decorates the entry point (a sweep's jobs record failures instead of raising). A job of a multirun
     stopped by SIGTERM or Ctrl-C stops the multirun: the remaining jobs do not start, and the command says how to
-    resume it all, ``resume`` (a sweep's command) or the same command in the same sweep directory."""
+    resume it all, ``resume`` (a sweep's command) or the same command in the same sweep directory. Errors and stops
+    are reported as ``command``'s (default: ``task``'s; a sweep's are the sweep's)."""
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
@@ -140,7 +143,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
     try:
         args = parser.parse_args(argv)
     except ConfigError as err:
-        return report_error(task, err, debug)
+        return report_error(command or task, err, debug)
     try:
         with _finished_configs():
             _run_hydra(
@@ -152,7 +155,7 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
             )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         _remove_unstarted()
-        return report_error(task, err, debug)
+        return report_error(command or task, err, debug)
     except MultirunStopped as stop:
         stopped = stop.interrupted
         if stopped.resumable:
@@ -161,16 +164,16 @@ def run_task(task: str, argv: list[str], debug: bool = False, wrap=None, resume:
                 "resumes in its directory)"
             )
         stopped.run_dir = stop.sweep_dir
-        return report_error(task, stopped, debug)
+        return report_error(command or task, stopped, debug)
     except cluster.LauncherRefusal as refusal:  # a cluster=... command that would not start as written
-        return report_error(task, refusal.error, debug)
+        return report_error(command or task, refusal.error, debug)
     finally:
         _OUTPUT_SUBDIRS.clear()
         _NEW_SWEEP_DIRS.clear()
         if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # set by a stopped run until its line was printed
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if job_errors:
-        return report_error(task, job_errors[0], debug)
+        return report_error(command or task, job_errors[0], debug)
     return 0
 
 

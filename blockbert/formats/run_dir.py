@@ -189,6 +189,10 @@ class SweepDir:
         jobs = (job for job in map(RunDir, self.path.iterdir()) if job.overrides_file.is_file())
         return sorted(jobs, key=lambda job: (len(job.path.name), job.path.name))
 
+    def summaries(self) -> list[Path]:
+        """Every summary file a sweep's report may write (which it writes depends on the sweep)."""
+        return [*(self.summary(suffix) for suffix in (".csv", ".md", ".png")), self.seeds_summary, self.selection_file]
+
     def summary(self, suffix: str) -> Path:
         """summary.csv, summary.md, summary.png."""
         return self.path / f"summary{suffix}"

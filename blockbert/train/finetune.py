@@ -73,7 +73,7 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         training.metrics.extra.update(results, eval_timing=timing)  # wall time: not a metric to log or rank by
         training.metrics.write(training.trainer, "finished")
     scores = " | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1")))
-    extra = ", null_odds.json" if data["dev"].format == "squad2" else ""
+    extra = ", dev/null_odds.json" if data["dev"].format == "squad2" else ""
     training.finish([scores], f"metrics.json, dev/predictions.json{extra}, checkpoints/", results)
     return results
 

@@ -43,6 +43,9 @@ def build_logger(cfg: DictConfig, run: RunDir):
             if rank_zero_only.rank == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id + "\n")
+        # W&B's closing run history and summary repeat what the command prints (30 lines a run): left out, unless
+        # WANDB_QUIET or WANDB_SILENT says otherwise (our choice); its opening lines (offline, where) stay
+        quiet = {} if {"WANDB_QUIET", "WANDB_SILENT"} & os.environ.keys() else {"settings": _quiet_settings()}
         logger = WandbLogger(
             save_dir=os.environ.get("WANDB_DIR") or str(run.path),
             project=cfg.logger.project,
@@ -53,11 +56,27 @@ def build_logger(cfg: DictConfig, run: RunDir):
             id=run_id,
             resume="allow",
             config=OmegaConf.to_container(cfg, resolve=True),
+            **quiet,
         )
         # Lightning passes anonymous=None, on which W&B >= 0.22 warns that the setting has no effect
         getattr(logger, "_wandb_init", {}).pop("anonymous", None)
         return logger
     raise ConfigError(f"logger.kind={kind!r} is unknown: accepted are {', '.join(LOGGER_KINDS)}")
+
+
+def _quiet_settings():
+    import wandb
+
+    return wandb.Settings(quiet=True)
+
+
+def wandb_sync_hint() -> str | None:
+    """For an offline W&B run now open: the command that uploads it (W&B prints it only when not quiet)."""
+    wandb = sys.modules.get("wandb")
+    run = wandb.run if wandb is not None else None
+    if run is None or not run.settings._offline:
+        return None
+    return f"W&B (offline): wandb sync {run.settings.sync_dir}"
 
 
 def finish_wandb(exit_code: int = 0) -> None:

@@ -20,7 +20,7 @@ from blockbert.display import print_results
 from blockbert.formats.checkpoints import run_tokenizer
 from blockbert.formats.run_dir import RunDir
 from blockbert.train.callbacks import MetricsJson
-from blockbert.train.loggers import build_logger, finish_wandb
+from blockbert.train.loggers import build_logger, finish_wandb, wandb_sync_hint
 from blockbert.train.resilience import RunSafety, StepCheckpoint
 from blockbert.train.settings import describe_model
 
@@ -99,12 +99,13 @@ class TrainingRun:
     def finish(self, lines: list[str], contents: str, results: dict | None = None) -> None:
         """Log ``results`` and close the logger, then (rank 0) print ``lines``, what the run directory holds
         (``contents``) and the directory itself, as the command's last line."""
+        sync = wandb_sync_hint()
         if self.logger:
             if results:
                 self.logger.log_metrics(results, step=self.trainer.global_step)
             self.logger.finalize("success")
             finish_wandb()  # now, so that the run directory stays the last line printed
         if self.trainer.global_rank == 0:
-            for line in lines:
+            for line in [*lines, *([sync] if sync else [])]:
                 print(line)
             print_results(contents, self.run.path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_summary import summarize_sweep
+from blockbert.formats.run_dir import SweepDir
 
 
 @one_line_errors("report")
@@ -20,7 +21,8 @@ def run_report(directory: str | list[str], out: str | None = None) -> None:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{directories[0]}: no such directory (expected a sweep or multirun directory)")
     summarize_sweep(sweep_dir)
-    print("summary (summary.csv, summary.png for head sweeps, selection.json for fine-tuning grids) is in:")
+    written = [path.name for path in SweepDir(sweep_dir).summaries() if path.is_file()]
+    print(f"summary ({', '.join(written)}) is in:")
     print(sweep_dir.resolve())
 
 

@@ -145,12 +145,13 @@ def run_sweep(
         *multirun,
         "hydra.sweep.subdir=${hydra.job.num}",
         f"++logger.group={sweep.name}",
+        "~hydra.callbacks.print_sweep_dir",  # the summary ends with it
     ]
     again = shlex.join(
         ["blockbert", "sweep", name, *overrides, *(["--from", str(source_dir)] if source_dir else []), *flags]
     )
     resume = f"run {again} --dir {sweep_dir} to resume the sweep (complete jobs are skipped)"
-    code = run_task(sweep.command, args, debug_jobs, wrap=tolerant, resume=resume)
+    code = run_task(sweep.command, args, debug_jobs, wrap=tolerant, resume=resume, command="sweep")
     if code:
         return code
     from blockbert.app.commands.report import run_report
