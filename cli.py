@@ -116,6 +116,20 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
     raise typer.Exit(2)
 
 
+class SweepCommand(typer.core.TyperCommand):
+    """`blockbert sweep`: the epilog of its help lists the sweeps in sweeps/, read only when that help is shown."""
+
+    @property
+    def epilog(self) -> str:
+        from blockbert.experiments.sweep_plan import available
+
+        return HYDRA_HELP + "\n\n**Sweeps** (`sweeps/`): " + " | ".join(available())
+
+    @epilog.setter
+    def epilog(self, value) -> None:  # click sets it when the command is built: the property computes it instead
+        pass
+
+
 def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> None:
     task, overrides = ctx.command.name, list(overrides or ())
     refuse_unknown_options(ctx, overrides, hydra_flags=True)
@@ -135,7 +149,7 @@ def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> N
 def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool = DEBUG) -> None:
     """Pre-train a model with masked-LM (and next-sentence prediction for google_bert/roberta_2seq).
 
-    With no arguments: a tiny BlockBert on a generated corpus, on the CPU, in a few minutes.
+    With no arguments: a tiny BlockBert on a generated corpus, on the CPU, in about a minute.
     Results (config, checkpoints, logs, metrics.json) go to a run directory printed as the last line.
 
     Example: `blockbert pretrain experiment=blockbert_n2_1024 data=wiki_book trainer=ddp`
@@ -157,14 +171,12 @@ def finetune(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool =
     hand_over(ctx, overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS, epilog=HYDRA_HELP)
+@app.command(cls=SweepCommand, context_settings=HYDRA_ARGS)
 def sweep(
     ctx: typer.Context,
     name: str = typer.Argument(
         ...,
-        help="A sweep from sweeps/ (heads_n2, heads_n3, finetune_each, finetune_grid, "
-        "blocks_seqlen) "
-        "or a path to a sweep .yaml file.",
+        help="A sweep from sweeps/ (listed below) or a path to a sweep .yaml file.",
         autocompletion=complete_sweep_name,
     ),
     overrides: list[str] = OVERRIDES,

@@ -46,6 +46,14 @@ def test_command_help_has_an_example(command):
     assert "Example" in result.output and f"blockbert {command}" in result.output
 
 
+def test_sweep_help_lists_every_sweep_it_ships():
+    from blockbert.experiments.sweep_plan import available
+
+    result = runner.invoke(cli.app, ["sweep", "--help"])
+    assert result.exit_code == 0 and {"longrange_n2", "heads_n3"} <= set(available())
+    assert " | ".join(available()) in " ".join(result.output.split())  # was a list in cli.py, two sweeps behind
+
+
 def test_unknown_group_option_is_one_line_naming_the_options():
     result = runner.invoke(cli.app, ["pretrain", "model=bert_large"])
     assert result.exit_code == 2

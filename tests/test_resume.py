@@ -569,6 +569,7 @@ def test_a_stop_reaches_the_whole_sweep_and_names_the_sweep_to_resume(run, tmp_p
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
     assert f"--dir {sweep_dir} to resume the sweep (complete jobs are skipped)" in line and "blockbert sweep" in line
+    assert line.startswith("blockbert sweep: interrupted: stopped by SIGTERM")  # was "blockbert pretrain: ..."
     assert not (sweep_dir / "1").exists() and not (sweep_dir / "summary.csv").exists()
 
 
