@@ -158,3 +158,19 @@ def test_a_trained_tokenizers_sequences_are_cached_under_its_learners_version(mo
     entry = PretrainDataModule(cfg.data, False, 8, 0, tmp_path)._cache_entry()
     monkeypatch.setattr(pretrain_datamodule, "WORDPIECE_VERSION", "a later learner")
     assert PretrainDataModule(cfg.data, False, 8, 0, tmp_path)._cache_entry() != entry
+
+
+@pytest.mark.parametrize("spec", ["nodir/vocab.txt", "data/tok/tokenizer.json", "./tok", "a/b/c"])
+def test_a_missing_local_tokenizer_is_refused_at_once_not_asked_of_the_hub(spec, monkeypatch, tmp_path):
+    """Before: nodir/vocab.txt was tried as a hub name, about 46 s of retries without a network."""
+    import transformers
+
+    from blockbert.data.tokenizer import load_tokenizer
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"data.tokenizer='{spec}': no such file or directory"):
+        load_tokenizer(spec, None, 100, tmp_path)

@@ -139,8 +139,14 @@ def load_tokenizer(spec: str, documents: datasets.Dataset, vocab_size: int, cach
         )
     if path.is_file() and path.suffix == ".json":
         return PreTrainedTokenizerFast(tokenizer_file=str(path), **SPECIAL_TOKENS)
-    if not path.exists() and ("/" in spec and spec.startswith((".", "/", "~"))):
-        raise FileNotFoundError(f"data.tokenizer={spec!r}: no such file or directory")
+    # a hub name is `name` or `org/name`: a path, a deeper one, or a file name is looked for here only (not retried
+    # on the hub for most of a minute)
+    local = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.suffix in (".txt", ".json")
+    if not path.exists() and local:
+        raise FileNotFoundError(
+            f"data.tokenizer={spec!r}: no such file or directory (accepted: train, a vocab.txt or tokenizer.json "
+            "file, a tokenizer directory, or a hub name such as bert-base-uncased)"
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.exists() else spec)
     except (OSError, ValueError) as err:
