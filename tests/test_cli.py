@@ -212,3 +212,17 @@ def test_empty_and_too_short_corpora_are_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert "fewer than one batch of 8" in error_line(result.output)
+
+
+def test_an_output_directory_that_cannot_be_written_is_refused_before_the_work(tmp_path):
+    """export OUT_DIR and plan --out (before: errno text after loading the run, or after the plan's whole fit)."""
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(cli.app, ["export", str(tmp_path / "no_run"), str(tmp_path / "afile")])
+    assert result.exit_code == 2
+    assert error_line(result.output) == (
+        f"blockbert export: error: OUT_DIR {tmp_path / 'afile'}: cannot write a directory there (a file is there): "
+        "give another"
+    )
+    result = runner.invoke(cli.app, ["plan", "--out", str(tmp_path / "afile" / "plan")])
+    assert result.exit_code == 2 and "--out " in error_line(result.output) and "(Not a directory)" in result.output
+    assert not (Path.cwd() / "runs").exists()

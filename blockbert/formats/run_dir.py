@@ -22,10 +22,13 @@ Plain paths and small readers only: no torch, no Lightning, no Hydra.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from blockbert.errors import ConfigError
 
 NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
 
@@ -204,6 +207,21 @@ class SweepDir:
     @property
     def selection_file(self) -> Path:
         return self.path / "selection.json"
+
+
+def output_dir(path: str | Path, setting: str) -> Path:
+    """``path`` made a directory to write into (with its parents), before any work goes into what is written there;
+    a path that cannot be one is refused in one line naming ``setting`` (``--out``, ``OUT_DIR``)."""
+    directory = Path(path).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".blockbert-write-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = "a file is there" if isinstance(err, FileExistsError) or directory.is_file() else err.strerror
+        raise ConfigError(f"{setting} {path}: cannot write a directory there ({reason}): give another") from None
+    return directory
 
 
 def checkpoint_of(run: str | Path) -> tuple[RunDir, Path]:
