@@ -87,8 +87,8 @@ def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
     assert 0 <= metrics["dev/f1"] <= 100
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model_config"]
     assert first == config.to_dict()
-    used = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # A.4's values at the pre-training N
-    assert used["data"]["max_seq_length"] == 128 and used["optim"]["lr"] == 3e-05
+    used = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())  # the demo's values, at the run's N
+    assert used["data"]["max_seq_length"] == 128 and used["optim"]["lr"] == 1e-3  # a demo run goes on as the demo
     assert used["model"]["name"] == "tiny" and used["model"]["heads"] == "3:1"  # the run's (was: roberta_1seq)
 
     def composed(*args):
@@ -105,6 +105,11 @@ def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
     out = composed("model.attention_dropout=0.2", "model.layout=padded")  # how it computes: the user's
     used = yaml.safe_load(out.stdout)["model"]
     assert out.returncode == 0 and used["attention_dropout"] == 0.2 and used["layout"] == "padded"
+    config_file = pre / ".hydra" / "config.yaml"  # a run of another model: fine-tuned with A.4's values
+    config_file.write_text(config_file.read_text().replace("name: tiny", "name: blockbert_n2", 1))
+    out = composed()
+    used = yaml.safe_load(out.stdout)
+    assert out.returncode == 0 and used["optim"]["lr"] == 3e-05 and used["model"]["name"] == "blockbert_n2"
     out = composed("data.max_seq_length=256")  # the advice fits a run from a checkpoint (was: model.max_position_...)
     advice = "exceeds the model's 128 positions: init_from keeps the pre-trained model's length: run at that length"
     assert out.returncode == 2 and f"data.max_seq_length=256 {advice}" in out.stderr, out.stderr

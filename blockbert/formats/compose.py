@@ -147,8 +147,9 @@ def _refuse_unpretrained_row(cfg, command: str) -> None:
 def _from_checkpoint(cfg, command: str, again):
     """Starting from a checkpoint: without the CPU demo's settings, at the checkpoint's sizes.
 
-    Under the default experiment, the CPU demo ``tiny``, the config is composed again without it: the paper's values
-    (A.1 for pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense ``roberta_1seq`` model settings,
+    Under the default experiment, the CPU demo ``tiny``, the config is composed again without it (unless
+    ``init_from`` is a run of the demo's own ``tiny`` model, which goes on as the demo): the paper's values (A.1 for
+    pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense ``roberta_1seq`` model settings,
     whose heads fit any checkpoint, with the user's overrides still applied (the demo's lr 1e-3 and 300-step cap
     would wreck a pretrained model). Fine-tuning from a blockbert run runs at its pre-training N, as the paper does,
     unless ``data.max_seq_length`` is given. Then the model node takes the checkpoint's sizes: all of a blockbert
@@ -174,6 +175,7 @@ def _from_checkpoint(cfg, command: str, again):
         trained_n = BlockBertConfig.from_values(values).block_seq_len
         values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
+    demo = demo and not (run and values.get("name") == "tiny")  # the CPU demo's own run: fine-tuned as the demo
     length = trained_n if run and "data.max_seq_length" not in given else None
     extra = ["~experiment"] if demo else []
     if length and (demo or length != cfg.data.max_seq_length):
