@@ -7,6 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from blockbert.train.callbacks import StepProgressBar
 
+WIDE = {"width": 200}  # a terminal of 200 columns (a test's is 80, where the bar is narrow)
+
 
 class Tiny(pl.LightningModule):
     def __init__(self):
@@ -23,8 +25,8 @@ class Tiny(pl.LightningModule):
 class Recorded(StepProgressBar):
     """The training bar's (completed, total, description) each time it is shown."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, console_kwargs=WIDE):
+        super().__init__(console_kwargs=console_kwargs)
         self.shown = []
 
     def _show_steps(self, trainer):
@@ -63,7 +65,7 @@ def test_epochs_give_the_total_and_a_resume_starts_at_its_step(tmp_path):
 
 
 def test_the_training_rate_is_in_optimizer_steps(tmp_path):
-    bar = StepProgressBar()
+    bar = StepProgressBar(console_kwargs=WIDE)
     fit(tmp_path, bar, max_steps=2, max_epochs=-1)
     rate = bar.configure_columns(None)[-1]
 
@@ -118,10 +120,19 @@ def test_training_converts_no_logged_tensor_a_step_and_the_bar_still_shows_the_l
     ids = torch.randint(5, 100, (12, 16))
     labels = torch.where(torch.rand(12, 16) < 0.2, ids, -100)
     rows = [dict(input_ids=i, attention_mask=torch.ones_like(i), labels=lab) for i, lab in zip(ids, labels)]
-    bar = StepProgressBar()
+    bar = StepProgressBar(console_kwargs=WIDE)
     trainer = pl.Trainer(callbacks=[bar], logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
                          max_steps=6, limit_val_batches=0)  # fmt: skip
     trainer.fit(module, DataLoader(rows, batch_size=2))
     assert converted == []
     shown = bar.get_metrics(trainer, module)
-    assert shown["train/loss"] > 0 and shown["train/tokens_per_s"] > 0
+    assert shown["loss"] > 0 and int(shown["tokens/s"]) > 0
+
+
+def test_a_narrow_terminal_gets_the_bar_on_one_line(tmp_path):
+    """80 columns: a short label, a 20-column bar, the loss alone and no rate (before: 3 lines, labels cut)."""
+    bar = Recorded(console_kwargs={"width": 80})
+    trainer = fit(tmp_path, bar, max_steps=5, max_epochs=-1, accumulate_grad_batches=2)
+    assert bar.shown[-1][2] == "steps (x2)" and bar.configure_columns(trainer)[1].bar_width == 20
+    assert not any(type(column).__name__ == "StepRate" for column in bar.configure_columns(trainer))
+    assert set(bar.get_metrics(trainer, None)) <= {"loss"}

@@ -86,17 +86,28 @@ class StepProgressBar(RichProgressBar):
     (out of ``max_steps``, or what the epochs make), from the step a resumed run starts at; micro-batches (gradient
     accumulation) appear only in its label. Lightning's own bar counts micro-batches within an epoch.
 
-    It shows the logged values named in SHOWN, read at most every METRICS_EVERY_S seconds and after each validation
-    and epoch. They are logged without ``prog_bar``: Lightning turns a ``prog_bar`` value into a Python number at
-    the end of every batch, a host sync per step on a GPU."""
+    It shows the logged values named in SHOWN, under short labels, read at most every METRICS_EVERY_S seconds and
+    after each validation and epoch. The training values are logged without ``prog_bar``: Lightning turns a
+    ``prog_bar`` value into a Python number at the end of every batch, a host sync per step on a GPU."""
 
-    SHOWN = ("train/loss", "train/tokens_per_s")
+    SHOWN = {"val/ppl": "val ppl", "train/loss": "loss", "train/tokens_per_s": "tokens/s"}  # logged key: its label
+    # a terminal narrower than this (columns) gets a shorter label and bar, the loss alone and no rate, so that the
+    # bar stays on one line (our choice)
+    NARROW = 160
     _metrics_shown_at = -math.inf
 
+    def _narrow(self) -> bool:
+        console = getattr(self, "_console", None)
+        return console is not None and console.width < self.NARROW
+
     def get_metrics(self, trainer, pl_module) -> dict:
-        logged = trainer.callback_metrics
-        shown = {key: logged[key] for key in self.SHOWN if key in logged}
-        return {**super().get_metrics(trainer, pl_module), **{key: jsonable(value) for key, value in shown.items()}}
+        logged = {**trainer.progress_bar_metrics, **trainer.callback_metrics}
+        shown = {label: jsonable(logged[key]) for key, label in self.SHOWN.items() if key in logged}
+        if "tokens/s" in shown:
+            shown["tokens/s"] = f"{shown['tokens/s']:.0f}"
+        if self._narrow():
+            return {"loss": shown["loss"]} if "loss" in shown else {}
+        return shown
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.is_disabled:
@@ -128,11 +139,14 @@ class StepProgressBar(RichProgressBar):
         trainer = self.trainer
         epochs = f"epoch {current_epoch + 1}/{trainer.max_epochs}, " if (trainer.max_epochs or 0) > 0 else ""
         accumulate = trainer.accumulate_grad_batches
+        if self._narrow():
+            return f"{epochs}steps" + (f" (x{accumulate})" if accumulate > 1 else "")
         return f"{epochs}optimizer steps" + (f" ({accumulate} micro-batches each)" if accumulate > 1 else "")
 
     def configure_columns(self, trainer) -> list:
         *columns, _ = super().configure_columns(trainer)  # the last: Lightning's rate in it/s
-        return [*columns, StepRate(self)]
+        columns[1].bar_width = 20 if self._narrow() else 30
+        return columns if self._narrow() else [*columns, StepRate(self)]
 
 
 class StepRate(ProgressColumn):
