@@ -14,6 +14,7 @@ MISLEADING = (
     "save_last",
     "weights_only",
     "You have overridden `on_before_batch_transfer`",  # Lightning on our token count (no data module has it)
+    "to estimate number of stepping batches",  # Lightning reading the loader to count steps: our bar shows them
 )
 
 
@@ -42,3 +43,15 @@ def test_a_default_run_and_its_resume_print_nothing_misleading(pretrain, tmp_pat
         assert f"W&B (offline): wandb sync {tmp_path / 'run' / 'wandb' / 'offline-run-'}" in text
     log = (tmp_path / "run" / "pretrain.log").read_text()  # Hydra names it after the job
     assert "Restoring states from the checkpoint path" in log and "`Trainer.fit` stopped: `max_steps=6` reached" in log
+
+
+def test_lightnings_notes_that_concern_no_user_are_dropped_from_its_log(caplog):
+    import logging
+
+    import blockbert.train  # noqa: F401 -- its import installs the filter
+
+    lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=lightning.name):
+        lightning.info("Loading `train_dataloader` to estimate number of stepping batches.")
+        lightning.info("`Trainer.fit` stopped: `max_steps=6` reached.")
+    assert [record.getMessage() for record in caplog.records] == ["`Trainer.fit` stopped: `max_steps=6` reached."]
