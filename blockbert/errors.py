@@ -42,8 +42,9 @@ MAX_ERROR_CHARS = 1000
 
 
 def report_error(command: str, err: Exception, debug: bool) -> int:
-    """Print ``err`` as one line (re-raise it with ``debug``); the exit code: 2 for bad input, 143 (130) for a
-    run stopped by SIGTERM (Ctrl-C; it prints its run directory), else 1."""
+    """Print ``err`` as one line (re-raise it with ``debug``), and for a failure that is not bad input a second line
+    offering its traceback; the exit code: 2 for bad input, 143 (130) for a run stopped by SIGTERM (Ctrl-C; it prints
+    its run directory), else 1."""
     if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
         print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
         print(Path(err.run_dir).resolve())
@@ -54,7 +55,8 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
     if len(text) > MAX_ERROR_CHARS:  # e.g. a cluster job's whole stderr: the start says what went wrong
         text = text[:MAX_ERROR_CHARS] + " ... (--debug shows all)"
     print(f"blockbert {command}: error: {text}", file=sys.stderr)
-    print("(run again with --debug for the full traceback)", file=sys.stderr)
+    if not is_user_error(err):  # bad input is said whole in its line; a failure may need its traceback
+        print("(run again with --debug for the full traceback)", file=sys.stderr)
     return 2 if is_user_error(err) else 1
 
 

@@ -92,6 +92,7 @@ def test_bad_head_config_is_one_line():
     assert result.exit_code == 2
     first = error_line(result.output)
     assert "heads='7:2' assigns 9 heads but the model has num_heads=12" in first
+    assert result.output.strip() == first  # the line alone (a failure's traceback offer is not for bad input)
 
 
 def test_missing_data_file_is_one_line():
