@@ -123,6 +123,8 @@ def test_export_round_trip_dense_to_transformers_and_block_to_blockbert(tmp_path
     config = BlockBertConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64)
     dense = BlockBertForMaskedLM(config).eval()
     export(dense, tmp_path / "dense")
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "dense").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes  # safetensors 0.8 wrote 0600
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "dense")).eval()
     ids, mask = inputs()
     with torch.no_grad():

@@ -400,6 +400,8 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         }
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    # safetensors >= 0.8 writes its file for the owner alone: readable as the directory's other files are
+    (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         files = [file for file in tokenizer_dir.iterdir() if file.is_file()]
         for file in files:
