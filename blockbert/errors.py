@@ -64,7 +64,11 @@ def is_user_error(err: Exception) -> bool:
     """Bad input: a config value, a missing file, or an override Hydra or OmegaConf refused (told by the exception's
     package, so that this module imports neither)."""
     from_config_library = any(c.__module__.split(".")[0] in ("hydra", "omegaconf") for c in type(err).__mro__)
-    return isinstance(err, (ConfigError, FileNotFoundError)) or from_config_library
+    return isinstance(err, (ConfigError, *PATH_ERRORS)) or from_config_library
+
+
+# a path given that cannot be used as it is (a missing file, a directory that cannot be written, a file in the way)
+PATH_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def one_line(err: Exception) -> str:
@@ -82,6 +86,8 @@ def one_line(err: Exception) -> str:
     for i, line in enumerate(lines):
         if line.startswith("Available options in"):
             return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1 :])
+    if isinstance(err, OSError) and err.strerror and err.filename:  # not Python's "[Errno 1] ...: 'path'"
+        lines[-1] = f"{err.filename}: {err.strerror}"
     text = "; ".join(lines)
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
 

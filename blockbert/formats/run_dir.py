@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,10 +210,11 @@ class SweepDir:
         return self.path / "selection.json"
 
 
-def output_dir(path: str | Path, setting: str) -> Path:
-    """``path`` made a directory to write into (with its parents), before any work goes into what is written there;
-    a path that cannot be one is refused in one line naming ``setting`` (``--out``, ``OUT_DIR``)."""
-    directory = Path(path).expanduser()
+def check_writable(path: str | Path, setting: str) -> None:
+    """Refuse in one line naming ``setting`` (``--out``, ``OUT_DIR``) a ``path`` that cannot be made a directory to
+    write into, before any work goes into what would be written there; what the check makes it removes again."""
+    directory = Path(path).expanduser().absolute()
+    first_made = next((d for d in reversed([directory, *directory.parents]) if not d.exists()), None)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".blockbert-write-{os.getpid()}"
@@ -221,7 +223,9 @@ def output_dir(path: str | Path, setting: str) -> Path:
     except OSError as err:
         reason = "a file is there" if isinstance(err, FileExistsError) or directory.is_file() else err.strerror
         raise ConfigError(f"{setting} {path}: cannot write a directory there ({reason}): give another") from None
-    return directory
+    finally:
+        if first_made is not None and first_made.is_dir():
+            shutil.rmtree(first_made, ignore_errors=True)
 
 
 def checkpoint_of(run: str | Path) -> tuple[RunDir, Path]:

@@ -10,12 +10,12 @@ from blockbert.errors import one_line_errors
 from blockbert.formats.checkpoints import model_from_run
 from blockbert.formats.model_card import model_card
 from blockbert.formats.presets import PRESETS
-from blockbert.formats.run_dir import output_dir
+from blockbert.formats.run_dir import check_writable
 
 
 @one_line_errors("export")
 def run_export(run_dir: str, out_dir: str) -> None:
-    output_dir(out_dir, "OUT_DIR")
+    check_writable(out_dir, "OUT_DIR")
     model, run = model_from_run(run_dir)
     out = model.save_pretrained(out_dir, run.tokenizer_dir)
     try:  # the card is a description: nothing missing from the run, nor a fault in it, fails the export

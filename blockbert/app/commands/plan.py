@@ -15,7 +15,7 @@ from blockbert.display import console, print_results
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_plan import job_overrides
 from blockbert.formats.compose import compose
-from blockbert.formats.run_dir import output_dir
+from blockbert.formats.run_dir import check_writable
 from blockbert.measure import plan as planner
 from blockbert.measure import plan_fit
 
@@ -48,7 +48,7 @@ def run_plan(
         raise ConfigError(f"--from {source}: give it with --sweep finetune_each (the sweep that fine-tunes its jobs)")
     out_dir = Path(out or f"runs/plan/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     if out:
-        output_dir(out, "--out")  # before the fit, not after
+        check_writable(out, "--out")  # before the fit, not after
     config_dirs = config_dirs_of(config_dir)
     if calibrate:
         if gpu or gpu_memory or gpus or sweep:
