@@ -86,8 +86,8 @@ def one_line(err: Exception) -> str:
     for i, line in enumerate(lines):
         if line.startswith("Available options in"):
             return "; ".join(lines[:i]) + f"; {line[:-1] if line.endswith(':') else line}: " + ", ".join(lines[i + 1 :])
-    if isinstance(err, OSError) and err.strerror and err.filename:  # not Python's "[Errno 1] ...: 'path'"
-        lines[-1] = f"{err.filename}: {err.strerror}"
+    if isinstance(err, OSError) and err.strerror and err.filename and not err.filename2 and lines[-1] == str(err):
+        lines[-1] = f"{err.filename}: {err.strerror}"  # not Python's "[Errno 1] Operation not permitted: 'path'"
     text = "; ".join(lines)
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
 

@@ -105,6 +105,12 @@ def test_finetune_from_a_pretrain_run(blockbert, tmp_path):
     out = composed("model.attention_dropout=0.2", "model.layout=padded")  # how it computes: the user's
     used = yaml.safe_load(out.stdout)["model"]
     assert out.returncode == 0 and used["attention_dropout"] == 0.2 and used["layout"] == "padded"
+    from blockbert.formats.compose import compose
+    from blockbert.train.finetune import starting_point
+
+    cfg = compose("finetune", [f"init_from={pre}", "model.attention_dropout=0.2", "model.layout=padded"], finished=True)
+    built = starting_point(cfg, heads_given=False)[0]  # and the model the run builds has them
+    assert (built.attention_dropout, built.layout, built.heads) == (0.2, "padded", config.heads)
     config_file = pre / ".hydra" / "config.yaml"  # a run of another model: fine-tuned with A.4's values
     config_file.write_text(config_file.read_text().replace("name: tiny", "name: blockbert_n2", 1))
     out = composed()

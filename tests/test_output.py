@@ -1,6 +1,8 @@
 """What a user reads: a default run (W&B offline, progress bar on) prints no misleading notice, counts steps,
 and Lightning's own messages (restore, stop reason) reach the run's log file."""
 
+import os
+
 import pytest
 
 MISLEADING = (
@@ -24,7 +26,9 @@ def pretrain(blockbert):
 
     def run(tmp_path, *args):
         run_dir = f"hydra.run.dir={tmp_path / 'run'}"
-        done = blockbert(tmp_path, "pretrain", run_dir, *args, env={"WANDB_MODE": "offline"})
+        user = {key: value for key, value in os.environ.items() if key != "WANDB_SILENT"}  # the suite's: not a user's
+        environ = {**user, "WANDB_MODE": "offline", "BLOCKBERT_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+        done = blockbert(tmp_path, "pretrain", run_dir, *args, environ=environ)
         return done.stdout + done.stderr
 
     return run

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -444,10 +445,10 @@ def test_a_resume_with_another_micro_batch_is_refused_and_the_run_stays_as_it_wa
     assert resumed_step(out.stdout + out.stderr) == 4
 
 
-def test_a_resume_that_changes_the_run_or_has_nothing_to_train_is_refused_and_the_run_stays_as_it_was(run, tmp_path):
+def test_a_resume_that_changes_the_run_is_refused_and_the_run_stays_as_it_was(run, tmp_path):
     """Before: the checkpoint was loaded into whatever the command line built (other heads: silently; another width:
-    a state_dict error), and a finished run's metrics.json was marked failed; rerunning a finished run started a
-    new W&B run and a resume config for nothing."""
+    a state_dict error), and the run's metrics.json was marked failed. A directory with no checkpoint (a job that
+    failed before it trained) has nothing to resume and is not compared."""
     run_dir = tmp_path / "run"
     run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=4", f"hydra.run.dir={run_dir}")
     kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]  # the lock: a pid
@@ -461,10 +462,6 @@ def test_a_resume_that_changes_the_run_or_has_nothing_to_train_is_refused_and_th
             f"resuming {run_dir} with data.max_seq_length=64 (the run has 128), model.hidden_size=32 (the run has "
             "64), seed=1 (the run has 0): a resume continues"
         ),
-        ("trainer.max_steps=4", "model.layout=padded"): (
-            f"{run_dir} finished already (metrics.json): nothing to train; raise trainer.max_steps (or "
-            "trainer.max_epochs) to train it further, or give a new hydra.run.dir for a new run"
-        ),
     }
     for changed, message in refusals.items():
         out = run(tmp_path, "pretrain", *PRETRAIN, *changed, f"hydra.run.dir={run_dir}", check=False)
@@ -475,6 +472,10 @@ def test_a_resume_that_changes_the_run_or_has_nothing_to_train_is_refused_and_th
         assert {p.relative_to(run_dir): p.read_bytes() for p in kept} == before  # metrics.json still "finished"
     out = run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=6", "model.layout=padded", f"hydra.run.dir={run_dir}")
     assert resumed_step(out.stdout + out.stderr) == 4 and metrics(run_dir)["step"] == 6
+    run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")  # finished: validates again
+    assert metrics(run_dir)["step"] == 6 and metrics(run_dir)["status"] == "finished"
+    shutil.rmtree(run_dir / "checkpoints")  # nothing to resume: another run may start here
+    run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=2", "model.heads=2:2", f"hydra.run.dir={run_dir}")
 
 
 def test_a_new_run_refused_as_it_starts_leaves_no_run_directory(run, tmp_path):

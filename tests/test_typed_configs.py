@@ -138,6 +138,17 @@ def test_a_measurement_refuses_a_device_it_cannot_use_in_one_line(blockbert, tmp
         assert not list(tmp_path.glob(f"runs/{command}/*"))  # no run directory
 
 
+def test_a_key_outside_the_schemas_sections_keeps_hydras_advice():
+    """Hydra's own keys and free-form nodes (benchmark's heads) are not the schema's: Hydra's +key advice is right."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"use \+heads.blockbert_n2=9:3"):
+        compose("benchmark", ["heads.blockbert_n2=9:3"], finished=True)
+    assert compose("benchmark", ["+heads.blockbert_n2=9:3"], finished=True).heads.blockbert_n2 == "9:3"
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'hydra.run.dri'"):
+        compose("pretrain", ["hydra.run.dri=x"], finished=True)
+
+
 def test_trainer_takes_lightning_arguments_beyond_the_schema():
     check_config(compose("pretrain", ["+trainer.accumulate_grad_batches=2"]), "pretrain")
     with pytest.raises(ConfigError, match=r"trainer.max_steps='x': expected an integer"):

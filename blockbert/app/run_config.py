@@ -64,7 +64,8 @@ def locked(run: RunDir):
 
 
 def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset()) -> None:
-    """A job refused before it trained leaves no trace: with ``whole``, what it wrote in a directory no run had used
+    """A job refused before it trained (the callers' judgement: before metrics.json was written) leaves no trace:
+    with ``whole``, what it wrote in a directory no run had used
     (Hydra stored its config as the run's own ``.hydra``) -- its start's files and the entries ``created`` since --
     and the directory when nothing else is in it, unless it wrote a checkpoint (a run to resume); else the config Hydra
     stored for this job beside an earlier run's (``.hydra/resume-K``)."""
@@ -105,21 +106,22 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
 
 # what a resume continues as the run was started: its model, data, QA task, seed and global batch
 RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from")
-# ... but how the same computation runs (the kernels and layouts are exact against each other), the data loading, and
-# the micro-batch, which RunSafety.fit checks against the checkpoint's data position itself (our choice of what may
-# change)
-RESUME_MAY_CHANGE = ("model.attention_impl", "model.layout", "model.gradient_checkpointing", "data.num_workers",
-                     "data.num_proc", "data.per_device_batch_size", "task.max_eval_samples")  # fmt: skip
-TRAINS_FURTHER = ("trainer.max_steps", "trainer.max_epochs")
+# ... but the model's name (a label), how the same computation runs (the kernels and layouts are exact against each
+# other), the data loading, the micro-batch (which RunSafety.fit checks against the checkpoint's data position
+# itself), and what only evaluation reads (our choice of what may change)
+RESUME_MAY_CHANGE = ("model.name", "model.attention_impl", "model.layout", "model.sparse_impl",
+                     "model.gradient_checkpointing", "data.num_workers", "data.num_proc", "data.per_device_batch_size",
+                     "data.n_best_size", "data.max_answer_length", "task.dev_file", "task.test_file",
+                     "task.max_eval_samples")  # fmt: skip
 
 
 def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
-    """A job in a run's directory (Hydra stores its config in ``subdir`` = .hydra/resume-K) continues that run: refused
-    in one line when its config changes what the run trains (:data:`RESUME_KEEPS` but :data:`RESUME_MAY_CHANGE`) --
-    before, the checkpoint was loaded into whatever the command line built -- or when the run finished and neither
-    trainer.max_steps nor trainer.max_epochs changed (nothing to train). Keys the run's config lacks (a config from
-    an older blockbert) are not compared."""
-    if not subdir or not subdir.startswith(".hydra/resume-"):
+    """A job that resumes a run (Hydra stores its config in ``subdir`` = .hydra/resume-K, and the run has a checkpoint)
+    continues that run: refused in one line when its config changes what the run trains (:data:`RESUME_KEEPS` but
+    :data:`RESUME_MAY_CHANGE`); before, the checkpoint was loaded into whatever the command line built. Keys the
+    run's config lacks (a config from an older blockbert) are not compared. A run that has finished resumes too:
+    with no step to train it validates (pre-training) or evaluates (fine-tuning) again."""
+    if not subdir or not subdir.startswith(".hydra/resume-") or not run.checkpoint_candidates():
         return
     started = _leaves(OmegaConf.create(run.started_config() or {}), resolve=False)
     now = _leaves(cfg, resolve=False)
@@ -133,14 +135,6 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
         raise ConfigError(
             f"resuming {run.path} with {', '.join(changed[:3])}{more}: a resume continues the run as it was started; "
             "give the run's values, or a new hydra.run.dir for a new run"
-        )
-    k = int(subdir.rsplit("-", 1)[1])
-    before = run.hydra_dir / (f"resume-{k - 1}" if k > 1 else "") / "config.yaml"
-    last = _leaves(OmegaConf.load(before), resolve=False) if before.is_file() else {}
-    if run.metrics().get("status") == "finished" and all(last.get(key) == now.get(key) for key in TRAINS_FURTHER):
-        raise ConfigError(
-            f"{run.path} finished already (metrics.json): nothing to train; raise trainer.max_steps (or "
-            "trainer.max_epochs) to train it further, or give a new hydra.run.dir for a new run"
         )
 
 
@@ -167,6 +161,7 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
         forget_job(run, whole)
         raise
     started_with = {entry.name for entry in run.path.iterdir()}  # what a refused new run leaves: nothing beyond
+    metrics_before = _stamp(run.metrics_file)
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
@@ -179,9 +174,20 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
         try:
             return train(cfg, run, heads_given=given_on_command_line("model.heads"))
         except Exception as err:
-            if is_user_error(err):  # refused as it started: a new run leaves nothing, a resume only its log lines
+            # refused before it trained (metrics.json untouched: Lightning's fit writes it, even on a failure): a new
+            # run leaves nothing, a resume only its log lines
+            if is_user_error(err) and _stamp(run.metrics_file) == metrics_before:
                 forget_job(run, whole, created={entry.name for entry in run.path.iterdir()} - started_with)
             raise
+
+
+def _stamp(path: Path) -> tuple | None:
+    """When and how large ``path`` was last written; None if it is not there."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def given_on_command_line(key: str) -> bool:

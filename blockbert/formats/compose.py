@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import yaml
 
 from blockbert.errors import ConfigError
-from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, not_a_setting
+from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, not_a_setting, typed_section
 from blockbert.model.config import BlockBertConfig
 from blockbert.paths import config_dir
 
@@ -77,9 +77,14 @@ def _unknown_keys_named(config_name: str | None):
     try:
         yield
     except ConfigCompositionException as err:
-        if config_name in SCHEMAS and isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
-            raise not_a_setting(config_name, str(err.__cause__.full_key)) from None
-        raise
+        cause = err.__cause__
+        if (
+            config_name in SCHEMAS
+            and isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+            and typed_section(config_name, str(cause.full_key))
+        ):
+            raise not_a_setting(config_name, str(cause.full_key)) from None
+        raise  # Hydra's own keys, and free-form nodes, whose advice (+key=...) is right
 
 
 @contextmanager

@@ -10,6 +10,7 @@ copied with ``model_max_length`` set to the longest sequence the model takes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -400,8 +401,10 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         }
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    # safetensors >= 0.8 writes its file for the owner alone: readable as the directory's other files are
-    (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
+    # safetensors >= 0.8 writes its file for the owner alone: readable as the directory's other files are (where the
+    # file system lets modes be set)
+    with contextlib.suppress(OSError):
+        (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         files = [file for file in tokenizer_dir.iterdir() if file.is_file()]
         for file in files:

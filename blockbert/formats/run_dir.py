@@ -16,7 +16,8 @@ A run directory (``runs/<command>/<date_time>/``, or a multirun job's ``multirun
     dev/, test/                                      a fine-tuning run's predictions per split
     profile.json, benchmark.json (and .png)          what `blockbert profile` / `benchmark` measured
 
-Plain paths and small readers only: no torch, no Lightning, no Hydra.
+Plain paths, small readers, and :func:`check_writable` (an output directory checked before the work): no torch, no
+Lightning, no Hydra.
 """
 
 from __future__ import annotations

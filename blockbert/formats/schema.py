@@ -386,6 +386,13 @@ def check_config(cfg: DictConfig, command: str) -> None:
     _check_ranges(schema, resolved, "")
 
 
+def typed_section(command: str, key: str) -> bool:
+    """Whether ``command``'s schema types the section a dotted ``key`` is in: not Hydra's own (``hydra.*``) nor a
+    free-form node (benchmark's ``heads``, where ``+heads.NAME=...`` adds a key)."""
+    section = key.rpartition(".")[0]
+    return not section or _field_type(SCHEMAS[command], section) is not None
+
+
 def not_a_setting(command: str, key: str) -> ConfigError:
     """The one-line refusal of a dotted ``key`` that ``command``'s schema does not have (``model.heds=3:1``, a typo,
     or ``+model.heds=3:1``): the nearest key, and the ones accepted in its section."""

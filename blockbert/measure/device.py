@@ -25,7 +25,8 @@ def pick_device(name: str) -> torch.device:
     if device is None or device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device={name!r} is unknown: accepted are auto, cpu, cuda, cuda:K")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        found = f"{torch.cuda.device_count()} CUDA GPUs" if torch.cuda.is_available() else "no CUDA GPU"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        found = f"CUDA GPUs 0 to {count - 1}" if count else "no CUDA GPU"
         raise ConfigError(f"device={name}: this machine has {found} (torch {torch.__version__}): use device=auto, cpu")
     return device
 

@@ -14,6 +14,7 @@ from blockbert.data.cache import cache_dir
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
 from blockbert.formats.checkpoints import import_model, load_pretrain_run
+from blockbert.formats.compose import MAY_DIFFER_FROM_RUN
 from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForQuestionAnswering
 from blockbert.formats.run_dir import RunDir
@@ -83,7 +84,9 @@ def starting_point(cfg: DictConfig, heads_given: bool) -> tuple[BlockBertConfig,
     checkpoint's (``model.init_from``), or model.* from scratch (no weights, no tokenizer yet: both come from the
     task). The composed config already holds the checkpoint's model (:func:`blockbert.formats.compose.finish`)."""
     if cfg.get("init_from"):
-        return load_pretrain_run(cfg.init_from)
+        config, encoder, tokenizer = load_pretrain_run(cfg.init_from)
+        chosen = {key: cfg.model[key] for key in MAY_DIFFER_FROM_RUN if key in cfg.model}  # the command line's
+        return dataclasses.replace(config, **chosen), encoder, tokenizer
     if cfg.model.get("init_from"):
         config, state, tokenizer = import_model(
             BlockBertForQuestionAnswering, cfg.model, cfg.data.max_seq_length, heads_given=heads_given
@@ -106,6 +109,7 @@ def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, an
         )
         seconds = time.perf_counter() - start  # windows scored in batches, then the n-best post-processing
         timing[split] = {"seconds": seconds, "questions_per_s": len(data[split].examples) / seconds}
-        log.info("%s: %d questions evaluated in %.1f s", split, len(data[split].examples), seconds)
+        if out_dir is not None:  # rank 0's line: another rank's could follow the run directory, the last line
+            log.info("%s: %d questions evaluated in %.1f s", split, len(data[split].examples), seconds)
         results.update({f"{split}/{k}": v for k, v in scores.items()})
     return results, timing

@@ -45,7 +45,12 @@ def build_logger(cfg: DictConfig, run: RunDir):
                 id_file.write_text(run_id + "\n")
         # W&B's closing run history and summary repeat what the command prints (30 lines a run): left out, unless
         # WANDB_QUIET or WANDB_SILENT says otherwise (our choice); its opening lines (offline, where) stay
-        quiet = {} if {"WANDB_QUIET", "WANDB_SILENT"} & os.environ.keys() else {"settings": _quiet_settings()}
+        quiet = (
+            {}
+            if any(os.environ.get(key) for key in ("WANDB_QUIET", "WANDB_SILENT"))
+            else {"settings": _quiet_settings()}
+        )
+        _WANDB_QUIETED[0] = bool(quiet)  # then the command prints the sync line W&B leaves out
         logger = WandbLogger(
             save_dir=os.environ.get("WANDB_DIR") or str(run.path),
             project=cfg.logger.project,
@@ -70,11 +75,15 @@ def _quiet_settings():
     return wandb.Settings(quiet=True)
 
 
+_WANDB_QUIETED = [False]
+
+
 def wandb_sync_hint() -> str | None:
-    """For an offline W&B run now open: the command that uploads it (W&B prints it only when not quiet)."""
+    """For an offline W&B run now open that we made quiet: the command that uploads it (W&B prints it only when not
+    quiet)."""
     wandb = sys.modules.get("wandb")
     run = wandb.run if wandb is not None else None
-    if run is None or not run.settings._offline:
+    if run is None or not run.settings._offline or not _WANDB_QUIETED[0]:
         return None
     return f"W&B (offline): wandb sync {run.settings.sync_dir}"
 
