@@ -45,11 +45,8 @@ def build_logger(cfg: DictConfig, run: RunDir):
                 id_file.write_text(run_id + "\n")
         # W&B's closing run history and summary repeat what the command prints (30 lines a run): left out, unless
         # WANDB_QUIET or WANDB_SILENT says otherwise (our choice); its opening lines (offline, where) stay
-        quiet = (
-            {}
-            if any(os.environ.get(key) for key in ("WANDB_QUIET", "WANDB_SILENT"))
-            else {"settings": _quiet_settings()}
-        )
+        told = any(os.environ.get(key) for key in ("WANDB_QUIET", "WANDB_SILENT"))
+        quiet = {} if told else {"settings": _quiet_settings()}
         _WANDB_QUIETED[0] = bool(quiet)  # then the command prints the sync line W&B leaves out
         logger = WandbLogger(
             save_dir=os.environ.get("WANDB_DIR") or str(run.path),
