@@ -227,3 +227,12 @@ def test_an_output_directory_that_cannot_be_written_is_refused_before_the_work(t
     result = runner.invoke(cli.app, ["plan", "--out", str(tmp_path / "afile" / "plan")])
     assert result.exit_code == 2 and "--out " in error_line(result.output) and "(Not a directory)" in result.output
     assert not (Path.cwd() / "runs").exists()
+
+
+def test_a_run_directory_that_cannot_be_made_names_its_setting(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(cli.app, ["pretrain", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"])
+    assert result.exit_code == 2
+    assert error_line(result.output).startswith(
+        f"blockbert pretrain: error: hydra.run.dir={tmp_path / 'afile' / 'run'}: the directory cannot be made ("
+    )

@@ -112,6 +112,20 @@ def _bare(words: list[str]) -> bool:
     return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
 
 
+def _named_directory(err: Exception, argv: list[str]) -> Exception:
+    """An error making the run or sweep directory the command line gave (``hydra.run.dir=/sys/x``: Hydra makes it) as
+    one line naming that setting; any other error as it is."""
+    if not isinstance(err, OSError) or not err.filename:
+        return err
+    failed = Path(err.filename).absolute()
+    for key, _, value in (arg.partition("=") for arg in argv):
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            wanted = Path(value.strip("'\"")).expanduser().absolute()
+            if failed == wanted or failed in wanted.parents:
+                return ConfigError(f"{key}={value}: the directory cannot be made ({err.filename}: {err.strerror})")
+    return err
+
+
 def _refuse_argument(command: str, message: str):
     """argparse's error (Hydra's parser of flags), e.g. a flag without its value, in one line (the command line's
     words that are no option were refused before: cli.py)."""
@@ -155,7 +169,7 @@ def run_task(
             )
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         _remove_unstarted()
-        return report_error(command or task, err, debug)
+        return report_error(command or task, _named_directory(err, argv), debug)
     except MultirunStopped as stop:
         stopped = stop.interrupted
         if stopped.resumable:
