@@ -76,17 +76,27 @@ def hydra_help(task: str) -> str:
     return HYDRA_HELP + "\n\n**Config groups** (`group=option`):\n\n" + "\n\n".join(lines)
 
 
-class HydraCommand(typer.core.TyperCommand):
-    """A command run by Hydra: the epilog of its help lists its config groups (:func:`hydra_help`), read from conf/
-    only when that help is shown, so that `blockbert --help` reads none."""
+class LazyEpilogCommand(typer.core.TyperCommand):
+    """A command whose help's epilog is computed only when that help is shown (:meth:`make_epilog`), so that
+    `blockbert --help` reads no files."""
+
+    def make_epilog(self) -> str:
+        raise NotImplementedError
 
     @property
     def epilog(self) -> str:
-        return hydra_help(self.name)
+        return self.make_epilog()
 
     @epilog.setter
     def epilog(self, value) -> None:  # click sets it when the command is built: the property computes it instead
         pass
+
+
+class HydraCommand(LazyEpilogCommand):
+    """A command run by Hydra: the epilog of its help lists its config groups (:func:`hydra_help`, from conf/)."""
+
+    def make_epilog(self) -> str:
+        return hydra_help(self.name)
 
 
 def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags: bool) -> None:
@@ -116,18 +126,13 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
     raise typer.Exit(2)
 
 
-class SweepCommand(typer.core.TyperCommand):
-    """`blockbert sweep`: the epilog of its help lists the sweeps in sweeps/, read only when that help is shown."""
+class SweepCommand(LazyEpilogCommand):
+    """`blockbert sweep`: the epilog of its help lists the sweeps in sweeps/."""
 
-    @property
-    def epilog(self) -> str:
+    def make_epilog(self) -> str:
         from blockbert.experiments.sweep_plan import available
 
         return HYDRA_HELP + "\n\n**Sweeps** (`sweeps/`): " + " | ".join(available())
-
-    @epilog.setter
-    def epilog(self, value) -> None:  # click sets it when the command is built: the property computes it instead
-        pass
 
 
 def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> None:

@@ -60,15 +60,15 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
     return 2 if is_user_error(err) else 1
 
 
+# a path given that cannot be used as it is (a missing file, a directory that cannot be written, a file in the way)
+PATH_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
 def is_user_error(err: Exception) -> bool:
     """Bad input: a config value, a missing file, or an override Hydra or OmegaConf refused (told by the exception's
     package, so that this module imports neither)."""
     from_config_library = any(c.__module__.split(".")[0] in ("hydra", "omegaconf") for c in type(err).__mro__)
     return isinstance(err, (ConfigError, *PATH_ERRORS)) or from_config_library
-
-
-# a path given that cannot be used as it is (a missing file, a directory that cannot be written, a file in the way)
-PATH_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def one_line(err: Exception) -> str:

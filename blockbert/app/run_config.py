@@ -16,6 +16,7 @@ from blockbert.errors import ConfigError, is_user_error
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure.plan import check_fit
+from blockbert.model.config import COMPUTE_ONLY
 from blockbert.train.cluster import check_accelerator
 from blockbert.train.resilience import RunDirInUse, run_lock
 
@@ -88,6 +89,16 @@ def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset())
         shutil.rmtree(run.path / subdir, ignore_errors=True)
 
 
+@contextmanager
+def forgotten_if_refused(run: RunDir, whole: bool):
+    """Around a job's checks: a refusal (ConfigError) leaves no trace of the job (:func:`forget_job`)."""
+    try:
+        yield
+    except ConfigError:
+        forget_job(run, whole)
+        raise
+
+
 def run_measurement(cfg: DictConfig, measure) -> dict:
     """A measuring command's job (benchmark, profile): ``measure(cfg, run)`` in the job's run directory. Refused (a
     device this machine lacks, a model it does not know), it leaves what it measured and no other trace, except a
@@ -97,11 +108,8 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
 
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
-    try:
+    with forgotten_if_refused(run, whole=hydra.mode != RunMode.MULTIRUN):
         return measure(cfg, run)
-    except ConfigError:
-        forget_job(run, whole=hydra.mode != RunMode.MULTIRUN)
-        raise
 
 
 # what a resume continues as the run was started: its model, data, QA task, seed and global batch
@@ -109,10 +117,9 @@ RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batc
 # ... but the model's name (a label), how the same computation runs (the kernels and layouts are exact against each
 # other), the data loading, the micro-batch (which RunSafety.fit checks against the checkpoint's data position
 # itself), and what only evaluation reads (our choice of what may change)
-RESUME_MAY_CHANGE = ("model.name", "model.attention_impl", "model.layout", "model.sparse_impl",
-                     "model.gradient_checkpointing", "data.num_workers", "data.num_proc", "data.per_device_batch_size",
-                     "data.n_best_size", "data.max_answer_length", "task.dev_file", "task.test_file",
-                     "task.max_eval_samples")  # fmt: skip
+RESUME_MAY_CHANGE = ("model.name", *(f"model.{key}" for key in COMPUTE_ONLY), "data.num_workers", "data.num_proc",
+                     "data.per_device_batch_size", "data.n_best_size", "data.max_answer_length", "task.dev_file",
+                     "task.test_file", "task.max_eval_samples")  # fmt: skip
 
 
 def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
@@ -154,23 +161,17 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
     whole = hydra.mode != RunMode.MULTIRUN
-    try:
+    with forgotten_if_refused(run, whole):
         check_accelerator(cfg.trainer)
         check_resume(cfg, run, hydra.output_subdir)
-    except ConfigError:
-        forget_job(run, whole)
-        raise
     started_with = {entry.name for entry in run.path.iterdir()}  # what a refused new run leaves: nothing beyond
     metrics_before = _stamp(run.metrics_file)
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
         if rank_zero_only.rank == 0:
-            try:
+            with forgotten_if_refused(run, whole):
                 check_fit(cfg, command)
-            except ConfigError:
-                forget_job(run, whole)
-                raise
         try:
             return train(cfg, run, heads_given=given_on_command_line("model.heads"))
         except Exception as err:

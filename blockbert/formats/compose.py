@@ -22,7 +22,7 @@ import yaml
 
 from blockbert.errors import ConfigError
 from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, not_a_setting, typed_section
-from blockbert.model.config import BlockBertConfig
+from blockbert.model.config import COMPUTE_ONLY, BlockBertConfig
 from blockbert.paths import config_dir
 
 
@@ -201,7 +201,7 @@ def _from_checkpoint(cfg, command: str, again):
 
 # what a run from a blockbert run (init_from) may set otherwise than the run's model: how the same model computes, and
 # its dropouts (our choice; the rest is the pre-trained model)
-MAY_DIFFER_FROM_RUN = ("attention_impl", "layout", "gradient_checkpointing", "hidden_dropout", "attention_dropout")
+MAY_DIFFER_FROM_RUN = (*COMPUTE_ONLY, "hidden_dropout", "attention_dropout")
 
 
 def _refuse_other_model(cfg, run: str, values: dict, given: set) -> None:

@@ -16,6 +16,9 @@ ATTENTION_KINDS = ("dense", "block", "sparse")
 ATTENTION_IMPLS = ("sdpa", "eager", "flex")
 SPARSE_IMPLS = ("mask", "blocks")
 LAYOUTS = ("auto", "padded", "unpadded", "jagged")
+# the settings that change how a model computes, not what: its kernels and layouts are exact against each other, and
+# checkpointing recomputes the same activations
+COMPUTE_ONLY = ("attention_impl", "layout", "sparse_impl", "gradient_checkpointing")
 
 
 def parse_heads(heads: str, num_heads: int | None = None) -> tuple[int, ...]:

@@ -47,7 +47,6 @@ def build_logger(cfg: DictConfig, run: RunDir):
         # WANDB_QUIET or WANDB_SILENT says otherwise (our choice); its opening lines (offline, where) stay
         told = any(os.environ.get(key) for key in ("WANDB_QUIET", "WANDB_SILENT"))
         quiet = {} if told else {"settings": _quiet_settings()}
-        _WANDB_QUIETED[0] = bool(quiet)  # then the command prints the sync line W&B leaves out
         logger = WandbLogger(
             save_dir=os.environ.get("WANDB_DIR") or str(run.path),
             project=cfg.logger.project,
@@ -72,15 +71,11 @@ def _quiet_settings():
     return wandb.Settings(quiet=True)
 
 
-_WANDB_QUIETED = [False]
-
-
 def wandb_sync_hint() -> str | None:
-    """For an offline W&B run now open that we made quiet: the command that uploads it (W&B prints it only when not
-    quiet)."""
+    """For an offline W&B run now open and quiet: the command that uploads it (W&B prints it only when not quiet)."""
     wandb = sys.modules.get("wandb")
     run = wandb.run if wandb is not None else None
-    if run is None or not run.settings._offline or not _WANDB_QUIETED[0]:
+    if run is None or not run.settings._offline or not run.settings.quiet:
         return None
     return f"W&B (offline): wandb sync {run.settings.sync_dir}"
 
