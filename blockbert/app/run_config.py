@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from blockbert.errors import ConfigError, is_user_error
+from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted, is_user_error
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure.plan import check_fit
@@ -102,14 +102,20 @@ def forgotten_if_refused(run: RunDir, whole: bool):
 def run_measurement(cfg: DictConfig, measure) -> dict:
     """A measuring command's job (benchmark, profile): ``measure(cfg, run)`` in the job's run directory. Refused (a
     device this machine lacks, a model it does not know), it leaves what it measured and no other trace, except a
-    multirun's job, whose directory records why."""
+    multirun's job, whose directory records why; stopped by Ctrl-C, it ends in the interrupted line (exit 130)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
     with forgotten_if_refused(run, whole=hydra.mode != RunMode.MULTIRUN):
-        return measure(cfg, run)
+        try:
+            return measure(cfg, run)
+        except KeyboardInterrupt:  # a measurement that keeps no rows of its own (benchmark's do: RunInterrupted)
+            raise RunInterrupted(
+                "stopped by Ctrl-C before its results were written", "a rerun measures everything again", run.path,
+                SIGINT_EXIT_CODE, resumable=False,
+            ) from None  # fmt: skip
 
 
 # what a resume continues as the run was started: its model, data, QA task, seed and global batch
