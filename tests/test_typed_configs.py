@@ -77,6 +77,41 @@ def test_a_bad_value_ends_cfg_job_in_one_line_naming_the_key(tmp_path, monkeypat
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "overrides", "message"),
+    [
+        # before: fine-tuned on generated questions, pre-trained on the generated corpus, without a word
+        ("finetune", ["task.train_file=my.json", "task.dev_file=dev.json"], "task.train_file='my.json' is not read by "
+         "task=generated, which makes its own questions: give task=squad11, squad20 or mrqa"),
+        # a key generated.yaml leaves out (before: "task.hub_name is not a setting (did you mean task.hub_name?)")
+        ("finetune", ["task.hub_name=squad"], "task.hub_name='squad' is not read by task=generated"),
+        ("finetune", ["task=squad11", "task.generated_questions=100"],
+         "task.generated_questions=100 is read only by task=generated, not task=squad11: leave it out"),
+        ("finetune", ["task=squad11", "task.version=2.0"],
+         "task.version='2.0' is read only by task=generated, not task=squad11: its version is its format's"),
+        ("pretrain", ["data.files=corpus.txt"],
+         "data.files='corpus.txt' is read only by data.source=files, not generated: give data=text_files"),
+        ("pretrain", ["data=text_files", "data.files=a.txt", "data.hub_name=wikitext"],
+         "data.hub_name='wikitext' is read only by data.source=hub, not files: give data.source=hub"),
+        ("pretrain", ["data.longrange.blocks=4"],
+         "data.longrange.* is read only by data.source=longrange, not generated: give data=longrange"),
+    ],
+)  # fmt: skip
+def test_a_setting_its_source_does_not_read_is_refused_not_ignored(tmp_path, monkeypatch, command, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, [command, *overrides, "--cfg", "job"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[0].startswith(f"blockbert {command}: error: {message}")
+
+
+def test_a_setting_the_chosen_file_leaves_out_is_taken_where_its_source_reads_it(tmp_path, monkeypatch):
+    """conf/data/tiny_corpus.yaml has no longrange node: a setting all the same (the schema's), given on the command
+    line as any other key (before: "data.longrange is not a setting (did you mean data.longrange?)")."""
+    monkeypatch.chdir(tmp_path)
+    data = compose("pretrain", ["data.source=longrange", "data.longrange.blocks=4"], finished=True).data
+    assert data.longrange.blocks == 4
+
+
 def test_a_bad_value_leaves_no_run_directory_and_no_wandb_run(blockbert, tmp_path):
     out = blockbert(tmp_path, "pretrain", "optim.lr=abc", env={"WANDB_MODE": "offline"}, check=False)
     assert out.returncode == 2 and "optim.lr='abc': expected a number" in out.stderr

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import yaml
 
 from blockbert.errors import ConfigError
-from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, not_a_setting, typed_section
+from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, is_setting, not_a_setting, typed_section
 from blockbert.model.config import COMPUTE_ONLY, BlockBertConfig
 from blockbert.paths import config_dir
 
@@ -52,39 +52,54 @@ def finishing_loader():
 
     class FinishingConfigLoader(_loader()):
         def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
-            with _unknown_keys_named(config_name):
-                cfg = super().load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+            def compose_with(given: list[str]):
+                return _load(
+                    lambda tried: super(FinishingConfigLoader, self).load_configuration(
+                        config_name, tried, run_mode, from_shell, validate_sweep_overrides
+                    ),
+                    config_name,
+                    given,
+                )
+
+            cfg = compose_with(list(overrides))
             if config_name not in SCHEMAS:
                 return cfg
 
             def again(extra: list[str]):
-                return super(FinishingConfigLoader, self).load_configuration(
-                    config_name, [*overrides, *extra], run_mode, from_shell, validate_sweep_overrides
-                )
+                return compose_with([*overrides, *extra])
 
             return finish(cfg, config_name, run_mode, again)
 
     return FinishingConfigLoader
 
 
-@contextmanager
-def _unknown_keys_named(config_name: str | None):
-    """An override of a key ``config_name``'s config lacks (``model.heds=3:1``, a typo) refused as the schema refuses
-    ``+model.heds=3:1`` (:func:`blockbert.formats.schema.not_a_setting`), not as Hydra's advice to add it."""
+def _load(load, config_name: str | None, overrides: list[str]):
+    """``load(overrides)``, Hydra's composition, with an override of a key ``config_name``'s config lacks handled as
+    the schema would: a setting the chosen option's file leaves out (``task.hub_name`` with ``task=generated``) is
+    added (``++key``), so the schema's checks judge its value; a key that is no setting (``model.heds=3:1``, a typo)
+    is refused as the schema refuses ``+model.heds=3:1`` (:func:`blockbert.formats.schema.not_a_setting`), not with
+    Hydra's advice to add it."""
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    try:
-        yield
-    except ConfigCompositionException as err:
-        cause = err.__cause__
-        if (
-            config_name in SCHEMAS
-            and isinstance(cause, (ConfigAttributeError, ConfigKeyError))
-            and typed_section(config_name, str(cause.full_key))
-        ):
-            raise not_a_setting(config_name, str(cause.full_key)) from None
-        raise  # Hydra's own keys, and free-form nodes, whose advice (+key=...) is right
+    while True:
+        try:
+            return load(overrides)
+        except ConfigCompositionException as err:
+            cause = err.__cause__
+            key = str(getattr(cause, "full_key", ""))
+            if (
+                config_name not in SCHEMAS
+                or not isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+                or not typed_section(config_name, key)
+            ):
+                raise  # Hydra's own keys, and free-form nodes, whose advice (+key=...) is right
+            if not is_setting(config_name, key):
+                raise not_a_setting(config_name, key) from None
+            added = [f"++{o}" if o[:1] not in "+~" and _sets_under(o, key) else o for o in overrides]
+            if added == overrides:
+                raise
+            overrides = added
 
 
 @contextmanager
@@ -109,9 +124,10 @@ def compose(config_name: str | None, overrides=(), config_dirs=(), finished: boo
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    with _version_base(), _unknown_keys_named(config_name):
+    with _version_base():
         loader = config_loader(tuple(config_dirs), finished=finished)
-        cfg = loader.load_configuration(config_name, list(overrides), RunMode.RUN)
+        load = functools.partial(loader.load_configuration, config_name, run_mode=RunMode.RUN)
+        cfg = _load(lambda given: load(overrides=given), config_name, list(overrides))
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
@@ -266,6 +282,12 @@ def _check_model(model) -> None:
         BlockBertConfig.from_values(values)
     except ConfigError as err:  # it names the field: name the key
         raise ConfigError(f"model.{err}" if str(err).split("=")[0] in values else str(err)) from None
+
+
+def _sets_under(override: str, key: str) -> bool:
+    """Whether ``override`` sets ``key`` or a key inside it."""
+    set_key = override_key(override)
+    return set_key == key or set_key.startswith(key + ".")
 
 
 def override_key(override: str) -> str:

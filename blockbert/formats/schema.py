@@ -384,6 +384,56 @@ def check_config(cfg: DictConfig, command: str) -> None:
     except ValidationError as err:
         raise ConfigError(f"{err.full_key}={_value(values, str(err.full_key))!r}: {_expected(err)}") from None
     _check_ranges(schema, resolved, "")
+    if isinstance(resolved.get("task"), dict):
+        _check_task_source(resolved["task"])
+    if isinstance(resolved.get("data"), dict) and "source" in resolved["data"]:
+        _check_corpus_source(resolved["data"])
+
+
+# what only the generated task reads, and what only a task of files or the hub reads (every task reads the rest)
+GENERATED_ONLY = {"generated_questions": None, "generated_people": [3, 3], "version": None}  # key: its unset value
+FILES_OR_HUB_ONLY = ("format", "train_file", "dev_file", "test_file", "hub_name", "hub_config", "hub_subset",
+                     "hub_train_split", "hub_dev_split")  # fmt: skip
+
+
+def _check_task_source(task: dict) -> None:
+    """A task setting that the task's source does not read is refused, not ignored: ``task=generated`` makes its own
+    questions (``task.train_file=my.json`` without ``task=squad11`` would fine-tune on generated ones), and the
+    tasks of files or the hub have no generated questions (their version is their format's)."""
+    name = task.get("name")
+    if name == "generated":
+        given = [key for key in FILES_OR_HUB_ONLY if task.get(key) is not None]
+        if given:
+            raise ConfigError(
+                f"task.{given[0]}={task[given[0]]!r} is not read by task=generated, which makes its own questions: "
+                "give task=squad11, squad20 or mrqa (with task.train_file and task.dev_file, or a hub dataset)"
+            )
+        return
+    given = [key for key, unset in GENERATED_ONLY.items() if task.get(key) not in (None, unset)]
+    if given:
+        raise ConfigError(
+            f"task.{given[0]}={task[given[0]]!r} is read only by task=generated, not task={name}: "
+            + ("its version is its format's (task=squad11: 1.1, task=squad20: 2.0)" if given[0] == "version"
+               else "leave it out, or give task=generated")
+        )  # fmt: skip
+
+
+# the corpus settings only one data.source reads, and how to choose that source
+CORPUS_SOURCE_ONLY = {
+    "files": ("files", "data=text_files"),
+    "hub_name": ("hub", "data.source=hub"),
+    "hub_config": ("hub", "data.source=hub"),
+    "longrange": ("longrange", "data=longrange"),
+}
+
+
+def _check_corpus_source(data: dict) -> None:
+    """A corpus setting its ``data.source`` does not read is refused, not ignored: ``data.files=my.txt`` with the
+    default generated corpus would pre-train on generated text."""
+    for key, (reader, choice) in CORPUS_SOURCE_ONLY.items():
+        if data.get(key) is not None and data["source"] != reader:
+            given = f"data.{key}.*" if isinstance(data[key], dict) else f"data.{key}={data[key]!r}"
+            raise ConfigError(f"{given} is read only by data.source={reader}, not {data['source']}: give {choice}")
 
 
 def typed_section(command: str, key: str) -> bool:
@@ -391,6 +441,13 @@ def typed_section(command: str, key: str) -> bool:
     free-form node (benchmark's ``heads``, where ``+heads.NAME=...`` adds a key)."""
     section = key.rpartition(".")[0]
     return not section or _field_type(SCHEMAS[command], section) is not None
+
+
+def is_setting(command: str, key: str) -> bool:
+    """Whether ``command``'s schema has the dotted ``key``."""
+    section, _, name = key.rpartition(".")
+    node = _field_type(SCHEMAS[command], section) if section else SCHEMAS[command]
+    return bool(node) and name in {spec.name for spec in dataclasses.fields(node)}
 
 
 def not_a_setting(command: str, key: str) -> ConfigError:
