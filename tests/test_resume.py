@@ -445,7 +445,7 @@ def test_a_resume_with_another_micro_batch_is_refused_and_the_run_stays_as_it_wa
     assert resumed_step(out.stdout + out.stderr) == 4
 
 
-def test_a_resume_that_changes_the_run_is_refused_and_the_run_stays_as_it_was(run, tmp_path):
+def test_a_resume_that_changes_the_run_is_refused_and_the_run_stays_as_it_was(run, blockbert, tmp_path):
     """Before: the checkpoint was loaded into whatever the command line built (other heads: silently; another width:
     a state_dict error), and the run's metrics.json was marked failed. A directory with no checkpoint (a job that
     failed before it trained) has nothing to resume and is not compared."""
@@ -463,11 +463,14 @@ def test_a_resume_that_changes_the_run_is_refused_and_the_run_stays_as_it_was(ru
             "64), seed=1 (the run has 0): a resume continues"
         ),
     }
+    imports = {"PYTHONPROFILEIMPORTTIME": "1"}  # Python lists every module it imports on stderr
     for changed, message in refusals.items():
-        out = run(tmp_path, "pretrain", *PRETRAIN, *changed, f"hydra.run.dir={run_dir}", check=False)
+        args = ("pretrain", *PRETRAIN, *changed, f"hydra.run.dir={run_dir}")
+        out = blockbert(tmp_path, *args, check=False, env={**OFFLINE, **imports})
         assert out.returncode == 2, out.stderr[-3000:]
         errors = [line for line in out.stderr.splitlines() if ": error: " in line]
         assert len(errors) == 1 and errors[0].startswith(f"blockbert pretrain: error: {message}"), errors
+        assert "pytorch_lightning" not in out.stderr  # refused before the training code is imported (seconds)
         kept = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix not in (".log", ".lock")]
         assert {p.relative_to(run_dir): p.read_bytes() for p in kept} == before  # metrics.json still "finished"
     out = run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=6", "model.layout=padded", f"hydra.run.dir={run_dir}")

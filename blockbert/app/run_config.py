@@ -15,10 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted, is_user_error
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
-from blockbert.measure.plan import check_fit
 from blockbert.model.config import COMPUTE_ONLY
 from blockbert.train.cluster import check_accelerator
-from blockbert.train.resilience import RunDirInUse, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +54,8 @@ def log_starting_point(cfg: DictConfig, command: str) -> None:
 def locked(run: RunDir):
     """The run directory's lock (:func:`blockbert.train.resilience.run_lock`) for the job; refused (another process
     trains there), the job leaves no trace (:func:`forget_job`)."""
+    from blockbert.train.resilience import RunDirInUse, run_lock
+
     try:
         with run_lock(run):
             yield
@@ -109,6 +109,10 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
     with forgotten_if_refused(run, whole=hydra.mode != RunMode.MULTIRUN):
+        if "device" in cfg:  # before the measurement's imports (seconds): a device this machine lacks ends at once
+            from blockbert.measure.device import pick_device
+
+            pick_device(cfg.device)
         try:
             return measure(cfg, run)
         except KeyboardInterrupt:  # a measurement that keeps no rows of its own (benchmark's do: RunInterrupted)
@@ -162,7 +166,6 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     start after it): a run refused there leaves no trace, except a sweep's job, whose directory records why."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
@@ -170,6 +173,11 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     with forgotten_if_refused(run, whole):
         check_accelerator(cfg.trainer)
         check_resume(cfg, run, hydra.output_subdir)
+    # Lightning and the training code only now (seconds): a refused resume or accelerator ends at once
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    from blockbert.measure.plan import check_fit
+
     started_with = {entry.name for entry in run.path.iterdir()}  # what a refused new run leaves: nothing beyond
     metrics_before = _stamp(run.metrics_file)
     with locked(run):

@@ -5,8 +5,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from blockbert.app.run_config import run_measurement
-from blockbert.measure.profile import profile
 
 
 def main(cfg: DictConfig) -> dict:
-    return run_measurement(cfg, profile)
+    return run_measurement(cfg, _profile)
+
+
+def _profile(cfg: DictConfig, run):
+    from blockbert.measure.profile import profile  # torch, Lightning: after the checks needing none
+
+    return profile(cfg, run)
