@@ -170,3 +170,19 @@ def test_a_corrupt_gzipped_corpus_is_named_as_corrupt(tmp_path):
         load_documents(files_config(tmp_path, tmp_path / "cut.txt.gz").data, tmp_path / "cache")
     with pytest.raises(ConfigError, match=r"plain\.gz' mixes or uses an unsupported format: .*also gzipped, \.gz"):
         load_documents(files_config(tmp_path, tmp_path / "plain.gz").data, tmp_path / "cache")
+
+
+def test_an_unreachable_hub_dataset_is_one_line_naming_the_setting_and_the_local_alternative(tmp_path, monkeypatch):
+    """Before: datasets' ConnectionError ended the run as a failure (exit 1, the --debug offer), with no word on what
+    to give without a network."""
+    import datasets
+
+    def unreachable(name, *args, **kwargs):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        data = compose("pretrain", ["data=wikitext103"]).data
+    message = "data.hub_name='wikitext': Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError); give local "
+    with pytest.raises(ConfigError, match=re.escape(message + "files instead: data=text_files data.files=...")):
+        load_documents(data, tmp_path)

@@ -196,6 +196,10 @@ def test_finetune_does_not_show_what_only_pretraining_reads(blockbert, tmp_path)
     assert "val_check_interval" not in shown["trainer"]
     out = blockbert(tmp_path, "finetune", "optim.warmup_steps=5", "--cfg", "job", check=False)
     assert out.returncode == 2 and "accepted in optim are lr, batch_size" in out.stderr
+    # a Lightning argument the schema shares with pre-training: before, accepted and ignored
+    out = blockbert(tmp_path, "finetune", "trainer.val_check_interval=2", "--cfg", "job", check=False)
+    assert out.returncode == 2
+    assert "trainer.val_check_interval is read only by pretrain, not finetune: fine-tuning evaluates dev" in out.stderr
 
 
 @needs_minilm

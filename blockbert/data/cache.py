@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from blockbert.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 VERSION = 1  # part of every key: bump it when the data code changes what it builds
@@ -125,6 +127,16 @@ def load_arrow(directory: Path, files: list[str]):
 def cache_dir(cfg) -> Path:
     """A composed config's ``paths.cache_dir``, as a path (``~`` expanded)."""
     return Path(cfg.paths.cache_dir).expanduser()
+
+
+@contextmanager
+def from_the_hub(setting: str, advice: str):
+    """A hub dataset loaded (``setting``: the key and value naming it): unreachable (no network, HF_HUB_OFFLINE), it is
+    bad input in one line with ``advice`` (the local files to give instead), not a failure with a traceback."""
+    try:
+        yield
+    except ConnectionError as err:  # datasets' "Couldn't reach NAME on the Hub (...)", after huggingface_hub's retries
+        raise ConfigError(f"{setting}: {err}; {advice}") from None
 
 
 def hub_cache(cache_dir: Path) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 
-from blockbert.data.cache import build_file, file_stats, fingerprint, hub_cache
+from blockbert.data.cache import build_file, file_stats, fingerprint, from_the_hub, hub_cache
 from blockbert.data.longrange import LongRangeSpec, longrange_corpus
 from blockbert.errors import ConfigError
 
@@ -212,7 +212,8 @@ def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
     parts = []
     for name, config, rows in zip(names, configs, group):
         # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
-        ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=hub_cache(cache_dir))
+        with from_the_hub(f"data.hub_name={name!r}", "give local files instead: data=text_files data.files=..."):
+            ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=hub_cache(cache_dir))
         parts.append(_group_rows(_text_column(ds, data_cfg.text_field), rows))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 

@@ -349,9 +349,15 @@ NOT_READ = {"finetune": ("tokens_per_batch", "optim.warmup_steps", "trainer.val_
 
 
 def drop_unread(cfg: DictConfig, command: str, given: set[str]) -> None:
-    """Leave out of ``cfg`` the keys ``command`` does not read (:data:`NOT_READ`) that the command line did not give
-    (given ones meet the schema, which names what is accepted)."""
+    """Leave out of ``cfg`` the keys ``command`` does not read (:data:`NOT_READ`) that the command line did not give.
+    Given ones are refused: by the schema, which names what is accepted, or here where the schema shares the key with
+    pre-training (a Lightning Trainer argument that fine-tuning sets itself)."""
     for key in NOT_READ.get(command, ()):
+        if key in given and is_setting(command, key):
+            raise ConfigError(
+                f"{key} is read only by pretrain, not {command}: fine-tuning evaluates dev after every epoch "
+                "(trainer.max_epochs), and at the end when trainer.max_steps stops it first"
+            )
         parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if key not in given and node is not None and name in node:
