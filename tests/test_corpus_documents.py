@@ -168,8 +168,17 @@ def test_a_corrupt_gzipped_corpus_is_named_as_corrupt(tmp_path):
     (tmp_path / "plain.gz").write_bytes(whole)
     with pytest.raises(ConfigError, match=r"cut\.txt\.gz cannot be decompressed: it is corrupt or truncated"):
         load_documents(files_config(tmp_path, tmp_path / "cut.txt.gz").data, tmp_path / "cache")
-    with pytest.raises(ConfigError, match=r"plain\.gz' mixes or uses an unsupported format: .*also gzipped, \.gz"):
+    with pytest.raises(ConfigError, match=r"plain\.gz' has a format blockbert does not read: .*also gzipped, \.gz"):
         load_documents(files_config(tmp_path, tmp_path / "plain.gz").data, tmp_path / "cache")
+
+
+def test_files_of_two_formats_are_refused_naming_both(tmp_path):
+    """Before: "'extra.jsonl' mixes or uses an unsupported format", naming neither format found."""
+    (tmp_path / "a.txt").write_text(WIKITEXT)
+    (tmp_path / "extra.jsonl").write_text('{"text": "a line"}\n')
+    message = "data.files mixes formats: json (extra.jsonl), text (a.txt); give files of one format per run"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_documents(files_config(tmp_path, f"{tmp_path}/*").data, tmp_path / "cache")
 
 
 def test_an_unreachable_hub_dataset_is_one_line_naming_the_setting_and_the_local_alternative(tmp_path, monkeypatch):

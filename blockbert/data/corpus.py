@@ -125,15 +125,18 @@ def _read_through_gzip(path: str, keep: int = 0) -> bytes:
 
 
 def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset:
-    kinds = {file_format(p) for p in paths}
-    if None in kinds or len(kinds) != 1:
-        bad = [p for p in paths if file_format(p) is None]
-        accepted = ", ".join(sorted(FORMATS))
+    kinds = {p: file_format(p) for p in paths}
+    unsupported = [p for p, kind in kinds.items() if kind is None]
+    if unsupported:
         raise ConfigError(
-            f"data.files: {bad[0] if bad else paths[0]!r} mixes or uses an unsupported format: "
-            f"accepted are one of {accepted} per run (text and JSON also gzipped, {COMPRESSED})"
+            f"data.files: {unsupported[0]!r} has a format blockbert does not read: accepted are "
+            f"{', '.join(sorted(FORMATS))} (text and JSON also gzipped, {COMPRESSED})"
         )
-    kind = kinds.pop()
+    if len(set(kinds.values())) > 1:  # one datasets builder reads them all
+        first = {kind: p for p, kind in reversed(kinds.items())}
+        found = ", ".join(f"{kind} ({Path(p).name})" for kind, p in sorted(first.items()))
+        raise ConfigError(f"data.files mixes formats: {found}; give files of one format per run (a glob, a list)")
+    kind = kinds[paths[0]]
     for path in filter(_gzipped, paths):
         _read_through_gzip(path)
     kwargs = {}
