@@ -282,6 +282,17 @@ def test_model_card_of_a_fine_tuned_and_of_a_dense_model(tmp_path):
         assert text in card, text
     assert "blockbert finetune task=squad11 init_from=runs/pretrain/x" in card
     assert "AutoModelForQuestionAnswering" in card and str(run) not in card
+    assert "| Initialised from | runs/pretrain/x |" in card
+    # a fine-tuning run from a Hugging Face checkpoint (before: no "Initialised from" row), and its metrics.json's
+    # settings (before: rows of the metrics table)
+    (run / ".hydra" / "config.yaml").write_text("init_from: null\nmodel:\n  init_from: ckpt/minilm\n")
+    records = {"dev/f1": 20.25, "step": 6, "status": "finished", "init_from": None, "batch_size": 32}
+    (run / "metrics.json").write_text(json.dumps({**records, "eval_timing": {"dev": 1.5}}))
+    card = model_card(tiny_model(BlockBertForQuestionAnswering, "sparse"), run)
+    assert "| Initialised from | ckpt/minilm |" in card
+    metrics = card.split("## Metrics")[1].split("## Command")[0]
+    assert "| dev/f1 | 20.25 |" in metrics and "| step | 6 |" in metrics and "| status | finished |" in metrics
+    assert "init_from" not in metrics and "batch_size" not in metrics and "eval_timing" not in metrics
     dense = model_card(tiny_model(BlockBertForMaskedLM, "dense"), tmp_path / "missing")
     assert "library_name: transformers" in dense and "import blockbert" not in dense
     assert "plain Hugging Face BERT directory" in dense and dense.count("not recorded") >= 4

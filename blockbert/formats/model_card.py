@@ -23,6 +23,9 @@ from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
 
 NOT_RECORDED = "not recorded"
+# what the card's metrics table shows of metrics.json beside the logged metrics ("val/ppl", "dev/f1"...): not the
+# settings it also records (batch_size, init_from, ...), which the card's other rows give
+RUN_STATE = ("step", "epoch", "status")
 HEAD_TASKS = {  # model class -> (what its head does, pipeline tag, Auto class)
     "BlockBertModel": ("the encoder alone (hidden states)", "feature-extraction", "AutoModel"),
     "BlockBertForMaskedLM": ("masked-LM pre-training", "fill-mask", "AutoModelForMaskedLM"),
@@ -229,7 +232,9 @@ class Card:
             n_text = f"{config.block_seq_len} (block_seq_len: the length cut into the n blocks)"
         else:
             n_text = f"{config.max_sequence_length} (the longest sequence)"
-        init_from = _get(self.hydra_config, "init_from" if self.trained_by == "finetune" else "model.init_from")
+        init_from = _get(self.hydra_config, "model.init_from")  # a Hugging Face checkpoint, for either command
+        if self.trained_by == "finetune":
+            init_from = _get(self.hydra_config, "init_from") or init_from  # a blockbert run
         rows = [
             ("Model class", f"`{self.class_name}` ({self.head})"),
             ("Preset", self.preset or self.not_preset),
@@ -264,7 +269,7 @@ class Card:
 
     def metrics(self) -> list[str]:
         lines = ["", "## Metrics", ""]
-        shown = {k: v for k, v in (self.metrics_values or {}).items() if k != "run_dir"}
+        shown = {k: v for k, v in (self.metrics_values or {}).items() if "/" in k or k in RUN_STATE}
         if shown:
             rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in shown.items()]
             return lines + ["| metric | value |", "|---|---|", *rows]
