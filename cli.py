@@ -332,7 +332,8 @@ def evaluate(
 @app.command()
 def export(
     run_dir: str = typer.Argument(..., help="A `blockbert pretrain` or `finetune` run directory (or a .ckpt file)."),
-    out_dir: str = typer.Argument(..., help="The directory to write."),
+    out_dir: str = typer.Argument(..., help="The directory to write: new or empty, unless --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into OUT_DIR even if it holds files."),
     debug: bool = DEBUG,
 ) -> None:
     """Export a run's model: a Hugging Face directory for dense models (loadable by `transformers`),
@@ -342,7 +343,7 @@ def export(
     """
     from blockbert.app.commands.export import run_export
 
-    raise typer.Exit(run_export(run_dir, out_dir, debug=debug))
+    raise typer.Exit(run_export(run_dir, out_dir, overwrite, debug=debug))
 
 
 REPORT_DIRECTORIES = typer.Argument(

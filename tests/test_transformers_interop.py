@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,12 +261,31 @@ def test_export_writes_a_model_card(blockbert, tmp_path):
     assert str(tmp_path) not in card  # no local paths (metrics.json's run_dir is left out)
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"))
     assert hf.config.to_blockbert().block_seq_len == 64
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    out = blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"), check=False)  # before: written over
+    assert out.returncode == 2 and "holds files already (README.md, config.json" in out.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
+    assert "BlockBertForMaskedLM.from_pretrained" in blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"),
+                                                                "--overwrite").stdout  # fmt: skip
 
     (run_dir / "metrics.json").unlink()  # a run without its records still exports
     shutil.rmtree(run_dir / ".hydra")
     blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "bare"))
     bare = (tmp_path / "bare" / "README.md").read_text()
     assert bare.count("not recorded") >= 4 and "`BlockBertForMaskedLM`" in bare and "head config 3:1" in bare
+
+
+def test_a_multirun_directory_given_for_a_run_names_its_jobs(tmp_path):
+    """Before: "'sweep': no checkpoint (expected a blockbert run directory ...)" for `export`, `init_from`."""
+    from blockbert.formats.checkpoints import model_from_run
+
+    for job in ("0", "1"):
+        (tmp_path / "sweep" / job / ".hydra").mkdir(parents=True)
+        (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text("- model.heads=3:1\n")
+    jobs = f"{tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '1'}"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"is a sweep or multirun directory: give one of its jobs' "
+                                                          f"directories ({jobs})")):  # fmt: skip
+        model_from_run(str(tmp_path / "sweep"))
 
 
 def test_model_card_of_a_fine_tuned_and_of_a_dense_model(tmp_path):

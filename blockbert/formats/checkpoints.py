@@ -15,7 +15,7 @@ import torch
 
 from blockbert.errors import ConfigError
 from blockbert.formats.pretrained import model_class_for
-from blockbert.formats.run_dir import NO_CHECKPOINT, RunDir, checkpoint_of
+from blockbert.formats.run_dir import NO_CHECKPOINT, RunDir, SweepDir, checkpoint_of
 from blockbert.formats.safe_load import CheckpointError, torch_load
 from blockbert.model.config import BlockBertConfig
 
@@ -56,6 +56,12 @@ def _run_checkpoint(run: str) -> tuple[Path, dict]:
             raise FileNotFoundError(
                 f"{run!r} is a Hugging Face model directory, not a blockbert run: start from it with "
                 f"model.init_from={run} (init_from takes a `blockbert pretrain` run directory or .ckpt file)"
+            )
+        jobs = [str(job.path) for job in SweepDir(Path(run).expanduser()).jobs()] if directory.path.is_dir() else []
+        if jobs:
+            shown = ", ".join(jobs[:3]) + (", ..." if jobs[3:] else "")
+            raise FileNotFoundError(
+                f"{run!r} is a sweep or multirun directory: give one of its jobs' directories ({shown})"
             )
         hub = "" if Path(run).expanduser().exists() else "; a Hugging Face model (hub name) goes to model.init_from"
         raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT}{hub})")

@@ -5,8 +5,9 @@ presets of conf/model) and the run's tokenizer, its ``model_max_length`` the lon
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from blockbert.errors import one_line_errors
+from blockbert.errors import ConfigError, one_line_errors
 from blockbert.formats.checkpoints import model_from_run
 from blockbert.formats.model_card import model_card
 from blockbert.formats.presets import PRESETS
@@ -14,18 +15,23 @@ from blockbert.formats.run_dir import check_writable
 
 
 @one_line_errors("export")
-def run_export(run_dir: str, out_dir: str) -> None:
+def run_export(run_dir: str, out_dir: str, overwrite: bool = False) -> None:
     check_writable(out_dir, "OUT_DIR")
+    held = sorted(entry.name for entry in Path(out_dir).expanduser().iterdir()) if Path(out_dir).is_dir() else []
+    if held and not overwrite:  # an earlier export, or anything else: not replaced without a word
+        shown = ", ".join(held[:3]) + (", ..." if held[3:] else "")
+        raise ConfigError(f"OUT_DIR {out_dir} holds files already ({shown}): give a new or empty one, or --overwrite")
     model, run = model_from_run(run_dir)
     out = model.save_pretrained(out_dir, run.tokenizer_dir)
     try:  # the card is a description: nothing missing from the run, nor a fault in it, fails the export
         (out / "README.md").write_text(model_card(model, run.path, PRESETS), encoding="utf-8")
     except Exception as err:  # noqa: BLE001
         print(f"export: no model card written ({type(err).__name__}: {err})", file=sys.stderr)
+    name = type(model).__name__
     kind = (
         "Hugging Face"
         if model.config.attention == "dense"
-        else "blockbert (load with BlockBertModel.from_pretrained, or with AutoModel after import blockbert)"
+        else f"blockbert (load with {name}.from_pretrained, or with the Auto classes after import blockbert)"
     )
-    print(f"{type(model).__name__} exported as a {kind} directory:")
+    print(f"{name} exported as a {kind} directory:")
     print(out.resolve())
