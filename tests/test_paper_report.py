@@ -340,3 +340,23 @@ def test_table5_is_compared_by_the_statistic_the_benchmark_divided(tmp_path, sta
     assert ratio.ours == pytest.approx(0.5 if statistic == "mean" else 0.9)
     assert f"ours: {statistic} of 30 runs" in {r.note for r in report.rows}
     assert report.setting.endswith("random token ids") and "the encoder alone (no LM head)" in report.setting
+
+
+def test_a_heading_that_names_its_unit_is_not_given_it_twice(tmp_path):
+    """Table 2's headings "Training Time (day)" and "Memory (per GPU, GB)" were printed "Training Time (day) (day)"
+    and "Memory (per GPU, GB) (GB)": the unit is added only where the heading does not name it. A pre-training run
+    of the BlockBert n=2, N=512 row, made by hand (the config that experiment composes, a metrics.json)."""
+    from omegaconf import OmegaConf
+
+    from blockbert.formats.compose import compose
+
+    run = tmp_path / "pretrain"
+    config = compose("pretrain", ["experiment=blockbert_n2_512"], finished=True)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(config, resolve=True)))
+    (run / "metrics.json").write_text(json.dumps({"val/ppl": 9.5, "step": 2, "status": "finished"}))
+    printed = report("--paper", run).output
+    text = (run / "paper_report.md").read_text()
+    for heading in ("Training Time (day)", "Memory (per GPU, GB)", "Memory vs RoBERTa-1seq (%)", "Valid. ppl"):
+        assert f"| {heading} |" in text and heading in printed
+    assert "(day) (day)" not in text + printed and "GB) (GB)" not in text + printed

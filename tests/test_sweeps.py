@@ -496,3 +496,92 @@ def test_a_sweep_with_a_config_dir_hands_it_to_every_job(in_tmp):
     found = runner.invoke(cli.app, ["sweep", "heads_n2", "-cd", "moved", "experiment=two_heads", "--dir", "started",
                                     "--dry-run"])  # fmt: skip
     assert found.exit_code == 0 and f"--config-dir {in_tmp / 'moved'} " in found.output
+
+
+def plain_runs(directory, jobs, config):
+    """Run directories as `blockbert finetune -m ...` (or `pretrain -m`) leaves them, without sweep.yaml:
+    ``jobs`` maps each job's name to (its overrides, its metrics.json); ``config`` is each job's .hydra/config.yaml."""
+    for name, (overrides, metrics) in jobs.items():
+        (directory / name / ".hydra").mkdir(parents=True)
+        (directory / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (directory / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (directory / name / "metrics.json").write_text(json.dumps({**metrics, "status": "finished"}))
+    return directory
+
+
+def report_of(directory):
+    """`blockbert report DIR` as a user runs it: (what it printed, summary.csv's rows, summary.md's lines)."""
+    result = runner.invoke(cli.app, ["report", str(directory)])
+    assert result.exit_code == 0, result.output[-4000:]
+    with (directory / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return result.output, rows, (directory / "summary.md").read_text().splitlines()
+
+
+SQUAD11 = {"dev/exact_match": 60.0, "dev/f1": 70.0, "dev/loss": 1.0, "train/loss": 1.5}
+SQUAD20 = {  # the keys a SQuAD 2.0 run writes (the official script's names; dev/f1 at the dev-tuned null threshold)
+    "dev/exact": 60.0, "dev/f1": 70.0, "dev/HasAns_exact": 50.0, "dev/HasAns_f1": 65.0, "dev/NoAns_exact": 80.0,
+    "dev/NoAns_f1": 80.0, "dev/best_exact": 60.0, "dev/best_f1": 70.0, "dev/best_f1_thresh": -0.5, "dev/total": 20,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("scores, em", [(SQUAD11, "dev/exact_match"), (SQUAD20, "dev/exact")])
+@pytest.mark.parametrize("names", [["0", "1", "2"], ["2026-01-01_00-00-00", "2026-01-01_00-10-00", "2026-01-02_09-00"]])
+def test_a_plain_finetune_multirun_is_ranked_by_dev_f1(tmp_path, scores, em, names):
+    """`blockbert report multirun/finetune/DATE` (a plain `finetune -m`; job directories 0, 1, ...) and `blockbert
+    report runs/finetune` (a directory per run) were titled and ranked by pre-training's val/ppl, a blank column; the
+    dev F1 and EM were only in summary.csv. A fine-tuning run (its config has a task) is ranked by dev/f1, best
+    first, beside its EM under the key its task writes (SQuAD 2.0: the official ``exact``)."""
+    jobs = {
+        name: ([f"optim.lr={lr}", "seed=0"], {**scores, "dev/f1": f1, em: f1 - 10})
+        for name, lr, f1 in zip(names, ["1e-3", "3e-3", "5e-3"], [70.0, 90.0, 80.0])
+    }
+    directory = plain_runs(tmp_path / "finetune", jobs, {"task": {"name": "squad"}, "optim": {"lr": 0.001}})
+    out, rows, markdown = report_of(directory)
+    assert "finetune: dev/f1 (max), best first" in out and "val/ppl" not in out
+    assert [(r["optim.lr"], float(r["dev/f1"])) for r in rows] == [("3e-3", 90.0), ("5e-3", 80.0), ("1e-3", 70.0)]
+    assert list(rows[0])[:5] == ["job", "optim.lr", "dev/f1", em, "status"]
+    assert markdown[0] == f"| job | optim.lr | dev/f1 | {em} | status |"
+    assert markdown[2] == f"| {names[1]} | 3e-3 | 90.00 | 80.00 | finished |"
+
+
+def test_a_directory_of_both_commands_runs_is_a_one_line_error(tmp_path):
+    directory = plain_runs(tmp_path / "mixed", {"0": ([], {"val/ppl": 9.0})}, {"model": {"name": "tiny"}})
+    plain_runs(directory, {"1": ([], SQUAD11)}, {"task": {"name": "squad11"}})
+    result = runner.invoke(cli.app, ["report", str(directory)])
+    assert result.exit_code == 2 and "holds both pre-training and fine-tuning runs" in result.output
+    assert "Traceback" not in result.output
+
+
+def table_of(out, border):
+    """The cells of a printed rich table's lines that start with ``border`` (┃ the header, │ the rows)."""
+    return [[c.strip() for c in line.split(border)[1:-1]] for line in out.splitlines() if line.startswith(border)]
+
+
+def markdown_cells(line):
+    return [c.strip().replace("\0", "|") for c in line.replace("\\|", "\0").split("|")[1:-1]]
+
+
+@pytest.mark.parametrize("spec", [None, {"name": "pretrain", "metric": "val/ppl", "mode": "min"}])
+def test_summary_md_holds_the_printed_tables_columns(tmp_path, spec):
+    """summary.md of a plain multirun held only the swept values (`| optim.lr |`), and a sweep's had no job
+    column. It is the printed table: the job, the swept values, the metrics, the status, every row (a failed one with
+    its error)."""
+    jobs = {"0": (["optim.lr=1e-3", "seed=0"], {"val/ppl": 12.5, "val/acc": 0.25}), "1": (["optim.lr=3e-3", "seed=0"],
+            {"val/ppl": 11.25, "val/acc": 0.5})}  # fmt: skip
+    directory = plain_runs(tmp_path / "pretrain", jobs, {"model": {"name": "tiny"}})
+    (directory / "2" / ".hydra").mkdir(parents=True)
+    (directory / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["optim.lr=5e-3", "seed=0"]))
+    (directory / "2" / "error.txt").write_text("ValueError: a | b\n")
+    if spec:
+        (directory / "sweep.yaml").write_text(yaml.safe_dump({**spec, "grid": {"optim.lr": ["1e-3", "3e-3", "5e-3"]}}))
+    out, _, markdown = report_of(directory)
+    assert markdown == [
+        "| job | optim.lr | val/ppl | val/acc | status | error |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| 1 | 3e-3 | 11.25 | 0.5000 | finished |  |",
+        "| 0 | 1e-3 | 12.50 | 0.2500 | finished |  |",
+        "| 2 | 5e-3 |  |  | failed | ValueError: a \\| b |",
+    ]
+    assert table_of(out, "┃") == [markdown_cells(markdown[0])]
+    assert table_of(out, "│") == [markdown_cells(line) for line in markdown[2:]]

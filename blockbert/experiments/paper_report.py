@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -608,8 +609,9 @@ def fmt(value) -> str:
 
 
 def metric_label(row: Comparison) -> str:
-    """The paper's heading, with the unit unless the heading names it already (or it is a ratio, ×)."""
-    if not row.unit or row.unit == "×" or row.unit in row.metric.replace("(", " ").replace(",", " ").split():
+    """The paper's heading, with the unit unless the heading names it already (or it is a ratio, ×): the paper's
+    "Training Time (day)" and "Memory (per GPU, GB)" carry theirs, which a second "(day)" or "(GB)" would repeat."""
+    if not row.unit or row.unit == "×" or row.unit in re.split(r"[\s(),]+", row.metric):
         return row.metric
     return f"{row.metric} ({row.unit})"
 

@@ -57,7 +57,6 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     sweep = SweepDir(sweep_dir)
     spec = sweep.spec()
     keys = list(spec.get("grid", {}))
-    metric, mode = spec.get("metric", "val/ppl"), spec.get("mode", "min")
     rows = read_jobs(sweep_dir, keys)
     if not rows and RunDir(sweep_dir).overrides_file.is_file():
         raise ConfigError(
@@ -73,9 +72,10 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
             r.update({k: r["_overrides"].get(k, "") for k in keys})
     if spec.get("from"):
         keys = join_pretraining(rows, Path(spec["from"]))
+    metric, mode = (spec["metric"], spec.get("mode", "min")) if "metric" in spec else plain_metric(sweep_dir, rows)
     rows = rank(rows, metric, mode)
-    write_csv(rows, keys, metric, sweep.summary(".csv"))
-    write_markdown(rows, keys, metric, sweep.summary(".md"))
+    metrics = shown_metrics(rows, metric)
+    write_csv(rows, keys, metrics, sweep.summary(".csv"))
     if "seed" in keys and len({r["seed"] for r in rows}) > 1:
         groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
         write_seed_csv(groups, sweep.seeds_summary)
@@ -84,14 +84,15 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
         if "model.heads" in keys:
             plot_heads(groups, metric, sweep.summary(".png"))
         return rows
+    columns = table_columns(rows, keys, metrics)
+    cells = table_cells(rows, columns)
     table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
-    for column in ("job", *keys, metric, "status", "error"):
+    for column in columns:
         table.add_column(column)
-    cell = {column: column_format([row.get(column) for row in rows]) for column in (*keys, metric)}
-    for row in rows:
-        values = (cell[k](row[k]) for k in keys)
-        table.add_row(row["job"], *values, cell[metric](row.get(metric)), row["status"], row["error"][:80])
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+    write_table_markdown(columns, cells, sweep.summary(".md"))
     select = spec.get("select") or {}
     if select:
         chosen = rank(rows, select["by"], "max" if mode == "max" else "min")[0]
@@ -113,6 +114,61 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
 
 
 SEED_METRICS = ("val/ppl", "val/acc", "val/acc_longrange", "val/acc_local")
+QA_METRICS = ("dev/exact_match", "dev/exact", "dev/f1", "test/exact_match", "test/exact", "test/f1")
+"""EM and F1 by the keys a fine-tuning run writes: SQuAD 1.1 and MRQA ``exact_match``, SQuAD 2.0 the official
+script's ``exact``; ``f1`` in both."""
+
+
+def plain_metric(sweep_dir: Path, rows: list[dict]) -> tuple[str, str]:
+    """(metric, mode) of a directory without sweep.yaml (a plain multirun, ``runs/<command>``): nothing names its
+    metric, so it follows from what the runs are -- fine-tuning is ranked by dev F1 (SQuAD 1.1, 2.0 and MRQA all
+    write ``dev/f1``, as sweeps/finetune_grid.yaml ranks), pre-training by validation perplexity."""
+    kinds = {job_kind(RunDir(sweep_dir / row["job"]), row) for row in rows} - {None}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"{sweep_dir}: holds both pre-training and fine-tuning runs, which no one metric ranks: "
+            "report each command's runs from a directory of their own"
+        )
+    return ("dev/f1", "max") if kinds == {"finetune"} else ("val/ppl", "min")
+
+
+def job_kind(job: RunDir, row: dict) -> str | None:
+    """finetune or pretrain: a fine-tuning config has a ``task`` (as ``report --paper`` tells them); without a
+    readable config, the scores the job wrote; None when neither tells."""
+    config = job.config()
+    if config is not None:
+        return "finetune" if "task" in config else "pretrain"
+    if any(key.startswith(("dev/", "test/")) for key in row):
+        return "finetune"
+    return "pretrain" if any(key.startswith("val/") for key in row) else None
+
+
+def shown_metrics(rows: list[dict], metric: str) -> list[str]:
+    """The metric the rows are ranked by, then the validation or EM/F1 scores the rows have beside it."""
+    return list(dict.fromkeys([metric, *(m for m in (*SEED_METRICS, *QA_METRICS) if any(m in r for r in rows))]))
+
+
+def table_columns(rows: list[dict], keys: list[str], metrics: list[str]) -> list[str]:
+    """The summary table's columns, one list for the printed table and summary.md so that they cannot drift: the
+    job, the swept values, the metrics, the status, and the error where a job has one."""
+    return ["job", *keys, *metrics, "status", *(["error"] if any(r.get("error") for r in rows) else [])]
+
+
+def table_cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
+    """Each row's cells as text: numbers at their column's decimals (:func:`column_format`), errors cut to 80
+    characters."""
+    formats = {column: column_format([row.get(column) for row in rows]) for column in columns}
+    return [[formats[c](row.get(c))[: 80 if c == "error" else None] for c in columns] for row in rows]
+
+
+def write_table_markdown(columns: list[str], cells: list[list[str]], path: Path) -> None:
+    """summary.md: the printed table as Markdown, every row best first (a ``|`` in a cell escaped)."""
+    lines = [_md_row(columns), _md_row(["---"] * len(columns)), *(_md_row(row) for row in cells)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def over_seeds(rows: list[dict], keys: list[str], metric: str, mode: str) -> list[dict]:
@@ -160,8 +216,8 @@ def print_seed_table(console, groups: list[dict], title: str) -> None:
 
 
 def write_markdown(rows: list[dict], keys: list[str], metric: str, path: Path, seeds: bool = False) -> None:
-    """summary.md: the finished rows, best first, as a Markdown table (mean ± std where ``seeds``), with the
-    validation metrics the rows have."""
+    """summary.md of a sweep over seeds: the finished settings, best first, as a Markdown table (mean ± std where
+    ``seeds``), with the validation metrics the rows have: the seed table printed, as docs/figure4.md shows it."""
     done = [r for r in rows if r["status"] == "finished"]
     metrics = [m for m in dict.fromkeys((metric, *SEED_METRICS)) if any(m in r for r in done)]
     head = [*keys, *(["seeds"] if seeds else []), *metrics]
@@ -235,9 +291,10 @@ def column_format(values):
     return cell
 
 
-def write_csv(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:
-    extra = sorted({k for r in rows for k in r} - {"job", "status", "error", "_overrides", metric, *keys})
-    columns = ["job", *keys, metric, "status", "error", *extra]
+def write_csv(rows: list[dict], keys: list[str], metrics: list[str], path: Path) -> None:
+    """summary.csv: the table's columns first, then every other number the jobs wrote."""
+    extra = sorted({k for r in rows for k in r} - {"job", "status", "error", "_overrides", *metrics, *keys})
+    columns = ["job", *keys, *metrics, "status", "error", *extra]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
