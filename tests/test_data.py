@@ -174,3 +174,20 @@ def test_a_missing_local_tokenizer_is_refused_at_once_not_asked_of_the_hub(spec,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"data.tokenizer='{spec}': no such file or directory"):
         load_tokenizer(spec, None, 100, tmp_path)
+
+
+def test_a_pass_holds_whole_optimizer_steps_so_steps_keep_their_batch():
+    """With gradient accumulation (``batches_per_step``) a pass drops the tail short of a whole step: Lightning steps
+    the optimizer at the end of a pass whatever it accumulated, so a pass of 5 micro-batches at 2 a step made a step
+    of half a batch, and validation (counted in micro-batches across passes) drifted off the step it was asked for.
+    """
+    sampler = ResumableSampler(10, seed=3, global_batch=2, batches_per_step=2)  # 5 micro-batches: 4 used
+    assert len(sampler) == 8 and len(list(sampler)) == 8
+    assert sampler.position_after(4) == 10 and sampler.position_after(6) == 14  # a pass is 2 steps of 2 batches
+    first, state = consume(ResumableSampler(10, seed=3, global_batch=2, batches_per_step=2), 2, 6)
+    assert state == 14
+    rest, _ = consume(ResumableSampler(10, seed=3, global_batch=2, batches_per_step=2, position=state), 2, 2, done=6)
+    full, _ = consume(ResumableSampler(10, seed=3, global_batch=2, batches_per_step=2), 2, 8)
+    assert first + rest == full
+    plain = ResumableSampler(10, seed=3, global_batch=2, drop_last=False, batches_per_step=2)  # one rank, fine-tuning
+    assert len(plain) == 10  # its last step is short, as BERT's fine-tuning has it

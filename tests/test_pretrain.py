@@ -1,5 +1,6 @@
 """Pre-training end to end on the CPU at tiny scale: metrics, checkpoints, resume, interruption."""
 
+import csv
 import json
 import os
 import re
@@ -35,7 +36,8 @@ def run(blockbert):
 
 def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     run_dir = tmp_path / "run"
-    out = run(tmp_path, "trainer.max_steps=8", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
+    odd = "data.generated_documents=40"  # 42 sequences: 5 micro-batches a pass, half a step left at its end
+    out = run(tmp_path, odd, "trainer.max_steps=8", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
     assert out.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 8 and metrics["status"] == "finished"
@@ -51,7 +53,7 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
 
     assert "matrix products at precision" not in out.stdout + out.stderr  # PyTorch's default, unchanged
     out = run(
-        tmp_path, "trainer.max_steps=12", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}", "matmul_precision=high"
+        tmp_path, odd, "trainer.max_steps=12", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}", "matmul_precision=high"
     )
     assert "resuming from" in out.stderr + out.stdout
     assert "float32 matrix products at precision 'high' (matmul_precision)" in out.stdout + out.stderr
@@ -59,16 +61,21 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     assert last["global_step"] == 12
     assert last["lr_schedulers"][0]["last_epoch"] == 12  # scheduler and optimizer continued, not restarted
     assert all(state["step"] == 12 for state in last["optimizer_states"][0]["state"].values())
-    # micro-batches of 8, 2 per optimizer step; each pass over the S sequences uses S // 8 batches
+    # micro-batches of 8, 2 per optimizer step; each pass over the S sequences uses S // 16 whole steps
     size = int(re.search(r"pre-training data: (\d+) train", out.stdout + out.stderr).group(1))
 
     def position(steps):
-        return 2 * steps // (size // 8) * size + 2 * steps % (size // 8) * 8
+        return steps // (size // 16) * size + steps % (size // 16) * 16
 
     assert first["PretrainDataModule"]["samples_consumed"] == position(4)
     assert last["PretrainDataModule"]["samples_consumed"] == position(12)
     assert (run_dir / "checkpoints" / "step-4.ckpt").read_bytes() == periodic_bytes  # nothing overwritten
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 12
+    # validations every 4 optimizer steps, logged at the steps taken (Lightning's own step is one less); before, a
+    # pass of an odd number of micro-batches ended in a step of half a batch, and validation drifted off the steps
+    assert size // 8 % 2 == 1, "the corpus must leave half a step at the end of a pass for this check"
+    logged = [csv.DictReader(f.open()) for f in sorted((run_dir / "csv").glob("version_*/metrics.csv"))]
+    assert [int(row["step"]) for rows in logged for row in rows if row.get("val/ppl")] == [4, 8, 12]
 
 
 def test_the_first_run_and_a_rerun_from_the_cache_train_the_same_weights(blockbert, tmp_path):

@@ -88,6 +88,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         cache_dir: Path,
         world_size: int = 1,
         tokenizer=None,
+        accumulate: int = 1,
     ):
         super().__init__()
         check_data_config(data_cfg)
@@ -96,7 +97,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser()
-        self.world_size = world_size
+        self.world_size, self.accumulate = world_size, accumulate
         self.tokenizer = tokenizer  # given (an imported checkpoint's), else loaded or trained in prepare_data()
         self.train_set = self.val_set = None
         self.fill: float | None = None  # mean tokens per training sequence / N

@@ -29,9 +29,11 @@ class ResumableSampler(Sampler[int]):
 
     One iteration runs to the end of the current permutation, so a resumed run first finishes the
     pass it was interrupted in, then goes on with the next. With ``drop_last`` a tail shorter than
-    one global batch (``global_batch``: a batch on each rank) is dropped (pre-training, and fine-tuning
-    on several ranks, whose last batches must match); without it the last batch of a pass is short
-    (fine-tuning, one rank). Each rank takes every ``world_size``-th sample of the global order, so
+    ``batches_per_step`` global batches (``global_batch``: a batch on each rank; ``batches_per_step``: the
+    gradient accumulation) is dropped (pre-training, and fine-tuning on several ranks, whose last batches must
+    match), so that every optimizer step takes a whole batch (Lightning steps at the end of a pass whatever it
+    accumulated) and steps stay in line with the micro-batches counted across passes; without it the last batch
+    of a pass is short (fine-tuning, one rank). Each rank takes every ``world_size``-th sample of the global order, so
     Lightning's distributed sampler is not used. With ``stream_keys`` the sampler yields
     ``pass * size + index`` instead of ``index``: each draw of a sample has its own key (read the
     rows through :class:`StreamDataset`).
@@ -47,19 +49,21 @@ class ResumableSampler(Sampler[int]):
         world_size: int = 1,
         drop_last: bool = True,
         stream_keys: bool = False,
+        batches_per_step: int = 1,
     ):
         if not drop_last and world_size > 1:
             raise ValueError("drop_last=False needs one rank: the ranks' last batches would differ in size")
         self.size, self.seed, self.global_batch = size, seed, global_batch
+        self.unit = global_batch * batches_per_step if drop_last else global_batch  # what a pass holds a multiple of
         self.position, self.rank, self.world_size = position, rank, world_size
         self.drop_last, self.stream_keys = drop_last, stream_keys
 
     def __iter__(self):
         epoch, offset = divmod(self.position, self.size)
-        if self.drop_last and self.size - offset < self.global_batch:  # only a dropped tail was left
+        if self.drop_last and self.size - offset < self.unit:  # only a dropped tail was left
             epoch, offset = epoch + 1, 0
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-        usable = (self.size - offset) // self.global_batch * self.global_batch if self.drop_last else self.size - offset
+        usable = (self.size - offset) // self.unit * self.unit if self.drop_last else self.size - offset
         self.position = (epoch + 1) * self.size  # the next iteration starts a new permutation
         base = epoch * self.size if self.stream_keys else 0
         for index in order[offset : offset + usable][self.rank :: self.world_size].tolist():
@@ -68,12 +72,15 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         """A whole pass's samples on this rank. Constant: Lightning sizes its epoch loop once, and validates at the
         end of an epoch when the batches it counts reach this length."""
-        per_pass = self.size // self.global_batch * self.global_batch if self.drop_last else self.size
+        per_pass = self.size // self.unit * self.unit if self.drop_last else self.size
         return per_pass // self.world_size
 
     def position_after(self, batches: int) -> int:
         """The stream position after ``batches`` global batches since the start of training."""
-        per_pass = self.size // self.global_batch if self.drop_last else math.ceil(self.size / self.global_batch)
+        if self.drop_last:
+            per_pass = self.size // self.unit * (self.unit // self.global_batch)
+        else:
+            per_pass = math.ceil(self.size / self.global_batch)
         passes, rest = divmod(batches, per_pass)
         return passes * self.size + rest * self.global_batch
 
@@ -103,6 +110,7 @@ class ResumableData:
     sampler: ResumableSampler | None = None
     batch_size: int  # samples per micro-batch on each rank
     world_size: int = 1
+    accumulate: int = 1  # micro-batches per optimizer step (a pass of the training sampler holds whole steps)
     _samples_consumed: int = 0  # restored from a checkpoint on resume
     _trained_batch: int | None = None  # the restored run's samples per micro-batch over all ranks
 
@@ -135,8 +143,9 @@ class ResumableData:
         """The training sampler of this rank, read on from the restored position."""
         global_batch = self.batch_size * self.world_size
         self.sampler = ResumableSampler(
-            size, self.seed, global_batch, self._samples_consumed, rank, self.world_size, **options
-        )
+            size, self.seed, global_batch, self._samples_consumed, rank, self.world_size, **options,
+            batches_per_step=self.accumulate,
+        )  # fmt: skip
         return self.sampler
 
     def loader_options(self, num_workers: int | None) -> dict:

@@ -48,7 +48,9 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     training = TrainingRun(cfg, run, callbacks)
     if tokenizer is None:  # a resume reads its own; else the data module trains or loads one
         tokenizer = training.own_tokenizer()
-    data = PretrainDataModule(cfg.data, nsp, per_device, cfg.seed, cache_dir(cfg), world, tokenizer=tokenizer)
+    data = PretrainDataModule(
+        cfg.data, nsp, per_device, cfg.seed, cache_dir(cfg), world, tokenizer=tokenizer, accumulate=accumulate
+    )
     data.prepare_data()  # builds the cache once (later processes and ranks only read it)
     data.setup("fit")
     if state is None:
