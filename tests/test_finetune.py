@@ -160,3 +160,96 @@ def test_missing_task_file_is_one_line(tmp_path, monkeypatch):
     )
     assert result.exit_code == 2
     assert "QA data file '/no/train.json' does not exist" in result.output
+
+
+def two_question_squad(path, version, qid):
+    """A SQuAD file of two questions on "a b": ``qid`` (unanswerable in 2.0, answer "b" in 1.1) and q2 (answer "b")."""
+    b = [{"text": "b", "answer_start": 2}]
+    first = {"id": qid, "question": "?", "answers": [] if version == "2.0" else b, "is_impossible": version == "2.0"}
+    paragraphs = [{"context": "a b", "qas": [first, {"id": "q2", "question": "?", "answers": b}]}]
+    path.write_text(json.dumps({"version": version, "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def test_evaluate_refuses_predictions_of_another_set_in_one_line(tmp_path):
+    """A SQuAD 2.0 dev file with a 1.1 run's predictions: no id matches; 2.0 divided by zero (exit 1) and 1.1 scored 0
+    silently. One line naming both files instead, the warnings about each id left out."""
+    preds = tmp_path / "p11.json"
+    preds.write_text(json.dumps({"v11-a": "b", "v11-b": "x"}))
+    for version in ("2.0", "1.1"):
+        data = two_question_squad(tmp_path / f"dev-v{version}.json", version, "n1")
+        result = runner.invoke(cli.app, ["evaluate", str(data), str(preds)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"blockbert evaluate: error: {preds}: no prediction id matches a question of {data} "
+            "(first prediction id 'v11-a', first question id 'n1')"
+        ]
+    preds.write_text("{}")
+    result = runner.invoke(cli.app, ["evaluate", str(data), str(preds)])
+    assert result.exit_code == 2 and result.output.strip().endswith("(the file has no predictions)")
+
+
+def test_evaluate_refuses_na_prob_without_squad2(tmp_path):
+    """--na-prob is read only for SQuAD 2.0: with a 1.1 (or MRQA) file it was silently ignored."""
+    data = two_question_squad(tmp_path / "dev-v1.1.json", "1.1", "q1")
+    preds, odds = tmp_path / "p.json", tmp_path / "null_odds.json"
+    preds.write_text(json.dumps({"q1": "b", "q2": "b"}))
+    odds.write_text(json.dumps({"q1": 0.5, "q2": 0.5}))
+    result = runner.invoke(cli.app, ["evaluate", str(data), str(preds), "--na-prob", str(odds)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"blockbert evaluate: error: --na-prob {odds}: no-answer probabilities are read only for SQuAD 2.0, and "
+        f"{data} is read as squad1 (give --format squad2 if it is SQuAD 2.0)"
+    ]
+    result = runner.invoke(cli.app, ["evaluate", str(data), str(preds), "--na-prob", str(odds), "--format", "squad2"])
+    assert result.exit_code == 0 and "best_f1_thresh" in result.output
+
+
+def mrqa_lines(prefix: str, paragraphs: int, split: str) -> str:
+    """A tiny MRQA file: a header, then paragraphs about two persons, the answer's place varying, two questions each
+    (one with an alias not in the paragraph)."""
+    people, cities = ["Alma", "Boris", "Chen", "Dara", "Emil", "Farah"], ["Lisbon", "New Oslo", "Quito", "Port Lima"]
+    lines = [{"header": {"dataset": "Tiny", "split": split}}]
+    for i in range(paragraphs):
+        a, b = people[i % 6], people[(i + 1 + i // 6) % 6]
+        ca, cb = cities[i % 4], cities[(i // 4) % 4]
+        context = f"{'Long ago, ' * (i % 3)}{a} lived in {ca}. Later {b} was born in {cb}, in year {i}."
+        qas = []
+        for j, (who, city) in enumerate(((a, ca), (b, cb))):
+            start = context.index(f"in {city}") + 3
+            qas.append(
+                {
+                    "qid": f"{prefix}{i}-{j}",
+                    "question": f"Where is {who} from?",
+                    "answers": [city, f"the city of {city}"],
+                    "detected_answers": [{"text": city, "char_spans": [[start, start + len(city) - 1]]}],
+                }
+            )
+        lines.append({"context": context, "qas": qas})
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+def test_mrqa_split_gold_files_rescore_to_the_run_metrics(blockbert, tmp_path):
+    """An MRQA dev set is split into dev and test: each half's gold file beside its predictions is one `blockbert
+    evaluate` reads (it was {id: answers}, which it refused), holding exactly that half's questions and answers, and
+    it gives the run's EM/F1 exactly."""
+    from blockbert.data.qa import read_qa_file
+
+    train, dev = tmp_path / "tiny-train.jsonl", tmp_path / "tiny-dev.jsonl"
+    train.write_text(mrqa_lines("t", 24, "train"))
+    dev.write_text(mrqa_lines("d", 12, "dev"))
+    run_dir = tmp_path / "mrqa"
+    files = [f"task.train_file={train}", f"task.dev_file={dev}", f"hydra.run.dir={run_dir}"]
+    blockbert(tmp_path, "finetune", "task=mrqa", *files, "trainer.max_steps=2", "logger=none", "progress_bar=false")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    full_gold, halves = read_qa_file(dev).gold, {}
+    for split in ("dev", "test"):
+        gold, predictions = run_dir / split / "gold.jsonl", run_dir / split / "predictions.json"
+        result = runner.invoke(cli.app, ["evaluate", str(gold), str(predictions)])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("{")  # no id of the predictions missing or unknown: no warning
+        scored = json.loads(result.output)
+        assert scored == {"exact_match": metrics[f"{split}/exact_match"], "f1": metrics[f"{split}/f1"]}
+        halves[split] = read_qa_file(gold).gold
+        assert halves[split] == {qid: full_gold[qid] for qid in halves[split]} and halves[split]
+    assert sorted(halves["dev"] | halves["test"]) == sorted(full_gold) and not halves["dev"].keys() & halves["test"]

@@ -229,3 +229,112 @@ def test_generated_paragraphs_spread_over_a_range_of_persons(tmp_path):
     files = load_task(task, tmp_path / "cache")
     assert (tmp_path / "cache" / "qa" / "generated-v1.1-40-people1-14").is_dir()  # apart from the default's files
     assert {e.qid for e in files["train"].examples}
+
+
+def mrqa_file(tmp_path, name="dev.jsonl", paragraphs=4):
+    lines = [{"header": {"dataset": "TriviaQA", "split": "dev"}}]
+    for i in range(paragraphs):
+        context = f"Paragraph {i} mentions Paris."
+        start = context.index("Paris")
+        detected = [{"text": "Paris", "char_spans": [[start, start + 4]]}]
+        qas = [{"qid": f"q{i}-{j}", "question": "Which city?", "answers": ["Paris", "the city"]} for j in range(2)]
+        lines.append({"context": context, "qas": [qa | {"detected_answers": detected} for qa in qas]})
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+SQUAD2_QAS = [
+    {"id": "h", "question": "?", "answers": [{"text": "abc", "answer_start": 0}]},
+    {"id": "n", "question": "?", "answers": [], "is_impossible": True},
+]
+
+
+@pytest.mark.parametrize("name", ["mrqa-train.jsonl", "mrqa-train.jsonl.gz"])
+def test_mrqa_lines_under_a_squad_task_name_the_task(tmp_path, name):
+    """MRQA JSON lines read as SQuAD said 'malformed JSON at line 2, column 1: Extra data' (gzipped: not UTF-8)."""
+    path = mrqa_file(tmp_path, name)
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path, "squad1")
+    assert (
+        str(info.value) == f"{path} looks like MRQA JSON lines (a JSON object per line), not SQuAD JSON: give task=mrqa"
+    )
+
+
+def test_one_mrqa_paragraph_under_a_squad_task_names_the_task(tmp_path):
+    """One paragraph and no header is one valid JSON value: it said 'the file has no field 'data''."""
+    path = tmp_path / "one.jsonl"
+    path.write_text(mrqa_file(tmp_path).read_text().splitlines()[1])
+    with pytest.raises(QADataError, match=r"one.jsonl looks like MRQA JSON lines .* give task=mrqa$"):
+        read_qa_file(path, "squad2")
+
+
+def test_squad2_file_under_squad11_names_the_task_not_the_format(tmp_path):
+    path = squad_file(tmp_path, [{"context": "abc", "qas": SQUAD2_QAS}], version="2.0")
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path, "squad1")
+    assert str(info.value) == (
+        f"{path}: question 'n' has no answer, as in SQuAD 2.0 (a SQuAD 1.1 question needs one): give task=squad20"
+    )
+    from blockbert.app.commands.evaluate import FORMAT_OPTION  # `blockbert evaluate` names its option instead
+
+    with pytest.raises(QADataError, match="give --format squad2$"):
+        read_qa_file(path, "squad1", FORMAT_OPTION)
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+@pytest.mark.parametrize("version,task", [("1.1", "task=squad11"), ("2.0", "task=squad20")])
+def test_squad_json_under_the_mrqa_task_names_the_task(tmp_path, indent, version, task):
+    """SQuAD JSON read as MRQA lines said 'line 1 has no field 'context'' (one line) or 'line 1: malformed JSON'."""
+    qas = SQUAD2_QAS if version == "2.0" else SQUAD2_QAS[:1]
+    path = tmp_path / "dev.json"
+    path.write_text(
+        json.dumps({"version": version, "data": [{"paragraphs": [{"context": "abc", "qas": qas}]}]}, indent=indent)
+    )
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path, "mrqa")
+    assert str(info.value) == f"{path} looks like SQuAD JSON (a dict with 'data'), not MRQA JSON lines: give {task}"
+    broken = mrqa_file(tmp_path, "broken.jsonl")  # a malformed MRQA file keeps its own error
+    broken.write_text(broken.read_text().replace('"context"', '"contxt"', 1))
+    with pytest.raises(QADataError, match="line 2 has no field 'context'"):
+        read_qa_file(broken, "mrqa")
+
+
+@pytest.mark.parametrize("fmt", ["squad1", "squad2", "mrqa"])
+def test_written_split_reads_back_with_the_same_questions_and_answers(tmp_path, fmt):
+    """A split dev set's halves are written in their format (evaluate reads them): same ids, gold texts, order."""
+    from blockbert.data.qa import gold_file_name, write_qa_file
+
+    if fmt == "mrqa":
+        path = mrqa_file(tmp_path, paragraphs=6)
+    else:
+        qas = SQUAD2_QAS[: 2 if fmt == "squad2" else 1]
+        paragraphs = [  # a copy of the questions each (one gets an answer below)
+            {"context": f"abc {i} abc", "qas": [q | {"id": f"{q['id']}{i}"} for q in json.loads(json.dumps(qas))]}
+            for i in range(6)
+        ]
+        paragraphs[0]["qas"][0]["answers"].append({"text": "not here", "answer_start": 1})  # mismatch: text kept
+        path = squad_file(tmp_path, paragraphs, version="2.0" if fmt == "squad2" else "1.1")
+    data = read_qa_file(path)
+    assert data.format == fmt
+    for half in split_dev_test(data):
+        out = tmp_path / half.path.rsplit("#", 1)[1] / gold_file_name(fmt)
+        out.parent.mkdir()
+        write_qa_file(half, out)
+        again = read_qa_file(out)
+        assert again.format == fmt and list(again.gold.items()) == list(half.gold.items())
+        assert [e.spans for e in again.examples] == [e.spans for e in half.examples]
+
+
+def test_mrqa_lines_under_another_name_are_detected(tmp_path):
+    """With no format given (`blockbert evaluate` without --format), MRQA lines in a .json file said 'malformed JSON
+    at line 2, column 1: Extra data'."""
+    path = tmp_path / "dev.json"
+    path.write_text(mrqa_file(tmp_path).read_text())
+    data = read_qa_file(path)
+    assert data.format == "mrqa" and len(data.examples) == 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -22,6 +23,9 @@ from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
 FORMATS = ("squad1", "squad2", "mrqa")
+# what a user sets to choose each format, for the advice of a file read in the wrong one: a fine-tuning run's format
+# follows its task; `blockbert evaluate` passes its --format option instead
+TASK_OF_FORMAT = {"squad1": "task=squad11", "squad2": "task=squad20", "mrqa": "task=mrqa"}
 
 
 class QADataError(ConfigError):
@@ -50,15 +54,27 @@ class QADataset:
 
 
 def detect_format(path: str | Path) -> str:
-    """``mrqa`` for .jsonl/.jsonl.gz, else ``squad2`` if the file's version says 2.x, else ``squad1``."""
+    """``mrqa`` for .jsonl/.jsonl.gz (or JSON lines starting as MRQA's under another name), else ``squad2`` if the
+    file's version says 2.x, else ``squad1``."""
     name = str(path)
     if name.endswith((".jsonl", ".jsonl.gz", ".gz")):
         return "mrqa"
-    data = load_json(Path(path))
+    try:
+        return squad_version(load_json(Path(path)))
+    except QADataError:
+        if _starts_as_mrqa(Path(path)):  # not one JSON value, but MRQA lines: its "malformed JSON" would mislead
+            return "mrqa"
+        raise
+
+
+def squad_version(data: dict) -> str:
+    """``squad2`` if the SQuAD file's version says 2.x (the official says "v2.0"), else ``squad1``."""
     return "squad2" if str(data.get("version", "")).lstrip("vV").startswith("2") else "squad1"
 
 
-def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
+def read_qa_file(path: str | Path, fmt: str | None = None, choose: dict[str, str] = TASK_OF_FORMAT) -> QADataset:
+    """The file's questions in format ``fmt`` (detected if None); a file in another format is refused in one line
+    that says which setting in ``choose`` ({format: what the user gives}) reads it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"QA data file {str(path)!r} does not exist")
@@ -67,7 +83,7 @@ def read_qa_file(path: str | Path, fmt: str | None = None) -> QADataset:
         raise QADataError(f"format={fmt!r} is unknown: accepted are {', '.join(FORMATS)}")
     reader = _read_mrqa if fmt == "mrqa" else _read_squad
     dataset = QADataset(str(path), fmt, [])
-    for example in reader(path, dataset):
+    for example in reader(path, dataset, choose):
         dataset.examples.append(example)
     if not dataset.examples:
         raise QADataError(f"{path}: no questions found")
@@ -129,8 +145,8 @@ def _verified_spans(dataset: QADataset, context: str, candidates, path: Path, wh
     ]
 
 
-def _read_squad(path: Path, dataset: QADataset):
-    data = load_json(path)
+def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
+    data = _squad_json(path, choose)
     for a, article in enumerate(_field(data, "data", path, "the file", list)):
         for p, paragraph in enumerate(_field(article, "paragraphs", path, f"article {a}", list)):
             where_p = f"article {a}, paragraph {p}"
@@ -153,15 +169,64 @@ def _read_squad(path: Path, dataset: QADataset):
                 )
                 if dataset.format == "squad1" and not texts:
                     raise QADataError(
-                        f"{path}: {where} has no answer (a SQuAD 1.1 question needs one; "
-                        "use format squad2 for unanswerable questions)"
+                        f"{path}: {where} has no answer, as in SQuAD 2.0 (a SQuAD 1.1 question needs one): "
+                        f"give {choose['squad2']}"
                     )
                 yield QAExample(qid, question, context, texts, spans)
 
 
-def _read_mrqa(path: Path, dataset: QADataset):
+def _squad_json(path: Path, choose: dict[str, str]):
+    """The file's JSON; MRQA JSON lines (which fail as one JSON value, or are one paragraph without 'data') are told
+    apart from a malformed file: the fix is the format, not the file."""
+    try:
+        data = load_json(path)
+    except QADataError:
+        if not _starts_as_mrqa(path):
+            raise
+        data = None
+    if data is None or (isinstance(data, dict) and "data" not in data and _is_mrqa_line(data)):
+        raise QADataError(
+            f"{path} looks like MRQA JSON lines (a JSON object per line), not SQuAD JSON: give {choose['mrqa']}"
+        )
+    return data
+
+
+def _starts_as_mrqa(path: Path) -> bool:
+    """Whether the file's first line is an MRQA header or paragraph (read alone: the file may be gzipped)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            first = next((line for line in lines if line.strip()), "")
+        return _is_mrqa_line(json.loads(first))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _is_mrqa_line(item) -> bool:
+    return isinstance(item, dict) and ("header" in item or {"context", "qas"} <= item.keys())
+
+
+def _squad_format(path: Path) -> str | None:
+    """``squad1`` or ``squad2`` if the whole file is SQuAD JSON (a dict with a 'data' list), else None."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return squad_version(data) if isinstance(data, dict) and isinstance(data.get("data"), list) else None
+
+
+def _read_mrqa(path: Path, dataset: QADataset, choose: dict[str, str]):
     try:
         yield from _mrqa_examples(path, dataset)
+    except QADataError:
+        fmt = None if dataset.examples or _starts_as_mrqa(path) else _squad_format(path)  # SQuAD JSON at line 1?
+        if fmt is None:
+            raise
+        raise QADataError(
+            f"{path} looks like SQuAD JSON (a dict with 'data'), not MRQA JSON lines: give {choose[fmt]}"
+        ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
         raise QADataError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
     except UnicodeDecodeError as err:
@@ -212,6 +277,63 @@ def split_dev_test(dataset: QADataset) -> tuple[QADataset, QADataset]:
         QADataset(dataset.path + "#dev", dataset.format, dev),
         QADataset(dataset.path + "#test", dataset.format, test),
     )
+
+
+def gold_file_name(fmt: str) -> str:
+    """A split's gold file is in the split's format, and MRQA's are JSON lines (.jsonl): `blockbert evaluate` detects
+    the format by that name."""
+    return "gold.jsonl" if fmt == "mrqa" else "gold.json"
+
+
+def write_qa_file(dataset: QADataset, path: Path) -> None:
+    """``dataset`` as a file of its format that :func:`read_qa_file` reads back with the same questions, gold texts
+    and order, so `blockbert evaluate` scores it as the run did: no file of the user holds a half of a split dev set.
+    Only verified answer spans are kept; a SQuAD answer that did not match its offset gets the first place its text
+    is found (the paragraph's start if none: scores read only the texts)."""
+    text = _mrqa_text(dataset) if dataset.format == "mrqa" else _squad_text(dataset)
+    path.write_text(text, encoding="utf-8")
+
+
+def _paragraphs(examples: list[QAExample]) -> list[list[QAExample]]:
+    """Runs of consecutive examples on one paragraph, in order (the order of the questions sets the scores' sums)."""
+    return [list(run) for _, run in itertools.groupby(examples, key=lambda e: e.context)]
+
+
+def _mrqa_text(dataset: QADataset) -> str:
+    lines = [{"header": {"source": dataset.path}}]
+    for examples in _paragraphs(dataset.examples):
+        context = examples[0].context
+        qas = [
+            {
+                "qid": e.qid,
+                "question": e.question,
+                "answers": e.answers,
+                "detected_answers": [{"text": context[s:end], "char_spans": [[s, end - 1]]} for s, end in e.spans],
+            }
+            for e in examples
+        ]
+        lines.append({"context": context, "qas": qas})
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+def _squad_text(dataset: QADataset) -> str:
+    paragraphs = []
+    for examples in _paragraphs(dataset.examples):
+        qas = []
+        for e in examples:
+            qa = {"id": e.qid, "question": e.question, "answers": [_squad_answer(e, t) for t in e.answers]}
+            if dataset.format == "squad2" and not e.answers:
+                qa["is_impossible"] = True
+            qas.append(qa)
+        paragraphs.append({"context": examples[0].context, "qas": qas})
+    version = "2.0" if dataset.format == "squad2" else "1.1"
+    return json.dumps({"version": version, "data": [{"title": "", "paragraphs": paragraphs}]}, ensure_ascii=False)
+
+
+def _squad_answer(example: QAExample, text: str) -> dict:
+    context = example.context
+    start = next((s for s, end in example.spans if context[s:end] == text), max(context.find(text), 0))
+    return {"text": text, "answer_start": start}
 
 
 NAMES = [

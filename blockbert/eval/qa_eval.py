@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from blockbert.data.qa import QADataset
+from blockbert.data.qa import QADataset, gold_file_name, write_qa_file
 from blockbert.eval.postprocess import final_texts, predict_answers
 from blockbert.eval.squad import score_v1, score_v2
 
@@ -86,8 +86,8 @@ def evaluate_split(
         (out_dir / "nbest_predictions.json").write_text(json.dumps(nbest, indent=2, ensure_ascii=False))
         if dataset.format == "squad2":
             (out_dir / "null_odds.json").write_text(json.dumps(odds, indent=2))
-        if split == "test" or dataset.path.endswith("#dev"):  # halves of an MRQA dev set: keep their gold
-            (out_dir / "gold.json").write_text(json.dumps(dataset.gold, indent=2, ensure_ascii=False))
+        if split == "test" or dataset.path.endswith("#dev"):  # halves of a split dev set: no user file holds them
+            write_qa_file(dataset, out_dir / gold_file_name(dataset.format))  # read by `blockbert evaluate`
     return scores, threshold
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from blockbert.data.qa import QADataError, load_json, read_qa_file, short
+from blockbert.data.qa import FORMATS, QADataError, load_json, read_qa_file, short
 from blockbert.errors import one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
@@ -33,12 +33,24 @@ def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
     return data
 
 
+FORMAT_OPTION = {fmt: f"--format {fmt}" for fmt in FORMATS}  # a file read in the wrong format names the fix
+
+
 def evaluate_files(
     data_file: str, predictions_file: str, na_prob_file: str | None = None, fmt: str | None = None
 ) -> dict:
-    dataset = read_qa_file(data_file, fmt)
+    dataset = read_qa_file(data_file, fmt, FORMAT_OPTION)
+    if na_prob_file and dataset.format != "squad2":  # silently unused, the user would read scores as thresholded
+        raise QADataError(
+            f"--na-prob {na_prob_file}: no-answer probabilities are read only for SQuAD 2.0, and {data_file} is "
+            f"read as {dataset.format} (give --format squad2 if it is SQuAD 2.0)"
+        )
     gold = dataset.gold  # {question id: answers}, built once
     predictions = load_mapping(predictions_file, "predictions", str)
+    if not any(qid in gold for qid in predictions):  # nothing to score (2.0 divided by zero): likely another set's
+        raise QADataError(
+            f"{predictions_file}: no prediction id matches a question of {data_file} ({first_ids(predictions, gold)})"
+        )
     unknown = [qid for qid in predictions if qid not in gold]
     if unknown:
         print(
@@ -63,6 +75,14 @@ def evaluate_files(
                 f"question(s) (first: {short(missing_probs[0])})"
             )
     return score_v2(gold, predictions, na_probs)
+
+
+def first_ids(predictions: dict, gold: dict) -> str:
+    """The first prediction id beside the first question id: predictions of another data set or SQuAD version show
+    at a glance."""
+    if not predictions:
+        return "the file has no predictions"
+    return f"first prediction id {short(next(iter(predictions)))}, first question id {short(next(iter(gold)))}"
 
 
 @one_line_errors("evaluate")
