@@ -205,6 +205,21 @@ def test_evaluate_refuses_na_prob_without_squad2(tmp_path):
     assert result.exit_code == 0 and "best_f1_thresh" in result.output
 
 
+def test_evaluate_says_how_missing_predictions_skew_the_best_threshold_scores(tmp_path):
+    """The official 2.0 script counts every no-answer question as right before its threshold search but divides by
+    the predicted ones: with the no-answer question unpredicted, best_exact is 200 (kept, as the official script
+    computes it; said on stderr)."""
+    data = two_question_squad(tmp_path / "dev-v2.0.json", "2.0", "n1")
+    preds, odds = tmp_path / "p.json", tmp_path / "null_odds.json"
+    preds.write_text(json.dumps({"q2": "b"}))
+    odds.write_text(json.dumps({"q2": 0.1}))
+    result = runner.invoke(cli.app, ["evaluate", str(data), str(preds), "--na-prob", str(odds)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["best_exact"] == 200.0
+    assert f"{preds}: 1 question(s) without a prediction (first: 'n1'); best_exact and best_f1 count their " in (
+        result.stderr
+    )
+
+
 def mrqa_lines(prefix: str, paragraphs: int, split: str) -> str:
     """A tiny MRQA file: a header, then paragraphs about two persons, the answer's place varying, two questions each
     (one with an alias not in the paragraph)."""

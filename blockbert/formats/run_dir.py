@@ -100,7 +100,8 @@ class RunDir:
         return self.path / "benchmark.png"
 
     def predictions_dir(self, split: str) -> Path:
-        """A fine-tuning split's predictions.json, nbest_predictions.json (and null_odds.json, gold.json)."""
+        """A fine-tuning split's predictions.json, nbest_predictions.json (and null_odds.json; gold.jsonl or gold.json
+        for a half of a split dev set)."""
         return self.path / split
 
     def has_tokenizer(self) -> bool:

@@ -60,8 +60,12 @@ def evaluate_files(
         )
     missing = [qid for qid in gold if qid not in predictions]
     if missing:
+        skewed = ""
+        if dataset.format == "squad2" and na_prob_file:
+            skewed = "; best_exact and best_f1 count their no-answer questions as right, as the official script does"
+        first = short(missing[0])
         print(
-            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})",
+            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {first}){skewed}",
             file=sys.stderr,
         )
     if dataset.format != "squad2":
