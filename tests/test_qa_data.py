@@ -2,12 +2,14 @@
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
 
 from blockbert.data.qa import QADataError, QAExample, read_qa_file, split_dev_test
 from blockbert.data.qa_windows import build_windows, window_starts
+from blockbert.errors import ConfigError
 from blockbert.eval.postprocess import final_texts, predict_answers
 
 
@@ -179,6 +181,14 @@ def test_hub_rows_with_squad_and_mrqa_schemas(tmp_path, monkeypatch):
     assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("a", ["Paris"], [(0, 5)]), ("b", [], [])]
     data = read_hub_split("mrqa-workshop/mrqa", None, "validation", "mrqa", tmp_path, subset="TriviaQA")
     assert [(e.qid, e.answers, e.spans) for e in data.examples] == [("m1", ["Paris", "paris"], [(6, 11)])]
+
+    def unreachable(name, *args, **kwargs):  # datasets' error without a network (a failure with the --debug offer)
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    message = "task.hub_name='rajpurkar/squad': Couldn't reach 'rajpurkar/squad' on the Hub (LocalEntryNotFoundError); "
+    with pytest.raises(ConfigError, match=re.escape(message + "give local files instead: task.train_file=...")):
+        read_hub_split("rajpurkar/squad", None, "train", "squad1", tmp_path)
 
 
 @pytest.mark.parametrize("answer_at", ["start", "end", "unicode"])

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blockbert.data.cache import build_file, hub_cache
+from blockbert.data.cache import build_file, from_the_hub, hub_cache
 from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -436,7 +436,8 @@ def read_hub_split(
     import datasets
 
     # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
-    rows = datasets.load_dataset(name, config, split=split, cache_dir=hub_cache(cache_dir))
+    with from_the_hub(f"task.hub_name={name!r}", "give local files instead: task.train_file=... task.dev_file=..."):
+        rows = datasets.load_dataset(name, config, split=split, cache_dir=hub_cache(cache_dir))
     if subset is not None:
         rows = rows.filter(lambda s: s == subset, input_columns="subset")
     source = f"{name}[{split}]" + (f"/{subset}" if subset else "")
