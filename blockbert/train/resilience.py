@@ -395,8 +395,8 @@ class RunSafety:
         # too, as if both defined the hook (ours do not): nothing for a user to act on.
         warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`.*")
         # Validation values are the same on every process: pre-training reduces its sums over the processes itself,
-        # and each process of a fine-tuning run reads the whole dev set.
-        warnings.filterwarnings("ignore", message=r".*use `self\.log\('(val|dev)/.*sync_dist=True.*")
+        # and each process of a fine-tuning run reads the whole dev set; the step they are logged at is the same too.
+        warnings.filterwarnings("ignore", message=r".*use `self\.log\('((val|dev)/.*|step)', .*sync_dist=True.*")
         if ckpt_path is not None:  # resuming in place: the directory is meant to hold checkpoints
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         with self._stops_as_interrupted(trainer, ""):
