@@ -212,7 +212,9 @@ def test_empty_and_too_short_corpora_are_one_line(tmp_path):
         ],
     )
     assert result.exit_code == 2
-    assert "fewer than one batch of 8" in error_line(result.output)
+    assert "fewer than one optimizer step's batch of 16 (tokens_per_batch / data.max_seq_length)" in error_line(
+        result.output
+    )
 
 
 def test_an_output_directory_that_cannot_be_written_is_refused_before_the_work(tmp_path):

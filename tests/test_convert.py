@@ -173,6 +173,7 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert,
         "model.heads=3:1",
         "data.max_seq_length=128",
         "trainer.max_steps=2",
+        "tokens_per_batch=2048",  # A.1's 131,072 (a checkpoint run takes it) is more than this corpus holds
         "logger=none",
         "progress_bar=false",
         "data.generated_documents=40",
@@ -180,6 +181,13 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert,
     )
     assert "extending the position table from 64 to 128 rows" in out.stderr + out.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2
+    assert f"model.init_from={tmp_path / 'hf'}: loaded " in out.stdout
+    resumed = blockbert(tmp_path, "pretrain", *out.args[2:-1], "trainer.max_steps=3", f"hydra.run.dir={run_dir}")
+    # before: the checkpoint's weights loaded again (a fresh head warned "train them before trusting its outputs"),
+    # then replaced by the run's
+    assert f"model.init_from={tmp_path / 'hf'}: not loaded, the run resumes from its own checkpoint" in resumed.stdout
+    assert ": loaded " not in resumed.stdout and "resuming from" in resumed.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 3
     exported = blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
     assert exported.stdout.strip().splitlines()[-1] == str((tmp_path / "out").resolve())
     model = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "out"))

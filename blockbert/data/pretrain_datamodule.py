@@ -121,10 +121,12 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
             spec = LongRangeSpec.from_config(self.cfg)
             check_tokenizer(self.tokenizer, spec)
             self.longrange_positions = reference_positions(spec, self.cfg.max_seq_length)
-        if len(self.train_set) < self.batch_size:
+        step = self.batch_size * self.world_size * self.accumulate  # sequences per optimizer step
+        if len(self.train_set) < step:  # a step would see sequences twice (a pass holds whole steps: the sampler)
             raise ConfigError(
                 f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
-                f"one batch of {self.batch_size}: use a larger corpus or a smaller data.per_device_batch_size"
+                f"one optimizer step's batch of {step} (tokens_per_batch / data.max_seq_length): use a larger corpus "
+                "or a smaller tokens_per_batch"
             )
         log.info(
             "pre-training data: %d train and %d validation sequences of at most N=%d tokens, filled to %s of N "

@@ -233,11 +233,17 @@ def load_pretrained(cls, path, **overrides):
     return model
 
 
-def load_announced(model: torch.nn.Module, state: dict, source, task_head: str | None = None) -> None:
+def load_announced(
+    model: torch.nn.Module, state: dict, source, task_head: str | None = None, resuming: bool = False
+) -> None:
     """Load ``state`` into ``model`` as far as it goes, and say so as transformers does: which parts were loaded from
     ``source`` and which start fresh (a warning, unless it is only ``task_head``, the head a fine-tuning adds: a
     pre-training head that starts fresh makes the first losses high), and what the checkpoint holds that the model
-    does not use."""
+    does not use. ``resuming``: the run's own checkpoint holds every weight, so nothing is loaded (a fresh head's
+    warning would mislead)."""
+    if resuming:
+        log.info("%s: not loaded, the run resumes from its own checkpoint, which holds every weight", source)
+        return
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("decoder_weight")]  # tied to the word embeddings
     loaded = [k for k in state if k not in result.unexpected_keys]

@@ -54,7 +54,8 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     module = QAModule(config, OmegaConf.to_container(cfg.optim, resolve=True))
     if encoder is not None:
         source = f"init_from={cfg.init_from}" if cfg.get("init_from") else f"model.init_from={cfg.model.init_from}"
-        load_announced(module.model, {f"encoder.{k}": v for k, v in encoder.items()}, source, task_head="qa")
+        encoder = {f"encoder.{k}": v for k, v in encoder.items()}
+        load_announced(module.model, encoder, source, task_head="qa", resuming=training.resumes())
     training.prepare(module, tokenizer)
     answers = AnswerSettings(cfg.data.n_best_size, cfg.data.max_answer_length)
     trainer_args = training.trainer_args()

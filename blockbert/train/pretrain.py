@@ -57,7 +57,8 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         config = fresh_config(config, data.tokenizer, seq_len)
     module = PretrainModule(config, nsp, OmegaConf.to_container(cfg.optim, resolve=True), cfg.trainer.max_steps)
     if state:
-        load_announced(module.model, state, f"model.init_from={cfg.model.init_from}")  # a missing head starts fresh
+        source = f"model.init_from={cfg.model.init_from}"  # a missing head starts fresh
+        load_announced(module.model, state, source, resuming=training.resumes())
     training.prepare(module, data.tokenizer)
     trainer_args = training.trainer_args()
     trainer_args["val_check_interval"] *= accumulate  # in micro-batches

@@ -44,6 +44,11 @@ class TrainingRun:
         read the ids it trained on), else None."""
         return run_tokenizer(self.run) if self.run.has_tokenizer() else None
 
+    def resumes(self) -> bool:
+        """Whether fit starts from a checkpoint (``ckpt_path``, or one of the run's own, which it resumes from or
+        refuses to run without): its weights replace any loaded before."""
+        return bool(self.cfg.get("ckpt_path")) or bool(self.run.checkpoint_candidates())
+
     def prepare(self, module: pl.LightningModule, tokenizer) -> None:
         """Log the model, set the float32 matmul precision, compile the model if asked, and keep the tokenizer in the
         run (a resumed run keeps its files)."""
