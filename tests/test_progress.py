@@ -62,6 +62,9 @@ def test_epochs_give_the_total_and_a_resume_starts_at_its_step(tmp_path):
     resumed = Recorded()
     fit(tmp_path, resumed, ckpt_path=tmp_path / "two.ckpt", max_epochs=3, accumulate_grad_batches=3)
     assert resumed.shown[0][0] == 4 and resumed.shown[-1][:2] == (6, 6)
+    ended = Recorded()  # the epochs end before max_steps (before: the bar ended at 4/30)
+    fit(tmp_path, ended, max_epochs=2, max_steps=30, accumulate_grad_batches=3)
+    assert ended.shown[-1][:2] == (4, 4)
 
 
 def test_the_training_rate_is_in_optimizer_steps(tmp_path):

@@ -128,7 +128,7 @@ class StepProgressBar(RichProgressBar):
     def _show_steps(self, trainer) -> None:
         if self.progress is None or self.train_progress_bar_id is None:
             return
-        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        total = trainer.estimated_stepping_batches  # max_steps, or fewer when the epochs end first
         description = self._get_train_description(trainer.current_epoch)
         self.progress.update(
             self.train_progress_bar_id, total=total, completed=trainer.global_step, description=description

@@ -397,6 +397,9 @@ class RunSafety:
         # Validation values are the same on every process: pre-training reduces its sums over the processes itself,
         # and each process of a fine-tuning run reads the whole dev set; the step they are logged at is the same too.
         warnings.filterwarnings("ignore", message=r".*use `self\.log\('((val|dev)/.*|step)', .*sync_dist=True.*")
+        # Lightning logs every log_every_n_steps optimizer steps counted across epochs: its note that an epoch holds
+        # fewer batches than that (a small corpus, a QA set) asks for a change no run needs.
+        warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
         if ckpt_path is not None:  # resuming in place: the directory is meant to hold checkpoints
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         with self._stops_as_interrupted(trainer, ""):
