@@ -366,10 +366,14 @@ def test_auto_config_of_an_export_has_the_standard_fields(tmp_path, kind):
 )
 def test_exported_tokenizer_takes_the_models_longest_sequence(tmp_path, tiny_tokenizer, kind, extra, longest):
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
-    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["model_max_length"] > 10**6
+    source = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    assert source["model_max_length"] > 10**6
+    # a checkpoint's truncation length (sentence-transformers' MiniLM keeps 128), left as it was before
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**source, "max_length": 7}))
     model = BlockBertForMaskedLM(BlockBertConfig(**TINY, **KINDS[kind], **extra))
     model.save_pretrained(tmp_path / "out", tmp_path / "tok")
-    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == longest
+    written = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert written["model_max_length"] == longest and "max_length" not in written
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
     assert tokenizer.model_max_length == longest
     assert len(tokenizer("the model reads " * 40, truncation=True)["input_ids"]) == longest

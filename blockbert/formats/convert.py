@@ -438,4 +438,5 @@ def write_model_max_length(directory: Path, length: int) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{path} holds a {type(values).__name__}, not a JSON object (a tokenizer config)")
     values["model_max_length"] = length
+    values.pop("max_length", None)  # a truncation length the source kept (sentence-transformers' 128): not the model's
     path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
