@@ -79,6 +79,18 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     assert [int(row["step"]) for rows in logged for row in rows if row.get("val/ppl")] == [4, 8, 12]
 
 
+def test_periodic_checkpoints_are_named_by_their_own_step(run, tmp_path):
+    """Validation logs ``step`` (the loggers' x-axis) and Lightning names a checkpoint by a logged ``step`` if there is
+    one: the step-9 checkpoint, saved mid-pass after the step-6 validation, was written as step-6-v1.ckpt."""
+    run_dir = tmp_path / "run"
+    overrides = ["data.generated_documents=40", "trainer.max_steps=9", "trainer.val_check_interval=3"]  # 2 steps a pass
+    run(tmp_path, *overrides, "checkpoint_every_n_steps=3", "checkpoint_keep=-1", f"hydra.run.dir={run_dir}")
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.ckpt"))
+    assert names == ["step-3.ckpt", "step-6.ckpt", "step-9.ckpt"]
+    for name in names:
+        assert torch.load(run_dir / "checkpoints" / name, weights_only=True)["global_step"] == int(name[5:-5])
+
+
 def test_the_first_run_and_a_rerun_from_the_cache_train_the_same_weights(blockbert, tmp_path):
     """The defaults' first run builds the corpus, tokenizer and sequences, its rerun reads them from the cache (before
     the fix the two started from different weights: validation perplexity 262.30 and 262.49 at step 0)."""

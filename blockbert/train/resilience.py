@@ -339,6 +339,13 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
 
+    def _monitor_candidates(self, trainer):
+        """The values a checkpoint is named and ranked by, its ``step`` the trainer's: pre-training logs the step of
+        its last validation as ``step`` (the loggers' x-axis), which Lightning would take instead."""
+        candidates = super()._monitor_candidates(trainer)
+        candidates["step"] = torch.tensor(trainer.global_step)
+        return candidates
+
 
 class ExceptionCheckpoint(OnExceptionCheckpoint):
     """Lightning's on-exception checkpoint, saved only when it holds progress: never before training
