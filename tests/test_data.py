@@ -191,3 +191,19 @@ def test_a_pass_holds_whole_optimizer_steps_so_steps_keep_their_batch():
     assert first + rest == full
     plain = ResumableSampler(10, seed=3, global_batch=2, drop_last=False, batches_per_step=2)  # one rank, fine-tuning
     assert len(plain) == 10  # its last step is short, as BERT's fine-tuning has it
+
+
+def test_a_run_saved_before_passes_held_whole_steps_resumes_with_its_own_passes():
+    """A checkpoint without ``batches_per_step`` (older) cut its passes at micro-batches: its run goes on so, or the
+    data position worked out from Lightning's count of batches would skip or repeat data; newer ones record it."""
+    from blockbert.data.sampler import ResumableData
+
+    class Data(ResumableData):
+        batch_size, accumulate, seed = 2, 2, 0
+
+    older, newer = Data(), Data()
+    older.load_state_dict({"samples_consumed": 10, "global_batch": 2})  # 5 micro-batches a pass of 10, then
+    newer.load_state_dict({"samples_consumed": 10, "global_batch": 2, "batches_per_step": 2})
+    assert older.training_sampler(10, 0).position_after(6) == 12 and older.state_at(6)["batches_per_step"] == 1
+    assert newer.training_sampler(10, 0).position_after(6) == 14 and newer.state_at(6)["batches_per_step"] == 2
+    assert Data().training_sampler(10, 0).batches_per_step == 2  # a new run: the accumulation

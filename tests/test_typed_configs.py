@@ -93,8 +93,9 @@ def test_a_bad_value_ends_cfg_job_in_one_line_naming_the_key(tmp_path, monkeypat
          "data.files='corpus.txt' is read only by data.source=files, not generated: give data=text_files"),
         ("pretrain", ["data=text_files", "data.files=a.txt", "data.hub_name=wikitext"],
          "data.hub_name='wikitext' is read only by data.source=hub, not files: give data.source=hub"),
-        ("pretrain", ["data.longrange.blocks=4"],
-         "data.longrange.* is read only by data.source=longrange, not generated: give data=longrange"),
+        ("pretrain", ["data=longrange", "data.source=generated"],
+         "data.longrange.* is read only by data.source=longrange, not generated: give data=longrange, or leave it out "
+         "(~data.longrange)"),
     ],
 )  # fmt: skip
 def test_a_setting_its_source_does_not_read_is_refused_not_ignored(tmp_path, monkeypatch, command, overrides, message):
@@ -104,12 +105,20 @@ def test_a_setting_its_source_does_not_read_is_refused_not_ignored(tmp_path, mon
     assert result.output.splitlines()[0].startswith(f"blockbert {command}: error: {message}")
 
 
-def test_a_setting_the_chosen_file_leaves_out_is_taken_where_its_source_reads_it(tmp_path, monkeypatch):
-    """conf/data/tiny_corpus.yaml has no longrange node: a setting all the same (the schema's), given on the command
-    line as any other key (before: "data.longrange is not a setting (did you mean data.longrange?)")."""
+def test_a_key_of_a_section_only_another_option_brings_names_that_option(tmp_path, monkeypatch):
+    """conf/data/tiny_corpus.yaml has no longrange node (before: "data.longrange is not a setting (did you mean
+    data.longrange?)", then, added as it was, a section without its defaults, which the run could not read)."""
+    from blockbert.data.longrange import LongRangeSpec
+
     monkeypatch.chdir(tmp_path)
-    data = compose("pretrain", ["data.source=longrange", "data.longrange.blocks=4"], finished=True).data
-    assert data.longrange.blocks == 4
+    for given in (["data.longrange.slot_every=32"], ["data.source=longrange", "data.longrange.slot_every=32"]):
+        result = CliRunner().invoke(cli.app, ["pretrain", *given, "--cfg", "job"])
+        assert result.exit_code == 2 and result.output.splitlines()[0] == (
+            "blockbert pretrain: error: data.longrange.slot_every: the chosen config has no data.longrange: give "
+            "data=longrange"
+        )
+    data = compose("pretrain", ["data=longrange", "data.longrange.slot_every=32"], finished=True).data
+    assert LongRangeSpec.from_config(data).slot_every == 32
 
 
 def test_a_bad_value_leaves_no_run_directory_and_no_wandb_run(blockbert, tmp_path):
@@ -230,8 +239,9 @@ def test_init_from_a_hugging_face_directory_points_to_model_init_from(blockbert,
         f"is a Hugging Face model directory, not a blockbert run: start from it with model.init_from={checkpoint}"
     )
     assert expected in out.stderr
-    out = blockbert(tmp_path, "finetune", "init_from=google-bert/bert-base-uncased", "--cfg", "job", check=False)
-    assert out.returncode == 2 and "a Hugging Face model (hub name) goes to model.init_from" in out.stderr
+    for name in ("google-bert/bert-base-uncased", "bert-base-uncased"):  # the second's folder is the working directory
+        out = blockbert(tmp_path, "finetune", f"init_from={name}", "--cfg", "job", check=False)
+        assert out.returncode == 2 and "a Hugging Face model (hub name) goes to model.init_from" in out.stderr
 
 
 @needs_minilm

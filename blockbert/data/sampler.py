@@ -53,7 +53,7 @@ class ResumableSampler(Sampler[int]):
     ):
         if not drop_last and world_size > 1:
             raise ValueError("drop_last=False needs one rank: the ranks' last batches would differ in size")
-        self.size, self.seed, self.global_batch = size, seed, global_batch
+        self.size, self.seed, self.global_batch, self.batches_per_step = size, seed, global_batch, batches_per_step
         self.unit = global_batch * batches_per_step if drop_last else global_batch  # what a pass holds a multiple of
         self.position, self.rank, self.world_size = position, rank, world_size
         self.drop_last, self.stream_keys = drop_last, stream_keys
@@ -113,19 +113,27 @@ class ResumableData:
     accumulate: int = 1  # micro-batches per optimizer step (a pass of the training sampler holds whole steps)
     _samples_consumed: int = 0  # restored from a checkpoint on resume
     _trained_batch: int | None = None  # the restored run's samples per micro-batch over all ranks
+    _trained_batches_per_step: int | None = None  # the restored run's passes' unit (1: a checkpoint from before it)
 
     def state_dict(self) -> dict:
         return self.state_at(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
 
     def state_at(self, batches: int) -> dict:
         if self.sampler is None:  # no training batch drawn in this process yet: the restored state holds
-            known = {} if self._trained_batch is None else {"global_batch": self._trained_batch}
-            return {"samples_consumed": self._samples_consumed, **known}
-        return {"samples_consumed": self.sampler.position_after(batches), "global_batch": self.sampler.global_batch}
+            restored = {"global_batch": self._trained_batch, "batches_per_step": self._trained_batches_per_step}
+            return {"samples_consumed": self._samples_consumed, **{k: v for k, v in restored.items() if v is not None}}
+        return {
+            "samples_consumed": self.sampler.position_after(batches),
+            "global_batch": self.sampler.global_batch,
+            "batches_per_step": self.sampler.batches_per_step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._samples_consumed = state["samples_consumed"]
         self._trained_batch = state.get("global_batch")  # absent from checkpoints written before it was recorded
+        # a pass of a checkpoint from before passes held whole steps was cut at micro-batches: the run goes on so, or
+        # the data position worked out from Lightning's count of batches would skip or repeat data
+        self._trained_batches_per_step = state.get("batches_per_step", 1)
 
     def check_resume(self, state: dict | None) -> None:
         """Refuse, before training starts, to resume from a checkpoint whose data ``state`` counted micro-batches of
@@ -142,9 +150,10 @@ class ResumableData:
     def training_sampler(self, size: int, rank: int, **options) -> ResumableSampler:
         """The training sampler of this rank, read on from the restored position."""
         global_batch = self.batch_size * self.world_size
+        unit = self.accumulate if self._trained_batches_per_step is None else self._trained_batches_per_step
         self.sampler = ResumableSampler(
             size, self.seed, global_batch, self._samples_consumed, rank, self.world_size, **options,
-            batches_per_step=self.accumulate,
+            batches_per_step=unit,
         )  # fmt: skip
         return self.sampler
 

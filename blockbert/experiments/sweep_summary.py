@@ -80,7 +80,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
         groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
         write_seed_csv(groups, sweep.seeds_summary)
         print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
-        write_markdown(groups, [k for k in keys if k != "seed"], metric, sweep.summary(".md"), seeds=True)
+        write_seed_markdown(groups, [k for k in keys if k != "seed"], metric, sweep.summary(".md"))
         if "model.heads" in keys:
             plot_heads(groups, metric, sweep.summary(".png"))
         return rows
@@ -215,18 +215,19 @@ def print_seed_table(console, groups: list[dict], title: str) -> None:
     console.print(table)
 
 
-def write_markdown(rows: list[dict], keys: list[str], metric: str, path: Path, seeds: bool = False) -> None:
-    """summary.md of a sweep over seeds: the finished settings, best first, as a Markdown table (mean ± std where
-    ``seeds``), with the validation metrics the rows have: the seed table printed, as docs/figure4.md shows it."""
-    done = [r for r in rows if r["status"] == "finished"]
-    metrics = [m for m in dict.fromkeys((metric, *SEED_METRICS)) if any(m in r for r in done)]
-    head = [*keys, *(["seeds"] if seeds else []), *metrics]
+def write_seed_markdown(groups: list[dict], keys: list[str], metric: str, path: Path) -> None:
+    """summary.md of a sweep over seeds: the settings with a finished seed, best first, as a Markdown table of mean ±
+    std over their seeds, with the validation metrics they have: the seed table printed, as docs/figure4.md shows
+    it."""
+    done = [g for g in groups if g["status"] == "finished"]
+    metrics = [m for m in dict.fromkeys((metric, *SEED_METRICS)) if any(m in g for g in done)]
+    head = [*keys, "seeds", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in done:
-        cells = [str(r[k]) for k in keys] + ([f"{r['seeds']}/{r['of']}"] if seeds else [])
+    for g in done:
+        cells = [str(g[k]) for k in keys] + [f"{g['seeds']}/{g['of']}"]
         for m in metrics:
-            value = r.get(m)
-            spread = f" ± {r[m + ' std']:.3f}" if seeds and m + " std" in r else ""
+            value = g.get(m)
+            spread = f" ± {g[m + ' std']:.3f}" if m + " std" in g else ""
             cells.append("" if value is None else f"{value:.3f}{spread}")
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")

@@ -57,7 +57,8 @@ def _run_checkpoint(run: str) -> tuple[Path, dict]:
                 f"{run!r} is a Hugging Face model directory, not a blockbert run: start from it with "
                 f"model.init_from={run} (init_from takes a `blockbert pretrain` run directory or .ckpt file)"
             )
-        jobs = [str(job.path) for job in SweepDir(Path(run).expanduser()).jobs()] if directory.path.is_dir() else []
+        given = Path(run).expanduser()
+        jobs = [str(job.path) for job in SweepDir(given).jobs()] if given.is_dir() else []
         if jobs:
             shown = ", ".join(jobs[:3]) + (", ..." if jobs[3:] else "")
             raise FileNotFoundError(

@@ -76,15 +76,18 @@ def finishing_loader():
 def _load(load, config_name: str | None, overrides: list[str]):
     """``load(overrides)``, Hydra's composition, with an override of a key ``config_name``'s config lacks handled as
     the schema would: a setting the chosen option's file leaves out (``task.hub_name`` with ``task=generated``) is
-    added (``++key``), so the schema's checks judge its value; a key that is no setting (``model.heds=3:1``, a typo)
-    is refused as the schema refuses ``+model.heds=3:1`` (:func:`blockbert.formats.schema.not_a_setting`), not with
-    Hydra's advice to add it."""
+    added (``++key``; the job's recorded overrides keep the user's spelling), so the schema's checks judge its value;
+    a key in a section only another option brings (``data.longrange.blocks`` without ``data=longrange``) names that
+    option; a key that is no setting (``model.heds=3:1``, a typo) is refused as the schema refuses
+    ``+model.heds=3:1`` (:func:`blockbert.formats.schema.not_a_setting`), not with Hydra's advice to add it."""
     from hydra.errors import ConfigCompositionException
+    from omegaconf import open_dict
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+    given = list(overrides)
     while True:
         try:
-            return load(overrides)
+            cfg = load(overrides)
         except ConfigCompositionException as err:
             cause = err.__cause__
             key = str(getattr(cause, "full_key", ""))
@@ -96,10 +99,33 @@ def _load(load, config_name: str | None, overrides: list[str]):
                 raise  # Hydra's own keys, and free-form nodes, whose advice (+key=...) is right
             if not is_setting(config_name, key):
                 raise not_a_setting(config_name, key) from None
-            added = [f"++{o}" if o[:1] not in "+~" and _sets_under(o, key) else o for o in overrides]
+            inside = next((o for o in overrides if o[:1] not in "+~" and override_key(o).startswith(key + ".")), None)
+            if inside is not None:  # the section itself is missing: its defaults come only with an option's file
+                holders = " or ".join(_options_holding(key)) or "an option of your own that has it (--config-dir)"
+                raise ConfigError(f"{override_key(inside)}: the chosen config has no {key}: give {holders}") from None
+            added = [f"++{o}" if o[:1] not in "+~" and override_key(o) == key else o for o in overrides]
             if added == overrides:
                 raise
             overrides = added
+            continue
+        if overrides != given and "hydra" in cfg:
+            with open_dict(cfg.hydra.overrides):
+                cfg.hydra.overrides.task = given  # .hydra/overrides.yaml as the user gave them
+        return cfg
+
+
+def _options_holding(key: str) -> list[str]:
+    """``group=option`` for each file of conf/<group>/ that sets the section ``key`` (``data.longrange``:
+    data=longrange), read from the files alone."""
+    group, _, inner = key.partition(".")
+    found = []
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        for part in inner.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append(f"{group}={path.stem}")
+    return found
 
 
 @contextmanager
@@ -282,12 +308,6 @@ def _check_model(model) -> None:
         BlockBertConfig.from_values(values)
     except ConfigError as err:  # it names the field: name the key
         raise ConfigError(f"model.{err}" if str(err).split("=")[0] in values else str(err)) from None
-
-
-def _sets_under(override: str, key: str) -> bool:
-    """Whether ``override`` sets ``key`` or a key inside it."""
-    set_key = override_key(override)
-    return set_key == key or set_key.startswith(key + ".")
 
 
 def override_key(override: str) -> str:

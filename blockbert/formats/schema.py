@@ -438,8 +438,13 @@ def _check_corpus_source(data: dict) -> None:
     default generated corpus would pre-train on generated text."""
     for key, (reader, choice) in CORPUS_SOURCE_ONLY.items():
         if data.get(key) is not None and data["source"] != reader:
-            given = f"data.{key}.*" if isinstance(data[key], dict) else f"data.{key}={data[key]!r}"
-            raise ConfigError(f"{given} is read only by data.source={reader}, not {data['source']}: give {choice}")
+            node = isinstance(data[key], dict)
+            given = f"data.{key}.*" if node else f"data.{key}={data[key]!r}"
+            unset = f"~data.{key}" if node else f"data.{key}=null"
+            raise ConfigError(
+                f"{given} is read only by data.source={reader}, not {data['source']}: give {choice}, or leave it out "
+                f"({unset})"
+            )
 
 
 def typed_section(command: str, key: str) -> bool:

@@ -61,7 +61,7 @@ def evaluate_files(
     missing = [qid for qid in gold if qid not in predictions]
     if missing:
         skewed = ""
-        if dataset.format == "squad2" and na_prob_file:
+        if dataset.format == "squad2" and na_prob_file and any(not gold[qid] for qid in missing):
             skewed = "; best_exact and best_f1 count their no-answer questions as right, as the official script does"
         first = short(missing[0])
         print(

@@ -17,7 +17,8 @@ from blockbert.formats.run_dir import check_writable
 @one_line_errors("export")
 def run_export(run_dir: str, out_dir: str, overwrite: bool = False) -> None:
     check_writable(out_dir, "OUT_DIR")
-    held = sorted(entry.name for entry in Path(out_dir).expanduser().iterdir()) if Path(out_dir).is_dir() else []
+    out_path = Path(out_dir).expanduser()
+    held = sorted(entry.name for entry in out_path.iterdir()) if out_path.is_dir() else []
     if held and not overwrite:  # an earlier export, or anything else: not replaced without a word
         shown = ", ".join(held[:3]) + (", ..." if held[3:] else "")
         raise ConfigError(f"OUT_DIR {out_dir} holds files already ({shown}): give a new or empty one, or --overwrite")
