@@ -172,8 +172,7 @@ def finish(cfg, command: str, run_mode, again):
     _refuse_unpretrained_row(cfg, command)
     if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
         cfg = _from_checkpoint(cfg, command, again)
-        _check_model(cfg.model)
-        _check_length(cfg)
+        _check_length(cfg, _check_model(cfg.model))
     return cfg
 
 
@@ -266,12 +265,9 @@ def _refuse_other_model(cfg, run: str, values: dict, given: set) -> None:
         )
 
 
-def _check_length(cfg) -> None:
+def _check_length(cfg, config: BlockBertConfig) -> None:
     """``data.max_seq_length`` against the model's positions (and a pre-trained block model's N), as the run checks
     it, so that ``--cfg job`` refuses it too."""
-    from omegaconf import OmegaConf
-
-    config = BlockBertConfig.from_values(OmegaConf.to_container(cfg.model, resolve=True))
     hint = FROM_RUN_LENGTH if cfg.get("init_from") else None
     config.check_sequence_length(cfg.data.max_seq_length, "data.max_seq_length", hint)
 
@@ -299,13 +295,13 @@ def _hf_sizes(cfg, init_from: str, given: set) -> dict:
     return sizes
 
 
-def _check_model(model) -> None:
+def _check_model(model) -> BlockBertConfig:
     """The model node as the model builds it (head configs against the heads, sizes, dropouts...)."""
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(model, resolve=True)
     try:
-        BlockBertConfig.from_values(values)
+        return BlockBertConfig.from_values(values)
     except ConfigError as err:  # it names the field: name the key
         raise ConfigError(f"model.{err}" if str(err).split("=")[0] in values else str(err)) from None
 

@@ -450,22 +450,26 @@ def _check_corpus_source(data: dict) -> None:
 def typed_section(command: str, key: str) -> bool:
     """Whether ``command``'s schema types the section a dotted ``key`` is in: not Hydra's own (``hydra.*``) nor a
     free-form node (benchmark's ``heads``, where ``+heads.NAME=...`` adds a key)."""
-    section = key.rpartition(".")[0]
-    return not section or _field_type(SCHEMAS[command], section) is not None
+    return _section(command, key) is not None
 
 
 def is_setting(command: str, key: str) -> bool:
     """Whether ``command``'s schema has the dotted ``key``."""
-    section, _, name = key.rpartition(".")
-    node = _field_type(SCHEMAS[command], section) if section else SCHEMAS[command]
-    return bool(node) and name in {spec.name for spec in dataclasses.fields(node)}
+    node = _section(command, key)
+    return node is not None and key.rpartition(".")[2] in {spec.name for spec in dataclasses.fields(node)}
+
+
+def _section(command: str, key: str):
+    """The schema dataclass of the section a dotted ``key`` is in (the command's own for a top-level key); None where
+    the schema types none."""
+    section = key.rpartition(".")[0]
+    return _field_type(SCHEMAS[command], section) if section else SCHEMAS[command]
 
 
 def not_a_setting(command: str, key: str) -> ConfigError:
     """The one-line refusal of a dotted ``key`` that ``command``'s schema does not have (``model.heds=3:1``, a typo,
     or ``+model.heds=3:1``): the nearest key, and the ones accepted in its section."""
-    section = key.rpartition(".")[0]
-    node = _field_type(SCHEMAS[command], section) if section else SCHEMAS[command]
+    section, node = key.rpartition(".")[0], _section(command, key)
     names = [spec.name for spec in dataclasses.fields(node)] if node else []
     near = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
     where = f" in {section}" if section else ""

@@ -99,6 +99,12 @@ def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[
     return (step, path), unreadable
 
 
+def resumes(ckpt_path: str | None, run: RunDir) -> bool:
+    """Whether :func:`resume_checkpoint` will give a checkpoint (or refuse to run without one), seen without reading
+    any: ``ckpt_path`` given, or the run has checkpoints."""
+    return bool(ckpt_path) or bool(run.checkpoint_candidates())
+
+
 def resume_checkpoint(ckpt_path: str | None, run: RunDir) -> str | None:
     """``ckpt_path`` if given (checked), else the newest readable checkpoint of the run, else None.
 

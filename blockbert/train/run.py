@@ -21,7 +21,7 @@ from blockbert.formats.checkpoints import run_tokenizer
 from blockbert.formats.run_dir import RunDir
 from blockbert.train.callbacks import MetricsJson
 from blockbert.train.loggers import build_logger, finish_wandb, wandb_sync_hint
-from blockbert.train.resilience import RunSafety, StepCheckpoint
+from blockbert.train.resilience import RunSafety, StepCheckpoint, resumes
 from blockbert.train.settings import describe_model
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ class TrainingRun:
         return run_tokenizer(self.run) if self.run.has_tokenizer() else None
 
     def resumes(self) -> bool:
-        """Whether fit starts from a checkpoint (``ckpt_path``, or one of the run's own, which it resumes from or
-        refuses to run without): its weights replace any loaded before."""
-        return bool(self.cfg.get("ckpt_path")) or bool(self.run.checkpoint_candidates())
+        """Whether fit starts from a checkpoint (:func:`blockbert.train.resilience.resumes`): its weights replace any
+        loaded before."""
+        return resumes(self.cfg.get("ckpt_path"), self.run)
 
     def prepare(self, module: pl.LightningModule, tokenizer) -> None:
         """Log the model, set the float32 matmul precision, compile the model if asked, and keep the tokenizer in the
