@@ -238,3 +238,18 @@ def test_a_run_directory_that_cannot_be_made_names_its_setting(tmp_path):
     assert error_line(result.output).startswith(
         f"blockbert pretrain: error: hydra.run.dir={tmp_path / 'afile' / 'run'}: the directory cannot be made ("
     )
+
+
+@pytest.mark.parametrize("given", [["hydra.run.dir="], ["-m", "hydra.sweep.dir=''", "seed=0,1"]])
+def test_an_empty_run_directory_is_refused_not_taken_as_the_working_directory(tmp_path, monkeypatch, given):
+    """Before: `hydra.run.dir=$UNSET` ran in the working directory, its .hydra, checkpoints and log among the user's
+    files."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["pretrain", *given])
+    key = given[-2 if len(given) > 1 else 0].split("=")[0]
+    assert result.exit_code == 2
+    assert (
+        error_line(result.output)
+        == f"blockbert pretrain: error: {key} is empty: give a directory (an unset shell variable?)"
+    )
+    assert not list(tmp_path.iterdir())

@@ -112,6 +112,17 @@ def _bare(words: list[str]) -> bool:
     return "=" not in last and not last.startswith("-") and before not in HYDRA_VALUE_FLAGS
 
 
+DIRECTORY_KEYS = ("hydra.run.dir", "hydra.sweep.dir")  # where Hydra makes a run's or a multirun's directory
+
+
+def _refuse_empty_directory(argv: list[str]) -> None:
+    """``hydra.run.dir=`` with no value (an unset shell variable) made the working directory the run's: its files
+    went wherever the command was typed."""
+    for key, _, value in (arg.partition("=") for arg in argv):
+        if key in DIRECTORY_KEYS and not value.strip("'\" "):
+            raise ConfigError(f"{key} is empty: give a directory (an unset shell variable?)")
+
+
 def _named_directory(err: Exception, argv: list[str]) -> Exception:
     """An error making the run or sweep directory the command line gave (``hydra.run.dir=/sys/x``: Hydra makes it) as
     one line naming that setting; any other error as it is."""
@@ -119,7 +130,7 @@ def _named_directory(err: Exception, argv: list[str]) -> Exception:
         return err
     failed = Path(err.filename).absolute()
     for key, _, value in (arg.partition("=") for arg in argv):
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+        if key in DIRECTORY_KEYS and value:
             wanted = Path(value.strip("'\"")).expanduser().absolute()
             if failed == wanted or failed in wanted.parents:
                 return ConfigError(f"{key}={value}: the directory cannot be made ({err.filename}: {err.strerror})")
@@ -156,6 +167,7 @@ def run_task(
     parser.error = functools.partial(_refuse_argument, task)  # argparse would print its usage, then exit 2
     try:
         args = parser.parse_args(argv)
+        _refuse_empty_directory(argv)
     except ConfigError as err:
         return report_error(command or task, err, debug)
     try:
