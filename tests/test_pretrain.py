@@ -75,8 +75,10 @@ def test_pretrain_writes_metrics_checkpoints_and_resumes(run, tmp_path):
     # validations every 4 optimizer steps, logged at the steps taken (Lightning's own step is one less); before, a
     # pass of an odd number of micro-batches ended in a step of half a batch, and validation drifted off the steps
     assert size // 8 % 2 == 1, "the corpus must leave half a step at the end of a pass for this check"
-    logged = [csv.DictReader(f.open()) for f in sorted((run_dir / "csv").glob("version_*/metrics.csv"))]
-    assert [int(row["step"]) for rows in logged for row in rows if row.get("val/ppl")] == [4, 8, 12]
+    logged = [row for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")) for row in csv.DictReader(f.open())]
+    validations = [row for row in logged if row.get("val/ppl")]
+    assert [int(row["step"]) for row in validations] == [4, 8, 12]
+    assert [int(float(row["epoch"])) for row in validations] == [(step - 1) // (size // 16) for step in (4, 8, 12)]
 
 
 def test_periodic_checkpoints_are_named_by_their_own_step(run, tmp_path):

@@ -117,8 +117,8 @@ class PretrainModule(pl.LightningModule):
         ppl = math.exp(min(loss, 50.0))
         self.log_dict({"val/loss": loss, "val/ppl": ppl}, prog_bar=True, sync_dist=False)
         # the loggers' step: the optimizer steps taken (Lightning's would be one less, as it counts the step whose
-        # end runs this validation only afterwards)
-        self.log("step", float(self.global_step), sync_dist=False)
+        # end runs this validation only afterwards); Lightning adds the epoch only to rows it steps itself
+        self.log_dict({"step": float(self.global_step), "epoch": float(self.current_epoch)}, sync_dist=False)
         hits = self.trainer.strategy.reduce(self._val_hits, reduce_op="sum")
         names = ["val/acc", "val/acc_longrange", "val/acc_local"]
         accuracies = {name: (h[0] / h[1]).item() for name, h in zip(names, hits) if h[1]}
