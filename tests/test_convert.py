@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,7 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert,
     assert "extending the position table from 64 to 128 rows" in out.stderr + out.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2
     assert f"model.init_from={tmp_path / 'hf'}: loaded " in out.stdout
+    assert re.search(r"validation perplexity: [\d.]+ \(step 0\) -> [\d.]+ \(step 2\)", out.stdout)  # the one to beat
     resumed = blockbert(tmp_path, "pretrain", *out.args[2:-1], "trainer.max_steps=3", f"hydra.run.dir={run_dir}")
     # before: the checkpoint's weights loaded again (a fresh head warned "train them before trusting its outputs"),
     # then replaced by the run's

@@ -201,7 +201,8 @@ def _from_checkpoint(cfg, command: str, again):
     unless ``data.max_seq_length`` is given. Then the model node takes the checkpoint's sizes: all of a blockbert
     run's model (``init_from``), or of a Hugging Face model (``model.init_from``) its sizes, with block heads written
     for another head count scaled to its heads unless ``model.heads`` is given, and its positions extended to
-    ``data.max_seq_length``."""
+    ``data.max_seq_length``. Pre-training validates the whole validation set before its first step, as the demo
+    does (our choice: the checkpoint's perplexity, which the run has to beat, and a check of the import)."""
     from omegaconf import open_dict
 
     run, model = cfg.get("init_from"), cfg.model.get("init_from")
@@ -237,6 +238,8 @@ def _from_checkpoint(cfg, command: str, again):
         values = _hf_sizes(cfg, model, given)
     with open_dict(cfg):
         cfg.model.update(values)
+        if command == "pretrain" and "trainer.num_sanity_val_steps" not in given:
+            cfg.trainer.num_sanity_val_steps = -1  # the checkpoint's perplexity before any step: the one to beat
     return cfg
 
 
