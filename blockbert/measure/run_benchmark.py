@@ -36,7 +36,6 @@ from pathlib import Path
 
 from blockbert.measure.timing import StepClock, synchronize, timing_summary
 
-LOOPS = ("blockbert", "hf_trainer", "bare")
 PEER = "hf_trainer"
 
 
