@@ -46,6 +46,12 @@ HYDRA_HELP = (
     "`--info` for Hydra's view of it. Tab completion of overrides: `blockbert --install-completion`."
 )
 SHELL_COMPLETION_FLAGS = ("-sc", "--shell-completion")
+SHOWN_HYDRA_FLAGS = ("--multirun", "--cfg", "--info")  # the ones HYDRA_HELP names
+OVERRIDE_EXAMPLE = {
+    "finetune": "trainer.max_epochs=1",
+    "profile": "seq_lengths=[512,1024]",
+    "benchmark": "mode=attention",
+}
 
 
 def complete_overrides(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -108,6 +114,9 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
     task = ctx.command.name
     known = [name for param in ctx.command.params for name in (*param.opts, *param.secondary_opts) if name[0] == "-"]
     known.append("--help")
+    # suggested for a typo: these and the Hydra flags the help names, never Hydra's others (--dry-run is close to
+    # Hydra's --run, which runs the job)
+    suggested = [name for name in known if name.startswith("--")] + (list(SHOWN_HYDRA_FLAGS) if hydra_flags else [])
     if hydra_flags:
         from hydra._internal.utils import get_args_parser
 
@@ -115,15 +124,37 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
     unknown = next((flag for flag in flags if flag not in known), None)
     if unknown is None:
         return
-    near = difflib.get_close_matches(unknown, [name for name in known if name.startswith("--")], n=1)
+    if unknown.replace("-", "") == "dryrun" and "--dry-run" not in known:
+        print(
+            f"blockbert {task}: error: {unknown} is not an option of blockbert {task}, which has no dry run: "
+            f"`blockbert {task} --cfg job` prints the config it would run"
+            + (f", `blockbert plan{'' if task == 'pretrain' else ' --command finetune'}` its memory and time"
+               if task in ("pretrain", "finetune") else "")
+            + "; `blockbert sweep NAME --dry-run` lists a sweep's jobs",
+            file=sys.stderr,
+        )  # fmt: skip
+        raise typer.Exit(2)
+    near = difflib.get_close_matches(unknown, suggested, n=1)
     print(
         f"blockbert {task}: error: {unknown} is not an option of blockbert {task}"
         + (f" (did you mean {near[0]}?)" if near else "")
-        + "; settings are key=value overrides (trainer.max_steps=10), the options are listed by "
-        f"`blockbert {task} --help`",
+        + f"; settings are key=value overrides ({OVERRIDE_EXAMPLE.get(task, 'trainer.max_steps=10')}), the options "
+        f"are listed by `blockbert {task} --help`",
         file=sys.stderr,
     )
     raise typer.Exit(2)
+
+
+class PlanCommand(LazyEpilogCommand):
+    """`blockbert plan`: the epilog of its help says what its overrides are and lists pre-training's config groups."""
+
+    def make_epilog(self) -> str:
+        groups = hydra_help("pretrain").split("\n\n", 1)[1]
+        return (
+            "**Arguments** are the planned run's overrides, as `blockbert pretrain` takes them (`key=value`, "
+            "`group=option`); with `--command finetune`, as `blockbert finetune` does (its groups: `blockbert finetune "
+            "--help`).\n\n" + groups
+        )
 
 
 class SweepCommand(LazyEpilogCommand):
@@ -257,7 +288,7 @@ def benchmark(ctx: typer.Context, overrides: list[str] = OVERRIDES, debug: bool 
     hand_over(ctx, overrides, debug)
 
 
-@app.command(context_settings=HYDRA_ARGS)
+@app.command(cls=PlanCommand, context_settings=HYDRA_ARGS)
 def plan(
     ctx: typer.Context,
     overrides: list[str] = OVERRIDES,
@@ -265,7 +296,7 @@ def plan(
         None, "--command", help="The command planned: pretrain (default) | finetune; with --sweep, the sweep's."
     ),
     gpus: int = typer.Option(None, "--gpus", help="Devices the run gets (default: the trainer's)."),
-    gpu_memory: str = typer.Option(None, "--gpu-memory", help="Memory per device, e.g. 16GB (default: the device's)."),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="Memory per device, e.g. 16GiB (default: the device's)."),
     gpu: str = typer.Option(
         None, "--gpu", help="Plan for this GPU kind from its calibration (e.g. H200) instead of measuring here."
     ),
@@ -290,7 +321,7 @@ def plan(
     coefficients are fitted on this device in seconds (the model cut to 1 and 2 layers) and kept for next time;
     `--gpu NAME` uses a calibration measured on that GPU with `--calibrate`. Prints a table; plan.json holds it.
 
-    Example: `blockbert plan experiment=blockbert_n2_1024 trainer=ddp --gpus 32 --gpu-memory 16GB`
+    Example: `blockbert plan experiment=blockbert_n2_1024 trainer=ddp --gpus 32 --gpu-memory 16GiB`
     """
     refuse_unknown_options(ctx, list(overrides or ()), hydra_flags=False)
     from blockbert.app.commands.plan import run_plan

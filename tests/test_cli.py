@@ -71,8 +71,18 @@ def test_unknown_group_option_is_one_line_naming_the_options():
         (["sweep", "heads_n2", "--dryrun"], "--dryrun is not an option of blockbert sweep (did you mean --dry-run?)"),
         (["finetune", "--debugg"], "--debugg is not an option of blockbert finetune (did you mean --debug?)"),
         (["benchmark", "--cfg"], "argument --cfg/-c: expected one argument; the options are listed by `blockbert"),
+        (["benchmark", "--repeat"], "--repeat is not an option of blockbert benchmark; settings are key=value "
+         "overrides (mode=attention)"),  # before: trainer.max_steps=10, which benchmark refuses
+        # before: "(did you mean --run?)", Hydra's flag that runs the job
+        (["pretrain", "--dry-run"], "--dry-run is not an option of blockbert pretrain, which has no dry run: "
+         "`blockbert pretrain --cfg job` prints the config it would run, `blockbert plan` its memory and time"),
+        (["finetune", "--dryrun"], "--dryrun is not an option of blockbert finetune, which has no dry run: "
+         "`blockbert finetune --cfg job` prints the config it would run, `blockbert plan --command finetune`"),
+        (["profile", "--dry-run"], "--dry-run is not an option of blockbert profile, which has no dry run: "
+         "`blockbert profile --cfg job` prints the config it would run; `blockbert sweep NAME --dry-run` lists"),
+        (["pretrain", "--ru"], "--ru is not an option of blockbert pretrain; settings"),
     ],
-)
+)  # fmt: skip
 def test_an_option_the_command_lacks_is_one_line(args, message):
     """Before: Hydra's usage text, or its override parser's exception for plan and sweep."""
     result = runner.invoke(cli.app, args)

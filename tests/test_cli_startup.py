@@ -62,6 +62,9 @@ def test_command_help_lists_config_groups_with_their_options_and_default():
     assert "task: generated (default) | mrqa | squad11 | squad20" in finetune
     benchmark = " ".join(runner.invoke(cli.app, ["benchmark", "--help"], terminal_width=200).output.split())
     assert "bench: table5" in benchmark and "size: base |" in benchmark
+    plan = " ".join(runner.invoke(cli.app, ["plan", "--help"], terminal_width=200).output.split())
+    assert "the planned run's overrides, as blockbert pretrain takes them" in plan  # before: no word on them
+    assert "Config groups" in plan and "experiment: blockbert_n2_1024 |" in plan and "16GiB" in plan
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "profile", "benchmark"])
