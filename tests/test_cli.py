@@ -105,12 +105,20 @@ def test_bad_head_config_is_one_line():
     assert result.output.strip() == first  # the line alone (a failure's traceback offer is not for bad input)
 
 
-def test_missing_data_file_is_one_line():
-    result = runner.invoke(
-        cli.app, ["pretrain", "data=text_files", "data.files=/no/such/corpus*.txt", "data.max_seq_length=128"]
-    )
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=text_files", "data.files=/no/such/corpus*.txt"], "data.files: no file matches '/no/such/corpus*.txt'"),
+        (["experiment=longrange", "data.longrange.blocks=3"], "data.longrange.blocks=3 must be >= 2 and divide the "
+         "segment's 128 tokens"),
+    ],
+)  # fmt: skip
+def test_missing_or_ungeneratable_corpus_is_one_line_before_the_memory_fit(tmp_path, overrides, message):
+    """Before: checked only as the data loaded, after the memory check's fit (16 s on a new configuration)."""
+    result = runner.invoke(cli.app, ["pretrain", *overrides])
     assert result.exit_code == 2
-    assert "no file matches '/no/such/corpus*.txt'" in error_line(result.output)
+    assert error_line(result.output).startswith(f"blockbert pretrain: error: {message}")
+    assert "plan:" not in result.output and not list(tmp_path.glob("runs/*/*"))
 
 
 def test_sequence_longer_than_positions_is_one_line():

@@ -159,7 +159,8 @@ def test_missing_task_file_is_one_line(tmp_path, monkeypatch):
         cli.app, ["finetune", "task=squad11", "task.train_file=/no/train.json", "task.dev_file=/no/dev.json"]
     )
     assert result.exit_code == 2
-    assert "QA data file '/no/train.json' does not exist" in result.output
+    assert "blockbert finetune: error: task.train_file='/no/train.json': no such file" in result.output
+    assert "plan:" not in result.output and not list(tmp_path.glob("runs/*/*"))  # before: after the memory fit
 
 
 def two_question_squad(path, version, qid):

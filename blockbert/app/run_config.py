@@ -91,11 +91,13 @@ def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset())
 
 @contextmanager
 def forgotten_if_refused(run: RunDir, whole: bool):
-    """Around a job's checks: a refusal (ConfigError) leaves no trace of the job (:func:`forget_job`)."""
+    """Around a job's checks: a refusal (bad input: a value, a missing file) leaves no trace of the job
+    (:func:`forget_job`)."""
     try:
         yield
-    except ConfigError:
-        forget_job(run, whole)
+    except Exception as err:
+        if is_user_error(err):
+            forget_job(run, whole)
         raise
 
 
@@ -173,6 +175,7 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     with forgotten_if_refused(run, whole):
         check_accelerator(cfg.trainer)
         check_resume(cfg, run, hydra.output_subdir)
+        check_data(cfg, command)
     # Lightning and the training code only now (seconds): a refused resume or accelerator ends at once
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
@@ -194,6 +197,20 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
             if is_user_error(err) and _stamp(run.metrics_file) == metrics_before:
                 forget_job(run, whole, created={entry.name for entry in run.path.iterdir()} - started_with)
             raise
+
+
+def check_data(cfg: DictConfig, command: str) -> None:
+    """The run's corpus or QA files are there and its data settings can be read: a missing file ends the run in
+    one line before the memory check's fit (seconds) and before Lightning is imported. Not while composing: a
+    config (``--cfg job``, ``plan``) may name data that is not on this machine yet."""
+    if command == "pretrain":
+        from blockbert.data.corpus import check_corpus
+
+        check_corpus(cfg.data)
+    else:
+        from blockbert.data.qa import task_files
+
+        task_files(cfg.task)
 
 
 def _stamp(path: Path) -> tuple | None:

@@ -23,6 +23,26 @@ PARAGRAPH_SEPARATOR = "blank or whitespace-only lines"
 SOURCES = ("generated", "longrange", "files", "hub")
 
 
+def check_corpus(data_cfg) -> None:
+    """One-line errors for pre-training data settings that would otherwise fail deep inside ``datasets``, and for a
+    corpus that is not there (no file matches ``data.files``) or cannot be generated (``data.longrange.*``): a run
+    checks them before anything else (the memory check's fit takes seconds)."""
+    fraction = data_cfg.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(
+            f"data.validation_fraction={fraction!r} is out of range: it is the fraction of documents "
+            "held out for validation, a number strictly between 0 and 1 (e.g. 0.05)"
+        )
+    num_proc = data_cfg.get("num_proc")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
+    rows_per_document(data_cfg)
+    if data_cfg.source == "files":
+        _expand(data_cfg.files)
+    elif data_cfg.source == "longrange":
+        LongRangeSpec.from_config(data_cfg)
+
+
 def load_documents(data_cfg, cache_dir: Path) -> datasets.Dataset:
     source = data_cfg.source
     if source not in SOURCES:

@@ -15,7 +15,14 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 from blockbert.data.cache import arrow_files, build_once, file_stats, fingerprint, load_arrow, tokenizer_fingerprint
-from blockbert.data.corpus import PARAGRAPH_SEPARATOR, describe_source, file_format, load_documents, rows_per_document
+from blockbert.data.corpus import (
+    PARAGRAPH_SEPARATOR,
+    check_corpus,
+    describe_source,
+    file_format,
+    load_documents,
+    rows_per_document,
+)
 from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_positions
 from blockbert.data.sampler import ResumableData, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
@@ -24,20 +31,6 @@ from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DOCUMENTS_PER_BATCH = 1000
-
-
-def check_data_config(data_cfg) -> None:
-    """One-line errors for pre-training data settings that would otherwise fail deep inside ``datasets``."""
-    fraction = data_cfg.validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(
-            f"data.validation_fraction={fraction!r} is out of range: it is the fraction of documents "
-            "held out for validation, a number strictly between 0 and 1 (e.g. 0.05)"
-        )
-    num_proc = data_cfg.get("num_proc")
-    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
-        raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
-    rows_per_document(data_cfg)
 
 
 def _documents_hint(data_cfg) -> str:
@@ -91,7 +84,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         accumulate: int = 1,
     ):
         super().__init__()
-        check_data_config(data_cfg)
+        check_corpus(data_cfg)
         self.cfg = data_cfg
         self.nsp = next_sentence_prediction
         self.batch_size = batch_size

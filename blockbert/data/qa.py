@@ -72,6 +72,32 @@ def squad_version(data: dict) -> str:
     return "squad2" if str(data.get("version", "")).lstrip("vV").startswith("2") else "squad1"
 
 
+def task_files(task_cfg) -> dict[str, str] | None:
+    """The local files of a task of files, ``{"train", "dev"[, "test"]}``, each checked to be there (a run checks
+    them before anything else); None for the generated task and a hub task."""
+    if task_cfg.name == "generated":
+        return None
+    if not (task_cfg.get("train_file") or task_cfg.get("dev_file")):
+        if not task_cfg.get("hub_name"):
+            raise ConfigError(
+                f"task {task_cfg.name}: set task.train_file and task.dev_file (local files) "
+                "or task.hub_name (a hub dataset)"
+            )
+        return None
+    if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
+        raise ConfigError(
+            f"task {task_cfg.name}: give both task.train_file and task.dev_file "
+            f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})"
+        )
+    files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
+    if task_cfg.get("test_file"):
+        files["test"] = task_cfg.test_file
+    for split, path in files.items():
+        if not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"task.{split}_file={str(path)!r}: no such file")
+    return files
+
+
 def read_qa_file(path: str | Path, fmt: str | None = None, choose: dict[str, str] = TASK_OF_FORMAT) -> QADataset:
     """The file's questions in format ``fmt`` (detected if None); a file in another format is refused in one line
     that says which setting in ``choose`` ({format: what the user gives}) reads it."""

@@ -21,6 +21,7 @@ from blockbert.data.qa import (
     read_hub_split,
     read_qa_file,
     split_dev_test,
+    task_files,
     write_generated_squad,
 )
 from blockbert.data.qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
@@ -51,21 +52,9 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
                 ("dev", task_cfg.generated_questions // 4, 1),
             )
         }
-    elif task_cfg.get("train_file") or task_cfg.get("dev_file"):
-        if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
-            raise ConfigError(
-                f"task {task_cfg.name}: give both task.train_file and task.dev_file "
-                f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})"
-            )
-        files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
-        if task_cfg.get("test_file"):
-            files["test"] = task_cfg.test_file
     else:
-        if not task_cfg.get("hub_name"):
-            raise ConfigError(
-                f"task {task_cfg.name}: set task.train_file and task.dev_file (local files) "
-                "or task.hub_name (a hub dataset)"
-            )
+        files = task_files(task_cfg)
+    if files is None:  # a hub dataset
         data = {
             split: read_hub_split(
                 task_cfg.hub_name,
