@@ -156,6 +156,10 @@ def test_import_errors_name_the_file_or_key(tmp_path):
     _, path = hf_model(tmp_path, "bert")
     with pytest.raises(ConfigError, match="cannot override vocab_size"):
         BlockBertModel.from_pretrained(str(path), vocab_size=5)
+    with pytest.raises(
+        FileNotFoundError, match="no config.json .expected a Hugging Face model directory or a blockbert"
+    ):
+        BlockBertModel.from_pretrained(str(tmp_path))
 
 
 def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert, tmp_path, tiny_tokenizer):
@@ -190,6 +194,9 @@ def test_continue_pretraining_from_an_imported_checkpoint_then_export(blockbert,
     assert f"model.init_from={tmp_path / 'hf'}: not loaded, the run resumes from its own checkpoint" in resumed.stdout
     assert ": loaded " not in resumed.stdout and "resuming from" in resumed.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 3
+    with pytest.raises(FileNotFoundError, match=f"{run_dir} is a blockbert run directory, not a model directory: "
+                       f"`blockbert export {run_dir} OUT` writes one"):  # fmt: skip
+        BlockBertForMaskedLM.from_pretrained(str(run_dir))  # before: "no config.json (expected a Hugging Face ...)"
     exported = blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "out"))
     assert exported.stdout.strip().splitlines()[-1] == str((tmp_path / "out").resolve())
     model = BlockBertForMaskedLM.from_pretrained(str(tmp_path / "out"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from blockbert.errors import ConfigError
+from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import read_safetensors, torch_load
 from blockbert.model.config import BlockBertConfig, scale_heads
 
@@ -62,7 +63,15 @@ def _local_or_downloaded(path, patterns: list[str]) -> Path:
 def read_config(directory: Path) -> dict:
     """The config.json of a Hugging Face model directory (or a blockbert export), checked to be one we read."""
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face model directory)")
+        run = RunDir(directory)
+        if run.checkpoint_candidates() or run.hydra_dir.is_dir():
+            raise FileNotFoundError(
+                f"{directory} is a blockbert run directory, not a model directory: `blockbert export {directory} OUT` "
+                f"writes one from its checkpoint (init_from={directory} starts a run from it)"
+            )
+        raise FileNotFoundError(
+            f"{directory}: no config.json (expected a Hugging Face model directory or a blockbert export)"
+        )
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except ValueError as err:  # malformed JSON, or not UTF-8 text
