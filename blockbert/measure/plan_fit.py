@@ -25,7 +25,7 @@ from blockbert.errors import ConfigError
 from blockbert.measure.device import where
 from blockbert.measure.memory import step_peaks, step_phases
 from blockbert.measure.models import random_batch
-from blockbert.measure.timing import time_in_order
+from blockbert.measure.timing import OthersLoad, time_in_order
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining, BlockBertForQuestionAnswering
 from blockbert.train.optim import weight_decay_groups
@@ -36,6 +36,7 @@ GB = 1e9
 MEASURE_TOKENS_CPU = 4096  # our choice: tokens per timed micro-batch on a CPU (time taken as linear in sequences)
 FIT_LAYERS = (1, 2)
 TIME_REPEATS = 5
+BUSY_SHARE = 0.25  # our choice: a CPU time measured while other processes took more of the machine is not kept
 FIT_TOKENS_CPU = 8192  # our choice: the most tokens of a fitted micro-batch on a CPU
 FIT_VERSION = 2  # raised when the model's kernels or the measurement change: older fits are not reused
 CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"  # shipped fits of GPU kinds (plan --calibrate)
@@ -292,11 +293,13 @@ def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict
         inputs = batch_maker(target, batch, target.seq_len, device)()  # built once: the batch is not timed
         step = step_phases(model, lambda inputs=inputs: inputs, loss_of, optimizer, autocast)
         phases[f"forward_backward_{layers}"], phases[f"optimizer_{layers}"] = step
-    times = time_in_order(phases, device, 1, TIME_REPEATS)
+    with OthersLoad() as others:
+        times = time_in_order(phases, device, 1, TIME_REPEATS)
     return {
         "micro_batch": batch,
         "forward_backward_s": [times[f"forward_backward_{layers}"] for layers in FIT_LAYERS],
         "optimizer_s": [times[f"optimizer_{layers}"] for layers in FIT_LAYERS],
+        "others_cpu_share": round(others.share, 3),  # the machine's CPU that other processes took meanwhile
     }
 
 
@@ -424,5 +427,12 @@ def fit_for(target: Target, store: FitStore, device: torch.device | None, timed:
         )
     log.info("plan: fitting memory%s on %s (1 and 2 layers)", " and time" if timed else "", device_name(device))
     entry = measure_fit(target, device, timed)
-    store.put(target, entry, describe_device(device))
+    busy = device.type == "cpu" and entry.get("time", {}).get("others_cpu_share", 0.0) > BUSY_SHARE
+    if busy:
+        log.warning(
+            "plan: other processes took %.0f %% of this machine's CPU while the step was timed: the times below are "
+            "too long, and are not kept (the next plan times the step again; plan on a quiet machine)",
+            100 * entry["time"]["others_cpu_share"],
+        )
+    store.put(target, {k: v for k, v in entry.items() if k != "time"} if busy else entry, describe_device(device))
     return entry, f"fitted now on {entry['measured']['name']} (stored in {store.path})"

@@ -8,14 +8,18 @@
 - :class:`StepClock`: the wall time between a training loop's optimizer steps and what each step counted (tokens,
   examples), for whole runs (:mod:`blockbert.measure.run_benchmark`).
 - :func:`timing_summary`: median, IQR and the samples, for both.
+- :class:`OthersLoad`: the share of the machine's CPU time other processes took while a measurement ran: a time
+  measured beside them is too long, by as much as they took (``blockbert plan`` keeps no such time).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
+import psutil
 import torch
 
 OOM = "OOM"
@@ -28,6 +32,33 @@ def is_oom(err: BaseException) -> bool:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class OthersLoad:
+    """``with OthersLoad() as load: ...`` then ``load.share``: the share of the machine's CPU time (all its cores,
+    over the block's wall time) that processes other than this one took while the block ran."""
+
+    def __enter__(self) -> OthersLoad:
+        self._start = (time.perf_counter(), _busy(psutil.cpu_times()), _own(psutil.Process().cpu_times()))
+        self.share = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, busy, own = (
+            end - start
+            for end, start in zip(
+                (time.perf_counter(), _busy(psutil.cpu_times()), _own(psutil.Process().cpu_times())), self._start
+            )
+        )
+        self.share = max(0.0, (busy - own) / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
+
+
+def _busy(times) -> float:
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def _own(times) -> float:
+    return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
 
 
 def time_side_by_side(
