@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from blockbert.errors import ConfigError
-from blockbert.measure.benchmark import BOUNDS, _records, baselines_of, print_table
+from blockbert.measure.benchmark import BOUNDS, _records, baselines_of, check_mode_heads, print_table
 from blockbert.measure.memory import SavedTensorCounter, fit_linear_quadratic, measure_step
-from blockbert.measure.models import build, random_batch
+from blockbert.measure.models import build, check_heads, random_batch
 from blockbert.measure.timing import OOM, time_side_by_side, timing_summary
 
 
@@ -93,6 +94,83 @@ def test_profile_refuses_one_length_which_the_fit_cannot_split(blockbert, tmp_pa
     out = blockbert(tmp_path, "profile", "seq_lengths=[96,96]", *SMALL, check=False)
     assert out.returncode == 2 and "seq_lengths=[96, 96]: give at least two different lengths" in out.stderr
     assert not list(tmp_path.glob("runs/profile/*"))
+
+
+def test_profile_records_and_shows_the_heads_given(blockbert, tmp_path):
+    """Before: blockbert_n3 measured with +heads.blockbert_n3=9:3 (n=2) was labelled blockbert_n3, its O(N²) part
+    n=2's, and profile.json did not say."""
+    args = ["seq_lengths=[96,192]", "tokens_per_device=384", *SMALL, "hydra.run.dir=p"]
+    out = blockbert(tmp_path, "profile", "models=[blockbert_n2,blockbert_n3]", "+heads.blockbert_n3=9:3", *args)
+    models = json.loads((tmp_path / "p" / "profile.json").read_text())["models"]
+    assert {name: (e["heads"], e["preset_heads"]) for name, e in models.items()} == {
+        "blockbert_n2": ("10:2", "10:2"),
+        "blockbert_n3": ("9:3", "8:2:2"),
+    }
+    assert "blockbert_n3 (heads 9:3)" in out.stdout and "blockbert_n2 (heads" not in out.stdout
+    n2, n3 = (models[name]["fit"]["slope_mb_per_token"] for name in ("blockbert_n2", "blockbert_n3"))
+    assert n3 == pytest.approx(n2, rel=0.01)  # 9:3 is n=2
+
+
+TINY = [*SMALL, "batch_sizes=[1]", "seq_lengths=[96]", "attention_seq_lengths=[96]", "attention_dropout=[0.0]"]
+TINY += ["repeats=1", "warmup=0"]  # benchmark: one run of each
+
+
+@pytest.mark.parametrize(
+    "command, given, error",
+    [
+        (  # before: measured, rc 0, no warning
+            "profile",
+            "+heads.bogus=9:3",
+            "heads.bogus='9:3': bogus is not among models=[roberta_1seq, sparsebert, blockbert_n2, blockbert_n3]; "
+            "heads are read by the block models measured: blockbert_n2, blockbert_n3",
+        ),
+        (  # before: ignored, the attention layer timed (for minutes at the defaults)
+            "benchmark mode=attention",
+            "+heads.blockbert_n2=abc",
+            "heads.blockbert_n2='abc' is not read by mode=attention (it times the fixed head configs 10:2 and 8:2:2): "
+            "heads is read by mode=model and mode=layout",
+        ),
+        (  # before: heads='7:3' assigns 10 heads but the model has num_heads=12, the key not named
+            "benchmark",
+            "+heads.blockbert_n2=7:3",
+            "heads.blockbert_n2='7:3' assigns 10 heads but blockbert_n2 has num_heads=12: the counts must sum to 12",
+        ),
+    ],
+)
+def test_bad_heads_are_refused_before_measuring_naming_the_key(blockbert, tmp_path, command, given, error):
+    args = ["seq_lengths=[96,192]", "tokens_per_device=384", *SMALL] if command == "profile" else TINY
+    out = blockbert(tmp_path, *command.split(), given, *args, check=False)
+    assert (
+        out.returncode == 2 and out.stderr.strip().splitlines()[-1] == f"blockbert {command.split()[0]}: error: {error}"
+    )
+    assert not list(tmp_path.glob("runs/*/*"))  # nothing measured, no run directory left
+
+
+def test_heads_are_checked_against_the_models_the_mode_builds():
+    size = dict(hidden_size=48, num_layers=1, intermediate_size=64, vocab_size=100)
+    check_heads({"blockbert_n2": "9:3", "blockbert_n3_eager": "6:3:3"}, ["blockbert_n2", "blockbert_n3_eager"], size)
+    for heads, error in (
+        ({"hf_bert": "9:3"}, "heads.hf_bert='9:3': hf_bert has no blockwise attention to give heads to; heads are "
+         "read by the block models measured: blockbert_n2"),
+        ({"blockbert_n2": "abc"}, "heads.blockbert_n2='abc' is not a head config: expected non-negative integers "
+         "separated by ':' summing to blockbert_n2's num_heads=12"),
+        ({"roberta_1seq": "9:3"}, "heads.roberta_1seq='9:3': roberta_1seq has no blockwise attention"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            check_heads(heads, ["roberta_1seq", "blockbert_n2", "hf_bert"], size)
+
+    def config(mode, heads):
+        return OmegaConf.create(
+            dict(mode=mode, size=size, models=["blockbert_n3"], layout=dict(models=["blockbert_n2"]), heads=heads)
+        )
+
+    with pytest.raises(ConfigError, match=re.escape("blockbert_n3 is not among layout.models=[blockbert_n2]")):
+        check_mode_heads(config("layout", {"blockbert_n3": "8:2:2"}))
+    check_mode_heads(config("model", {"blockbert_n3": "8:2:2"}))
+    for mode in ("data", "pretrain", "finetune", "plan"):
+        with pytest.raises(ConfigError, match=f"is not read by mode={mode}: heads is read by mode=model and mode="):
+            check_mode_heads(config(mode, {"blockbert_n3": "8:2:2"}))
+        check_mode_heads(config(mode, {}))  # no heads: nothing to refuse
 
 
 def test_benchmark_models_and_attention_end_to_end(blockbert, tmp_path):
@@ -176,6 +254,11 @@ def test_table5_preset_gives_ratios_to_both_dense_baselines(blockbert, tmp_path)
         assert r["ratio_to_baseline"] == r["ratios"]["roberta_1seq_eager"]
     assert records["roberta_1seq"]["ratios"]["roberta_1seq"] == pytest.approx(1.0)
     assert "× roberta_1seq_eager" in out.stdout and "× roberta_1seq " in out.stdout
+    # the heads each block model ran with: table5's 9:3 for n=2 (before: not recorded nor shown), n=3's preset
+    assert (records["blockbert_n2"]["heads"], records["blockbert_n2"]["preset_heads"]) == ("9:3", "10:2")
+    assert (records["blockbert_n3"]["heads"], records["blockbert_n3"]["preset_heads"]) == ("8:2:2", "8:2:2")
+    assert "heads" not in records["roberta_1seq"] and "blockbert_n2 (heads 9:3)" in out.stdout
+    assert "blockbert_n3 (heads" not in out.stdout
 
 
 def test_baseline_is_one_model_or_a_list_of_them():

@@ -324,6 +324,59 @@ def test_bad_directories_are_one_line_errors(tmp_path):
     assert "several directories: only with --paper" in error_of(tmp_path / "other", tmp_path / "missing")
 
 
+def profile_run(path, heads):
+    """A profile run directory made by hand: roberta_1seq and the block models ``heads`` names (model: (heads, its
+    preset's)) at Table 1's N and b, each block model's O(N²) part a third of BERT's."""
+    rows = [
+        {"seq_len": n, "batch_size": 4096 // n, "linear_part_mb": 100.0, "quadratic_part_mb": n / 2}
+        for n in (512, 1024)
+    ]
+    models = {"roberta_1seq": {"rows": rows, "fit_a2": None}}
+    for name, (used, preset) in heads.items():
+        third = [{**r, "quadratic_part_mb": r["quadratic_part_mb"] / 3} for r in rows]
+        models[name] = {"heads": used, "preset_heads": preset, "rows": third, "fit_a2": None}
+    path.mkdir()
+    (path / "profile.json").write_text(json.dumps({"device": "cpu", "models": models}))
+    return path
+
+
+def test_a_model_measured_with_heads_of_another_n_is_not_compared_as_its_paper_row(tmp_path):
+    """Before: blockbert_n3 measured with +heads.blockbert_n3=9:3 (n=2) was set beside the paper's n=3 row. Heads of
+    the preset's n (table5's 9:3 for n=2) are compared, the heads in the note."""
+    from blockbert.experiments.paper_report import benchmark_report, profile_report
+
+    run = profile_run(tmp_path / "profile", {"blockbert_n2": ("9:3", "10:2"), "blockbert_n3": ("9:3", "8:2:2")})
+    report = profile_report(paper(), str(run), run)
+    assert {r.model for r in report.rows} == {"roberta_1seq", "blockbert_n2", "blockbert_n2 ÷ roberta_1seq"}
+    assert all("heads 9:3 (its preset's: 10:2)" in r.note for r in report.rows if r.model == "blockbert_n2")
+    ((what, why),) = [(u.what, u.reason) for u in report.unmatched]
+    assert what == "blockbert_n3 (heads 9:3)"
+    assert why == "measured with heads 9:3, n=2: the paper's blockbert_n3 row is n=3"
+    records = [
+        {"phase": "inference", "batch_size": 8, "seq_len": 1024, "model": name, "status": "ok", "median_s": 1.0,
+         **({"heads": "9:3", "preset_heads": preset} if preset else {})}
+        for name, preset in [("roberta_1seq", None), ("blockbert_n2", "10:2"), ("blockbert_n3", "8:2:2")]
+    ]  # fmt: skip
+    (tmp_path / "benchmark.json").write_text(json.dumps({"mode": "model", "repeats": 1, "records": records}))
+    report = benchmark_report(paper(), str(tmp_path), tmp_path)
+    assert {r.model for r in report.rows} == {"roberta_1seq", "blockbert_n2", "blockbert_n2 ÷ roberta_1seq"}
+    ((what, why),) = [(u.what, u.reason) for u in report.unmatched]
+    assert what == "blockbert_n3 (heads 9:3) inference at 8×1024"
+    assert why == "measured with heads 9:3, n=2: the paper's blockbert_n3 row is n=3"
+
+
+def test_an_out_that_is_a_file_is_refused_naming_out(tmp_path):
+    """Before: "blockbert report: error: README.md: File exists", after the runs were read."""
+    run = profile_run(tmp_path / "profile", {})
+    (tmp_path / "README.md").write_text("notes")
+    error = error_of("--paper", run, "--out", tmp_path / "README.md")
+    assert error == (
+        f"blockbert report: error: --out {tmp_path / 'README.md'}: cannot write a directory there (a file is there): "
+        "give another"
+    )
+    assert (tmp_path / "README.md").read_text() == "notes" and not (run / "paper_report.md").exists()
+
+
 @pytest.mark.parametrize("statistic", ["mean", "median"])
 def test_table5_is_compared_by_the_statistic_the_benchmark_divided(tmp_path, statistic):
     from blockbert.experiments.paper_report import benchmark_report

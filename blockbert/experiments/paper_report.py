@@ -24,7 +24,9 @@ from rich.table import Table
 
 from blockbert.display import console, pyplot
 from blockbert.formats.compose import compose, config_groups
+from blockbert.formats.presets import other_heads, with_heads
 from blockbert.formats.run_dir import RunDir, checkpoint_of
+from blockbert.model.config import parse_heads
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 KINDS = {  # kind -> the file that tells it
@@ -432,6 +434,24 @@ def finetune_setting(config: dict, metrics: dict, path: Path) -> str:
     return setting_text(trainer_hardware(trainer), scale, f"{corpus}; fine-tuned on {task_text(config['task'])}")
 
 
+def heads_note(entry: dict) -> str:
+    """The note of a row measured with heads other than its preset's, else ""."""
+    if not other_heads(entry):
+        return ""
+    return f"heads {entry['heads']} (its preset's: {entry['preset_heads']})"
+
+
+def other_blocks(model: str, entry: dict) -> str:
+    """Why a block model measured with heads of another n than its preset's has no paper row (the paper's row of
+    ``model`` is its preset's n), else ""."""
+    if not other_heads(entry):
+        return ""
+    n, preset_n = len(parse_heads(entry["heads"])), len(parse_heads(entry["preset_heads"]))
+    if n == preset_n:
+        return ""
+    return f"measured with heads {entry['heads']}, n={n}: the paper's {model} row is n={preset_n}"
+
+
 def profile_report(paper: Paper, run: str, path: Path) -> RunReport:
     """Table 1: the O(N) and O(N²) parts in GB (A.2's estimate where the run has it: CUDA), and each block
     model's O(N²) part as a fraction of BERT's, the comparison that holds across sizes (the paper: 1/2, 1/3)."""
@@ -442,6 +462,9 @@ def profile_report(paper: Paper, run: str, path: Path) -> RunReport:
     quadratic = {}  # (model, N) -> (ours, paper) O(N²) part
     for name, entry in result["models"].items():
         model, missing = name.removesuffix("_eager"), []
+        if other_blocks(model, entry):
+            report.unmatched.append(Unmatched(run, "profile", with_heads(name, entry), other_blocks(model, entry)))
+            continue
         for r in entry["rows"]:
             cells = paper.cells(1, model, r["seq_len"])
             if not cells:
@@ -451,6 +474,7 @@ def profile_report(paper: Paper, run: str, path: Path) -> RunReport:
                 note = f"ours: b={r['batch_size']}" + (
                     "" if r["batch_size"] == cell["row"]["batch"] else " (b differs)"
                 )
+                note = "; ".join(filter(None, [note, heads_note(entry)]))
                 report.rows.append(compare(paper, cell, ours, run, name, note))
                 if cell["metric"] == "quadratic_part":
                     quadratic[model, r["seq_len"]] = (ours, cell, name)
@@ -500,19 +524,17 @@ def benchmark_report(paper: Paper, run: str, path: Path) -> RunReport:
     for r in result["records"]:
         model, point = r["model"].removesuffix("_eager"), (r["batch_size"], r["seq_len"])
         cells = paper.cells(5, model, r["seq_len"], r["batch_size"]) if r["phase"] == "inference" else []
-        if not cells:
-            missing[r["model"], r["phase"]].append(f"{point[0]}×{point[1]}")
+        if not cells or other_blocks(model, r):
+            reason = other_blocks(model, r) or missing_reason(paper, r["model"], r["phase"])
+            missing[with_heads(r["model"], r), r["phase"], reason].append(f"{point[0]}×{point[1]}")
             continue
         statistic = result.get("ratio_of", "median")  # a run before the setting: medians
         ours = r.get(f"{statistic}_s") if r.get("status") == "ok" else r.get("status")
         times[(r["model"], *point)] = (ours, cells[0])
-        report.rows.append(
-            compare(paper, cells[0], ours, run, r["model"], f"ours: {statistic} of {result.get('repeats')} runs")
-        )
-    for (name, phase), points in missing.items():
-        report.unmatched.append(
-            Unmatched(run, "benchmark", f"{name} {phase} at {', '.join(points)}", missing_reason(paper, name, phase))
-        )
+        note = "; ".join(filter(None, [f"ours: {statistic} of {result.get('repeats')} runs", heads_note(r)]))
+        report.rows.append(compare(paper, cells[0], ours, run, r["model"], note))
+    for (name, phase, reason), points in missing.items():
+        report.unmatched.append(Unmatched(run, "benchmark", f"{name} {phase} at {', '.join(points)}", reason))
     report.rows += time_ratios(paper, run, times)
     return report
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from blockbert.errors import ConfigError
 from blockbert.formats.compose import compose
-from blockbert.model.config import BlockBertConfig
+from blockbert.model.config import BlockBertConfig, parse_heads
 from blockbert.paths import config_dir
 
 
@@ -67,3 +67,16 @@ def preset_config(name: str, **overrides) -> BlockBertConfig:
     if unknown:
         raise ConfigError(f"preset_config({name!r}): {', '.join(unknown)} is not a BlockBertConfig field")
     return BlockBertConfig.from_values(PRESETS[name].values, **overrides)
+
+
+def other_heads(record: dict) -> bool:
+    """Whether a measured model's record (profile.json's model entry, a benchmark.json record: ``heads``,
+    ``preset_heads``) says it ran with heads other than its preset's."""
+    heads, preset = record.get("heads"), record.get("preset_heads")
+    return bool(heads and preset) and parse_heads(heads) != parse_heads(preset)
+
+
+def with_heads(name: str, record: dict) -> str:
+    """A measured model's name as tables show it: with its heads where they are not its preset's
+    (``blockbert_n3 (heads 9:3)``)."""
+    return f"{name} (heads {record['heads']})" if other_heads(record) else name

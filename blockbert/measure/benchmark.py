@@ -28,11 +28,12 @@ from rich.table import Table
 from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
+from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure import data_benchmark, plan, plan_fit, run_benchmark
 from blockbert.measure.device import pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
-from blockbert.measure.models import NO_ATTENTION, build, encoder_of, random_batch
+from blockbert.measure.models import NO_ATTENTION, build, check_heads, encoder_of, heads_of, random_batch
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
 from blockbert.model.attention import SelfAttention
 from blockbert.model.blocks import blocks_of
@@ -41,6 +42,7 @@ from blockbert.model.jagged import packing
 
 log = logging.getLogger(__name__)
 MODES = ("model", "attention", "layout", "data", "pretrain", "finetune", "plan")
+HEADS_READ_BY = {"model": "models", "layout": "layout.models"}  # mode -> the models whose heads `heads` sets
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
     "sparse (mask)": dict(attention="sparse", sparse_stride=128, sparse_expressivity=32),
@@ -75,6 +77,7 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
     """The measurement ``cfg.mode`` asks for (the composed benchmark config), written to ``run``'s benchmark.json."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
+    check_mode_heads(cfg)
     if cfg.mode == "data":
         return benchmark_data(cfg, run)
     if cfg.mode == "plan":
@@ -104,6 +107,23 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
         plot(results, run.benchmark_plot)
     end(run, results, stopped, "benchmark.json, benchmark.png")
     return results
+
+
+def check_mode_heads(cfg) -> None:
+    """``heads`` (``+heads.NAME=...``) checked before anything is measured: against the models the mode builds, and
+    refused by a mode that builds none (mode=attention times fixed head configs, 10:2 and 8:2:2)."""
+    heads = OmegaConf.to_container(cfg.heads, resolve=True)
+    if cfg.mode not in HEADS_READ_BY:
+        if heads:
+            key, value = next(iter(heads.items()))
+            fixed = " (it times the fixed head configs 10:2 and 8:2:2)" if cfg.mode == "attention" else ""
+            raise ConfigError(
+                f"heads.{key}={str(value)!r} is not read by mode={cfg.mode}{fixed}: heads is read by "
+                f"{' and '.join(f'mode={mode}' for mode in HEADS_READ_BY)}"
+            )
+        return
+    setting = HEADS_READ_BY[cfg.mode]
+    check_heads(heads, list(OmegaConf.select(cfg, setting)), OmegaConf.to_container(cfg.size, resolve=True), setting)
 
 
 def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, bool]:
@@ -364,6 +384,8 @@ def benchmark_models(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
                 }
                 point = dict(phase=phase, batch_size=batch_size, seq_len=seq_len)
                 rows = _records(times, baselines, point, peaks, cfg.ratio_of)
+                for r in rows:
+                    r.update(heads_of(r["model"], models[r["model"]]))
                 if NO_ATTENTION in times:
                     inference_bounds(rows, models)
                 log.info("B=%d N=%d %s done", batch_size, seq_len, phase)
@@ -450,7 +472,7 @@ def benchmark_layouts(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
                 times = time_side_by_side(calls, device, cfg.warmup, cfg.repeats)
                 point = dict(phase=f"{phase} fill={real:.2f}", batch_size=settings.batch_size, seq_len=settings.seq_len)
                 yield [
-                    {**r, "model": f"{name} {r['model']}", "layout": r["model"], "fill": real}
+                    {**r, "model": f"{name} {r['model']}", "layout": r["model"], "fill": real, **heads_of(name, model)}
                     for r in _records(times, baselines, point, {}, cfg.ratio_of)
                 ]
             log.info("%s fill=%.2f done", name, real)
@@ -562,7 +584,7 @@ def print_table(results: dict) -> None:
             r["phase"],
             str(r["batch_size"]),
             str(r["seq_len"]),
-            r["model"],
+            with_heads(r["model"], r),
             OOM if r["status"] == OOM else f"{r['median_s']:.4f}",
             "" if r.get("mean_s") is None else f"{r['mean_s']:.4f}",
             "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
@@ -579,7 +601,7 @@ def plot(results: dict, path: Path) -> None:
 
     records = [r for r in results["records"] if r["ratio_to_baseline"] is not None]
     points = sorted({(r["phase"], r["batch_size"], r["seq_len"]) for r in records})
-    models = list(dict.fromkeys(r["model"] for r in records))
+    models = list(dict.fromkeys(with_heads(r["model"], r) for r in records))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points) + 2), 4))
     width = 0.8 / max(1, len(models))
     for m, model in enumerate(models):
@@ -588,7 +610,7 @@ def plot(results: dict, path: Path) -> None:
                 (
                     r["ratio_to_baseline"]
                     for r in records
-                    if (r["phase"], r["batch_size"], r["seq_len"]) == p and r["model"] == model
+                    if (r["phase"], r["batch_size"], r["seq_len"]) == p and with_heads(r["model"], r) == model
                 ),
                 0.0,
             )

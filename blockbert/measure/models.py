@@ -8,6 +8,7 @@ import torch
 from blockbert.errors import ConfigError
 from blockbert.formats.presets import PRESETS, preset_config
 from blockbert.model.attention import SelfAttention
+from blockbert.model.config import parse_heads
 from blockbert.model.modeling import BlockBertForMaskedLM, BlockBertForPreTraining
 
 VARIANTS = {  # name -> (preset, config overrides)
@@ -39,6 +40,60 @@ class _NoKernel(SelfAttention):
 
 def known_models() -> list[str]:
     return [*PRESETS, *VARIANTS, *PEERS, NO_ATTENTION]
+
+
+def _preset_of(name: str) -> str | None:
+    """The preset a model of ours is built from (``blockbert_n2_eager``: blockbert_n2); None for the others."""
+    base = name.removesuffix(EAGER)
+    preset = VARIANTS.get(base, (base, {}))[0]
+    return preset if name not in PEERS and preset in PRESETS else None
+
+
+def check_heads(heads: dict, models: list[str], size: dict, setting: str = "models") -> None:
+    """Refuse in one line, before anything is measured, a per-model head config (``+heads.NAME=...``) that no model
+    measured would read: a NAME not among ``models`` (the config's ``setting``) or one without blockwise attention,
+    or a value that is not a head config of that model's heads."""
+    block = [name for name in models if _is_block(name)]
+    for key, value in heads.items():
+        given = f"heads.{key}={str(value)!r}"
+        read_by = f"heads are read by the block models measured: {', '.join(block) or 'none'}"
+        named = [name for name in models if key in (name, name.removesuffix(EAGER))]
+        if not named:
+            raise ConfigError(f"{given}: {key} is not among {setting}=[{', '.join(models)}]; {read_by}")
+        if not _is_block(named[0]):
+            raise ConfigError(f"{given}: {key} has no blockwise attention to give heads to; {read_by}")
+        _check_head_config(given, key, str(value), preset_config(_preset_of(named[0]), **size).num_heads)
+
+
+def _is_block(name: str) -> bool:
+    preset = _preset_of(name)
+    return preset is not None and PRESETS[preset].config.attention == "block"
+
+
+def _check_head_config(given: str, key: str, value: str, num_heads: int) -> None:
+    """``value`` as the heads of the model ``key`` names (``num_heads`` of them), or a one-line refusal naming
+    ``given`` (``heads.KEY='VALUE'``)."""
+    try:
+        counts = parse_heads(value)
+    except ConfigError:
+        raise ConfigError(
+            f"{given} is not a head config: expected non-negative integers separated by ':' summing to "
+            f"{key}'s num_heads={num_heads}, e.g. '10:2' (n=2) or '8:2:2' (n=3)"
+        ) from None
+    if sum(counts) != num_heads:
+        raise ConfigError(
+            f"{given} assigns {sum(counts)} heads but {key} has num_heads={num_heads}: the counts must sum to "
+            f"{num_heads}"
+        )
+
+
+def heads_of(name: str, model) -> dict:
+    """What profile.json and benchmark.json record of a block model's heads: ``heads``, those it ran with, and
+    ``preset_heads``, its preset's; nothing for the other models."""
+    config = getattr(model, "config", None)
+    if _preset_of(name) is None or getattr(config, "attention", None) != "block":
+        return {}
+    return {"heads": str(config.heads).strip(), "preset_heads": PRESETS[_preset_of(name)].config.heads}
 
 
 def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str = "sdpa"):

@@ -14,10 +14,11 @@ from rich.table import Table
 
 from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
+from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
 from blockbert.measure.device import pick_device, pick_dtype
 from blockbert.measure.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
-from blockbert.measure.models import build, random_batch
+from blockbert.measure.models import build, check_heads, heads_of, random_batch
 
 log = logging.getLogger(__name__)
 A2_NA = "n/a (CUDA only)"
@@ -39,6 +40,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
             f"seq_lengths={lengths}: give at least two different lengths, which the fit of activation memory into an "
             "O(N) and an O(N²) part needs"
         )
+    check_heads(heads, list(cfg.models), size)
     results = {
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -49,7 +51,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
         "models": {},
     }
     for name in cfg.models:
-        rows = []
+        rows, used = [], {}
         for n in lengths:
             b = cfg.tokens_per_device // n
             if b < 1:
@@ -63,6 +65,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
             with autocast:
                 step = measure_step(model, batch)
             a2_bytes = a2_activation_bytes(model, batch, cfg.a2_warmup_steps, autocast) if a2 else None
+            used = heads_of(name, model)
             del model
             rows.append(
                 dict(
@@ -77,6 +80,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
             )
             log.info("%s N=%d b=%d: activation %.1f MB", name, n, b, rows[-1]["activation_mb"])
         results["models"][name] = {
+            **used,  # a block model's heads and its preset's
             "rows": rows,
             "fit": _fit(rows, lengths, ""),
             "fit_a2": _fit(rows, lengths, "a2_") if a2 else None,
@@ -116,12 +120,12 @@ def print_table(results: dict, lengths: list[int]) -> None:
         table.add_column(f"N={n}", justify="right")
     table.add_column("R²", justify="right")
     for name, entry in results["models"].items():
-        for label, prefix, fit in (("saved", "", entry["fit"]), ("A.2", "a2_", entry["fit_a2"])):
+        for estimate, prefix, fit in (("saved", "", entry["fit"]), ("A.2", "a2_", entry["fit_a2"])):
             if fit is not None:
                 cells = [
                     f"{r[prefix + 'linear_part_mb']:.1f} / {r[prefix + 'quadratic_part_mb']:.1f}" for r in entry["rows"]
                 ]
-                table.add_row(name, label, *cells, f"{fit['r2']:.4f}")
+                table.add_row(with_heads(name, entry), estimate, *cells, f"{fit['r2']:.4f}")
     console().print(table)
     breakdown = Table(
         title="One training step's memory, MB: model (parameters), optimizer (gradients + Adam moments), activations"
@@ -133,7 +137,7 @@ def print_table(results: dict, lengths: list[int]) -> None:
         for r in entry["rows"]:
             peak = "" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.1f}"
             breakdown.add_row(
-                name,
+                with_heads(name, entry),
                 str(r["seq_len"]),
                 str(r["batch_size"]),
                 f"{r['model_mb']:.1f}",
@@ -157,7 +161,7 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in results["models"].items():
         xs = [r["seq_len"] for r in entry["rows"]]
-        ax.plot(xs, [r["activation_mb"] for r in entry["rows"]], "o", label=name)
+        ax.plot(xs, [r["activation_mb"] for r in entry["rows"]], "o", label=with_heads(name, entry))
         fit = entry["fit"]
         ax.plot(xs, [fit["intercept_mb"] + fit["slope_mb_per_token"] * x for x in xs], "-", alpha=0.6)
         if entry["fit_a2"] is not None:
@@ -166,7 +170,7 @@ def plot(results: dict, path: Path) -> None:
                 [r["a2_activation_mb"] for r in entry["rows"]],
                 "x",
                 color=ax.lines[-1].get_color(),
-                label=f"{name} (A.2)",
+                label=f"{with_heads(name, entry)} (A.2)",
             )
     ax.set_xlabel("sequence length N (tokens per device fixed)")
     ax.set_ylabel("activation memory (MB)")

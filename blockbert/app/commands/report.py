@@ -7,7 +7,7 @@ from pathlib import Path
 
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_summary import summarize_sweep
-from blockbert.formats.run_dir import SweepDir
+from blockbert.formats.run_dir import SweepDir, check_writable
 
 
 @one_line_errors("report")
@@ -32,6 +32,8 @@ def run_paper_report(directories: list[str], out: str | None = None) -> None:
     outputs go to ``out``, by default the first directory given, as the sweep summary goes into its directory."""
     from blockbert.experiments.paper_report import OUTPUTS, paper_report
 
+    if out:
+        check_writable(out, "--out")  # before the runs are read: a file there, not a directory
     out_dir = paper_report(list(directories), Path(out).expanduser() if out else None)
     print(f"paper report ({', '.join(OUTPUTS)}) is in:")
     print(out_dir.resolve())
