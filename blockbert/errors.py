@@ -81,6 +81,8 @@ def one_line(err: Exception) -> str:
         err = err.__cause__
     if not lines:
         return type(err).__name__
+    if type(err).__name__ == "OverrideParseException":  # Hydra's grammar's tokens say little to a user
+        return _unparsed_override("; ".join(lines))
     if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
         lines = lines[: lines.index("Config search path:")]
     for i, line in enumerate(lines):
@@ -90,6 +92,18 @@ def one_line(err: Exception) -> str:
         lines[-1] = f"{err.filename}: {err.strerror}"  # not Python's "[Errno 1] Operation not permitted: 'path'"
     text = "; ".join(lines)
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
+
+
+def _unparsed_override(message: str) -> str:
+    """Hydra's "Error parsing override 'X'; <the grammar's words>; See ..." as what an override is."""
+    parts = [part.strip() for part in message.split(";") if not part.strip().startswith("See ")]
+    given = parts.pop(0).split("'")[1] if parts[0].startswith("Error parsing override '") else None
+    detail = "; ".join(part.split(" expecting ")[0] for part in parts)
+    return (
+        f"{repr(given) + ' is not' if given else 'an argument is not'} an override ({detail}): give key=value "
+        "(model.heads=10:2), group=option (model=blockbert_n3), +key=value to add a key or ~key to remove one, and "
+        "a value with brackets or spaces in quotes ('data.files=\"my corpus.txt\"')"
+    )
 
 
 def one_line_errors(command: str):

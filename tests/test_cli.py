@@ -91,6 +91,23 @@ def test_an_option_the_command_lacks_is_one_line(args, message):
     assert "usage:" not in result.output and not (Path.cwd() / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("word", "start"),
+    [
+        ("model.heads==3:1", "'model.heads==3:1' is not an override (extraneous input '='): give key=value"),
+        ("model.heads", "'model.heads' is not an override (missing EQUAL at '<EOF>'): give key=value"),
+        ("model.heads=[3:1", "an argument is not an override (no viable alternative at input '[3:1'): give"),
+    ],
+)
+def test_a_malformed_override_says_what_an_override_is(word, start):
+    """Before: Hydra's parser's words (``OverrideParseException: ... expecting {<EOF>, ':', BRACKET_OPEN, ...}``)."""
+    result = runner.invoke(cli.app, ["pretrain", word, "--cfg", "job"])
+    assert result.exit_code == 2
+    line = error_line(result.output)
+    assert line.startswith(f"blockbert pretrain: error: {start}") and "group=option (model=blockbert_n3)" in line
+    assert "BRACKET_OPEN" not in line and "hydra.cc" not in line
+
+
 def test_hydra_flags_still_reach_hydra():
     result = runner.invoke(cli.app, ["pretrain", "-c", "job", "--package", "trainer", "trainer.max_steps=7"])
     assert result.exit_code == 0, result.output
