@@ -5,6 +5,7 @@ seconds; the commands themselves run in the other tests."""
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,11 @@ def one_job_each(args: list[str]) -> list[list[str]]:
     return runs or [args]
 
 
-def finished_sweep(directory: Path) -> Path:
-    """A pre-training sweep directory with one finished job (what `finetune_each --from` reads)."""
+def finished_sweep(directory: Path, checkpoints: Path) -> Path:
+    """A pre-training sweep directory with one finished job (what `finetune_each --from` reads), its ``checkpoints``
+    those of a run (each job's config is completed from its checkpoint, in a dry run too)."""
     (directory / "0" / ".hydra").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(checkpoints, directory / "0" / "checkpoints", dirs_exist_ok=True)
     (directory / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.heads=10:1:1"]))
     (directory / "0" / "done.json").write_text("{}")
     (directory / "sweep.yaml").write_text(
@@ -130,7 +133,8 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
         return
     if name == "sweep":
         if "--from" in args:
-            args[args.index("--from") + 1] = str(finished_sweep(tmp_path / "pretrained"))
+            run = tmp_path / "runs" / "pretrain" / "2026-01-01_00-00-00"  # stand_ins's
+            args[args.index("--from") + 1] = str(finished_sweep(tmp_path / "pretrained", run / "checkpoints"))
         result = runner.invoke(app, [*args, "--dry-run"] if "--dry-run" not in args else args)
         assert result.exit_code == 0, result.output
         assert "jobs" in result.output

@@ -353,6 +353,107 @@ def test_a_sweep_over_a_range_of_seeds_is_planned(in_tmp):
     assert not (in_tmp / "multirun").exists()
 
 
+def sweep_file(path, parameters, overrides=("experiment=tiny",)):
+    """A user's sweep file of pre-training jobs: ``parameters`` swept, ``overrides`` fixed."""
+    spec = {"command": "pretrain", "overrides": list(overrides), "metric": "val/ppl", "parameters": parameters}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def job_lines(output):
+    return [line.split(": ", 1)[1] for line in output.splitlines() if ": blockbert " in line]
+
+
+def test_a_dry_run_refuses_a_job_as_the_sweep_refuses_it(in_tmp):
+    """--dry-run listed every job and exited 0 while the sweep itself refused one job's config (7:3 for 4 heads; 3
+    heads in a 64-wide model): both now refuse it in the same one line, naming the job, before any directory."""
+    bad = sweep_file(in_tmp / "bad.yaml", {"model.heads": ["3:1", "7:3"]})
+    refusal = (
+        "blockbert sweep: error: job 1 (model.heads=7:3): model.heads='7:3' assigns 10 heads but the model has "
+        "num_heads=4: the counts must sum to 4"
+    )
+    for dry_run in (["--dry-run"], []):
+        result = runner.invoke(cli.app, ["sweep", str(bad), *dry_run])
+        assert (result.exit_code, result.output.strip().splitlines()) == (2, [refusal])
+    heads = runner.invoke(cli.app, ["sweep", "heads_n2", "experiment=tiny", "model.num_heads=3", "--dry-run"])
+    assert heads.exit_code == 2 and not job_lines(heads.output)
+    assert "job 0 (model.heads=3:0): model.hidden_size=64 is not divisible by num_heads=3" in heads.output
+    assert not (in_tmp / "multirun").exists()
+
+
+def test_the_quick_check_of_a_job_passes_only_what_its_whole_composition_passes():
+    """The jobs after the first are checked from the multirun's config with their values applied (9 s for heads_n3's
+    91 jobs composed whole, 3 s so): it passes a job only where the whole composition does, and leaves a swept config
+    group, a refusal and an added key to it."""
+    from blockbert.app.commands.sweep import passes
+    from blockbert.formats.compose import compose, compose_multirun
+
+    fixed = ["experiment=tiny", "trainer.max_steps=5"]
+    multirun = compose_multirun("pretrain", [*fixed, "model.heads=2:2,7:3", "optim.lr=1e-3,abc", "seed=0,1"])
+    jobs = {  # a job's overrides: whether the quick check decides it
+        ("model.heads=2:2", "optim.lr=1e-3", "seed=1"): True,
+        ("model.heads=1:3", "optim.lr=0.5", "seed=0"): True,
+        ("model.heads=7:3", "optim.lr=1e-3", "seed=0"): False,
+        ("model.heads=2:2", "optim.lr=abc", "seed=0"): False,
+        ("model.heads=2:2", "optim.lr=1e-3", "data.max_seq_length=4096"): False,
+        ("model=blockbert_n2", "seed=0"): False,
+        ("model.heads=2:2", "+model.extra=1"): False,
+    }
+    for job, quick in jobs.items():
+        try:
+            compose("pretrain", [*fixed, *job], finished=True)
+            whole = True
+        except Exception:  # noqa: BLE001 -- any refusal
+            whole = False
+        assert passes(multirun, "pretrain", fixed, list(job), ()) == quick and (whole or not quick), job
+        assert whole == quick or job[0].startswith("model="), job
+
+
+def test_a_single_value_on_the_command_line_replaces_a_swept_keys_values(in_tmp):
+    """`model.heads=3:1` on heads_n2's command line was dropped: the 5 head configs ran and the fixed ones left it
+    out. As a comma list replaces the file's values, a single value does: one value, one job (plan --sweep too)."""
+    from blockbert.app.commands.sweep import expanded_sweep
+    from blockbert.experiments.sweep_plan import job_overrides
+
+    one = runner.invoke(cli.app, ["sweep", "heads_n2", "experiment=tiny", "model.heads=3:1", "--dry-run"])
+    assert one.exit_code == 0, one.output
+    assert job_lines(one.output) == [
+        "blockbert pretrain data=wiki_book trainer.max_steps=1200000 optim.schedule_steps=2400000 experiment=tiny "
+        "model.heads=3:1"
+    ]
+    two = runner.invoke(cli.app, ["sweep", "heads_n2", "experiment=tiny", "model.heads=3:1,2:2", "--dry-run"])
+    assert len(job_lines(two.output)) == 2
+    sweep, grid, texts = expanded_sweep("heads_n2", ["experiment=tiny", "model.heads='3:1'"])  # plan --sweep's jobs
+    assert grid == {"model.heads": ["3:1"]} and job_overrides(grid, texts) == [["model.heads='3:1'"]]
+    assert "model.heads" not in " ".join(sweep.overrides)
+    spec = sweep_file(in_tmp / "own.yaml", {"model.heads": ["3:1", "2:2"]}, ["experiment=tiny", "seed=0,1,2"])
+    sweep, grid, _ = expanded_sweep(str(spec), ["seed=5"])  # a sweep among the file's overrides too
+    assert grid == {"model.heads": ["3:1", "2:2"], "seed": [5]} and sweep.overrides == ["experiment=tiny"]
+    both = sweep_file(in_tmp / "both.yaml", {"model.heads": ["3:1", "2:2"]}, ["experiment=tiny", "model.heads=4:0"])
+    assert expanded_sweep(str(both), [])[1] == {"model.heads": ["3:1", "2:2"]}  # the file's fixed one: its grid wins
+
+
+def test_a_sweep_refused_before_its_first_job_leaves_no_directory(in_tmp):
+    """A sweep refused after it made its directory (here the launcher's check) left sweep.yaml in an empty sweep
+    directory, which `report` then called a sweep without jobs. A new directory goes again, with the parents made for
+    it; one that was there (--dir, a sweep to resume) stays as it was."""
+    spec = sweep_file(in_tmp / "two.yaml", {"model.heads": ["3:1", "1:3"]})
+    refused = ["sweep", str(spec), "cluster=submitit_local", "trainer.num_nodes=2"]
+    result = runner.invoke(cli.app, refused)
+    assert result.exit_code == 2 and "trainer.num_nodes=2 must be 1" in result.output
+    assert not (in_tmp / "multirun").exists()
+    assert runner.invoke(cli.app, [*refused, "--dir", "new/sweep"]).exit_code == 2
+    assert not (in_tmp / "new").exists()
+    resumed = in_tmp / "resumed"
+    (resumed / "0").mkdir(parents=True)
+    (resumed / "0" / "metrics.json").write_text("{}")
+    empty = in_tmp / "empty"
+    empty.mkdir()
+    for directory in (resumed, empty):
+        assert runner.invoke(cli.app, [*refused, "--dir", str(directory)]).exit_code == 2
+    assert (resumed / "0" / "metrics.json").read_text() == "{}" and empty.is_dir()
+
+
 def test_a_sweep_over_seeds_reports_mean_and_std_per_setting(tmp_path):
     """longrange_n2's summary: one row per head config, mean ± sample std over its seeds, best mean first, and
     Figure 4 with error bars (summary_seeds.csv, summary.png); a failed seed is left out and counted."""
