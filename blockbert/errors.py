@@ -82,7 +82,7 @@ def one_line(err: Exception) -> str:
     if not lines:
         return type(err).__name__
     if type(err).__name__ == "OverrideParseException":  # Hydra's grammar's tokens say little to a user
-        return _unparsed_override("; ".join(lines))
+        return not_an_override("; ".join(lines))
     if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
         lines = lines[: lines.index("Config search path:")]
     for i, line in enumerate(lines):
@@ -94,10 +94,12 @@ def one_line(err: Exception) -> str:
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
 
 
-def _unparsed_override(message: str) -> str:
-    """Hydra's "Error parsing override 'X'; <the grammar's words>; See ..." as what an override is."""
+def not_an_override(message: str, given: str | None = None) -> str:
+    """Hydra's "Error parsing override 'X'; <the grammar's words>; See ..." as what an override is; ``given``: the
+    override, where the message does not name it."""
     parts = [part.strip() for part in message.split(";") if not part.strip().startswith("See ")]
-    given = parts.pop(0).split("'")[1] if parts[0].startswith("Error parsing override '") else None
+    if parts[0].startswith("Error parsing override '"):
+        given = given or parts.pop(0).split("'")[1]
     detail = "; ".join(part.split(" expecting ")[0] for part in parts)
     return (
         f"{repr(given) + ' is not' if given else 'an argument is not'} an override ({detail}): give key=value "
