@@ -299,8 +299,22 @@ def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict
         "micro_batch": batch,
         "forward_backward_s": [times[f"forward_backward_{layers}"] for layers in FIT_LAYERS],
         "optimizer_s": [times[f"optimizer_{layers}"] for layers in FIT_LAYERS],
-        "others_cpu_share": round(others.share, 3),  # the machine's CPU that other processes took meanwhile
+        # a CPU's time: the share of its cores' time that other processes took meanwhile
+        **({"others_cpu_share": round(others.share, 3)} if device.type == "cpu" else {}),
     }
+
+
+def timed_beside_others(entry: dict) -> bool:
+    """Whether the fit's step times were measured on a CPU that other processes kept busy (BUSY_SHARE): too long."""
+    share = entry.get("time", {}).get("others_cpu_share", 0.0)
+    if share > BUSY_SHARE:
+        log.warning(
+            "plan: other processes took %.0f %% of the CPU while the step was timed (%s): the times below are too "
+            "long; a plan on this machine times the step again",
+            100 * share,
+            entry["measured"]["date"],
+        )
+    return share > BUSY_SHARE
 
 
 def _where(device: torch.device) -> dict:
@@ -414,10 +428,11 @@ def named_store(directory: Path, gpu: str) -> FitStore:
 
 def fit_for(target: Target, store: FitStore, device: torch.device | None, timed: bool) -> tuple[dict, str]:
     """(fit, where it comes from): stored for this device kind, or measured now on ``device`` (None: a named GPU's
-    calibration, which must hold it)."""
+    calibration, which must hold it). A stored CPU time measured beside busy processes is measured again here."""
     entry = store.get(target, timed_micro_batch(target, device) if timed and device is not None else None)
     if entry is not None and (not timed or "time" in entry):
-        return entry, f"fitted on {entry['measured']['name']} ({entry['measured']['date']}, stored in {store.path})"
+        if not (timed and timed_beside_others(entry) and device is not None):
+            return entry, f"fitted on {entry['measured']['name']} ({entry['measured']['date']}, stored in {store.path})"
     if device is None:
         raise ConfigError(
             f"the calibration of {store.kind} has no fit{' with times' if timed else ''} of this model "
@@ -427,12 +442,6 @@ def fit_for(target: Target, store: FitStore, device: torch.device | None, timed:
         )
     log.info("plan: fitting memory%s on %s (1 and 2 layers)", " and time" if timed else "", device_name(device))
     entry = measure_fit(target, device, timed)
-    busy = device.type == "cpu" and entry.get("time", {}).get("others_cpu_share", 0.0) > BUSY_SHARE
-    if busy:
-        log.warning(
-            "plan: other processes took %.0f %% of this machine's CPU while the step was timed: the times below are "
-            "too long, and are not kept (the next plan times the step again; plan on a quiet machine)",
-            100 * entry["time"]["others_cpu_share"],
-        )
-    store.put(target, {k: v for k, v in entry.items() if k != "time"} if busy else entry, describe_device(device))
+    timed_beside_others(entry)
+    store.put(target, entry, describe_device(device))
     return entry, f"fitted now on {entry['measured']['name']} (stored in {store.path})"

@@ -8,8 +8,8 @@
 - :class:`StepClock`: the wall time between a training loop's optimizer steps and what each step counted (tokens,
   examples), for whole runs (:mod:`blockbert.measure.run_benchmark`).
 - :func:`timing_summary`: median, IQR and the samples, for both.
-- :class:`OthersLoad`: the share of the machine's CPU time other processes took while a measurement ran: a time
-  measured beside them is too long, by as much as they took (``blockbert plan`` keeps no such time).
+- :class:`OthersLoad`: the share of the CPU time of our cores that other processes took while a measurement ran: a
+  time measured beside them is too long (``blockbert plan`` keeps no such time).
 """
 
 from __future__ import annotations
@@ -35,30 +35,38 @@ def synchronize(device: torch.device) -> None:
 
 
 class OthersLoad:
-    """``with OthersLoad() as load: ...`` then ``load.share``: the share of the machine's CPU time (all its cores,
-    over the block's wall time) that processes other than this one took while the block ran."""
+    """``with OthersLoad() as load: ...`` then ``load.share``: the share of the CPU time of the cores this process may
+    run on (its affinity) that other processes took while the block ran. Not seen: a CPU quota (cgroup ``cpu.max``)
+    shared with others within these cores."""
 
     def __enter__(self) -> OthersLoad:
-        self._start = (time.perf_counter(), _busy(psutil.cpu_times()), _own(psutil.Process().cpu_times()))
+        self.cores = usable_cores()
+        self._start = self._clocks()
         self.share = 0.0
         return self
 
     def __exit__(self, *exc) -> None:
-        wall, busy, own = (
-            end - start
-            for end, start in zip(
-                (time.perf_counter(), _busy(psutil.cpu_times()), _own(psutil.Process().cpu_times())), self._start
-            )
-        )
-        self.share = max(0.0, (busy - own) / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
+        wall, busy, own = (end - start for end, start in zip(self._clocks(), self._start))
+        self.share = max(0.0, (busy - own) / (wall * len(self.cores))) if wall > 0 else 0.0
+
+    def _clocks(self) -> tuple[float, float, float]:
+        """(wall seconds, busy CPU seconds of our cores, this process's CPU seconds)."""
+        per_core = psutil.cpu_times(percpu=True)
+        busy = sum(_busy(per_core[core]) for core in self.cores if core < len(per_core))
+        own = psutil.Process().cpu_times()
+        return time.perf_counter(), busy, own.user + own.system
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (all of them where the platform does not say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
 
 
 def _busy(times) -> float:
     return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def _own(times) -> float:
-    return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
 
 
 def time_side_by_side(
