@@ -125,9 +125,11 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
     if unknown is None:
         return
     if unknown.replace("-", "") == "dryrun" and "--dry-run" not in known:
+        looks = f"blockbert {task} --cfg job" if hydra_flags else "blockbert pretrain ... --cfg job"
         print(
-            f"blockbert {task}: error: {unknown} is not an option of blockbert {task}, which has no dry run: "
-            f"`blockbert {task} --cfg job` prints the config it would run"
+            f"blockbert {task}: error: {unknown} is not an option of blockbert {task}, which has no dry run"
+            + (" (it runs nothing but its fit, seconds)" if task == "plan" else "")
+            + f": `{looks}` prints the config a run would run"
             + (f", `blockbert plan{'' if task == 'pretrain' else ' --command finetune'}` its memory and time"
                if task in ("pretrain", "finetune") else "")
             + "; `blockbert sweep NAME --dry-run` lists a sweep's jobs",

@@ -82,7 +82,7 @@ def one_line(err: Exception) -> str:
     if not lines:
         return type(err).__name__
     if type(err).__name__ == "OverrideParseException":  # Hydra's grammar's tokens say little to a user
-        return not_an_override("; ".join(lines))
+        return not_an_override(err)
     if "Config search path:" in lines:  # Hydra's listing of where it looked: not the error
         lines = lines[: lines.index("Config search path:")]
     for i, line in enumerate(lines):
@@ -94,17 +94,23 @@ def one_line(err: Exception) -> str:
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
 
 
-def not_an_override(message: str, given: str | None = None) -> str:
-    """Hydra's "Error parsing override 'X'; <the grammar's words>; See ..." as what an override is; ``given``: the
-    override, where the message does not name it."""
-    parts = [part.strip() for part in message.split(";") if not part.strip().startswith("See ")]
-    if parts[0].startswith("Error parsing override '"):
-        given = given or parts.pop(0).split("'")[1]
-    detail = "; ".join(part.split(" expecting ")[0] for part in parts)
+def not_an_override(err: Exception) -> str:
+    """Hydra's OverrideParseException (its grammar's words, a caret line, a link) as what an override is, naming the
+    override (``err.override``) and where it stops being readable."""
+    given = getattr(err, "override", None)
+    lexer = "LexerNoViableAltException: "
+    details = []
+    lines = str(err).splitlines()
+    for line, below in zip(lines, [*lines[1:], ""]):
+        if line.startswith(lexer) and "^" in below and given:  # the caret marks where reading stopped
+            details.append(f"unreadable from {given[max(0, below.index('^') - len(lexer)) :]!r}")
+        elif line.strip() and not line.startswith(("See ", "Error parsing override", lexer)) and line.strip() != "^":
+            details.append(line.split(" expecting ")[0].strip())
+    detail = f" ({'; '.join(details)})" if details else ""
     return (
-        f"{repr(given) + ' is not' if given else 'an argument is not'} an override ({detail}): give key=value "
+        f"{repr(given) + ' is not' if given else 'an argument is not'} an override{detail}: give key=value "
         "(model.heads=10:2), group=option (model=blockbert_n3), +key=value to add a key or ~key to remove one, and "
-        "a value with brackets or spaces in quotes ('data.files=\"my corpus.txt\"')"
+        "a value with brackets, spaces or ; in quotes ('data.files=\"my corpus.txt\"')"
     )
 
 

@@ -75,12 +75,14 @@ def test_unknown_group_option_is_one_line_naming_the_options():
          "overrides (mode=attention)"),  # before: trainer.max_steps=10, which benchmark refuses
         # before: "(did you mean --run?)", Hydra's flag that runs the job
         (["pretrain", "--dry-run"], "--dry-run is not an option of blockbert pretrain, which has no dry run: "
-         "`blockbert pretrain --cfg job` prints the config it would run, `blockbert plan` its memory and time"),
+         "`blockbert pretrain --cfg job` prints the config a run would run, `blockbert plan` its memory and time"),
         (["finetune", "--dryrun"], "--dryrun is not an option of blockbert finetune, which has no dry run: "
-         "`blockbert finetune --cfg job` prints the config it would run, `blockbert plan --command finetune`"),
+         "`blockbert finetune --cfg job` prints the config a run would run, `blockbert plan --command finetune`"),
         (["profile", "--dry-run"], "--dry-run is not an option of blockbert profile, which has no dry run: "
-         "`blockbert profile --cfg job` prints the config it would run; `blockbert sweep NAME --dry-run` lists"),
+         "`blockbert profile --cfg job` prints the config a run would run; `blockbert sweep NAME --dry-run` lists"),
         (["pretrain", "--ru"], "--ru is not an option of blockbert pretrain; settings"),
+        (["plan", "--dry-run"], "--dry-run is not an option of blockbert plan, which has no dry run (it runs nothing "
+         "but its fit, seconds): `blockbert pretrain ... --cfg job`"),  # plan takes no --cfg
     ],
 )  # fmt: skip
 def test_an_option_the_command_lacks_is_one_line(args, message):
@@ -96,7 +98,8 @@ def test_an_option_the_command_lacks_is_one_line(args, message):
     [
         ("model.heads==3:1", "'model.heads==3:1' is not an override (extraneous input '='): give key=value"),
         ("model.heads", "'model.heads' is not an override (missing EQUAL at '<EOF>'): give key=value"),
-        ("model.heads=[3:1", "an argument is not an override (no viable alternative at input '[3:1'): give"),
+        ("model.heads=[3:1", "'model.heads=[3:1' is not an override (no viable alternative at input '[3:1'): give"),
+        ("data.files='my corpus.txt", '"data.files=\'my corpus.txt" is not an override (unreadable from "\'my corpus'),
     ],
 )
 def test_a_malformed_override_says_what_an_override_is(word, start):
@@ -105,7 +108,7 @@ def test_a_malformed_override_says_what_an_override_is(word, start):
     assert result.exit_code == 2
     line = error_line(result.output)
     assert line.startswith(f"blockbert pretrain: error: {start}") and "group=option (model=blockbert_n3)" in line
-    assert "BRACKET_OPEN" not in line and "hydra.cc" not in line
+    assert "BRACKET_OPEN" not in line and "hydra.cc" not in line and "Lexer" not in line
 
 
 def test_hydra_flags_still_reach_hydra():

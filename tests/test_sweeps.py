@@ -385,8 +385,8 @@ def test_the_quick_check_of_a_job_passes_only_what_its_whole_composition_passes(
     """The jobs after the first are checked from the multirun's config with their values applied (9 s for heads_n3's
     91 jobs composed whole, 3 s so): it passes a job only where the whole composition does, and leaves a swept config
     group, a refusal and an added key to it."""
-    from blockbert.app.commands.sweep import passes
     from blockbert.formats.compose import compose, compose_multirun
+    from blockbert.formats.compose import job_passes as passes
 
     fixed = ["experiment=tiny", "trainer.max_steps=5"]
     multirun = compose_multirun("pretrain", [*fixed, "model.heads=2:2,7:3", "optim.lr=1e-3,abc", "seed=0,1"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ from blockbert.experiments.sweep_plan import (
     multirun_args,
     wandb_sweep,
 )
-from blockbert.formats.compose import compose, compose_multirun, config_loader, finish, override_key
+from blockbert.formats.compose import compose, compose_multirun, config_loader, job_passes, override_key
 from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.train.loggers import finish_wandb
 
@@ -180,50 +179,19 @@ def check_jobs(sweep, per_job: list[list[str]], multirun_config, config_dirs: tu
     """Every job's config composed and checked as its run will check it: Hydra's sweeper does so before it starts any
     job, and one bad value ends the whole sweep. Here, before the sweep's directory is made and in --dry-run too, it
     ends in one line that names the job. The jobs after the first are checked from ``multirun_config`` (the
-    multirun's) where :func:`passes` is sure, else composed whole: a refusal is always the whole composition's."""
+    multirun's) where :func:`blockbert.formats.compose.job_passes` is sure, else composed whole: a refusal is always
+    the whole composition's."""
     fixed = [o for o in sweep.overrides if not o.startswith("hydra.")]
     for number, job in enumerate(per_job):
         try:
             # job 0 whole: a multirun's composition skips a config group left to be given, which a run's refuses
-            if number == 0 or not passes(multirun_config, sweep.command, fixed, job, config_dirs):
+            if number == 0 or not job_passes(multirun_config, sweep.command, fixed, job, config_dirs):
                 compose(sweep.command, [*fixed, *job], config_dirs, finished=True)
         except Exception as err:
             if not is_user_error(err):
                 raise
-            raise ConfigError(f"job {number} ({' '.join(job)}): {one_line(err)}") from None
-
-
-class _ComposeWhole(Exception):
-    """Raised by :func:`passes`'s ``again``: a run from a checkpoint that is composed again is decided whole."""
-
-
-def _compose_whole(extra):
-    raise _ComposeWhole
-
-
-def passes(multirun_config, command: str, fixed: list[str], job: list[str], config_dirs: tuple[str, ...]) -> bool:
-    """Whether a job's config passes a run's checks, found quicker than by composing it whole (0.1 s a job: 9 s for
-    heads_n3's 91). ``multirun_config`` is the jobs' config composed from the same config groups with the ``fixed``
-    overrides applied; Hydra applies the ``job``'s values after those (when they are no config group), here to a
-    copy, which is then finished as a run's. False where that is not sure (a swept config group, a value Hydra would
-    not apply so, a run from a checkpoint composed again) and where a check refuses: the whole composition decides,
-    and words the refusal."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-
-    loader = config_loader(config_dirs)
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(job)
-    if any(loader.repository.group_exists(o.key_or_group) for o in parsed):
-        return False
-    cfg = copy.deepcopy(multirun_config)
-    try:
-        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
-        cfg.hydra.overrides.task = [*fixed, *job]
-        finish(cfg, command, RunMode.RUN, _compose_whole)
-    except Exception:  # noqa: BLE001 -- decided by the whole composition
-        return False
-    return True
+            named = f"job {number} ({' '.join(job)})" if job else f"job {number}"
+            raise ConfigError(f"{named}: {one_line(err)}") from None
 
 
 @contextlib.contextmanager
@@ -264,7 +232,7 @@ def parse_overrides(
         try:
             (override,) = parser.parse_overrides([line])
         except HydraException as err:
-            raise ConfigError(not_an_override("; ".join(str(err).splitlines()), line)) from None
+            raise ConfigError(not_an_override(err) if hasattr(err, "override") else one_line(err)) from None
         one = not override.is_sweep_override() and not override.is_delete()
         if one and override_key(override.input_line) in one_value:
             key = override.get_key_element()
