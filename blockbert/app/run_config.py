@@ -91,13 +91,11 @@ def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset())
 
 @contextmanager
 def forgotten_if_refused(run: RunDir, whole: bool):
-    """Around a job's checks: a refusal (bad input: a value, a missing file) leaves no trace of the job
-    (:func:`forget_job`)."""
+    """Around a job's checks: a refusal (ConfigError) leaves no trace of the job (:func:`forget_job`)."""
     try:
         yield
-    except Exception as err:
-        if is_user_error(err):
-            forget_job(run, whole)
+    except ConfigError:
+        forget_job(run, whole)
         raise
 
 
@@ -203,14 +201,17 @@ def check_data(cfg: DictConfig, command: str) -> None:
     """The run's corpus or QA files are there and its data settings can be read: a missing file ends the run in
     one line before the memory check's fit (seconds) and before Lightning is imported. Not while composing: a
     config (``--cfg job``, ``plan``) may name data that is not on this machine yet."""
-    if command == "pretrain":
-        from blockbert.data.corpus import check_corpus
+    try:
+        if command == "pretrain":
+            from blockbert.data.corpus import check_corpus
 
-        check_corpus(cfg.data)
-    else:
-        from blockbert.data.qa import task_files
+            check_corpus(cfg.data)
+        else:
+            from blockbert.data.qa import task_files
 
-        task_files(cfg.task)
+            task_files(cfg.task)
+    except FileNotFoundError as err:  # a refusal: the run leaves no trace
+        raise ConfigError(str(err)) from None
 
 
 def _stamp(path: Path) -> tuple | None:

@@ -94,7 +94,8 @@ def task_files(task_cfg) -> dict[str, str] | None:
         files["test"] = task_cfg.test_file
     for split, path in files.items():
         if not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"task.{split}_file={str(path)!r}: no such file")
+            what = "a directory, not a file" if Path(path).expanduser().is_dir() else "no such file"
+            raise FileNotFoundError(f"task.{split}_file={str(path)!r}: {what}")
     return files
 
 
