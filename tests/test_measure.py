@@ -128,7 +128,8 @@ TINY += ["repeats=1", "warmup=0"]  # benchmark: one run of each
             "benchmark mode=attention",
             "+heads.blockbert_n2=abc",
             "heads.blockbert_n2='abc' is not read by mode=attention (it times the fixed head configs 10:2 and 8:2:2): "
-            "heads is read by mode=model and mode=layout",
+            "heads is read by mode=model and mode=layout; give 'heads={}' to clear heads a bench= preset sets "
+            "(bench=table5's)",
         ),
         (  # before: heads='7:3' assigns 10 heads but the model has num_heads=12, the key not named
             "benchmark",
@@ -153,7 +154,7 @@ def test_heads_are_checked_against_the_models_the_mode_builds():
         ({"hf_bert": "9:3"}, "heads.hf_bert='9:3': hf_bert has no blockwise attention to give heads to; heads are "
          "read by the block models measured: blockbert_n2"),
         ({"blockbert_n2": "abc"}, "heads.blockbert_n2='abc' is not a head config: expected non-negative integers "
-         "separated by ':' summing to blockbert_n2's num_heads=12"),
+         "separated by ':' summing to num_heads=12"),
         ({"roberta_1seq": "9:3"}, "heads.roberta_1seq='9:3': roberta_1seq has no blockwise attention"),
     ):  # fmt: skip
         with pytest.raises(ConfigError, match=re.escape(error)):

@@ -119,7 +119,8 @@ def check_mode_heads(cfg) -> None:
             fixed = " (it times the fixed head configs 10:2 and 8:2:2)" if cfg.mode == "attention" else ""
             raise ConfigError(
                 f"heads.{key}={str(value)!r} is not read by mode={cfg.mode}{fixed}: heads is read by "
-                f"{' and '.join(f'mode={mode}' for mode in HEADS_READ_BY)}"
+                f"{' and '.join(f'mode={mode}' for mode in HEADS_READ_BY)}; give 'heads={{}}' to clear heads a bench= "
+                "preset sets (bench=table5's)"
             )
         return
     setting = HEADS_READ_BY[cfg.mode]

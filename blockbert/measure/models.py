@@ -62,7 +62,7 @@ def check_heads(heads: dict, models: list[str], size: dict, setting: str = "mode
             raise ConfigError(f"{given}: {key} is not among {setting}=[{', '.join(models)}]; {read_by}")
         if not _is_block(named[0]):
             raise ConfigError(f"{given}: {key} has no blockwise attention to give heads to; {read_by}")
-        _check_head_config(given, key, str(value), preset_config(_preset_of(named[0]), **size).num_heads)
+        _check_head_config(key, str(value), preset_config(_preset_of(named[0]), **size).num_heads)
 
 
 def _is_block(name: str) -> bool:
@@ -70,21 +70,15 @@ def _is_block(name: str) -> bool:
     return preset is not None and PRESETS[preset].config.attention == "block"
 
 
-def _check_head_config(given: str, key: str, value: str, num_heads: int) -> None:
-    """``value`` as the heads of the model ``key`` names (``num_heads`` of them), or a one-line refusal naming
-    ``given`` (``heads.KEY='VALUE'``)."""
+def _check_head_config(key: str, value: str, num_heads: int) -> None:
+    """``value`` as the heads of the model ``key`` names (``num_heads`` of them), or :func:`parse_heads`'s refusal
+    naming ``heads.KEY`` and the model."""
     try:
-        counts = parse_heads(value)
-    except ConfigError:
+        parse_heads(value, num_heads)
+    except ConfigError as err:  # parse_heads names "heads=...": name the key and the model
         raise ConfigError(
-            f"{given} is not a head config: expected non-negative integers separated by ':' summing to "
-            f"{key}'s num_heads={num_heads}, e.g. '10:2' (n=2) or '8:2:2' (n=3)"
+            f"heads.{key}{str(err).removeprefix('heads').replace('the model has', f'{key} has')}"
         ) from None
-    if sum(counts) != num_heads:
-        raise ConfigError(
-            f"{given} assigns {sum(counts)} heads but {key} has num_heads={num_heads}: the counts must sum to "
-            f"{num_heads}"
-        )
 
 
 def heads_of(name: str, model) -> dict:
