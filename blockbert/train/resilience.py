@@ -408,8 +408,9 @@ class RunSafety:
         # too, as if both defined the hook (ours do not): nothing for a user to act on.
         warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`.*")
         # Validation values are the same on every process: pre-training reduces its sums over the processes itself,
-        # and each process of a fine-tuning run reads the whole dev set; the step they are logged at is the same too.
-        warnings.filterwarnings("ignore", message=r".*use `self\.log\('((val|dev)/.*|step)', .*sync_dist=True.*")
+        # and each process of a fine-tuning run reads the whole dev set; the step and epoch logged with them are the
+        # same too.
+        warnings.filterwarnings("ignore", message=r".*use `self\.log\('((val|dev)/.*|step|epoch)', .*sync_dist=True.*")
         # Lightning logs every log_every_n_steps optimizer steps counted across epochs: its note that an epoch holds
         # fewer batches than that (a small corpus, a QA set) asks for a change no run needs.
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
