@@ -149,6 +149,24 @@ def test_step_times_measured_beside_busy_processes_are_measured_again(tmp_path, 
     assert len(measured) == (1 if reused else 2)
 
 
+def test_a_cpu_time_stored_before_the_busy_check_is_timed_again(tmp_path, monkeypatch):
+    """The tester's stored 4.85 s (about 120x too long) came from before the check: it would have been trusted."""
+    target = target_of("blockbert_n2", 128, 2)
+    old = {
+        "memory": {},
+        "measured": {"device": "cpu-test", "name": "CPU", "date": "before"},
+        "time": {"micro_batch": 2},
+    }
+    store = plan_fit.FitStore(tmp_path, "cpu-test")
+    store.put(target, old, {})
+    fresh = {**old, "measured": {**old["measured"], "date": "now"}, "time": {"micro_batch": 2, "others_cpu_share": 0.0}}
+    monkeypatch.setattr(plan_fit, "measure_fit", lambda *args: fresh)
+    monkeypatch.setattr(plan_fit, "timed_micro_batch", lambda *args: 2)
+    entry, source = plan_fit.fit_for(target, plan_fit.FitStore(tmp_path, "cpu-test"), CPU, timed=True)
+    assert entry is fresh and source.startswith("fitted now")
+    assert plan_fit.fit_for(target, plan_fit.FitStore(tmp_path, "cpu-test"), CPU, timed=True)[1].startswith("fitted on")
+
+
 def test_the_share_of_busy_processes_is_measured():
     cores = usable_cores()  # the busy loops inherit this process's cores
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cores]

@@ -305,7 +305,14 @@ def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict
 
 
 def timed_beside_others(entry: dict) -> bool:
-    """Whether the fit's step times were measured on a CPU that other processes kept busy (BUSY_SHARE): too long."""
+    """Whether the fit's step times were measured on a CPU that other processes kept busy (BUSY_SHARE): too long.
+    A CPU time stored before this was recorded counts as busy: it may be (a plan on this machine times it again)."""
+    if "time" in entry and entry["measured"].get("device", "").startswith("cpu"):
+        if "others_cpu_share" not in entry["time"]:
+            log.info(
+                "plan: the step time stored on %s was measured before busy CPUs were told", entry["measured"]["date"]
+            )
+            return True
     share = entry.get("time", {}).get("others_cpu_share", 0.0)
     if share > BUSY_SHARE:
         log.warning(
