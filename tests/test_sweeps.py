@@ -431,6 +431,9 @@ def test_a_single_value_on_the_command_line_replaces_a_swept_keys_values(in_tmp)
     assert grid == {"model.heads": ["3:1", "2:2"], "seed": [5]} and sweep.overrides == ["experiment=tiny"]
     both = sweep_file(in_tmp / "both.yaml", {"model.heads": ["3:1", "2:2"]}, ["experiment=tiny", "model.heads=4:0"])
     assert expanded_sweep(str(both), [])[1] == {"model.heads": ["3:1", "2:2"]}  # the file's fixed one: its grid wins
+    odd = sweep_file(in_tmp / "odd.yaml", {"model.heads": ["3:1"]}, ["experiment=tiny", "optim.lr=interval(0,1)"])
+    assert expanded_sweep(str(odd), ["optim.lr=0.001"])[1] == {"model.heads": ["3:1"], "optim.lr": [0.001]}
+    # before: the file's interval(0,1), which the basic sweeper cannot expand, refused the sweep that replaced it
 
 
 def test_a_sweep_refused_before_its_first_job_leaves_no_directory(in_tmp):

@@ -89,8 +89,7 @@ def expanded_sweep(name: str, overrides: list[str], source_dir: Path | None = No
     with that one."""
     sweep = load_sweep(name)
     given = {override_key(o) for o in overrides}
-    file_sweeps = parse_overrides([o for o in sweep.overrides if override_key(o) in given])[1]
-    resweeps = {override_key(key) for key in [*sweep.parameters, *file_sweeps]} & given
+    resweeps = {override_key(key) for key in [*sweep.parameters, *sweeps_among(sweep.overrides)]} & given
     sweep.overrides, swept, texts = parse_overrides(merge_overrides(sweep.overrides, overrides), resweeps)
     replaced = {override_key(key) for key in swept}
     sweep.parameters = {**{k: v for k, v in sweep.parameters.items() if override_key(k) not in replaced}, **swept}
@@ -212,6 +211,22 @@ def removed_if_unstarted(sweep_dir: Path):
 
 
 UNSTARTED = ("sweep.yaml", "multirun.yaml")  # what a sweep's directory holds before its first job
+
+
+def sweeps_among(overrides: list[str]) -> list[str]:
+    """The keys of ``overrides`` that are sweeps (``seed=0,1``), told by Hydra's grammar without expanding them: a
+    sweep the command line replaces need not be one the basic sweeper takes (``interval(0,1)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    keys = []
+    for line in overrides:
+        with contextlib.suppress(HydraException):  # unreadable: parse_overrides words it, if it is kept
+            (override,) = parser.parse_overrides([line])
+            if override.is_sweep_override():
+                keys.append(override.get_key_element())
+    return keys
 
 
 def parse_overrides(
