@@ -36,7 +36,7 @@ GB = 1e9
 MEASURE_TOKENS_CPU = 4096  # our choice: tokens per timed micro-batch on a CPU (time taken as linear in sequences)
 FIT_LAYERS = (1, 2)
 TIME_REPEATS = 5
-BUSY_SHARE = 0.25  # our choice: a CPU time measured while other processes took more of the machine is not kept
+BUSY_SHARE = 0.25  # our choice: a CPU time measured while other processes took more of our cores is timed again
 FIT_TOKENS_CPU = 8192  # our choice: the most tokens of a fitted micro-batch on a CPU
 FIT_VERSION = 2  # raised when the model's kernels or the measurement change: older fits are not reused
 CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"  # shipped fits of GPU kinds (plan --calibrate)
@@ -306,22 +306,22 @@ def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict
 
 def timed_beside_others(entry: dict) -> bool:
     """Whether the fit's step times were measured on a CPU that other processes kept busy (BUSY_SHARE): too long.
-    A CPU time stored before this was recorded counts as busy: it may be (a plan on this machine times it again)."""
-    if "time" in entry and entry["measured"].get("device", "").startswith("cpu"):
-        if "others_cpu_share" not in entry["time"]:
-            log.info(
-                "plan: the step time stored on %s was measured before busy CPUs were told", entry["measured"]["date"]
-            )
-            return True
-    share = entry.get("time", {}).get("others_cpu_share", 0.0)
-    if share > BUSY_SHARE:
+    A CPU time stored before the share was recorded counts as busy: it may be (a plan here times it again)."""
+    times = entry.get("time", {})
+    if "others_cpu_share" not in times:
+        unknown = bool(times) and entry["measured"].get("device", "").startswith("cpu")
+        if unknown:
+            log.info("plan: the step time stored on %s does not say how busy the CPU was", entry["measured"]["date"])
+        return unknown
+    busy = times["others_cpu_share"] > BUSY_SHARE
+    if busy:
         log.warning(
             "plan: other processes took %.0f %% of the CPU while the step was timed (%s): the times below are too "
             "long; a plan on this machine times the step again",
-            100 * share,
+            100 * times["others_cpu_share"],
             entry["measured"]["date"],
         )
-    return share > BUSY_SHARE
+    return busy
 
 
 def _where(device: torch.device) -> dict:
