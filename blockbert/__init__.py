@@ -8,7 +8,8 @@ the package loads only the config, no torch.
 
 The package is layered, each layer importing only from those below it (import-linter contracts in pyproject.toml):
 ``errors``/``paths`` -> ``model`` -> ``formats`` | ``data`` -> ``eval`` -> ``train`` -> ``measure`` ->
-``experiments`` -> ``app`` (the README's "Layout" says what each holds).
+``experiments`` -> ``app`` (the README's "Layout" says what each holds). ``eval`` holds the scorers, plain functions
+below the fine-tuning run that calls them at every validation.
 
 ``import blockbert`` also registers blockbert's config and model classes with transformers' Auto classes
 (:func:`blockbert.formats.hf_auto.register_auto_classes`), so ``AutoModel.from_pretrained(<block/sparse export>)`` works

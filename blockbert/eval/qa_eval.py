@@ -1,14 +1,12 @@
 """QA evaluation of a fine-tuned model: window logits -> answers (n-best over all windows of a question) -> the
-official EM/F1, with the prediction files; and :class:`DevEvaluation`, the Lightning callback that scores dev at
-every validation of a fine-tuning run."""
+official EM/F1, with the prediction files. Plain functions, no Lightning: the fine-tuning run calls them
+(:class:`blockbert.train.callbacks.DevEvaluation` at every validation, then each split once)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytorch_lightning as pl
 
 from blockbert.data.qa import QADataset, gold_file_name, write_qa_file
 from blockbert.eval.postprocess import final_texts, predict_answers
@@ -19,30 +17,6 @@ from blockbert.eval.squad import score_v1, score_v2
 class AnswerSettings:
     n_best_size: int  # candidate spans kept per window
     max_answer_length: int  # in tokens
-
-
-class DevEvaluation(pl.Callback):
-    """EM/F1 on dev at every validation (not the sanity check), logged as ``dev/<metric>``: the logits that the
-    module's ``validation_step`` returns are collected here and scored at the end of the validation."""
-
-    def __init__(self, dataset: QADataset, windows: list, answers: AnswerSettings):
-        self.dataset, self.windows, self.answers = dataset, windows, answers
-        self.outputs: list = []
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self.outputs = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.outputs.append(outputs)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        outputs, self.outputs = self.outputs, []
-        if trainer.sanity_checking:
-            return
-        scores, _ = evaluate_split(self.dataset, self.windows, outputs, self.answers)
-        if scores is None:  # only part of dev was run (limit_val_batches): no EM/F1
-            return
-        pl_module.log_dict({f"dev/{k}": float(v) for k, v in scores.items()}, prog_bar=False)
 
 
 def evaluate_split(

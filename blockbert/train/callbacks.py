@@ -1,4 +1,5 @@
-"""Callbacks of our own: the run's plain ``metrics.json``, and a progress bar that counts optimizer steps."""
+"""Callbacks of our own: the run's plain ``metrics.json``, a progress bar that counts optimizer steps, and dev EM/F1
+at every validation of a fine-tuning run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from blockbert.data.cache import write_atomically
+from blockbert.data.qa import QADataset
+from blockbert.eval.qa_eval import AnswerSettings, evaluate_split
 
 METRICS_EVERY_S = 1.0  # our choice: how often the progress bar reads the logged values
 
@@ -160,3 +163,27 @@ class StepRate(ProgressColumn):
         unit = "steps/s" if task.id == self.bar.train_progress_bar_id else "it/s"
         speed = f"{task.speed:>.2f}" if task.speed is not None else "0.00"
         return Text(f"{speed} {unit}", style=self.bar.theme.processing_speed)
+
+
+class DevEvaluation(pl.Callback):
+    """EM/F1 on dev at every validation (not the sanity check), logged as ``dev/<metric>``: the logits that the
+    module's ``validation_step`` returns are collected here and scored at the end of the validation."""
+
+    def __init__(self, dataset: QADataset, windows: list, answers: AnswerSettings):
+        self.dataset, self.windows, self.answers = dataset, windows, answers
+        self.outputs: list = []
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.outputs = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.outputs.append(outputs)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        outputs, self.outputs = self.outputs, []
+        if trainer.sanity_checking:
+            return
+        scores, _ = evaluate_split(self.dataset, self.windows, outputs, self.answers)
+        if scores is None:  # only part of dev was run (limit_val_batches): no EM/F1
+            return
+        pl_module.log_dict({f"dev/{k}": float(v) for k, v in scores.items()}, prog_bar=False)

@@ -12,14 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.data.cache import cache_dir
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
-from blockbert.eval.qa_eval import AnswerSettings, DevEvaluation, evaluate_split
+from blockbert.eval.qa_eval import AnswerSettings, evaluate_split
 from blockbert.formats.checkpoints import import_model, load_pretrain_run
 from blockbert.formats.compose import MAY_DIFFER_FROM_RUN
 from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForQuestionAnswering
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
-from blockbert.train.callbacks import StepProgressBar
+from blockbert.train.callbacks import DevEvaluation, StepProgressBar
 from blockbert.train.qa_module import QAModule
 from blockbert.train.run import TrainingRun
 from blockbert.train.settings import model_config, split_batch, world_size

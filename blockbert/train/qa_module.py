@@ -28,7 +28,7 @@ class QAModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self(batch)
         self.log("dev/loss", out.loss, batch_size=batch["input_ids"].shape[0])
-        return batch["window_index"], out.start_logits, out.end_logits  # EM/F1: blockbert.eval.qa_eval
+        return batch["window_index"], out.start_logits, out.end_logits  # EM/F1: blockbert.train.callbacks.DevEvaluation
 
     def predict_step(self, batch, batch_idx):
         out = self(batch)
