@@ -67,6 +67,8 @@ def test_every_shipped_config_meets_its_schema(command, choice):
         ("model.heads=5:1", "model.heads='5:1' assigns 6 heads but the model has num_heads=4"),
         ("optim.warmup_steps=-1", "optim.warmup_steps=-1 is out of range"),
         ("data.mlm_probability=1.5", "data.mlm_probability=1.5 is out of range: it must be > 0.0 and < 1.0"),
+        # Lightning's names only: before, GPU was a GPU to SLURM's request and a CPU to the batch arithmetic
+        ("trainer.accelerator=GPU", "trainer.accelerator='GPU' is not accepted: accepted are cpu, gpu, cuda, auto"),
     ],
 )
 def test_a_bad_value_ends_cfg_job_in_one_line_naming_the_key(tmp_path, monkeypatch, override, message):

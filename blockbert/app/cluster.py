@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from blockbert.errors import ConfigError
-from blockbert.train.cluster import GPU_ACCELERATORS
+from blockbert.train.cluster import is_count, is_gpu
 
 # overrides that decide what a cluster job asks for: the launcher asks once, for every job of the multirun
 RESOURCE_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes", "trainer.accelerator")
@@ -16,7 +16,7 @@ RESOURCE_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes", "trainer.acc
 
 def gpus_per_node(accelerator, devices):
     """``hydra.launcher.gpus_per_node``: the devices per node when they are GPUs, else null (none asked)."""
-    return devices if str(accelerator).lower() in GPU_ACCELERATORS else None
+    return devices if is_gpu(accelerator) else None
 
 
 OmegaConf.register_new_resolver("blockbert_gpus_per_node", gpus_per_node, replace=True)
@@ -74,7 +74,7 @@ class LauncherChecks(Callback):
         if trainer is None:
             return
         devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
-        if not _is_count(devices):
+        if not is_count(devices):
             what = " (all GPUs of a node, a count SLURM must be given)" if devices == -1 else ""
             raise ConfigError(
                 f"cluster={self.cluster} starts trainer.devices tasks per node but "
@@ -85,10 +85,6 @@ class LauncherChecks(Callback):
                 f"cluster=submitit_local runs on this machine only: trainer.num_nodes={nodes} "
                 "must be 1 (use cluster=slurm for more nodes)"
             )
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"

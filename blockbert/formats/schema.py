@@ -67,7 +67,7 @@ class Model:
 
 @dataclass
 class Trainer:
-    accelerator: str = "cpu"
+    accelerator: str = setting("cpu", choices=("cpu", "gpu", "cuda", "auto", "mps", "tpu"))  # Lightning's names
     devices: Any = 1
     num_nodes: int = setting(1, 1)
     strategy: Any = "auto"

@@ -59,6 +59,26 @@ REQUEUE_SIGNAL = signal.SIGUSR1  # keep in step with hydra.launcher.additional_p
 GPU_ACCELERATORS = ("gpu", "cuda")
 
 
+def is_gpu(accelerator) -> bool:
+    """``trainer.accelerator`` names a CUDA GPU (Lightning's ``auto`` is decided on the machine that runs the job)."""
+    return accelerator in GPU_ACCELERATORS
+
+
+def runs_on_gpu(accelerator) -> bool:
+    """This process's trainer will use CUDA GPUs: a GPU named, or ``auto`` on a machine with CUDA (Lightning picks
+    the GPU then)."""
+    if accelerator == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return is_gpu(accelerator)
+
+
+def is_count(value) -> bool:
+    """A device or node count: a positive int (a YAML ``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def cluster_environment(run_dir: RunDir | None):
     """The Lightning cluster environment plugin for this run, or None for Lightning's own choice.
 
@@ -110,8 +130,7 @@ def check_accelerator(trainer_cfg) -> None:
             "one, and what they compute would not come back; use trainer=ddp (strategy ddp, each process runs the "
             "command), with trainer.accelerator=cpu for CPU processes"
         )
-    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
-    if accelerator not in GPU_ACCELERATORS:
+    if not is_gpu(trainer_cfg.get("accelerator", "auto")):
         return
     import torch
 
@@ -120,7 +139,7 @@ def check_accelerator(trainer_cfg) -> None:
         raise ConfigError(f"trainer.accelerator={trainer_cfg.accelerator} but this machine has no CUDA GPU: {hint}")
     devices = trainer_cfg.get("devices", "auto")
     count = torch.cuda.device_count()
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
+    if is_count(devices) and devices > count:
         raise ConfigError(
             f"trainer.devices={devices} but this machine has {count} CUDA GPU{'s' * (count != 1)}: "
             f"set trainer.devices={count} or fewer, or -1 for all of them"

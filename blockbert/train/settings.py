@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from blockbert.errors import ConfigError
 from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import UNPAD_BELOW_FILL
+from blockbert.train.cluster import runs_on_gpu
 
 
 def model_config(model_cfg: DictConfig, **overrides) -> BlockBertConfig:
@@ -66,9 +67,7 @@ def world_size(trainer_cfg: DictConfig) -> int:
     if devices in (-1, "auto"):
         import torch
 
-        accelerator = trainer_cfg.accelerator
-        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        devices = torch.cuda.device_count() if gpu else 1
+        devices = torch.cuda.device_count() if runs_on_gpu(trainer_cfg.accelerator) else 1
     if isinstance(devices, str):  # "0,1" or "2"
         parts = [d for d in devices.split(",") if d.strip()]
         count = len(parts) if len(parts) > 1 or not parts[0].strip().isdigit() else int(parts[0])
