@@ -17,7 +17,7 @@ from blockbert.errors import ConfigError
 from blockbert.formats.pretrained import model_class_for
 from blockbert.formats.run_dir import NO_CHECKPOINT, RunDir, SweepDir, checkpoint_of
 from blockbert.formats.safe_load import CheckpointError, torch_load
-from blockbert.model.config import BlockBertConfig
+from blockbert.model.config import ATTENTION_SETTINGS, BlockBertConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _model_config(ckpt: Path, state: dict) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{ckpt} is not a blockbert checkpoint (no hyper_parameters.model_config): {EXPECTED}")
     try:
-        BlockBertConfig(**config)
+        BlockBertConfig.from_values(config)  # keys of a newer version are left out, as an export's are
     except (TypeError, ConfigError) as err:
         raise CheckpointError(f"{ckpt}: hyper_parameters.model_config is not a blockbert model config: {err}") from None
     return config
@@ -101,7 +101,7 @@ def model_from_run(run: str):
     """(the model, its run directory) of a `blockbert pretrain` or `finetune` run directory (or checkpoint file):
     a :mod:`blockbert.formats.pretrained` class, so that ``save_pretrained`` works on it."""
     ckpt, config, weights = load_run(run)
-    model = model_class_for(weights)(BlockBertConfig(**config))
+    model = model_class_for(weights)(BlockBertConfig.from_values(config))
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:  # torch lists every bad key over many lines: keep the first
@@ -118,7 +118,7 @@ def load_pretrain_run(init_from: str) -> tuple[BlockBertConfig, dict, object]:
     if not run.has_tokenizer():
         raise FileNotFoundError(f"init_from={init_from!r}: no tokenizer/ next to {ckpt.parent}")
     log.info("fine-tuning from %s", ckpt)
-    return BlockBertConfig(**config), encoder, run_tokenizer(run)
+    return BlockBertConfig.from_values(config), encoder, run_tokenizer(run)
 
 
 def run_tokenizer(run: RunDir):
@@ -136,9 +136,9 @@ def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
     is scaled to the checkpoint's heads (``10:2`` -> ``13:3`` for 16 heads)."""
     from transformers import AutoTokenizer
 
-    from blockbert.formats.convert import ARCH_OVERRIDES, import_weights
+    from blockbert.formats.convert import import_weights
 
-    overrides = {k: model_cfg[k] for k in ARCH_OVERRIDES if k in model_cfg}
+    overrides = {k: model_cfg[k] for k in ATTENTION_SETTINGS if k in model_cfg}
     config, state, directory = import_weights(
         model_cls, model_cfg.init_from, fit_heads=not heads_given, max_position_embeddings=seq_len, **overrides
     )

@@ -23,7 +23,7 @@ import yaml
 
 from blockbert.errors import ConfigError
 from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, is_setting, not_a_setting, typed_section
-from blockbert.model.config import COMPUTE_ONLY, BlockBertConfig
+from blockbert.model.config import ATTENTION_SETTINGS, MAY_DIFFER_FROM_RUN, BlockBertConfig
 from blockbert.paths import config_dir
 
 
@@ -248,10 +248,6 @@ def _from_checkpoint(cfg, command: str, again):
 
 LIGHTNING_SANITY_STEPS = 2  # the default's partial check, which a run from a checkpoint makes whole (unless given)
 
-# what a run from a blockbert run (init_from) may set otherwise than the run's model: how the same model computes, and
-# its dropouts (our choice; the rest is the pre-trained model)
-MAY_DIFFER_FROM_RUN = (*COMPUTE_ONLY, "hidden_dropout", "attention_dropout")
-
 
 def _refuse_other_model(cfg, run: str, values: dict, given: set) -> None:
     """``init_from`` builds the run's model: a ``model.X`` the command line gives (or a ``model=`` preset) that
@@ -286,12 +282,12 @@ FROM_RUN_LENGTH = "init_from keeps the pre-trained model's length: run at that l
 def _hf_sizes(cfg, init_from: str, given: set) -> dict:
     """The model settings a run from the Hugging Face checkpoint (or blockbert export) ``init_from`` builds (as
     :func:`blockbert.formats.convert.import_weights` builds them), read from its config.json alone."""
-    from blockbert.formats.convert import ARCH_OVERRIDES, checkpoint_model_values
+    from blockbert.formats.convert import checkpoint_model_values
     from blockbert.model.config import scale_heads
 
     values = checkpoint_model_values(init_from)
     seq_len, offset = cfg.data.max_seq_length, values.get("position_offset", 0)
-    sizes = {key: value for key, value in values.items() if key not in ARCH_OVERRIDES and key != "block_seq_len"}
+    sizes = {key: value for key, value in values.items() if key not in ATTENTION_SETTINGS and key != "block_seq_len"}
     sizes["max_position_embeddings"] = max(values["max_position_embeddings"], seq_len + offset)
     if cfg.model.attention == "block":
         trained = None

@@ -11,6 +11,7 @@ copied with ``model_max_length`` set to the longest sequence the model takes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,23 +21,11 @@ import torch
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import read_safetensors, torch_load
-from blockbert.model.config import BlockBertConfig, scale_heads
+from blockbert.model.config import ATTENTION_SETTINGS, BlockBertConfig, scale_heads
 
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("bert", "roberta", "blockbert")
-ARCH_OVERRIDES = {
-    "attention",
-    "heads",
-    "sparse_stride",
-    "sparse_expressivity",
-    "sparse_impl",
-    "attention_impl",
-    "layout",
-    "hidden_dropout",
-    "attention_dropout",
-    "gradient_checkpointing",
-}
 QKV = ("query", "key", "value")
 
 
@@ -285,7 +274,7 @@ def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[Blo
 
     ``fit_heads``: a block head config written for another head count (a preset's ``10:2`` for a 16-head
     checkpoint) is scaled to the checkpoint's heads (:func:`blockbert.model.config.scale_heads`) instead of refused."""
-    accepted = ARCH_OVERRIDES | {"max_position_embeddings", "block_seq_len"}
+    accepted = {*ATTENTION_SETTINGS, "max_position_embeddings", "block_seq_len"}
     unknown = set(overrides) - accepted
     if unknown:
         raise ConfigError(
@@ -326,7 +315,7 @@ def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[Blo
             rows,
         )
         mapped[key] = extend_positions(mapped[key], rows, config.position_offset)
-        config = BlockBertConfig(**{**config.to_dict(), "max_position_embeddings": rows, "block_seq_len": 0})
+        config = dataclasses.replace(config, max_position_embeddings=rows, block_seq_len=0)
     if block_seq_len is None and config.attention == "block":
         block_seq_len = (wanted or 0) if trained_n is None else max(trained_n, wanted or 0)
         if trained_n is not None and block_seq_len > trained_n:
@@ -338,7 +327,7 @@ def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[Blo
                 block_seq_len,
             )
     if block_seq_len is not None:
-        config = BlockBertConfig(**{**config.to_dict(), "block_seq_len": block_seq_len})
+        config = dataclasses.replace(config, block_seq_len=block_seq_len)
     check_shapes(cls, config, mapped, directory)
     return config, mapped, directory
 

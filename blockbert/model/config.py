@@ -19,6 +19,12 @@ LAYOUTS = ("auto", "padded", "unpadded", "jagged")
 # the settings that change how a model computes, not what: its kernels and layouts are exact against each other, and
 # checkpointing recomputes the same activations
 COMPUTE_ONLY = ("attention_impl", "layout", "sparse_impl", "gradient_checkpointing")
+# what a run from a blockbert run (init_from) may set otherwise than the run's model: how the same model computes, and
+# its dropouts (our choice; the rest is the pre-trained model)
+MAY_DIFFER_FROM_RUN = (*COMPUTE_ONLY, "hidden_dropout", "attention_dropout")
+# what a model imported from a Hugging Face checkpoint takes from model.* rather than from the checkpoint: all of the
+# above and the attention pattern (the checkpoint's sizes, weights and tokenizer are the rest)
+ATTENTION_SETTINGS = (*MAY_DIFFER_FROM_RUN, "attention", "heads", "sparse_stride", "sparse_expressivity")
 
 
 def parse_heads(heads: str, num_heads: int | None = None) -> tuple[int, ...]:

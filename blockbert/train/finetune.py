@@ -14,15 +14,14 @@ from blockbert.data.cache import cache_dir
 from blockbert.data.qa_datamodule import QADataModule, load_task, qa_tokenizer
 from blockbert.eval.qa_eval import AnswerSettings, evaluate_split
 from blockbert.formats.checkpoints import import_model, load_pretrain_run
-from blockbert.formats.compose import MAY_DIFFER_FROM_RUN
 from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForQuestionAnswering
 from blockbert.formats.run_dir import RunDir
-from blockbert.model.config import BlockBertConfig
+from blockbert.model.config import MAY_DIFFER_FROM_RUN, BlockBertConfig
 from blockbert.train.callbacks import DevEvaluation, StepProgressBar
 from blockbert.train.qa_module import QAModule
 from blockbert.train.run import TrainingRun
-from blockbert.train.settings import model_config, split_batch, world_size
+from blockbert.train.settings import fresh_config, model_config, split_batch, world_size
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,7 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         tokenizer = training.own_tokenizer()
         if tokenizer is None:
             tokenizer = qa_tokenizer(data, cfg.task.tokenizer_vocab_size, cache)
-        config = dataclasses.replace(
-            config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
-        )
+        config = fresh_config(config, tokenizer, seq_len)
     batch = cfg.optim.batch_size
     per_device, accumulate = split_batch(batch, cfg.data.per_device_batch_size, world)
     datamodule = QADataModule(data, tokenizer, cfg.data, per_device, seed=cfg.seed, cache_dir=cache, world_size=world)

@@ -3,7 +3,6 @@ with a validation at the last step (the perplexity the run reached)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import pytorch_lightning as pl
@@ -15,11 +14,10 @@ from blockbert.formats.checkpoints import import_model
 from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForMaskedLM, BlockBertForPreTraining
 from blockbert.formats.run_dir import RunDir
-from blockbert.model.config import BlockBertConfig
 from blockbert.train.callbacks import StepProgressBar
 from blockbert.train.pretrain_module import PretrainModule
 from blockbert.train.run import TrainingRun
-from blockbert.train.settings import derive_batch, model_config, world_size
+from blockbert.train.settings import derive_batch, fresh_config, model_config, world_size
 
 log = logging.getLogger(__name__)
 CONTENTS = "metrics.json, checkpoints/, tokenizer/, .hydra/config.yaml"
@@ -83,16 +81,6 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     close_with_validation(training, module, data)
     training.finish(summary_lines(trainer, module), CONTENTS)
     return dict(trainer.callback_metrics)
-
-
-def fresh_config(config: BlockBertConfig, tokenizer, seq_len: int) -> BlockBertConfig:
-    """A model from scratch: ``config`` (model.*) with the tokenizer's vocabulary and N = data.max_seq_length, which
-    block attention cuts into n blocks."""
-    if len(tokenizer) != config.vocab_size:
-        log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), config.vocab_size)
-    return dataclasses.replace(
-        config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
-    )
 
 
 def close_with_validation(training: TrainingRun, module: PretrainModule, data) -> None:

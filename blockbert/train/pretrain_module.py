@@ -20,7 +20,7 @@ class PretrainModule(pl.LightningModule):
         self, model_config: BlockBertConfig | dict, next_sentence_prediction: bool, optim: dict, max_steps: int
     ):
         super().__init__()
-        config = model_config if isinstance(model_config, BlockBertConfig) else BlockBertConfig(**model_config)
+        config = BlockBertConfig.from_values(model_config) if isinstance(model_config, dict) else model_config
         # plain data only in the checkpoint (it is read with weights_only=True), under the names load_from_checkpoint
         # passes back: the config as a dict
         self.save_hyperparameters(

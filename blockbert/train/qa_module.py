@@ -12,7 +12,7 @@ from blockbert.train.optim import adamw_with_warmup
 class QAModule(pl.LightningModule):
     def __init__(self, model_config: BlockBertConfig | dict, optim: dict):
         super().__init__()
-        config = model_config if isinstance(model_config, BlockBertConfig) else BlockBertConfig(**model_config)
+        config = BlockBertConfig.from_values(model_config) if isinstance(model_config, dict) else model_config
         self.save_hyperparameters(dict(model_config=config.to_dict(), optim=optim))  # plain data in the checkpoint
         self.model = BlockBertForQuestionAnswering(config)
 

@@ -3,6 +3,9 @@ accumulation steps) and the one-line description of the model that a run logs.""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from omegaconf import DictConfig, OmegaConf
 
 from blockbert.errors import ConfigError
@@ -10,10 +13,22 @@ from blockbert.model.config import BlockBertConfig
 from blockbert.model.modeling import UNPAD_BELOW_FILL
 from blockbert.train.cluster import runs_on_gpu
 
+log = logging.getLogger(__name__)
+
 
 def model_config(model_cfg: DictConfig, **overrides) -> BlockBertConfig:
     """The model config of a ``model`` node (validated: a bad value fails in one line), with ``overrides``."""
     return BlockBertConfig.from_values(OmegaConf.to_container(model_cfg, resolve=True), **overrides)
+
+
+def fresh_config(config: BlockBertConfig, tokenizer, seq_len: int) -> BlockBertConfig:
+    """A model from scratch: ``config`` (model.*) with the tokenizer's vocabulary and N = data.max_seq_length, which
+    block attention cuts into n blocks."""
+    if len(tokenizer) != config.vocab_size:
+        log.info("model.vocab_size follows the tokenizer: %d (config said %d)", len(tokenizer), config.vocab_size)
+    return dataclasses.replace(
+        config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=seq_len
+    )
 
 
 def describe_model(model) -> str:
