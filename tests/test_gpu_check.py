@@ -18,7 +18,8 @@ import typer
 
 import cli
 from blockbert.formats.compose import compose
-from blockbert.measure.benchmark import MODES, baselines_of
+from blockbert.formats.schema import BENCHMARK_MODES as MODES
+from blockbert.measure.benchmark import baselines_of
 from blockbert.measure.models import EAGER, known_models
 
 ROOT = Path(__file__).resolve().parent.parent

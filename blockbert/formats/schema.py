@@ -21,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
 from blockbert.errors import ConfigError
+from blockbert.model.config import ATTENTION_IMPLS, ATTENTION_KINDS, LAYOUTS, SPARSE_IMPLS
+
+LOGGER_KINDS = ("wandb", "csv", "none")
+BENCHMARK_MODES = ("model", "attention", "layout", "data", "pretrain", "finetune", "plan")
 
 
 def setting(default, low=None, high=None, *, above=None, below=None, choices=None, means=None, length=None):
@@ -47,13 +51,13 @@ class Model:
     intermediate_size: int = setting(3072, 0)
     max_position_embeddings: int = setting(512, 1)
     type_vocab_size: int = setting(2, 1)
-    attention: str = setting("dense", choices=("dense", "block", "sparse"))
+    attention: str = setting("dense", choices=ATTENTION_KINDS)
     heads: str = "10:2"
     sparse_stride: int = setting(128, 1)
     sparse_expressivity: int = setting(32, 1)
-    sparse_impl: str = setting("mask", choices=("mask", "blocks"))
-    attention_impl: str = setting("sdpa", choices=("sdpa", "eager", "flex"))
-    layout: str = setting("auto", choices=("auto", "padded", "unpadded", "jagged"))
+    sparse_impl: str = setting("mask", choices=SPARSE_IMPLS)
+    attention_impl: str = setting("sdpa", choices=ATTENTION_IMPLS)
+    layout: str = setting("auto", choices=LAYOUTS)
     hidden_dropout: float = setting(0.1, 0.0, below=1.0)
     attention_dropout: float = setting(0.1, 0.0, below=1.0)
     layer_norm_eps: float = setting(1e-12, above=0.0)
@@ -88,7 +92,7 @@ class PretrainTrainer(Trainer):
 
 @dataclass
 class Logger:
-    kind: str = setting("wandb", choices=("wandb", "csv", "none"))
+    kind: str = setting("wandb", choices=LOGGER_KINDS)
     project: Optional[str] = None
     entity: Optional[str] = None
     mode: Optional[str] = setting(None, choices=("offline", "online", "disabled", "shared"))
@@ -316,7 +320,7 @@ class BenchmarkData:
 class Benchmark:
     paths: Paths = field(default_factory=Paths)
     size: Size = field(default_factory=Size)
-    mode: str = setting("model", choices=("model", "attention", "layout", "data", "pretrain", "finetune", "plan"))
+    mode: str = setting("model", choices=BENCHMARK_MODES)
     models: List[str] = setting(["roberta_1seq"])
     baseline: Any = None
     phases: List[str] = setting(["inference"], choices=("inference", "train"))

@@ -13,10 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
+from blockbert.formats.schema import LOGGER_KINDS
 
 log = logging.getLogger(__name__)
-
-LOGGER_KINDS = ("wandb", "csv", "none")
 
 
 def build_logger(cfg: DictConfig, run: RunDir):
