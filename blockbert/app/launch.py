@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from blockbert.app import ENTRY_POINTS, cluster
 from blockbert.errors import ConfigError, report_error
 from blockbert.formats.compose import config_loader, finishing_loader
-from blockbert.formats.run_dir import RunDir
+from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.paths import config_dir
 from blockbert.train.cluster import set_process_rank
 
@@ -365,7 +365,7 @@ def _remove_unstarted() -> None:
     """A multirun refused before its first job (a bad value in one job's config) leaves no trace: the directories it
     made that hold nothing but Hydra's multirun.yaml are removed."""
     for top in _NEW_SWEEP_DIRS:
-        if top.is_dir() and all(p.name == "multirun.yaml" for p in top.rglob("*") if not p.is_dir()):
+        if SweepDir(top).unstarted():
             shutil.rmtree(top, ignore_errors=True)
 
 

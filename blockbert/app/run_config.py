@@ -77,15 +77,15 @@ def forget_job(run: RunDir, whole: bool = True, created: set[str] = frozenset())
     if whole and subdir == ".hydra":  # what the job's start wrote, then the directory if nothing else is in it
         if run.checkpoint_candidates():
             return
-        shutil.rmtree(run.path / ".hydra", ignore_errors=True)
-        for start in (run.lock_file, run.path / f"{hydra.job.name}.log"):
+        shutil.rmtree(run.hydra_dir, ignore_errors=True)
+        for start in (run.lock_file, run.log_file(hydra.job.name)):
             start.unlink(missing_ok=True)
         for name in created:
             entry = run.path / name
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             run.path.rmdir()
-    elif subdir and Path(subdir).parent.name == ".hydra":  # .hydra/resume-K, never the run's own .hydra
+    elif RunDir.is_resume_subdir(subdir):
         shutil.rmtree(run.path / subdir, ignore_errors=True)
 
 
@@ -138,7 +138,7 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
     :data:`RESUME_MAY_CHANGE`); before, the checkpoint was loaded into whatever the command line built. Keys the
     run's config lacks (a config from an older blockbert) are not compared. A run that has finished resumes too:
     with no step to train it validates (pre-training) or evaluates (fine-tuning) again."""
-    if not subdir or not subdir.startswith(".hydra/resume-") or not run.checkpoint_candidates():
+    if not RunDir.is_resume_subdir(subdir) or not run.checkpoint_candidates():
         return
     started = _leaves(OmegaConf.create(run.started_config() or {}), resolve=False)
     now = _leaves(cfg, resolve=False)

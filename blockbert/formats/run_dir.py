@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,17 @@ import yaml
 from blockbert.errors import ConfigError
 
 NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
+STAMP = "%Y-%m-%d_%H-%M-%S"  # a new directory's name: Hydra's runs and multiruns are named so (conf/hydra/default.yaml)
+
+
+def new_run_path(command: str) -> Path:
+    """Where a run of ``command`` that Hydra does not name goes: ``runs/<command>/<date_time>`` (``blockbert plan``)."""
+    return Path("runs") / command / datetime.now().strftime(STAMP)
+
+
+def new_sweep_path(name: str) -> Path:
+    """Where ``blockbert sweep NAME`` goes unless ``--dir`` says: ``multirun/sweeps/<name>/<date_time>``."""
+    return Path("multirun") / "sweeps" / name / datetime.now().strftime(STAMP)
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,15 @@ class RunDir:
     def hydra_dir(self) -> Path:
         return self.path / ".hydra"
 
+    def log_file(self, job: str) -> Path:
+        """Hydra's job log, named after the job (the command)."""
+        return self.path / f"{job}.log"
+
+    @staticmethod
+    def is_resume_subdir(subdir: str | None) -> bool:
+        """Hydra's output subdir of a job is a resume's ``.hydra/resume-K`` (never the run's own ``.hydra``)."""
+        return bool(subdir) and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resume-")
+
     def last_config_dir(self) -> Path:
         """Where the config the run last used is: .hydra, or the newest .hydra/resume-K."""
         resumes = sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
@@ -179,8 +200,14 @@ class SweepDir:
 
     path: Path
 
+    UNSTARTED = ("sweep.yaml", "multirun.yaml")  # what a sweep's directory holds before its first job
+
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path).expanduser())
+
+    def unstarted(self) -> bool:
+        """The directory holds nothing a job wrote: only what the sweep and Hydra write before the first job."""
+        return self.path.is_dir() and all(p.name in self.UNSTARTED for p in self.path.rglob("*") if not p.is_dir())
 
     @property
     def spec_file(self) -> Path:

@@ -10,7 +10,6 @@ import shlex
 import shutil
 import sys
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,7 @@ from blockbert.experiments.sweep_plan import (
     wandb_sweep,
 )
 from blockbert.formats.compose import compose, compose_multirun, config_loader, job_passes, override_key
-from blockbert.formats.run_dir import RunDir, SweepDir
+from blockbert.formats.run_dir import RunDir, SweepDir, new_sweep_path
 from blockbert.train.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ def run_sweep(
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
-    sweep_dir = Path(directory or f"multirun/sweeps/{sweep.name}/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    sweep_dir = Path(directory) if directory else new_sweep_path(sweep.name)
     sweep_dir = sweep_dir.expanduser().resolve()
     multirun = [*sweep.overrides, *multirun_args(grid, texts), f"hydra.sweep.dir={sweep_dir}"]
     per_job = job_overrides(grid, texts)
@@ -203,14 +202,11 @@ def removed_if_unstarted(sweep_dir: Path):
     try:
         yield
     finally:
-        if made and all(p.name in UNSTARTED for p in sweep_dir.rglob("*") if not p.is_dir()):
+        if made and SweepDir(sweep_dir).unstarted():
             shutil.rmtree(sweep_dir, ignore_errors=True)
             for parent in made[1:]:
                 with contextlib.suppress(OSError):  # not empty: another sweep's
                     parent.rmdir()
-
-
-UNSTARTED = ("sweep.yaml", "multirun.yaml")  # what a sweep's directory holds before its first job
 
 
 def sweeps_among(overrides: list[str]) -> list[str]:
