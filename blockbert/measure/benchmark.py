@@ -12,13 +12,10 @@ different times are not side by side, so a stopped benchmark is not resumed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import platform
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -30,8 +27,9 @@ from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
+from blockbert.formats.schema import BENCHMARK_MODES
 from blockbert.measure import data_benchmark, plan, plan_fit, run_benchmark
-from blockbert.measure.device import pick_device, pick_dtype, where
+from blockbert.measure.device import autocast_for, pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
 from blockbert.measure.models import NO_ATTENTION, build, check_heads, encoder_of, heads_of, random_batch
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
@@ -41,7 +39,6 @@ from blockbert.model.config import BlockBertConfig
 from blockbert.model.jagged import packing
 
 log = logging.getLogger(__name__)
-MODES = ("model", "attention", "layout", "data", "pretrain", "finetune", "plan")
 HEADS_READ_BY = {"model": "models", "layout": "layout.models"}  # mode -> the models whose heads `heads` sets
 ATTENTION_KINDS = {  # label -> BlockBertConfig overrides
     "dense": dict(attention="dense"),
@@ -75,8 +72,8 @@ FLOORS = {label: 1 / len(kind["heads"].split(":")) for label, kind in {**ATTENTI
 
 def benchmark(cfg: DictConfig, run: RunDir) -> dict:
     """The measurement ``cfg.mode`` asks for (the composed benchmark config), written to ``run``'s benchmark.json."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(MODES)}")
+    if cfg.mode not in BENCHMARK_MODES:
+        raise ConfigError(f"mode={cfg.mode!r} is unknown: accepted are {', '.join(BENCHMARK_MODES)}")
     check_mode_heads(cfg)
     if cfg.mode == "data":
         return benchmark_data(cfg, run)
@@ -87,9 +84,7 @@ def benchmark(cfg: DictConfig, run: RunDir) -> dict:
     baselines = {"model": baselines_of(cfg), "layout": ["padded"]}.get(cfg.mode, ["dense"])
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
+    autocast = autocast_for(dtype, device)
     header = {
         "mode": cfg.mode,
         **where(device),
@@ -182,11 +177,12 @@ def benchmark_data(cfg, run: RunDir) -> dict:
         cfg.data.tokenizers_parallelism,
         log=log.info,
     )
+    cpu = where(torch.device("cpu"))  # the pipeline runs on the CPU: its machine and the date
     header = {
         "mode": "data",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu["machine"],
         "cpus": os.cpu_count(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "date": cpu["date"],
         "settings": settings,
         "tokenizers_parallelism": cfg.data.tokenizers_parallelism,
         "repeats": cfg.data.repeats,

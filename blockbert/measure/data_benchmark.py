@@ -194,7 +194,13 @@ def _rss_mb(field: str) -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the peak
+    return peak_rss_mb()  # no /proc: the peak
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS, MB (Linux's ru_maxrss is in KiB). Kept here, where nothing imports torch, so that
+    this module's child processes measure without it; the whole runs' children (run_benchmark) read it too."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _AnonPeak(threading.Thread):

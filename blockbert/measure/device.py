@@ -1,8 +1,9 @@
-"""Where a measurement runs: the device and precision asked for, and the header every measurement records (device,
-machine, threads, torch version, date)."""
+"""Where a measurement runs: the device and precision asked for, the autocast of that precision, and the header
+every measurement records (device, machine, threads, torch version, date)."""
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from datetime import datetime, timezone
 
@@ -38,6 +39,14 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r} is unknown: accepted are auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def autocast_for(dtype: torch.dtype | None, device: torch.device):
+    """The autocast every measurement runs its steps under: to ``dtype`` on ``device``; none for float32 or no
+    dtype (full precision needs no autocast)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def where(device: torch.device) -> dict:

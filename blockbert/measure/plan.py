@@ -41,16 +41,15 @@ from blockbert.measure.plan_fit import (
     FitStore,
     Target,
     at_layers,
-    device_kind,
     device_name,
     fit_for,
     free_memory,
     parameter_count,
-    plan_dir,
     precision_name,
     target_of,
 )
 from blockbert.model.config import BlockBertConfig
+from blockbert.train.cluster import runs_on_gpu
 
 log = logging.getLogger(__name__)
 USABLE = 0.95  # our choice: 5 % of the device's memory left to the allocator's fragmentation and the process
@@ -264,7 +263,7 @@ def check_fit(cfg: DictConfig, command: str) -> None:
         return
     device = run_device(cfg.trainer)
     target = target_of(cfg, command)
-    fit, _ = fit_for(target, FitStore(plan_dir(cfg.paths), device_kind(device)), device, timed=False)
+    fit, _ = fit_for(target, FitStore.for_device(cfg, device), device, timed=False)
     capacity = parse_size(cfg.device_memory, "device_memory") if cfg.get("device_memory") else free_memory(device)
     usable = capacity * USABLE
     peak = memory_of(target, fit)["peak"]
@@ -296,8 +295,7 @@ def check_fit(cfg: DictConfig, command: str) -> None:
 
 
 def run_device(trainer_cfg: DictConfig) -> torch.device:
-    accelerator = str(trainer_cfg.accelerator)
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+    if runs_on_gpu(trainer_cfg.accelerator):
         local = int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)  # each rank checks its own
         return torch.device("cuda", local if local < torch.cuda.device_count() else 0)  # one GPU visible per task
     return torch.device("cpu")

@@ -7,7 +7,6 @@ The arithmetic from a fit to memory, batches and time, the table and the check a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,9 +19,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from blockbert.data.cache import write_atomically
+from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.errors import ConfigError
-from blockbert.measure.device import where
+from blockbert.measure.device import autocast_for, where
 from blockbert.measure.memory import step_peaks, step_phases
 from blockbert.measure.models import random_batch
 from blockbert.measure.timing import OthersLoad, time_in_order
@@ -172,7 +171,7 @@ def autocast_of(target: Target, device: torch.device):
     dtype = PRECISIONS[target.precision][1]
     if dtype == torch.float16 and device.type == "cpu":
         dtype = torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return autocast_for(dtype, device)
 
 
 def model_and_optimizer(target: Target, layers: int, seq_len: int, device: torch.device):
@@ -189,8 +188,8 @@ def fit_key(target: Target) -> dict:
     """What a fit depends on besides the layers, the batch and the device kind (its store): the model's layer and
     heads, vocabulary, precision, N, and how it is measured (FIT_VERSION)."""
     values = target.model.to_dict()
-    for key in ("num_layers", "block_seq_len", "max_position_embeddings", "name", "init_from"):
-        values.pop(key, None)
+    for key in ("num_layers", "block_seq_len", "max_position_embeddings"):
+        del values[key]
     return {
         "model": values,
         "head": target.head,
@@ -368,9 +367,9 @@ def total_memory(device: torch.device) -> int:
     return psutil.virtual_memory().total
 
 
-def plan_dir(paths: DictConfig) -> Path:
-    """Where fits are kept: ``paths.plan_dir``, by default ``paths.cache_dir/plan``."""
-    return Path(paths.get("plan_dir") or Path(paths.cache_dir) / "plan").expanduser()
+def plan_dir(cfg: DictConfig) -> Path:
+    """Where a composed config's fits are kept: ``paths.plan_dir``, by default ``paths.cache_dir/plan``."""
+    return Path(cfg.paths.get("plan_dir") or cache_dir(cfg) / "plan").expanduser()
 
 
 def describe_device(device: torch.device) -> dict:
@@ -389,6 +388,12 @@ class FitStore:
             stored = _read_fits(source)
             self.data["device"].update(stored.get("device", {}))
             self.data["fits"].update(stored.get("fits", {}))
+
+    @classmethod
+    def for_device(cls, cfg: DictConfig, device: torch.device) -> FitStore:
+        """The fits of ``device``'s kind in the plan directory of ``cfg`` (a composed config): the store a plan on
+        this machine reads and adds to."""
+        return cls(plan_dir(cfg), device_kind(device))
 
     def get(self, target: Target, micro_batch: int | None = None) -> dict | None:
         """The fit of ``target``; with ``micro_batch``, only one timed at that micro-batch."""

@@ -3,7 +3,6 @@ tensors saved for backward and, on CUDA, also by Appendix A.2's estimate (peak a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,7 +15,7 @@ from blockbert.display import MB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
-from blockbert.measure.device import pick_device, pick_dtype
+from blockbert.measure.device import autocast_for, pick_device, pick_dtype
 from blockbert.measure.memory import a2_activation_bytes, fit_linear_quadratic, measure_step
 from blockbert.measure.models import build, check_heads, heads_of, random_batch
 
@@ -28,7 +27,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
     """Table 1's measurement of ``cfg`` (the composed profile config), written to ``run``'s profile.json/.png."""
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    autocast = autocast_for(dtype, device)
     a2 = device.type == "cuda"
     if a2 and cfg.a2_warmup_steps < 1:
         raise ConfigError(f"a2_warmup_steps={cfg.a2_warmup_steps} must be at least 1: A.2 measures after warm-up")

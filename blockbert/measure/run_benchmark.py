@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from blockbert.measure.data_benchmark import peak_rss_mb
 from blockbert.measure.timing import StepClock, synchronize, timing_summary
 
 PEER = "hf_trainer"
@@ -98,11 +98,12 @@ def summary(mode: str, loop: str, model: str, times: list[float], units: list[in
 
 
 def peak_memory_mb() -> float:
+    """The loop's peak memory, MB: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_mb()
 
 
 # ---------------------------------------------------------------- in the child process
@@ -208,7 +209,7 @@ def blockbert_loop(mode: str, model: str, spec: dict, run_dir: Path):
 def _our_data(mode: str, cfg, spec: dict):
     """(data module, model config) built as the blockbert run builds them."""
     from blockbert.data.cache import cache_dir
-    from blockbert.train.settings import model_config
+    from blockbert.train.settings import fresh_config, model_config
 
     cache = cache_dir(cfg)
     if mode == "pretrain":
@@ -225,9 +226,7 @@ def _our_data(mode: str, cfg, spec: dict):
         data = QADataModule(task, tokenizer, cfg.data, spec["batch_size"], seed=cfg.seed, cache_dir=cache)
         data.setup()
     tokenizer = data.tokenizer
-    config = model_config(
-        cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, block_seq_len=spec["seq_len"]
-    )
+    config = fresh_config(model_config(cfg.model), tokenizer, spec["seq_len"])
     return data, config
 
 

@@ -97,20 +97,20 @@ def _where(cfg, gpu: str | None):
     """(the device to measure on: None for a named GPU's calibration; its fits; its description; its memory; notes
     for the plan)."""
     if gpu:
-        store = plan_fit.named_store(plan_fit.plan_dir(cfg.paths), gpu)
+        store = plan_fit.named_store(plan_fit.plan_dir(cfg), gpu)
         device = store.data["device"]
         described = {"name": device.get("name", store.kind), "source": f"calibration {store.kind}"}
         return None, store, described, device.get("memory_bytes"), ()
     device = planner.run_device(cfg.trainer)
     if device.type == "cuda" and not torch.cuda.is_available():  # measured on this CPU; its memory is not the GPU's
         device = torch.device("cpu")
-        store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
+        store = plan_fit.FitStore.for_device(cfg, device)
         notes = (
             "the trainer asks for GPUs and this machine has none: memory and time are measured on this CPU, with "
             "its kernels; `--gpu NAME` plans from a GPU's calibration",
         )
         return device, store, {"name": plan_fit.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
-    store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
+    store = plan_fit.FitStore.for_device(cfg, device)
     memory = "free memory" if device.type == "cuda" else "available memory"
     described = {"name": plan_fit.device_name(device), "source": f"this machine, its {memory}"}
     return device, store, described, plan_fit.free_memory(device), ()
@@ -149,7 +149,7 @@ def _calibrate(overrides: list[str], out_dir: Path, config_dirs: tuple[str, ...]
         cfg = compose("pretrain", job, config_dirs, finished=True)
         target = plan_fit.target_of(cfg, "pretrain")
         device = planner.run_device(cfg.trainer)
-        store = plan_fit.FitStore(plan_fit.plan_dir(cfg.paths), plan_fit.device_kind(device))
+        store = plan_fit.FitStore.for_device(cfg, device)
         _, source = plan_fit.fit_for(target, store, device, timed=True)
         console().print(f"{' '.join(job)}: {source}", highlight=False)
     out_dir.mkdir(parents=True, exist_ok=True)
