@@ -15,11 +15,12 @@ import torch
 
 from blockbert.errors import ConfigError
 from blockbert.formats.pretrained import model_class_for
-from blockbert.formats.run_dir import NO_CHECKPOINT, RunDir, SweepDir, checkpoint_of
+from blockbert.formats.run_dir import RunDir, SweepDir, checkpoint_of
 from blockbert.formats.safe_load import CheckpointError, torch_load
 from blockbert.model.config import ATTENTION_SETTINGS, BlockBertConfig
 
 log = logging.getLogger(__name__)
+NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
 
 EXPECTED = "expected a checkpoint of `blockbert pretrain` or `blockbert finetune`"
 

@@ -75,11 +75,6 @@ class BlockBertHFConfig(PretrainedConfig):
         kwargs.update(standard_fields(blockbert))
         super().__init__(blockbert=blockbert, **kwargs)
 
-    @classmethod
-    def from_blockbert(cls, config: BlockBertConfig, **kwargs) -> BlockBertHFConfig:
-        """The config of ``config``, written as :func:`blockbert.formats.convert.export` writes it."""
-        return cls(blockbert=config.to_dict(), **kwargs)
-
     def to_blockbert(self) -> BlockBertConfig:
         """The :class:`BlockBertConfig` (validated); fields this version does not know are left out."""
         return BlockBertConfig.from_values(dict(self.blockbert or {}))

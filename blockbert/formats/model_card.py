@@ -282,7 +282,7 @@ class Card:
             return lines + [f"{NOT_RECORDED} (the run directory has no readable .hydra/overrides.yaml)"]
         args = " ".join(shlex.quote(str(o)) for o in overrides)
         lines += ["```bash", f"blockbert {self.trained_by} {args}".rstrip(), "```"]
-        resumes = self.run.resumes()
+        resumes = self.run.resume_count()
         if resumes:
             lines += ["", f"Resumed {resumes} time(s): each resume's overrides are in .hydra/resume-K/overrides.yaml."]
         return lines

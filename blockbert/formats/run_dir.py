@@ -33,7 +33,6 @@ import yaml
 
 from blockbert.errors import ConfigError
 
-NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
 STAMP = "%Y-%m-%d_%H-%M-%S"  # a new directory's name: Hydra's runs and multiruns are named so (conf/hydra/default.yaml)
 
 
@@ -147,9 +146,10 @@ class RunDir:
         here keeps the original and gets ``.hydra/resume-K`` (K = 1, 2, ...) for its own config and overrides."""
         if not (self.hydra_dir / "config.yaml").is_file():
             return ".hydra"
-        return f".hydra/resume-{len(list(self.hydra_dir.glob('resume-*'))) + 1}"
+        return f".hydra/resume-{self.resume_count() + 1}"
 
-    def resumes(self) -> int:
+    def resume_count(self) -> int:
+        """How many times the run was resumed in this directory (its ``.hydra/resume-K``)."""
         return len(list(self.hydra_dir.glob("resume-*")))
 
     def config_file(self) -> Path:

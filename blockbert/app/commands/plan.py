@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from blockbert.display import console, print_results
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_plan import job_overrides
 from blockbert.formats.compose import compose
-from blockbert.formats.run_dir import check_writable
+from blockbert.formats.run_dir import check_writable, new_run_path
 from blockbert.measure import plan as planner
 from blockbert.measure import plan_fit
 
@@ -46,7 +45,7 @@ def run_plan(
         raise ConfigError(f"--gpus {gpus}: give at least 1")
     if source and not sweep:
         raise ConfigError(f"--from {source}: give it with --sweep finetune_each (the sweep that fine-tunes its jobs)")
-    out_dir = Path(out or f"runs/plan/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    out_dir = Path(out or new_run_path("plan")).resolve()
     if out:
         check_writable(out, "--out")  # before the fit, not after
     config_dirs = config_dirs_of(config_dir)

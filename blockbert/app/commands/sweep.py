@@ -1,4 +1,5 @@
-"""`blockbert sweep NAME` and `blockbert report DIR`: a sweep file run as a Hydra multirun, then summarised."""
+"""`blockbert sweep NAME`: a sweep file run as a Hydra multirun, then summarised (``blockbert report DIR`` summarises
+it again: :mod:`blockbert.app.commands.report`)."""
 
 from __future__ import annotations
 
