@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-MB = 2**20
+MiB = 2**20
 
 
 def pyplot():

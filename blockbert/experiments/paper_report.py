@@ -470,8 +470,8 @@ def profile_report(paper: Paper, run: str, path: Path) -> RunReport:
             if not cells:
                 missing.append(str(r["seq_len"]))
             for cell in cells:
-                ours = r[f"{prefix}{cell['metric']}_mb"] / 1024
-                note = f"ours: b={r['batch_size']}" + (
+                ours = r[f"{prefix}{cell['metric']}_mb"] / 1024  # GiB; the paper does not say which GB it means
+                note = f"ours: GiB, b={r['batch_size']}" + (
                     "" if r["batch_size"] == cell["row"]["batch"] else " (b differs)"
                 )
                 note = "; ".join(filter(None, [note, heads_note(entry)]))

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from blockbert.data.cache import cache_dir, write_atomically
-from blockbert.display import MB, console, print_results, pyplot
+from blockbert.display import MiB, console, print_results, pyplot
 from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
@@ -167,7 +167,7 @@ def data_dir(cfg) -> Path:
 
 
 def benchmark_data(cfg, run: RunDir) -> dict:
-    """Preprocessing MB/s and peak RSS, ours against the floor, per corpus size."""
+    """Preprocessing MiB/s and peak RSS, ours against the floor, per corpus size."""
     settings = dict(max_seq_length=cfg.data.max_seq_length, nsp=cfg.data.nsp, num_proc=cfg.data.num_proc)
     points = data_benchmark.run(
         cfg.data.sizes_mb,
@@ -267,7 +267,10 @@ def _plans_against_runs(cfg, settings: dict, device: torch.device) -> Iterator[d
         spec = whole_run_spec(cfg, device, {**{k: v for k, v in planned.items() if k != "model"}, **run_settings})
         target = plan_fit.target_of(run_benchmark.composed("pretrain", planned["model"], spec), "pretrain")
         fit = plan_fit.measure_fit(target, device, timed=True)
-        predicted = {"step_s": plan.time_of(target, fit)["step_s"], "peak_mb": plan.memory_of(target, fit)["peak"] / MB}
+        predicted = {
+            "step_s": plan.time_of(target, fit)["step_s"],
+            "peak_mb": plan.memory_of(target, fit)["peak"] / MiB,
+        }
         run_measured = run_benchmark.in_child("pretrain", "blockbert", planned["model"], spec)
         record = {**planned, "predicted": predicted, "measured": run_measured}
         if run_measured.get("median_s"):
@@ -313,7 +316,7 @@ def print_run_table(results: dict) -> None:
         f"{size['num_layers']} layers, N={spec['seq_len']}, batch {spec['batch_size']}, {spec['steps']} steps "
         f"after {spec['warmup']}"
     )
-    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "step ÷ bare", "peak MB"):
+    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "step ÷ bare", "peak MiB"):
         table.add_column(column, justify="left" if column in ("loop", "model") else "right")
     if results["mode"] == "finetune":
         table.add_column("dev questions/s", justify="right")
@@ -430,7 +433,7 @@ def _call(model, optimizer, batch, phase, autocast, lm_head: bool = True):
 
 
 def _memory(model, batch, device, autocast) -> float | str | None:
-    """Training-step memory, MB: the CUDA allocator's peak, or on CPU model + optimizer + saved activations."""
+    """Training-step memory, MiB: the CUDA allocator's peak, or on CPU model + optimizer + saved activations."""
     try:
         model.train()
         with autocast:
@@ -442,8 +445,8 @@ def _memory(model, batch, device, autocast) -> float | str | None:
             torch.cuda.empty_cache()
         return OOM
     if step.cuda_peak_bytes is not None:
-        return step.cuda_peak_bytes / MB
-    return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MB
+        return step.cuda_peak_bytes / MiB
+    return (step.model_bytes + step.optimizer_bytes + step.activation_bytes) / MiB
 
 
 def benchmark_layouts(cfg, baselines, device, autocast) -> Iterator[list[dict]]:
@@ -572,7 +575,7 @@ def print_table(results: dict) -> None:
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
     floored = any(r.get("floor") for r in results["records"])
     baselines = results["baselines"]
-    columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines), "memory MB")
+    columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines), "memory MiB")
     for column in columns + (("× bound",) if bounded else ()) + (("1/n floor",) if floored else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:

@@ -27,19 +27,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from blockbert.display import MB
+from blockbert.display import MiB
 
-CHUNK_DOCUMENTS = 20000  # documents per generated chunk, about 9.4 MB
+CHUNK_DOCUMENTS = 20000  # documents per generated chunk, about 9.4 MiB
 KINDS = ("ours", "floor")
 
 
 def make_corpus(size_mb: float, directory: Path) -> Path:
-    """A text corpus of about ``size_mb`` MB (whole documents, blank-line separated), built once into the cache."""
+    """A text corpus of about ``size_mb`` MiB (whole documents, blank-line separated), built once into the cache."""
     from blockbert.data.cache import build_file
     from blockbert.data.corpus import generated_text
 
     def write(tmp: Path) -> None:
-        budget, seed = int(size_mb * MB), 0
+        budget, seed = int(size_mb * MiB), 0
         with open(tmp, "wb") as out:
             while budget > 0:
                 chunk = generated_text(CHUNK_DOCUMENTS, seed).encode().rstrip(b"\n")
@@ -55,7 +55,7 @@ def make_corpus(size_mb: float, directory: Path) -> Path:
 
 
 def benchmark_tokenizer(corpus: Path, vocab_size: int) -> Path:
-    """A WordPiece tokenizer trained on (the first 10 MB of) ``corpus``, the same one for ours and the floor."""
+    """A WordPiece tokenizer trained on (the first 10 MiB of) ``corpus``, the same one for ours and the floor."""
     import datasets
 
     from blockbert.data.cache import build_once
@@ -63,7 +63,7 @@ def benchmark_tokenizer(corpus: Path, vocab_size: int) -> Path:
 
     def build(directory: Path) -> dict:
         with open(corpus, encoding="utf-8") as text:
-            documents = datasets.Dataset.from_dict({"text": text.read(10 * MB).split("\n\n")})
+            documents = datasets.Dataset.from_dict({"text": text.read(10 * MiB).split("\n\n")})
         train_wordpiece(documents, vocab_size, corpus.parent / "cache").save_pretrained(str(directory))
         return {"vocab_size": vocab_size}
 
@@ -105,12 +105,12 @@ def run(
     tokenizer = benchmark_tokenizer(make_corpus(min(sizes_mb), directory), vocab_size)
     for size in sizes_mb:
         corpus = make_corpus(size, directory)
-        corpus_mb = corpus.stat().st_size / MB
+        corpus_mb = corpus.stat().st_size / MiB
         runs = {kind: [] for kind in KINDS}
         for r in range(repeats):
             for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
                 runs[kind].append(measure(kind, corpus, tokenizer, settings, parallelism, directory / "work"))
-                log(f"{size:g} MB {kind}: {runs[kind][-1]['seconds']:.1f} s")
+                log(f"{size:g} MiB {kind}: {runs[kind][-1]['seconds']:.1f} s")
         record = {"size_mb": size, "corpus_mb": corpus_mb}
         for kind in KINDS:
             seconds = statistics.median(m["seconds"] for m in runs[kind])
@@ -132,7 +132,7 @@ def run(
 
 
 def summary(records: list[dict]) -> dict:
-    """Whether time grows linearly with the corpus (seconds per MB, largest size / smallest) and peak RSS stays
+    """Whether time grows linearly with the corpus (seconds per MiB, largest size / smallest) and peak RSS stays
     flat (its growth from the smallest to the largest corpus), for ours and the floor."""
     first, last = min(records, key=lambda r: r["corpus_mb"]), max(records, key=lambda r: r["corpus_mb"])
     out = {"worst_ratio": max(r["ratio"] for r in records), "worst_ratio_cpu": max(r["ratio_cpu"] for r in records)}
@@ -156,13 +156,13 @@ def print_table(results: dict) -> None:
         f"{'all' if results['tokenizers_parallelism'] else 1}, {results['date']}"
     )
     for column in (
-        "corpus MB",
-        "ours MB/s",
-        "floor MB/s",
+        "corpus MiB",
+        "ours MiB/s",
+        "floor MiB/s",
         "ours/floor",
         "ours/floor CPU",
-        "ours peak RSS (anon) MB",
-        "floor peak RSS (anon) MB",
+        "ours peak RSS (anon) MiB",
+        "floor peak RSS (anon) MiB",
     ):
         table.add_column(column, justify="right")
     for r in results["records"]:
@@ -178,7 +178,7 @@ def print_table(results: dict) -> None:
     sm = results["summary"]
     if len(results["records"]) > 1:
         print(
-            f"time per MB, largest / smallest corpus: ours {sm['ours_time_per_mb_growth']:.2f}, floor "
+            f"time per MiB, largest / smallest corpus: ours {sm['ours_time_per_mb_growth']:.2f}, floor "
             f"{sm['floor_time_per_mb_growth']:.2f} (1.00 = linear); peak RSS (anon) growth: ours "
             f"{sm['ours_peak_rss_growth_mb']:+.0f} ({sm['ours_peak_anon_growth_mb']:+.0f}) MB, floor "
             f"{sm['floor_peak_rss_growth_mb']:+.0f} ({sm['floor_peak_anon_growth_mb']:+.0f}) MB"
@@ -187,7 +187,7 @@ def print_table(results: dict) -> None:
 
 
 def _rss_mb(field: str) -> float:
-    """VmHWM (peak), VmRSS (now) or RssAnon (now) of this process, MB."""
+    """VmHWM (peak), VmRSS (now) or RssAnon (now) of this process, MiB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -198,7 +198,7 @@ def _rss_mb(field: str) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS, MB (Linux's ru_maxrss is in KiB). Kept here, where nothing imports torch, so that
+    """This process's peak RSS, MiB (Linux's ru_maxrss is in KiB). Kept here, where nothing imports torch, so that
     this module's child processes measure without it; the whole runs' children (run_benchmark) read it too."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

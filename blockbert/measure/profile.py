@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from blockbert.display import MB, console, print_results, pyplot
+from blockbert.display import MiB, console, print_results, pyplot
 from blockbert.errors import ConfigError
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
@@ -70,11 +70,11 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
                 dict(
                     seq_len=n,
                     batch_size=b,
-                    model_mb=step.model_bytes / MB,
-                    optimizer_mb=step.optimizer_bytes / MB,
-                    activation_mb=step.activation_bytes / MB,
-                    cuda_peak_mb=None if step.cuda_peak_bytes is None else step.cuda_peak_bytes / MB,
-                    a2_activation_mb=None if a2_bytes is None else a2_bytes / MB,
+                    model_mb=step.model_bytes / MiB,
+                    optimizer_mb=step.optimizer_bytes / MiB,
+                    activation_mb=step.activation_bytes / MiB,
+                    cuda_peak_mb=None if step.cuda_peak_bytes is None else step.cuda_peak_bytes / MiB,
+                    a2_activation_mb=None if a2_bytes is None else a2_bytes / MiB,
                 )
             )
             log.info("%s N=%d b=%d: activation %.1f MB", name, n, b, rows[-1]["activation_mb"])
@@ -109,7 +109,7 @@ def print_table(results: dict, lengths: list[int]) -> None:
         else f"saved: tensors saved for backward; A.2 (peak allocated − model − optimizer): {A2_NA}"
     )
     table = Table(
-        title=f"Activation memory, MB: O(N) / O(N²) parts (tokens per device {results['tokens_per_device']}, "
+        title=f"Activation memory, MiB: O(N) / O(N²) parts (tokens per device {results['tokens_per_device']}, "
         f"attention {results['attention_impl']}, {results['device']}, {results['dtype']})",
         caption=caption,
     )
@@ -127,7 +127,7 @@ def print_table(results: dict, lengths: list[int]) -> None:
                 table.add_row(with_heads(name, entry), estimate, *cells, f"{fit['r2']:.4f}")
     console().print(table)
     breakdown = Table(
-        title="One training step's memory, MB: model (parameters), optimizer (gradients + Adam moments), activations"
+        title="One training step's memory, MiB: model (parameters), optimizer (gradients + Adam moments), activations"
     )
     columns = ("", "N", "b", "model", "optimizer", "activations", "CUDA peak") + (("A.2 activations",) if a2 else ())
     for column in columns:
@@ -172,7 +172,7 @@ def plot(results: dict, path: Path) -> None:
                 label=f"{with_heads(name, entry)} (A.2)",
             )
     ax.set_xlabel("sequence length N (tokens per device fixed)")
-    ax.set_ylabel("activation memory (MB)")
+    ax.set_ylabel("activation memory (MiB)")
     ax.set_title(f"Activation memory vs N ({results['attention_impl']}, {results['device']})")
     ax.legend()
     fig.tight_layout()

@@ -98,7 +98,7 @@ def summary(mode: str, loop: str, model: str, times: list[float], units: list[in
 
 
 def peak_memory_mb() -> float:
-    """The loop's peak memory, MB: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+    """The loop's peak memory, MiB: the CUDA allocator's peak on a GPU, else the process's peak RSS."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
