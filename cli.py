@@ -19,6 +19,8 @@ import typer._completion_shared
 # process and the ones it starts.
 os.environ["BLOCKBERT_CLI"] = "1"
 
+from blockbert.errors import print_error  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
+
 app = typer.Typer(
     help="Pre-train, fine-tune, sweep, profile and benchmark BlockBERT (BERT with blockwise sparse "
     "self-attention). Every command takes Hydra overrides: `blockbert pretrain model=blockbert_n3 "
@@ -126,23 +128,23 @@ def refuse_unknown_options(ctx: typer.Context, overrides: list[str], hydra_flags
         return
     if unknown.replace("-", "") == "dryrun" and "--dry-run" not in known:
         looks = f"blockbert {task} --cfg job" if hydra_flags else "blockbert pretrain ... --cfg job"
-        print(
-            f"blockbert {task}: error: {unknown} is not an option of blockbert {task}, which has no dry run"
+        print_error(
+            task,
+            f"{unknown} is not an option of blockbert {task}, which has no dry run"
             + (" (it runs nothing but its fit, seconds)" if task == "plan" else "")
             + f": `{looks}` prints the config a run would run"
             + (f", `blockbert plan{'' if task == 'pretrain' else ' --command finetune'}` its memory and time"
                if task in ("pretrain", "finetune") else "")
             + "; `blockbert sweep NAME --dry-run` lists a sweep's jobs",
-            file=sys.stderr,
         )  # fmt: skip
         raise typer.Exit(2)
     near = difflib.get_close_matches(unknown, suggested, n=1)
-    print(
-        f"blockbert {task}: error: {unknown} is not an option of blockbert {task}"
+    print_error(
+        task,
+        f"{unknown} is not an option of blockbert {task}"
         + (f" (did you mean {near[0]}?)" if near else "")
         + f"; settings are key=value overrides ({OVERRIDE_EXAMPLE.get(task, 'trainer.max_steps=10')}), the options "
         f"are listed by `blockbert {task} --help`",
-        file=sys.stderr,
     )
     raise typer.Exit(2)
 
@@ -172,10 +174,10 @@ def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> N
     task, overrides = ctx.command.name, list(overrides or ())
     refuse_unknown_options(ctx, overrides, hydra_flags=True)
     if any(arg.split("=")[0] in SHELL_COMPLETION_FLAGS for arg in overrides):
-        print(
-            f"blockbert {task}: error: Hydra's shell completion does not apply to the blockbert command: "
+        print_error(
+            task,
+            "Hydra's shell completion does not apply to the blockbert command: "
             "install blockbert's own with `blockbert --install-completion` (it completes overrides too)",
-            file=sys.stderr,
         )
         raise typer.Exit(2)
     from blockbert.app.launch import run_task

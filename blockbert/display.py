@@ -19,9 +19,10 @@ def pyplot():
     return plt
 
 
-def print_results(contents: str, directory: Path) -> None:
-    """A command's closing lines: what its run directory holds, then the directory itself, the last line printed."""
-    print(f"results ({contents}) are in:")
+def print_results(contents: str, directory: Path, what: str = "results") -> None:
+    """A command's closing lines: what its run directory holds (``what (contents) are in:``), then the directory
+    itself, the last line printed."""
+    print(f"{what} ({contents}) {'are' if what.endswith('s') else 'is'} in:")
     print(Path(directory).resolve())
 
 

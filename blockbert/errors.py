@@ -46,7 +46,7 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
     offering its traceback; the exit code: 2 for bad input, 143 (130) for a run stopped by SIGTERM (Ctrl-C; it prints
     its run directory), else 1."""
     if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
-        print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
+        print_interrupted(command, err)
         print(Path(err.run_dir).resolve())
         return err.exit_code
     if debug:
@@ -54,10 +54,20 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
     text = one_line(err)
     if len(text) > MAX_ERROR_CHARS:  # e.g. a cluster job's whole stderr: the start says what went wrong
         text = text[:MAX_ERROR_CHARS] + " ... (--debug shows all)"
-    print(f"blockbert {command}: error: {text}", file=sys.stderr)
+    print_error(command, text)
     if not is_user_error(err):  # bad input is said whole in its line; a failure may need its traceback
         print("(run again with --debug for the full traceback)", file=sys.stderr)
     return 2 if is_user_error(err) else 1
+
+
+def print_error(command: str, text: str) -> None:
+    """The one line an error ends a command with, on stderr."""
+    print(f"blockbert {command}: error: {text}", file=sys.stderr)
+
+
+def print_interrupted(command: str, err: RunInterrupted) -> None:
+    """The line a stopped run ends with, on stderr (its directory follows on stdout)."""
+    print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
 
 
 # a path given that cannot be used as it is (a missing file, a directory that cannot be written, a file in the way)

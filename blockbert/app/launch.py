@@ -283,10 +283,10 @@ def _as_job(task: str, debug: bool, task_function):
             )
             raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err
         except Exception as err:
-            from blockbert.errors import RunInterrupted
+            from blockbert.errors import RunInterrupted, print_interrupted
 
             if isinstance(err, RunInterrupted) and os.environ.get("SUBMITIT_EXECUTOR"):
-                print(f"blockbert {task}: interrupted: {err}", file=sys.stderr)
+                print_interrupted(task, err)
                 raise SystemExit(err.exit_code) from err
             if isinstance(err, RunInterrupted) and hydra_cfg.mode == RunMode.MULTIRUN:
                 raise MultirunStopped(err, hydra_cfg.sweep.dir) from err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from blockbert.display import print_results
 from blockbert.errors import ConfigError, one_line_errors
 from blockbert.experiments.sweep_summary import summarize_sweep
 from blockbert.formats.run_dir import SweepDir, check_writable
@@ -22,8 +23,7 @@ def run_report(directory: str | list[str], out: str | None = None) -> None:
         raise FileNotFoundError(f"{directories[0]}: no such directory (expected a sweep or multirun directory)")
     summarize_sweep(sweep_dir)
     written = [path.name for path in SweepDir(sweep_dir).summaries() if path.is_file()]
-    print(f"summary ({', '.join(written)}) is in:")
-    print(sweep_dir.resolve())
+    print_results(", ".join(written), sweep_dir, "summary")
 
 
 @one_line_errors("report")
@@ -35,5 +35,4 @@ def run_paper_report(directories: list[str], out: str | None = None) -> None:
     if out:
         check_writable(out, "--out")  # before the runs are read: a file there, not a directory
     out_dir = paper_report(list(directories), Path(out).expanduser() if out else None)
-    print(f"paper report ({', '.join(OUTPUTS)}) is in:")
-    print(out_dir.resolve())
+    print_results(", ".join(OUTPUTS), out_dir, "paper report")
