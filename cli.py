@@ -31,11 +31,14 @@ app = typer.Typer(
 
 # bash ends a completed word with a space: not a `key=` (`data.max_se<TAB>` -> `data.max_seq_length=`), whose value
 # is typed next. Typer's bash script with that one line added (typer builds the script from this table when it shows
-# or installs it).
+# or installs it). The table is typer's private one: a typer without it keeps its own script (a space after `=`),
+# and the command still starts (tests/test_cli_startup.py checks the line with the typer installed).
 NO_SPACE_AFTER_EQUALS = "    [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace\n"
-typer._completion_shared._completion_scripts["bash"] = typer._completion_shared.COMPLETION_SCRIPT_BASH.replace(
-    "    return 0\n", NO_SPACE_AFTER_EQUALS + "    return 0\n", 1
-)
+_scripts = getattr(typer._completion_shared, "_completion_scripts", None)
+if isinstance(_scripts, dict) and isinstance(getattr(typer._completion_shared, "COMPLETION_SCRIPT_BASH", None), str):
+    _scripts["bash"] = typer._completion_shared.COMPLETION_SCRIPT_BASH.replace(
+        "    return 0\n", NO_SPACE_AFTER_EQUALS + "    return 0\n", 1
+    )
 
 HYDRA_ARGS = {"ignore_unknown_options": True}  # Hydra's flags (-m, --cfg job, ...) reach the overrides as they are
 DEBUG = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line.")
