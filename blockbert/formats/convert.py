@@ -414,7 +414,7 @@ def export(model, out_dir: str | Path, tokenizer_dir: Path | None = None) -> Pat
         for file in files:
             (out / file.name).write_bytes(file.read_bytes())
         if files:
-            write_model_max_length(out, longest_sequence(config))
+            write_tokenizer_settings(out, config)
     return out
 
 
@@ -423,9 +423,15 @@ def longest_sequence(config: BlockBertConfig) -> int:
     return config.block_seq_len if config.attention == "block" else config.max_sequence_length
 
 
-def write_model_max_length(directory: Path, length: int) -> None:
-    """Set the tokenizer's ``model_max_length`` in ``directory/tokenizer_config.json`` (created if missing) to
-    ``length``, so that truncation, and transformers' pipelines, cut inputs to what the model takes."""
+MODEL_INPUTS = ["input_ids", "token_type_ids", "attention_mask"]  # BERT's, segment ids included
+
+
+def write_tokenizer_settings(directory: Path, config: BlockBertConfig) -> None:
+    """Set in ``directory/tokenizer_config.json`` (created if missing) what the model takes: ``model_max_length``, so
+    that truncation, and transformers' pipelines, cut inputs to it; and, for a model with segment embeddings,
+    ``model_input_names`` with ``token_type_ids``, so that ``tokenizer(question, paragraph)`` gives the segment ids
+    the model was trained with (a tokenizer trained by a run has no class of its own that would say so: without
+    them the paragraph is read as segment 0 and a fine-tuned QA model answers otherwise than in its run)."""
     path = directory / "tokenizer_config.json"
     values = {}
     if path.is_file():
@@ -435,6 +441,8 @@ def write_model_max_length(directory: Path, length: int) -> None:
             raise ConfigError(f"{path} is not a JSON tokenizer config ({err})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} holds a {type(values).__name__}, not a JSON object (a tokenizer config)")
-    values["model_max_length"] = length
+    values["model_max_length"] = longest_sequence(config)
+    if config.type_vocab_size > 1 and "token_type_ids" not in (values.get("model_input_names") or []):
+        values["model_input_names"] = MODEL_INPUTS
     values.pop("max_length", None)  # a truncation length the source kept (sentence-transformers' 128): not the model's
     path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
