@@ -458,9 +458,13 @@ def test_a_resume_that_changes_the_run_is_refused_and_the_run_stays_as_it_was(ru
             f"resuming {run_dir} with model.heads='2:2' (the run has '3:1'): a resume continues the run as it was "
             "started; give the run's values, or a new hydra.run.dir for a new run"
         ),
-        ("model.hidden_size=32", "seed=1", "data.max_seq_length=64", "optim.lr=1e-4", "trainer.max_steps=8"): (
+        ("model.hidden_size=32", "seed=1", "data.max_seq_length=64", "trainer.max_steps=8"): (
             f"resuming {run_dir} with data.max_seq_length=64 (the run has 128), model.hidden_size=32 (the run has "
             "64), seed=1 (the run has 0): a resume continues"
+        ),
+        # before: accepted, and the checkpoint's optimizer state went on at the run's learning rate
+        ("optim.lr=1e-4", "optim.weight_decay=0.1", "trainer.max_steps=8"): (
+            f"resuming {run_dir} with optim.lr=0.0001 (the run has 0.001), optim.weight_decay=0.1 (the run has 0.01)"
         ),
     }
     imports = {"PYTHONPROFILEIMPORTTIME": "1"}  # Python lists every module it imports on stderr

@@ -122,8 +122,11 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
             ) from None  # fmt: skip
 
 
-# what a resume continues as the run was started: its model, data, QA task, seed and global batch
-RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from")
+# what a resume continues as the run was started: its model, data, QA task, seed, global batch, and the optimizer's
+# settings, which the checkpoint's optimizer state holds and restores over the command line's (a resume with another
+# optim.lr went on at the old one); the schedule's length and warm-up are read from the command line again
+RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from", "optim.lr",
+                "optim.betas", "optim.eps", "optim.weight_decay")  # fmt: skip
 # ... but the model's name (a label), how the same computation runs (the kernels and layouts are exact against each
 # other), the data loading, the micro-batch (which RunSafety.fit checks against the checkpoint's data position
 # itself), and what only evaluation reads (our choice of what may change)
