@@ -348,3 +348,71 @@ def test_mrqa_lines_under_another_name_are_detected(tmp_path):
     path.write_text(mrqa_file(tmp_path).read_text())
     data = read_qa_file(path)
     assert data.format == "mrqa" and len(data.examples) == 8
+
+
+@pytest.mark.parametrize("content,kind", [("[1, 2]", "an array"), ('"text"', "a string"), ("null", "null")])
+@pytest.mark.parametrize("fmt", [None, "squad1", "squad2"])
+def test_squad_file_that_is_not_an_object_is_one_line(tmp_path, content, kind, fmt):
+    """[1, 2] said "AttributeError: 'list' object has no attribute 'get'" (exit 1) where the format was detected;
+    null passed for MRQA lines."""
+    path = tmp_path / "dev.json"
+    path.write_text(content)
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path, fmt)
+    assert str(info.value) == (
+        f"{path}: the file is {kind}, not SQuAD JSON (an object with a 'data' list of articles) "
+        "nor MRQA JSON lines (an object per line)"
+    )
+
+
+@pytest.mark.parametrize("line,kind", [("5", "a number"), ('"header"', "a string"), ("[1]", "an array")])
+def test_mrqa_line_that_is_not_an_object_is_one_line(tmp_path, line, kind):
+    """5 said "TypeError: argument of type 'int' is not iterable"; "header" was skipped as a header."""
+    path = mrqa_file(tmp_path)
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path)
+    assert str(info.value) == (
+        f"{path}: line 6 is {kind}; MRQA JSON lines are an object each (a header, or a paragraph with 'context' and "
+        "'qas')"
+    )
+
+
+@pytest.mark.parametrize("bad", ["data", "predictions", "na_prob"])
+@pytest.mark.parametrize("content,kind", [("[1, 2]", "an array"), ("3", "a number")])
+def test_evaluate_refuses_files_that_are_not_objects_in_one_line(tmp_path, capsys, bad, content, kind):
+    """Every file `blockbert evaluate` reads ends it with one line naming the file and exit code 2 (bad input)."""
+    from blockbert.app.commands.evaluate import run_evaluate
+
+    files = {
+        "data": squad_file(tmp_path, [{"context": "abc", "qas": SQUAD2_QAS}], version="2.0"),
+        "predictions": tmp_path / "predictions.json",
+        "na_prob": tmp_path / "null_odds.json",
+    }
+    files["predictions"].write_text(json.dumps({"h": "abc", "n": ""}))
+    files["na_prob"].write_text(json.dumps({"h": 0.1, "n": 0.9}))
+    files[bad].write_text(content)
+    assert run_evaluate(str(files["data"]), str(files["predictions"]), str(files["na_prob"]), None) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    said = (
+        f"the file is {kind}, not SQuAD JSON"
+        if bad == "data"
+        else f"expected a JSON object {{question id: value}}, not {kind}"
+    )
+    assert len(err) == 1 and err[0].startswith(f"blockbert evaluate: error: {files[bad]}: {said}")
+
+
+def test_evaluate_says_what_happens_to_missing_predictions(tmp_path, capsys):
+    """SQuAD 2.0 leaves missing predictions out of every score, the HasAns/NoAns totals included; 1.1 scores them 0."""
+    from blockbert.app.commands.evaluate import evaluate_files
+
+    qas = [*SQUAD2_QAS, {"id": "h2", "question": "?", "answers": [{"text": "abc", "answer_start": 0}]}]
+    data = squad_file(tmp_path, [{"context": "abc", "qas": qas}], version="2.0")
+    preds = tmp_path / "predictions.json"
+    preds.write_text(json.dumps({"h": "abc", "n": ""}))
+    result = evaluate_files(str(data), str(preds))
+    assert (result["total"], result["HasAns_total"], result["NoAns_total"]) == (2, 1, 1)
+    assert capsys.readouterr().err == (
+        f"{preds}: 1 question(s) without a prediction (first: 'h2'); left out of every score, HasAns_total and "
+        "NoAns_total included (the official script skips them)\n"
+    )

@@ -58,3 +58,23 @@ def test_v2_no_answer_probabilities_threshold_and_best_search():
         pytest.approx(200 / 3),
         0.1,
     )
+
+
+def test_v2_missing_predictions_are_left_out_of_the_breakdown_too():
+    """5 answerable and 2 unanswerable questions, 2 answerable ones unpredicted: the breakdown counted them as 0 of
+    HasAns_total 5, so HasAns_total + NoAns_total (7) was not total (5) and the parts did not average to the whole."""
+    gold = {f"h{i}": ["abc"] for i in range(5)} | {"n0": [], "n1": []}
+    preds = {"h0": "abc", "h1": "abc", "h2": "def", "n0": "", "n1": ""}
+    r = score_v2(gold, preds)
+    assert r["total"] == 5 and r["exact"] == 80.0
+    assert (r["HasAns_total"], r["NoAns_total"]) == (3, 2)
+    assert r["HasAns_exact"] == pytest.approx(200 / 3) and r["NoAns_exact"] == 100.0
+    for key in ("exact", "f1"):
+        parts = r[f"HasAns_{key}"] * r["HasAns_total"] + r[f"NoAns_{key}"] * r["NoAns_total"]
+        assert parts == pytest.approx(r[key] * r["total"])
+    # a part with no predicted question is not reported, as a part without questions is not
+    assert "NoAns_total" not in score_v2(gold, {"h0": "abc"})
+    # the official threshold search is kept: the unpredicted no-answer question n1 is counted right, over 2 predicted
+    r = score_v2({"h0": ["abc"], "n0": [], "n1": []}, {"h0": "abc", "n0": ""}, na_probs={"h0": 0.1, "n0": 0.9})
+    assert (r["total"], r["HasAns_total"], r["NoAns_total"]) == (2, 1, 1)
+    assert r["best_exact"] == 150.0 and r["exact"] == 100.0

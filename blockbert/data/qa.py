@@ -67,9 +67,11 @@ def detect_format(path: str | Path) -> str:
         raise
 
 
-def squad_version(data: dict) -> str:
-    """``squad2`` if the SQuAD file's version says 2.x (the official says "v2.0"), else ``squad1``."""
-    return "squad2" if str(data.get("version", "")).lstrip("vV").startswith("2") else "squad1"
+def squad_version(data) -> str:
+    """``squad2`` if the SQuAD file's version says 2.x (the official says "v2.0"), else ``squad1``; any JSON value is
+    taken (a file that is not an object is refused where it is read, in one line naming what is accepted)."""
+    version = data.get("version", "") if isinstance(data, dict) else ""
+    return "squad2" if str(version).lstrip("vV").startswith("2") else "squad1"
 
 
 def task_files(task_cfg) -> dict[str, str] | None:
@@ -134,6 +136,21 @@ def load_json(path: Path):
 
 def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
     return f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x}): QA files are UTF-8 JSON or JSON lines"
+
+
+JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, in JSON's words ("an array", not Python's "list"): errors quote the file's terms."""
+    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
 
 
 def short(value, limit: int = 60) -> str:
@@ -202,18 +219,25 @@ def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
                 yield QAExample(qid, question, context, texts, spans)
 
 
-def _squad_json(path: Path, choose: dict[str, str]):
-    """The file's JSON; MRQA JSON lines (which fail as one JSON value, or are one paragraph without 'data') are told
-    apart from a malformed file: the fix is the format, not the file."""
+def _squad_json(path: Path, choose: dict[str, str]) -> dict:
+    """The file's JSON object; MRQA JSON lines (which fail as one JSON value, or are one paragraph without 'data') are
+    told apart from a malformed file: the fix is the format, not the file. Any other top level is refused in one line
+    (read on, [1, 2] said "AttributeError: 'list' object has no attribute 'get'")."""
     try:
         data = load_json(path)
+        mrqa = isinstance(data, dict) and "data" not in data and _is_mrqa_line(data)
     except QADataError:
         if not _starts_as_mrqa(path):
             raise
-        data = None
-    if data is None or (isinstance(data, dict) and "data" not in data and _is_mrqa_line(data)):
+        mrqa = True
+    if mrqa:
         raise QADataError(
             f"{path} looks like MRQA JSON lines (a JSON object per line), not SQuAD JSON: give {choose['mrqa']}"
+        )
+    if not isinstance(data, dict):
+        raise QADataError(
+            f"{path}: the file is {json_kind(data)}, not SQuAD JSON (an object with a 'data' list of articles) "
+            "nor MRQA JSON lines (an object per line)"
         )
     return data
 
@@ -270,6 +294,11 @@ def _mrqa_examples(path: Path, dataset: QADataset):
                 item = json.loads(line)
             except json.JSONDecodeError as err:
                 raise QADataError(f"{path}: line {n}: malformed JSON: {err.msg}") from None
+            if not isinstance(item, dict):  # 5 said "TypeError: argument of type 'int' is not iterable"
+                raise QADataError(
+                    f"{path}: line {n} is {json_kind(item)}; MRQA JSON lines are an object each "
+                    "(a header, or a paragraph with 'context' and 'qas')"
+                )
             if "header" in item:
                 continue
             context = _field(item, "context", path, f"line {n}", str)

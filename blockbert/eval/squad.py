@@ -9,8 +9,13 @@ Rules kept from the official scripts:
   single gold answer ""; F1 is 1 when both prediction and gold are empty, 0 when only one is;
   a missing prediction is left out of ``exact``/``f1``/``total`` (the official script skips it);
   with no-answer probabilities, ``best_*`` and the thresholds come from the official search.
-  Where the official script would crash (a missing prediction inside HasAns/NoAns), the
-  breakdown here counts it as 0 instead.
+  Where the official script would crash (a missing prediction inside HasAns/NoAns: KeyError), the
+  breakdown here leaves it out too, so that ``HasAns_total + NoAns_total == total`` and each part
+  averages over its predicted questions (a part with none predicted is not reported, as a part with
+  no questions is not). The official search is kept as it is: it counts every no-answer question
+  of the data as right before searching, predicted or not, and divides by the predicted ones, so
+  missing no-answer predictions raise ``best_*`` (past 100 at worst; `blockbert evaluate` says so).
+  With every question predicted all of this is the official script's output.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def score_v2(
     f1 = _apply_threshold(f1_raw, probs, has_answer, na_prob_thresh)
     result = _summary(exact, f1, list(exact))
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
-        qids = [qid for qid, has in has_answer.items() if has == wanted]
+        qids = [qid for qid in exact if has_answer[qid] == wanted]  # the predicted ones: the parts sum to the total
         if qids:
             result.update({f"{prefix}_{k}": v for k, v in _summary(exact, f1, qids).items()})
     if na_probs is not None:
@@ -96,10 +101,11 @@ def _apply_threshold(scores, na_probs, has_answer, thresh):
 
 
 def _summary(exact, f1, qids):
+    """The official make_eval_dict: ``qids`` are predicted questions, in the data's order (the sums' order)."""
     total = len(qids)
     return {
-        "exact": 100.0 * sum(exact.get(q, 0.0) for q in qids) / total,
-        "f1": 100.0 * sum(f1.get(q, 0.0) for q in qids) / total,
+        "exact": 100.0 * sum(exact[q] for q in qids) / total,
+        "f1": 100.0 * sum(f1[q] for q in qids) / total,
         "total": total,
     }
 

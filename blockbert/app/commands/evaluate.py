@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from blockbert.data.qa import FORMATS, QADataError, load_json, read_qa_file, short
+from blockbert.data.qa import FORMATS, QADataError, json_kind, load_json, read_qa_file, short
 from blockbert.errors import one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
@@ -18,7 +18,7 @@ def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
         raise FileNotFoundError(f"{name} file {path!r} does not exist")
     data = load_json(file)
     if not isinstance(data, dict):
-        raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not a {type(data).__name__}")
+        raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not {json_kind(data)}")
     if isinstance(data.get("data"), list):
         raise QADataError(
             f"{path} looks like a QA dataset (SQuAD JSON with 'data'), not a {name} file: expected "
@@ -60,12 +60,9 @@ def evaluate_files(
         )
     missing = [qid for qid in gold if qid not in predictions]
     if missing:
-        skewed = ""
-        if dataset.format == "squad2" and na_prob_file and any(not gold[qid] for qid in missing):
-            skewed = "; best_exact and best_f1 count their no-answer questions as right, as the official script does"
-        first = short(missing[0])
         print(
-            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {first}){skewed}",
+            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})"
+            f"{missing_rule(dataset.format, bool(na_prob_file), any(not gold[qid] for qid in missing))}",
             file=sys.stderr,
         )
     if dataset.format != "squad2":
@@ -79,6 +76,20 @@ def evaluate_files(
                 f"question(s) (first: {short(missing_probs[0])})"
             )
     return score_v2(gold, predictions, na_probs)
+
+
+def missing_rule(fmt: str, na_prob: bool, no_answer_missing: bool) -> str:
+    """How the scores treat missing predictions, so that totals that do not reconcile say why: 0 in 1.1/MRQA; left
+    out in 2.0 (HasAns/NoAns too), except by the official threshold search, which counts the data's no-answer
+    questions as right."""
+    if fmt != "squad2":
+        return "; each scores 0, as the official scripts do"
+    if na_prob and no_answer_missing:
+        return (
+            "; best_exact and best_f1 count their no-answer questions as right, as the official script does; "
+            "the other scores leave them out"
+        )
+    return "; left out of every score, HasAns_total and NoAns_total included (the official script skips them)"
 
 
 def first_ids(predictions: dict, gold: dict) -> str:
