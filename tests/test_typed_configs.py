@@ -69,6 +69,8 @@ def test_every_shipped_config_meets_its_schema(command, choice):
         ("data.mlm_probability=1.5", "data.mlm_probability=1.5 is out of range: it must be > 0.0 and < 1.0"),
         # Lightning's names only: before, GPU was a GPU to SLURM's request and a CPU to the batch arithmetic
         ("trainer.accelerator=GPU", "trainer.accelerator='GPU' is not accepted: accepted are cpu, gpu, cuda, auto"),
+        # before: planned as fitting, then refused by Lightning after the run had built its data and directory
+        ("trainer.strategy=fsdp", "trainer.strategy=fsdp shards over CUDA GPUs only (Lightning's FSDP), not trainer."),
     ],
 )
 def test_a_bad_value_ends_cfg_job_in_one_line_naming_the_key(tmp_path, monkeypatch, override, message):

@@ -399,6 +399,19 @@ def check_config(cfg: DictConfig, command: str) -> None:
         _check_task_source(resolved["task"])
     if isinstance(resolved.get("data"), dict) and "source" in resolved["data"]:
         _check_corpus_source(resolved["data"])
+    if isinstance(resolved.get("trainer"), dict):
+        _check_sharding(resolved["trainer"])
+
+
+def _check_sharding(trainer: dict) -> None:
+    """Lightning's FSDP runs on CUDA GPUs only: with another accelerator it is refused here, as the config is composed
+    (``--cfg job``, ``plan``, a sweep's check), not after a run has built its data and its directory."""
+    strategy, accelerator = str(trainer.get("strategy")), trainer.get("accelerator")
+    if "fsdp" in strategy.lower() and accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(
+            f"trainer.strategy={strategy} shards over CUDA GPUs only (Lightning's FSDP), not trainer.accelerator="
+            f"{accelerator}: use trainer=ddp trainer.accelerator=cpu for CPU processes, or trainer=fsdp on GPUs"
+        )
 
 
 @functools.cache
