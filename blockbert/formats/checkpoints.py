@@ -135,9 +135,9 @@ def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
     or hub name. Sizes and vocabulary come from the checkpoint; attention settings from ``model``. Unless
     ``heads_given`` (the user set ``model.heads``: it must fit), a block head split written for another head count
     is scaled to the checkpoint's heads (``10:2`` -> ``13:3`` for 16 heads)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BertConfig
 
-    from blockbert.formats.convert import import_weights
+    from blockbert.formats.convert import import_weights, read_config
 
     overrides = {k: model_cfg[k] for k in ATTENTION_SETTINGS if k in model_cfg}
     config, state, directory = import_weights(
@@ -151,8 +151,11 @@ def import_model(model_cls, model_cfg, seq_len: int, heads_given: bool = True):
         config.vocab_size,
         config.attention,
     )
+    # a blockbert export's config is not transformers' (the command skips registering it): the tokenizer is read
+    # from its own files, without transformers' warning that a "blockbert" config builds a model of another type
+    own = {"config": BertConfig()} if read_config(directory)["model_type"] == "blockbert" else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **own)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"model.init_from={model_cfg.init_from!r}: no tokenizer files in {directory}") from err
     if len(tokenizer) > config.vocab_size:

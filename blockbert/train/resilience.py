@@ -370,11 +370,8 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         if isinstance(exception, NonFiniteLossError) or self.guard.first_non_finite_step() is not None:
             return  # the state is not finite: nothing of it is saved
         if start is None or trainer.global_step <= start:
-            log.info(
-                "no checkpoint saved on %s: no optimizer step since the run (re)started at step %s",
-                type(exception).__name__,
-                start,
-            )
+            since = "before training started" if start is None else f"no optimizer step since step {start}"
+            log.info("no checkpoint saved on %s: %s", type(exception).__name__, since)
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self.saved = True
