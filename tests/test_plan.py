@@ -256,3 +256,16 @@ def test_benchmark_mode_plan_sets_predictions_beside_runs(blockbert, tmp_path):
     assert record["accumulate"] == 2 and record["measured"]["steps"] == 3
     assert record["time_ratio"] == pytest.approx(record["predicted"]["step_s"] / record["measured"]["median_s"])
     assert "memory_ratio" not in record  # on a CPU the run's peak RSS holds the whole process: not compared
+
+
+def test_processes_of_one_cpu_machine_share_its_memory(monkeypatch):
+    """Before: each of a CPU DDP run's processes was planned (and its run checked) against the machine's whole
+    available memory, though every process holds a model of its own in it."""
+    monkeypatch.setattr(plan, "free_memory", lambda device: 8 * 10**9)
+    cpu = torch.device("cpu")
+    two = compose("pretrain", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], finished=True)
+    assert plan.memory_per_device(cpu, two.trainer) == 4 * 10**9
+    two_nodes = compose("pretrain", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                     "trainer.num_nodes=2"], finished=True)  # fmt: skip
+    assert plan.memory_per_device(cpu, two_nodes.trainer) == 4 * 10**9  # two processes on each machine
+    assert plan.memory_per_device(cpu, compose("pretrain", [], finished=True).trainer) == 8 * 10**9

@@ -50,6 +50,7 @@ from blockbert.measure.plan_fit import (
 )
 from blockbert.model.config import BlockBertConfig
 from blockbert.train.cluster import runs_on_gpu
+from blockbert.train.settings import world_size
 
 log = logging.getLogger(__name__)
 USABLE = 0.95  # our choice: 5 % of the device's memory left to the allocator's fragmentation and the process
@@ -264,7 +265,11 @@ def check_fit(cfg: DictConfig, command: str) -> None:
     device = run_device(cfg.trainer)
     target = target_of(cfg, command)
     fit, _ = fit_for(target, FitStore.for_device(cfg, device), device, timed=False)
-    capacity = parse_size(cfg.device_memory, "device_memory") if cfg.get("device_memory") else free_memory(device)
+    capacity = (
+        parse_size(cfg.device_memory, "device_memory")
+        if cfg.get("device_memory")
+        else memory_per_device(device, cfg.trainer)
+    )
     usable = capacity * USABLE
     peak = memory_of(target, fit)["peak"]
     if peak <= usable:
@@ -292,6 +297,17 @@ def check_fit(cfg: DictConfig, command: str) -> None:
         f"{cfg.data.per_device_batch_size}) needs {size_text(peak)} per device at its peak, more than {where}; "
         f"{advice}, or fit_check=false to run anyway"
     )
+
+
+def sharing_processes(device: torch.device, trainer_cfg: DictConfig) -> int:
+    """How many of the run's processes share ``device``'s memory: on a CPU, those of one machine
+    (``trainer=ddp trainer.accelerator=cpu``, each holding a whole model); a GPU is one process's."""
+    return max(1, world_size(trainer_cfg) // int(trainer_cfg.get("num_nodes", 1))) if device.type == "cpu" else 1
+
+
+def memory_per_device(device: torch.device, trainer_cfg: DictConfig) -> int:
+    """What one process of the run has: a GPU's free memory, or its share of the machine's available memory."""
+    return free_memory(device) // sharing_processes(device, trainer_cfg)
 
 
 def run_device(trainer_cfg: DictConfig) -> torch.device:

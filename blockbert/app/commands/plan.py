@@ -111,8 +111,11 @@ def _where(cfg, gpu: str | None):
         return device, store, {"name": plan_fit.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
     store = plan_fit.FitStore.for_device(cfg, device)
     memory = "free memory" if device.type == "cuda" else "available memory"
+    capacity = planner.memory_per_device(device, cfg.trainer)
+    if planner.sharing_processes(device, cfg.trainer) > 1:
+        memory += f" shared by the run's {planner.sharing_processes(device, cfg.trainer)} processes"
     described = {"name": plan_fit.device_name(device), "source": f"this machine, its {memory}"}
-    return device, store, described, plan_fit.free_memory(device), ()
+    return device, store, described, capacity, ()
 
 
 def _sweep_total(results: list[dict]) -> float | None:
