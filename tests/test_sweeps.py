@@ -689,3 +689,17 @@ def test_summary_md_holds_the_printed_tables_columns(tmp_path, spec):
     ]
     assert table_of(out, "┃") == [markdown_cells(markdown[0])]
     assert table_of(out, "│") == [markdown_cells(line) for line in markdown[2:]]
+
+
+def test_a_resumed_run_is_reported_with_its_last_command(tmp_path):
+    """Before: `blockbert report runs/pretrain` listed a run started with trainer.max_steps=2000 and resumed with 500
+    (which it ended at) as a 2000-step run."""
+    from blockbert.experiments.sweep_summary import read_jobs
+
+    run = tmp_path / "runs" / "2026-12-05_18-21-05"
+    (run / ".hydra" / "resume-1").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- trainer.max_steps=2000\n")
+    (run / ".hydra" / "resume-1" / "overrides.yaml").write_text("- trainer.max_steps=500\n")
+    (run / "metrics.json").write_text(json.dumps({"status": "finished", "step": 500, "val/ppl": 60.0}))
+    (row,) = read_jobs(tmp_path / "runs", ["trainer.max_steps"])
+    assert row["trainer.max_steps"] == "500" and row["step"] == 500

@@ -311,7 +311,7 @@ def test_model_card_of_a_fine_tuned_and_of_a_dense_model(tmp_path):
     card = model_card(tiny_model(BlockBertForQuestionAnswering, "sparse"), run)
     assert "| Initialised from | ckpt/minilm |" in card
     metrics = card.split("## Metrics")[1].split("## Command")[0]
-    assert "| dev/f1 | 20.25 |" in metrics and "| step | 6 |" in metrics and "| status | finished |" in metrics
+    assert "| dev/f1 | 20.25 |" in metrics and "| step | 6 |" in metrics and "Run status: finished" in metrics
     assert "init_from" not in metrics and "batch_size" not in metrics and "eval_timing" not in metrics
     dense = model_card(tiny_model(BlockBertForMaskedLM, "dense"), tmp_path / "missing")
     assert "library_name: transformers" in dense and "import blockbert" not in dense
@@ -485,3 +485,96 @@ def test_export_of_a_local_files_run_fits_the_hub_tools(exported_run):
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 2, 4)
     assert config.max_position_embeddings == 64 and config.vocab_size == config.blockbert["vocab_size"] < 200
     assert transformers.AutoTokenizer.from_pretrained(str(out)).model_max_length == config.blockbert["block_seq_len"]
+
+
+# ---------------------------------------------------------------------------------- what an export says it exported
+def checkpoint_at(run: Path, name: str, step: int, shift: float) -> Path:
+    """checkpoints/NAME: the run's last.ckpt as of ``step``, its weights moved by ``shift`` (told apart by them)."""
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state["global_step"] = step
+    state["state_dict"] = {k: v + shift if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, run / "checkpoints" / name)
+    return run / "checkpoints" / name
+
+
+def export(run, out: Path, capsys) -> tuple[str, str, str, dict]:
+    """(stdout, stderr, the card, the exported weights) of `blockbert export RUN OUT`, in this process."""
+    from blockbert.app.commands.export import run_export
+
+    run_export(str(run), str(out))
+    printed = capsys.readouterr()
+    weights = BlockBertForMaskedLM.from_pretrained(str(out)).state_dict()
+    return printed.out, printed.err, (out / "README.md").read_text(), weights
+
+
+def same_weights(weights: dict, ckpt: Path) -> bool:
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    return all(torch.equal(state[f"model.{k}"], v) for k, v in weights.items())
+
+
+@pytest.fixture
+def run_copy(exported_run, tmp_path) -> Path:
+    """A copy of the exported_run's 1-step run directory, to change (its metrics.json and last.ckpt: step 1)."""
+    shutil.copytree(exported_run["block"].parent / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def set_metrics(run: Path, **values) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, **values}))
+
+
+def test_an_interrupted_run_exports_the_checkpoint_a_resume_continues_from(run_copy, tmp_path, capsys):
+    """Before: last.ckpt's weights (step 1) under a card saying step 7, status interrupted; and the output named no
+    checkpoint. init_from (load_run) reads the same newest checkpoint."""
+    from blockbert.formats.checkpoints import load_run
+
+    interrupted = checkpoint_at(run_copy, "interrupted.ckpt", 7, 0.5)
+    (run_copy / "checkpoints" / "step-9.ckpt").write_bytes(b"damaged")  # more steps, unreadable: passed over
+    set_metrics(run_copy, step=7, status="interrupted")
+    out, _, card, weights = export(run_copy, tmp_path / "out", capsys)
+    assert same_weights(weights, interrupted) and not same_weights(weights, run_copy / "checkpoints" / "last.ckpt")
+    assert f"weights: {interrupted} (step 7)" in out.splitlines()
+    assert "| Weights | step 7 (checkpoints/interrupted.ckpt) |" in card
+    assert "Run status: interrupted" in card and "| step | 7 |" in card and "| val/ppl |" in card
+    assert load_run(str(run_copy))[0] == interrupted  # what fine-tuning from the run (init_from) starts from
+
+
+def test_the_card_of_an_earlier_checkpoint_shows_no_metrics_of_the_run_end(run_copy, tmp_path, capsys):
+    """Before: the card of step-1's weights showed the metrics.json of step 3 (val/ppl ...) as theirs."""
+    earlier = run_copy / "checkpoints" / "last.ckpt"
+    set_metrics(run_copy, step=3)
+    out, _, card, weights = export(earlier, tmp_path / "out", capsys)
+    metrics = card.split("## Metrics")[1].split("## Command")[0]
+    assert "| val/ppl |" not in metrics and "| step |" not in metrics
+    assert "The run's latest metrics (metrics.json, step 3) are not those of these weights (step 1)" in metrics
+    assert "| Weights | step 1 (checkpoints/last.ckpt) |" in card
+    assert same_weights(weights, earlier) and f"weights: {earlier} (step 1)" in out
+
+
+def test_the_card_of_a_resumed_run_gives_each_command(run_copy, tmp_path, capsys):
+    """Before: the card gave only the command the run was started with, not the resume's (its max_steps)."""
+    (run_copy / ".hydra" / "resume-1").mkdir()
+    (run_copy / ".hydra" / "resume-1" / "overrides.yaml").write_text("- trainer.max_steps=5\n")
+    _, _, card, _ = export(run_copy, tmp_path / "out", capsys)
+    started = " ".join(yaml_list(run_copy / ".hydra" / "overrides.yaml"))
+    assert f"# started\nblockbert pretrain {started}\n# resumed (1)\nblockbert pretrain trainer.max_steps=5\n" in card
+
+
+def test_a_run_still_training_is_said_and_the_card_shows_its_quality_metrics_only(run_copy, tmp_path, capsys):
+    """Before: nothing said that the run was still training, and the metrics table gave the learning rates, the
+    epoch, the speed and the status among the metrics."""
+    set_metrics(run_copy, status="running", epoch=0, **{"lr-AdamW/pg1": 0.001, "train/tokens_per_s": 99.0})
+    _, err, card, _ = export(run_copy, tmp_path / "out", capsys)
+    metrics = card.split("## Metrics")[1].split("## Command")[0]
+    assert "**The run was still training when it was exported**" in metrics
+    assert "export: warning:" in err and "is still training (metrics.json: status running, step 1" in err
+    assert "| val/ppl |" in metrics and "| train/loss |" in metrics and "| step | 1 |" in metrics
+    for left_out in ("lr-AdamW", "tokens_per_s", "epoch", "status |", "model |", "seq_len"):
+        assert left_out not in metrics, left_out
+
+
+def yaml_list(path: Path) -> list:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -23,7 +23,7 @@ def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
     """A row per job directory (one with .hydra/overrides.yaml): its swept values, status and numeric metrics."""
     rows = []
     for job in SweepDir(sweep_dir).jobs():
-        overrides = job.overrides() or []
+        overrides = job.last_overrides() or job.overrides() or []  # a resumed run's last command (its max_steps)
         values = {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
         metrics = job.metrics()
         row = {"job": job.path.name, "_overrides": values, **{k: values.get(k, "") for k in keys}}

@@ -20,7 +20,7 @@ from blockbert.formats.safe_load import CheckpointError, torch_load
 from blockbert.model.config import ATTENTION_SETTINGS, BlockBertConfig
 
 log = logging.getLogger(__name__)
-NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/last.ckpt, or a .ckpt file"
+NO_CHECKPOINT = "expected a blockbert run directory with checkpoints/*.ckpt, or a .ckpt file"
 
 EXPECTED = "expected a checkpoint of `blockbert pretrain` or `blockbert finetune`"
 
@@ -44,6 +44,42 @@ def checkpoint_step(path: str | Path) -> int:
     return int(load_checkpoint(path, mmap=True)["global_step"])
 
 
+def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
+    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why): the
+    checkpoint a resume continues from, so also the one an export or ``init_from`` of a run directory reads (an
+    interrupted run's interrupted.ckpt is newer than its last.ckpt). Ties go to the newest file.
+    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
+    readable, unreadable = [], []
+    for path in run.checkpoint_candidates():
+        try:
+            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
+        except CheckpointError as err:
+            if err.unsafe:
+                raise
+            unreadable.append((path, err))
+    if not readable:
+        return None, unreadable
+    step, _, path = max(readable)
+    return (step, path), unreadable
+
+
+def run_checkpoint(run: str | Path) -> Path:
+    """The checkpoint a run directory's weights are read from (:func:`newest_checkpoint`, its last.ckpt when it has
+    none), or the checkpoint file given. Unreadable candidates are passed over with a warning naming them; when none
+    is readable, the first one's error says why."""
+    directory, ckpt = checkpoint_of(run)
+    if not Path(run).expanduser().is_dir():
+        return ckpt
+    newest, unreadable = newest_checkpoint(directory)
+    if newest is None:
+        if unreadable:
+            raise unreadable[0][1]
+        return ckpt
+    for bad, err in unreadable:
+        log.warning("%s cannot be read (%s): reading %s (step %d) instead", bad, err, newest[1], newest[0])
+    return newest[1]
+
+
 def run_model_config(run: str) -> dict:
     """The model config (:class:`BlockBertConfig`'s fields) a blockbert run directory or checkpoint file holds, read
     without copying its weights."""
@@ -51,7 +87,7 @@ def run_model_config(run: str) -> dict:
 
 
 def _run_checkpoint(run: str) -> tuple[Path, dict]:
-    directory, ckpt = checkpoint_of(run)
+    directory, ckpt = checkpoint_of(run)[0], run_checkpoint(run)
     if not ckpt.is_file():
         if (directory.path / "config.json").is_file() or (Path(run).expanduser() / "config.json").is_file():
             raise FileNotFoundError(
@@ -84,6 +120,13 @@ def _model_config(ckpt: Path, state: dict) -> dict:
 
 def load_run(run: str) -> tuple[Path, dict, dict]:
     """(checkpoint path, model config, model weights) of a blockbert run directory or checkpoint file."""
+    ckpt, _, config, weights = _load_run(run)
+    return ckpt, config, weights
+
+
+def _load_run(run: str) -> tuple[Path, int, dict, dict]:
+    """:func:`load_run` with the checkpoint's step, read from the same load as its weights (a run still training
+    rewrites its files)."""
     ckpt, state = _run_checkpoint(run)
     config = _model_config(ckpt, state)
     # copies, so that no tensor keeps the file mapped (it may be rewritten, by a run resumed in its directory)
@@ -95,20 +138,27 @@ def load_run(run: str) -> tuple[Path, dict, dict]:
     if not weights:
         raise CheckpointError(f"{ckpt} has no model weights (no 'model.*' entry in its state_dict): {EXPECTED}")
     log.info("loaded %s (step %s)", ckpt, state["global_step"])
-    return ckpt, config, weights
+    return ckpt, int(state["global_step"]), config, weights
 
 
 def model_from_run(run: str):
     """(the model, its run directory) of a `blockbert pretrain` or `finetune` run directory (or checkpoint file):
     a :mod:`blockbert.formats.pretrained` class, so that ``save_pretrained`` works on it."""
-    ckpt, config, weights = load_run(run)
+    model, directory, _, _ = model_and_checkpoint(run)
+    return model, directory
+
+
+def model_and_checkpoint(run: str) -> tuple[object, RunDir, Path, int]:
+    """:func:`model_from_run` with the checkpoint its weights are (:func:`run_checkpoint`) and its step: what an
+    export says it exported, and the step its model card describes."""
+    ckpt, step, config, weights = _load_run(run)
     model = model_class_for(weights)(BlockBertConfig.from_values(config))
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:  # torch lists every bad key over many lines: keep the first
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
         raise CheckpointError(f"{ckpt}: the weights do not fit its model_config ({detail[:200]})") from None
-    return model, checkpoint_of(run)[0]
+    return model, checkpoint_of(run)[0], ckpt, step
 
 
 def load_pretrain_run(init_from: str) -> tuple[BlockBertConfig, dict, object]:

@@ -3,9 +3,10 @@
 Hugging Face's format, written with ``huggingface_hub``'s :class:`ModelCard`: metadata (:class:`ModelCardData`:
 library_name, tags, pipeline_tag, and datasets only when the run read hub datasets), then markdown: the model class,
 the preset (the run's ``model.name`` only when the model still is that preset: else the attention and heads say what
-it is), the attention (kind, heads and n, N), the sizes, the data and task the run trained on (hub datasets, or
-"local files: ..."), its metrics (``metrics.json``), the command that made it (``.hydra/overrides.yaml``) and how to
-load it, read through :class:`~blockbert.formats.run_dir.RunDir` (the config the run last used:
+it is), the attention (kind, heads and n, N), the sizes, the checkpoint and step the weights are, the data and task
+the run trained on (hub datasets, or "local files: ..."), its metrics (``metrics.json``: see :meth:`Card.metrics`),
+the commands that made it (``.hydra/overrides.yaml``, then each resume's ``.hydra/resume-K/overrides.yaml``) and how
+to load it, read through :class:`~blockbert.formats.run_dir.RunDir` (the config the run last used:
 :meth:`~blockbert.formats.run_dir.RunDir.config`). Whatever the run directory lacks, or cannot be read, is
 "not recorded": building the card never fails on a run's files.
 """
@@ -23,9 +24,11 @@ from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
 
 NOT_RECORDED = "not recorded"
-# what the card's metrics table shows of metrics.json beside the logged metrics ("val/ppl", "dev/f1"...): not the
-# settings it also records (batch_size, init_from, ...), which the card's other rows give
-RUN_STATE = ("step", "epoch", "status")
+# what the card's metrics table shows of metrics.json: the step and the model's quality ("val/ppl", "dev/f1"...), not
+# the optimizer's state (lr-AdamW/pg1), the speed (train/tokens_per_s), the epoch, nor the settings it also records
+# (batch_size, init_from, ...), which the card's other rows give
+QUALITY_PREFIXES = ("val/", "dev/", "test/")
+QUALITY_NAMES = ("train/loss",)
 HEAD_TASKS = {  # model class -> (what its head does, pipeline tag, Auto class)
     "BlockBertModel": ("the encoder alone (hidden states)", "feature-extraction", "AutoModel"),
     "BlockBertForMaskedLM": ("masked-LM pre-training", "fill-mask", "AutoModelForMaskedLM"),
@@ -160,19 +163,25 @@ def _datasets(hydra_config, command: str) -> list[str]:
     return _names(_get(hydra_config, "data.hub_name")) if _get(hydra_config, "data.source") == "hub" else []
 
 
-def model_card(model, run_dir: str | Path | None, presets: Mapping | None = None) -> str:
+def model_card(
+    model, run_dir: str | Path | None, presets: Mapping | None = None, checkpoint: Path | None = None, step=None
+) -> str:
     """README.md text for ``model`` (a blockbert model) exported from the run directory ``run_dir``.
 
     ``presets``: ``{name: preset}`` (:data:`blockbert.formats.presets.PRESETS`: a preset's ``config`` is its
     :class:`BlockBertConfig`) to check the run's ``model.name`` against; without them, or when the model is not
-    that preset's (``model.init_from``, other heads or sizes), the card names no preset."""
-    return str(build_model_card(model, run_dir, presets))
+    that preset's (``model.init_from``, other heads or sizes), the card names no preset.
+    ``checkpoint``, ``step``: the file the weights were read from and its ``global_step``; with ``step``, the run's
+    metrics are shown only when they are that step's (:meth:`Card.metrics`)."""
+    return str(build_model_card(model, run_dir, presets, checkpoint, step))
 
 
-def build_model_card(model, run_dir: str | Path | None, presets: Mapping | None = None) -> ModelCard:
+def build_model_card(
+    model, run_dir: str | Path | None, presets: Mapping | None = None, checkpoint: Path | None = None, step=None
+) -> ModelCard:
     """:func:`model_card` as a ``huggingface_hub`` :class:`ModelCard` (``.data``: the metadata, ``.text``)."""
     run = RunDir(run_dir) if run_dir is not None else None
-    card = Card(model, run, presets)
+    card = Card(model, run, presets, checkpoint, step)
     body = card.summary() + card.metrics() + card.command() + card.how_to_load()
     return ModelCard(f"---\n{card.card_data().to_yaml()}\n---\n\n" + "\n".join(body))
 
@@ -180,8 +189,9 @@ def build_model_card(model, run_dir: str | Path | None, presets: Mapping | None 
 class Card:
     """What the card says of a model and the run it came from (missing or unreadable files: "not recorded")."""
 
-    def __init__(self, model, run: RunDir | None, presets: Mapping | None = None):
+    def __init__(self, model, run: RunDir | None, presets: Mapping | None = None, checkpoint=None, step=None):
         self.model, self.config = model, model.config
+        self.checkpoint, self.step = (Path(checkpoint) if checkpoint is not None else None), step
         self.class_name = type(model).__name__
         self.head, self.pipeline_tag, self.auto_class = HEAD_TASKS.get(
             self.class_name, (self.class_name, None, "AutoModel")
@@ -254,6 +264,8 @@ class Card:
         ]
         if init_from:
             rows.append(("Initialised from", init_from))
+        if self.step is not None:
+            rows.append(("Weights", self.weights_text()))
         what = f"{config.attention} attention" if self.preset else model_text(config)
         title = f"# BlockBERT {self.preset or ''}: {self.class_name}, {what}".replace(" :", ":")
         return [
@@ -267,25 +279,65 @@ class Card:
             *(f"| {key} | {_cell(value)} |" for key, value in rows),
         ]
 
+    def weights_text(self) -> str:
+        """The checkpoint (relative to the run directory: no local paths on a card) and step of the weights."""
+        name = NOT_RECORDED if self.checkpoint is None else self.checkpoint.name
+        if self.checkpoint is not None and self.run is not None and self.checkpoint.is_relative_to(self.run.path):
+            name = str(self.checkpoint.relative_to(self.run.path))
+        return f"step {self.step} ({name})"
+
     def metrics(self) -> list[str]:
+        """The run's status, then its quality metrics and their step: only when metrics.json's step is the step of
+        the weights (``self.step``, when known). A checkpoint of another step (an earlier step-K.ckpt) gets a line
+        saying that the run's latest metrics are not these weights' and no table: metrics.json holds the latest
+        values only, and a table beside weights of another step would describe a model that is not this one."""
         lines = ["", "## Metrics", ""]
-        shown = {k: v for k, v in (self.metrics_values or {}).items() if "/" in k or k in RUN_STATE}
-        if shown:
-            rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in shown.items()]
-            return lines + ["| metric | value |", "|---|---|", *rows]
-        return lines + [f"{NOT_RECORDED} (the run directory has no readable metrics.json)"]
+        values = self.metrics_values or {}
+        if not values:
+            return lines + [f"{NOT_RECORDED} (the run directory has no readable metrics.json)"]
+        lines += self.status_lines()
+        recorded = values.get("step")
+        if self.step is not None and recorded != self.step:
+            latest = f"step {recorded}" if recorded is not None else "step not recorded"
+            return lines + [
+                f"The run's latest metrics (metrics.json, {latest}) are not those of these weights (step "
+                f"{self.step}): not shown."
+            ]
+        shown = {"step": recorded} if recorded is not None else {}
+        shown |= {k: v for k, v in values.items() if k.startswith(QUALITY_PREFIXES) or k in QUALITY_NAMES}
+        rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in shown.items()]
+        return lines + ["| metric | value |", "|---|---|", *rows]
+
+    def status_lines(self) -> list[str]:
+        """The run's status (metrics.json): a run still training is said loudly (its weights and metrics will
+        change)."""
+        status = (self.metrics_values or {}).get("status")
+        if status is None:
+            return []
+        if status == "running":
+            return ["**The run was still training when it was exported** (metrics.json: status running; or it was "
+                    "killed): these weights and metrics are not its final ones.", ""]  # fmt: skip
+        return [f"Run status: {_cell(status)} (metrics.json).", ""]
 
     def command(self) -> list[str]:
+        """The command the run was started with, then each resume's (a resume may change max_steps, or more)."""
         lines = ["", "## Command", ""]
         overrides = self.run.overrides() if self.run is not None else None
         if overrides is None:
             return lines + [f"{NOT_RECORDED} (the run directory has no readable .hydra/overrides.yaml)"]
+        resumes = self.run.resume_overrides()
+        if not resumes:
+            return lines + ["```bash", self.command_line(overrides), "```"]
+        commands = [f"# started\n{self.command_line(overrides)}"]
+        commands += [f"# resumed ({k})\n{self.command_line(o)}" for k, o in enumerate(resumes, 1)]
+        intro = f"Started with the first command, then resumed {len(resumes)} time(s) in the same directory:"
+        return lines + [intro, "", "```bash", *commands, "```"]
+
+    def command_line(self, overrides: list | None) -> str:
+        if overrides is None:
+            return f"# {NOT_RECORDED} (unreadable overrides.yaml)"
         args = " ".join(shlex.quote(str(o)) for o in overrides)
-        lines += ["```bash", f"blockbert {self.trained_by} {args}".rstrip(), "```"]
-        resumes = self.run.resume_count()
-        if resumes:
-            lines += ["", f"Resumed {resumes} time(s): each resume's overrides are in .hydra/resume-K/overrides.yaml."]
-        return lines
+        return f"blockbert {self.trained_by} {args}".rstrip()
 
     def how_to_load(self) -> list[str]:
         config, auto_class = self.config, self.auto_class

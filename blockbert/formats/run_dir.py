@@ -136,9 +136,13 @@ class RunDir:
         """Hydra's output subdir of a job is a resume's ``.hydra/resume-K`` (never the run's own ``.hydra``)."""
         return bool(subdir) and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resume-")
 
+    def resume_dirs(self) -> list[Path]:
+        """Each resume's .hydra/resume-K, in order (K = 1, 2, ...)."""
+        return sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+
     def last_config_dir(self) -> Path:
         """Where the config the run last used is: .hydra, or the newest .hydra/resume-K."""
-        resumes = sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+        resumes = self.resume_dirs()
         return resumes[-1] if resumes else self.hydra_dir
 
     def next_config_subdir(self) -> str:
@@ -150,7 +154,7 @@ class RunDir:
 
     def resume_count(self) -> int:
         """How many times the run was resumed in this directory (its ``.hydra/resume-K``)."""
-        return len(list(self.hydra_dir.glob("resume-*")))
+        return len(self.resume_dirs())
 
     def config_file(self) -> Path:
         """The file of the config the run last used (a resume's if any)."""
@@ -171,6 +175,15 @@ class RunDir:
     def overrides(self) -> list | None:
         """The command-line overrides the run was started with (.hydra/overrides.yaml)."""
         return _read_yaml(self.overrides_file, list)
+
+    def resume_overrides(self) -> list[list | None]:
+        """The command-line overrides of each resume (.hydra/resume-K/overrides.yaml, K = 1, 2, ...; None where
+        unreadable): a resumed run was also run with these (a resume may change max_steps, for one)."""
+        return [_read_yaml(resume / "overrides.yaml", list) for resume in self.resume_dirs()]
+
+    def last_overrides(self) -> list | None:
+        """The command-line overrides the run last ran with: its last resume's, else those it was started with."""
+        return _read_yaml(self.last_config_dir() / "overrides.yaml", list)
 
     def hydra(self) -> dict:
         """Hydra's own settings of the run (.hydra/hydra.yaml's ``hydra`` node), empty without them."""

@@ -36,7 +36,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.data.sampler import ResumableData, stream_seed
 from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, NonFiniteLossError, RunInterrupted
-from blockbert.formats.checkpoints import checkpoint_step, load_checkpoint
+from blockbert.formats.checkpoints import checkpoint_step, load_checkpoint, newest_checkpoint
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import CheckpointError
 from blockbert.train.cluster import cluster_environment
@@ -80,23 +80,6 @@ def run_lock(run: RunDir):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def newest_checkpoint(run: RunDir) -> tuple[tuple[int, Path] | None, list[tuple[Path, CheckpointError]]]:
-    """((step, path) of the readable checkpoint with the most steps, or None; the unreadable ones with why).
-    An unsafe candidate (code in the pickle) raises: it must not be passed over silently."""
-    readable, unreadable = [], []
-    for path in run.checkpoint_candidates():
-        try:
-            readable.append((checkpoint_step(path), path.stat().st_mtime, path))
-        except CheckpointError as err:
-            if err.unsafe:
-                raise
-            unreadable.append((path, err))
-    if not readable:
-        return None, unreadable
-    step, _, path = max(readable)
-    return (step, path), unreadable
 
 
 def resumes(ckpt_path: str | None, run: RunDir) -> bool:
