@@ -289,6 +289,17 @@ def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(ru
     assert "train/loss" in final  # the training metrics of the first run are kept
 
 
+# The command with AdamW failing as the fit builds it: a failure inside training, before its first step.
+FAIL_IN_FIT = """
+import torch
+def refuse(self, *args, **kwargs):
+    raise RuntimeError("injected: AdamW cannot be built")
+torch.optim.AdamW.__init__ = refuse
+from cli import main
+main()
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command, args, first, more",
@@ -298,26 +309,27 @@ def test_sigterm_in_the_closing_validation_exits_143_and_the_rerun_records_it(ru
     ],
 )
 def test_failed_resume_replaces_nothing(run, tmp_path, command, args, first, more):
-    """A resume that fails before training (here: AdamW refuses a beta, which the config's schema does not range-check)
-    reports the real error and leaves the checkpoints and metrics.json of the run as they were; the original
-    .hydra/config.yaml is kept."""
+    """A resume that fails before training (here AdamW, made to fail as the fit builds it; the run's own fit of its
+    memory is stored already, so the check before the run builds none) reports the real error and leaves the
+    checkpoints and metrics.json of the run as they were; the original .hydra/config.yaml is kept."""
     run_dir = tmp_path / "run"
     run(tmp_path, command, *args, first, f"hydra.run.dir={run_dir}")
     files = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
     before = metrics(run_dir)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
-    out = run(tmp_path, command, *args, more, "optim.betas=[2.0,0.999]", f"hydra.run.dir={run_dir}", check=False)
-    assert out.returncode == 1
+    argv = [sys.executable, "-c", FAIL_IN_FIT, command, *args, more, f"hydra.run.dir={run_dir}"]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env_for(tmp_path), timeout=600)
+    assert out.returncode == 1, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith(f"blockbert {command}: error:")]
-    assert len(errors) == 1 and "Invalid beta parameter at index 0: 2.0" in errors[0], out.stderr[-3000:]
+    assert len(errors) == 1 and "injected: AdamW cannot be built" in errors[0], out.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == files
     after = metrics(run_dir)
     assert {k: v for k, v in after.items() if k not in ("status", "error")} == {
         k: v for k, v in before.items() if k != "status"
     }
-    assert after["status"] == "failed" and "Invalid beta parameter" in after["error"]
+    assert after["status"] == "failed" and "injected: AdamW cannot be built" in after["error"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the run's original config
-    assert "optim.betas=[2.0,0.999]" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+    assert more in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text()
     out = run(tmp_path, command, *args, more, f"hydra.run.dir={run_dir}")  # it still resumes
     assert resumed_step(out.stdout + out.stderr) == before["step"] and metrics(run_dir)["step"] > before["step"]
     assert (run_dir / ".hydra" / "resume-2" / "overrides.yaml").is_file()
