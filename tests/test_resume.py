@@ -617,3 +617,21 @@ def test_ctrl_c_before_a_multirun_job_trains_ends_in_the_interrupted_line(tmp_pa
     assert "stopped by Ctrl-C in job 0 before it trained" in line
     assert f"run the same command with hydra.sweep.dir={sweep_dir} to resume the multirun" in line
     assert started == [0]
+
+
+def test_a_resume_from_a_checkpoint_file_keeps_its_optimizer_settings(run, blockbert, tmp_path):
+    """Before: `ckpt_path=FILE optim.lr=...` in a new directory recorded the new rate in its config and trained at the
+    checkpoint's, which its optimizer state restored."""
+    run(tmp_path, "pretrain", *PRETRAIN, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'run'}")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    args = ("pretrain", *PRETRAIN, "trainer.max_steps=6", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'other'}")
+    out = blockbert(tmp_path, *args, "optim.lr=1e-4", check=False, env=OFFLINE)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.splitlines()[-1] == (
+        f"blockbert pretrain: error: ckpt_path={ckpt} continues that checkpoint's optimizer, and the command line "
+        "gives optim.lr=0.0001 (the checkpoint has 0.001): its optimizer state would override them; give the "
+        "checkpoint's values"
+    )
+    assert not (tmp_path / "other").exists()
+    out = run(tmp_path, *args)  # its own values: it resumes
+    assert resumed_step(out.stdout + out.stderr) == 4 and metrics(tmp_path / "other")["step"] == 6

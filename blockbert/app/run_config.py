@@ -122,11 +122,12 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
             ) from None  # fmt: skip
 
 
-# what a resume continues as the run was started: its model, data, QA task, seed, global batch, and the optimizer's
-# settings, which the checkpoint's optimizer state holds and restores over the command line's (a resume with another
-# optim.lr went on at the old one); the schedule's length and warm-up are read from the command line again
-RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from", "optim.lr",
-                "optim.betas", "optim.eps", "optim.weight_decay")  # fmt: skip
+# the optimizer's settings a checkpoint's optimizer state holds and restores over the command line's (a resume with
+# another optim.lr went on at the old one); the schedule's length and warm-up are read from the command line again
+OPTIMIZER_STATE = ("lr", "betas", "eps", "weight_decay")
+# what a resume continues as the run was started: its model, data, QA task, seed, global batch and optimizer settings
+RESUME_KEEPS = ("model", "data", "task", "seed", "tokens_per_batch", "optim.batch_size", "init_from",
+                *(f"optim.{key}" for key in OPTIMIZER_STATE))  # fmt: skip
 # ... but the model's name (a label), how the same computation runs (the kernels and layouts are exact against each
 # other), the data loading, the micro-batch (which RunSafety.fit checks against the checkpoint's data position
 # itself), and what only evaluation reads (our choice of what may change)
@@ -158,6 +159,36 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
         )
 
 
+def check_checkpoint_optimizer(cfg: DictConfig) -> None:
+    """``ckpt_path=FILE`` (a resume into any directory) continues that checkpoint's optimizer: an ``optim.lr``,
+    ``betas``, ``eps`` or ``weight_decay`` other than the one it was trained with is refused in one line, as in a
+    resume in the run's own directory (:func:`check_resume`): its optimizer state would override the command line's."""
+    path = Path(str(cfg.get("ckpt_path") or "")).expanduser()
+    if not cfg.get("ckpt_path") or not path.is_file():
+        return  # none given, or a missing file: the resume says so
+    from blockbert.formats.checkpoints import load_checkpoint
+
+    hyper = load_checkpoint(path, mmap=True).get("hyper_parameters")
+    stored = hyper.get("optim") if isinstance(hyper, dict) else None
+    if not isinstance(stored, dict):
+        return
+    given = OmegaConf.to_container(cfg.optim, resolve=True)
+    changed = [
+        f"optim.{key}={given[key]!r} (the checkpoint has {stored[key]!r})"
+        for key in OPTIMIZER_STATE
+        if key in stored and key in given and _as_list(given[key]) != _as_list(stored[key])
+    ]
+    if changed:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} continues that checkpoint's optimizer, and the command line gives "
+            f"{', '.join(changed)}: its optimizer state would override them; give the checkpoint's values"
+        )
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _kept(key: str, prefixes=RESUME_KEEPS) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
@@ -176,6 +207,7 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     with forgotten_if_refused(run, whole):
         check_accelerator(cfg.trainer)
         check_resume(cfg, run, hydra.output_subdir)
+        check_checkpoint_optimizer(cfg)
         check_data(cfg, command)
     # Lightning and the training code only now (seconds): a refused resume or accelerator ends at once
     from lightning_fabric.utilities.rank_zero import rank_zero_only
