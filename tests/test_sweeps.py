@@ -698,8 +698,9 @@ def test_a_resumed_run_is_reported_with_its_last_command(tmp_path):
 
     run = tmp_path / "runs" / "2026-12-05_18-21-05"
     (run / ".hydra" / "resume-1").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- trainer.max_steps=2000\n")
-    (run / ".hydra" / "resume-1" / "overrides.yaml").write_text("- trainer.max_steps=500\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- trainer.max_steps=2000\n- optim.lr=3e-4\n")
+    (run / ".hydra" / "resume-1" / "overrides.yaml").write_text("- trainer.max_steps=500\n")  # lr: the same, unsaid
+    (run / ".hydra" / "resume-old").mkdir()  # not Hydra's: left out
     (run / "metrics.json").write_text(json.dumps({"status": "finished", "step": 500, "val/ppl": 60.0}))
-    (row,) = read_jobs(tmp_path / "runs", ["trainer.max_steps"])
-    assert row["trainer.max_steps"] == "500" and row["step"] == 500
+    (row,) = read_jobs(tmp_path / "runs", ["trainer.max_steps", "optim.lr"])
+    assert (row["trainer.max_steps"], row["optim.lr"], row["step"]) == ("500", "3e-4", 500)

@@ -23,8 +23,12 @@ def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
     """A row per job directory (one with .hydra/overrides.yaml): its swept values, status and numeric metrics."""
     rows = []
     for job in SweepDir(sweep_dir).jobs():
-        overrides = job.last_overrides() or job.overrides() or []  # a resumed run's last command (its max_steps)
-        values = {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+        # a resumed run's values: those it started with, updated by what its last resume gave (a new max_steps).
+        # What a resume keeps it must give the same (or be refused); a setting it may change and left out ran at
+        # its default, which this shows as the started value
+        values = {}
+        for overrides in (job.overrides() or [], job.last_overrides() or []):
+            values |= {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
         metrics = job.metrics()
         row = {"job": job.path.name, "_overrides": values, **{k: values.get(k, "") for k in keys}}
         if job.error_file.is_file():

@@ -304,7 +304,11 @@ class Card:
                 f"{self.step}): not shown."
             ]
         shown = {"step": recorded} if recorded is not None else {}
-        shown |= {k: v for k, v in values.items() if k.startswith(QUALITY_PREFIXES) or k in QUALITY_NAMES}
+        shown |= {
+            k: v
+            for k, v in values.items()
+            if (k.startswith(QUALITY_PREFIXES) or k in QUALITY_NAMES) and "/best_" not in k  # best: of another step
+        }
         rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in shown.items()]
         return lines + ["| metric | value |", "|---|---|", *rows]
 

@@ -137,8 +137,9 @@ class RunDir:
         return bool(subdir) and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resume-")
 
     def resume_dirs(self) -> list[Path]:
-        """Each resume's .hydra/resume-K, in order (K = 1, 2, ...)."""
-        return sorted(self.hydra_dir.glob("resume-*"), key=lambda path: int(path.name.split("-")[1]))
+        """Each resume's .hydra/resume-K, in order (K = 1, 2, ...; other names are not Hydra's, and left out)."""
+        resumes = [path for path in self.hydra_dir.glob("resume-*") if path.name.split("-", 1)[1].isdigit()]
+        return sorted(resumes, key=lambda path: int(path.name.split("-", 1)[1]))
 
     def last_config_dir(self) -> Path:
         """Where the config the run last used is: .hydra, or the newest .hydra/resume-K."""
