@@ -363,7 +363,7 @@ _NEW_SWEEP_DIRS: list[Path] = []  # the topmost directory each multirun of this 
 
 def _remove_unstarted() -> None:
     """A multirun refused before its first job (a bad value in one job's config) leaves no trace: the directories it
-    made that hold nothing but Hydra's multirun.yaml are removed."""
+    made that hold nothing a job wrote (SweepDir.unstarted) are removed."""
     for top in _NEW_SWEEP_DIRS:
         if SweepDir(top).unstarted():
             shutil.rmtree(top, ignore_errors=True)

@@ -24,6 +24,7 @@ from blockbert.errors import ConfigError
 from blockbert.model.config import ATTENTION_IMPLS, ATTENTION_KINDS, LAYOUTS, SPARSE_IMPLS
 
 LOGGER_KINDS = ("wandb", "csv", "none")
+GPU_ACCELERATORS = ("gpu", "cuda")  # trainer.accelerator names of a CUDA GPU
 BENCHMARK_MODES = ("model", "attention", "layout", "data", "pretrain", "finetune", "plan")
 
 
@@ -407,7 +408,7 @@ def _check_sharding(trainer: dict) -> None:
     """Lightning's FSDP runs on CUDA GPUs only: with another accelerator it is refused here, as the config is composed
     (``--cfg job``, ``plan``, a sweep's check), not after a run has built its data and its directory."""
     strategy, accelerator = str(trainer.get("strategy")), trainer.get("accelerator")
-    if "fsdp" in strategy.lower() and accelerator not in ("gpu", "cuda", "auto"):
+    if "fsdp" in strategy.lower() and accelerator not in (*GPU_ACCELERATORS, "auto"):
         raise ConfigError(
             f"trainer.strategy={strategy} shards over CUDA GPUs only (Lightning's FSDP), not trainer.accelerator="
             f"{accelerator}: use trainer=ddp trainer.accelerator=cpu for CPU processes, or trainer=fsdp on GPUs"

@@ -180,8 +180,8 @@ def print_table(results: dict) -> None:
         print(
             f"time per MiB, largest / smallest corpus: ours {sm['ours_time_per_mb_growth']:.2f}, floor "
             f"{sm['floor_time_per_mb_growth']:.2f} (1.00 = linear); peak RSS (anon) growth: ours "
-            f"{sm['ours_peak_rss_growth_mb']:+.0f} ({sm['ours_peak_anon_growth_mb']:+.0f}) MB, floor "
-            f"{sm['floor_peak_rss_growth_mb']:+.0f} ({sm['floor_peak_anon_growth_mb']:+.0f}) MB"
+            f"{sm['ours_peak_rss_growth_mb']:+.0f} ({sm['ours_peak_anon_growth_mb']:+.0f}) MiB, floor "
+            f"{sm['floor_peak_rss_growth_mb']:+.0f} ({sm['floor_peak_anon_growth_mb']:+.0f}) MiB"
         )
     print(f"worst ours/floor: {sm['worst_ratio']:.2f} (wall), {sm['worst_ratio_cpu']:.2f} (CPU); target <= 1.3")
 

@@ -299,15 +299,18 @@ def check_fit(cfg: DictConfig, command: str) -> None:
     )
 
 
-def sharing_processes(device: torch.device, trainer_cfg: DictConfig) -> int:
-    """How many of the run's processes share ``device``'s memory: on a CPU, those of one machine
-    (``trainer=ddp trainer.accelerator=cpu``, each holding a whole model); a GPU is one process's."""
-    return max(1, world_size(trainer_cfg) // int(trainer_cfg.get("num_nodes", 1))) if device.type == "cpu" else 1
+def sharing_processes(device: torch.device, trainer_cfg: DictConfig, devices: int | None = None) -> int:
+    """How many of the run's processes (``devices`` in all, else the trainer's) share ``device``'s memory: on a CPU,
+    those of one machine (``trainer=ddp trainer.accelerator=cpu``, each holding a whole model); a GPU is one
+    process's."""
+    if device.type != "cpu":
+        return 1
+    return max(1, (devices or world_size(trainer_cfg)) // int(trainer_cfg.get("num_nodes", 1)))
 
 
-def memory_per_device(device: torch.device, trainer_cfg: DictConfig) -> int:
+def memory_per_device(device: torch.device, trainer_cfg: DictConfig, devices: int | None = None) -> int:
     """What one process of the run has: a GPU's free memory, or its share of the machine's available memory."""
-    return free_memory(device) // sharing_processes(device, trainer_cfg)
+    return free_memory(device) // sharing_processes(device, trainer_cfg, devices)
 
 
 def run_device(trainer_cfg: DictConfig) -> torch.device:

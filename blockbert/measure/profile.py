@@ -77,7 +77,7 @@ def profile(cfg: DictConfig, run: RunDir) -> dict:
                     a2_activation_mb=None if a2_bytes is None else a2_bytes / MiB,
                 )
             )
-            log.info("%s N=%d b=%d: activation %.1f MB", name, n, b, rows[-1]["activation_mb"])
+            log.info("%s N=%d b=%d: activation %.1f MiB", name, n, b, rows[-1]["activation_mb"])
         results["models"][name] = {
             **used,  # a block model's heads and its preset's
             "rows": rows,

@@ -52,11 +52,11 @@ import signal
 
 from blockbert.errors import ConfigError
 from blockbert.formats.run_dir import RunDir
+from blockbert.formats.schema import GPU_ACCELERATORS
 
 log = logging.getLogger(__name__)
 
 REQUEUE_SIGNAL = signal.SIGUSR1  # keep in step with hydra.launcher.additional_parameters.signal in slurm.yaml
-GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 def is_gpu(accelerator) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from pytorch_lightning.utilities import rank_zero_only
 from transformers import get_linear_schedule_with_warmup
 
 log = logging.getLogger(__name__)
@@ -15,6 +14,8 @@ log = logging.getLogger(__name__)
 def adamw_with_warmup(model: torch.nn.Module, optim: dict, warmup_steps: int, total_steps: int) -> dict:
     """Lightning's ``configure_optimizers`` value: AdamW (``optim``: lr, betas, eps, weight_decay) stepped with
     a linear warm-up over ``warmup_steps`` and a linear decay to 0 at ``total_steps``."""
+    from pytorch_lightning.utilities import rank_zero_only  # here: plan builds AdamW without Lightning
+
     if 0 < total_steps <= warmup_steps and rank_zero_only.rank == 0:  # once, not per process
         log.warning(
             "the warm-up (%d optimizer steps) is not shorter than the run (%d): the learning rate never reaches its "

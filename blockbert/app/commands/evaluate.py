@@ -89,7 +89,10 @@ def missing_rule(fmt: str, na_prob: bool, no_answer_missing: bool) -> str:
             "; best_exact and best_f1 count their no-answer questions as right, as the official script does; "
             "the other scores leave them out"
         )
-    return "; left out of every score, HasAns_total and NoAns_total included (the official script skips them)"
+    return (
+        "; left out of every score, HasAns_total and NoAns_total included (the official script leaves them out of "
+        "total and stops with a KeyError in HasAns/NoAns)"
+    )
 
 
 def first_ids(predictions: dict, gold: dict) -> str:

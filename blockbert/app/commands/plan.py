@@ -64,7 +64,7 @@ def run_plan(
     for job_command, job in jobs:
         cfg = compose(job_command, [o for o in job if not o.startswith("hydra.")], config_dirs, finished=True)
         target = plan_fit.target_of(cfg, job_command, devices=gpus)
-        device, store, described, capacity, notes = _where(cfg, gpu)
+        device, store, described, capacity, notes = _where(cfg, gpu, gpus)
         if gpu_memory:
             capacity = planner.parse_size(gpu_memory, "--gpu-memory")
             described["source"] += f"; --gpu-memory {gpu_memory}"
@@ -92,7 +92,7 @@ def run_plan(
     return 0
 
 
-def _where(cfg, gpu: str | None):
+def _where(cfg, gpu: str | None, gpus: int | None = None):
     """(the device to measure on: None for a named GPU's calibration; its fits; its description; its memory; notes
     for the plan)."""
     if gpu:
@@ -111,9 +111,9 @@ def _where(cfg, gpu: str | None):
         return device, store, {"name": plan_fit.device_name(device), "source": "this CPU, for a GPU run"}, None, notes
     store = plan_fit.FitStore.for_device(cfg, device)
     memory = "free memory" if device.type == "cuda" else "available memory"
-    capacity = planner.memory_per_device(device, cfg.trainer)
-    if planner.sharing_processes(device, cfg.trainer) > 1:
-        memory += f" shared by the run's {planner.sharing_processes(device, cfg.trainer)} processes"
+    capacity = planner.memory_per_device(device, cfg.trainer, gpus)
+    if planner.sharing_processes(device, cfg.trainer, gpus) > 1:
+        memory += f" shared by the run's {planner.sharing_processes(device, cfg.trainer, gpus)} processes"
     described = {"name": plan_fit.device_name(device), "source": f"this machine, its {memory}"}
     return device, store, described, capacity, ()
 
