@@ -163,12 +163,11 @@ def check_checkpoint_optimizer(cfg: DictConfig) -> None:
     """``ckpt_path=FILE`` (a resume into any directory) continues that checkpoint's optimizer: an ``optim.lr``,
     ``betas``, ``eps`` or ``weight_decay`` other than the one it was trained with is refused in one line, as in a
     resume in the run's own directory (:func:`check_resume`): its optimizer state would override the command line's."""
-    path = Path(str(cfg.get("ckpt_path") or "")).expanduser()
-    if not cfg.get("ckpt_path") or not path.is_file():
+    if not cfg.get("ckpt_path") or not Path(cfg.ckpt_path).expanduser().is_file():
         return  # none given, or a missing file: the resume says so
     from blockbert.formats.checkpoints import load_checkpoint
 
-    hyper = load_checkpoint(path, mmap=True).get("hyper_parameters")
+    hyper = load_checkpoint(Path(cfg.ckpt_path).expanduser(), mmap=True).get("hyper_parameters")
     stored = hyper.get("optim") if isinstance(hyper, dict) else None
     if not isinstance(stored, dict):
         return

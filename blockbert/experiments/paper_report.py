@@ -462,8 +462,9 @@ def profile_report(paper: Paper, run: str, path: Path) -> RunReport:
     quadratic = {}  # (model, N) -> (ours, paper) O(N²) part
     for name, entry in result["models"].items():
         model, missing = name.removesuffix("_eager"), []
-        if other_blocks(model, entry):
-            report.unmatched.append(Unmatched(run, "profile", with_heads(name, entry), other_blocks(model, entry)))
+        other_n = other_blocks(model, entry)
+        if other_n:
+            report.unmatched.append(Unmatched(run, "profile", with_heads(name, entry), other_n))
             continue
         for r in entry["rows"]:
             cells = paper.cells(1, model, r["seq_len"])
@@ -524,8 +525,9 @@ def benchmark_report(paper: Paper, run: str, path: Path) -> RunReport:
     for r in result["records"]:
         model, point = r["model"].removesuffix("_eager"), (r["batch_size"], r["seq_len"])
         cells = paper.cells(5, model, r["seq_len"], r["batch_size"]) if r["phase"] == "inference" else []
-        if not cells or other_blocks(model, r):
-            reason = other_blocks(model, r) or missing_reason(paper, r["model"], r["phase"])
+        other_n = other_blocks(model, r)
+        if not cells or other_n:
+            reason = other_n or missing_reason(paper, r["model"], r["phase"])
             missing[with_heads(r["model"], r), r["phase"], reason].append(f"{point[0]}×{point[1]}")
             continue
         statistic = result.get("ratio_of", "median")  # a run before the setting: medians

@@ -72,7 +72,7 @@ class Model:
 
 @dataclass
 class Trainer:
-    accelerator: str = setting("cpu", choices=("cpu", "gpu", "cuda", "auto", "mps", "tpu"))  # Lightning's names
+    accelerator: str = setting("cpu", choices=("cpu", *GPU_ACCELERATORS, "auto", "mps", "tpu"))  # Lightning's names
     devices: Any = 1
     num_nodes: int = setting(1, 1)
     strategy: Any = "auto"

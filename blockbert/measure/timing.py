@@ -9,7 +9,7 @@
   examples), for whole runs (:mod:`blockbert.measure.run_benchmark`).
 - :func:`timing_summary`: median, IQR and the samples, for both.
 - :class:`OthersLoad`: the share of the CPU time of our cores that other processes took while a measurement ran: a
-  time measured beside them is too long (``blockbert plan`` keeps no such time).
+  time measured beside them is too long (``blockbert plan`` times such a step again).
 """
 
 from __future__ import annotations
