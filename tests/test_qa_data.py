@@ -34,6 +34,22 @@ def test_squad_reading_verifies_offsets_and_counts_mismatches(tmp_path):
     assert data.gold["c"] == ["wrong"]  # still evaluated against its gold text
 
 
+SQUAD_ONE_ANSWER = json.dumps(
+    {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": "abc",
+                        "qas": [{"id": "x", "question": "q", "answers": [{"text": "abc", "answer_start": 0}]}],
+                    }
+                ]
+            }
+        ]
+    }
+)
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
@@ -57,6 +73,18 @@ def test_squad_reading_verifies_offsets_and_counts_mismatches(tmp_path):
                 }
             ),
             "answer offset 2 is outside its paragraph",
+        ),
+        (  # a string offset is the wrong type, not an offset outside the paragraph
+            SQUAD_ONE_ANSWER.replace('"answer_start": 0', '"answer_start": "0"'),
+            "question 'x': field 'answer_start' should be an integer, not a string '0'",
+        ),
+        (
+            SQUAD_ONE_ANSWER.replace('"answer_start": 0', '"answer_start": true'),
+            "field 'answer_start' should be an integer, not a boolean True",
+        ),
+        (
+            json.dumps({"data": {"paragraphs": []}}),
+            "the top-level object: field 'data' should be an array, not an object",
         ),
     ],
 )

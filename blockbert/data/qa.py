@@ -161,11 +161,13 @@ def short(value, limit: int = 60) -> str:
 
 
 def _field(item: dict, key: str, path: Path, where: str, kind=None):
+    """``item[key]``, which must be there and, with ``kind`` (str, list or int), of that JSON kind."""
     if not isinstance(item, dict) or key not in item:
         raise QADataError(f"{path}: {where} has no field {key!r}")
     value = item[key]
-    if kind is not None and not isinstance(value, kind):
-        raise QADataError(f"{path}: {where}: field {key!r} should be a {kind.__name__}, not {type(value).__name__}")
+    if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        wanted = "an integer" if kind is int else JSON_KINDS[kind]
+        raise QADataError(f"{path}: {where}: field {key!r} should be {wanted}, not {json_kind(value)} {short(value)}")
     return value
 
 
@@ -192,7 +194,7 @@ def _verified_spans(dataset: QADataset, context: str, candidates, path: Path, wh
 
 def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
     data = _squad_json(path, choose)
-    for a, article in enumerate(_field(data, "data", path, "the file", list)):
+    for a, article in enumerate(_field(data, "data", path, "the top-level object", list)):
         for p, paragraph in enumerate(_field(article, "paragraphs", path, f"article {a}", list)):
             where_p = f"article {a}, paragraph {p}"
             context = _field(paragraph, "context", path, where_p, str)
@@ -204,13 +206,9 @@ def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
                 if qa.get("is_impossible"):
                     answers = []
                 texts = [_field(answer, "text", path, where, str) for answer in answers]
-                starts = [_field(answer, "answer_start", path, where) for answer in answers]
+                starts = [_field(answer, "answer_start", path, where, int) for answer in answers]
                 spans = _verified_spans(
-                    dataset,
-                    context,
-                    [(t, s, s + len(t) if isinstance(s, int) else None) for t, s in zip(texts, starts)],
-                    path,
-                    where,
+                    dataset, context, [(t, s, s + len(t)) for t, s in zip(texts, starts)], path, where
                 )
                 if dataset.format == "squad1" and not texts:
                     raise QADataError(
