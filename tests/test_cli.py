@@ -255,6 +255,35 @@ def test_empty_and_too_short_corpora_are_one_line(tmp_path):
     )
 
 
+def test_a_directory_given_as_data_files_is_refused_with_the_glob_to_give(tmp_path):
+    """Before: "the corpus is empty (no text in )", though the directory held text."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("Some text.\n")
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", "data.files=corpus"])
+    assert result.exit_code == 2
+    assert error_line(result.output) == (
+        "blockbert pretrain: error: data.files: 'corpus' matches directories only, no file: give the files, e.g. a "
+        "glob 'corpus/*.txt'"
+    )
+    assert not list(tmp_path.glob("runs/*/*"))
+
+
+@pytest.mark.parametrize("name", ["notjson.jsonl", "half.json"])
+def test_a_corpus_file_that_is_not_json_is_one_line_naming_it_and_leaves_no_run(tmp_path, name):
+    """Before: datasets' "An error occurred while generating the dataset; JSON parse error: Invalid value. in row 0",
+    naming no file, exit 1, and a run directory left behind."""
+    rows = ['{"text": "a first document"}', "not json"] if name.startswith("half") else ["not json"]
+    (tmp_path / name).write_text("\n".join(rows) + "\n")
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", f"data.files={name}", "logger=none"])
+    assert result.exit_code == 2, result.output
+    line = len(rows)
+    assert error_line(result.output) == (
+        f"blockbert pretrain: error: {name} is not JSON (Expecting value: line {line} column 1); a .json/.jsonl corpus "
+        'holds one JSON object per line ({"text": ...}) or one JSON document'
+    )
+    assert not list(tmp_path.glob("runs/*/*"))
+
+
 def test_an_output_directory_that_cannot_be_written_is_refused_before_the_work(tmp_path):
     """export OUT_DIR and plan --out (before: errno text after loading the run, or after the plan's whole fit)."""
     (tmp_path / "afile").write_text("")

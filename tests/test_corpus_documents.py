@@ -172,6 +172,21 @@ def test_a_corrupt_gzipped_corpus_is_named_as_corrupt(tmp_path):
         load_documents(files_config(tmp_path, tmp_path / "plain.gz").data, tmp_path / "cache")
 
 
+def test_a_json_document_reads_and_a_bad_gzipped_jsonl_is_named_with_its_line(tmp_path):
+    import gzip
+
+    rows = [{"text": f"document {i} of the corpus"} for i in range(4)]
+    (tmp_path / "pretty.json").write_text(json.dumps(rows, indent=2))  # one JSON document over several lines
+    docs = load_documents(files_config(tmp_path, tmp_path / "pretty.json").data, tmp_path / "cache")
+    assert list(docs["text"]) == [row["text"] for row in rows]
+    lines = [json.dumps(rows[0]), '{"text": "cut', json.dumps(rows[1])]
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(
+        ConfigError, match=r"bad\.jsonl\.gz is not JSON \(Unterminated string starting at: line 2 column 10\);"
+    ):
+        load_documents(files_config(tmp_path, tmp_path / "bad.jsonl.gz").data, tmp_path / "cache")
+
+
 def test_files_of_two_formats_are_refused_naming_both(tmp_path):
     """Before: "'extra.jsonl' mixes or uses an unsupported format", naming neither format found."""
     (tmp_path / "a.txt").write_text(WIKITEXT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import glob
 import gzip
+import json
 import random
 import zlib
 from collections.abc import Sequence
@@ -104,7 +105,13 @@ def _expand(files) -> list[str]:
         matches = sorted(glob.glob(str(Path(pattern).expanduser())))
         if not matches:
             raise FileNotFoundError(f"data.files: no file matches {pattern!r}")
-        paths += [m for m in matches if Path(m).is_file()]
+        files = [m for m in matches if Path(m).is_file()]
+        if not files:  # our choice: a directory is not read whole (it may hold other files); a glob says which
+            raise ConfigError(
+                f"data.files: {pattern!r} matches directories only, no file: give the files, e.g. a glob "
+                f"{str(Path(matches[0]) / '*.txt')!r}"
+            )
+        paths += files
     if all(_is_blank(p) for p in paths):
         raise ConfigError(f"data.files={files!r}: the corpus is empty (no text in {', '.join(paths)})")
     return paths
@@ -171,9 +178,12 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
         else:
             ds = datasets.load_dataset(kind, data_files=paths, split="train", cache_dir=hub_cache(cache_dir), **kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
-        if not isinstance(err.__cause__, UnicodeDecodeError):
-            raise
-        raise ConfigError(_not_utf8(paths) or f"data.files: a file is not UTF-8 text ({err.__cause__})") from None
+        if isinstance(err.__cause__, UnicodeDecodeError):
+            raise ConfigError(_not_utf8(paths) or f"data.files: a file is not UTF-8 text ({err.__cause__})") from None
+        if kind == "json":
+            unreadable = f"data.files: the JSON corpus cannot be read ({err.__cause__})"
+            raise ConfigError(_not_json(paths) or unreadable) from None
+        raise
     return _text_column(ds, data_cfg.text_field if kind != "text" else "text")
 
 
@@ -195,8 +205,7 @@ def paragraphs(paths: list[str]):
     newlines; read line by line, so a file of any size streams through."""
     for path in paths:
         lines: list[str] = []
-        opener = gzip.open if _gzipped(path) else open
-        with opener(path, "rt", encoding="utf-8") as file:  # universal newlines: CRLF and CR read as LF
+        with _open_text(path) as file:  # universal newlines: CRLF and CR read as LF
             for line in file:
                 if not line.isspace():
                     lines.append(line)
@@ -226,6 +235,45 @@ def _not_utf8(paths: list[str]) -> str | None:
                     break
                 offset += len(chunk)
     return None
+
+
+def _not_json(paths: list[str]) -> str | None:
+    """A line naming the first file that is neither JSON lines nor one JSON document, and where (datasets names
+    neither the file nor the line)."""
+    for path in paths:
+        error = _json_lines_error(path)
+        if error and not _is_one_json_document(path):
+            return (
+                f"{path} is not JSON ({error}); a .json/.jsonl corpus holds one JSON object per line "
+                '({"text": ...}) or one JSON document'
+            )
+    return None
+
+
+def _open_text(path: str):
+    return (gzip.open if _gzipped(path) else open)(path, "rt", encoding="utf-8")
+
+
+def _json_lines_error(path: str) -> str | None:
+    """What is wrong in the file's first line that is not JSON, and where, as Python says it ("Expecting value: line
+    2 column 1"); None if every line is JSON."""
+    with _open_text(path) as file:
+        for number, line in enumerate(file, 1):
+            try:
+                if line.strip():
+                    json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                return f"{err.msg}: line {number} column {err.colno}"
+    return None
+
+
+def _is_one_json_document(path: str) -> bool:
+    with _open_text(path) as file:
+        try:
+            json.load(file)
+        except json.JSONDecodeError:
+            return False
+    return True
 
 
 def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
