@@ -269,6 +269,9 @@ def test_baseline_is_one_model_or_a_list_of_them():
     assert baselines_of(both) == ["roberta_1seq_eager", "roberta_1seq"]
     with pytest.raises(ConfigError, match="baseline=hf_bert is not among models: accepted are roberta_1seq_eager, "):
         baselines_of(OmegaConf.create(dict(models=models, baseline=["roberta_1seq", "hf_bert"])))
+    # an unknown model is named as such (before: "baseline=hf_bert is not among models: accepted are nope")
+    with pytest.raises(ConfigError, match="model 'nope' is unknown: accepted are blockbert_n2, "):
+        baselines_of(OmegaConf.create(dict(models=["nope"], baseline="hf_bert")))
 
 
 def test_an_oom_baseline_leaves_its_ratios_empty_and_the_others_stand(capsys):

@@ -31,7 +31,7 @@ from blockbert.formats.schema import BENCHMARK_MODES
 from blockbert.measure import data_benchmark, plan, plan_fit, run_benchmark
 from blockbert.measure.device import autocast_for, pick_device, pick_dtype, where
 from blockbert.measure.memory import measure_step
-from blockbert.measure.models import NO_ATTENTION, build, check_heads, encoder_of, heads_of, random_batch
+from blockbert.measure.models import NO_ATTENTION, build, check_heads, check_model, encoder_of, heads_of, random_batch
 from blockbert.measure.timing import OOM, is_oom, time_side_by_side, timing_summary
 from blockbert.model.attention import SelfAttention
 from blockbert.model.blocks import blocks_of
@@ -348,6 +348,8 @@ def print_run_table(results: dict) -> None:
 
 def baselines_of(cfg) -> list[str]:
     """``baseline``: one model or a list of them, each among ``models``; every model gets a ratio to each."""
+    for name in cfg.models:  # first: a bad name in models is the error, not the baseline missing from them
+        check_model(name)
     baselines = list(cfg.baseline) if OmegaConf.is_list(cfg.baseline) else [cfg.baseline]
     for name in baselines or ["[]"]:
         if name not in cfg.models:

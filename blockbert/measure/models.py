@@ -42,6 +42,15 @@ def known_models() -> list[str]:
     return [*PRESETS, *VARIANTS, *PEERS, NO_ATTENTION]
 
 
+def check_model(name: str) -> None:
+    """Refuse in one line a model name :func:`build` does not know."""
+    if name not in (NO_ATTENTION, *PEERS) and _preset_of(name) is None:
+        raise ConfigError(
+            f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
+            f"ours also as <name>{EAGER} (eager attention)"
+        )
+
+
 def _preset_of(name: str) -> str | None:
     """The preset a model of ours is built from (``blockbert_n2_eager``: blockbert_n2); None for the others."""
     base = name.removesuffix(EAGER)
@@ -103,13 +112,9 @@ def build(name: str, size: dict, heads: dict, max_len: int, attention_impl: str 
         return model
     if name in PEERS:
         return _peer(name, preset_config("roberta_1seq", **size), max_len)
+    check_model(name)
     base = name.removesuffix(EAGER)
     preset, overrides = VARIANTS.get(base, (base, {}))
-    if preset not in PRESETS:
-        raise ConfigError(
-            f"model {name!r} is unknown: accepted are {', '.join(known_models())}; "
-            f"ours also as <name>{EAGER} (eager attention)"
-        )
     overrides = dict(
         size, **overrides, max_position_embeddings=max_len, attention_impl="eager" if name != base else attention_impl
     )
