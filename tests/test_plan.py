@@ -103,6 +103,8 @@ def test_sizes_and_precisions_are_checked():
     assert plan.parse_size("16GB", "x") == 16e9 and plan.parse_size("80GiB", "x") == 80 * 2**30
     with pytest.raises(ConfigError, match=r"device_memory='lots' is not a memory size: give e.g. 16GB"):
         plan.parse_size("lots", "device_memory")
+    with pytest.raises(ConfigError, match=r"--gpu-memory='0GiB' is not a memory size"):  # was a plan for 0 bytes
+        plan.parse_size("0GiB", "--gpu-memory")
     with pytest.raises(ConfigError, match=r"trainer.precision='64-true' cannot be planned: accepted are 32-true"):
         plan_fit.precision_name("64-true")
 
@@ -236,10 +238,11 @@ def test_plan_for_a_named_gpu_from_its_calibration(blockbert, tmp_path):
 
 def test_plan_of_a_sweep_totals_its_device_hours(blockbert, tmp_path):
     laptop = ["experiment=tiny", "trainer.max_steps=300", "optim.schedule_steps=600"]  # the sweep's laptop form
-    blockbert(tmp_path, "plan", "--sweep", "heads_n2", *laptop, "--out", "sweep")
+    out = blockbert(tmp_path, "plan", "--sweep", "heads_n2", *laptop, "model.heads=4:0,3:1", "--out", "sweep")
     summary = json.loads((tmp_path / "sweep" / "plan.json").read_text())
     jobs = summary["jobs"]
-    assert len(jobs) > 1 and len({job["run"]["model"] for job in jobs}) == len(jobs)  # one per head assignment
+    assert len(jobs) == 2 and len({job["run"]["model"] for job in jobs}) == len(jobs)  # one per head assignment
+    assert "model.heads=3:1 " in out.stdout and "\\" not in out.stdout  # as given (before: Hydra's escape, 3\:1)
     assert summary["device_hours"] == pytest.approx(sum(job["time"]["device_hours"] for job in jobs))
 
 

@@ -10,6 +10,7 @@ with ``--from`` (``finetune_each``: Figure 4's fine-tuning column).
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def value_texts(grid: dict[str, list], texts: dict[str, list[str]] | None = None
     written on the command line or among the file's overrides: ``seed=range(0,3)``), else the value quoted."""
     texts = texts or {}
     return {key: list(texts[key]) if key in texts else [_quote(v) for v in values] for key, values in grid.items()}
+
+
+def shown(override: str) -> str:
+    """An override as a person reads it: without the backslashes Hydra's grammar puts before ``:`` and other
+    characters it reserves (``model.heads=4\\:0`` -> ``model.heads=4:0``)."""
+    return re.sub(r"\\(.)", r"\1", override)
 
 
 def _quote(value) -> str:

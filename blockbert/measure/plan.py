@@ -327,6 +327,7 @@ UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib
 def parse_size(text, setting: str) -> float:
     """Bytes of ``16GB``, ``80GiB``, ``512MB`` or a number of bytes."""
     match = SIZE.match(str(text))
-    if not match:
+    size = float(match.group(1)) * UNITS[(match.group(2) or "B").lower()] if match else 0
+    if size <= 0:
         raise ConfigError(f"{setting}={text!r} is not a memory size: give e.g. 16GB, 80GiB or 512MB")
-    return float(match.group(1)) * UNITS[(match.group(2) or "B").lower()]
+    return size

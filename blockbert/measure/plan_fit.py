@@ -428,12 +428,13 @@ def named_store(directory: Path, gpu: str) -> FitStore:
     kinds = sorted({p.stem for d in (CALIBRATIONS, directory) for p in d.glob("*.json")})
     gpus = [k for k in kinds if not k.startswith("cpu")]
     matches = [k for k in kinds if k == wanted] or [k for k in gpus if wanted in k]
-    if len(matches) != 1:
-        known = ", ".join(gpus) or "none"
+    if len(matches) > 1:
+        raise ConfigError(f"--gpu {gpu!r} matches several calibrated GPU kinds: give one of {', '.join(matches)}")
+    if not matches:
         raise ConfigError(
-            f"--gpu {gpu!r}: no calibration of that GPU kind ({'several match' if matches else 'none found'}); "
-            f"known: {known}. Run `blockbert plan --calibrate` on that GPU and copy "
-            f"<kind>.json from that machine's plan directory into {directory}"
+            f"--gpu {gpu!r}: no calibration of that GPU kind (known: {', '.join(gpus) or 'none yet'}). Run "
+            f"`blockbert plan --calibrate` on that GPU and copy <kind>.json from that machine's plan directory into "
+            f"{directory}"
         )
     return FitStore(directory, matches[0])
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from blockbert.app.commands.sweep import config_dirs_of, expanded_sweep
 from blockbert.display import console, print_results
 from blockbert.errors import ConfigError, one_line_errors
-from blockbert.experiments.sweep_plan import job_overrides
+from blockbert.experiments.sweep_plan import job_overrides, shown
 from blockbert.formats.compose import compose
 from blockbert.formats.run_dir import check_writable, new_run_path
 from blockbert.measure import plan as planner
@@ -126,7 +126,7 @@ def _sweep_total(results: list[dict]) -> float | None:
         table.add_column(column, justify="right" if column != "job" else "left")
     for r, h in zip(results, hours):
         table.add_row(
-            " ".join(r["overrides"][-3:]),
+            " ".join(map(shown, r["overrides"][-3:])),
             "yes" if r["fits"] else "NO",
             f"{r['memory_gb']['peak']:.2f}",
             f"{r['time']['step_s']:.3g}",
