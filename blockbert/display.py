@@ -19,6 +19,11 @@ def pyplot():
     return plt
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one: "1 device", "2 devices"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def print_results(contents: str, directory: Path, what: str = "results") -> None:
     """A command's closing lines: what its run directory holds (``what (contents) are in:``), then the directory
     itself, the last line printed."""

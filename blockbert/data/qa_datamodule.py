@@ -27,6 +27,7 @@ from blockbert.data.qa import (
 from blockbert.data.qa_windows import WINDOW_FEATURES, WindowList, examples_table, window_rows
 from blockbert.data.sampler import ResumableData, ResumableSampler
 from blockbert.data.tokenizer import train_wordpiece
+from blockbert.display import counted
 from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,11 @@ def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
             data[split] = dataclasses.replace(data[split], examples=data[split].examples[:count])
     for split, d in data.items():
         log.info(
-            "%s: %d questions from %s (%d answers not matching their offsets)",
+            "%s: %s from %s (%s not matching their offsets)",
             split,
-            len(d.examples),
+            counted(len(d.examples), "question"),
             d.path,
-            d.mismatched_answers,
+            counted(d.mismatched_answers, "answer"),
         )
     return data
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockbert.data.cache import cache_dir
 from blockbert.data.pretrain_datamodule import PretrainDataModule
+from blockbert.display import counted
 from blockbert.formats.checkpoints import import_model
 from blockbert.formats.convert import load_announced
 from blockbert.formats.pretrained import BlockBertForMaskedLM, BlockBertForPreTraining
@@ -40,8 +41,9 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     world = world_size(cfg.trainer)
     batch, per_device, accumulate = derive_batch(cfg.tokens_per_batch, seq_len, cfg.data.per_device_batch_size, world)
     log.info(
-        "batch: %d sequences x %d tokens = %d = %d devices x %d per device x %d accumulation steps",
-        *(batch, seq_len, batch * seq_len, world, per_device, accumulate),
+        "batch: %d sequences x %d tokens = %d = %s x %d per device x %s",
+        *(batch, seq_len, batch * seq_len, counted(world, "device"), per_device),
+        counted(accumulate, "accumulation step"),
     )
     training = TrainingRun(cfg, run, callbacks)
     if tokenizer is None:  # a resume reads its own; else the data module trains or loads one
