@@ -87,6 +87,8 @@ def test_profile_end_to_end_writes_table_json_and_plot_without_a2_on_cpu(blockbe
         e["fit_a2"] is None and all(r["a2_activation_mb"] is None for r in e["rows"]) for e in result["models"].values()
     )
     assert "n/a (CUDA only)" in out.stdout and "A.2 activations" not in out.stdout
+    # two lengths fit exactly: no R² claimed (before: 1.0000 on every row)
+    assert all(e["fit"]["r2"] is None for e in result["models"].values()) and "n/a (2 lengths)" in out.stdout
 
 
 def test_profile_refuses_one_length_which_the_fit_cannot_split(blockbert, tmp_path):

@@ -97,7 +97,8 @@ def _fit(rows: list[dict], lengths: list[int], prefix: str) -> dict:
     for r in rows:
         r[f"{prefix}linear_part_mb"] = fit.linear_part()
         r[f"{prefix}quadratic_part_mb"] = fit.quadratic_part(r["seq_len"])
-    return {"intercept_mb": fit.intercept, "slope_mb_per_token": fit.slope, "r2": fit.r2}
+    # two lengths fit exactly: an R² of 1 would say nothing
+    return {"intercept_mb": fit.intercept, "slope_mb_per_token": fit.slope, "r2": fit.r2 if len(lengths) > 2 else None}
 
 
 def print_table(results: dict, lengths: list[int]) -> None:
@@ -109,7 +110,7 @@ def print_table(results: dict, lengths: list[int]) -> None:
         else f"saved: tensors saved for backward; A.2 (peak allocated − model − optimizer): {A2_NA}"
     )
     table = Table(
-        title=f"Activation memory, MiB: O(N) / O(N²) parts (tokens per device {results['tokens_per_device']}, "
+        title=f"Activation memory, MiB: O(N) / O(N²) parts (b·N ≤ {results['tokens_per_device']} tokens per device, "
         f"attention {results['attention_impl']}, {results['device']}, {results['dtype']})",
         caption=caption,
     )
@@ -124,7 +125,8 @@ def print_table(results: dict, lengths: list[int]) -> None:
                 cells = [
                     f"{r[prefix + 'linear_part_mb']:.1f} / {r[prefix + 'quadratic_part_mb']:.1f}" for r in entry["rows"]
                 ]
-                table.add_row(with_heads(name, entry), estimate, *cells, f"{fit['r2']:.4f}")
+                r2 = "n/a (2 lengths)" if fit["r2"] is None else f"{fit['r2']:.4f}"
+                table.add_row(with_heads(name, entry), estimate, *cells, r2)
     console().print(table)
     breakdown = Table(
         title="One training step's memory, MiB: model (parameters), optimizer (gradients + Adam moments), activations"
