@@ -341,21 +341,36 @@ def run_ddp_rank() -> int | None:
 
 def _keep_errors(task_function, errors: list):
     """Jobs run in this process keep their exception here instead of raising it through Hydra, which
-    would print its own "Error executing job" line first; jobs in other processes (submitit) raise. (A stopped job
-    of a multirun raises :class:`MultirunStopped`, which passes.)"""
+    would print its own "Error executing job" line first; jobs in other processes (submitit) raise. A multirun's job
+    also records it in its directory's error.txt, where `blockbert report` finds it. (A stopped job of a multirun
+    raises :class:`MultirunStopped`, which passes.)"""
     main_pid = os.getpid()
 
     @functools.wraps(task_function)
     def job(cfg):
+        run = _multirun_job_dir()
+        if run is not None:
+            run.error_file.unlink(missing_ok=True)  # an earlier try's, in a sweep directory used again
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
             if os.getpid() != main_pid:
                 raise
+            if run is not None and run.path.is_dir():
+                run.record_error(err)
             errors.append(err)
             return None
 
     return job
+
+
+def _multirun_job_dir() -> RunDir | None:
+    """The directory of the multirun job running now; None for a single run (refused, it leaves nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    return RunDir(hydra.runtime.output_dir) if hydra.mode == RunMode.MULTIRUN else None
 
 
 _NEW_SWEEP_DIRS: list[Path] = []  # the topmost directory each multirun of this process creates

@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from blockbert.errors import ConfigError
+from blockbert.errors import ConfigError, one_line
 
 STAMP = "%Y-%m-%d_%H-%M-%S"  # a new directory's name: Hydra's runs and multiruns are named so (conf/hydra/default.yaml)
 
@@ -93,6 +94,14 @@ class RunDir:
     @property
     def error_file(self) -> Path:
         return self.path / "error.txt"
+
+    def record_error(self, err: Exception) -> None:
+        """error.txt: the error in one line, then the traceback being handled: what a sweep's or multirun's job that
+        failed leaves (`blockbert report` lists its first line)."""
+        line = one_line(err)
+        kind = type(err).__name__
+        line = line if line.startswith(f"{kind}:") else f"{kind}: {line}"  # one_line names some kinds itself
+        self.error_file.write_text(f"{line}\n\n{traceback.format_exc()}")
 
     @property
     def profile_file(self) -> Path:
