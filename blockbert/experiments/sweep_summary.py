@@ -6,38 +6,87 @@ import csv
 import json
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from blockbert.display import console as make_console
 from blockbert.display import pyplot
 from blockbert.errors import ConfigError
-from blockbert.formats.run_dir import RunDir, SweepDir
+from blockbert.formats.run_dir import STAMP, RunDir, SweepDir
 from blockbert.model.config import parse_heads
 
-STATUS_ORDER = {"finished": 0, "running": 1, "incomplete": 2, "failed": 3}
+STATUS_ORDER = {"finished": 0, "running": 1, "interrupted": 2, "incomplete": 3, "failed": 4, "not started": 5}
+"""A job's status, in the order the table lists the jobs without the metric: metrics.json's (running, interrupted,
+failed, finished), failed for a sweep job's error.txt, finished for its done.json, incomplete for a job that wrote
+none of them (:data:`INCOMPLETE`), not started for a job the multirun planned that has no directory."""
+
+INCOMPLETE = (
+    "incomplete: no metrics.json or error.txt: the job is starting, or its process ended before training without "
+    "recording why (killed)"
+)
 
 
 def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
-    """A row per job directory (one with .hydra/overrides.yaml): its swept values, status and numeric metrics."""
+    """A row per job directory (one with .hydra/overrides.yaml): its swept values, status, error and numeric
+    metrics."""
     rows = []
     for job in SweepDir(sweep_dir).jobs():
         # a resumed run's values: those it started with, updated by what its last resume gave (a new max_steps).
         # What a resume keeps it must give the same (or be refused); a setting it may change and left out ran at
         # its default, which this shows as the started value
-        values = {}
-        for overrides in (job.overrides() or [], job.last_overrides() or []):
-            values |= {k: _unescape(v) for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+        values = override_values([job.overrides() or [], job.last_overrides() or []])
         metrics = job.metrics()
-        row = {"job": job.path.name, "_overrides": values, **{k: values.get(k, "") for k in keys}}
-        if job.error_file.is_file():
-            row.update(status="failed", error=job.error_file.read_text().splitlines()[0])
-        else:
-            finished = job.done_file.is_file() or metrics.get("status") == "finished"
-            row.update(status="finished" if finished else metrics.get("status", "incomplete"), error="")
+        row = job_row(job.path.name, values, keys, *job_status(job, metrics))
         row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         rows.append(row)
+    return rows
+
+
+def job_row(name: str, values: dict[str, str], keys: list[str], status: str, error: str) -> dict:
+    """A job's row before its metrics: its name, its overrides' values (``_overrides``, and each of ``keys``'), its
+    status and error."""
+    return {"job": name, "_overrides": values, **{k: values.get(k, "") for k in keys}, "status": status, "error": error}
+
+
+def job_status(job: RunDir, metrics: dict) -> tuple[str, str]:
+    """(the job's status, the first line of its error): failed with a sweep job's error.txt (what `blockbert sweep`
+    records of a job that raised), finished with its done.json; else metrics.json's status (running, interrupted,
+    finished, failed with its ``error``: a run that fails while training writes it there), incomplete without one."""
+    if job.error_file.is_file():
+        return "failed", first_line(job.error_file.read_text(errors="replace"))
+    if job.done_file.is_file() or metrics.get("status") == "finished":
+        return "finished", ""
+    return str(metrics.get("status", "incomplete")), first_line(str(metrics.get("error", "")))
+
+
+def first_line(text: str) -> str:
+    return next(iter(text.strip().splitlines()), "")
+
+
+def override_values(override_lists: list[list[str]]) -> dict[str, str]:
+    """{key: value} of overrides (``key=value``), a later list's value replacing an earlier one's."""
+    values = {}
+    for overrides in override_lists:
+        values |= {k: _unescape(v) for k, v in (str(o).split("=", 1) for o in overrides if "=" in str(o))}
+    return values
+
+
+def unstarted_rows(sweep: SweepDir, planned: list[list[str]], keys: list[str]) -> list[dict]:
+    """A row (not started) per job of ``planned`` (each job's overrides, in job order) that has no directory: none
+    named by its number (a sweep's and a default multirun's job directories are) and none that ran with its
+    overrides (a multirun's job directories named otherwise: ``hydra.sweep.subdir``)."""
+    jobs = sweep.jobs()
+    names = {job.path.name for job in jobs}
+    ran = {tuple(o) for job in jobs for o in (job.overrides(), *job.resume_overrides()) if o is not None}
+    rows = []
+    for number, overrides in enumerate(planned):
+        if str(number) in names or tuple(overrides) in ran:
+            continue
+        rows.append(job_row(str(number), override_values([overrides]), keys, "not started", ""))
     return rows
 
 
@@ -55,8 +104,11 @@ def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
     return sorted(rows, key=key)
 
 
-def summarize_sweep(sweep_dir: Path) -> list[dict]:
-    """Write summary.csv (+ selection.json, summary.png) into ``sweep_dir`` and print the table."""
+def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> list[dict]:
+    """Write summary.csv (+ summary.md, selection.json, summary.png) into ``sweep_dir`` and print the table and how
+    many jobs are in each status. ``planned``: every job's overrides as the multirun planned them, in job order (from
+    Hydra's multirun.yaml: :mod:`blockbert.app.commands.report`); a planned job without a directory is listed as not
+    started. Without it only the job directories are listed."""
     console = make_console()
     sweep = SweepDir(sweep_dir)
     spec = sweep.spec()
@@ -67,6 +119,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
             f"{sweep_dir} is one run, not a sweep or multirun of them: `blockbert report --paper {sweep_dir}` sets a "
             "run beside the paper's numbers"
         )
+    rows += unstarted_rows(sweep, planned or [], keys)
     if not rows:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
     if not keys:  # a plain multirun: the overrides whose values differ between jobs
@@ -81,40 +134,112 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     metrics = shown_metrics(rows, metric)
     write_csv(rows, keys, metrics, sweep.summary(".csv"))
     if "seed" in keys and len({r["seed"] for r in rows}) > 1:
-        groups = over_seeds(rows, [k for k in keys if k != "seed"], metric, mode)
+        settings = [k for k in keys if k != "seed"]
+        groups = over_seeds(rows, settings, metric, mode)
         write_seed_csv(groups, sweep.seeds_summary)
         print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
-        write_seed_markdown(groups, [k for k in keys if k != "seed"], metric, sweep.summary(".md"))
-        if "model.heads" in keys:
-            plot_heads(groups, metric, sweep.summary(".png"))
-        return rows
-    columns = table_columns(rows, keys, metrics)
-    cells = table_cells(rows, columns)
-    table = Table(title=f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first")
-    for column in columns:
-        table.add_column(column)
-    for row in cells:
-        table.add_row(*row)
-    console.print(table)
-    write_table_markdown(columns, cells, sweep.summary(".md"))
-    select = spec.get("select") or {}
-    if select:
-        chosen = rank(rows, select["by"], "max" if mode == "max" else "min")[0]
-        if chosen["status"] == "finished":
-            selection = {
-                "job": chosen["job"],
-                **{k: chosen[k] for k in keys},
-                select["by"]: chosen.get(select["by"]),
-                select["report"]: chosen.get(select["report"]),
-            }
-            sweep.selection_file.write_text(json.dumps(selection, indent=2) + "\n")
-            console.print(
-                f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = "
-                f"{chosen.get(select['report'])}"
-            )
+        print_counts(console, rows)
+        write_seed_markdown(groups, settings, metric, sweep.summary(".md"))
+        plotted = groups
+    else:
+        columns = table_columns(rows, keys, metrics)
+        cells = table_cells(rows, columns)
+        print_table(console, f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first", columns, cells)
+        print_counts(console, rows)
+        write_table_markdown(columns, cells, sweep.summary(".md"))
+        select_job(console, sweep, rows, keys, spec.get("select") or {}, mode)
+        plotted = rows
     if "model.heads" in keys:
-        plot_heads(rows, metric, sweep.summary(".png"))
+        plot_heads(console, plotted, metric, sweep.summary(".png"))
     return rows
+
+
+def select_job(console, sweep: SweepDir, rows: list[dict], keys: list[str], select: dict, mode: str) -> None:
+    """selection.json (a sweep with ``select``: finetune_grid): the job best by ``select["by"]`` and its
+    ``select["report"]`` (the test score of the best dev score), when that job finished."""
+    if not select:
+        return
+    chosen = rank(rows, select["by"], "max" if mode == "max" else "min")[0]
+    if chosen["status"] != "finished":
+        return
+    selection = {
+        "job": chosen["job"],
+        **{k: chosen[k] for k in keys},
+        select["by"]: chosen.get(select["by"]),
+        select["report"]: chosen.get(select["report"]),
+    }
+    sweep.selection_file.write_text(json.dumps(selection, indent=2) + "\n")
+    console.print(
+        f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = {chosen.get(select['report'])}",
+        markup=False,
+    )
+
+
+def print_table(console, title: str, columns: list[str], cells: list[list[str]]) -> None:
+    """The summary table (``columns[0]`` the job), no cell cut: job names dated as a run directory's lose the year
+    they share (:func:`shown_job_names`), the errors go under the table, a line each, where the table with them is
+    wider than the terminal, and a cell still too long folds onto more lines. summary.csv and summary.md keep every
+    value whole."""
+    jobs = shown_job_names([row[0] for row in cells])
+    rows = [[job, *row[1:]] for job, row in zip(jobs, cells)]
+    table = plain_table(title, columns, rows)
+    if "error" not in columns or natural_width(console, table) <= console.width:
+        console.print(table)
+        return
+    at = columns.index("error")
+    console.print(plain_table(title, columns[:at] + columns[at + 1 :], [row[:at] + row[at + 1 :] for row in rows]))
+    for row in rows:
+        if row[at]:
+            console.print(f"job {row[0]}: {row[at]}", markup=False, highlight=False)
+
+
+def natural_width(console, table: Table) -> int:
+    """The table's width in a terminal wide enough for all of it."""
+    return Measurement.get(console, console.options.update_width(10**6), table).maximum
+
+
+def plain_table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """A table whose cells are text as it is (not rich markup: an error's ``[...]`` stays) and fold, not cut."""
+    table = Table(title=Text(title))
+    for column in columns:
+        table.add_column(Text(column), overflow="fold")
+    for row in rows:
+        table.add_row(*map(Text, row))
+    return table
+
+
+def shown_job_names(names: list[str]) -> list[str]:
+    """The jobs' names as the printed table shows them: run directories named by their start (``runs/<command>/``'s
+    ``2026-12-05_18-21-05``) without the year, when every job is one and they all share it (``12-05_18-21-05``);
+    other names as they are."""
+    years = {name[:4] for name in names if _dated(name)}
+    if len(years) != 1 or not all(_dated(name) for name in names):
+        return list(names)
+    return [name.split("-", 1)[1] for name in names]
+
+
+def _dated(name: str) -> bool:
+    try:
+        datetime.strptime(name, STAMP)
+    except ValueError:
+        return False
+    return True
+
+
+def print_counts(console, rows: list[dict]) -> None:
+    """The line under the table where a job did not finish: how many jobs there are in each status (``4 jobs: 2
+    finished, 1 failed, 1 not started``), and what incomplete means where a job is."""
+    counts = {status: sum(r["status"] == status for r in rows) for status in {r["status"] for r in rows}}
+    if set(counts) == {"finished"}:
+        return
+    ordered = sorted(counts, key=lambda status: (STATUS_ORDER.get(status, len(STATUS_ORDER)), status))
+    console.print(
+        f"{len(rows)} job{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{counts[s]} {s}" for s in ordered),
+        markup=False,
+        highlight=False,
+    )
+    if "incomplete" in counts:
+        console.print(INCOMPLETE, markup=False, highlight=False)
 
 
 SEED_METRICS = ("val/ppl", "val/acc", "val/acc_longrange", "val/acc_local")
@@ -209,14 +334,12 @@ def write_seed_csv(groups: list[dict], path: Path) -> None:
 def print_seed_table(console, groups: list[dict], title: str) -> None:
     keys = [k for k in groups[0] if k not in ("seeds", "of", "status", "error") and not _is_metric(k)]
     metrics = [m for m in dict.fromkeys(k for g in groups for k in g if _is_metric(k) and not k.endswith(" std"))]
-    table = Table(title=title)
-    for column in (*keys, "seeds", *metrics):
-        table.add_column(column)
     decimals = {m: seed_decimals([g.get(m) for g in groups], [g.get(f"{m} std") for g in groups]) for m in metrics}
+    rows = []
     for g in groups:
         cells = [f"{g[m]:.{decimals[m]}f} ± {g[m + ' std']:.{decimals[m]}f}" if m in g else "" for m in metrics]
-        table.add_row(*(str(g[k]) for k in keys), f"{g['seeds']}/{g['of']}", *cells)
-    console.print(table)
+        rows.append([*(str(g[k]) for k in keys), f"{g['seeds']}/{g['of']}", *cells])
+    console.print(plain_table(title, [*keys, "seeds", *metrics], rows))
 
 
 def write_seed_markdown(groups: list[dict], keys: list[str], metric: str, path: Path) -> None:
@@ -306,53 +429,112 @@ def write_csv(rows: list[dict], keys: list[str], metrics: list[str], path: Path)
         writer.writerows(rows)
 
 
-def plot_heads(rows: list[dict], metric: str, path: Path) -> None:
-    """Figure 4: the metric by head assignment, beside the long-range and local accuracies where the runs have them
-    (n=2: a panel per metric by head config, with error bars of one std for means over seeds; n=3: heatmaps over
-    the two shifted counts)."""
-    done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
-    if not done:
+PLOTTED_BLOCKS = {2: (4.5, 3.8), 3: (5.0, 4.0)}
+"""The numbers of blocks n whose head assignments are plotted, with the size (inches) of one panel of theirs."""
+
+
+def plot_heads(console, rows: list[dict], metric: str, path: Path) -> None:
+    """Figure 4 in summary.png: the metric by head assignment, beside the long-range and local accuracies where the
+    runs have them; a row of panels per n (n=2: by head config, with error bars of one std for means over seeds;
+    n=3: heatmaps over the two shifted counts). The finished jobs it cannot place (without a head config, another n)
+    are left out, in one line each; with none to plot, no summary.png (an earlier one is removed) and one line why."""
+    done = [r for r in rows if r["status"] == "finished" and _is_number(r.get(metric))]
+    groups, left_out = head_groups(done)
+    for reason, labels in left_out.items():
+        jobs = f"{len(labels)} job{'s' if len(labels) != 1 else ''}"
+        console.print(f"summary.png: {jobs} {reason} left out: {', '.join(labels)}", markup=False, highlight=False)
+    if not groups:
+        path.unlink(missing_ok=True)
+        console.print(
+            f"summary.png: not written: no finished job with a head config (model.heads) and {metric}",
+            markup=False,
+            highlight=False,
+        )
         return
-    counts = [list(parse_heads(r["model.heads"])) for r in done]
-    panels = [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in done)]
-    plot = plot_heads_n3 if len(counts[0]) == 3 else plot_heads_n2
-    plot(done, counts, panels, path)
+    draw_heads(groups, metric, path)
 
 
-def plot_heads_n3(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
-    """n=3: one heatmap per metric over the shift-1 and shift-2 head counts (the identity count is the rest)."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def head_groups(rows: list[dict]) -> tuple[dict[int, list[tuple[tuple[int, ...], dict]]], dict[str, list[str]]]:
+    """({n: [(head counts, row)] for the plotted n, fewest blocks first}, {why: the labels of the rows left out})."""
+    groups: dict[int, list] = {}
+    left_out: dict[str, list[str]] = {}
+    for row in rows:
+        counts = _head_counts(row.get("model.heads"))
+        if counts is None:
+            left_out.setdefault("without a head config (model.heads)", []).append(_label(row))
+        elif len(counts) not in PLOTTED_BLOCKS:
+            n = ", ".join(f"n={k}" for k in PLOTTED_BLOCKS)
+            left_out.setdefault(f"with n={len(counts)} blocks (plotted: {n})", []).append(_label(row))
+        else:
+            groups.setdefault(len(counts), []).append((counts, row))
+    return dict(sorted(groups.items())), left_out
+
+
+def _head_counts(heads) -> tuple[int, ...] | None:
+    """The head counts of a head config, None where there is none (a run without model.heads) or it is not one."""
+    try:
+        return parse_heads(heads) if heads not in (None, "") else None
+    except ConfigError:
+        return None
+
+
+def _label(row: dict) -> str:
+    """A row named in a line: its job, or for a mean over seeds its head config."""
+    return str(row.get("job", row.get("model.heads", "?")))
+
+
+def draw_heads(groups: dict[int, list[tuple[tuple[int, ...], dict]]], metric: str, path: Path) -> None:
+    """summary.png: a row of panels per n (``groups``), one per metric the n's rows all have."""
     plt = pyplot()
+    panels = {n: head_panels([row for _, row in pairs], metric) for n, pairs in groups.items()}
+    columns = max(len(metrics) for metrics in panels.values())
+    width = max(PLOTTED_BLOCKS[n][0] for n in groups) * columns
+    height = sum(PLOTTED_BLOCKS[n][1] for n in groups)
+    fig, axes = plt.subplots(len(groups), columns, figsize=(width, height), squeeze=False)
+    for row_axes, (n, pairs) in zip(axes, groups.items()):
+        prefix = f"n={n}: " if len(groups) > 1 else ""
+        draw = draw_heads_n3 if n == 3 else draw_heads_n2
+        draw(fig, row_axes[: len(panels[n])], pairs, panels[n], prefix)
+        for ax in row_axes[len(panels[n]) :]:
+            ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def head_panels(rows: list[dict], metric: str) -> list[str]:
+    """The metrics plotted: ``metric``, then the long-range and local accuracies where every row has them."""
+    return [metric] + [m for m in ("val/acc_longrange", "val/acc_local") if all(m in r for r in rows)]
+
+
+def draw_heads_n3(fig, axes, pairs: list[tuple[tuple[int, ...], dict]], metrics: list[str], prefix: str) -> None:
+    """n=3: one heatmap per metric over the shift-1 and shift-2 head counts (the identity count is the rest)."""
     import numpy as np
 
-    size = max(max(c[1], c[2]) for c in counts) + 1
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    size = max(max(counts[1], counts[2]) for counts, _ in pairs) + 1
+    for ax, metric in zip(axes, metrics):
         grid = np.full((size, size), np.nan)
-        for c, r in zip(counts, rows):
-            grid[c[1], c[2]] = r[metric]
+        for counts, row in pairs:
+            grid[counts[1], counts[2]] = row[metric]
         image = ax.imshow(grid, origin="lower", cmap="viridis" if "acc" in metric else "viridis_r")
         fig.colorbar(image, ax=ax, label=metric)
         ax.set_xlabel("heads with shift 2")
         ax.set_ylabel("heads with shift 1")
-        ax.set_title(f"{metric} by head assignment")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.set_title(f"{prefix}{metric} by head assignment")
 
 
-def plot_heads_n2(rows: list[dict], counts: list[list[int]], metrics: list[str], path: Path) -> None:
+def draw_heads_n2(fig, axes, pairs: list[tuple[tuple[int, ...], dict]], metrics: list[str], prefix: str) -> None:
     """n=2: one panel per metric by head config (identity : shifted); error bars where the rows have a std."""
-    plt = pyplot()
-    order = sorted(zip(counts, rows), key=lambda x: x[0][1])
-    labels = [":".join(map(str, c)) for c, _ in order]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    order = sorted(pairs, key=lambda pair: pair[0][1])
+    labels = [":".join(map(str, counts)) for counts, _ in order]
+    for ax, metric in zip(axes, metrics):
         ax.errorbar(range(len(order)), [r[metric] for _, r in order],
                     yerr=[r.get(f"{metric} std", 0) for _, r in order], fmt="o-", capsize=3)  # fmt: skip
         ax.set_xticks(range(len(order)), labels)  # labels, not times ("12:0")
-        ax.set_title(metric)
+        ax.set_title(f"{prefix}{metric}")
         ax.set_xlabel("head config (identity : shifted)")
         ax.tick_params(axis="x", labelrotation=60)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
