@@ -572,6 +572,8 @@ def test_a_stop_reaches_the_whole_multirun_and_says_how_to_resume_it(run, tmp_pa
     assert out.returncode == SIGTERM_EXIT, out.stderr[-3000:]
     line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
     assert f"run the same command with hydra.sweep.dir={sweep_dir} to resume the multirun" in line
+    # the checkpoint's directory is the job's, not the one printed last (before: only checkpoints/interrupted.ckpt)
+    assert f"checkpoints/interrupted.ckpt (in the job's directory, {(sweep_dir / '0').resolve()})" in line
     assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
     assert (sweep_dir / "0" / "checkpoints" / "interrupted.ckpt").is_file() and not (sweep_dir / "1").exists()
     again = run(tmp_path, "pretrain", *argv)

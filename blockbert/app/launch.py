@@ -184,6 +184,7 @@ def run_task(
         return report_error(command or task, _named_directory(err, argv), debug)
     except MultirunStopped as stop:
         stopped = stop.interrupted
+        _name_job_directory(stopped, stop.sweep_dir)
         if stopped.resumable:
             stopped.resume = resume or (
                 f"run the same command with hydra.sweep.dir={stop.sweep_dir} to resume the multirun (each job "
@@ -227,6 +228,15 @@ def _entry_point(task: str):
     main.__name__ = main.__qualname__ = "main"
     main.__module__ = ENTRY_POINTS[task]  # Hydra names the job (runs/<task>/...) after the task function's module
     return main
+
+
+def _name_job_directory(stopped, sweep_dir: str) -> None:
+    """A stopped job's line says where its state is saved relative to its own directory (``checkpoints/...``), but
+    the line printed last names the multirun's directory (where a resume is run): the job's directory is named in the
+    line."""
+    job_dir = Path(stopped.run_dir).resolve()
+    if "checkpoints/" in stopped.state and job_dir != Path(sweep_dir).resolve():
+        stopped.state = f"{stopped.state} (in the job's directory, {job_dir})"
 
 
 class MultirunStopped(BaseException):
