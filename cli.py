@@ -164,13 +164,31 @@ class PlanCommand(LazyEpilogCommand):
         )
 
 
+SWEEP_HELP = (  # not HYDRA_HELP: a sweep is a multirun already, and takes none of Hydra's flags (-m, --cfg, --info)
+    "**Arguments** are overrides for every job: `key=value`, `group=option` (`cluster=slurm` submits the jobs to "
+    "SLURM); a comma list (`seed=0,1`), `range(...)`, `choice(...)` or `glob(...)` joins the grid, and a single value "
+    "of a swept key replaces its values (`model.heads=3:1`). `--dry-run` lists the jobs and each one's command line "
+    "(that command with `--cfg job` prints its config). `--dir DIR` continues the sweep in DIR: alone, with the "
+    "overrides it was started with; other jobs are refused. Tab completion of overrides: "
+    "`blockbert --install-completion`."
+)
+
+SWEEP_OVERRIDES = typer.Argument(
+    None,
+    help="Overrides for every job; comma lists join the grid (see below).",
+    show_default=False,
+    autocompletion=complete_overrides,
+)
+
+
 class SweepCommand(LazyEpilogCommand):
-    """`blockbert sweep`: the epilog of its help lists the sweeps in sweeps/."""
+    """`blockbert sweep`: the epilog of its help says what its arguments are (:data:`SWEEP_HELP`) and lists the sweeps
+    in sweeps/."""
 
     def make_epilog(self) -> str:
         from blockbert.experiments.sweep_plan import available
 
-        return HYDRA_HELP + "\n\n**Sweeps** (`sweeps/`): " + " | ".join(available())
+        return SWEEP_HELP + "\n\n**Sweeps** (`sweeps/`): " + " | ".join(available())
 
 
 def hand_over(ctx: typer.Context, overrides: list[str] | None, debug: bool) -> None:
@@ -222,7 +240,7 @@ def sweep(
         help="A sweep from sweeps/ (listed below) or a path to a sweep .yaml file.",
         autocompletion=complete_sweep_name,
     ),
-    overrides: list[str] = OVERRIDES,
+    overrides: list[str] = SWEEP_OVERRIDES,
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -230,7 +248,10 @@ def sweep(
         "run and submit nothing.",
     ),
     directory: str = typer.Option(
-        None, "--dir", help="Sweep directory; give an earlier one to resume it (complete jobs are skipped)."
+        None,
+        "--dir",
+        help="Sweep directory; give an earlier one to resume its grid (complete jobs are skipped; given alone, "
+        "with the overrides it was started with).",
     ),
     wandb_config: bool = typer.Option(False, "--wandb-config", help="Print the same grid as a W&B sweep file."),
     source: str = typer.Option(
@@ -245,7 +266,8 @@ def sweep(
     Extra overrides apply to every job and replace the sweep file's own of the same key; Hydra's sweeps
     (`seed=0,1`, `seed=range(0,3)`, `choice(...)`, `glob(...)`) join the grid; `cluster=slurm`
     submits the jobs to SLURM. Every job's config is checked before the first starts (a bad value stops
-    the sweep then); a job that fails as it runs is listed with its error and does not stop the others.
+    the sweep then); a job that fails as it runs is listed with its error and does not stop the others
+    (the sweep exits non-zero after its summary, as a multirun with a failed job does).
     `finetune_each --from DIR` fine-tunes every finished job of the pre-training sweep in DIR.
 
     Example (laptop scale):

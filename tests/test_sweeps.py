@@ -130,7 +130,8 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(run, tmp_path):
         )
     )  # jobs 2 and 3 (the keys sorted) fail as they start; a config error stops a sweep before any job starts
     sweep_dir = tmp_path / "sweep"
-    out = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
+    out = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir), check=False)
+    assert out.returncode == 2 and "blockbert sweep: error: 2 of 4 jobs failed" in out.stderr, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve())
     with (sweep_dir / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -139,8 +140,8 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(run, tmp_path):
     assert float(rows[0]["val/ppl"]) <= float(rows[1]["val/ppl"])
     assert (sweep_dir / "summary.png").stat().st_size > 0
     assert (sweep_dir / "2" / "error.txt").is_file()
-    again = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir))
-    assert "skipping job 0" in again.stdout and "skipping job 1" in again.stdout
+    again = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir), check=False)
+    assert again.returncode == 2 and "skipping job 0" in again.stdout and "skipping job 1" in again.stdout
     report = run(tmp_path, "report", str(sweep_dir))
     assert NO_TOKENIZER in report.stdout and "failed" in report.stdout
 
@@ -223,7 +224,7 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         )
     )  # jobs 2 and 3 fail
     pretrained = tmp_path / "pretrained"
-    run(
+    failed = run(
         tmp_path,
         "sweep",
         str(spec),
@@ -235,7 +236,9 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
         "data.generated_documents=40",
         "--dir",
         str(pretrained),
+        check=False,
     )
+    assert failed.returncode == 2, failed.stderr[-3000:]  # jobs 2 and 3
     for job in ("0", "1"):
         metrics = json.loads((pretrained / job / "metrics.json").read_text())
         assert metrics["val/best_ppl"] <= metrics["val/ppl"] and metrics["val/best_ppl_step"] in (0, 2, 4)
@@ -278,7 +281,7 @@ def test_finetune_each_fine_tunes_every_pretrained_job_and_reports_both_columns(
 def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     """Pre-training job 1 finished after jobs 0 and 2 were fine-tuned: resumed with --dir, the fine-tuning sweep
     appends it as job 2 instead of sorting it in (job 1 would then fine-tune another model in job 1's directory)."""
-    from blockbert.app.commands.sweep import keep_job_numbers
+    from blockbert.app.commands.sweep import job_differences, keep_job_numbers
     from blockbert.formats.run_dir import SweepDir
 
     sweep = load_sweep("finetune_each")
@@ -286,6 +289,10 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     grid = keep_job_numbers(sweep, {"init_from": ["/pre/0", "/pre/1", "/pre/2"]}, SweepDir(tmp_path).spec())
     assert grid == {"init_from": ["/pre/0", "/pre/2", "/pre/1"]}
     assert keep_job_numbers(sweep, {"init_from": ["/pre/0"]}, {}) == {"init_from": ["/pre/0"]}
+    # the job appended is no other grid (--dir continues the recorded one); another --from is
+    stored = {"overrides": sweep.overrides, "grid": {"init_from": ["/pre/0", "/pre/2"]}, "from": "/pre"}
+    assert job_differences(sweep, grid, Path("/pre"), stored) == []
+    assert job_differences(sweep, grid, Path("/other"), stored) == ["--from /other, not /pre"]
 
 
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
@@ -704,3 +711,114 @@ def test_a_resumed_run_is_reported_with_its_last_command(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"status": "finished", "step": 500, "val/ppl": 60.0}))
     (row,) = read_jobs(tmp_path / "runs", ["trainer.max_steps", "optim.lr"])
     assert (row["trainer.max_steps"], row["optim.lr"], row["step"]) == ("500", "3e-4", 500)
+
+
+MISSING_DATA = ["experiment=tiny", "data=text_files", "data.files=missing.txt", "trainer.max_steps=5"]  # fails at once
+
+
+def files_of(directory):
+    """Every file under ``directory`` with its bytes: what a refused command must leave as it was."""
+    return {path: path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def test_a_sweep_whose_jobs_failed_exits_as_a_failed_multirun_does(run, tmp_path):
+    """Both jobs failed (no data file) and the sweep exited 0. Now it writes its summary, says how many jobs failed
+    and where their error.txt are, and exits as `pretrain -m` with a failed job exits: 2 for bad input."""
+    sweep_dir = tmp_path / "sweep"
+    heads = "model.heads=4:0,3:1"
+    out = run(tmp_path, "sweep", "heads_n2", *MISSING_DATA, heads, "--dir", sweep_dir, check=False)
+    plain = run(tmp_path, "pretrain", "-m", *MISSING_DATA, heads, f"hydra.sweep.dir={tmp_path / 'plain'}", check=False)
+    assert out.returncode == plain.returncode == 2, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(sweep_dir.resolve()) and (sweep_dir / "summary.csv").is_file()
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"blockbert sweep: error: 2 of 2 jobs failed (their errors: {sweep_dir.resolve() / '0' / 'error.txt'}, "
+        f"{sweep_dir.resolve() / '1' / 'error.txt'})"
+    )
+
+
+def test_a_sweep_resumed_with_other_jobs_is_refused_and_left_as_it_was(run, tmp_path):
+    """`--dir S` with another grid gave job 1 (a finished 3:1) the value 1:3: the finished run was marked failed with
+    the resume's refusal in its error.txt, sweep.yaml was overwritten and 1:3 never ran. A sweep directory holds the
+    grid its sweep.yaml records: another sweep or other jobs are refused in one line before anything is written;
+    `--dir S` alone continues it with its recorded overrides."""
+    sweep_dir = tmp_path / "sweep"
+    started = [*MISSING_DATA, "model.heads=4:0,3:1,2:2"]
+    run(tmp_path, "sweep", "heads_n2", *started, "--dir", sweep_dir, check=False)
+    job = sweep_dir / "1"  # as if it had finished
+    (job / "done.json").write_text(
+        json.dumps({"overrides": yaml.safe_load((job / ".hydra/overrides.yaml").read_text())})
+    )
+    (job / "error.txt").unlink()
+    before = files_of(sweep_dir)
+    other = run(tmp_path, "sweep", "heads_n2", *MISSING_DATA, "model.heads=4:0,1:3", "--dir", sweep_dir, check=False)
+    assert other.returncode == 2 and files_of(sweep_dir) == before, other.stderr[-3000:]
+    assert other.stderr.strip().splitlines() == [
+        f"blockbert sweep: error: --dir {sweep_dir} holds sweep heads_n2 with other jobs (job 1 would run "
+        "model.heads=1:3, not model.heads=3:1; job 2 (model.heads=2:2) would be dropped): continue it with "
+        f"`blockbert sweep heads_n2 --dir {sweep_dir}` (the overrides its sweep.yaml records) or start a new sweep "
+        "without --dir"
+    ]
+    refused = {
+        "another sweep": ["heads_n3", *started],
+        "other overrides": ["heads_n2", *MISSING_DATA[:-1], "trainer.max_steps=6", "model.heads=4:0,3:1,2:2"],
+        "the paper's jobs": ["heads_n2", "trainer.max_steps=5"],
+    }
+    for words in refused.values():
+        result = runner.invoke(cli.app, ["sweep", *words, "--dir", str(sweep_dir), "--dry-run"])
+        assert result.exit_code == 2 and f"--dir {sweep_dir} holds sweep heads_n2" in result.output, result.output
+    assert "heads_n2, not heads_n3" in runner.invoke(cli.app, ["sweep", *refused["another sweep"], "--dir",
+                                                                str(sweep_dir)]).output  # fmt: skip
+    assert files_of(sweep_dir) == before
+    same = runner.invoke(cli.app, ["sweep", "heads_n2", *started, "--dir", str(sweep_dir), "--dry-run"])
+    alone = runner.invoke(cli.app, ["sweep", "heads_n2", "--dir", str(sweep_dir), "--dry-run"])
+    assert same.exit_code == alone.exit_code == 0, same.output + alone.output
+    assert job_lines(alone.output) == job_lines(same.output) and len(job_lines(same.output)) == 3
+    assert job_lines(alone.output)[1].endswith("data.files=missing.txt trainer.max_steps=5 'model.heads=3\\:1'")
+
+
+def test_sweep_help_names_only_what_sweep_takes():
+    """sweep's help offered Hydra's `-m`, `--cfg job` and `--info`, which sweep refuses."""
+    result = runner.invoke(cli.app, ["sweep", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert "print the composed config" not in result.output and "--info" not in result.output
+    assert "--multirun" not in result.output and "-m with comma lists" not in " ".join(result.output.split())
+    assert "--dry-run" in result.output and "comma list" in result.output
+
+
+def test_a_stopped_sweep_names_its_jobs_directory_and_its_resume_command_continues_it(tmp_path, monkeypatch, capsys):
+    """A job stopped by SIGTERM said "its state is saved in checkpoints/interrupted.ckpt" above the sweep's
+    directory, where no checkpoints/ is: the line names the job's own directory. The resume command it prints is
+    taken as it is, and plans the same jobs in the same directory."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from blockbert.app import launch
+    from blockbert.app.commands.sweep import run_sweep
+    from blockbert.errors import RunInterrupted
+    from blockbert.formats.run_dir import RunDir
+
+    def entry_point(task):
+        def main(cfg):  # as training stops on SIGTERM (blockbert.train.resilience)
+            run_dir = RunDir(HydraConfig.get().runtime.output_dir)
+            saved = f"its state is saved in {run_dir.interrupted_checkpoint.relative_to(run_dir.path)}"
+            resume = f"run the same command with hydra.run.dir={run_dir.path} to resume"
+            raise RunInterrupted(f"stopped by SIGTERM at step 4: {saved}", resume, run_dir.path, 143)
+
+        main.__module__ = launch.ENTRY_POINTS[task]
+        return main
+
+    monkeypatch.setattr(launch, "_entry_point", entry_point)
+    spec = sweep_file(tmp_path / "two.yaml", {"model.heads": ["3:1", "1:3"]})
+    sweep_dir = tmp_path / "sweep"
+    assert run_sweep(str(spec), ["logger=none", "seed=3"], directory=str(sweep_dir)) == 143
+    out, err = capsys.readouterr()
+    line = next(line for line in err.splitlines() if "interrupted:" in line)
+    job = sweep_dir.resolve() / "0"
+    assert f"its state is saved in checkpoints/interrupted.ckpt (in the job's directory, {job})" in line
+    assert out.strip().splitlines()[-1] == str(sweep_dir.resolve())
+    resume = shlex.split(line.split("; run ", 1)[1].split(" to resume the sweep")[0])
+    assert resume[:2] == ["blockbert", "sweep"] and resume[-2:] == ["--dir", str(sweep_dir.resolve())]
+    again = runner.invoke(cli.app, [*resume[1:], "--dry-run"])
+    assert again.exit_code == 0, again.output
+    assert [line.split()[-1] for line in job_lines(again.output)] == ["model.heads=3:1", "model.heads=1:3"]

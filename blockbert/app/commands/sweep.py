@@ -10,7 +10,6 @@ import logging
 import shlex
 import shutil
 import sys
-import traceback
 from pathlib import Path
 
 import yaml
@@ -18,7 +17,7 @@ from rich.table import Table
 
 from blockbert.app.launch import run_task
 from blockbert.display import console
-from blockbert.errors import ConfigError, is_user_error, not_an_override, one_line, one_line_errors
+from blockbert.errors import ConfigError, is_user_error, not_an_override, one_line, one_line_errors, print_error
 from blockbert.experiments.sweep_plan import (
     expand,
     job_overrides,
@@ -35,9 +34,10 @@ from blockbert.train.loggers import finish_wandb
 log = logging.getLogger(__name__)
 
 
-def tolerant(main):
-    """A sweep job: a failure is recorded in RUN_DIR/error.txt and does not stop the other jobs;
-    a job already complete in this directory (same overrides) is skipped."""
+def tolerant(main, failures: list[Exception] | None = None):
+    """A sweep job: a failure is recorded in RUN_DIR/error.txt (and, for a job run in this process, in ``failures``:
+    the sweep's exit code, :func:`failed_jobs_code`) and does not stop the other jobs; a job already complete in this
+    directory (same overrides) is skipped."""
 
     @functools.wraps(main)
     def job(cfg):
@@ -53,9 +53,11 @@ def tolerant(main):
         try:
             main(cfg)  # a stopped job stops the whole sweep (launch.MultirunStopped passes): --dir resumes it
         except Exception as err:  # noqa: BLE001 -- recorded, the sweep goes on
-            run.error_file.write_text(f"{type(err).__name__}: {one_line(err)}\n\n{traceback.format_exc()}")
+            run.record_error(err)
             print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)
             finish_wandb(exit_code=1)
+            if failures is not None:
+                failures.append(err)
             return None
         run.done_file.write_text(json.dumps({"overrides": overrides}) + "\n")
         return None
@@ -111,14 +113,17 @@ def run_sweep(
     config_dir: str | None = None,
 ) -> int:
     """Plan the sweep, run its jobs as a multirun (``debug_jobs``: a job's error raises with its traceback), and
-    summarise it; the exit code. ``config_dir``: Hydra's ``--config-dir``, handed to every job."""
-    source_dir = Path(source).expanduser().resolve() if source else None
-    config_dirs = config_dirs_of(config_dir)
+    summarise it; the exit code (a failed job's: :func:`failed_jobs_code`). ``config_dir``: Hydra's ``--config-dir``,
+    handed to every job. ``directory`` (--dir) holding a sweep continues that sweep's grid (:func:`check_same_jobs`)."""
     stored = SweepDir(directory).spec() if directory else {}  # a sweep resumed in its directory: its sweep.yaml
-    config_dirs = resumed_config_dirs(stored, config_dirs, directory)
+    check_same_sweep(name, stored, directory)
+    overrides, source = resumed_arguments(stored, overrides, source)
+    source_dir = Path(source).expanduser().resolve() if source else None
+    config_dirs = resumed_config_dirs(stored, config_dirs_of(config_dir), directory)
     flags = config_dir_flags(config_dirs)
     sweep, grid, texts = expanded_sweep(name, overrides, source_dir, config_dirs)
     grid = keep_job_numbers(sweep, grid, stored)
+    check_same_jobs(sweep, grid, source_dir, stored, directory, name)
     if wandb_config:
         print(yaml.safe_dump(wandb_sweep(sweep, grid), sort_keys=False, width=1000), end="")
         return 0
@@ -144,18 +149,37 @@ def run_sweep(
         ["blockbert", "sweep", name, *overrides, *(["--from", str(source_dir)] if source_dir else []), *flags]
     )
     resume = f"run {again} --dir {sweep_dir} to resume the sweep (complete jobs are skipped)"
+    failures: list[Exception] = []
     with removed_if_unstarted(sweep_dir):
-        write_spec(sweep_dir, sweep, grid, source_dir, config_dirs)
-        code = run_task(sweep.command, args, debug_jobs, wrap=tolerant, resume=resume, command="sweep")
+        write_spec(sweep_dir, sweep, grid, source_dir, config_dirs, overrides)
+        wrap = functools.partial(tolerant, failures=failures)
+        code = run_task(sweep.command, args, debug_jobs, wrap=wrap, resume=resume, command="sweep")
     if code:
         return code
-    from blockbert.app.commands.report import run_report
+    from blockbert.app.commands.report import report_sweep
 
-    return run_report(str(sweep_dir), debug=debug_jobs)
+    report_sweep(sweep_dir)  # its errors are the sweep's (one_line_errors above)
+    return failed_jobs_code(sweep_dir, len(per_job), failures)
 
 
-def write_spec(sweep_dir: Path, sweep, grid: dict, source_dir: Path | None, config_dirs: tuple[str, ...]) -> None:
-    """sweep.yaml: what the summary ranks by and what a resume (--dir) keeps."""
+def failed_jobs_code(sweep_dir: Path, planned: int, failures: list[Exception]) -> int:
+    """A sweep with a failed job ends as a multirun with one (``blockbert pretrain -m``, launch.run_task) ends: after
+    its summary, a line saying how many jobs failed and where their error.txt are, and exit code 2 when the first
+    failure is bad input, else 1 (so for jobs run in other processes, which leave only their error.txt); 0 when none
+    failed."""
+    failed = [job.error_file for job in SweepDir(sweep_dir).jobs() if job.error_file.is_file()]
+    if not failed:
+        return 0
+    shown = ", ".join(map(str, failed[:3])) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+    print_error("sweep", f"{len(failed)} of {planned} jobs failed (their errors: {shown})")
+    return 2 if failures and is_user_error(failures[0]) else 1
+
+
+def write_spec(
+    sweep_dir: Path, sweep, grid: dict, source_dir: Path | None, config_dirs: tuple[str, ...], arguments: list[str]
+) -> None:
+    """sweep.yaml: what the summary ranks by and what a resume (--dir) keeps: the jobs (the fixed overrides and the
+    grid) and the command line's overrides (``arguments``), which ``--dir`` alone runs again."""
     SweepDir(sweep_dir).spec_file.write_text(
         yaml.safe_dump(
             {
@@ -166,6 +190,7 @@ def write_spec(sweep_dir: Path, sweep, grid: dict, source_dir: Path | None, conf
                 "select": sweep.select,
                 "overrides": sweep.overrides,
                 "grid": grid,
+                "arguments": list(arguments),
                 **({"from": str(source_dir)} if source_dir else {}),
                 "config_dir": config_dirs[0] if config_dirs else None,
             },
@@ -353,3 +378,101 @@ def keep_job_numbers(sweep, grid: dict, stored: dict) -> dict:
         if isinstance(values, dict) and "pretrained_jobs" in values and key in planned:
             grid[key] = planned[key] + [value for value in grid[key] if value not in planned[key]]
     return grid
+
+
+# A sweep directory holds one grid, recorded in its sweep.yaml: --dir continues that grid and refuses another (our
+# choice). Before, a changed grid gave a job number to another value, whose job then "resumed" the finished run in that
+# number's directory: refused there, the finished run was marked failed and the new value never ran.
+
+
+def check_same_sweep(name: str, stored: dict, directory: str | None) -> None:
+    """``--dir`` holding another sweep (``stored``: its sweep.yaml) is refused before anything is planned."""
+    recorded = stored.get("name")
+    given = load_sweep(name).name if recorded else None
+    if recorded and recorded != given:
+        raise ConfigError(
+            f"--dir {directory} holds sweep {recorded}, not {given}: continue {recorded} there (`blockbert sweep "
+            f"{recorded} --dir {directory}`) or start {given} without --dir"
+        )
+
+
+def resumed_arguments(stored: dict, overrides: list[str], source: str | None) -> tuple[list[str], str | None]:
+    """``--dir S`` alone continues the sweep in S as it was started: with no overrides given, it takes those of the
+    command line that started it (sweep.yaml's ``arguments``), and without --from its recorded one, as it takes its
+    --config-dir (:func:`resumed_config_dirs`). Overrides given are taken whole, never merged with the recorded ones:
+    the resume line a stopped sweep prints repeats them all."""
+    if not overrides and "arguments" in stored:
+        overrides = list(stored["arguments"])
+    return overrides, source if source is not None else stored.get("from")
+
+
+def check_same_jobs(sweep, grid: dict, source_dir: Path | None, stored: dict, directory: str | None, name: str) -> None:
+    """``--dir`` continues the grid its sweep.yaml (``stored``) records: overrides that give other jobs (another
+    grid, other fixed overrides or --from) are refused in one line, before anything is run or written, saying what
+    differs and how to continue. Hydra's own settings (``hydra.*``: the launcher's partition, time limit) are no
+    job's and may change; finetune_each's jobs of pre-training runs finished since are appended
+    (:func:`keep_job_numbers`)."""
+    if "grid" not in stored:  # a new directory, or a plain multirun's
+        return
+    differences = job_differences(sweep, grid, source_dir, stored)
+    if not differences:
+        return
+    if "arguments" in stored:
+        again = f"continue it with `blockbert sweep {name} --dir {directory}` (the overrides its sweep.yaml records)"
+    else:  # a sweep.yaml from before the record
+        again = "continue it with the overrides it was started with (its sweep.yaml lists its overrides and grid)"
+    raise ConfigError(
+        f"--dir {directory} holds sweep {stored.get('name', sweep.name)} with other jobs ({'; '.join(differences)}): "
+        f"{again} or start a new sweep without --dir"
+    )
+
+
+def job_differences(sweep, grid: dict, source_dir: Path | None, stored: dict) -> list[str]:
+    """What the jobs planned differ in from those ``stored`` records, shortly: the fixed overrides, --from, and the
+    first jobs changed, added or dropped."""
+    differences = []
+    recorded_fixed = [o for o in stored.get("overrides", []) if not o.startswith("hydra.")]
+    fixed = [o for o in sweep.overrides if not o.startswith("hydra.")]
+    if fixed != recorded_fixed:
+        given, had = [o for o in fixed if o not in recorded_fixed], [o for o in recorded_fixed if o not in fixed]
+        differences.append(
+            f"overrides {' '.join(given) or 'none'}, not {' '.join(had) or 'none'}"
+            if given or had
+            else "the same overrides in another order"
+        )
+    recorded_source = stored.get("from")
+    if recorded_source is not None and str(source_dir) != recorded_source:
+        differences.append(f"--from {source_dir}, not {recorded_source}")
+    return differences + changed_jobs(jobs(stored["grid"]), jobs(recorded_part(sweep, grid, stored["grid"])))
+
+
+def recorded_part(sweep, grid: dict, recorded: dict) -> dict:
+    """``grid`` as sweep.yaml holds it (its values through YAML), with finetune_each's pre-training jobs cut to those
+    recorded: the ones finished since are appended, as new jobs after the recorded ones."""
+    grid = yaml.safe_load(yaml.safe_dump(grid))
+    for key, values in sweep.parameters.items():
+        if isinstance(values, dict) and "pretrained_jobs" in values and key in recorded:
+            grid[key] = grid[key][: len(recorded[key])]
+    return grid
+
+
+def changed_jobs(recorded: list[dict], planned: list[dict], shown: int = 3) -> list[str]:
+    """The first ``shown`` jobs that differ, by number (each job's swept values), and how many more."""
+
+    def values(job: dict) -> str:
+        return " ".join(f"{key}={value}" for key, value in job.items())
+
+    changes = [
+        f"job {number} would run {values(new)}, not {values(old)}"
+        for number, (old, new) in enumerate(zip(recorded, planned))
+        if old != new
+    ]
+    changes += [
+        f"job {number} ({values(new)}) would be added" for number, new in enumerate(planned) if number >= len(recorded)
+    ]
+    changes += [
+        f"job {number} ({values(old)}) would be dropped"
+        for number, old in enumerate(recorded)
+        if number >= len(planned)
+    ]
+    return changes[:shown] + ([f"and {len(changes) - shown} more"] if len(changes) > shown else [])
