@@ -237,7 +237,10 @@ def test_empty_and_too_short_corpora_are_one_line(tmp_path):
         cli.app, ["pretrain", "data=text_files", f"data.files={tmp_path}/empty.txt", "data.max_seq_length=128"]
     )
     assert result.exit_code == 2
-    assert "empty.txt" in error_line(result.output) and "the corpus is empty" in error_line(result.output)
+    assert error_line(result.output) == (
+        f"blockbert pretrain: error: data.files='{tmp_path}/empty.txt': the corpus is empty (no text in "
+        f"{tmp_path}/empty.txt)"
+    )
     (tmp_path / "short.txt").write_text("One document.\n\nAnother one.\n\nA third.\n")
     result = runner.invoke(
         cli.app,
@@ -265,6 +268,9 @@ def test_a_directory_given_as_data_files_is_refused_with_the_glob_to_give(tmp_pa
         "blockbert pretrain: error: data.files: 'corpus' matches directories only, no file: give the files, e.g. a "
         "glob 'corpus/*.txt'"
     )
+    (tmp_path / "corpus" / "a.txt").rename(tmp_path / "corpus" / "a.jsonl.gz")  # the glob names the files' format
+    result = runner.invoke(cli.app, ["pretrain", "data=text_files", "data.files=corpus"])
+    assert error_line(result.output).endswith("e.g. a glob 'corpus/*.jsonl.gz'")
     assert not list(tmp_path.glob("runs/*/*"))
 
 

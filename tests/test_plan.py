@@ -273,3 +273,13 @@ def test_processes_of_one_cpu_machine_share_its_memory(monkeypatch):
                                      "trainer.num_nodes=2"], finished=True)  # fmt: skip
     assert plan.memory_per_device(cpu, two_nodes.trainer) == 4 * 10**9  # two processes on each machine
     assert plan.memory_per_device(cpu, compose("pretrain", [], finished=True).trainer) == 8 * 10**9
+
+
+def test_a_gpu_name_matching_several_calibrations_names_them(tmp_path):
+    """Before: "no calibration of that GPU kind (several match); known: ..." named no match."""
+    for kind in ("nvidia-h100-pcie", "nvidia-h100-sxm"):
+        (tmp_path / f"{kind}.json").write_text('{"device": {}, "fits": {}}')
+    message = "--gpu 'H100' matches several calibrated GPU kinds: give one of nvidia-h100-pcie, nvidia-h100-sxm"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_fit.named_store(tmp_path, "H100")
+    assert plan_fit.named_store(tmp_path, "nvidia-h100-sxm").kind == "nvidia-h100-sxm"

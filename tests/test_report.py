@@ -26,7 +26,7 @@ TINY_JOB = [  # tests/test_sweeps.py's tiniest training job
 
 def job(directory, name, overrides, metrics=None, error=None, config=None):
     """A job directory as a run leaves it: Hydra's .hydra/overrides.yaml (and config.yaml), then what the run wrote:
-    ``metrics`` as metrics.json (MetricsJson), ``error`` as a sweep job's error.txt (its first line, then the
+    ``metrics`` as metrics.json (MetricsJson), ``error`` as a job's error.txt (its first line, then the
     traceback)."""
     path = directory / name
     (path / ".hydra").mkdir(parents=True)
@@ -129,7 +129,8 @@ def test_no_plot_without_a_finished_head_config_says_why(tmp_path):
 # ------------------------------------------------------------------------------------------ fault 2: every job
 def test_a_failed_jobs_error_is_read_from_its_metrics_json(tmp_path):
     """A plain multirun's job that failed while training records its error in metrics.json (MetricsJson), not in
-    error.txt (only a sweep's jobs write one): it was listed as failed with no error."""
+    error.txt (written only by a job that failed before it had a metrics.json): it was listed as failed with no
+    error."""
     directory = tmp_path / "multirun"
     job(directory, "0", ["optim.lr=1e-3"], {"status": "failed", "error": "RuntimeError: CUDA error\nmore", "step": 1})
     job(directory, "1", ["optim.lr=3e-3"], finished(10.0))
@@ -176,7 +177,9 @@ def test_a_job_that_left_no_record_is_counted_and_explained(tmp_path):
 
 def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path, monkeypatch, capsys):
     """Before: only a sweep's jobs wrote error.txt; a plain multirun's job that failed before training (a missing
-    data file) was listed as incomplete, its error only on the terminal."""
+    data file) was listed as incomplete, its error only on the terminal. A job whose directory holds a run
+    (metrics.json: the same multirun run again with other values, its resume refused) leaves that run's record as
+    it is."""
     from blockbert.app import launch
     from blockbert.errors import ConfigError
 
@@ -186,6 +189,8 @@ def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path,
                 raise ConfigError("data.files: no file matches 'missing.txt'")
             if cfg.seed == 1:
                 raise RuntimeError("something broke")
+            if cfg.seed == 3:
+                raise ConfigError("resuming multi/3 with seed=3 (the run has seed=7)")
 
         main.__module__ = launch.ENTRY_POINTS[task]
         return main
@@ -194,7 +199,8 @@ def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path,
     directory = tmp_path / "multi"
     (directory / "2").mkdir(parents=True)
     (directory / "2" / "error.txt").write_text("an earlier try's error\n")
-    code = launch.run_task("pretrain", ["-m", "seed=0,1,2", "logger=none", f"hydra.sweep.dir={directory}"])
+    job(directory, "3", ["seed=7"], finished(9.0))
+    code = launch.run_task("pretrain", ["-m", "seed=0,1,2,3", "logger=none", f"hydra.sweep.dir={directory}"])
     assert code == 2, capsys.readouterr().err[-3000:]
     first_lines = {n: (directory / n / "error.txt").read_text().splitlines()[0] for n in "01"}
     assert first_lines == {
@@ -206,6 +212,7 @@ def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path,
     statuses = {r["job"]: (r["status"], r["error"]) for r in csv_rows(directory)}
     assert statuses["0"] == ("failed", "ConfigError: data.files: no file matches 'missing.txt'")
     assert statuses["1"] == ("failed", "RuntimeError: something broke") and statuses["2"][0] == "incomplete"
+    assert statuses["3"] == ("finished", "") and not (directory / "3" / "error.txt").exists()
 
 
 # ------------------------------------------------------------------------------------------ fault 3: the table
@@ -234,6 +241,10 @@ def test_the_table_fits_80_columns_without_cutting_a_job_or_a_key(tmp_path, monk
                                                     if line.startswith("┃")))]  # fmt: skip
     assert headers[:3] == ["job", "data.max_seq_length", "model.heads"]
     assert [r["job"] for r in csv_rows(runs)][:3] == ["2026-12-06_09-00-12", "2026-12-05_18-25-40", names[0]]
+    long_error = ("ConfigError: " + "x " * 60).strip()
+    # under the table, whole, wrapped by the terminal (before: cut to 80 characters)
+    assert f"job 12-06_10-00-00: {long_error}" in " ".join(out.split())
+    assert long_error in (runs / "summary.md").read_text()
 
 
 def test_dated_job_names_keep_the_year_when_the_jobs_differ_in_it():

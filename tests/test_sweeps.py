@@ -774,6 +774,12 @@ def test_a_sweep_resumed_with_other_jobs_is_refused_and_left_as_it_was(run, tmp_
     assert same.exit_code == alone.exit_code == 0, same.output + alone.output
     assert job_lines(alone.output) == job_lines(same.output) and len(job_lines(same.output)) == 3
     assert job_lines(alone.output)[1].endswith("data.files=missing.txt trainer.max_steps=5 'model.heads=3\\:1'")
+    # a launcher setting, which no job records, joins the recorded overrides (before: they were dropped, and refused)
+    launcher = runner.invoke(
+        cli.app, ["sweep", "heads_n2", "hydra.job.chdir=false", "--dir", str(sweep_dir), "--dry-run"]
+    )
+    assert launcher.exit_code == 0 and len(job_lines(launcher.output)) == 3, launcher.output
+    assert files_of(sweep_dir) == before
 
 
 def test_sweep_help_names_only_what_sweep_takes():

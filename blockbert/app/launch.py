@@ -352,7 +352,9 @@ def run_ddp_rank() -> int | None:
 def _keep_errors(task_function, errors: list):
     """Jobs run in this process keep their exception here instead of raising it through Hydra, which
     would print its own "Error executing job" line first; jobs in other processes (submitit) raise. A multirun's job
-    also records it in its directory's error.txt, where `blockbert report` finds it. (A stopped job of a multirun
+    that fails before it has a metrics.json (a missing data file) records the error in its directory's error.txt,
+    where `blockbert report` finds it; one with a metrics.json has its record there (a run that fails while training
+    writes its error; a refused resume leaves the run's own, a finished run's say). (A stopped job of a multirun
     raises :class:`MultirunStopped`, which passes.)"""
     main_pid = os.getpid()
 
@@ -364,10 +366,10 @@ def _keep_errors(task_function, errors: list):
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
+            if run is not None and run.path.is_dir() and not run.metrics_file.is_file():
+                run.record_error(err)
             if os.getpid() != main_pid:
                 raise
-            if run is not None and run.path.is_dir():
-                run.record_error(err)
             errors.append(err)
             return None
 

@@ -105,16 +105,26 @@ def _expand(files) -> list[str]:
         matches = sorted(glob.glob(str(Path(pattern).expanduser())))
         if not matches:
             raise FileNotFoundError(f"data.files: no file matches {pattern!r}")
-        files = [m for m in matches if Path(m).is_file()]
-        if not files:  # our choice: a directory is not read whole (it may hold other files); a glob says which
+        found = [m for m in matches if Path(m).is_file()]
+        if not found:  # our choice: a directory is not read whole (it may hold other files); a glob says which
             raise ConfigError(
                 f"data.files: {pattern!r} matches directories only, no file: give the files, e.g. a glob "
-                f"{str(Path(matches[0]) / '*.txt')!r}"
+                f"{_glob_in(matches[0])!r}"
             )
-        paths += files
+        paths += found
     if all(_is_blank(p) for p in paths):
         raise ConfigError(f"data.files={files!r}: the corpus is empty (no text in {', '.join(paths)})")
     return paths
+
+
+def _glob_in(directory: str) -> str:
+    """A glob of the corpus files in ``directory``: by the suffix of the first file of a format blockbert reads."""
+    first = next((p for p in sorted(Path(directory).iterdir()) if p.is_file() and file_format(str(p))), None)
+    if first is None:
+        suffix = ".txt"
+    else:
+        suffix = "".join(first.suffixes[-2:]) if _gzipped(str(first)) else first.suffix
+    return str(Path(directory) / f"*{suffix}")
 
 
 def _is_blank(path: str) -> bool:
@@ -239,10 +249,11 @@ def _not_utf8(paths: list[str]) -> str | None:
 
 def _not_json(paths: list[str]) -> str | None:
     """A line naming the first file that is neither JSON lines nor one JSON document, and where (datasets names
-    neither the file nor the line)."""
+    neither the file nor the line). The whole file is parsed as one document only when its first line is not JSON
+    (a document over several lines starts so): a JSON lines file of gigabytes with a bad line is not read whole."""
     for path in paths:
-        error = _json_lines_error(path)
-        if error and not _is_one_json_document(path):
+        error, on_first_line = _json_lines_error(path)
+        if error and not (on_first_line and _is_one_json_document(path)):
             return (
                 f"{path} is not JSON ({error}); a .json/.jsonl corpus holds one JSON object per line "
                 '({"text": ...}) or one JSON document'
@@ -254,17 +265,20 @@ def _open_text(path: str):
     return (gzip.open if _gzipped(path) else open)(path, "rt", encoding="utf-8")
 
 
-def _json_lines_error(path: str) -> str | None:
-    """What is wrong in the file's first line that is not JSON, and where, as Python says it ("Expecting value: line
-    2 column 1"); None if every line is JSON."""
+def _json_lines_error(path: str) -> tuple[str | None, bool]:
+    """(what is wrong in the file's first line that is not JSON, and where, as Python says it: "Expecting value: line
+    2 column 1"; whether that line is the first that is not blank); (None, False) if every line is JSON."""
+    first = True
     with _open_text(path) as file:
         for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
             try:
-                if line.strip():
-                    json.loads(line.rstrip("\r\n"))
+                json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                return f"{err.msg}: line {number} column {err.colno}"
-    return None
+                return f"{err.msg}: line {number} column {err.colno}", first
+            first = False
+    return None, False
 
 
 def _is_one_json_document(path: str) -> bool:

@@ -84,11 +84,11 @@ def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
             data[split] = dataclasses.replace(data[split], examples=data[split].examples[:count])
     for split, d in data.items():
         log.info(
-            "%s: %s from %s (%s not matching their offsets)",
+            "%s: %s from %s (answers not matching their offsets: %d)",
             split,
             counted(len(d.examples), "question"),
             d.path,
-            counted(d.mismatched_answers, "answer"),
+            d.mismatched_answers,
         )
     return data
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -14,14 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from blockbert.display import console as make_console
-from blockbert.display import pyplot
+from blockbert.display import counted, pyplot
 from blockbert.errors import ConfigError
+from blockbert.experiments.sweep_plan import shown
 from blockbert.formats.run_dir import STAMP, RunDir, SweepDir
 from blockbert.model.config import parse_heads
 
 STATUS_ORDER = {"finished": 0, "running": 1, "interrupted": 2, "incomplete": 3, "failed": 4, "not started": 5}
 """A job's status, in the order the table lists the jobs without the metric: metrics.json's (running, interrupted,
-failed, finished), failed for a sweep job's error.txt, finished for its done.json, incomplete for a job that wrote
+failed, finished), failed for a job's error.txt, finished for a sweep job's done.json, incomplete for a job that wrote
 none of them (:data:`INCOMPLETE`), not started for a job the multirun planned that has no directory."""
 
 INCOMPLETE = (
@@ -41,7 +41,7 @@ def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
         values = override_values([job.overrides() or [], job.last_overrides() or []])
         metrics = job.metrics()
         row = job_row(job.path.name, values, keys, *job_status(job, metrics))
-        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        row.update({k: v for k, v in metrics.items() if _is_number(v)})
         rows.append(row)
     return rows
 
@@ -53,9 +53,10 @@ def job_row(name: str, values: dict[str, str], keys: list[str], status: str, err
 
 
 def job_status(job: RunDir, metrics: dict) -> tuple[str, str]:
-    """(the job's status, the first line of its error): failed with a sweep job's error.txt (what `blockbert sweep`
-    records of a job that raised), finished with its done.json; else metrics.json's status (running, interrupted,
-    finished, failed with its ``error``: a run that fails while training writes it there), incomplete without one."""
+    """(the job's status, the first line of its error): failed with its error.txt (what a sweep's job that raised,
+    or a multirun's that failed before it had a metrics.json, records), finished with a sweep job's done.json; else
+    metrics.json's status (running, interrupted, finished, failed with its ``error``: a run that fails while training
+    writes it there), incomplete without one."""
     if job.error_file.is_file():
         return "failed", first_line(job.error_file.read_text(errors="replace"))
     if job.done_file.is_file() or metrics.get("status") == "finished":
@@ -92,7 +93,7 @@ def unstarted_rows(sweep: SweepDir, planned: list[list[str]], keys: list[str]) -
 
 def _unescape(value: str) -> str:
     """Hydra writes a sweep's values escaped (``3\\:1``) and sometimes quoted."""
-    return re.sub(r"\\(.)", r"\1", value).strip("'\"")
+    return shown(value).strip("'\"")
 
 
 def rank(rows: list[dict], metric: str, mode: str) -> list[dict]:
@@ -234,7 +235,7 @@ def print_counts(console, rows: list[dict]) -> None:
         return
     ordered = sorted(counts, key=lambda status: (STATUS_ORDER.get(status, len(STATUS_ORDER)), status))
     console.print(
-        f"{len(rows)} job{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{counts[s]} {s}" for s in ordered),
+        f"{counted(len(rows), 'job')}: " + ", ".join(f"{counts[s]} {s}" for s in ordered),
         markup=False,
         highlight=False,
     )
@@ -284,10 +285,10 @@ def table_columns(rows: list[dict], keys: list[str], metrics: list[str]) -> list
 
 
 def table_cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
-    """Each row's cells as text: numbers at their column's decimals (:func:`column_format`), errors cut to 80
-    characters."""
+    """Each row's cells as text: numbers at their column's decimals (:func:`column_format`), errors whole (their
+    first line: the printed table folds them, or lists them under itself)."""
     formats = {column: column_format([row.get(column) for row in rows]) for column in columns}
-    return [[formats[c](row.get(c))[: 80 if c == "error" else None] for c in columns] for row in rows]
+    return [[formats[c](row.get(c)) for c in columns] for row in rows]
 
 
 def write_table_markdown(columns: list[str], cells: list[list[str]], path: Path) -> None:
@@ -390,7 +391,7 @@ def join_pretraining(rows: list[dict], source: Path) -> list[str]:
 def column_decimals(values, significant: int = 4, most: int = 12) -> int:
     """The decimals one table column shows its numbers with: ``significant`` digits of the largest, and more (at
     most ``most``) until numbers that differ look different (perplexities 227.659 and 227.748: 227.66, 227.75)."""
-    numbers = {v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    numbers = {v for v in values if _is_number(v) and math.isfinite(v)}
     largest = max((abs(v) for v in numbers), default=0)
     decimals = significant - 1 - (math.floor(math.log10(largest)) if largest else 0)
     decimals = min(most, max(0, decimals))
@@ -441,7 +442,7 @@ def plot_heads(console, rows: list[dict], metric: str, path: Path) -> None:
     done = [r for r in rows if r["status"] == "finished" and _is_number(r.get(metric))]
     groups, left_out = head_groups(done)
     for reason, labels in left_out.items():
-        jobs = f"{len(labels)} job{'s' if len(labels) != 1 else ''}"
+        jobs = counted(len(labels), "job")
         console.print(f"summary.png: {jobs} {reason} left out: {', '.join(labels)}", markup=False, highlight=False)
     if not groups:
         path.unlink(missing_ok=True)

@@ -624,7 +624,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticklabels([f"{p[0]}\nB={p[1]} N={p[2]}" for p in points], fontsize=7)
     ax.set_ylabel(f"time / {results['baselines'][0]} (median)")
     ax.set_title(f"{results['mode']} benchmark, {results['device']} {results['dtype']}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -98,7 +98,11 @@ def _fit(rows: list[dict], lengths: list[int], prefix: str) -> dict:
         r[f"{prefix}linear_part_mb"] = fit.linear_part()
         r[f"{prefix}quadratic_part_mb"] = fit.quadratic_part(r["seq_len"])
     # two lengths fit exactly: an R² of 1 would say nothing
-    return {"intercept_mb": fit.intercept, "slope_mb_per_token": fit.slope, "r2": fit.r2 if len(lengths) > 2 else None}
+    return {
+        "intercept_mb": fit.intercept,
+        "slope_mb_per_token": fit.slope,
+        "r2": fit.r2 if len(set(lengths)) > 2 else None,
+    }
 
 
 def print_table(results: dict, lengths: list[int]) -> None:
@@ -162,17 +166,13 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in results["models"].items():
         xs = [r["seq_len"] for r in entry["rows"]]
-        ax.plot(xs, [r["activation_mb"] for r in entry["rows"]], "o", label=with_heads(name, entry))
+        (points,) = ax.plot(xs, [r["activation_mb"] for r in entry["rows"]], "o", label=with_heads(name, entry))
+        color = points.get_color()  # the model's fit line and A.2 points in its points' colour
         fit = entry["fit"]
-        ax.plot(xs, [fit["intercept_mb"] + fit["slope_mb_per_token"] * x for x in xs], "-", alpha=0.6)
+        ax.plot(xs, [fit["intercept_mb"] + fit["slope_mb_per_token"] * x for x in xs], "-", color=color, alpha=0.6)
         if entry["fit_a2"] is not None:
-            ax.plot(
-                xs,
-                [r["a2_activation_mb"] for r in entry["rows"]],
-                "x",
-                color=ax.lines[-1].get_color(),
-                label=f"{with_heads(name, entry)} (A.2)",
-            )
+            a2 = [r["a2_activation_mb"] for r in entry["rows"]]
+            ax.plot(xs, a2, "x", color=color, label=f"{with_heads(name, entry)} (A.2)")
     ax.set_xlabel("sequence length N (tokens per device fixed)")
     ax.set_ylabel("activation memory (MiB)")
     ax.set_title(f"Activation memory vs N ({results['attention_impl']}, {results['device']})")

@@ -34,7 +34,7 @@ from blockbert.train.loggers import finish_wandb
 log = logging.getLogger(__name__)
 
 
-def tolerant(main, failures: list[Exception] | None = None):
+def tolerant(main, failures: list[Exception]):
     """A sweep job: a failure is recorded in RUN_DIR/error.txt (and, for a job run in this process, in ``failures``:
     the sweep's exit code, :func:`failed_jobs_code`) and does not stop the other jobs; a job already complete in this
     directory (same overrides) is skipped."""
@@ -56,8 +56,7 @@ def tolerant(main, failures: list[Exception] | None = None):
             run.record_error(err)
             print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)
             finish_wandb(exit_code=1)
-            if failures is not None:
-                failures.append(err)
+            failures.append(err)
             return None
         run.done_file.write_text(json.dumps({"overrides": overrides}) + "\n")
         return None
@@ -399,10 +398,12 @@ def check_same_sweep(name: str, stored: dict, directory: str | None) -> None:
 def resumed_arguments(stored: dict, overrides: list[str], source: str | None) -> tuple[list[str], str | None]:
     """``--dir S`` alone continues the sweep in S as it was started: with no overrides given, it takes those of the
     command line that started it (sweep.yaml's ``arguments``), and without --from its recorded one, as it takes its
-    --config-dir (:func:`resumed_config_dirs`). Overrides given are taken whole, never merged with the recorded ones:
-    the resume line a stopped sweep prints repeats them all."""
-    if not overrides and "arguments" in stored:
-        overrides = list(stored["arguments"])
+    --config-dir (:func:`resumed_config_dirs`). Given only Hydra's own settings (``hydra.launcher.timeout_min=...``,
+    which no job records), it takes the recorded overrides with those. Other overrides given are taken whole, never
+    merged with the recorded ones: the resume line a stopped sweep prints repeats them all."""
+    if "arguments" in stored and all(o.startswith("hydra.") for o in overrides):
+        given = {override_key(o) for o in overrides}
+        overrides = [o for o in stored["arguments"] if override_key(o) not in given] + list(overrides)
     return overrides, source if source is not None else stored.get("from")
 
 
