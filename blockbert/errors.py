@@ -23,12 +23,21 @@ class RunInterrupted(Exception):
     """A run stopped on SIGTERM or Ctrl-C: ``state`` says where it stopped and what is saved, ``resume`` how to
     resume it (the command that started a multirun or a sweep replaces it with its own unless the run is not
     ``resumable``: a benchmark is measured again), ``run_dir`` is where it resumes (a multirun's: its sweep
-    directory), ``exit_code`` the shell's."""
+    directory), ``exit_code`` the shell's, ``saved`` the checkpoint the stop left in ``run_dir`` (a path relative
+    to it), if any."""
 
-    def __init__(self, state: str, resume: str, run_dir, exit_code: int = SIGTERM_EXIT_CODE, resumable: bool = True):
+    def __init__(
+        self,
+        state: str,
+        resume: str,
+        run_dir,
+        exit_code: int = SIGTERM_EXIT_CODE,
+        resumable: bool = True,
+        saved: str | None = None,
+    ):
         super().__init__(state)
         self.state, self.resume, self.run_dir, self.exit_code = state, resume, run_dir, exit_code
-        self.resumable = resumable
+        self.resumable, self.saved = resumable, saved  # saved: the checkpoint it left, relative to run_dir
 
     def __str__(self) -> str:
         return f"{self.state}; {self.resume}"
@@ -102,6 +111,16 @@ def one_line(err: Exception) -> str:
         lines[-1] = f"{err.filename}: {err.strerror}"  # not Python's "[Errno 1] Operation not permitted: 'path'"
     text = "; ".join(lines)
     return text if isinstance(err, (ValueError, OSError, LookupError)) else f"{type(err).__name__}: {text}"
+
+
+def named_line(err: Exception) -> str:
+    """:func:`one_line` beginning with the name of the error's kind (that of the error it wraps last, whose kind
+    one_line names for some kinds): what a failed job's error.txt starts with."""
+    inner = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    line, kind = one_line(err), type(inner).__name__
+    return line if line.startswith(f"{kind}:") else f"{kind}: {line}"
 
 
 def not_an_override(err: Exception) -> str:

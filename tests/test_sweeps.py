@@ -807,9 +807,10 @@ def test_a_stopped_sweep_names_its_jobs_directory_and_its_resume_command_continu
     def entry_point(task):
         def main(cfg):  # as training stops on SIGTERM (blockbert.train.resilience)
             run_dir = RunDir(HydraConfig.get().runtime.output_dir)
-            saved = f"its state is saved in {run_dir.interrupted_checkpoint.relative_to(run_dir.path)}"
+            checkpoint = str(run_dir.interrupted_checkpoint.relative_to(run_dir.path))
             resume = f"run the same command with hydra.run.dir={run_dir.path} to resume"
-            raise RunInterrupted(f"stopped by SIGTERM at step 4: {saved}", resume, run_dir.path, 143)
+            state = f"stopped by SIGTERM at step 4: its state is saved in {checkpoint}"
+            raise RunInterrupted(state, resume, run_dir.path, 143, saved=checkpoint)
 
         main.__module__ = launch.ENTRY_POINTS[task]
         return main

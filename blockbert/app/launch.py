@@ -231,11 +231,11 @@ def _entry_point(task: str):
 
 
 def _name_job_directory(stopped, sweep_dir: str) -> None:
-    """A stopped job's line says where its state is saved relative to its own directory (``checkpoints/...``), but
-    the line printed last names the multirun's directory (where a resume is run): the job's directory is named in the
-    line."""
+    """A stopped job's line says where its state is saved relative to its own directory (``stopped.saved``:
+    ``checkpoints/...``), but the line printed last names the multirun's directory (where a resume is run): the job's
+    directory is named in the line."""
     job_dir = Path(stopped.run_dir).resolve()
-    if "checkpoints/" in stopped.state and job_dir != Path(sweep_dir).resolve():
+    if stopped.saved and job_dir != Path(sweep_dir).resolve():
         stopped.state = f"{stopped.state} (in the job's directory, {job_dir})"
 
 

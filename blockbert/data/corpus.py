@@ -215,7 +215,7 @@ def paragraphs(paths: list[str]):
     newlines; read line by line, so a file of any size streams through."""
     for path in paths:
         lines: list[str] = []
-        with _open_text(path) as file:  # universal newlines: CRLF and CR read as LF
+        with _open(path) as file:  # universal newlines: CRLF and CR read as LF
             for line in file:
                 if not line.isspace():
                     lines.append(line)
@@ -230,7 +230,7 @@ def _not_utf8(paths: list[str]) -> str | None:
     """A line naming the first file that is not UTF-8 text, and where (datasets does not say which file)."""
     for path in paths:
         decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
-        with (gzip.open if _gzipped(path) else open)(path, "rb") as file:
+        with _open(path, "rb") as file:
             while True:
                 chunk = file.read(1 << 20)
                 try:
@@ -261,15 +261,17 @@ def _not_json(paths: list[str]) -> str | None:
     return None
 
 
-def _open_text(path: str):
-    return (gzip.open if _gzipped(path) else open)(path, "rt", encoding="utf-8")
+def _open(path: str, mode: str = "rt"):
+    """A corpus file, read through gzip when it is gzipped; text as UTF-8."""
+    opener = gzip.open if _gzipped(path) else open
+    return opener(path, mode, encoding="utf-8") if "t" in mode else opener(path, mode)
 
 
 def _json_lines_error(path: str) -> tuple[str | None, bool]:
     """(what is wrong in the file's first line that is not JSON, and where, as Python says it: "Expecting value: line
     2 column 1"; whether that line is the first that is not blank); (None, False) if every line is JSON."""
     first = True
-    with _open_text(path) as file:
+    with _open(path) as file:
         for number, line in enumerate(file, 1):
             if not line.strip():
                 continue
@@ -282,7 +284,7 @@ def _json_lines_error(path: str) -> tuple[str | None, bool]:
 
 
 def _is_one_json_document(path: str) -> bool:
-    with _open_text(path) as file:
+    with _open(path) as file:
         try:
             json.load(file)
         except json.JSONDecodeError:

@@ -23,6 +23,7 @@ import yaml
 from rich.table import Table
 
 from blockbert.display import console, pyplot
+from blockbert.experiments.sweep_summary import is_number
 from blockbert.formats.compose import compose, config_groups
 from blockbert.formats.presets import other_heads, with_heads
 from blockbert.formats.run_dir import RunDir, checkpoint_of
@@ -111,7 +112,7 @@ class Comparison:
 
     @property
     def ratio(self) -> float | None:
-        if _number(self.ours) and _number(self.paper) and self.paper:
+        if is_number(self.ours) and is_number(self.paper) and self.paper:
             return self.ours / self.paper
         return None
 
@@ -136,10 +137,6 @@ class RunReport:
     setting: str = ""
     rows: list[Comparison] = field(default_factory=list)
     unmatched: list[Unmatched] = field(default_factory=list)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------------- run directories
@@ -568,9 +565,9 @@ def time_ratio(paper: Paper, run: str, block: tuple, dense: tuple) -> Comparison
     (name, ours, cell), (dense_name, dense_ours, dense_cell) = block, dense
     row = Comparison(5, paper.row_label(cell), "time ÷ RoBERTa's", "×", None, None, run, f"{name} ÷ {dense_name}")
     row.note = "a ratio within each side"
-    if _number(ours) and _number(dense_ours) and dense_ours:
+    if is_number(ours) and is_number(dense_ours) and dense_ours:
         row.ours = ours / dense_ours
-    if _number(cell["value"]) and _number(dense_cell["value"]):
+    if is_number(cell["value"]) and is_number(dense_cell["value"]):
         row.paper = cell["value"] / dense_cell["value"]
         row.note += f"; the paper's saving: {100 * (1 - row.paper):.1f} %"
     return row
@@ -629,7 +626,7 @@ def by_table(reports: list[RunReport]) -> dict[int, list[RunReport]]:
 def fmt(value) -> str:
     if value is None:
         return "—"
-    return f"{value:.4g}" if _number(value) else str(value)
+    return f"{value:.4g}" if is_number(value) else str(value)
 
 
 def metric_label(row: Comparison) -> str:
@@ -732,7 +729,7 @@ def plot(rows: list[Comparison], path: Path) -> None:
     plt = pyplot()
     panels = defaultdict(list)
     for row in rows:
-        if _number(row.ours) and _number(row.paper):
+        if is_number(row.ours) and is_number(row.paper):
             panels[row.table, row.unit == "×"].append(row)
     panels = dict(sorted(panels.items()))
     width = max(6.0, 0.7 * max((len(p) for p in panels.values()), default=0) + 2)

@@ -41,7 +41,7 @@ def read_jobs(sweep_dir: Path, keys: list[str]) -> list[dict]:
         values = override_values([job.overrides() or [], job.last_overrides() or []])
         metrics = job.metrics()
         row = job_row(job.path.name, values, keys, *job_status(job, metrics))
-        row.update({k: v for k, v in metrics.items() if _is_number(v)})
+        row.update({k: v for k, v in metrics.items() if is_number(v)})
         rows.append(row)
     return rows
 
@@ -391,7 +391,7 @@ def join_pretraining(rows: list[dict], source: Path) -> list[str]:
 def column_decimals(values, significant: int = 4, most: int = 12) -> int:
     """The decimals one table column shows its numbers with: ``significant`` digits of the largest, and more (at
     most ``most``) until numbers that differ look different (perplexities 227.659 and 227.748: 227.66, 227.75)."""
-    numbers = {v for v in values if _is_number(v) and math.isfinite(v)}
+    numbers = {v for v in values if is_number(v) and math.isfinite(v)}
     largest = max((abs(v) for v in numbers), default=0)
     decimals = significant - 1 - (math.floor(math.log10(largest)) if largest else 0)
     decimals = min(most, max(0, decimals))
@@ -439,7 +439,7 @@ def plot_heads(console, rows: list[dict], metric: str, path: Path) -> None:
     runs have them; a row of panels per n (n=2: by head config, with error bars of one std for means over seeds;
     n=3: heatmaps over the two shifted counts). The finished jobs it cannot place (without a head config, another n)
     are left out, in one line each; with none to plot, no summary.png (an earlier one is removed) and one line why."""
-    done = [r for r in rows if r["status"] == "finished" and _is_number(r.get(metric))]
+    done = [r for r in rows if r["status"] == "finished" and is_number(r.get(metric))]
     groups, left_out = head_groups(done)
     for reason, labels in left_out.items():
         jobs = counted(len(labels), "job")
@@ -455,7 +455,7 @@ def plot_heads(console, rows: list[dict], metric: str, path: Path) -> None:
     draw_heads(groups, metric, path)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from blockbert.errors import ConfigError, one_line
+from blockbert.errors import ConfigError, named_line
 
 STAMP = "%Y-%m-%d_%H-%M-%S"  # a new directory's name: Hydra's runs and multiruns are named so (conf/hydra/default.yaml)
 
@@ -98,10 +98,7 @@ class RunDir:
     def record_error(self, err: Exception) -> None:
         """error.txt: the error in one line, then the traceback being handled: what a sweep's or multirun's job that
         failed leaves (`blockbert report` lists its first line)."""
-        line = one_line(err)
-        kind = type(err).__name__
-        line = line if line.startswith(f"{kind}:") else f"{kind}: {line}"  # one_line names some kinds itself
-        self.error_file.write_text(f"{line}\n\n{traceback.format_exc()}")
+        self.error_file.write_text(f"{named_line(err)}\n\n{traceback.format_exc()}")
 
     @property
     def profile_file(self) -> Path:
@@ -223,7 +220,8 @@ class SweepDir:
 
     path: Path
 
-    UNSTARTED = ("sweep.yaml", "multirun.yaml")  # what a sweep's directory holds before its first job
+    SPEC, MULTIRUN = "sweep.yaml", "multirun.yaml"  # blockbert sweep's record of a sweep; Hydra's of any multirun
+    UNSTARTED = (SPEC, MULTIRUN)  # what a sweep's directory holds before its first job
 
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path).expanduser())
@@ -234,7 +232,12 @@ class SweepDir:
 
     @property
     def spec_file(self) -> Path:
-        return self.path / "sweep.yaml"
+        return self.path / self.SPEC
+
+    @property
+    def multirun_file(self) -> Path:
+        """Hydra's record of the multirun (a sweep's too), written before its first job."""
+        return self.path / self.MULTIRUN
 
     def spec(self) -> dict:
         """sweep.yaml; empty for a plain multirun (or one that cannot be read)."""

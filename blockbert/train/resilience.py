@@ -421,12 +421,15 @@ class RunSafety:
             if not stopped:
                 raise
             if where:  # after training
-                saved = f"training is complete and saved in {self.run.last_checkpoint.relative_to(self.run.path)}"
+                checkpoint = self.run.last_checkpoint.relative_to(self.run.path)
+                saved = f"training is complete and saved in {checkpoint}"
                 then = f"run the same command with hydra.run.dir={self.run.path} to validate it"
             else:
+                checkpoint = self.run.interrupted_checkpoint.relative_to(self.run.path)
+                checkpoint = checkpoint if self.exception_checkpoint.saved else None
                 saved = (
-                    f"its state is saved in {self.run.interrupted_checkpoint.relative_to(self.run.path)}"
-                    if self.exception_checkpoint.saved
+                    f"its state is saved in {checkpoint}"
+                    if checkpoint
                     else "no optimizer step since it started, so nothing new was saved"
                 )
                 then = f"run the same command with hydra.run.dir={self.run.path} to resume"
@@ -435,4 +438,5 @@ class RunSafety:
                 then,
                 self.run.path,
                 exit_code,
+                saved=str(checkpoint) if checkpoint else None,
             ) from None

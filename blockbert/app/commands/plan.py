@@ -112,8 +112,9 @@ def _where(cfg, gpu: str | None, gpus: int | None = None):
     store = plan_fit.FitStore.for_device(cfg, device)
     memory = "free memory" if device.type == "cuda" else "available memory"
     capacity = planner.memory_per_device(device, cfg.trainer, gpus)
-    if planner.sharing_processes(device, cfg.trainer, gpus) > 1:
-        memory += f" shared by the run's {planner.sharing_processes(device, cfg.trainer, gpus)} processes"
+    shared = planner.sharing_processes(device, cfg.trainer, gpus)
+    if shared > 1:
+        memory += f" shared by the run's {shared} processes"
     described = {"name": plan_fit.device_name(device), "source": f"this machine, its {memory}"}
     return device, store, described, capacity, ()
 

@@ -12,7 +12,6 @@ from blockbert.errors import ConfigError, one_line, one_line_errors
 from blockbert.experiments.sweep_summary import summarize_sweep
 from blockbert.formats.run_dir import SweepDir, check_writable
 
-MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun (a sweep's too), written before its first job
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -43,7 +42,7 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
     that sweeper expands it (``hydra.sweeper.params``, then the command line's overrides; their product). None where
     nothing records the plan: a directory of separate runs (``runs/<command>``), another sweeper's multirun, or a
     multirun.yaml that cannot be read or expanded (said in one line); then only the jobs that started are listed."""
-    path = sweep_dir / MULTIRUN_FILE
+    path = SweepDir(sweep_dir).multirun_file
     if not path.is_file():
         return None
     try:

@@ -448,12 +448,12 @@ def job_differences(sweep, grid: dict, source_dir: Path | None, stored: dict) ->
 
 
 def recorded_part(sweep, grid: dict, recorded: dict) -> dict:
-    """``grid`` as sweep.yaml holds it (its values through YAML), with finetune_each's pre-training jobs cut to those
-    recorded: the ones finished since are appended, as new jobs after the recorded ones."""
+    """``grid`` as sweep.yaml holds it (its values through YAML), with finetune_each's pre-training jobs those
+    recorded: the ones finished since come after them (:func:`keep_job_numbers`), as new jobs."""
     grid = yaml.safe_load(yaml.safe_dump(grid))
     for key, values in sweep.parameters.items():
         if isinstance(values, dict) and "pretrained_jobs" in values and key in recorded:
-            grid[key] = grid[key][: len(recorded[key])]
+            grid[key] = recorded[key]
     return grid
 
 
