@@ -117,7 +117,10 @@ def test_bash_completion_through_the_installed_entry_point(tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("blockbert")), reason="needs bash and blockbert")
 def test_bash_completion_of_a_key_leaves_no_space_after_its_equals_sign(tmp_path):
-    shown = subprocess.run(["blockbert", "--show-completion", "bash"], capture_output=True, text=True)
+    # typer detects the shell from the process's ancestors (a bash argument is ignored by typer >= 0.2x): run it
+    # from bash, as a user does; started from a process without a shell above it, it says "Shell  not supported"
+    command = "blockbert --show-completion bash; true"  # `; true`: bash forks the command instead of exec-ing it
+    shown = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     script = shown.stdout
     assert "compopt -o nospace" in script, f"exit {shown.returncode}: {shown.stderr[-2000:]}"
     probe = tmp_path / "probe.sh"  # the installed function with bash's own variables, compopt recorded
