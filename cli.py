@@ -21,7 +21,22 @@ os.environ["BLOCKBERT_CLI"] = "1"
 
 from blockbert.errors import print_error  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
 
+
+class Commands(typer.core.TyperGroup):
+    """blockbert's commands: an unknown one is refused naming the ones there are (click names none)."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            commands = self.list_commands(ctx)
+            near = difflib.get_close_matches(name, commands, n=1)
+            ctx.fail(f"{name!r} is not a command" + (f" (did you mean {near[0]}?)" if near else "")
+                     + f": accepted are {', '.join(commands)}")  # fmt: skip
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=Commands,
     help="Pre-train, fine-tune, sweep, profile and benchmark BlockBERT (BERT with blockwise sparse "
     "self-attention). Every command takes Hydra overrides: `blockbert pretrain model=blockbert_n3 "
     "data.max_seq_length=1024`.",
@@ -66,7 +81,11 @@ def complete_overrides(ctx: typer.Context, incomplete: str) -> list[str]:
 
 
 OVERRIDES = typer.Argument(
-    None, help="Hydra overrides and flags (see below).", show_default=False, autocompletion=complete_overrides
+    None,
+    metavar="OVERRIDES",
+    help="Hydra overrides and flags (see below).",
+    show_default=False,
+    autocompletion=complete_overrides,
 )
 
 
@@ -175,6 +194,7 @@ SWEEP_HELP = (  # not HYDRA_HELP: a sweep is a multirun already, and takes none 
 
 SWEEP_OVERRIDES = typer.Argument(
     None,
+    metavar="OVERRIDES",
     help="Overrides for every job; comma lists join the grid (see below).",
     show_default=False,
     autocompletion=complete_overrides,
@@ -237,6 +257,7 @@ def sweep(
     ctx: typer.Context,
     name: str = typer.Argument(
         ...,
+        metavar="NAME",
         help="A sweep from sweeps/ (listed below) or a path to a sweep .yaml file.",
         autocompletion=complete_sweep_name,
     ),
@@ -374,8 +395,10 @@ def plan(
 
 @app.command()
 def evaluate(
-    data_file: str = typer.Argument(..., help="Gold data: SQuAD JSON or MRQA .jsonl/.jsonl.gz."),
-    predictions_file: str = typer.Argument(..., help="Predictions: JSON {question id: answer text}."),
+    data_file: str = typer.Argument(..., metavar="DATA_FILE", help="Gold data: SQuAD JSON or MRQA .jsonl/.jsonl.gz."),
+    predictions_file: str = typer.Argument(
+        ..., metavar="PREDICTIONS_FILE", help="Predictions: JSON {question id: answer text}."
+    ),
     na_prob: str = typer.Option(None, "--na-prob", help="SQuAD 2.0: JSON {id: no-answer score} for best_* thresholds."),
     format: str = typer.Option(None, "--format", help="squad1 | squad2 | mrqa (detected from the file if not given)."),
     debug: bool = DEBUG,
@@ -391,8 +414,12 @@ def evaluate(
 
 @app.command()
 def export(
-    run_dir: str = typer.Argument(..., help="A `blockbert pretrain` or `finetune` run directory (or a .ckpt file)."),
-    out_dir: str = typer.Argument(..., help="The directory to write: new or empty, unless --overwrite."),
+    run_dir: str = typer.Argument(
+        ..., metavar="RUN_DIR", help="A `blockbert pretrain` or `finetune` run directory (or a .ckpt file)."
+    ),
+    out_dir: str = typer.Argument(
+        ..., metavar="OUT_DIR", help="The directory to write: new or empty, unless --overwrite."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into OUT_DIR even if it holds files."),
     debug: bool = DEBUG,
 ) -> None:
@@ -408,6 +435,7 @@ def export(
 
 REPORT_DIRECTORIES = typer.Argument(
     ...,
+    metavar="DIRECTORY",
     help="A sweep or multirun directory; with --paper one or more run directories (pretrain, finetune, profile, "
     "benchmark) or sweep/multirun directories of them (their finished jobs).",
     show_default=False,
@@ -446,6 +474,28 @@ def report(
     raise typer.Exit(run_report(directories, out, debug=debug))
 
 
+# click's exception for a command line it cannot parse, reached through typer's public BadParameter (typer 0.20 and
+# later carry click as a private module)
+CLICK_EXCEPTION = next(k for k in typer.BadParameter.__mro__ if k.__name__ == "ClickException")
+
+
+def usage_error(err: Exception) -> int:
+    """A command line click refused (an unknown command or option, a missing argument) in the one line every error
+    of the command ends with, with the usage; returns the exit code (2). `blockbert` alone shows the help."""
+    ctx = getattr(err, "ctx", None)
+    if type(err).__name__ == "NoArgsIsHelpError":
+        print(err.format_message(), end="", file=sys.stderr)  # the help (with rich, printed as it was formatted)
+        return err.exit_code
+    message = err.format_message().strip().rstrip(".")
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    command = ctx.command_path.partition(" ")[2] if ctx is not None else ""
+    if ctx is not None:
+        usage = " ".join(ctx.get_usage().split())  # "Usage: blockbert export [OPTIONS] RUN_DIR OUT_DIR"
+        message += f" ({usage[:1].lower()}{usage[1:]}; the options are listed by `{ctx.command_path} --help`)"
+    print_error(command, message)
+    return err.exit_code
+
+
 def main() -> None:
     if os.environ.get("BLOCKBERT_DDP_JOB") and "LOCAL_RANK" in os.environ:
         # a DDP rank Lightning started by re-running this command line: run only the job that started it
@@ -454,7 +504,11 @@ def main() -> None:
         code = run_ddp_rank()
         if code is not None:
             sys.exit(code)
-    app()
+    try:  # not standalone: click's own display of a usage error is a box of several lines
+        code = app(prog_name="blockbert", standalone_mode=False)
+    except CLICK_EXCEPTION as err:
+        code = usage_error(err)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
 
 
 def print_error(command: str, text: str) -> None:
-    """The one line an error ends a command with, on stderr."""
-    print(f"blockbert {command}: error: {text}", file=sys.stderr)
+    """The one line an error ends a command with, on stderr (``command`` empty: the command line's own)."""
+    print(f"{' '.join(('blockbert', command)).rstrip()}: error: {text}", file=sys.stderr)
 
 
 def print_interrupted(command: str, err: RunInterrupted) -> None:

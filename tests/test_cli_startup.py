@@ -146,3 +146,32 @@ def test_plan_overrides_complete_the_planned_command():
         "task.max_train_samples="
     ]
     assert complete_overrides("plan", {"overrides": []}, "tokens_per_") == ["tokens_per_batch="]
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["nosuch"], "blockbert: error: 'nosuch' is not a command: accepted are pretrain, finetune, sweep, profile, "),
+        (["pretrian"], "blockbert: error: 'pretrian' is not a command (did you mean pretrain?): accepted are "),
+        (["export"], "blockbert export: error: missing argument 'RUN_DIR' (usage: blockbert export [OPTIONS] "),
+        (["report"], "blockbert report: error: missing argument 'DIRECTORY' (usage: blockbert report [OPTIONS] "),
+        (["evaluate", "--nope", "a", "b"], "blockbert evaluate: error: no such option: --nope (usage: "),
+        (["plan", "--gpus", "x"], "blockbert plan: error: invalid value for '--gpus': "),
+        (["--nope"], "blockbert: error: no such option: --nope (usage: blockbert [OPTIONS] COMMAND [ARGS]...; "),
+    ],
+)
+def test_a_command_line_click_refuses_ends_in_one_line(argv, line, monkeypatch, capsys):
+    """Before: click's box of five lines (usage, a hint, the message in a frame), unlike every other error's line."""
+    monkeypatch.setattr(sys, "argv", ["blockbert", *argv])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_blockbert_alone_shows_the_help(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["blockbert"])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    shown = capsys.readouterr()
+    assert stop.value.code == 2 and "pretrain" in shown.out + shown.err and "error" not in shown.out + shown.err
