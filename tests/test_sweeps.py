@@ -295,6 +295,21 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     assert job_differences(sweep, grid, Path("/other"), stored) == ["--from /other, not /pre"]
 
 
+def test_the_pre_training_jobs_are_the_outermost_key_so_one_finished_since_adds_jobs_at_the_end(monkeypatch):
+    """Before: a sweep file listing another parameter before its pretrained_jobs swept that one outermost; a job
+    appended on resume (above) then renumbered the jobs after it (job 2 would fine-tune /pre/2 in /pre/1's job's
+    directory at another learning rate)."""
+    from blockbert.experiments import sweep_plan
+
+    monkeypatch.setattr(sweep_plan, "pretrained_jobs", lambda sweep, source: ["/pre/0", "/pre/1"])
+    parameters = {"optim.lr": [1e-5, 3e-5], "init_from": {"pretrained_jobs": {}}}
+    sweep = sweep_plan.Sweep("mine", "finetune", "", [], parameters, "dev/f1", "max")
+    grid = sweep_plan.expand(sweep, 12, Path("/pre"))
+    assert list(grid) == ["init_from", "optim.lr"]
+    before = sweep_plan.jobs(grid)
+    assert sweep_plan.jobs({**grid, "init_from": [*grid["init_from"], "/pre/2"]})[: len(before)] == before
+
+
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
     from blockbert.app.commands.sweep import parse_overrides
 

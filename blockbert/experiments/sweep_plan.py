@@ -75,7 +75,9 @@ def head_assignments(num_heads: int, blocks: int, min_identity: int = 0) -> list
 
 
 def expand(sweep: Sweep, num_heads: int, source: Path | None = None) -> dict[str, list]:
-    """{override key: values} with generators expanded (``source``: the ``--from`` sweep directory)."""
+    """{override key: values} with generators expanded (``source``: the ``--from`` sweep directory). The keys over
+    pre-training jobs come first, outermost in the jobs' product: a job finished since, appended to their values
+    (:func:`blockbert.app.commands.sweep.keep_job_numbers`), adds jobs after the others and renumbers none."""
     grid = {}
     for key, values in sweep.parameters.items():
         if isinstance(values, dict):
@@ -95,7 +97,8 @@ def expand(sweep: Sweep, num_heads: int, source: Path | None = None) -> dict[str
     takes_source = any(isinstance(v, dict) and "pretrained_jobs" in v for v in sweep.parameters.values())
     if source is not None and not takes_source:
         raise ConfigError(f"sweep {sweep.name} takes no --from (only sweeps over pretrained_jobs do: finetune_each)")
-    return grid
+    runs = [key for key, values in sweep.parameters.items() if isinstance(values, dict) and "pretrained_jobs" in values]
+    return {key: grid[key] for key in [*runs, *(key for key in grid if key not in runs)]}
 
 
 def pretrained_jobs(sweep: Sweep, source: Path | None) -> list[str]:
