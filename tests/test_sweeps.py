@@ -797,6 +797,20 @@ def test_a_sweep_resumed_with_other_jobs_is_refused_and_left_as_it_was(run, tmp_
     assert files_of(sweep_dir) == before
 
 
+def test_a_plain_multiruns_directory_is_refused_as_a_sweeps(tmp_path):
+    """Before: its jobs were taken for the sweep's (job 0 of the sweep "resumed" the multirun's job 0 and failed)."""
+    multirun = tmp_path / "multirun"
+    for number in ("0", "1"):
+        (multirun / number / ".hydra").mkdir(parents=True)
+        (multirun / number / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    before = files_of(multirun)
+    result = runner.invoke(cli.app, ["sweep", "heads_n2", "--dir", str(multirun), "--dry-run"])
+    assert result.exit_code == 2 and files_of(multirun) == before
+    assert f"error: --dir {multirun} holds 2 jobs of a multirun that is no blockbert sweep" in result.output
+    (tmp_path / "empty").mkdir()
+    assert runner.invoke(cli.app, ["sweep", "heads_n2", "--dir", str(tmp_path / "empty"), "--dry-run"]).exit_code == 0
+
+
 def test_sweep_help_names_only_what_sweep_takes():
     """sweep's help offered Hydra's `-m`, `--cfg job` and `--info`, which sweep refuses."""
     result = runner.invoke(cli.app, ["sweep", "--help"], env={"COLUMNS": "300"})

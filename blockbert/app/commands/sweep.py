@@ -16,7 +16,7 @@ import yaml
 from rich.table import Table
 
 from blockbert.app.launch import run_task
-from blockbert.display import console
+from blockbert.display import console, counted
 from blockbert.errors import ConfigError, is_user_error, not_an_override, one_line, one_line_errors, print_error
 from blockbert.experiments.sweep_plan import (
     expand,
@@ -413,7 +413,13 @@ def check_same_jobs(sweep, grid: dict, source_dir: Path | None, stored: dict, di
     differs and how to continue. Hydra's own settings (``hydra.*``: the launcher's partition, time limit) are no
     job's and may change; finetune_each's jobs of pre-training runs finished since are appended
     (:func:`keep_job_numbers`)."""
-    if "grid" not in stored:  # a new directory, or a plain multirun's
+    if "grid" not in stored:  # a new directory, or a plain multirun's: its jobs would be taken for this sweep's
+        held = SweepDir(directory).jobs() if directory and Path(directory).expanduser().is_dir() else []
+        if held:
+            raise ConfigError(
+                f"--dir {directory} holds {counted(len(held), 'job')} of a multirun that is no blockbert sweep (no "
+                "grid in a sweep.yaml): give a new or empty directory, or the directory of a sweep to continue"
+            )
         return
     differences = job_differences(sweep, grid, source_dir, stored)
     if not differences:
