@@ -139,7 +139,7 @@ def test_too_few_documents_suggest_one_per_line(tmp_path):
     cfg = files_config(tmp_path, tmp_path / "one.txt")
     with pytest.raises(
         ConfigError,
-        match=r"the corpus '.*one\.txt' has 1 non-empty document\(s\): need at least 2.*"
+        match=r"the corpus '.*one\.txt' has 1 non-empty document: need at least 2.*"
         r"give data\.documents=line",
     ):
         PretrainDataModule(cfg.data, False, 1, 0, tmp_path / "cache").setup()

@@ -145,7 +145,7 @@ def test_evaluate_errors_and_unknown_ids(tmp_path):
     result = runner.invoke(cli.app, ["evaluate", str(gold), str(preds)])
     assert result.exit_code == 0
     assert json.loads(result.stdout[result.stdout.index("{") :]) == {"exact_match": 100.0, "f1": 100.0}
-    assert "1 prediction id(s) not in" in result.output and "'zz'" in result.output
+    assert "1 prediction id not in" in result.output and "'zz'" in result.output
     result = runner.invoke(cli.app, ["evaluate", str(gold), str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "none.json" in result.output
     preds.write_text("[1, 2")
@@ -216,7 +216,7 @@ def test_evaluate_says_how_missing_predictions_skew_the_best_threshold_scores(tm
     odds.write_text(json.dumps({"q2": 0.1}))
     result = runner.invoke(cli.app, ["evaluate", str(data), str(preds), "--na-prob", str(odds)])
     assert result.exit_code == 0 and json.loads(result.stdout)["best_exact"] == 200.0
-    assert f"{preds}: 1 question(s) without a prediction (first: 'n1'); best_exact and best_f1 count their " in (
+    assert f"{preds}: 1 question without a prediction (first: 'n1'); best_exact and best_f1 count their " in (
         result.stderr
     )
 

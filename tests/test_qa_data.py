@@ -441,7 +441,7 @@ def test_evaluate_says_what_happens_to_missing_predictions(tmp_path, capsys):
     result = evaluate_files(str(data), str(preds))
     assert (result["total"], result["HasAns_total"], result["NoAns_total"]) == (2, 1, 1)
     assert capsys.readouterr().err == (
-        f"{preds}: 1 question(s) without a prediction (first: 'h2'); left out of every score, HasAns_total and "
+        f"{preds}: 1 question without a prediction (first: 'h2'); left out of every score, HasAns_total and "
         "NoAns_total included (the official script leaves them out of total and stops with a KeyError in "
         "HasAns/NoAns)\n"
     )

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockbert.data.cache import build_file
+from blockbert.display import counted
 from blockbert.errors import ConfigError
 
 VERSION = 4  # of the generator: part of the cache keys, so that a changed generator never reads old corpora
@@ -102,7 +103,7 @@ class LongRangeSpec:
         total = self.total_blocks
         if len(self.distance) != total - 1 or any(w < 0 for w in self.distance) or not sum(self.distance):
             raise ConfigError(
-                f"data.longrange.distance={list(self.distance)} must give {total - 1} non-negative weight(s), "
+                f"data.longrange.distance={list(self.distance)} must give {counted(total - 1, 'non-negative weight')}, "
                 f"one per block distance 1..{total - 1} (segments x blocks = {total} blocks), not all zero"
             )
         if not self.total_blocks * 2 <= self.filler_words <= len(CONSONANTS) ** 2 * len(VOWELS) ** 2:

@@ -27,6 +27,7 @@ from blockbert.data.longrange import LongRangeSpec, check_tokenizer, reference_p
 from blockbert.data.sampler import ResumableData, StreamDataset, stream_seed
 from blockbert.data.sequences import pack_documents, sentence_pairs, tokenize_documents
 from blockbert.data.tokenizer import WORDPIECE_VERSION, load_tokenizer
+from blockbert.display import counted
 from blockbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,9 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         step = self.batch_size * self.world_size * self.accumulate  # sequences per optimizer step
         if len(self.train_set) < step:  # a step would see sequences twice (a pass holds whole steps: the sampler)
             raise ConfigError(
-                f"the corpus {describe_source(self.cfg)} gives {len(self.train_set)} training sequence(s), fewer than "
-                f"one optimizer step's batch of {step} (tokens_per_batch / data.max_seq_length): use a larger corpus "
-                "or a smaller tokens_per_batch"
+                f"the corpus {describe_source(self.cfg)} gives {counted(len(self.train_set), 'training sequence')}, "
+                f"fewer than one optimizer step's batch of {step} (tokens_per_batch / data.max_seq_length): use a "
+                "larger corpus or a smaller tokens_per_batch"
             )
         log.info(
             "pre-training data: %d train and %d validation sequences of at most N=%d tokens, filled to %s of N "
@@ -161,7 +162,7 @@ class PretrainDataModule(ResumableData, pl.LightningDataModule):
         documents = load_documents(self.cfg, self.cache_dir)
         if len(documents) < 2:
             raise ConfigError(
-                f"the corpus {describe_source(self.cfg)} has {len(documents)} non-empty document(s): "
+                f"the corpus {describe_source(self.cfg)} has {counted(len(documents), 'non-empty document')}: "
                 f"need at least 2 (for training and validation){_documents_hint(self.cfg)}"
             )
         n_val = max(1, round(len(documents) * self.cfg.validation_fraction))

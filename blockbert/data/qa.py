@@ -118,8 +118,8 @@ def read_qa_file(path: str | Path, fmt: str | None = None, choose: dict[str, str
         raise QADataError(f"{path}: no questions found")
     if dataset.mismatched_answers:
         log.warning(
-            "%s: %d answer(s) do not match the paragraph at their offset: fine-tuning does not train on them (scoring "
-            "compares answer texts, which they keep)",
+            "%s: answers that do not match the paragraph at their offset: %d (fine-tuning does not train on them; "
+            "scoring compares answer texts, which they keep)",
             path,
             dataset.mismatched_answers,
         )

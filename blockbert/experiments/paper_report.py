@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.display import console, pyplot
+from blockbert.display import console, counted, pyplot
 from blockbert.experiments.sweep_summary import is_number
 from blockbert.formats.compose import compose, config_groups
 from blockbert.formats.presets import other_heads, with_heads
@@ -276,7 +276,13 @@ def pretrain_source(init: str, run_dir: Path) -> Path | None:
 
 def trainer_hardware(trainer: dict) -> str:
     devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
-    count = "all devices" if devices in (-1, "auto") else f"{devices} device(s)"
+    count = (
+        "all devices"
+        if devices in (-1, "auto")
+        else counted(devices, "device")
+        if isinstance(devices, int)
+        else f"devices {devices}"
+    )
     nodes = f" on {nodes} nodes" if nodes and nodes > 1 else ""
     return f"{trainer.get('accelerator')}, {count}{nodes}, precision {trainer.get('precision')}"
 

@@ -47,7 +47,7 @@ def load_sweep(name: str) -> Sweep:
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     missing = [k for k in ("command", "parameters", "metric") if k not in raw]
     if missing:
-        raise ConfigError(f"{path}: missing field(s) {', '.join(missing)}")
+        raise ConfigError(f"{path}: missing {'field' if len(missing) == 1 else 'fields'} {', '.join(missing)}")
     if raw.get("mode", "min") not in ("min", "max"):
         raise ConfigError(f"{path}: mode={raw['mode']!r}: accepted are min, max")
     return Sweep(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from blockbert.display import counted
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import BlockBertConfig
 
@@ -334,7 +335,7 @@ class Card:
             return lines + ["```bash", self.command_line(overrides), "```"]
         commands = [f"# started\n{self.command_line(overrides)}"]
         commands += [f"# resumed ({k})\n{self.command_line(o)}" for k, o in enumerate(resumes, 1)]
-        intro = f"Started with the first command, then resumed {len(resumes)} time(s) in the same directory:"
+        intro = f"Started with the first command, then resumed {counted(len(resumes), 'time')} in the same directory:"
         return lines + [intro, "", "```bash", *commands, "```"]
 
     def command_line(self, overrides: list | None) -> str:

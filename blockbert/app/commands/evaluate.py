@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from blockbert.data.qa import FORMATS, QADataError, json_kind, load_json, read_qa_file, short
+from blockbert.display import counted
 from blockbert.errors import one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
@@ -54,14 +55,14 @@ def evaluate_files(
     unknown = [qid for qid in predictions if qid not in gold]
     if unknown:
         print(
-            f"{predictions_file}: {len(unknown)} prediction id(s) not in {data_file}, ignored as the official "
+            f"{predictions_file}: {counted(len(unknown), 'prediction id')} not in {data_file}, ignored as the official "
             f"scripts do (first: {short(unknown[0])})",
             file=sys.stderr,
         )
     missing = [qid for qid in gold if qid not in predictions]
     if missing:
         print(
-            f"{predictions_file}: {len(missing)} question(s) without a prediction (first: {short(missing[0])})"
+            f"{predictions_file}: {counted(len(missing), 'question')} without a prediction (first: {short(missing[0])})"
             f"{missing_rule(dataset.format, bool(na_prob_file), any(not gold[qid] for qid in missing))}",
             file=sys.stderr,
         )
@@ -72,8 +73,8 @@ def evaluate_files(
         missing_probs = [qid for qid in predictions if qid in gold and qid not in na_probs]
         if missing_probs:
             raise QADataError(
-                f"{na_prob_file}: no no-answer probability for {len(missing_probs)} predicted "
-                f"question(s) (first: {short(missing_probs[0])})"
+                f"{na_prob_file}: no no-answer probability for {counted(len(missing_probs), 'predicted question')} "
+                f"(first: {short(missing_probs[0])})"
             )
     return score_v2(gold, predictions, na_probs)
 
