@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
@@ -269,3 +270,42 @@ def test_mrqa_split_gold_files_rescore_to_the_run_metrics(blockbert, tmp_path):
         halves[split] = read_qa_file(gold).gold
         assert halves[split] == {qid: full_gold[qid] for qid in halves[split]} and halves[split]
     assert sorted(halves["dev"] | halves["test"]) == sorted(full_gold) and not halves["dev"].keys() & halves["test"]
+
+
+def squad_file(path, paragraphs: int, shift: int = 0):
+    """A SQuAD 1.1 file of ``paragraphs`` paragraphs, a question each; ``shift`` moves every answer_start."""
+    items = []
+    for i in range(paragraphs):
+        context = f"Paragraph {i} says the river runs through Paris."
+        qa = {"id": f"q{i}", "question": "Which city?", "answers": [{"text": "Paris", "answer_start": 0}]}
+        qa["answers"][0]["answer_start"] = context.index("Paris") + shift
+        items.append({"title": f"t{i}", "paragraphs": [{"context": context, "qas": [qa]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": items}))
+    return path
+
+
+def test_a_task_with_nothing_to_train_or_score_is_refused_before_training(tmp_path, blockbert):
+    """Before: a training file whose every answer missed its offset trained nothing and ended in a
+    ZeroDivisionError; a dev file of one paragraph split in two (task.split_dev) trained the whole run, then ended in
+    a TypeError with metrics.json saying finished."""
+    from blockbert.data.qa_datamodule import load_task
+    from blockbert.errors import ConfigError
+    from blockbert.formats.compose import compose
+
+    def task(train, dev, *more):
+        files = [f"task.train_file={train}", f"task.dev_file={dev}"]
+        return compose("finetune", ["task=squad11", *files, *more], finished=True).task
+
+    good, missed = squad_file(tmp_path / "train.json", 4), squad_file(tmp_path / "missed.json", 3, shift=1)
+    one = squad_file(tmp_path / "one.json", 1)
+    with pytest.raises(ConfigError, match=r"missed\.json: none of its 3 questions can be trained on: every answer"):
+        load_task(task(missed, good), tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"one\.json: 1 paragraph cannot be split into a dev and a test half"):
+        load_task(task(good, one, "task.split_dev=true"), tmp_path / "cache")
+    assert set(load_task(task(good, good, "task.split_dev=true"), tmp_path / "cache")) == {"train", "dev", "test"}
+    args = ["task=squad11", f"task.train_file={good}", f"task.dev_file={one}", "task.split_dev=true", "logger=csv"]
+    out = blockbert(tmp_path, "finetune", *args, check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("blockbert finetune: error: "), (
+        out.stderr[-3000:]
+    )
+    assert not list(tmp_path.glob("runs/finetune/*"))  # a refused new run leaves no run directory

@@ -72,8 +72,19 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
 
 
 def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
+    """The splits as a run reads them: the dev set split in two (task.split_dev), the questions kept
+    (task.max_*_samples); refused in one line before anything trains when a split would hold no question to score
+    or the training set none to train on (before: the whole run trained, then ended in a TypeError or a
+    ZeroDivisionError)."""
     if task_cfg.get("split_dev") and "test" not in data:
         data["dev"], data["test"] = split_dev_test(data["dev"])
+        if not (data["dev"].examples and data["test"].examples):
+            paragraphs = len({e.context for e in data["dev"].examples + data["test"].examples})
+            raise ConfigError(
+                f"{data['dev'].path.removesuffix('#dev')}: {counted(paragraphs, 'paragraph')} cannot be split into a "
+                "dev and a test half by paragraph (task.split_dev=true, MRQA's way): give a dev file with more "
+                "paragraphs, or task.split_dev=false"
+            )
     for key, splits in (("max_train_samples", ("train",)), ("max_eval_samples", ("dev", "test"))):
         count = task_cfg.get(key)
         if count is None:
@@ -82,6 +93,12 @@ def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:
             raise ConfigError(f"task.{key}={count!r} is not accepted: give null (every question) or an integer >= 1")
         for split in (s for s in splits if s in data):  # the first questions: the scores are over the kept ones
             data[split] = dataclasses.replace(data[split], examples=data[split].examples[:count])
+    if not any(map(_trainable, data["train"].examples)):
+        raise ConfigError(
+            f"{data['train'].path}: none of its {counted(len(data['train'].examples), 'question')} can be trained "
+            "on: every answer's text differs from its paragraph at its answer_start (check the offsets: they count "
+            "characters of the context, from 0)"
+        )
     for split, d in data.items():
         log.info(
             "%s: %s from %s (answers not matching their offsets: %d)",
