@@ -42,6 +42,7 @@ app = typer.Typer(
     "data.max_seq_length=1024`.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h: the command's help, not Hydra's
 )
 
 # bash ends a completed word with a space: not a `key=` (`data.max_se<TAB>` -> `data.max_seq_length=`), whose value

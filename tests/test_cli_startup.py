@@ -175,3 +175,15 @@ def test_blockbert_alone_shows_the_help(monkeypatch, capsys):
         cli.main()
     shown = capsys.readouterr()
     assert stop.value.code == 2 and "pretrain" in shown.out + shown.err and "error" not in shown.out + shown.err
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_dash_h_is_the_commands_help(command, monkeypatch, capsys):
+    """Before: `finetune -h` showed Hydra's help (groups finetune refuses, "powered by Hydra"), `evaluate -h` was
+    refused as no such option."""
+    monkeypatch.setattr(sys, "argv", ["blockbert", command, "-h"])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    shown = capsys.readouterr().out
+    assert stop.value.code == 0 and f"Usage: blockbert {command} [OPTIONS]" in shown and "Hydra (" not in shown
