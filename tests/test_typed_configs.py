@@ -310,3 +310,19 @@ def test_generated_people_takes_two_counts_within_the_names(tmp_path, monkeypatc
     result = CliRunner().invoke(cli.app, ["finetune", f"task.generated_people={people}", "--cfg", "job"])
     assert result.exit_code == 2, result.output
     assert "give [fewest, most] persons per paragraph, each 1 to 23" in result.output.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "message"),
+    [
+        ("finetune", "data=text_files", "data=text_files: blockbert finetune has no config group data (fine-tuning "),
+        ("pretrain", "task=squad11", "task=squad11: blockbert pretrain has no config group task (a QA task is "),
+        ("benchmark", "data=x", "data=x: blockbert benchmark has no config group data: its groups are paths, size, "),
+    ],
+)
+def test_a_group_the_command_does_not_have_is_refused_naming_its_groups(command, override, message):
+    """Before: Hydra's "Could not override 'data'. No match in the defaults list", advising +data=..., which
+    composes a section the command then refuses."""
+    with pytest.raises(ConfigError) as refused:
+        compose(command, [override])
+    assert str(refused.value).startswith(message) and f"`blockbert {command} --help` lists" in str(refused.value)

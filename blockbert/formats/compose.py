@@ -90,6 +90,8 @@ def _load(load, config_name: str | None, overrides: list[str]):
         try:
             cfg = load(overrides)
         except ConfigCompositionException as err:
+            if config_name in SCHEMAS and "No match in the defaults list" in str(err):
+                raise _not_a_group(config_name, str(err), overrides) from None
             cause = err.__cause__
             key = str(getattr(cause, "full_key", ""))
             if (
@@ -113,6 +115,26 @@ def _load(load, config_name: str | None, overrides: list[str]):
             with open_dict(cfg.hydra.overrides):
                 cfg.hydra.overrides.task = given  # .hydra/overrides.yaml as the user gave them
         return cfg
+
+
+# where a group that belongs to the other training command sends the user
+OTHER_COMMANDS_GROUP = {
+    ("finetune", "data"): "fine-tuning reads its QA data from task=..., with task.train_file and task.dev_file",
+    ("pretrain", "task"): "a QA task is fine-tuning's: blockbert finetune task=...",
+}
+
+
+def _not_a_group(config_name: str, message: str, overrides: list[str]) -> ConfigError:
+    """``group=option`` for a group the command's defaults list lacks (``finetune data=text_files``): Hydra says
+    "Could not override 'data'" and advises ``+data=...``, which composes a section the command then refuses."""
+    group = message.partition("Could not override '")[2].partition("'")[0]
+    given = next((o for o in overrides if override_key(o.lstrip("~")) == group), group)
+    groups = ", ".join(config_groups(config_name))
+    hint = OTHER_COMMANDS_GROUP.get((config_name, group))
+    return ConfigError(
+        f"{given}: blockbert {config_name} has no config group {group}" + (f" ({hint})" if hint else "")
+        + f": its groups are {groups} (`blockbert {config_name} --help` lists their options)"
+    )  # fmt: skip
 
 
 def _options_holding(key: str) -> list[str]:
