@@ -637,3 +637,26 @@ def test_a_resume_from_a_checkpoint_file_keeps_its_optimizer_settings(run, block
     assert not (tmp_path / "other").exists()
     out = run(tmp_path, *args)  # its own values: it resumes
     assert resumed_step(out.stdout + out.stderr) == 4 and metrics(tmp_path / "other")["step"] == 6
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_directory(blockbert, tmp_path):
+    """Before: a run started with data.files=corpus.txt was refused from any other directory, with the absolute path
+    too ("data.files='/abs/corpus.txt' (the run has 'corpus.txt')"). A path naming the same file is the same data; the
+    refusal of another file names the setting the user typed first, with null for an unset value."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    for directory in (first, elsewhere):
+        directory.mkdir()
+    words = "the river runs past the old mill and the children watch the boats go by".split()
+    documents = [" ".join(words[i % 7 :] + words[: i % 7]) * 3 for i in range(60)]
+    (first / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    run_dir = tmp_path / "run"
+    args = [*PRETRAIN, "data=text_files", "logger=csv", f"hydra.run.dir={run_dir}"]
+    blockbert(first, "pretrain", *args, "data.files=corpus.txt", "trainer.max_steps=2")
+    out = blockbert(elsewhere, "pretrain", *args, f"data.files={first / 'corpus.txt'}", "trainer.max_steps=4")
+    assert resumed_step(out.stdout + out.stderr) == 2 and metrics(run_dir)["step"] == 4
+    out = blockbert(first, "pretrain", *args, "data.files=./corpus.txt", "trainer.max_steps=6")
+    assert resumed_step(out.stdout + out.stderr) == 4 and metrics(run_dir)["step"] == 6
+    (elsewhere / "corpus.txt").write_text((first / "corpus.txt").read_text())  # another file, the same text
+    out = blockbert(elsewhere, "pretrain", *args, "data.files=corpus.txt", "trainer.max_steps=8", check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"with data.files='corpus.txt' (the run has 'corpus.txt'): a resume continues" in out.stderr

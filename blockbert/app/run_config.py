@@ -5,7 +5,9 @@ itself is decided while it is composed (:mod:`blockbert.formats.compose`), befor
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,10 +148,12 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
         return
     started = _leaves(OmegaConf.create(run.started_config() or {}), resolve=False)
     now = _leaves(cfg, resolve=False)
+    launched = run.launch_directory()
+    keys = sorted(started.keys() & now.keys(), key=lambda key: (not given_on_command_line(key), key))  # typed first
     changed = [
-        f"{key}={now.get(key)!r} (the run has {started[key]!r})"
-        for key in sorted(started.keys() & now.keys())
-        if started[key] != now[key] and _kept(key) and not _kept(key, RESUME_MAY_CHANGE)
+        f"{key}={_as_yaml(now[key])} (the run has {_as_yaml(started[key])})"
+        for key in keys
+        if _kept(key) and not _kept(key, RESUME_MAY_CHANGE) and _changed(key, started[key], now[key], launched)
     ]
     if changed:
         more = " ..." if changed[3:] else ""
@@ -157,6 +161,37 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
             f"resuming {run.path} with {', '.join(changed[:3])}{more}: a resume continues the run as it was started; "
             "give the run's values, or a new hydra.run.dir for a new run"
         )
+
+
+# settings that name files or directories: relative ones are relative to where the command runs
+PATH_SETTINGS = ("data.files", "task.train_file", "model.init_from", "init_from")
+
+
+def _changed(key: str, started, now, launched: Path) -> bool:
+    """Whether a resume's setting differs from the run's. A path setting (:data:`PATH_SETTINGS`) compares the places
+    named when they are there, the run's relative ones taken from where it was started (``launched``):
+    ``/abs/data/train.json`` and ``./data/train.json`` name the run's ``data/train.json`` (before: refused, so a run
+    started with relative paths resumed only from its first directory), and ``data/train.json`` given elsewhere names
+    another file; names of nothing on this machine (a hub model's) compare as they are written."""
+
+    def place(value, base: Path):  # a name that is no local path (a hub model's) stays the name
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            return value
+        paths = [os.path.normpath(base / os.path.expanduser(v)) for v in values]
+        return paths if all(glob.glob(path) for path in paths) else values
+
+    if key not in PATH_SETTINGS:
+        return started != now
+    from hydra.core.hydra_config import HydraConfig
+
+    here = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+    return place(started, launched) != place(now, here)
+
+
+def _as_yaml(value) -> str:
+    """A setting's value as the user writes it in an override or YAML (``null``, not None)."""
+    return "null" if value is None else repr(value)
 
 
 def check_checkpoint_optimizer(cfg: DictConfig) -> None:
