@@ -659,4 +659,4 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(blockb
     (elsewhere / "corpus.txt").write_text((first / "corpus.txt").read_text())  # another file, the same text
     out = blockbert(elsewhere, "pretrain", *args, "data.files=corpus.txt", "trainer.max_steps=8", check=False)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert f"with data.files='corpus.txt' (the run has 'corpus.txt'): a resume continues" in out.stderr
+    assert "with data.files='corpus.txt' (the run has 'corpus.txt'): a resume continues" in out.stderr
