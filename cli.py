@@ -396,7 +396,9 @@ def plan(
 
 @app.command()
 def evaluate(
-    data_file: str = typer.Argument(..., metavar="DATA_FILE", help="Gold data: SQuAD JSON or MRQA .jsonl/.jsonl.gz."),
+    data_file: str = typer.Argument(
+        ..., metavar="DATA_FILE", help="Gold data: SQuAD JSON (.json, .json.gz) or MRQA .jsonl/.jsonl.gz."
+    ),
     predictions_file: str = typer.Argument(
         ..., metavar="PREDICTIONS_FILE", help="Predictions: JSON {question id: answer text}."
     ),

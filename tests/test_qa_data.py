@@ -80,7 +80,7 @@ SQUAD_ONE_ANSWER = json.dumps(
         ),
         (
             SQUAD_ONE_ANSWER.replace('"answer_start": 0', '"answer_start": true'),
-            "field 'answer_start' should be an integer, not a boolean True",
+            "field 'answer_start' should be an integer, not a boolean true",  # JSON's word, not Python's
         ),
         (
             json.dumps({"data": {"paragraphs": []}}),
@@ -444,4 +444,160 @@ def test_evaluate_says_what_happens_to_missing_predictions(tmp_path, capsys):
         f"{preds}: 1 question without a prediction (first: 'h2'); left out of every score, HasAns_total and "
         "NoAns_total included (the official script leaves them out of total and stops with a KeyError in "
         "HasAns/NoAns)\n"
+    )
+
+
+ANSWERED = {"id": "h", "question": "?", "answers": [{"text": "abc", "answer_start": 0}]}
+UNANSWERED = {"id": "n", "question": "?", "answers": []}
+
+
+@pytest.mark.parametrize(
+    "qa,said",
+    [
+        (
+            ANSWERED | {"is_impossible": "false"},
+            "question 'h': field 'is_impossible' should be a boolean (true or false), not a string 'false'",
+        ),
+        (UNANSWERED | {"is_impossible": 1}, "question 'n': field 'is_impossible' should be a boolean"),
+        (
+            UNANSWERED | {"is_impossible": None},
+            "question 'n': field 'is_impossible' should be a boolean (true or false), not null",
+        ),
+        (
+            ANSWERED | {"is_impossible": True},
+            "question 'h': 'is_impossible' is true (no answer) but 'answers' is not empty: the file contradicts",
+        ),
+        (UNANSWERED | {"is_impossible": False}, "question 'n': 'is_impossible' is false but 'answers' is empty"),
+    ],
+)
+def test_is_impossible_is_a_boolean_agreeing_with_the_answers(tmp_path, qa, said):
+    """The string "false" made answerable questions unanswerable (a non-empty string is true), in training and in
+    `blockbert evaluate`; the official v2.0 scorer goes by 'answers' alone."""
+    path = squad_file(tmp_path, [{"context": "abc", "qas": [qa]}], version="2.0")
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path)
+    assert str(info.value).startswith(f"{path}: {said}") and "\n" not in str(info.value)
+
+
+def test_is_impossible_agreeing_or_absent_reads_the_answers(tmp_path):
+    qas = [ANSWERED | {"is_impossible": False}, UNANSWERED | {"is_impossible": True}, ANSWERED | {"id": "h2"}]
+    data = read_qa_file(squad_file(tmp_path, [{"context": "abc", "qas": qas}], version="2.0"))
+    assert data.gold == {"h": ["abc"], "n": [], "h2": ["abc"]} and data.examples[0].spans == [(0, 3)]
+
+
+def squad_text(version="1.1", qas=(ANSWERED,)) -> str:
+    return json.dumps({"version": version, "data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": qas}]}]})
+
+
+@pytest.mark.parametrize("name", ["train.json.gz", "train.json", "train.gz"])
+@pytest.mark.parametrize("fmt", [None, "squad1"])
+def test_gzipped_squad_json_is_read(tmp_path, name, fmt):
+    """A gzipped SQuAD file said "not UTF-8 text (byte 0x8b)" under task=squad11, and under task=mrqa "looks like SQuAD
+    JSON: give task=squad11" (a loop). Gzip is told by its magic bytes (train.json) or its name."""
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(squad_text().encode()))
+    if fmt is None and name == "train.gz":  # a .gz name but .json.gz is taken for MRQA lines: told what to give
+        with pytest.raises(QADataError, match="looks like SQuAD JSON .* give task=squad11$"):
+            read_qa_file(path, fmt)
+        return
+    data = read_qa_file(path, fmt)
+    assert data.format == "squad1" and data.gold == {"h": ["abc"]} and data.examples[0].spans == [(0, 3)]
+
+
+def test_gzipped_squad_files_fine_tune(tmp_path):
+    """The files of `blockbert finetune task=squad11 task.train_file=train.json.gz ...` are read."""
+    from blockbert.data.qa_datamodule import load_task
+    from blockbert.formats.compose import compose
+
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.json.gz").write_bytes(gzip.compress(squad_text().encode()))
+    overrides = ["task=squad11", f"task.train_file={tmp_path}/train.json.gz", f"task.dev_file={tmp_path}/dev.json.gz"]
+    data = load_task(compose("finetune", overrides, finished=True).task, tmp_path / "cache")
+    assert {split: d.gold for split, d in data.items()} == {"train": {"h": ["abc"]}, "dev": {"h": ["abc"]}}
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("fmt", [None, "squad1", "mrqa"])
+def test_utf8_files_with_a_byte_order_mark_are_read(tmp_path, gz, fmt):
+    """A BOM said "malformed JSON at line 1, column 1: Unexpected UTF-8 BOM (decode using utf-8-sig)"."""
+    mrqa = fmt == "mrqa"
+    text = (mrqa_file(tmp_path, "plain.jsonl").read_text() if mrqa else squad_text()).encode("utf-8-sig")
+    path = tmp_path / ("dev.jsonl" if mrqa else "dev.json")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    data = read_qa_file(path, fmt)
+    assert len(data.examples) == (8 if mrqa else 1) and data.mismatched_answers == 0
+
+
+@pytest.mark.parametrize("content,said", [("", "is empty"), (" \n", "is empty (only whitespace)")])
+@pytest.mark.parametrize("fmt", [None, "squad1", "squad2"])
+def test_an_empty_file_is_said_to_be_empty(tmp_path, content, said, fmt):
+    """It said "malformed JSON at line 1, column 1: Expecting value"."""
+    path = tmp_path / "dev.json"
+    path.write_text(content)
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path, fmt)
+    assert str(info.value) == (
+        f"{path} {said}: expected SQuAD JSON (an object with a 'data' list of articles) or MRQA JSON lines "
+        "(an object per line)"
+    )
+
+
+@pytest.mark.parametrize("name", ["bad_latin1.json", "bad_latin1.json.gz", "bad_latin1.jsonl"])
+def test_a_file_that_is_not_utf8_says_where_and_how_to_convert_it(tmp_path, name):
+    """It said "is not UTF-8 text (byte 0xe9)", with no offset nor hint (the pre-training corpus's says both)."""
+    text = (squad_text() if ".jsonl" not in name else mrqa_file(tmp_path).read_text()).replace("abc", "abé")
+    text = text.replace("Paris", "Pärïs")
+    at = len(text.split("é" if ".jsonl" not in name else "ä")[0].encode())
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode("latin1")) if name.endswith(".gz") else text.encode("latin1"))
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path)
+    decompressed = " of its decompressed bytes" if name.endswith(".gz") else ""
+    assert str(info.value) == (
+        f"{path} is not UTF-8 text (byte {0xE9 if '.jsonl' not in name else 0xE4:#04x} at offset {at}{decompressed}): "
+        "QA files are UTF-8 JSON or JSON lines; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def test_a_not_utf8_byte_past_the_first_chunk_has_its_file_offset(tmp_path):
+    """The reader decodes in chunks (the error's own position is within one): the offset is the file's."""
+    text = squad_text().replace("abc", "abc" + "x" * 3_000_000 + "é")
+    path = tmp_path / "big.json"
+    path.write_bytes(text.encode("latin1"))
+    with pytest.raises(QADataError, match=rf"byte 0xe9 at offset {text.index('é')}\)"):
+        read_qa_file(path)
+
+
+@pytest.mark.parametrize("fmt", ["squad2", "mrqa"])
+def test_a_question_id_used_twice_is_refused_in_a_scored_file(tmp_path, fmt):
+    """The second question of an id replaced the first in the gold answers and the predictions (the run logged 120
+    questions, predictions.json held 119) while the official scripts count both: the scores differed."""
+    if fmt == "mrqa":
+        path = mrqa_file(tmp_path)
+        path.write_text(path.read_text().replace('"q2-1"', '"q0-1"'))  # the 6th question takes the 2nd's id
+        qid, positions = "q0-1", (2, 6)
+    else:
+        qas = [ANSWERED, UNANSWERED, ANSWERED | {"question": "again?"}]
+        path, qid, positions = squad_file(tmp_path, [{"context": "abc", "qas": qas}], version="2.0"), "h", (1, 3)
+    with pytest.raises(QADataError) as info:
+        read_qa_file(path)
+    assert str(info.value) == (
+        f"{path}: question id {qid!r} is used twice (questions {positions[0]} and {positions[1]} of the file): each "
+        "question of a scored file needs its own id (predictions and scores are keyed by id)"
+    )
+    training = read_qa_file(path, unique_ids=False)  # ours: a training file may repeat ids (nothing keys on them)
+    assert len(training.examples) == (8 if fmt == "mrqa" else 3)
+
+
+def test_task_files_show_an_unset_file_as_null():
+    """It said "got train_file='data/train11.json', dev_file=None": Python's word, where the YAML says null."""
+    from omegaconf import OmegaConf
+
+    from blockbert.data.qa import task_files
+
+    task = OmegaConf.create({"name": "squad11", "train_file": "data/train11.json", "dev_file": None})
+    with pytest.raises(ConfigError) as info:
+        task_files(task)
+    assert str(info.value) == (
+        "task squad11: give both task.train_file and task.dev_file (got train_file='data/train11.json', dev_file=null)"
     )

@@ -209,7 +209,17 @@ def mrqa_gz(path, questions=2000):
             ],
         }
     )
-    path.write_bytes(gzip.compress(("\n".join([json.dumps({"header": {}})] + [line] * questions) + "\n").encode()))
+    path.write_bytes(
+        gzip.compress(
+            (
+                "\n".join(
+                    [json.dumps({"header": {}})]
+                    + [line.replace('"qid": "q"', f'"qid": "q{i}"') for i in range(questions)]
+                )
+                + "\n"
+            ).encode()
+        )
+    )
     return path
 
 
@@ -222,7 +232,7 @@ def test_corrupt_and_truncated_mrqa_gz_files_are_named(tmp_path):
     for name, says in (
         ("plain", "cannot be decompressed: it is corrupt or truncated .Not a gzipped file"),
         ("cut", "cannot be decompressed: it is corrupt or truncated .Compressed file ended"),
-        ("binary", r"is not UTF-8 text \(byte 0xff\)"),
+        ("binary", r"is not UTF-8 text \(byte 0xff at offset 0 of its decompressed bytes\)"),
     ):
         with pytest.raises(QADataError, match=f"{name}.jsonl.gz {says}"):
             read_qa_file(tmp_path / f"{name}.jsonl.gz")

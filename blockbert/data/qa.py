@@ -1,4 +1,4 @@
-"""Extractive QA examples from SQuAD 1.1/2.0 JSON or MRQA JSONL(.gz), validated item by item.
+"""Extractive QA examples from SQuAD 1.1/2.0 JSON(.gz) or MRQA JSONL(.gz), validated item by item.
 
 A malformed file (bad JSON, a missing field) stops with a one-line error naming the file and the
 item. An answer whose text does not match the paragraph at its offset is counted and reported,
@@ -7,6 +7,7 @@ and the answer is dropped from training (the example stays for evaluation).
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import hashlib
@@ -54,10 +55,10 @@ class QADataset:
 
 
 def detect_format(path: str | Path) -> str:
-    """``mrqa`` for .jsonl/.jsonl.gz (or JSON lines starting as MRQA's under another name), else ``squad2`` if the
-    file's version says 2.x, else ``squad1``."""
+    """``mrqa`` for .jsonl/.jsonl.gz or another .gz but .json.gz (or JSON lines starting as MRQA's under another
+    name), else ``squad2`` if the file's version says 2.x, else ``squad1``."""
     name = str(path)
-    if name.endswith((".jsonl", ".jsonl.gz", ".gz")):
+    if name.endswith((".jsonl", ".jsonl.gz")) or (name.endswith(".gz") and not name.endswith(".json.gz")):
         return "mrqa"
     try:
         return squad_version(load_json(Path(path)))
@@ -89,7 +90,7 @@ def task_files(task_cfg) -> dict[str, str] | None:
     if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
         raise ConfigError(
             f"task {task_cfg.name}: give both task.train_file and task.dev_file "
-            f"(got train_file={task_cfg.get('train_file')!r}, dev_file={task_cfg.get('dev_file')!r})"
+            f"(got train_file={_setting(task_cfg.get('train_file'))}, dev_file={_setting(task_cfg.get('dev_file'))})"
         )
     files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
     if task_cfg.get("test_file"):
@@ -101,19 +102,40 @@ def task_files(task_cfg) -> dict[str, str] | None:
     return files
 
 
-def read_qa_file(path: str | Path, fmt: str | None = None, choose: dict[str, str] = TASK_OF_FORMAT) -> QADataset:
+def _setting(value) -> str:
+    """A setting's value as the YAML or command line user writes it: null, not Python's None."""
+    return "null" if value is None else repr(value)
+
+
+def read_qa_file(
+    path: str | Path, fmt: str | None = None, choose: dict[str, str] = TASK_OF_FORMAT, unique_ids: bool = True
+) -> QADataset:
     """The file's questions in format ``fmt`` (detected if None); a file in another format is refused in one line
-    that says which setting in ``choose`` ({format: what the user gives}) reads it."""
+    that says which setting in ``choose`` ({format: what the user gives}) reads it.
+
+    With ``unique_ids`` a question id used twice is refused in one line: a scored file's predictions and scores are
+    keyed by id (the official scripts count both questions, a dict of ours kept one). Our choice: a training file
+    (``unique_ids=False``) may repeat ids, as training keys nothing by id (windows point to their question by its
+    index in the file)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"QA data file {str(path)!r} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"QA data file {str(path)!r} {what}")
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise QADataError(f"format={fmt!r} is unknown: accepted are {', '.join(FORMATS)}")
     reader = _read_mrqa if fmt == "mrqa" else _read_squad
     dataset = QADataset(str(path), fmt, [])
+    first_of = {}  # question id -> its (1-based) position in the file
     for example in reader(path, dataset, choose):
         dataset.examples.append(example)
+        first = first_of.setdefault(example.qid, len(dataset.examples))
+        if unique_ids and first != len(dataset.examples):
+            raise QADataError(
+                f"{path}: question id {short(example.qid)} is used twice (questions {first} and "
+                f"{len(dataset.examples)} of the file): each question of a scored file needs its own id "
+                "(predictions and scores are keyed by id)"
+            )
     if not dataset.examples:
         raise QADataError(f"{path}: no questions found")
     if dataset.mismatched_answers:
@@ -126,17 +148,65 @@ def read_qa_file(path: str | Path, fmt: str | None = None, choose: dict[str, str
     return dataset
 
 
-def load_json(path: Path):
+GZIP_MAGIC = b"\x1f\x8b"
+SQUAD_OR_MRQA = "SQuAD JSON (an object with a 'data' list of articles) or MRQA JSON lines (an object per line)"
+
+
+def open_qa(path: Path, mode: str = "rt"):
+    """The one place QA files (and `blockbert evaluate`'s JSON files) are opened: gzipped ones (gzip's magic bytes
+    or a .gz name) decompressed, text as UTF-8 with a byte order mark, if any, skipped (utf-8-sig)."""
+    opener = gzip.open if _gzipped(path) or path.suffix == ".gz" else open
+    return opener(path, mode, encoding="utf-8-sig") if "t" in mode else opener(path, mode)
+
+
+def load_json(path: Path, expected: str = SQUAD_OR_MRQA):
+    """The file's JSON value; an empty file, one that is not UTF-8 or not JSON is refused in one line (``expected``:
+    what the file should hold, for an empty one)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open_qa(path) as file:
+            text = file.read()
     except UnicodeDecodeError as err:
         raise QADataError(not_utf8(path, err)) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
+        raise QADataError(not_decompressed(path, err)) from None
+    if not text.strip():  # json said "malformed JSON at line 1, column 1: Expecting value"
+        raise QADataError(f"{path} is empty{' (only whitespace)' if text else ''}: expected {expected}")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise QADataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
 def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
-    return f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x}): QA files are UTF-8 JSON or JSON lines"
+    """The pre-training corpus's words (data/corpus.py) for a file that is not UTF-8: the first bad byte and its
+    offset (in the decompressed bytes of a gzipped file), and how to convert it."""
+    byte, at = err.object[err.start], None
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open_qa(path, "rb") as file:  # the error's start is within a chunk the reader decoded: find the offset
+        while at is None:
+            chunk = file.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as found:
+                byte, at = found.object[found.start], offset - (len(found.object) - len(chunk)) + found.start
+            if not chunk:
+                break
+            offset += len(chunk)
+    where = "" if at is None else f" at offset {at}" + (" of its decompressed bytes" if _gzipped(path) else "")
+    return (
+        f"{path} is not UTF-8 text (byte {byte:#04x}{where}): QA files are UTF-8 JSON or JSON lines; "
+        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def _gzipped(path: Path) -> bool:
+    """Whether the file starts with gzip's magic bytes, whatever its name."""
+    with open(path, "rb") as file:
+        return file.read(2) == GZIP_MAGIC
+
+
+def not_decompressed(path: Path, err: Exception) -> str:
+    return f"{path} cannot be decompressed: it is corrupt or truncated ({err})"
 
 
 JSON_KINDS = {
@@ -155,9 +225,15 @@ def json_kind(value) -> str:
 
 
 def short(value, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: values quoted from a file can be megabytes."""
-    text = repr(value)
+    """``repr(value)``, cut to ``limit`` characters: values quoted from a file can be megabytes; None and booleans
+    as JSON and YAML spell them (null, true, false), the words of the file quoted."""
+    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def kind_and_value(value) -> str:
+    """What a value is and the value ("a string '17'"), or "null"."""
+    return "null" if value is None else f"{json_kind(value)} {short(value)}"
 
 
 def _field(item: dict, key: str, path: Path, where: str, kind=None):
@@ -167,7 +243,7 @@ def _field(item: dict, key: str, path: Path, where: str, kind=None):
     value = item[key]
     if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
         wanted = "an integer" if kind is int else JSON_KINDS[kind]
-        raise QADataError(f"{path}: {where}: field {key!r} should be {wanted}, not {json_kind(value)} {short(value)}")
+        raise QADataError(f"{path}: {where}: field {key!r} should be {wanted}, not {kind_and_value(value)}")
     return value
 
 
@@ -193,6 +269,10 @@ def _verified_spans(dataset: QADataset, context: str, candidates, path: Path, wh
 
 
 def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
+    """A question has an answer when its ``answers`` list is not empty, as the official v2.0 evaluation script
+    decides. Our choice: ``is_impossible``, where given, must be a JSON boolean and agree with ``answers`` (true with
+    answers, or false without, is refused): the official scorer and our training would read such a file apart, and
+    "false" (a string) made answerable questions unanswerable."""
     data = _squad_json(path, choose)
     for a, article in enumerate(_field(data, "data", path, "the top-level object", list)):
         for p, paragraph in enumerate(_field(article, "paragraphs", path, f"article {a}", list)):
@@ -203,8 +283,8 @@ def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
                 where = f"question {short(qid)}"
                 question = _field(qa, "question", path, where, str)
                 answers = _field(qa, "answers", path, where, list)
-                if qa.get("is_impossible"):
-                    answers = []
+                if "is_impossible" in qa:
+                    _check_impossible(qa["is_impossible"], answers, path, where)
                 texts = [_field(answer, "text", path, where, str) for answer in answers]
                 starts = [_field(answer, "answer_start", path, where, int) for answer in answers]
                 spans = _verified_spans(
@@ -216,6 +296,21 @@ def _read_squad(path: Path, dataset: QADataset, choose: dict[str, str]):
                         f"give {choose['squad2']}"
                     )
                 yield QAExample(qid, question, context, texts, spans)
+
+
+def _check_impossible(impossible, answers: list, path: Path, where: str) -> None:
+    """``is_impossible`` must be a boolean that agrees with the answers (see :func:`_read_squad`)."""
+    if not isinstance(impossible, bool):
+        raise QADataError(
+            f"{path}: {where}: field 'is_impossible' should be a boolean (true or false), "
+            f"not {kind_and_value(impossible)}"
+        )
+    if impossible == bool(answers):
+        said = "true (no answer) but 'answers' is not empty" if impossible else "false but 'answers' is empty"
+        raise QADataError(
+            f"{path}: {where}: 'is_impossible' is {said}: the file contradicts itself (the official scorer goes by "
+            "'answers', and so do we): make them agree"
+        )
 
 
 def _squad_json(path: Path, choose: dict[str, str]) -> dict:
@@ -243,9 +338,8 @@ def _squad_json(path: Path, choose: dict[str, str]) -> dict:
 
 def _starts_as_mrqa(path: Path) -> bool:
     """Whether the file's first line is an MRQA header or paragraph (read alone: the file may be gzipped)."""
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as lines:
+        with open_qa(path) as lines:
             first = next((line for line in lines if line.strip()), "")
         return _is_mrqa_line(json.loads(first))
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
@@ -258,9 +352,8 @@ def _is_mrqa_line(item) -> bool:
 
 def _squad_format(path: Path) -> str | None:
     """``squad1`` or ``squad2`` if the whole file is SQuAD JSON (a dict with a 'data' list), else None."""
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as file:
+        with open_qa(path) as file:
             data = json.load(file)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
         return None
@@ -278,14 +371,13 @@ def _read_mrqa(path: Path, dataset: QADataset, choose: dict[str, str]):
             f"{path} looks like SQuAD JSON (a dict with 'data'), not MRQA JSON lines: give {choose[fmt]}"
         ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # not gzip data, truncated, damaged
-        raise QADataError(f"{path} cannot be decompressed: it is corrupt or truncated ({err})") from None
+        raise QADataError(not_decompressed(path, err)) from None
     except UnicodeDecodeError as err:
         raise QADataError(not_utf8(path, err)) from None
 
 
 def _mrqa_examples(path: Path, dataset: QADataset):
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
+    with open_qa(path) as lines:
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue

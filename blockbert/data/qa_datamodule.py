@@ -68,7 +68,8 @@ def load_task(task_cfg, cache_dir: Path) -> dict[str, QADataset]:
             for split, hub_split in (("train", task_cfg.hub_train_split), ("dev", task_cfg.hub_dev_split))
         }
         return _finish(task_cfg, data)
-    return _finish(task_cfg, {split: read_qa_file(path, task_cfg.format) for split, path in files.items()})
+    read = {split: read_qa_file(path, task_cfg.format, unique_ids=split != "train") for split, path in files.items()}
+    return _finish(task_cfg, read)
 
 
 def _finish(task_cfg, data: dict[str, QADataset]) -> dict[str, QADataset]:

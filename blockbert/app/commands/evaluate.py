@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,13 +12,33 @@ from blockbert.display import counted
 from blockbert.errors import one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
+# what each file `blockbert evaluate` reads besides the data holds, and the file a finetune run writes it to
+MAPPINGS = {
+    "predictions": ("a JSON object {question id: answer text}", "predictions.json"),
+    "no-answer probability": ("a JSON object {question id: no-answer probability}", "null_odds.json"),
+}
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
 
 def load_mapping(path: str, name: str, kind: type | tuple) -> dict:
     """A JSON object {question id: value of ``kind``}; a bad file or value is one line naming it."""
     file = Path(path).expanduser()
+    expected, written = MAPPINGS[name]
+    if file.is_dir():  # said "does not exist"
+        inside = next((f for f in (file / "dev" / written, file / written) if f.is_file()), None)
+        hint = f": give a file in it, such as {inside}" if inside else f": give a file holding {expected}"
+        raise IsADirectoryError(f"{name} file {path!r} is a directory, not a file{hint}")
     if not file.is_file():
         raise FileNotFoundError(f"{name} file {path!r} does not exist")
-    data = load_json(file)
+    try:
+        data = load_json(file, expected)
+    except QADataError:
+        if is_checkpoint(file):  # said "is not UTF-8 text (byte 0x80): QA files are UTF-8 JSON or JSON lines"
+            raise QADataError(
+                f"{path} is a model checkpoint, not a {name} file: evaluate scores {expected}, such as a finetune "
+                f"run's dev/{written}"
+            ) from None
+        raise
     if not isinstance(data, dict):
         raise QADataError(f"{path}: expected a JSON object {{question id: value}}, not {json_kind(data)}")
     if isinstance(data.get("data"), list):
@@ -104,6 +125,26 @@ def first_ids(predictions: dict, gold: dict) -> str:
     return f"first prediction id {short(next(iter(predictions)))}, first question id {short(next(iter(gold)))}"
 
 
+def is_checkpoint(file: Path) -> bool:
+    """A model file by its name or its start (a zip, torch.save's format, or a pickle)."""
+    with open(file, "rb") as opened:
+        start = opened.read(4)
+    return file.suffix in CHECKPOINT_SUFFIXES or start == b"PK\x03\x04" or start[:1] == b"\x80"
+
+
+SIGPIPE_EXIT_CODE = 141  # 128 + SIGPIPE: what the shell reports for `cat` whose reader closed the pipe
+
+
 @one_line_errors("evaluate")
-def run_evaluate(data_file, predictions_file, na_prob_file, fmt) -> None:
-    print(json.dumps(evaluate_files(data_file, predictions_file, na_prob_file, fmt), indent=2))
+def run_evaluate(data_file, predictions_file, na_prob_file, fmt) -> int:
+    """Print the scores; a reader that closed stdout (`| head -4`) ends it quietly with exit code 141, as `cat`
+    ends, by Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe): it said "[Errno 32] Broken
+    pipe", exit code 1."""
+    scores = evaluate_files(data_file, predictions_file, na_prob_file, fmt)
+    try:
+        print(json.dumps(scores, indent=2))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's own flush at exit is quiet
+        return SIGPIPE_EXIT_CODE
+    return 0
