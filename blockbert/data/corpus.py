@@ -8,6 +8,7 @@ import gzip
 import json
 import random
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +23,18 @@ COMPRESSED = ".gz"  # text, JSON and JSONL files may be gzipped (corpus.txt.gz):
 # what separates the paragraphs of data.documents=paragraph: part of the cache keys of what is built from them
 PARAGRAPH_SEPARATOR = "blank or whitespace-only lines"
 SOURCES = ("generated", "longrange", "files", "hub")
+# the Arrow types of a column of text: strings, or no value in any row (null is no text: such a row is left out)
+TEXT_DTYPES = ("string", "large_string", "null")
+FIRST_ROW_BYTES = 1 << 20  # the most of a JSON corpus's first line check_corpus reads (one JSON document: none of it)
 
 
 def check_corpus(data_cfg) -> None:
     """One-line errors for pre-training data settings that would otherwise fail deep inside ``datasets``, and for a
     corpus that is not there (no file matches ``data.files``) or cannot be generated (``data.longrange.*``): a run
-    checks them before anything else (the memory check's fit takes seconds)."""
+    checks them before anything else (the memory check's fit takes seconds). Of the corpus's text it reads only
+    what is cheap whatever its size: the start of each small file (is it blank?) and the first row of the first
+    JSON file (:func:`_check_first_row`); a value found later that is not text is refused by the loader
+    (:func:`_text_column`), also in one line."""
     fraction = data_cfg.validation_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ConfigError(
@@ -39,7 +46,7 @@ def check_corpus(data_cfg) -> None:
         raise ConfigError(f"data.num_proc={num_proc!r} is not a number of processes: give null or an integer >= 1")
     rows_per_document(data_cfg)
     if data_cfg.source == "files":
-        _expand(data_cfg.files)
+        _check_first_row(_expand(data_cfg.files), data_cfg.get("text_field", "text"))
     elif data_cfg.source == "longrange":
         LongRangeSpec.from_config(data_cfg)
 
@@ -118,13 +125,58 @@ def _expand(files) -> list[str]:
 
 
 def _glob_in(directory: str) -> str:
-    """A glob of the corpus files in ``directory``: by the suffix of the first file of a format blockbert reads."""
-    first = next((p for p in sorted(Path(directory).iterdir()) if p.is_file() and file_format(str(p))), None)
-    if first is None:
-        suffix = ".txt"
-    else:
-        suffix = "".join(first.suffixes[-2:]) if _gzipped(str(first)) else first.suffix
+    """A glob of the corpus files in ``directory``: by the suffix most of its files of a format blockbert reads have
+    (of suffixes as common, the first in name order; ``.txt`` where it holds none)."""
+    files = (p for p in sorted(Path(directory).iterdir()) if p.is_file() and file_format(str(p)))
+    suffixes = Counter("".join(p.suffixes[-2:]) if _gzipped(str(p)) else p.suffix for p in files)
+    suffix = suffixes.most_common(1)[0][0] if suffixes else ".txt"  # ties: in the order first met
     return str(Path(directory) / f"*{suffix}")
+
+
+def _check_first_row(paths: list[str], field: str) -> None:
+    """Refuse, before the run starts, a ``data.text_field`` whose value in the first row of the first JSON lines file
+    is not text (``data.text_field=id``: a column of integers): one row is cheap to read whatever the corpus's size.
+    A value further on is refused by the loader, which reads every row (:func:`_text_column`). A row without the
+    field, or null in it, is no error: it holds no text, and is left out like an empty document."""
+    path = next((p for p in paths if file_format(p) == "json"), None)
+    if path is None or not isinstance(field, str):
+        return
+    try:
+        with _open(path) as file:
+            number, line = 1, file.readline(FIRST_ROW_BYTES)
+            while line.endswith("\n") and not line.strip():
+                number, line = number + 1, file.readline(FIRST_ROW_BYTES)
+        row = json.loads(line.lstrip("\ufeff"))
+    except (OSError, ValueError, EOFError, zlib.error):  # not UTF-8 or JSON lines, corrupt, a long line: the loader's
+        return
+    if isinstance(row, dict) and not _is_text(row.get(field)):
+        raise ConfigError(_not_text_line(path, field, row[field], f"line {number}", row))
+
+
+def _is_text(value) -> bool:
+    """A value of a text field: a string, or null (no text)."""
+    return value is None or isinstance(value, str)
+
+
+def _not_text_line(origin: str, field: str, value, where: str | None = None, row: dict | None = None) -> str:
+    """The line refusing ``data.text_field`` for holding ``value``, which is not text, in ``origin`` (at ``where``, a
+    line or a row), naming the fields of ``row`` that hold text."""
+    at = f" ({where})" if where else ""
+    texts = [name for name, v in (row or {}).items() if name != field and isinstance(v, str)]
+    hint = f" (text fields of that row: {', '.join(texts)})" if texts else ""
+    return f"{origin}: data.text_field={field!r} holds {_json_kind(value)}{at}, not text: give a field of strings{hint}"
+
+
+def _json_kind(value) -> str:
+    """What a value is, in JSON's words ("an integer", "a list")."""
+    kinds = (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        ((list, tuple), "a list"),
+        (dict, "an object"),
+    )
+    return next((name for kind, name in kinds if isinstance(value, kind)), f"a {type(value).__name__}")
 
 
 def _is_blank(path: str) -> bool:
@@ -190,11 +242,15 @@ def _load_files(paths: list[str], data_cfg, cache_dir: Path) -> datasets.Dataset
     except datasets.exceptions.DatasetGenerationError as err:
         if isinstance(err.__cause__, UnicodeDecodeError):
             raise ConfigError(_not_utf8(paths) or f"data.files: a file is not UTF-8 text ({err.__cause__})") from None
-        if kind == "json":
+        if kind == "json":  # older datasets fail on a column of mixed kinds, e.g. a list among strings
             unreadable = f"data.files: the JSON corpus cannot be read ({err.__cause__})"
-            raise ConfigError(_not_json(paths) or unreadable) from None
+            message = _not_json(paths)
+            found = None if message else _non_text_in_json(paths, data_cfg.text_field)
+            raise ConfigError(message or (_not_text_line(*found) if found else unreadable)) from None
         raise
-    return _text_column(ds, data_cfg.text_field if kind != "text" else "text")
+    if kind == "text":
+        return _text_column(ds, "text", "")
+    return _text_column(ds, data_cfg.text_field, f"data.files={describe_source(data_cfg)}", paths)
 
 
 def _load_paragraphs(paths: list[str], cache_dir: Path) -> datasets.Dataset:
@@ -301,19 +357,87 @@ def _load_hub(data_cfg, cache_dir: Path, group: list[int]) -> datasets.Dataset:
         # no trust_remote_code: datasets >= 4.0 (pyproject.toml's floor) runs no loading scripts and dropped the keyword
         with from_the_hub(f"data.hub_name={name!r}", "give local files instead: data=text_files data.files=..."):
             ds = datasets.load_dataset(name, config, split=data_cfg.hub_split, cache_dir=hub_cache(cache_dir))
-        parts.append(_group_rows(_text_column(ds, data_cfg.text_field), rows))
+        parts.append(_group_rows(_text_column(ds, data_cfg.text_field, f"data.hub_name={name!r}"), rows))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def _text_column(ds: datasets.Dataset, field: str) -> datasets.Dataset:
+def _text_column(ds: datasets.Dataset, field: str, origin: str, paths: Sequence[str] = ()) -> datasets.Dataset:
+    """Column ``field`` of ``ds`` (read from ``origin``: its ``paths``) as column ``text``, rows without text left out
+    (empty, whitespace only, null). A column holding anything but strings and null is refused in one line: its Arrow
+    type tells, and only then are rows read again, to name the first such value (:func:`_not_text`)."""
     if field not in ds.column_names:
         raise ConfigError(
             f"data.text_field={field!r} is not a column of the corpus: columns are {', '.join(ds.column_names)}"
         )
+    feature = ds.features[field]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in TEXT_DTYPES):
+        raise ConfigError(_not_text(ds, field, origin, paths))
     ds = ds.select_columns([field])
     if field != "text":
         ds = ds.rename_column(field, "text")
     return ds.filter(lambda t: bool(t and t.strip()), input_columns="text")
+
+
+def _not_text(ds: datasets.Dataset, field: str, origin: str, paths: Sequence[str]) -> str:
+    """The line refusing column ``field`` of ``ds`` for a value that is not text: the first such, by its file and
+    line (a JSON corpus, read again: the JSON kinds as written) or by its row (of its parquet file, of a hub
+    dataset)."""
+    kind = file_format(paths[0]) if paths else None
+    found = _non_text_in_json(paths, field) if kind == "json" else None
+    if found:
+        return _not_text_line(*found)
+    row = None
+    for start, batch in enumerate(ds.select_columns([field]).iter(batch_size=1000)):
+        row = next((start * 1000 + i for i, value in enumerate(batch[field]) if not _is_text(value)), None)
+        if row is not None:
+            break
+    if row is None:  # not met: a column of another type holding only strings and null
+        return f"{origin}: data.text_field={field!r} holds {ds.features[field]}, not text: give a field of strings"
+    record, number = ds[row], row + 1
+    if kind == "parquet":  # the dataset's rows are the files' in order
+        import pyarrow.parquet as pq
+
+        for path in paths:
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if row < rows:
+                origin, number = path, row + 1
+                break
+            row -= rows
+    return _not_text_line(origin, field, record[field], f"row {number}", record)
+
+
+def _non_text_in_json(paths: Sequence[str], field: str) -> tuple | None:
+    """(file, ``field``, value, where, row) of the first row of JSON corpus files whose ``field`` holds a value that
+    is not text; None if there is none. Reads up to that row."""
+    for path in paths:
+        for where, row in _json_rows(path):
+            if isinstance(row, dict) and not _is_text(row.get(field)):
+                return path, field, row[field], where, row
+    return None
+
+
+def _json_rows(path: str):
+    """(where, row) of a JSON corpus file: ("line N", object) of JSON lines, ("row N", item) of one JSON document
+    that is a list (an item that is no object read as {"text": item}, as datasets does). What is not JSON is passed
+    over: :func:`_not_json` names it."""
+    with _open(path) as file:
+        one_document = file.read(1 << 12).lstrip("\ufeff \t\r\n").startswith("[")
+    with _open(path) as file:
+        if one_document:
+            try:
+                items = json.load(file)
+            except ValueError:
+                return
+            for number, item in enumerate(items if isinstance(items, list) else [], 1):
+                yield f"row {number}", item if isinstance(item, dict) else {"text": item}
+            return
+        for number, line in enumerate(file, 1):
+            try:
+                row = json.loads(line.lstrip("\ufeff")) if line.strip() else None
+            except ValueError:
+                continue
+            if row is not None:
+                yield f"line {number}", row
 
 
 WORDS = (
