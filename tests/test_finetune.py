@@ -257,7 +257,10 @@ def test_mrqa_split_gold_files_rescore_to_the_run_metrics(blockbert, tmp_path):
     dev.write_text(mrqa_lines("d", 12, "dev"))
     run_dir = tmp_path / "mrqa"
     files = [f"task.train_file={train}", f"task.dev_file={dev}", f"hydra.run.dir={run_dir}"]
-    blockbert(tmp_path, "finetune", "task=mrqa", *files, "trainer.max_steps=2", "logger=none", "progress_bar=false")
+    out = blockbert(
+        tmp_path, "finetune", "task=mrqa", *files, "trainer.max_steps=2", "logger=none", "progress_bar=false"
+    )
+    assert "dev/predictions.json, test/, checkpoints/) are in:" in out.stdout  # before: test/ was not named
     metrics = json.loads((run_dir / "metrics.json").read_text())
     full_gold, halves = read_qa_file(dev).gold, {}
     for split in ("dev", "test"):

@@ -1,6 +1,7 @@
 """What a user reads: a default run (W&B offline, progress bar on) prints no misleading notice, counts steps,
 and Lightning's own messages (restore, stop reason) reach the run's log file."""
 
+import glob
 import os
 
 import pytest
@@ -45,6 +46,8 @@ def test_a_default_run_and_its_resume_print_nothing_misleading(pretrain, tmp_pat
     for text in (first, resumed):  # W&B's closing history and summary repeat ours: left out, its sync command kept
         assert "Run history:" not in text and "Run summary:" not in text
         assert f"W&B (offline): wandb sync {tmp_path / 'run' / 'wandb' / 'offline-run-'}" in text
+    synced = next(line for line in resumed.splitlines() if line.startswith("W&B (offline): wandb sync "))
+    assert len(glob.glob(synced.split()[-1])) == 2  # the resumed run's pieces, both (before: the last one)
     log = (tmp_path / "run" / "pretrain.log").read_text()  # Hydra names it after the job
     assert "Restoring states from the checkpoint path" in log and "`Trainer.fit` stopped: `max_steps=6` reached" in log
 

@@ -269,6 +269,10 @@ def test_a_warm_up_longer_than_the_run_is_a_warning(caplog):
     assert "the warm-up (10000 optimizer steps) is not shorter than the run (6)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="blockbert"):
+        adamw_with_warmup(torch.nn.Linear(2, 2), optim, warmup_steps=1, total_steps=1)
+    assert "the warm-up (1 optimizer step) is not shorter than the run (1)" in caplog.text  # before: "1 ... steps"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blockbert"):
         adamw_with_warmup(torch.nn.Linear(2, 2), optim, warmup_steps=2, total_steps=6)
     assert caplog.text == ""
 
@@ -326,3 +330,11 @@ def test_a_group_the_command_does_not_have_is_refused_naming_its_groups(command,
     with pytest.raises(ConfigError) as refused:
         compose(command, [override])
     assert str(refused.value).startswith(message) and f"`blockbert {command} --help` lists" in str(refused.value)
+
+
+def test_export_of_a_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
+    """Before: "'runs/nope': no checkpoint (...)", as if the directory were there without one."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["export", "runs/nope", "out"])
+    assert result.exit_code == 2 and "error: 'runs/nope' does not exist (expected a blockbert run" in result.output
+    assert not (tmp_path / "out").exists()

@@ -101,8 +101,11 @@ def _run_checkpoint(run: str) -> tuple[Path, dict]:
             raise FileNotFoundError(
                 f"{run!r} is a sweep or multirun directory: give one of its jobs' directories ({shown})"
             )
-        hub = "" if Path(run).expanduser().exists() else "; a Hugging Face model (hub name) goes to model.init_from"
-        raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT}{hub})")
+        if not given.exists():  # said "no checkpoint", as if the directory were there
+            raise FileNotFoundError(
+                f"{run!r} does not exist ({NO_CHECKPOINT}; a Hugging Face model (hub name) goes to model.init_from)"
+            )
+        raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT})")
     return ckpt, load_checkpoint(ckpt, mmap=True)
 
 

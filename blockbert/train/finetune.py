@@ -73,6 +73,7 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
         training.metrics.write(training.trainer, "finished")
     scores = " | ".join(f"{k}: {v:.2f}" for k, v in results.items() if k.endswith(("exact_match", "exact", "/f1")))
     extra = ", dev/null_odds.json" if data["dev"].format == "squad2" else ""
+    extra += ", test/" if "test" in data else ""  # MRQA's split dev set, or task.test_file
     training.finish([scores], f"metrics.json, dev/predictions.json{extra}, checkpoints/", results)
     return results
 

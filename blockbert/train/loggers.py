@@ -8,6 +8,7 @@ import os
 import secrets
 import string
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,12 +72,15 @@ def _quiet_settings():
 
 
 def wandb_sync_hint() -> str | None:
-    """For an offline W&B run now open and quiet: the command that uploads it (W&B prints it only when not quiet)."""
+    """For an offline W&B run now open and quiet: the command that uploads it (W&B prints it only when not quiet),
+    every piece of a run stopped and resumed included (a glob of them: before, the last piece only)."""
     wandb = sys.modules.get("wandb")
     run = wandb.run if wandb is not None else None
     if run is None or not run.settings._offline or not run.settings.quiet:
         return None
-    return f"W&B (offline): wandb sync {run.settings.sync_dir}"
+    piece = Path(run.settings.sync_dir)
+    pieces = list(piece.parent.glob(f"offline-run-*-{run.id}"))
+    return f"W&B (offline): wandb sync {piece.parent / f'offline-run-*-{run.id}' if len(pieces) > 1 else piece}"
 
 
 def finish_wandb(exit_code: int = 0) -> None:

@@ -8,6 +8,8 @@ import logging
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from blockbert.display import counted
+
 log = logging.getLogger(__name__)
 
 
@@ -18,9 +20,9 @@ def adamw_with_warmup(model: torch.nn.Module, optim: dict, warmup_steps: int, to
 
     if 0 < total_steps <= warmup_steps and rank_zero_only.rank == 0:  # once, not per process
         log.warning(
-            "the warm-up (%d optimizer steps) is not shorter than the run (%d): the learning rate never reaches its "
+            "the warm-up (%s) is not shorter than the run (%d): the learning rate never reaches its "
             "peak, optim.lr=%g; shorten optim.warmup_steps (pretrain) or optim.warmup_proportion (finetune)",
-            warmup_steps,
+            counted(warmup_steps, "optimizer step"),
             total_steps,
             optim["lr"],
         )
