@@ -38,8 +38,8 @@ def log_starting_point(cfg: DictConfig, command: str) -> None:
     used = _leaves(cfg)
     changed = [
         f"{key}: {_shown(written, key)} -> {_shown(used, key)}"
-        for key in sorted(written.keys() | used.keys())
-        if written.get(key) != used.get(key) and not key.startswith(("paper.", "hydra."))
+        for key in sorted(used)  # not the keys only the demo's experiment has (before: "tokens_per_batch: 2048 ->
+        if written.get(key) != used.get(key) and not key.startswith(("paper.", "hydra."))  # (unset)" in fine-tuning)
     ]
     demo = not hydra.runtime.choices.get("experiment") and "experiment" not in {override_key(o) for o in overrides}
     log.info(
