@@ -35,6 +35,7 @@ def test_a_checkpoint_is_fine_tuned_with_the_papers_values_not_the_demos(finetun
     line = next(line for line in (out.stdout + out.stderr).splitlines() if "starting from a checkpoint" in line)
     assert "optim.lr: 0.001 -> 3e-05" in line and "model.attention: 'block' -> 'dense'" in line
     assert "-> (unset)" not in line  # before: the demo's pre-training keys, "tokens_per_batch: 2048 -> (unset)"
+    assert "tokenizer: the checkpoint's, a vocabulary of 30522 (task.tokenizer_vocab_size unread)" in out.stdout
     used = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())  # what the run really used
     assert used["optim"]["lr"] == 3e-05 and used["model"]["name"] == "roberta_1seq"
     assert used["trainer"]["max_steps"] == 2 and used["data"]["max_seq_length"] == 128  # the user's overrides win

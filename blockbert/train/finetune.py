@@ -32,6 +32,8 @@ def finetune(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     seq_len = cfg.data.max_seq_length
     cache = cache_dir(cfg)
     config, encoder, tokenizer = starting_point(cfg, heads_given)
+    if tokenizer is not None:
+        log.info("tokenizer: the checkpoint's, a vocabulary of %d (task.tokenizer_vocab_size unread)", len(tokenizer))
     pretrained = encoder is not None  # a pre-trained model keeps its positions and N
     hint = "fine-tune at the model's length or shorter (an import with model.init_from extends its positions)"
     config.check_sequence_length(seq_len, "data.max_seq_length", hint if pretrained else None)

@@ -34,6 +34,7 @@ def pretrain(cfg: DictConfig, run: RunDir, heads_given: bool = True, callbacks: 
     if cfg.model.get("init_from"):
         model_class = BlockBertForPreTraining if nsp else BlockBertForMaskedLM
         config, state, tokenizer = import_model(model_class, cfg.model, seq_len, heads_given=heads_given)
+        log.info("tokenizer: the checkpoint's, a vocabulary of %d (data.tokenizer is not read)", len(tokenizer))
     else:  # model.* (a bad head config or length fails here, before any data work); the vocabulary comes later
         config = model_config(cfg.model)
         config.check_sequence_length(seq_len, "data.max_seq_length")
