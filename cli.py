@@ -19,7 +19,7 @@ import typer._completion_shared
 # process and the ones it starts.
 os.environ["BLOCKBERT_CLI"] = "1"
 
-from blockbert.errors import print_error  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
+from blockbert.errors import SIGINT_EXIT_CODE, print_error  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
 
 
 class Commands(typer.core.TyperGroup):
@@ -27,7 +27,7 @@ class Commands(typer.core.TyperGroup):
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else ""
-        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+        if name and not ctx.resilient_parsing and not name.startswith("-") and self.get_command(ctx, name) is None:
             commands = self.list_commands(ctx)
             near = difflib.get_close_matches(name, commands, n=1)
             ctx.fail(f"{name!r} is not a command" + (f" (did you mean {near[0]}?)" if near else "")
@@ -485,7 +485,7 @@ CLICK_EXCEPTION = next(k for k in typer.BadParameter.__mro__ if k.__name__ == "C
 def usage_error(err: Exception) -> int:
     """A command line click refused (an unknown command or option, a missing argument) in the one line every error
     of the command ends with, with the usage; returns the exit code (2). `blockbert` alone shows the help."""
-    ctx = getattr(err, "ctx", None)
+    ctx = getattr(err, "ctx", None) or context_of(sys.argv[1:])  # click gives none for an option's missing value
     if type(err).__name__ == "NoArgsIsHelpError":
         print(err.format_message(), end="", file=sys.stderr)  # the help (with rich, printed as it was formatted)
         return err.exit_code
@@ -497,6 +497,15 @@ def usage_error(err: Exception) -> int:
         message += f" ({usage[:1].lower()}{usage[1:]}; the options are listed by `{ctx.command_path} --help`)"
     print_error(command, message)
     return err.exit_code
+
+
+def context_of(argv: list[str]) -> typer.Context:
+    """The context of the command ``argv`` names (``blockbert evaluate ...``), or the command line's own."""
+    group = typer.main.get_command(app)
+    root = typer.Context(group, info_name="blockbert")
+    name = next((word for word in argv if not word.startswith("-")), None)
+    command = group.get_command(root, name) if name else None
+    return typer.Context(command, info_name=name, parent=root) if command else root
 
 
 def main() -> None:
@@ -511,6 +520,9 @@ def main() -> None:
         code = app(prog_name="blockbert", standalone_mode=False)
     except CLICK_EXCEPTION as err:
         code = usage_error(err)
+    except typer.Abort:  # a typer before 0.13 turns Ctrl-C into Abort (later ones into exit code 130); we never prompt
+        print("Aborted!", file=sys.stderr)
+        code = SIGINT_EXIT_CODE
     sys.exit(code if isinstance(code, int) else 0)
 
 

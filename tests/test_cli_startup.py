@@ -158,6 +158,10 @@ def test_plan_overrides_complete_the_planned_command():
         (["evaluate", "--nope", "a", "b"], "blockbert evaluate: error: no such option: --nope (usage: "),
         (["plan", "--gpus", "x"], "blockbert plan: error: invalid value for '--gpus': "),
         (["--nope"], "blockbert: error: no such option: --nope (usage: blockbert [OPTIONS] COMMAND [ARGS]...; "),
+        (
+            ["evaluate", "a", "b", "--format"],
+            "blockbert evaluate: error: option '--format' requires an argument (usage",
+        ),
     ],
 )
 def test_a_command_line_click_refuses_ends_in_one_line(argv, line, monkeypatch, capsys):
@@ -187,3 +191,18 @@ def test_dash_h_is_the_commands_help(command, monkeypatch, capsys):
         cli.main()
     shown = capsys.readouterr().out
     assert stop.value.code == 0 and f"Usage: blockbert {command} [OPTIONS]" in shown and "Hydra (" not in shown
+
+
+def test_completion_after_a_mistyped_command_stays_silent(monkeypatch, capsys):
+    """The refusal of an unknown command is not printed into the terminal while the shell completes (click parses
+    resiliently then)."""
+    monkeypatch.setattr(sys, "argv", ["blockbert"])
+    for name, value in {
+        "_BLOCKBERT_COMPLETE": "complete_bash",
+        "COMP_WORDS": "blockbert pretrian ",
+        "COMP_CWORD": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert "error" not in capsys.readouterr().err
