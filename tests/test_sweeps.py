@@ -308,6 +308,10 @@ def test_the_pre_training_jobs_are_the_outermost_key_so_one_finished_since_adds_
     assert list(grid) == ["init_from", "optim.lr"]
     before = sweep_plan.jobs(grid)
     assert sweep_plan.jobs({**grid, "init_from": [*grid["init_from"], "/pre/2"]})[: len(before)] == before
+    from blockbert.app.commands.sweep import keep_job_numbers
+
+    recorded = {"optim.lr": [1e-5, 3e-5], "init_from": ["/pre/0", "/pre/1"]}  # a sweep planned in the file's order
+    assert list(keep_job_numbers(sweep, grid, {"grid": recorded})) == ["optim.lr", "init_from"]  # continues as it was
 
 
 def test_a_comma_list_on_the_command_line_becomes_a_swept_parameter():
@@ -795,6 +799,18 @@ def test_a_sweep_resumed_with_other_jobs_is_refused_and_left_as_it_was(run, tmp_
     )
     assert launcher.exit_code == 0 and len(job_lines(launcher.output)) == 3, launcher.output
     assert files_of(sweep_dir) == before
+
+
+def test_a_sweep_whose_keys_are_not_in_alphabetical_order_continues_in_its_directory(tmp_path):
+    """Before: the grid read back through YAML had its keys sorted (optim.batch_size before optim.lr), so finetune_grid
+    resumed with --dir was refused as "other jobs", advising the very command just refused."""
+    from blockbert.app.commands.sweep import expanded_sweep, write_spec
+
+    sweep, grid, _ = expanded_sweep("finetune_grid", [])
+    assert list(grid) == ["optim.lr", "optim.batch_size"]
+    write_spec(tmp_path, sweep, grid, None, (), [])
+    result = runner.invoke(cli.app, ["sweep", "finetune_grid", "--dir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_plain_multiruns_directory_is_refused_as_a_sweeps(tmp_path):

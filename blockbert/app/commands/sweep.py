@@ -373,6 +373,8 @@ def keep_job_numbers(sweep, grid: dict, stored: dict) -> dict:
     their order, so that job K stays the job it was: pre-training jobs that finished since (finetune_each) are
     appended, not sorted in."""
     planned = stored.get("grid", {})
+    if planned.keys() == grid.keys():  # the recorded key order: a sweep planned before the order changed continues
+        grid = {key: grid[key] for key in planned}
     for key, values in sweep.parameters.items():
         if isinstance(values, dict) and "pretrained_jobs" in values and key in planned:
             grid[key] = planned[key] + [value for value in grid[key] if value not in planned[key]]
@@ -456,7 +458,7 @@ def job_differences(sweep, grid: dict, source_dir: Path | None, stored: dict) ->
 def recorded_part(sweep, grid: dict, recorded: dict) -> dict:
     """``grid`` as sweep.yaml holds it (its values through YAML), with finetune_each's pre-training jobs those
     recorded: the ones finished since come after them (:func:`keep_job_numbers`), as new jobs."""
-    grid = yaml.safe_load(yaml.safe_dump(grid))
+    grid = yaml.safe_load(yaml.safe_dump(grid, sort_keys=False))  # in the jobs' key order (safe_dump sorts keys)
     for key, values in sweep.parameters.items():
         if isinstance(values, dict) and "pretrained_jobs" in values and key in recorded:
             grid[key] = recorded[key]
