@@ -12,6 +12,7 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention: schedulers mus
 
 
 SIGINT_EXIT_CODE = 130  # 128 + SIGINT (Ctrl-C)
+SIGPIPE_EXIT_CODE = 141  # 128 + SIGPIPE: what the shell reports for `cat` whose reader closed the pipe
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,27 @@ def report_error(command: str, err: Exception, debug: bool) -> int:
     if not is_user_error(err):  # bad input is said whole in its line; a failure may need its traceback
         print("(run again with --debug for the full traceback)", file=sys.stderr)
     return 2 if is_user_error(err) else 1
+
+
+JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def json_kind(value) -> str:
+    """What a value read from JSON is, in JSON's words ("an array", not Python's "list"): errors quote the file's
+    terms (an integer told from other numbers: offsets and counts must be integers)."""
+    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def as_yaml(value) -> str:
+    """A value in a message as the user writes it in YAML or an override: null, true, false; else its repr."""
+    return "null" if value is None else ("true" if value else "false") if isinstance(value, bool) else repr(value)
 
 
 def print_error(command: str, text: str) -> None:

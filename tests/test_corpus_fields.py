@@ -70,7 +70,7 @@ def test_a_list_in_one_row_is_refused_by_the_loader_naming_its_line(tmp_path):
     with pytest.raises(ConfigError) as refused:
         load_documents(data_cfg(str(path)), tmp_path / "cache")
     assert str(refused.value) == (
-        f"{path}: data.text_field='text' holds a list (line 6), not text: give a field of strings (text fields of "
+        f"{path}: data.text_field='text' holds an array (line 6), not text: give a field of strings (text fields of "
         "that row: title)"
     )
 
@@ -138,7 +138,7 @@ def test_a_datasets_failure_on_mixed_kinds_names_the_row(tmp_path, monkeypatch):
         raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from cause
 
     monkeypatch.setattr(datasets, "load_dataset", fails)
-    with pytest.raises(ConfigError, match=r"docs.jsonl: data.text_field='text' holds a list \(line 3\), not text"):
+    with pytest.raises(ConfigError, match=r"docs.jsonl: data.text_field='text' holds an array \(line 3\), not text"):
         load_documents(data_cfg(str(path)), tmp_path / "cache")
 
 
@@ -169,7 +169,7 @@ def test_the_cli_refuses_in_one_line_and_leaves_no_run(tmp_path, monkeypatch):
     jsonl(tmp_path / "corpus" / "docs.jsonl", rows)
     for field, error in [
         ("id", "holds an integer (line 1), not text: give a field of strings (text fields of that row: title, text)"),
-        ("text", "holds a list (line 6), not text: give a field of strings (text fields of that row: title)"),
+        ("text", "holds an array (line 6), not text: give a field of strings (text fields of that row: title)"),
     ]:
         args = ["pretrain", "data=text_files", "data.files=corpus/*.jsonl", f"data.text_field={field}", "logger=none"]
         result = CliRunner().invoke(cli.app, [*args, "trainer.max_steps=2"])

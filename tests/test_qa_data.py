@@ -393,7 +393,7 @@ def test_squad_file_that_is_not_an_object_is_one_line(tmp_path, content, kind, f
     )
 
 
-@pytest.mark.parametrize("line,kind", [("5", "a number"), ('"header"', "a string"), ("[1]", "an array")])
+@pytest.mark.parametrize("line,kind", [("5", "an integer"), ('"header"', "a string"), ("[1]", "an array")])
 def test_mrqa_line_that_is_not_an_object_is_one_line(tmp_path, line, kind):
     """5 said "TypeError: argument of type 'int' is not iterable"; "header" was skipped as a header."""
     path = mrqa_file(tmp_path)
@@ -407,7 +407,7 @@ def test_mrqa_line_that_is_not_an_object_is_one_line(tmp_path, line, kind):
 
 
 @pytest.mark.parametrize("bad", ["data", "predictions", "na_prob"])
-@pytest.mark.parametrize("content,kind", [("[1, 2]", "an array"), ("3", "a number")])
+@pytest.mark.parametrize("content,kind", [("[1, 2]", "an array"), ("3", "an integer")])
 def test_evaluate_refuses_files_that_are_not_objects_in_one_line(tmp_path, capsys, bad, content, kind):
     """Every file `blockbert evaluate` reads ends it with one line naming the file and exit code 2 (bad input)."""
     from blockbert.app.commands.evaluate import run_evaluate

@@ -16,7 +16,7 @@ import datasets
 
 from blockbert.data.cache import build_file, file_stats, fingerprint, from_the_hub, hub_cache
 from blockbert.data.longrange import LongRangeSpec, longrange_corpus
-from blockbert.errors import ConfigError
+from blockbert.errors import ConfigError, json_kind
 
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 COMPRESSED = ".gz"  # text, JSON and JSONL files may be gzipped (corpus.txt.gz): datasets and we read them as they are
@@ -164,19 +164,7 @@ def _not_text_line(origin: str, field: str, value, where: str | None = None, row
     at = f" ({where})" if where else ""
     texts = [name for name, v in (row or {}).items() if name != field and isinstance(v, str)]
     hint = f" (text fields of that row: {', '.join(texts)})" if texts else ""
-    return f"{origin}: data.text_field={field!r} holds {_json_kind(value)}{at}, not text: give a field of strings{hint}"
-
-
-def _json_kind(value) -> str:
-    """What a value is, in JSON's words ("an integer", "a list")."""
-    kinds = (
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a number"),
-        ((list, tuple), "a list"),
-        (dict, "an object"),
-    )
-    return next((name for kind, name in kinds if isinstance(value, kind)), f"a {type(value).__name__}")
+    return f"{origin}: data.text_field={field!r} holds {json_kind(value)}{at}, not text: give a field of strings{hint}"
 
 
 def _is_blank(path: str) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blockbert.data.cache import build_file, from_the_hub, hub_cache
-from blockbert.errors import ConfigError
+from blockbert.errors import JSON_KINDS, ConfigError, as_yaml, json_kind
 
 log = logging.getLogger(__name__)
 FORMATS = ("squad1", "squad2", "mrqa")
@@ -90,7 +90,7 @@ def task_files(task_cfg) -> dict[str, str] | None:
     if not (task_cfg.get("train_file") and task_cfg.get("dev_file")):
         raise ConfigError(
             f"task {task_cfg.name}: give both task.train_file and task.dev_file "
-            f"(got train_file={_setting(task_cfg.get('train_file'))}, dev_file={_setting(task_cfg.get('dev_file'))})"
+            f"(got train_file={as_yaml(task_cfg.get('train_file'))}, dev_file={as_yaml(task_cfg.get('dev_file'))})"
         )
     files = {"train": task_cfg.train_file, "dev": task_cfg.dev_file}
     if task_cfg.get("test_file"):
@@ -100,11 +100,6 @@ def task_files(task_cfg) -> dict[str, str] | None:
             what = "a directory, not a file" if Path(path).expanduser().is_dir() else "no such file"
             raise FileNotFoundError(f"task.{split}_file={str(path)!r}: {what}")
     return files
-
-
-def _setting(value) -> str:
-    """A setting's value as the YAML or command line user writes it: null, not Python's None."""
-    return "null" if value is None else repr(value)
 
 
 def read_qa_file(
@@ -155,7 +150,7 @@ SQUAD_OR_MRQA = "SQuAD JSON (an object with a 'data' list of articles) or MRQA J
 def open_qa(path: Path, mode: str = "rt"):
     """The one place QA files (and `blockbert evaluate`'s JSON files) are opened: gzipped ones (gzip's magic bytes
     or a .gz name) decompressed, text as UTF-8 with a byte order mark, if any, skipped (utf-8-sig)."""
-    opener = gzip.open if _gzipped(path) or path.suffix == ".gz" else open
+    opener = gzip.open if _gzip_magic(path) or path.suffix == ".gz" else open
     return opener(path, mode, encoding="utf-8-sig") if "t" in mode else opener(path, mode)
 
 
@@ -192,14 +187,14 @@ def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
             if not chunk:
                 break
             offset += len(chunk)
-    where = "" if at is None else f" at offset {at}" + (" of its decompressed bytes" if _gzipped(path) else "")
+    where = "" if at is None else f" at offset {at}" + (" of its decompressed bytes" if _gzip_magic(path) else "")
     return (
         f"{path} is not UTF-8 text (byte {byte:#04x}{where}): QA files are UTF-8 JSON or JSON lines; "
         "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
     )
 
 
-def _gzipped(path: Path) -> bool:
+def _gzip_magic(path: Path) -> bool:
     """Whether the file starts with gzip's magic bytes, whatever its name."""
     with open(path, "rb") as file:
         return file.read(2) == GZIP_MAGIC
@@ -207,21 +202,6 @@ def _gzipped(path: Path) -> bool:
 
 def not_decompressed(path: Path, err: Exception) -> str:
     return f"{path} cannot be decompressed: it is corrupt or truncated ({err})"
-
-
-JSON_KINDS = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-}
-
-
-def json_kind(value) -> str:
-    """What a JSON value is, in JSON's words ("an array", not Python's "list"): errors quote the file's terms."""
-    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
 
 
 def short(value, limit: int = 60) -> str:
@@ -242,7 +222,7 @@ def _field(item: dict, key: str, path: Path, where: str, kind=None):
         raise QADataError(f"{path}: {where} has no field {key!r}")
     value = item[key]
     if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-        wanted = "an integer" if kind is int else JSON_KINDS[kind]
+        wanted = JSON_KINDS[kind]
         raise QADataError(f"{path}: {where}: field {key!r} should be {wanted}, not {kind_and_value(value)}")
     return value
 

@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from blockbert.data.qa import FORMATS, QADataError, json_kind, load_json, read_qa_file, short
+from blockbert.data.qa import FORMATS, QADataError, load_json, read_qa_file, short
 from blockbert.display import counted
-from blockbert.errors import one_line_errors
+from blockbert.errors import SIGPIPE_EXIT_CODE, json_kind, one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
 # what each file `blockbert evaluate` reads besides the data holds, and the file a finetune run writes it to
@@ -130,9 +130,6 @@ def is_checkpoint(file: Path) -> bool:
     with open(file, "rb") as opened:
         start = opened.read(4)
     return file.suffix in CHECKPOINT_SUFFIXES or start == b"PK\x03\x04" or start[:1] == b"\x80"
-
-
-SIGPIPE_EXIT_CODE = 141  # 128 + SIGPIPE: what the shell reports for `cat` whose reader closed the pipe
 
 
 @one_line_errors("evaluate")
