@@ -659,4 +659,11 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(blockb
     (elsewhere / "corpus.txt").write_text((first / "corpus.txt").read_text())  # another file, the same text
     out = blockbert(elsewhere, "pretrain", *args, "data.files=corpus.txt", "trainer.max_steps=8", check=False)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "with data.files='corpus.txt' (the run has 'corpus.txt'): a resume continues" in out.stderr
+    assert f"with data.files='corpus.txt' in {elsewhere} (the run has 'corpus.txt' in {first}): a resume" in out.stderr
+    from blockbert.app.run_config import _changed
+
+    moved = (tmp_path / "gone", elsewhere)  # the run's first directory moved away: the names compare as written
+    assert not _changed("data.files", "corpus.txt", "corpus.txt", moved)
+    assert _changed("data.files", "corpus.txt", "other.txt", moved)
+    hub = (first, elsewhere)  # a hub model's name, no local path on either side
+    assert not _changed("model.init_from", "google-bert/bert-base-uncased", "google-bert/bert-base-uncased", hub)

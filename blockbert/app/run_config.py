@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted, is_user_error
+from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted, as_yaml, is_user_error
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import COMPUTE_ONLY
@@ -148,12 +148,12 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
         return
     started = _leaves(OmegaConf.create(run.started_config() or {}), resolve=False)
     now = _leaves(cfg, resolve=False)
-    launched = run.launch_directory()
+    bases = (run.launch_directory(), _launch_directory())  # where the run was started, where this command runs
     keys = sorted(started.keys() & now.keys(), key=lambda key: (not given_on_command_line(key), key))  # typed first
     changed = [
-        f"{key}={_as_yaml(now[key])} (the run has {_as_yaml(started[key])})"
+        f"{key}={_shown_at(key, now[key], bases[1])} (the run has {_shown_at(key, started[key], bases[0])})"
         for key in keys
-        if _kept(key) and not _kept(key, RESUME_MAY_CHANGE) and _changed(key, started[key], now[key], launched)
+        if _kept(key) and not _kept(key, RESUME_MAY_CHANGE) and _changed(key, started[key], now[key], bases)
     ]
     if changed:
         more = " ..." if changed[3:] else ""
@@ -164,34 +164,44 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
 
 
 # settings that name files or directories: relative ones are relative to where the command runs
-PATH_SETTINGS = ("data.files", "task.train_file", "model.init_from", "init_from")
+PATH_SETTINGS = ("data.files", "data.tokenizer", "task.train_file", "model.init_from", "init_from")
 
 
-def _changed(key: str, started, now, launched: Path) -> bool:
-    """Whether a resume's setting differs from the run's. A path setting (:data:`PATH_SETTINGS`) compares the places
-    named when they are there, the run's relative ones taken from where it was started (``launched``):
-    ``/abs/data/train.json`` and ``./data/train.json`` name the run's ``data/train.json`` (before: refused, so a run
-    started with relative paths resumed only from its first directory), and ``data/train.json`` given elsewhere names
-    another file; names of nothing on this machine (a hub model's) compare as they are written."""
+def _changed(key: str, started, now, bases: tuple[Path, Path]) -> bool:
+    """Whether a resume's setting differs from the run's. A path setting (:data:`PATH_SETTINGS`) whose places are
+    there on both sides compares them, the run's relative ones taken from where it was started: ``/abs/data/x.json``
+    and ``./data/x.json`` name the run's ``data/x.json`` (before: refused, so a run started with relative paths
+    resumed only from its first directory), and ``data/x.json`` given elsewhere names another file. Otherwise (a hub
+    model's name, files moved since) the values compare as they are written."""
+    if key in PATH_SETTINGS:
+        places = _places(started, bases[0]), _places(now, bases[1])
+        if None not in places:
+            return places[0] != places[1]
+    return started != now
 
-    def place(value, base: Path):  # a name that is no local path (a hub model's) stays the name
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str) for v in values):
-            return value
-        paths = [os.path.normpath(base / os.path.expanduser(v)) for v in values]
-        return paths if all(glob.glob(path) for path in paths) else values
 
-    if key not in PATH_SETTINGS:
-        return started != now
+def _places(value, base: Path) -> list[str] | None:
+    """The files or directories a path setting's value names, relative ones from ``base``; None if it names
+    something not there (or is no path: a number, null)."""
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) for v in values):
+        return None
+    paths = [os.path.normpath(base / os.path.expanduser(v)) for v in values]
+    return paths if all(glob.glob(path) for path in paths) else None
+
+
+def _shown_at(key: str, value, base: Path) -> str:
+    """A setting's value as the user writes it, and where a relative path setting's is (``'c.txt' in /a``)."""
+    places = _places(value, base) if key in PATH_SETTINGS else None
+    relative = isinstance(value, str) and not os.path.isabs(os.path.expanduser(value))
+    return as_yaml(value) + (f" in {base}" if places and relative else "")
+
+
+def _launch_directory() -> Path:
+    """Where this command runs (Hydra's runtime.cwd: the job may have changed directory since)."""
     from hydra.core.hydra_config import HydraConfig
 
-    here = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
-    return place(started, launched) != place(now, here)
-
-
-def _as_yaml(value) -> str:
-    """A setting's value as the user writes it in an override or YAML (``null``, not None)."""
-    return "null" if value is None else repr(value)
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
 
 
 def check_checkpoint_optimizer(cfg: DictConfig) -> None:
