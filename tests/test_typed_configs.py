@@ -322,6 +322,7 @@ def test_generated_people_takes_two_counts_within_the_names(tmp_path, monkeypatc
         ("finetune", "data=text_files", "data=text_files: blockbert finetune has no config group data (fine-tuning "),
         ("pretrain", "task=squad11", "task=squad11: blockbert pretrain has no config group task (a QA task is "),
         ("benchmark", "data=x", "data=x: blockbert benchmark has no config group data: its groups are paths, size, "),
+        ("finetune", "~data", "~data: blockbert finetune has no config group data (fine-tuning reads "),
     ],
 )
 def test_a_group_the_command_does_not_have_is_refused_naming_its_groups(command, override, message):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from contextlib import contextmanager
 
 import yaml
@@ -90,8 +91,9 @@ def _load(load, config_name: str | None, overrides: list[str]):
         try:
             cfg = load(overrides)
         except ConfigCompositionException as err:
-            if config_name in SCHEMAS and "No match in the defaults list" in str(err):
-                raise _not_a_group(config_name, str(err), overrides) from None
+            group = re.search(r"Could not (?:override|delete) '([^']+)'\. No match in the defaults list", str(err))
+            if config_name in SCHEMAS and group:
+                raise _not_a_group(config_name, group[1], overrides) from None
             cause = err.__cause__
             key = str(getattr(cause, "full_key", ""))
             if (
@@ -124,10 +126,10 @@ OTHER_COMMANDS_GROUP = {
 }
 
 
-def _not_a_group(config_name: str, message: str, overrides: list[str]) -> ConfigError:
-    """``group=option`` for a group the command's defaults list lacks (``finetune data=text_files``): Hydra says
-    "Could not override 'data'" and advises ``+data=...``, which composes a section the command then refuses."""
-    group = message.partition("Could not override '")[2].partition("'")[0]
+def _not_a_group(config_name: str, group: str, overrides: list[str]) -> ConfigError:
+    """``group=option`` (or ``~group``) for a group the command's defaults list lacks (``finetune data=text_files``):
+    Hydra says "Could not override 'data'" and advises ``+data=...``, which composes a section the command then
+    refuses."""
     given = next((o for o in overrides if override_key(o.lstrip("~")) == group), group)
     groups = ", ".join(config_groups(config_name))
     hint = OTHER_COMMANDS_GROUP.get((config_name, group))
