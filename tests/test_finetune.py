@@ -312,3 +312,17 @@ def test_a_task_with_nothing_to_train_or_score_is_refused_before_training(tmp_pa
         out.stderr[-3000:]
     )
     assert not list(tmp_path.glob("runs/finetune/*"))  # a refused new run leaves no run directory
+
+
+def test_a_finished_run_rescored_on_another_dev_file_has_that_files_loss(tmp_path, blockbert):
+    """Before: dev/loss stayed the first dev file's (Lightning's validation, which a finished run does not run again)
+    beside the new file's EM and F1. The final scoring computes each split's loss with the scores."""
+    train, dev = squad_file(tmp_path / "train.json", 8), squad_file(tmp_path / "dev.json", 4)
+    other = squad_file(tmp_path / "other.json", 7)  # other paragraphs, other questions
+    run_dir = tmp_path / "run"
+    args = ["task=squad11", f"task.train_file={train}", "trainer.max_steps=2", "logger=csv", f"hydra.run.dir={run_dir}"]
+    blockbert(tmp_path, "finetune", *args, f"task.dev_file={dev}")
+    first = json.loads((run_dir / "metrics.json").read_text())
+    blockbert(tmp_path, "finetune", *args, f"task.dev_file={other}")
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["step"] == first["step"] == 2 and 0 < again["dev/loss"] != first["dev/loss"] > 0

@@ -69,7 +69,7 @@ def gather_logits(batches, count: int) -> tuple[list, list] | None:
     """Window-ordered start and end logits (1-D arrays, each the window's padded length) for ``count``
     windows; None when some window is missing."""
     starts, ends = [None] * count, [None] * count
-    for idx, start, end in batches:
+    for idx, start, end, *_ in batches:  # (predictions carry their batch's loss too)
         for i, s, e in zip(idx.tolist(), start.float().cpu().numpy(), end.float().cpu().numpy()):
             starts[i], ends[i] = s, e
     if any(s is None for s in starts):

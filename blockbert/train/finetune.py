@@ -112,5 +112,13 @@ def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, an
         timing[split] = {"seconds": seconds, "questions_per_s": len(data[split].examples) / seconds}
         if out_dir is not None:  # rank 0's line: another rank's could follow the run directory, the last line
             log.info("%s: %d questions evaluated in %.1f s", split, len(data[split].examples), seconds)
-        results.update({f"{split}/{k}": v for k, v in scores.items()})
+        results.update({f"{split}/{k}": v for k, v in scores.items()}, **{f"{split}/loss": split_loss(outputs)})
     return results, timing
+
+
+def split_loss(outputs: list) -> float:
+    """The mean loss over a split's windows, from the prediction batches, as Lightning's validation averages dev/loss
+    (weighted by batch size): scored again with the final weights, so that a finished run re-scored on another dev
+    file does not keep the loss of the first one (it did)."""
+    total = sum(float(loss) * len(idx) for idx, _, _, loss in outputs)
+    return total / sum(len(idx) for idx, *_ in outputs)

@@ -32,7 +32,7 @@ class QAModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         out = self(batch)
-        return batch["window_index"], out.start_logits, out.end_logits
+        return batch["window_index"], out.start_logits, out.end_logits, out.loss.detach()  # the loss: split_loss
 
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
