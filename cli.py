@@ -477,8 +477,8 @@ def report(
     raise typer.Exit(run_report(directories, out, debug=debug))
 
 
-# click's exception for a command line it cannot parse, reached through typer's public BadParameter (typer 0.20 and
-# later carry click as a private module)
+# click's exception for a command line it cannot parse, reached through typer's public BadParameter (recent typers
+# carry click as a private module: typer._click in 0.29)
 CLICK_EXCEPTION = next(k for k in typer.BadParameter.__mro__ if k.__name__ == "ClickException")
 
 
@@ -491,11 +491,9 @@ def usage_error(err: Exception) -> int:
         return err.exit_code
     message = err.format_message().strip().rstrip(".")
     message = message[:1].lower() + message[1:] if message[1:2].islower() else message
-    command = ctx.command_path.partition(" ")[2] if ctx is not None else ""
-    if ctx is not None:
-        usage = " ".join(ctx.get_usage().split())  # "Usage: blockbert export [OPTIONS] RUN_DIR OUT_DIR"
-        message += f" ({usage[:1].lower()}{usage[1:]}; the options are listed by `{ctx.command_path} --help`)"
-    print_error(command, message)
+    usage = " ".join(ctx.get_usage().split())  # "Usage: blockbert export [OPTIONS] {RUN_DIR} {OUT_DIR}"
+    message += f" ({usage[:1].lower()}{usage[1:]}; the options are listed by `{ctx.command_path} --help`)"
+    print_error(ctx.command_path.partition(" ")[2], message)
     return err.exit_code
 
 
