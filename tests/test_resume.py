@@ -667,3 +667,5 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(blockb
     assert _changed("data.files", "corpus.txt", "other.txt", moved)
     hub = (first, elsewhere)  # a hub model's name, no local path on either side
     assert not _changed("model.init_from", "google-bert/bert-base-uncased", "google-bert/bert-base-uncased", hub)
+    (first / "train").mkdir(), (elsewhere / "train").mkdir()  # folders named as data.tokenizer's word
+    assert not _changed("data.tokenizer", "train", "train", hub)

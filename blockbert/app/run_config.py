@@ -163,8 +163,10 @@ def check_resume(cfg: DictConfig, run: RunDir, subdir: str | None) -> None:
         )
 
 
-# settings that name files or directories: relative ones are relative to where the command runs
+# settings that name files or directories: relative ones are relative to where the command runs; but a value that is
+# a word of the setting (data.tokenizer=train: a tokenizer trained on the corpus), whatever folder has its name
 PATH_SETTINGS = ("data.files", "data.tokenizer", "task.train_file", "model.init_from", "init_from")
+NOT_A_PATH = {("data.tokenizer", "train")}
 
 
 def _changed(key: str, started, now, bases: tuple[Path, Path]) -> bool:
@@ -173,11 +175,16 @@ def _changed(key: str, started, now, bases: tuple[Path, Path]) -> bool:
     and ``./data/x.json`` name the run's ``data/x.json`` (before: refused, so a run started with relative paths
     resumed only from its first directory), and ``data/x.json`` given elsewhere names another file. Otherwise (a hub
     model's name, files moved since) the values compare as they are written."""
-    if key in PATH_SETTINGS:
+    if key in PATH_SETTINGS and not (_a_word(key, started) or _a_word(key, now)):
         places = _places(started, bases[0]), _places(now, bases[1])
         if None not in places:
             return places[0] != places[1]
     return started != now
+
+
+def _a_word(key: str, value) -> bool:
+    """Whether a path setting's value is a word of the setting (:data:`NOT_A_PATH`), no path."""
+    return isinstance(value, str) and (key, value) in NOT_A_PATH
 
 
 def _places(value, base: Path) -> list[str] | None:
@@ -192,7 +199,7 @@ def _places(value, base: Path) -> list[str] | None:
 
 def _shown_at(key: str, value, base: Path) -> str:
     """A setting's value as the user writes it, and where a relative path setting's is (``'c.txt' in /a``)."""
-    places = _places(value, base) if key in PATH_SETTINGS else None
+    places = _places(value, base) if key in PATH_SETTINGS and not _a_word(key, value) else None
     relative = isinstance(value, str) and not os.path.isabs(os.path.expanduser(value))
     return as_yaml(value) + (f" in {base}" if places and relative else "")
 
