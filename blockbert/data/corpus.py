@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import glob
 import gzip
 import json
@@ -15,6 +14,7 @@ from pathlib import Path
 import datasets
 
 from blockbert.data.cache import build_file, file_stats, fingerprint, from_the_hub, hub_cache
+from blockbert.data.encoding import first_non_utf8
 from blockbert.data.longrange import LongRangeSpec, longrange_corpus
 from blockbert.errors import ConfigError, json_kind
 
@@ -273,21 +273,13 @@ def paragraphs(paths: list[str]):
 def _not_utf8(paths: list[str]) -> str | None:
     """A line naming the first file that is not UTF-8 text, and where (datasets does not say which file)."""
     for path in paths:
-        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
         with _open(path, "rb") as file:
-            while True:
-                chunk = file.read(1 << 20)
-                try:
-                    decoder.decode(chunk, final=not chunk)
-                except UnicodeDecodeError as err:
-                    at = offset - (len(err.object) - len(chunk)) + err.start  # the decoder kept a partial character
-                    return (
-                        f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {at}): "
-                        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of data.files"
-                    )
-                if not chunk:
-                    break
-                offset += len(chunk)
+            found = first_non_utf8(file)
+        if found:
+            return (
+                f"{path} is not UTF-8 text (byte {found[0]:#04x} at offset {found[1]}): "
+                "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of data.files"
+            )
     return None
 
 

@@ -7,7 +7,6 @@ and the answer is dropped from training (the example stays for evaluation).
 
 from __future__ import annotations
 
-import codecs
 import functools
 import gzip
 import hashlib
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blockbert.data.cache import build_file, from_the_hub, hub_cache
+from blockbert.data.encoding import first_non_utf8
 from blockbert.errors import JSON_KINDS, ConfigError, as_yaml, json_kind
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,9 @@ def load_json(path: Path, expected: str = SQUAD_OR_MRQA):
 def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
     """The pre-training corpus's words (data/corpus.py) for a file that is not UTF-8: the first bad byte and its
     offset (in the decompressed bytes of a gzipped file), and how to convert it."""
-    byte, at = err.object[err.start], None
-    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
     with open_qa(path, "rb") as file:  # the error's start is within a chunk the reader decoded: find the offset
-        while at is None:
-            chunk = file.read(1 << 20)
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as found:
-                byte, at = found.object[found.start], offset - (len(found.object) - len(chunk)) + found.start
-            if not chunk:
-                break
-            offset += len(chunk)
+        found = first_non_utf8(file)
+    byte, at = found if found else (err.object[err.start], None)
     where = "" if at is None else f" at offset {at}" + (" of its decompressed bytes" if _gzip_magic(path) else "")
     return (
         f"{path} is not UTF-8 text (byte {byte:#04x}{where}): QA files are UTF-8 JSON or JSON lines; "
