@@ -198,7 +198,7 @@ def not_decompressed(path: Path, err: Exception) -> str:
 def short(value, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters: values quoted from a file can be megabytes; None and booleans
     as JSON and YAML spell them (null, true, false), the words of the file quoted."""
-    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+    text = as_yaml(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
