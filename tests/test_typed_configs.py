@@ -227,9 +227,14 @@ def test_cfg_job_from_a_hugging_face_checkpoint_prints_what_runs(blockbert, tmp_
         1536,
     )
     assert shown["optim"]["lr"] == 2.5e-4 and shown["optim"]["warmup_steps"] == 10000  # A.1's, not the demo's
-    blocks = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", "model=blockbert_n2", "--cfg", "job")
+    given = ("model=blockbert_n2", "model.num_layers=6", "model.hidden_dropout=0.0")  # its own size; a dropout
+    blocks = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", *given, "--cfg", "job")
     model = yaml.safe_load(blocks.stdout)["model"]
     assert model["heads"] == "10:2" and model["block_seq_len"] == 512 and model["attention"] == "block"
+    assert model["hidden_dropout"] == 0.0
+    other = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", "model.hidden_size=128", check=False)
+    assert other.returncode == 2 and not (tmp_path / "runs").exists()  # before: ran at 384, the 128 dropped unseen
+    assert "the command line gives model.hidden_size=128 (the checkpoint gives 384): drop it" in other.stderr
     chosen = blockbert(tmp_path, "finetune", f"model.init_from={checkpoint}", "experiment=tiny", "--cfg", "job")
     assert yaml.safe_load(chosen.stdout)["model"]["heads"] == "9:3"  # the demo's 3:1 for the 12-head checkpoint
 

@@ -320,7 +320,24 @@ def _hf_sizes(cfg, init_from: str, given: set) -> dict:
         sizes["block_seq_len"] = seq_len if trained is None else max(trained, seq_len)
         if "model.heads" not in given:
             sizes["heads"] = scale_heads(cfg.model.heads, values["num_heads"])
+    _refuse_other_sizes(cfg, init_from, sizes, given)
     return sizes
+
+
+def _refuse_other_sizes(cfg, init_from: str, sizes: dict, given: set) -> None:
+    """``model.init_from`` builds a model of the checkpoint's sizes: a size the command line gives otherwise is
+    refused in one line, not replaced by the checkpoint's unseen (before: ``model.hidden_size=128`` ran at 384)."""
+    differ = [
+        f"model.{key}={cfg.model[key]!r} (the checkpoint gives {sizes[key]!r})"
+        for key in sorted(sizes)
+        if f"model.{key}" in given and key in cfg.model and cfg.model[key] != sizes[key]
+    ]
+    if differ:
+        raise ConfigError(
+            f"model.init_from={init_from} builds a model of the checkpoint's sizes, and the command line gives "
+            f"{', '.join(differ)}: drop it (the positions and a block model's N follow data.max_seq_length; a run "
+            f"from a checkpoint sets only model.{', model.'.join(ATTENTION_SETTINGS)})"
+        )
 
 
 def _check_model(model) -> BlockBertConfig:
