@@ -1,7 +1,8 @@
 """BlockBERT: BERT with blockwise sparse self-attention (Qiu et al., 2020).
 
 The public API: the config (:mod:`blockbert.model.config`), the model classes with ``from_pretrained`` and
-``save_pretrained`` (:mod:`blockbert.formats.pretrained`) and the paper's presets (:mod:`blockbert.formats.presets`).
+``save_pretrained`` (:mod:`blockbert.formats.pretrained`), the paper's presets (:mod:`blockbert.formats.presets`) and
+a run's trained model (:func:`blockbert.formats.checkpoints.model_from_run`).
 The model classes and presets are loaded on first use through the module ``__getattr__`` (PEP 562), so
 ``from blockbert import BlockBertModel`` works as before; with ``BLOCKBERT_CLI=1`` (the command line) importing
 the package loads only the config, no torch.
@@ -33,6 +34,7 @@ _LAZY = {
     "BlockBertForQuestionAnswering": "blockbert.formats.pretrained",
     "PRESETS": "blockbert.formats.presets",
     "preset_config": "blockbert.formats.presets",
+    "model_from_run": "blockbert.formats.checkpoints",
 }
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "BlockBertForQuestionAnswering",
     "PRESETS",
     "preset_config",
+    "model_from_run",
 ]
 
 

@@ -217,7 +217,7 @@ def test_export_of_a_dense_run_loads_in_transformers(blockbert, tmp_path):
         f"hydra.run.dir={run_dir}",
     )
     blockbert(tmp_path, "export", str(run_dir), str(tmp_path / "hf"))
-    from blockbert.formats.checkpoints import model_from_run
+    from blockbert import model_from_run  # the README's Python API
 
     ours, _ = model_from_run(str(run_dir))
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()
