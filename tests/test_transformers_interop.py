@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+import yaml
 
 import blockbert
 from blockbert import (
@@ -578,3 +579,27 @@ def yaml_list(path: Path) -> list:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_a_block_export_is_fine_tuned_as_the_block_model_it_is(exported_run, blockbert, tmp_path):
+    """Under the default experiment, a blockbert export keeps its attention and N (before: the dense roberta_1seq
+    settings ran it dense at A.4's N=512); a dense export stays dense; model= or model.attention still choose."""
+    block = f"model.init_from={exported_run['block']}"
+    shown = yaml.safe_load(blockbert(tmp_path, "finetune", block, "--cfg", "job").stdout)
+    assert (shown["model"]["attention"], shown["model"]["heads"], shown["model"]["block_seq_len"]) == (
+        "block",
+        "3:1",
+        64,
+    )
+    assert shown["data"]["max_seq_length"] == 64 and shown["optim"]["lr"] == 3e-5  # A.4's values otherwise
+    dense = yaml.safe_load(
+        blockbert(tmp_path, "finetune", f"model.init_from={exported_run['dense']}", "--cfg", "job").stdout
+    )
+    assert dense["model"]["attention"] == "dense" and dense["data"]["max_seq_length"] == 512
+    chosen = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model.attention=dense", "--cfg", "job").stdout)
+    assert chosen["model"]["attention"] == "dense"
+    run_dir = tmp_path / "ft"
+    args = ("task.generated_questions=40", "trainer.max_epochs=1", "logger=none", "progress_bar=false")
+    out = blockbert(tmp_path, "finetune", block, *args, f"hydra.run.dir={run_dir}")
+    assert "attention block, heads 3:1 (n=2), blocks cut from N=64" in out.stdout
+    assert (run_dir / "metrics.json").is_file()

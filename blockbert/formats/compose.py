@@ -24,7 +24,7 @@ import yaml
 
 from blockbert.errors import ConfigError
 from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, is_setting, not_a_setting, typed_section
-from blockbert.model.config import ATTENTION_SETTINGS, MAY_DIFFER_FROM_RUN, BlockBertConfig
+from blockbert.model.config import ATTENTION_PATTERN, ATTENTION_SETTINGS, MAY_DIFFER_FROM_RUN, BlockBertConfig
 from blockbert.paths import config_dir
 
 
@@ -221,7 +221,8 @@ def _from_checkpoint(cfg, command: str, again):
     Under the default experiment, the CPU demo ``tiny``, the config is composed again without it (unless
     ``init_from`` is a run of the demo's own ``tiny`` model, which goes on as the demo): the paper's values (A.1 for
     pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense ``roberta_1seq`` model settings,
-    whose heads fit any checkpoint, with the user's overrides still applied (the demo's lr 1e-3 and 300-step cap
+    whose heads fit any checkpoint (a blockbert export keeps its own attention: :func:`_exported_pattern`), with the
+    user's overrides still applied (the demo's lr 1e-3 and 300-step cap
     would wreck a pretrained model). Fine-tuning from a blockbert run runs at its pre-training N, as the paper does,
     unless ``data.max_seq_length`` is given. Then the model node takes the checkpoint's sizes: all of a blockbert
     run's model (``init_from``), or of a Hugging Face model (``model.init_from``) its sizes, with block heads written
@@ -240,6 +241,7 @@ def _from_checkpoint(cfg, command: str, again):
             "model.init_from: a Hugging Face checkpoint)"
         )
     given = {override_key(o) for o in cfg.hydra.overrides.task}
+    trained_n = None  # the N a run (or a block export, under the default experiment) keeps unless given
     if run:
         from blockbert.formats.checkpoints import run_model_config
 
@@ -249,7 +251,10 @@ def _from_checkpoint(cfg, command: str, again):
         values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
     demo = demo and not (run and values.get("name") == "tiny")  # the CPU demo's own run: fine-tuned as the demo
-    length = trained_n if run and "data.max_seq_length" not in given else None
+    pattern = _exported_pattern(model, given) if model and demo else {}
+    if pattern.get("attention") == "block":
+        trained_n = pattern.pop("block_seq_len")
+    length = trained_n if "data.max_seq_length" not in given else None
     extra = ["~experiment"] if demo else []
     if length and (demo or length != cfg.data.max_seq_length):
         extra.append(f"data.max_seq_length={length}")
@@ -261,6 +266,8 @@ def _from_checkpoint(cfg, command: str, again):
         drop_unread(cfg, command, given)
         check_config(cfg, command)
     if model:
+        with open_dict(cfg):
+            cfg.model.update(pattern)
         values = _hf_sizes(cfg, model, given)
     with open_dict(cfg):
         cfg.model.update(values)
@@ -301,6 +308,23 @@ def _check_length(cfg, config: BlockBertConfig) -> None:
 
 
 FROM_RUN_LENGTH = "init_from keeps the pre-trained model's length: run at that length or shorter"
+
+
+def _exported_pattern(init_from: str, given: set) -> dict:
+    """The attention pattern of a block or sparse blockbert export (and a block one's N, ``block_seq_len``), which a
+    run from it under the default experiment keeps unless the command line chooses another (``model=`` or
+    ``model.attention``; ``model.heads`` given replaces the export's heads only): fine-tuned or pre-trained further, a
+    BlockBERT stays the model it was trained as, as from ``init_from`` (before: the dense ``roberta_1seq`` settings ran
+    it dense, at A.4's N). Empty for a dense checkpoint."""
+    from blockbert.formats.convert import checkpoint_model_values
+
+    if "model" in given or "model.attention" in given:
+        return {}
+    values = checkpoint_model_values(init_from)
+    if values["attention"] == "dense":
+        return {}
+    trained = {"block_seq_len": values["block_seq_len"]} if values["attention"] == "block" else {}
+    return {key: values[key] for key in ATTENTION_PATTERN if f"model.{key}" not in given} | trained
 
 
 def _hf_sizes(cfg, init_from: str, given: set) -> dict:

@@ -22,9 +22,11 @@ COMPUTE_ONLY = ("attention_impl", "layout", "sparse_impl", "gradient_checkpointi
 # what a run from a blockbert run (init_from) may set otherwise than the run's model: how the same model computes, and
 # its dropouts (our choice; the rest is the pre-trained model)
 MAY_DIFFER_FROM_RUN = (*COMPUTE_ONLY, "hidden_dropout", "attention_dropout")
+# which positions a model attends to: the attention kind and its parameters
+ATTENTION_PATTERN = ("attention", "heads", "sparse_stride", "sparse_expressivity")
 # what a model imported from a Hugging Face checkpoint takes from model.* rather than from the checkpoint: all of the
 # above and the attention pattern (the checkpoint's sizes, weights and tokenizer are the rest)
-ATTENTION_SETTINGS = (*MAY_DIFFER_FROM_RUN, "attention", "heads", "sparse_stride", "sparse_expressivity")
+ATTENTION_SETTINGS = (*MAY_DIFFER_FROM_RUN, *ATTENTION_PATTERN)
 
 
 def parse_heads(heads: str, num_heads: int | None = None) -> tuple[int, ...]:
