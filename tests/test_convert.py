@@ -72,6 +72,15 @@ def test_mlm_head_is_imported(tmp_path, kind):
         )
 
 
+def test_the_import_log_names_the_parts_loaded_fresh_and_unused(tmp_path, caplog):
+    _, path = hf_model(tmp_path, "bert")  # a BertModel: encoder and pooler, no MLM head
+    with caplog.at_level("INFO", logger="blockbert.formats.convert"):
+        BlockBertForMaskedLM.from_pretrained(str(path))
+    said = caplog.text
+    assert "loaded 29 weights (encoder)" in said and "initialised fresh: mlm (5 weights)" in said
+    assert "not used by BlockBertForMaskedLM: pooler" in said  # before: "nsp", a head BertModel does not have
+
+
 def test_blockwise_import_keeps_weights_and_changes_the_pattern(tmp_path):
     _, path = hf_model(tmp_path, "bert")
     dense = BlockBertModel.from_pretrained(str(path))

@@ -260,8 +260,9 @@ def load_announced(
 
 
 def _parts(keys) -> str:
-    """The parts of a model that ``keys`` fall in (``encoder``, ``mlm``, ``nsp``, ``qa``)."""
-    return ", ".join(sorted({k.split(".")[0] for k in keys}))
+    """The parts of a model that ``keys`` fall in (``encoder``, ``mlm``, ``nsp``, ``qa``; BERT's pooler, kept under
+    ``nsp`` as the sentence-pair head reads it, is ``pooler``: a checkpoint without that head still has one)."""
+    return ", ".join(sorted({"pooler" if k.startswith("nsp.pooler.") else k.split(".")[0] for k in keys}))
 
 
 def import_weights(cls, path, fit_heads: bool = False, **overrides) -> tuple[BlockBertConfig, dict, Path]:
