@@ -6,14 +6,17 @@ afresh in each command, as a user's process imports them.
 
 A command whose environment differs from this process's in anything a library may read as it imports (anything but
 :data:`RUNTIME_ONLY`) runs in a fresh interpreter instead, as does every command with ``BLOCKBERT_TESTS_FRESH=1``.
+What a fork cannot give as a fresh interpreter does: every command has the server's string hash seed (a dependence on
+set order shows in no test that compares two commands; ``random``, numpy's and datasets' fingerprint generators are
+reseeded), stdin is /dev/null, and an uncaught error's traceback starts with this module's and runpy's frames.
 
 As a script: the server. It reads one JSON request a line on fd 0 (argv, env, cwd, the files for stdout and stderr)
 and answers on fd 1 the child's pid, then its exit code (as :class:`subprocess.Popen` gives it: -N for a signal)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import locale
 import os
 import select
 import shutil
@@ -71,22 +74,30 @@ class Preloaded:
             self.lock.release()
 
     def _start(self) -> None:
-        """The server, once it says it is ready: it is not used if its imports printed anything (a fresh process
-        would show that to the test), nor if it is gone."""
+        """The server, once it says it is ready (within a minute): it is not used if its imports printed anything (a
+        fresh process would show that to the test), nor if it is gone."""
         self.server = subprocess.Popen(  # unbuffered: a read takes no more than the line it asks for
             [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.environ, bufsize=0
         )
-        self.usable = self.server.stdout.readline() == b"ready\n"
+        ready = select.select([self.server.stdout], [], [], 60)[0] and self.server.stdout.readline() == b"ready\n"
+        self.usable = bool(ready)
+        if not ready:
+            self.server.kill()
 
-    def _run(self, argv, cwd, environ, timeout) -> subprocess.CompletedProcess:
+    def _run(self, argv, cwd, environ, timeout) -> subprocess.CompletedProcess | None:
         out = Path(tempfile.mkdtemp(prefix="blockbert-preloaded-"))  # not in cwd, which tests list
         streams = {name: out / name for name in ("stdout", "stderr")}
         request = {"argv": argv, "env": environ, "cwd": str(cwd), **{k: str(v) for k, v in streams.items()}}
         try:
-            self.server.stdin.write(json.dumps(request).encode() + b"\n")
-            pid = int(self.server.stdout.readline())  # the server gone: a ValueError, and the test says so
+            try:
+                self.server.stdin.write(json.dumps(request).encode() + b"\n")
+                pid = int(self.server.stdout.readline())
+            except (OSError, ValueError):  # the server is gone before it forked: a fresh interpreter runs the command
+                self.usable = False
+                return None
             if not select.select([self.server.stdout], [], [], timeout)[0]:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it ended as the time ran out
+                    os.kill(pid, signal.SIGKILL)
                 self.server.stdout.readline()
                 raise subprocess.TimeoutExpired(argv, timeout, *(_text(path) for path in streams.values()))
             returncode = int(self.server.stdout.readline())
@@ -100,9 +111,9 @@ def _import_time_settings(environ: dict[str, str]) -> dict[str, str]:
 
 
 def _text(path: Path) -> str:
-    """As ``subprocess.run(text=True)`` decodes a stream: the locale's encoding, universal newlines."""
-    data = path.read_bytes().decode(locale.getencoding())
-    return data.replace("\r\n", "\n").replace("\r", "\n")
+    """As ``subprocess.run(text=True)`` decodes a stream: the preferred encoding (UTF-8 mode included), universal
+    newlines."""
+    return path.read_text()
 
 
 def _serve() -> dict:
@@ -112,7 +123,9 @@ def _serve() -> dict:
 
     requests, answers = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
     printed = tempfile.TemporaryFile()
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     os.dup2(printed.fileno(), 1)
     os.dup2(printed.fileno(), 2)
     for name in LIBRARIES:
@@ -168,6 +181,7 @@ def _become(request: dict) -> None:
     sys.stderr = sys.__stderr__ = stream(2, sys.__stderr__, True)
     random.seed()
     numpy.random.seed()
+    sys.modules["datasets"].fingerprint.fingerprint_rng.seed()  # what a fresh process draws new fingerprints from
     sys.argv = request["argv"]
     sys.path[0] = os.path.dirname(sys.argv[0])
 
