@@ -583,7 +583,7 @@ def yaml_list(path: Path) -> list:
 
 def test_a_block_export_is_fine_tuned_as_the_block_model_it_is(exported_run, blockbert, tmp_path):
     """Under the default experiment, a blockbert export keeps its attention and N (before: the dense roberta_1seq
-    settings ran it dense at A.4's N=512); a dense export stays dense; model= or model.attention still choose."""
+    settings ran it dense at A.4's N=512); a dense export stays dense; model= or another model.attention choose."""
     block = f"model.init_from={exported_run['block']}"
     shown = yaml.safe_load(blockbert(tmp_path, "finetune", block, "--cfg", "job").stdout)
     assert (shown["model"]["attention"], shown["model"]["heads"], shown["model"]["block_seq_len"]) == (
@@ -598,6 +598,8 @@ def test_a_block_export_is_fine_tuned_as_the_block_model_it_is(exported_run, blo
     assert dense["model"]["attention"] == "dense" and dense["data"]["max_seq_length"] == 512
     chosen = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model.attention=dense", "--cfg", "job").stdout)
     assert chosen["model"]["attention"] == "dense"
+    same = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model.attention=block", "--cfg", "job").stdout)
+    assert (same["model"]["heads"], same["data"]["max_seq_length"]) == ("3:1", 64)  # its own kind: still its heads, N
     run_dir = tmp_path / "ft"
     args = ("task.generated_questions=40", "trainer.max_epochs=1", "logger=none", "progress_bar=false")
     out = blockbert(tmp_path, "finetune", block, *args, f"hydra.run.dir={run_dir}")

@@ -251,8 +251,8 @@ def _from_checkpoint(cfg, command: str, again):
         values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
     demo = demo and not (run and values.get("name") == "tiny")  # the CPU demo's own run: fine-tuned as the demo
-    pattern = _exported_pattern(model, given) if model and demo else {}
-    if pattern.get("attention") == "block":
+    pattern = _exported_pattern(cfg, model, given) if model and demo else {}
+    if "block_seq_len" in pattern:
         trained_n = pattern.pop("block_seq_len")
     length = trained_n if "data.max_seq_length" not in given else None
     extra = ["~experiment"] if demo else []
@@ -310,18 +310,18 @@ def _check_length(cfg, config: BlockBertConfig) -> None:
 FROM_RUN_LENGTH = "init_from keeps the pre-trained model's length: run at that length or shorter"
 
 
-def _exported_pattern(init_from: str, given: set) -> dict:
+def _exported_pattern(cfg, init_from: str, given: set) -> dict:
     """The attention pattern of a block or sparse blockbert export (and a block one's N, ``block_seq_len``), which a
-    run from it under the default experiment keeps unless the command line chooses another (``model=`` or
+    run from it under the default experiment keeps unless the command line chooses another (``model=``, or another
     ``model.attention``; ``model.heads`` given replaces the export's heads only): fine-tuned or pre-trained further, a
     BlockBERT stays the model it was trained as, as from ``init_from`` (before: the dense ``roberta_1seq`` settings ran
     it dense, at A.4's N). Empty for a dense checkpoint."""
     from blockbert.formats.convert import checkpoint_model_values
 
-    if "model" in given or "model.attention" in given:
+    if "model" in given:
         return {}
     values = checkpoint_model_values(init_from)
-    if values["attention"] == "dense":
+    if values["attention"] == "dense" or ("model.attention" in given and cfg.model.attention != values["attention"]):
         return {}
     trained = {"block_seq_len": values["block_seq_len"]} if values["attention"] == "block" else {}
     return {key: values[key] for key in ATTENTION_PATTERN if f"model.{key}" not in given} | trained
@@ -348,11 +348,15 @@ def _hf_sizes(cfg, init_from: str, given: set) -> dict:
     return sizes
 
 
+FOLLOW_LENGTH = ("max_position_embeddings", "block_seq_len")  # raised to data.max_seq_length from a checkpoint
+
+
 def _refuse_other_sizes(cfg, init_from: str, sizes: dict, given: set) -> None:
     """``model.init_from`` builds a model of the checkpoint's sizes: a size the command line gives otherwise is
     refused in one line, not replaced by the checkpoint's unseen (before: ``model.hidden_size=128`` ran at 384)."""
+    length = f"the checkpoint and data.max_seq_length={cfg.data.max_seq_length} give"
     differ = [
-        f"model.{key}={cfg.model[key]!r} (the checkpoint gives {sizes[key]!r})"
+        f"model.{key}={cfg.model[key]!r} ({length if key in FOLLOW_LENGTH else 'the checkpoint gives'} {sizes[key]!r})"
         for key in sorted(sizes)
         if f"model.{key}" in given and key in cfg.model and cfg.model[key] != sizes[key]
     ]
