@@ -500,8 +500,9 @@ def write_generated_squad(
 
     Each paragraph tells three facts about each of ``people`` persons (as many as a uniform draw from that range:
     a range spreads the paragraphs' lengths as real QA sets' are spread; three each by default). With version "2.0"
-    about one question in five asks about a person the paragraph does not mention (no answer). ``questions`` is
-    rounded up to whole paragraphs (3 questions each, 4 with a 2.0 question without answer): 1600 gives 1602.
+    about one question in six asks about a person the paragraph does not mention (no answer: 60% of the paragraphs
+    add one). ``questions`` is rounded up to whole paragraphs (3 questions each, 4 with one without answer): 1600
+    gives 1602 with version 1.1.
     """
     text = functools.partial(_generated_squad, questions, str(version), seed, people)
     return build_file(path, lambda tmp: tmp.write_text(text(), encoding="utf-8"))
