@@ -251,7 +251,12 @@ def _from_checkpoint(cfg, command: str, again):
         values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
     demo = demo and not (run and values.get("name") == "tiny")  # the CPU demo's own run: fine-tuned as the demo
-    pattern = _exported_pattern(cfg, model, given) if model and demo else {}
+    checkpoint = None
+    if model:
+        from blockbert.formats.convert import checkpoint_model_values
+
+        checkpoint = checkpoint_model_values(model)  # its config.json, read once
+    pattern = _exported_pattern(cfg, checkpoint, given) if model and demo else {}
     if "block_seq_len" in pattern:
         trained_n = pattern.pop("block_seq_len")
     length = trained_n if "data.max_seq_length" not in given else None
@@ -268,7 +273,7 @@ def _from_checkpoint(cfg, command: str, again):
     if model:
         with open_dict(cfg):
             cfg.model.update(pattern)
-        values = _hf_sizes(cfg, model, given)
+        values = _hf_sizes(cfg, model, checkpoint, given)
     with open_dict(cfg):
         cfg.model.update(values)
         sanity = cfg.trainer.get("num_sanity_val_steps", LIGHTNING_SANITY_STEPS)
@@ -310,30 +315,25 @@ def _check_length(cfg, config: BlockBertConfig) -> None:
 FROM_RUN_LENGTH = "init_from keeps the pre-trained model's length: run at that length or shorter"
 
 
-def _exported_pattern(cfg, init_from: str, given: set) -> dict:
+def _exported_pattern(cfg, values: dict, given: set) -> dict:
     """The attention pattern of a block or sparse blockbert export (and a block one's N, ``block_seq_len``), which a
     run from it under the default experiment keeps unless the command line chooses another (``model=``, or another
     ``model.attention``; ``model.heads`` given replaces the export's heads only): fine-tuned or pre-trained further, a
     BlockBERT stays the model it was trained as, as from ``init_from`` (before: the dense ``roberta_1seq`` settings ran
-    it dense, at A.4's N). Empty for a dense checkpoint."""
-    from blockbert.formats.convert import checkpoint_model_values
-
-    if "model" in given:
-        return {}
-    values = checkpoint_model_values(init_from)
-    if values["attention"] == "dense" or ("model.attention" in given and cfg.model.attention != values["attention"]):
+    it dense, at A.4's N). Empty for a dense checkpoint. ``values``: the export's model settings."""
+    other = "model.attention" in given and cfg.model.attention != values["attention"]
+    if "model" in given or values["attention"] == "dense" or other:
         return {}
     trained = {"block_seq_len": values["block_seq_len"]} if values["attention"] == "block" else {}
     return {key: values[key] for key in ATTENTION_PATTERN if f"model.{key}" not in given} | trained
 
 
-def _hf_sizes(cfg, init_from: str, given: set) -> dict:
+def _hf_sizes(cfg, init_from: str, values: dict, given: set) -> dict:
     """The model settings a run from the Hugging Face checkpoint (or blockbert export) ``init_from`` builds (as
-    :func:`blockbert.formats.convert.import_weights` builds them), read from its config.json alone."""
-    from blockbert.formats.convert import checkpoint_model_values
+    :func:`blockbert.formats.convert.import_weights` builds them), from its model settings ``values``
+    (:func:`blockbert.formats.convert.checkpoint_model_values`: its config.json alone)."""
     from blockbert.model.config import scale_heads
 
-    values = checkpoint_model_values(init_from)
     seq_len, offset = cfg.data.max_seq_length, values.get("position_offset", 0)
     sizes = {key: value for key, value in values.items() if key not in ATTENTION_SETTINGS and key != "block_seq_len"}
     sizes["max_position_embeddings"] = max(values["max_position_embeddings"], seq_len + offset)
