@@ -28,12 +28,12 @@ def both_ways(tmp_path: Path, *args: str, env: dict | None = None):
 
 
 def same(forked: str, fresh: str, tmp_path: Path) -> bool:
-    """The same text but for the directory each ran in and the times and rates logged."""
+    """The same text but for the directory each ran in, the times logged and datasets' progress bars."""
 
     def plain(text: str, way: str) -> str:
         text = text.replace(str(tmp_path / way), "DIR")
         text = re.sub(r"\[\d{4}-\d\d-\d\d [\d:,]+\]", "[time]", text)
-        return re.sub(r"\[[\d:<?]+, +[\d.?]+ examples/s\]", "[progress]", text)  # datasets' bars: time, rate
+        return re.sub(r"[^\n]* examples/s\]\n", "", text)  # datasets' bars: how many updates they draw is timing
 
     return plain(forked, "forked") == plain(fresh, "fresh")
 
