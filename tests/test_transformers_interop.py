@@ -583,7 +583,9 @@ def yaml_list(path: Path) -> list:
 
 def test_a_block_export_is_fine_tuned_as_the_block_model_it_is(exported_run, blockbert, tmp_path):
     """Under the default experiment, a blockbert export keeps its attention and N (before: the dense roberta_1seq
-    settings ran it dense at A.4's N=512); a dense export stays dense; model= or another model.attention choose."""
+    settings ran it dense at A.4's N=512); a dense export stays dense; model= or another model.attention choose.
+    The fixture's model has the demo's tiny sizes: it goes on with the demo's values, as a demo run given to
+    init_from does (before: A.4's lr 3e-5, which leaves it almost untrained); other sizes take A.4's."""
     block = f"model.init_from={exported_run['block']}"
     shown = yaml.safe_load(blockbert(tmp_path, "finetune", block, "--cfg", "job").stdout)
     assert (shown["model"]["attention"], shown["model"]["heads"], shown["model"]["block_seq_len"]) == (
@@ -591,11 +593,15 @@ def test_a_block_export_is_fine_tuned_as_the_block_model_it_is(exported_run, blo
         "3:1",
         64,
     )
-    assert shown["data"]["max_seq_length"] == 64 and shown["optim"]["lr"] == 3e-5  # A.4's values otherwise
+    assert shown["data"]["max_seq_length"] == 64 and shown["optim"]["lr"] == 1e-3  # the demo's
+    assert shown["trainer"]["max_steps"] == 300 and shown["model"]["name"] == "tiny"
     dense = yaml.safe_load(
         blockbert(tmp_path, "finetune", f"model.init_from={exported_run['dense']}", "--cfg", "job").stdout
     )
-    assert dense["model"]["attention"] == "dense" and dense["data"]["max_seq_length"] == 512
+    assert dense["model"]["attention"] == "dense" and dense["data"]["max_seq_length"] == 128  # the demo's N
+    assert dense["optim"]["lr"] == 1e-3
+    paper = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model=blockbert_n2", "--cfg", "job").stdout)
+    assert paper["optim"]["lr"] == 3e-5 and paper["model"]["heads"] == "3:1"  # A.4; 10:2 scaled to the 4 heads
     chosen = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model.attention=dense", "--cfg", "job").stdout)
     assert chosen["model"]["attention"] == "dense"
     same = yaml.safe_load(blockbert(tmp_path, "finetune", block, "model.attention=block", "--cfg", "job").stdout)

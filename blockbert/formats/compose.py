@@ -218,11 +218,11 @@ def _refuse_unpretrained_row(cfg, command: str) -> None:
 def _from_checkpoint(cfg, command: str, again):
     """Starting from a checkpoint: without the CPU demo's settings, at the checkpoint's sizes.
 
-    Under the default experiment, the CPU demo ``tiny``, the config is composed again without it (unless
-    ``init_from`` is a run of the demo's own ``tiny`` model, which goes on as the demo): the paper's values (A.1 for
-    pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense ``roberta_1seq`` model settings,
-    whose heads fit any checkpoint (a blockbert export keeps its own attention: :func:`_exported_pattern`), with the
-    user's overrides still applied (the demo's lr 1e-3 and 300-step cap
+    Under the default experiment, the CPU demo ``tiny``, the config is composed again without it (unless the
+    checkpoint is the demo's own ``tiny`` model, a run of it or an export of its sizes, which goes on as the demo):
+    the paper's values (A.1 for pretrain, A.4 for finetune: learning rate, schedule, steps) and the dense
+    ``roberta_1seq`` model settings, whose heads fit any checkpoint (a blockbert export keeps its own attention:
+    :func:`_exported_pattern`), with the user's overrides still applied (the demo's lr 1e-3 and 300-step cap
     would wreck a pretrained model). Fine-tuning from a blockbert run runs at its pre-training N, as the paper does,
     unless ``data.max_seq_length`` is given. Then the model node takes the checkpoint's sizes: all of a blockbert
     run's model (``init_from``), or of a Hugging Face model (``model.init_from``) its sizes, with block heads written
@@ -250,13 +250,14 @@ def _from_checkpoint(cfg, command: str, again):
         trained_n = BlockBertConfig.from_values(values).block_seq_len
         values = {key: value for key, value in values.items() if f"model.{key}" not in given}  # how it runs, given
     demo = cfg.hydra.runtime.choices.get("experiment") == "tiny" and "experiment" not in given
-    demo = demo and not (run and values.get("name") == "tiny")  # the CPU demo's own run: fine-tuned as the demo
     checkpoint = None
     if model:
         from blockbert.formats.convert import checkpoint_model_values
 
         checkpoint = checkpoint_model_values(model)  # its config.json, read once
     pattern = _exported_pattern(cfg, checkpoint, given) if model and demo else {}
+    own = values.get("name") == "tiny" if run else _demo_sized(cfg, checkpoint)
+    demo = demo and not own  # the CPU demo's own model (a run of it, or an export of its sizes): goes on as the demo
     if "block_seq_len" in pattern:
         trained_n = pattern.pop("block_seq_len")
     length = trained_n if "data.max_seq_length" not in given else None
@@ -320,12 +321,31 @@ def _exported_pattern(cfg, values: dict, given: set) -> dict:
     run from it under the default experiment keeps unless the command line chooses another (``model=``, or another
     ``model.attention``; ``model.heads`` given replaces the export's heads only): fine-tuned or pre-trained further, a
     BlockBERT stays the model it was trained as, as from ``init_from`` (before: the dense ``roberta_1seq`` settings ran
-    it dense, at A.4's N). Empty for a dense checkpoint. ``values``: the export's model settings."""
+    it dense, at A.4's N). A dense checkpoint stays dense (the demo's block ``tiny`` model, kept for an export of its
+    sizes, does not make it block). ``values``: the export's model settings."""
     other = "model.attention" in given and cfg.model.attention != values["attention"]
-    if "model" in given or values["attention"] == "dense" or other:
+    if "model" in given or other:
         return {}
+    if values["attention"] == "dense":
+        return {"attention": "dense"}
     trained = {"block_seq_len": values["block_seq_len"]} if values["attention"] == "block" else {}
     return {key: values[key] for key in ATTENTION_PATTERN if f"model.{key}" not in given} | trained
+
+
+DEMO_SIZES = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+def _demo_sized(cfg, values: dict) -> bool:
+    """Whether the checkpoint ``model.init_from`` names (its model settings ``values``) has the sizes of the CPU
+    demo's ``tiny`` model, when that is the model chosen: an export of a demo run, fine-tuned or pre-trained further
+    as the demo, as a run of it given to ``init_from`` is (before: A.4's lr 3e-5 left it almost untrained)."""
+
+    def sizes(model) -> dict:
+        return {key: model.get(key) for key in DEMO_SIZES} | {
+            "intermediate_size": model.get("intermediate_size") or 4 * model["hidden_size"]  # None: BERT's 4×
+        }
+
+    return cfg.hydra.runtime.choices.get("model") == "tiny" and sizes(values) == sizes(cfg.model)
 
 
 def _hf_sizes(cfg, init_from: str, values: dict, given: set) -> dict:
