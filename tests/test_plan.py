@@ -113,6 +113,9 @@ def test_plan_with_the_defaults(blockbert, tmp_path):
     env = {"BLOCKBERT_PLAN_DIR": str(tmp_path / "fits")}
     out = blockbert(tmp_path, "plan", env=env)
     assert "peak" in out.stdout and "fits" in out.stdout and "seconds per optimizer step" in out.stdout
+    # what is measured now, said before it is (before: nothing, for minutes at a long N on a CPU)
+    assert "plan: fitting memory and time on CPU" in out.stderr, out.stderr
+    assert "the model cut to 1 and 2 layers, N=64 and 128, micro-batches 4 and 8" in out.stderr
     (result,) = json.loads(next(tmp_path.glob("runs/plan/*/plan.json")).read_text())["jobs"]
     assert result["fits"] and result["run"]["accumulation"] == 2 and result["run"]["per_device_batch"] == 8
     assert result["time"]["step_s"] > 0 and result["time"]["run_hours"] > 0
@@ -121,7 +124,8 @@ def test_plan_with_the_defaults(blockbert, tmp_path):
     # times measured beside a busy neighbour (the suite's other worker) are not kept: the second plan times again.
     # Read before the second plan, which replaces a busy fit with its own.
     quiet = not any(plan_fit.timed_beside_others(fit) for fit in json.loads(stored.read_text())["fits"].values())
-    blockbert(tmp_path, "plan", "--out", "again", env=env)  # the fit is kept and reused
+    second = blockbert(tmp_path, "plan", "--out", "again", env=env)  # the fit is kept and reused
+    assert ("plan: fitting" not in second.stderr) == quiet
     (again,) = json.loads((tmp_path / "again" / "plan.json").read_text())["jobs"]
     assert again["fit"]["source"].startswith("fitted on" if quiet else "fitted now")
     assert again["memory_gb"] == pytest.approx(result["memory_gb"], rel=0.02)

@@ -453,7 +453,15 @@ def fit_for(target: Target, store: FitStore, device: torch.device | None, timed:
             f"N={target.seq_len}, {target.precision}): run `blockbert plan --calibrate` with these overrides on that "
             "GPU"
         )
-    log.info("plan: fitting memory%s on %s (1 and 2 layers)", " and time" if timed else "", device_name(device))
+    log.info(
+        "plan: fitting memory%s on %s: the model cut to 1 and 2 layers, N=%s, micro-batches %s (once per model and "
+        "device kind: stored in %s for later plans and runs)",
+        " and time" if timed else "",
+        device_name(device),
+        " and ".join(map(str, sorted(set(fit_lengths(target))))),
+        " and ".join(map(str, sorted(set(fit_batches(target, device))))),
+        store.path,
+    )
     entry = measure_fit(target, device, timed)
     timed_beside_others(entry)
     store.put(target, entry, describe_device(device))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def run_plan(
         raise ConfigError(f"--gpus {gpus}: give at least 1")
     if source and not sweep:
         raise ConfigError(f"--from {source}: give it with --sweep finetune_each (the sweep that fine-tunes its jobs)")
+    _show_progress()
     out_dir = Path(out or new_run_path("plan")).resolve()
     if out:
         check_writable(out, "--out")  # before the fit, not after
@@ -90,6 +92,16 @@ def run_plan(
     (out_dir / "plan.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_results("plan.json", out_dir)
     return 0
+
+
+def _show_progress() -> None:
+    """blockbert's log lines on stderr, as the training commands show them through Hydra's logging, which `plan` runs
+    without: a fit measured now says what it measures (minutes on a CPU at a long N; before: nothing was shown)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("blockbert")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _where(cfg, gpu: str | None, gpus: int | None = None):
