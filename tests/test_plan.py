@@ -174,6 +174,22 @@ def test_a_cpu_time_stored_before_the_busy_check_is_timed_again(tmp_path, monkey
     assert plan_fit.fit_for(target, plan_fit.FitStore(tmp_path, "cpu-test"), CPU, timed=True)[1].startswith("fitted on")
 
 
+@pytest.mark.parametrize(("long_step_s", "repeats"), [(1e9, plan_fit.TIME_REPEATS), (0.0, 1)])
+def test_a_long_step_is_timed_once_after_its_warm_up(monkeypatch, long_step_s, repeats):
+    """A step as long as LONG_STEP_S (minutes at a long N on a CPU) is timed once, not TIME_REPEATS times."""
+    calls = []
+
+    def recorded(phases, device, warmup, times):
+        calls.append((warmup, times))
+        return {name: 1.0 for name in phases}
+
+    monkeypatch.setattr(plan_fit, "LONG_STEP_S", long_step_s)
+    monkeypatch.setattr(plan_fit, "time_in_order", recorded)
+    target = target_of("blockbert_n2", 64, per_device=2)
+    timed = plan_fit.time_fit(target, CPU, plan_fit.autocast_of(target, CPU), 2)
+    assert calls == [(0, 1), (0, repeats)] and timed["forward_backward_s"] == [1.0, 1.0]
+
+
 def test_the_share_of_busy_processes_is_measured():
     cores = usable_cores()  # the busy loops inherit this process's cores
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cores]

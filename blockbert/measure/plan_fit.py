@@ -37,6 +37,7 @@ FIT_LAYERS = (1, 2)
 TIME_REPEATS = 5
 BUSY_SHARE = 0.25  # our choice: a CPU time measured while other processes took more of our cores is timed again
 FIT_TOKENS_CPU = 8192  # our choice: the most tokens of a fitted micro-batch on a CPU
+LONG_STEP_S = 5.0  # our choice: a step whose warm-up takes this long is timed once, not TIME_REPEATS times
 FIT_VERSION = 2  # raised when the model's kernels or the measurement change: older fits are not reused
 CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"  # shipped fits of GPU kinds (plan --calibrate)
 PRECISIONS = {  # Lightning's precision -> (parameter dtype, autocast dtype)
@@ -285,15 +286,16 @@ def timed_micro_batch(target: Target, device: torch.device) -> int:
 def time_fit(target: Target, device: torch.device, autocast, batch: int) -> dict:
     """Forward + backward of a micro-batch of ``batch`` sequences at the run's N and the optimizer step, for the
     model cut to 1 and 2 layers, timed in turns (so that a machine's drift hits both alike): medians of TIME_REPEATS
-    after a warm-up."""
+    after a warm-up, or one time when the warm-up took LONG_STEP_S or more (a long step's noise is small beside it)."""
     phases = {}
     for layers in FIT_LAYERS:
         model, optimizer = model_and_optimizer(target, layers, target.seq_len, device)
         inputs = batch_maker(target, batch, target.seq_len, device)()  # built once: the batch is not timed
         step = step_phases(model, lambda inputs=inputs: inputs, loss_of, optimizer, autocast)
         phases[f"forward_backward_{layers}"], phases[f"optimizer_{layers}"] = step
+    warm_up = sum(time_in_order(phases, device, 0, 1).values())
     with OthersLoad() as others:
-        times = time_in_order(phases, device, 1, TIME_REPEATS)
+        times = time_in_order(phases, device, 0, 1 if warm_up >= LONG_STEP_S else TIME_REPEATS)
     return {
         "micro_batch": batch,
         "forward_backward_s": [times[f"forward_backward_{layers}"] for layers in FIT_LAYERS],
