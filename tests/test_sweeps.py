@@ -675,6 +675,38 @@ def test_a_plain_finetune_multirun_is_ranked_by_dev_f1(tmp_path, scores, em, nam
     assert markdown[2] == f"| {names[1]} | 3e-3 | 90.00 | 80.00 | finished |"
 
 
+def test_fine_tuning_runs_on_other_dev_sets_are_ranked_within_each(tmp_path):
+    """runs/finetune holds every fine-tuning run: F1 on another task or dev file is not ranked against the others
+    (before: one "best first" table over SQuAD 2.0, MRQA and SQuAD 1.1); pre-training runs on other corpora alike."""
+    directory = tmp_path / "finetune"
+    plain_runs(
+        directory, {"a": ([], {**SQUAD11, "dev/f1": 50.0})}, {"task": {"name": "squad11", "dev_file": "d/dev.json"}}
+    )
+    plain_runs(
+        directory, {"b": ([], {**SQUAD11, "dev/f1": 40.0})}, {"task": {"name": "squad11", "dev_file": "dev.json"}}
+    )
+    plain_runs(directory, {"c": ([], {**SQUAD20, "dev/f1": 60.0})}, {"task": {"name": "generated", "version": "2.0"}})
+    plain_runs(directory, {"d": ([], {**SQUAD11, "dev/f1": 55.0})}, {"task": {"name": "mrqa", "dev_file": "x.jsonl"}})
+    out, rows, markdown = report_of(directory)
+    assert "finetune: dev/f1 (max), best first within each dev set" in " ".join(out.split())
+    assert [(r["job"], r["dev set"]) for r in rows] == [
+        ("c", "generated v2.0"),
+        ("d", "mrqa x.jsonl"),
+        ("a", "squad11 dev.json"),  # the same file name in another folder: the same set, as far as the name tells
+        ("b", "squad11 dev.json"),
+    ]
+    assert markdown[0].startswith("| job | dev set | dev/f1 |")
+    same = plain_runs(tmp_path / "same", {"a": ([], SQUAD11), "b": ([], SQUAD11)}, {"task": {"name": "squad11"}})
+    out, rows, _ = report_of(same)
+    assert "dev set" not in rows[0] and "within each" not in out
+    corpora = tmp_path / "pretrain"
+    plain_runs(corpora, {"a": ([], {"val/ppl": 9.0})}, {"data": {"name": "text_files", "files": ["a.txt"]}})
+    plain_runs(corpora, {"b": ([], {"val/ppl": 5.0})}, {"data": {"name": "tiny_corpus", "files": None}})
+    out, rows, _ = report_of(corpora)
+    assert "best first within each data" in " ".join(out.split())
+    assert [r["data"] for r in rows] == ["text_files a.txt", "tiny_corpus"]
+
+
 def test_a_directory_of_both_commands_runs_is_a_one_line_error(tmp_path):
     directory = plain_runs(tmp_path / "mixed", {"0": ([], {"val/ppl": 9.0})}, {"model": {"name": "tiny"}})
     plain_runs(directory, {"1": ([], SQUAD11)}, {"task": {"name": "squad11"}})

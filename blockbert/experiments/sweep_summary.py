@@ -132,20 +132,26 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
         keys = join_pretraining(rows, Path(spec["from"]))
     metric, mode = (spec["metric"], spec.get("mode", "min")) if "metric" in spec else plain_metric(sweep_dir, rows)
     rows = rank(rows, metric, mode)
+    order = "best first"
+    if "metric" not in spec:  # runs of any commands' lines (runs/finetune): scores on other sets are not ranked as one
+        column = scored_column(sweep_dir, rows, metric)
+        if column:
+            keys, order = [column, *keys], f"best first within each {column}"
+            rows = sorted(rows, key=lambda row: row[column])  # stable: ranked within each
     metrics = shown_metrics(rows, metric)
     write_csv(rows, keys, metrics, sweep.summary(".csv"))
     if "seed" in keys and len({r["seed"] for r in rows}) > 1:
         settings = [k for k in keys if k != "seed"]
         groups = over_seeds(rows, settings, metric, mode)
         write_seed_csv(groups, sweep.seeds_summary)
-        print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, best first")
+        print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, {order}")
         print_counts(console, rows)
         write_seed_markdown(groups, settings, metric, sweep.summary(".md"))
         plotted = groups
     else:
         columns = table_columns(rows, keys, metrics)
         cells = table_cells(rows, columns)
-        print_table(console, f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), best first", columns, cells)
+        print_table(console, f"{spec.get('name', sweep_dir.name)}: {metric} ({mode}), {order}", columns, cells)
         print_counts(console, rows)
         write_table_markdown(columns, cells, sweep.summary(".md"))
         select_job(console, sweep, rows, keys, spec.get("select") or {}, mode)
@@ -260,6 +266,34 @@ def plain_metric(sweep_dir: Path, rows: list[dict]) -> tuple[str, str]:
             "report each command's runs from a directory of their own"
         )
     return ("dev/f1", "max") if kinds == {"finetune"} else ("val/ppl", "min")
+
+
+def scored_column(sweep_dir: Path, rows: list[dict], metric: str) -> str | None:
+    """A plain directory's runs scored on different sets: fine-tuning on other tasks or dev files, pre-training on
+    other corpora, whose scores no one ranking compares. Each row gets the set it was scored on in a column of that
+    name ("dev set", "data"), returned to rank within it; None, and no column, when they share one (or none says)."""
+    column = "dev set" if metric == "dev/f1" else "data"
+    scored = {row["job"]: scored_on(RunDir(sweep_dir / row["job"]), column) for row in rows}
+    if len(set(scored.values()) - {None}) < 2:
+        return None
+    for row in rows:
+        row[column] = scored[row["job"]] or ""
+    return column
+
+
+def scored_on(job: RunDir, column: str) -> str | None:
+    """The set a run's scores are on, from its config: a fine-tuning run's task and dev file (the generated set's
+    version), a pre-training run's corpus and files; None without a readable config."""
+    config = job.config()
+    if config is None:
+        return None
+    node = (config.get("task") if column == "dev set" else config.get("data")) or {}
+    files = node.get("dev_file") if column == "dev set" else node.get("files")
+    files = [files] if isinstance(files, str) else list(files or [])
+    parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
+    if column == "dev set" and not files and node.get("version"):
+        parts.append(f"v{node['version']}")
+    return " ".join(parts)
 
 
 def job_kind(job: RunDir, row: dict) -> str | None:
