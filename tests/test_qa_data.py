@@ -96,6 +96,18 @@ def test_malformed_squad_names_file_and_item(tmp_path, content, message):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "fmt"),
+    [("empty.json", '{"data": []}', "squad1"), ("header.jsonl", '{"header": {"dataset": "x"}}\n', "mrqa")],
+)
+def test_a_file_without_questions_says_what_is_accepted(tmp_path, name, content, fmt):
+    """Before: only "no questions found", where an empty file says what it should hold."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(QADataError, match=r"no questions found: expected SQuAD JSON .* or MRQA JSON lines"):
+        read_qa_file(path, fmt)
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_mrqa_reading_with_and_without_gzip_and_even_split(tmp_path, gz):
     lines = [json.dumps({"header": {"dataset": "TriviaQA", "split": "dev"}})]

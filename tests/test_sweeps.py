@@ -292,7 +292,7 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     # the job appended is no other grid (--dir continues the recorded one); another --from is
     stored = {"overrides": sweep.overrides, "grid": {"init_from": ["/pre/0", "/pre/2"]}, "from": "/pre"}
     assert job_differences(sweep, grid, Path("/pre"), stored) == []
-    assert job_differences(sweep, grid, Path("/other"), stored) == ["--from /other, not /pre"]
+    assert job_differences(sweep, grid, Path("/other"), stored) == ["--from given /other, recorded /pre"]
 
 
 def test_the_pre_training_jobs_are_the_outermost_key_so_one_finished_since_adds_jobs_at_the_end(monkeypatch):

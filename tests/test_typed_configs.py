@@ -3,6 +3,7 @@
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -343,4 +344,23 @@ def test_export_of_a_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli.app, ["export", "runs/nope", "out"])
     assert result.exit_code == 2 and "error: 'runs/nope' does not exist (expected a blockbert run" in result.output
+    assert "model.init_from" not in result.output  # init_from's hint, which export has nothing to do with
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.heads=2:2", "model.attention=dense"],
+            "model.heads='2:2' is read only by model.attention=block, not dense",
+        ),
+        (["model.sparse_stride=8"], "model.sparse_stride=8 is read only by model.attention=sparse, not block"),
+        (["model=roberta_1seq", "model.sparse_expressivity=2"], "model.sparse_expressivity=2 is read only by model"),
+    ],
+)
+def test_an_attention_setting_the_attention_does_not_read_is_refused(overrides, message):
+    """Before: model.heads=2:2 with dense attention ran dense and said nothing."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose("pretrain", overrides, finished=True)
+    compose("pretrain", ["model.heads=2:2"], finished=True)  # the default (block) model reads it

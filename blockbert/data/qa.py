@@ -132,7 +132,7 @@ def read_qa_file(
                 "(predictions and scores are keyed by id)"
             )
     if not dataset.examples:
-        raise QADataError(f"{path}: no questions found")
+        raise QADataError(f"{path}: no questions found: expected {SQUAD_OR_MRQA} with at least one question")
     if dataset.mismatched_answers:
         log.warning(
             "%s: answers that do not match the paragraph at their offset: %d (fine-tuning does not train on them; "

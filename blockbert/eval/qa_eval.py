@@ -39,7 +39,7 @@ def evaluate_split(
     predictions = predict_answers(
         dataset.examples, windows, starts, ends, answers.n_best_size, answers.max_answer_length
     )
-    odds = {qid: min(p.null_odds, 1e9) for qid, p in predictions.items()}
+    odds = {qid: min(p.null_odds, 1e9) + 0.0 for qid, p in predictions.items()}  # + 0.0: -0.0 written as 0.0
     if dataset.format == "squad2":
         search = score_v2(dataset.gold, final_texts(predictions, None), na_probs=odds)
         if threshold is None:

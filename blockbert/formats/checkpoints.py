@@ -83,10 +83,12 @@ def run_checkpoint(run: str | Path) -> Path:
 def run_model_config(run: str) -> dict:
     """The model config (:class:`BlockBertConfig`'s fields) a blockbert run directory or checkpoint file holds, read
     without copying its weights."""
-    return _model_config(*_run_checkpoint(run))
+    return _model_config(*_run_checkpoint(run, "; a Hugging Face model (hub name) goes to model.init_from"))
 
 
-def _run_checkpoint(run: str) -> tuple[Path, dict]:
+def _run_checkpoint(run: str, missing_hint: str = "") -> tuple[Path, dict]:
+    """(the run's newest checkpoint, its contents); ``missing_hint`` ends the line refusing a path that does not
+    exist (``init_from``'s: where a hub name goes)."""
     directory, ckpt = checkpoint_of(run)[0], run_checkpoint(run)
     if not ckpt.is_file():
         if (directory.path / "config.json").is_file() or (Path(run).expanduser() / "config.json").is_file():
@@ -102,9 +104,7 @@ def _run_checkpoint(run: str) -> tuple[Path, dict]:
                 f"{run!r} is a sweep or multirun directory: give one of its jobs' directories ({shown})"
             )
         if not given.exists():  # said "no checkpoint", as if the directory were there
-            raise FileNotFoundError(
-                f"{run!r} does not exist ({NO_CHECKPOINT}; a Hugging Face model (hub name) goes to model.init_from)"
-            )
+            raise FileNotFoundError(f"{run!r} does not exist ({NO_CHECKPOINT}{missing_hint})")
         raise FileNotFoundError(f"{run!r}: no checkpoint ({NO_CHECKPOINT})")
     return ckpt, load_checkpoint(ckpt, mmap=True)
 

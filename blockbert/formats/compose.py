@@ -197,8 +197,27 @@ def finish(cfg, command: str, run_mode, again):
     _refuse_unpretrained_row(cfg, command)
     if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
         cfg = _from_checkpoint(cfg, command, again)
+        _refuse_unread_attention(cfg)
         _check_length(cfg, _check_model(cfg.model))
     return cfg
+
+
+READ_ONLY_BY = {"heads": "block", "sparse_stride": "sparse", "sparse_expressivity": "sparse"}  # model.X: attention
+PRESET_OF = {"block": "model=blockbert_n2", "sparse": "model=sparsebert"}
+
+
+def _refuse_unread_attention(cfg) -> None:
+    """A ``model.heads`` (or sparse setting) the command line gives for an attention that does not read it is refused
+    in one line, not ignored (before: ``model.heads=2:2 model.attention=dense`` ran dense and said nothing), as a
+    corpus or task setting their source does not read is (:mod:`blockbert.formats.schema`)."""
+    given = {override_key(o) for o in cfg.hydra.overrides.task}
+    attention = cfg.model.attention
+    for key, reader in READ_ONLY_BY.items():
+        if f"model.{key}" in given and attention != reader:
+            raise ConfigError(
+                f"model.{key}={cfg.model[key]!r} is read only by model.attention={reader}, not {attention}: give "
+                f"model.attention={reader} (or {PRESET_OF[reader]}), or leave it out"
+            )
 
 
 def _refuse_unpretrained_row(cfg, command: str) -> None:

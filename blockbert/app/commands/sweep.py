@@ -445,13 +445,13 @@ def job_differences(sweep, grid: dict, source_dir: Path | None, stored: dict) ->
     if fixed != recorded_fixed:
         given, had = [o for o in fixed if o not in recorded_fixed], [o for o in recorded_fixed if o not in fixed]
         differences.append(
-            f"overrides {' '.join(given) or 'none'}, not {' '.join(had) or 'none'}"
+            f"overrides given {' '.join(given) or 'none'}, recorded {' '.join(had) or 'none'}"
             if given or had
             else "the same overrides in another order"
         )
     recorded_source = stored.get("from")
     if recorded_source is not None and str(source_dir) != recorded_source:
-        differences.append(f"--from {source_dir}, not {recorded_source}")
+        differences.append(f"--from given {source_dir}, recorded {recorded_source}")
     return differences + changed_jobs(jobs(stored["grid"]), jobs(recorded_part(sweep, grid, stored["grid"])))
 
 
