@@ -365,7 +365,8 @@ def test_ratios_of_means_for_table5():
     assert means[0]["mean_s"] == pytest.approx(2.0) and means[0]["median_s"] == pytest.approx(1.0)
 
 
-# blockbert benchmark with Ctrl-C as a terminal sends it (SIGINT to the process) when the second point starts
+# blockbert benchmark with Ctrl-C as a terminal sends it (SIGINT to the process), or a scheduler's SIGTERM, when the
+# second point starts
 CTRL_C_AT_SECOND_POINT = """
 import os, signal
 from blockbert.measure import benchmark
@@ -374,7 +375,7 @@ points = []
 def ctrl_c_at_second(*args, **kwargs):
     points.append(1)
     if len(points) == 2:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("STOP_WITH", "SIGINT")))
     return timed(*args, **kwargs)
 benchmark.time_side_by_side = ctrl_c_at_second
 from cli import main
@@ -382,30 +383,33 @@ main()
 """
 
 
-def test_a_benchmark_stopped_by_ctrl_c_keeps_the_rows_it_measured(tmp_path):
-    """The rows of the points measured before Ctrl-C are in benchmark.json (marked incomplete) and in the table; the
-    command says so in one line and exits 130 (a GPU check's part stopped by its time limit keeps its rows)."""
+@pytest.mark.parametrize(("stop", "said", "code"), [("SIGINT", "Ctrl-C", 130), ("SIGTERM", "SIGTERM", 143)])
+def test_a_benchmark_stopped_by_ctrl_c_keeps_the_rows_it_measured(tmp_path, stop, said, code):
+    """The rows of the points measured before Ctrl-C (or SIGTERM: before, it ended silently) are in benchmark.json
+    (marked incomplete) and in the table; the command says so in one line and exits 130 (143) (a GPU check's part
+    stopped by its time limit keeps its rows)."""
     out = subprocess.run(
         [sys.executable, "-c", CTRL_C_AT_SECOND_POINT, "benchmark", "mode=attention", "attention_seq_lengths=[96,128]"]
         + ["attention_dropout=[0.0]", "repeats=1", "warmup=0", "hydra.run.dir=a"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache"), "STOP_WITH": stop},
         timeout=300,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal has it
     )
-    assert out.returncode == 130, out.stderr[-3000:]
+    assert out.returncode == code, out.stderr[-3000:]
     result = json.loads((tmp_path / "a" / "benchmark.json").read_text())
     rows = result["records"]
     assert result["complete"] is False and {r["seq_len"] for r in rows} == {96}
     assert {r["model"] for r in rows} >= {"dense", "block n=2 (10:2)", "block n=3 (8:2:2)"}
     errors = [line for line in out.stderr.splitlines() if "blockbert benchmark:" in line]
     assert errors == [
-        f"blockbert benchmark: interrupted: stopped by Ctrl-C after {len(rows)} measured rows; benchmark.json holds "
+        f"blockbert benchmark: interrupted: stopped by {said} after {len(rows)} measured rows; benchmark.json holds "
         "them; a rerun measures everything again"
     ]
     assert "Traceback" not in out.stderr
+    assert "N=96 dropout 0 done" in out.stdout + out.stderr  # each point says so (before: silent until the end)
     assert "block n=3 (8:2:2)" in out.stdout  # the table of the rows measured
     assert out.stdout.strip().splitlines()[-1] == str((tmp_path / "a").resolve())
 

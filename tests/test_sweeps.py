@@ -685,12 +685,16 @@ def test_fine_tuning_runs_on_other_dev_sets_are_ranked_within_each(tmp_path):
     plain_runs(
         directory, {"b": ([], {**SQUAD11, "dev/f1": 40.0})}, {"task": {"name": "squad11", "dev_file": "dev.json"}}
     )
-    plain_runs(directory, {"c": ([], {**SQUAD20, "dev/f1": 60.0})}, {"task": {"name": "generated", "version": "2.0"}})
+    plain_runs(
+        directory,
+        {"c": ([], {**SQUAD20, "dev/f1": 60.0})},
+        {"task": {"name": "generated", "version": "2.0", "generated_questions": 800}},
+    )
     plain_runs(directory, {"d": ([], {**SQUAD11, "dev/f1": 55.0})}, {"task": {"name": "mrqa", "dev_file": "x.jsonl"}})
     out, rows, markdown = report_of(directory)
     assert "finetune: dev/f1 (max), best first within each dev set" in " ".join(out.split())
     assert [(r["job"], r["dev set"]) for r in rows] == [
-        ("c", "generated v2.0"),
+        ("c", "generated v2.0 800 questions"),
         ("d", "mrqa x.jsonl"),
         ("a", "squad11 dev.json"),  # the same file name in another folder: the same set, as far as the name tells
         ("b", "squad11 dev.json"),

@@ -283,7 +283,8 @@ def scored_column(sweep_dir: Path, rows: list[dict], metric: str) -> str | None:
 
 def scored_on(job: RunDir, column: str) -> str | None:
     """The set a run's scores are on, from its config: a fine-tuning run's task and dev file (the generated set's
-    version), a pre-training run's corpus and files; None without a readable config."""
+    version and size; the first N questions of ``max_eval_samples``), a pre-training run's corpus and files; None
+    without a readable config."""
     config = job.config()
     if config is None:
         return None
@@ -291,8 +292,12 @@ def scored_on(job: RunDir, column: str) -> str | None:
     files = node.get("dev_file") if column == "dev set" else node.get("files")
     files = [files] if isinstance(files, str) else list(files or [])
     parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
-    if column == "dev set" and not files and node.get("version"):
+    if column == "dev set" and not files and node.get("version"):  # the generated set: its version and size
         parts.append(f"v{node['version']}")
+        if node.get("generated_questions"):
+            parts.append(f"{node['generated_questions']} questions")
+    if column == "dev set" and node.get("max_eval_samples"):
+        parts.append(f"first {node['max_eval_samples']}")
     return " ".join(parts)
 
 

@@ -5,9 +5,10 @@ in each layout on padded batches (mode=layout); mode=data: pre-training preproce
 a bare loop (:mod:`blockbert.measure.run_benchmark`).
 
 benchmark.json is written after every measured point, with ``"complete": false`` until the last: a benchmark stopped
-by Ctrl-C (or a scheduler's time limit: SIGINT, SIGTERM, even SIGKILL) keeps every row it measured. Ctrl-C also
-prints the table of those rows and ends with exit code 130. A rerun measures everything again: rows measured at
-different times are not side by side, so a stopped benchmark is not resumed.
+by Ctrl-C (or a scheduler's time limit: SIGINT, SIGTERM, even SIGKILL) keeps every row it measured. Ctrl-C and
+SIGTERM also print the table of those rows and the line saying so, and end with exit code 130 or 143 (before, SIGTERM
+ended it silently). A rerun measures everything again: rows measured at different times are not side by side, so a
+stopped benchmark is not resumed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from rich.table import Table
 
 from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.display import MiB, console, print_results, pyplot
-from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted
+from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, RunInterrupted
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.schema import BENCHMARK_MODES
@@ -122,12 +125,14 @@ def check_mode_heads(cfg) -> None:
     check_heads(heads, list(OmegaConf.select(cfg, setting)), OmegaConf.to_container(cfg.size, resolve=True), setting)
 
 
-def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, bool]:
+def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str | None]:
     """``header`` with the records of ``points`` (an iterable of lists of records, one list per measured point),
     written to benchmark.json after each point (``derive``, if given, first recomputes what is derived from all
-    records so far); and whether Ctrl-C stopped the measurement."""
+    records so far); and what stopped the measurement: "Ctrl-C", "SIGTERM" or None."""
     results = {**header, "complete": False, "records": []}
-    stopped = False
+    stopped = None
+    main = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
     try:
         for rows in points:
             results["records"] += rows
@@ -135,10 +140,23 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, bool
                 derive(results)
             _write(run, results)
     except KeyboardInterrupt:
-        stopped = True
-    results["complete"] = not stopped
+        stopped = "Ctrl-C"
+    except Terminated:
+        stopped = "SIGTERM"
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+    results["complete"] = stopped is None
     _write(run, results)
     return results, stopped
+
+
+class Terminated(Exception):
+    """SIGTERM while a benchmark measures (a scheduler's time limit): it stops as Ctrl-C stops it."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def _write(run: RunDir, results: dict) -> None:
@@ -146,16 +164,17 @@ def _write(run: RunDir, results: dict) -> None:
     write_atomically(run.benchmark_file, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
 
 
-def end(run: RunDir, results: dict, stopped: bool, contents: str) -> None:
-    """The command's last lines: where the results are, or (``stopped``) the interruption and what it kept."""
+def end(run: RunDir, results: dict, stopped: str | None, contents: str) -> None:
+    """The command's last lines: where the results are, or (``stopped``: by Ctrl-C or SIGTERM) the interruption and
+    what it kept."""
     if stopped:
         rows = len(results["records"])
         kept = f"{run.benchmark_file.name} holds them" if rows else f"{run.benchmark_file.name} holds none"
         raise RunInterrupted(
-            f"stopped by Ctrl-C after {rows} measured rows; {kept}",
+            f"stopped by {stopped} after {rows} measured rows; {kept}",
             "a rerun measures everything again",
             run.path,
-            SIGINT_EXIT_CODE,
+            SIGINT_EXIT_CODE if stopped == "Ctrl-C" else SIGTERM_EXIT_CODE,
             resumable=False,
         )
     print_results(contents, run.path)
@@ -519,6 +538,7 @@ def benchmark_attention(cfg, baselines, device, autocast) -> Iterator[list[dict]
                 bound = medians.get(BOUNDS.get(r["model"]))
                 r["ratio_to_bound"] = r["median_s"] / bound if bound and r["median_s"] else None
                 r["floor"] = FLOORS.get(r["model"])
+            log.info("N=%d dropout %g done (%d kernels)", seq_len, dropout, len(calls))  # before: silent until the end
             yield rows
 
 

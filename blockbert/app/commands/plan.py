@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,7 +47,6 @@ def run_plan(
         raise ConfigError(f"--gpus {gpus}: give at least 1")
     if source and not sweep:
         raise ConfigError(f"--from {source}: give it with --sweep finetune_each (the sweep that fine-tunes its jobs)")
-    _show_progress()
     out_dir = Path(out or new_run_path("plan")).resolve()
     if out:
         check_writable(out, "--out")  # before the fit, not after
@@ -54,7 +54,8 @@ def run_plan(
     if calibrate:
         if gpu or gpu_memory or gpus or sweep:
             raise ConfigError("--calibrate measures this device: --gpu, --gpu-memory, --gpus and --sweep do not apply")
-        return _calibrate(overrides, out_dir, config_dirs)
+        with _progress_shown():
+            return _calibrate(overrides, out_dir, config_dirs)
     jobs = [(command or "pretrain", overrides)]
     if sweep:
         source_dir = Path(source).expanduser().resolve() if source else None
@@ -79,7 +80,8 @@ def run_plan(
             )
         if cfg.get("compile"):
             notes = (*notes, "compile=true is not modelled: the plan measures the model uncompiled")
-        fit, source = plan_fit.fit_for(target, store, device, timed=True)
+        with _progress_shown():
+            fit, source = plan_fit.fit_for(target, store, device, timed=True)
         result = planner.plan(target, fit, source, capacity, described, notes)
         result["overrides"] = job
         results.append(result)
@@ -94,14 +96,21 @@ def run_plan(
     return 0
 
 
-def _show_progress() -> None:
-    """blockbert's log lines on stderr, as the training commands show them through Hydra's logging, which `plan` runs
-    without: a fit measured now says what it measures (minutes on a CPU at a long N; before: nothing was shown)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+@contextmanager
+def _progress_shown():
+    """blockbert's log lines on stderr meanwhile, as the training commands show them through Hydra's logging, which
+    `plan` runs without: a fit measured now says what it measures (minutes on a CPU at a long N; before: nothing was
+    shown). Removed after, so that nothing writes to this stderr once it is gone."""
     logger = logging.getLogger("blockbert")
+    handler, level = logging.StreamHandler(), logger.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _where(cfg, gpu: str | None, gpus: int | None = None):
