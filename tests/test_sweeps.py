@@ -703,6 +703,22 @@ def test_fine_tuning_runs_on_other_dev_sets_are_ranked_within_each(tmp_path):
     same = plain_runs(tmp_path / "same", {"a": ([], SQUAD11), "b": ([], SQUAD11)}, {"task": {"name": "squad11"}})
     out, rows, _ = report_of(same)
     assert "dev set" not in rows[0] and "within each" not in out
+    seeds = tmp_path / "seeds"  # the table over seeds too (over_seeds ranks its settings as one)
+    for name, seed, dev, f1 in [("a", 0, "x", 50.0), ("b", 1, "x", 52.0), ("c", 0, "y", 90.0), ("d", 1, "y", 88.0)]:
+        plain_runs(
+            seeds,
+            {name: ([f"seed={seed}"], {**SQUAD11, "dev/f1": f1})},
+            {"task": {"name": "squad11", "dev_file": f"{dev}.json"}},
+        )
+    plain_runs(seeds, {"e": ([], {**SQUAD11, "dev/f1": 99.0})}, {"data": {}}).joinpath("e/.hydra/config.yaml").unlink()
+    out, _, _ = report_of(seeds)
+    assert "mean ± std over seeds, best first within each dev set" in " ".join(out.split())
+    with (seeds / "summary_seeds.csv").open() as f:
+        assert [(g["dev set"], float(g["dev/f1"])) for g in csv.DictReader(f)] == [
+            ("squad11 x.json", 51.0),
+            ("squad11 y.json", 89.0),
+            ("", 99.0),  # no config: its set is unknown, listed last as rank lists what it cannot rank
+        ]
     corpora = tmp_path / "pretrain"
     plain_runs(corpora, {"a": ([], {"val/ppl": 9.0})}, {"data": {"name": "text_files", "files": ["a.txt"]}})
     plain_runs(corpora, {"b": ([], {"val/ppl": 5.0})}, {"data": {"name": "tiny_corpus", "files": None}})

@@ -137,12 +137,14 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
         column = scored_column(sweep_dir, rows, metric)
         if column:
             keys, order = [column, *keys], f"best first within each {column}"
-            rows = sorted(rows, key=lambda row: row[column])  # stable: ranked within each
+            rows = sorted(rows, key=lambda row: within(row, column))  # stable: ranked within each
     metrics = shown_metrics(rows, metric)
     write_csv(rows, keys, metrics, sweep.summary(".csv"))
     if "seed" in keys and len({r["seed"] for r in rows}) > 1:
         settings = [k for k in keys if k != "seed"]
         groups = over_seeds(rows, settings, metric, mode)
+        if order != "best first":
+            groups = sorted(groups, key=lambda group: within(group, keys[0]))  # over_seeds ranks them all as one
         write_seed_csv(groups, sweep.seeds_summary)
         print_seed_table(console, groups, f"{spec.get('name', sweep_dir.name)}: mean ± std over seeds, {order}")
         print_counts(console, rows)
@@ -281,6 +283,12 @@ def scored_column(sweep_dir: Path, rows: list[dict], metric: str) -> str | None:
     return column
 
 
+def within(row: dict, column: str) -> tuple[bool, str]:
+    """The sort key that keeps rows ranked within each set: by set, a row whose set is unknown (not started, no
+    config) last, as :func:`rank` puts it."""
+    return row[column] == "", row[column]
+
+
 def scored_on(job: RunDir, column: str) -> str | None:
     """The set a run's scores are on, from its config: a fine-tuning run's task and dev file (the generated set's
     version and size; the first N questions of ``max_eval_samples``), a pre-training run's corpus and files; None
@@ -292,6 +300,8 @@ def scored_on(job: RunDir, column: str) -> str | None:
     files = node.get("dev_file") if column == "dev set" else node.get("files")
     files = [files] if isinstance(files, str) else list(files or [])
     parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
+    if column == "data" and node.get("source") == "hub":  # a corpus file's name may be kept for another source
+        parts.append(f"hub {node.get('hub_name')}")
     if column == "dev set" and not files and node.get("version"):  # the generated set: its version and size
         parts.append(f"v{node['version']}")
         if node.get("generated_questions"):

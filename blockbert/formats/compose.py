@@ -214,10 +214,11 @@ def _refuse_unread_attention(cfg) -> None:
     attention = cfg.model.attention
     for key, reader in READ_ONLY_BY.items():
         if f"model.{key}" in given and attention != reader:
-            raise ConfigError(
-                f"model.{key}={cfg.model[key]!r} is read only by model.attention={reader}, not {attention}: give "
-                f"model.attention={reader} (or {PRESET_OF[reader]}), or leave it out"
-            )
+            choose = f"give model.attention={reader} (or {PRESET_OF[reader]}), or leave it out"
+            if cfg.get("init_from"):
+                choose = "leave it out (init_from builds that run's model)"
+            unread = f"model.{key}={cfg.model[key]!r} is read only by model.attention={reader}, not {attention}"
+            raise ConfigError(f"{unread}: {choose}")
 
 
 def _refuse_unpretrained_row(cfg, command: str) -> None:

@@ -132,6 +132,7 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str 
     results = {**header, "complete": False, "records": []}
     stopped = None
     main = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    _MEASURING_PID[0] = os.getpid()
     previous = signal.signal(signal.SIGTERM, _terminated) if main else None
     try:
         for rows in points:
@@ -151,12 +152,20 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str 
     return results, stopped
 
 
-class Terminated(Exception):
-    """SIGTERM while a benchmark measures (a scheduler's time limit): it stops as Ctrl-C stops it."""
+class Terminated(BaseException):
+    """SIGTERM while a benchmark measures (a scheduler's time limit): it stops as Ctrl-C stops it. A BaseException, as
+    KeyboardInterrupt is, so that a library's ``except Exception`` does not take it for its own error."""
 
 
 def _terminated(signum, frame) -> None:
+    if os.getpid() != _MEASURING_PID[0]:  # a forked worker inherited the handler: it ends as SIGTERM ends it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated
+
+
+_MEASURING_PID = [0]  # the process whose measurement _terminated stops
 
 
 def _write(run: RunDir, results: dict) -> None:

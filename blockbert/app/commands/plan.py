@@ -102,15 +102,17 @@ def _progress_shown():
     `plan` runs without: a fit measured now says what it measures (minutes on a CPU at a long N; before: nothing was
     shown). Removed after, so that nothing writes to this stderr once it is gone."""
     logger = logging.getLogger("blockbert")
-    handler, level = logging.StreamHandler(), logger.level
+    handler, level, propagate = logging.StreamHandler(), logger.level, logger.propagate
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # not twice where the root logger has a handler too
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _where(cfg, gpu: str | None, gpus: int | None = None):
