@@ -300,7 +300,7 @@ def scored_on(job: RunDir, column: str) -> str | None:
     files = node.get("dev_file") if column == "dev set" else node.get("files")
     files = [files] if isinstance(files, str) else list(files or [])
     parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
-    if column == "data" and node.get("source") == "hub":  # a corpus file's name may be kept for another source
+    if column == "data" and node.get("source") == "hub":  # its name may be another source's (tiny_corpus from the hub)
         parts.append(f"hub {node.get('hub_name')}")
     if column == "dev set" and not files and node.get("version"):  # the generated set: its version and size
         parts.append(f"v{node['version']}")
