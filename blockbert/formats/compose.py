@@ -24,7 +24,13 @@ import yaml
 
 from blockbert.errors import ConfigError
 from blockbert.formats.schema import SCHEMAS, check_config, drop_unread, is_setting, not_a_setting, typed_section
-from blockbert.model.config import ATTENTION_PATTERN, ATTENTION_SETTINGS, MAY_DIFFER_FROM_RUN, BlockBertConfig
+from blockbert.model.config import (
+    ATTENTION_PATTERN,
+    ATTENTION_SETTINGS,
+    MAY_DIFFER_FROM_RUN,
+    READ_ONLY_BY,
+    BlockBertConfig,
+)
 from blockbert.paths import config_dir
 
 
@@ -192,25 +198,24 @@ def finish(cfg, command: str, run_mode, again):
     is only checked (each of its jobs is finished when it is composed)."""
     from hydra.types import RunMode
 
-    drop_unread(cfg, command, {override_key(o) for o in cfg.hydra.overrides.task})
+    given = {override_key(o) for o in cfg.hydra.overrides.task}
+    drop_unread(cfg, command, given)
     check_config(cfg, command)
     _refuse_unpretrained_row(cfg, command)
     if run_mode == RunMode.RUN and command in ("pretrain", "finetune"):
         cfg = _from_checkpoint(cfg, command, again)
-        _refuse_unread_attention(cfg)
+        _refuse_unread_attention(cfg, given)
         _check_length(cfg, _check_model(cfg.model))
     return cfg
 
 
-READ_ONLY_BY = {"heads": "block", "sparse_stride": "sparse", "sparse_expressivity": "sparse"}  # model.X: attention
 PRESET_OF = {"block": "model=blockbert_n2", "sparse": "model=sparsebert"}
 
 
-def _refuse_unread_attention(cfg) -> None:
+def _refuse_unread_attention(cfg, given: set) -> None:
     """A ``model.heads`` (or sparse setting) the command line gives for an attention that does not read it is refused
     in one line, not ignored (before: ``model.heads=2:2 model.attention=dense`` ran dense and said nothing), as a
     corpus or task setting their source does not read is (:mod:`blockbert.formats.schema`)."""
-    given = {override_key(o) for o in cfg.hydra.overrides.task}
     attention = cfg.model.attention
     for key, reader in READ_ONLY_BY.items():
         if f"model.{key}" in given and attention != reader:

@@ -132,8 +132,7 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str 
     results = {**header, "complete": False, "records": []}
     stopped = None
     main = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
-    _MEASURING_PID[0] = os.getpid()
-    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    previous = signal.signal(signal.SIGTERM, _terminated(os.getpid())) if main else None
     try:
         for rows in points:
             results["records"] += rows
@@ -157,15 +156,17 @@ class Terminated(BaseException):
     KeyboardInterrupt is, so that a library's ``except Exception`` does not take it for its own error."""
 
 
-def _terminated(signum, frame) -> None:
-    if os.getpid() != _MEASURING_PID[0]:  # a forked worker inherited the handler: it ends as SIGTERM ends it
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    raise Terminated
+def _terminated(measuring: int):
+    """The SIGTERM handler that stops the measurement in process ``measuring``."""
 
+    def handler(signum, frame) -> None:
+        if os.getpid() != measuring:  # a forked worker inherited the handler: it ends as SIGTERM ends it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
 
-_MEASURING_PID = [0]  # the process whose measurement _terminated stops
+    return handler
 
 
 def _write(run: RunDir, results: dict) -> None:

@@ -24,6 +24,7 @@ COMPUTE_ONLY = ("attention_impl", "layout", "sparse_impl", "gradient_checkpointi
 MAY_DIFFER_FROM_RUN = (*COMPUTE_ONLY, "hidden_dropout", "attention_dropout")
 # which positions a model attends to: the attention kind and its parameters
 ATTENTION_PATTERN = ("attention", "heads", "sparse_stride", "sparse_expressivity")
+READ_ONLY_BY = {"heads": "block", "sparse_stride": "sparse", "sparse_expressivity": "sparse"}  # the attention reading
 # what a model imported from a Hugging Face checkpoint takes from model.* rather than from the checkpoint: all of the
 # above and the attention pattern (the checkpoint's sizes, weights and tokenizer are the rest)
 ATTENTION_SETTINGS = (*MAY_DIFFER_FROM_RUN, *ATTENTION_PATTERN)
