@@ -303,3 +303,23 @@ def test_a_gpu_name_matching_several_calibrations_names_them(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)):
         plan_fit.named_store(tmp_path, "H100")
     assert plan_fit.named_store(tmp_path, "nvidia-h100-sxm").kind == "nvidia-h100-sxm"
+
+
+def test_plan_stopped_by_ctrl_c_while_fitting_says_so(tmp_path, monkeypatch):
+    """Before: exit 130 without a word."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("BLOCKBERT_PLAN_DIR", str(tmp_path / "fits"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(plan_fit, "measure_fit", ctrl_c)
+    result = CliRunner().invoke(cli.app, ["plan"])
+    assert result.exit_code == 130
+    assert "blockbert plan: interrupted: stopped by Ctrl-C while fitting: nothing was stored; a rerun fits again" in (
+        result.output
+    )
+    assert not (tmp_path / "fits").exists()
