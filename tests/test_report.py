@@ -175,6 +175,69 @@ def test_a_job_that_left_no_record_is_counted_and_explained(tmp_path):
     assert "incomplete: no metrics.json or error.txt: the job is starting, or its process ended before training" in out
 
 
+def measured_run(directory, name, command, overrides, results=None):
+    """A benchmark's or profile's run directory: Hydra's files (hydra.yaml names the command's config), and
+    ``results`` as its benchmark.json or profile.json."""
+    mode = dict(o.split("=", 1) for o in overrides).get("mode", "model")
+    path = job(directory, name, overrides, config={"mode": mode, "device": "auto"})
+    (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"config_name": command}}}))
+    if results is not None:
+        (path / f"{command}.json").write_text(json.dumps(results))
+    return path
+
+
+def test_benchmark_and_profile_runs_are_listed_with_what_they_measured(tmp_path):
+    """Before: `blockbert report runs/benchmark` listed every benchmark run as incomplete ("no metrics.json"), ranked
+    by a validation perplexity no benchmark has. Now a row per run, in job order: what it measured, on which
+    device, how many points, finished or interrupted (benchmark.json's ``complete``), and where its results are."""
+    directory = tmp_path / "runs" / "benchmark"
+    records = [{"status": "ok"}, {"status": "ok"}, {"status": "out of memory"}]
+    measured_run(
+        directory,
+        "2026-12-06_08-00-08",
+        "benchmark",
+        ["mode=attention"],
+        {"mode": "attention", "device": "cpu", "complete": True, "records": records},
+    )
+    measured_run(
+        directory,
+        "2026-12-06_09-00-00",
+        "benchmark",
+        ["mode=model"],
+        {"mode": "model", "device": "cuda", "complete": False, "records": records[:1]},
+    )
+    measured_run(directory, "2026-12-06_10-00-00", "benchmark", ["mode=layout"])  # killed before its first point
+    (directory / "2026-12-06_11-00-00").mkdir()  # no .hydra: not a run
+    code, out = report(directory)
+    assert code == 0, out
+    assert [
+        (r["job"], r["mode"], r["measured"], r["device"], r["points"], r["status"]) for r in csv_rows(directory)
+    ] == [
+        ("2026-12-06_08-00-08", "attention", "attention", "cpu", "2", "finished"),
+        ("2026-12-06_09-00-00", "model", "model", "cuda", "1", "interrupted"),
+        (
+            "2026-12-06_10-00-00",
+            "layout",
+            "layout",
+            "auto",
+            "",
+            "incomplete",
+        ),  # the config's, where nothing was written
+    ]
+    assert "val/ppl" not in out and "3 jobs: 1 finished, 1 interrupted, 1 incomplete" in out
+    assert "each run's results are in its benchmark.json (and .png)" in " ".join(out.split())
+    profiles = tmp_path / "runs" / "profile"
+    measured_run(
+        profiles, "a", "profile", [], {"device": "cpu", "models": {"x": {"rows": [{}, {}]}, "y": {"rows": [{}]}}}
+    )
+    code, out = report(profiles)
+    assert code == 0, out
+    assert [(r["measured"], r["points"], r["status"]) for r in csv_rows(profiles)] == [("memory", "3", "finished")]
+    measured_run(profiles, "b", "benchmark", [], {"mode": "model", "records": []})
+    code, out = report(profiles)
+    assert code == 2 and "holds runs of benchmark and profile, which no one table compares" in out
+
+
 def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path, monkeypatch, capsys):
     """Before: only a sweep's jobs wrote error.txt; a plain multirun's job that failed before training (a missing
     data file) was listed as incomplete, its error only on the terminal. A job whose directory holds a run

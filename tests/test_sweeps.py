@@ -731,7 +731,7 @@ def test_a_directory_of_both_commands_runs_is_a_one_line_error(tmp_path):
     directory = plain_runs(tmp_path / "mixed", {"0": ([], {"val/ppl": 9.0})}, {"model": {"name": "tiny"}})
     plain_runs(directory, {"1": ([], SQUAD11)}, {"task": {"name": "squad11"}})
     result = runner.invoke(cli.app, ["report", str(directory)])
-    assert result.exit_code == 2 and "holds both pre-training and fine-tuning runs" in result.output
+    assert result.exit_code == 2 and "holds runs of finetune and pretrain, which no one table compares" in result.output
     assert "Traceback" not in result.output
 
 

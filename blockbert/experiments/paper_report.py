@@ -143,16 +143,13 @@ class RunReport:
 
 
 def run_kind(path: Path) -> str | None:
-    """pretrain, finetune, profile or benchmark, told from the files each command writes; None for none of them."""
+    """pretrain, finetune, profile or benchmark: the command that wrote the run, where its results are there
+    (:data:`KINDS`); None for none of them."""
     run = RunDir(path)
-    if run.profile_file.is_file():
-        return "profile"
-    if run.benchmark_file.is_file():
-        return "benchmark"
-    config = run.config()
-    if run.metrics_file.is_file() and config is not None:
-        return "finetune" if "task" in config else "pretrain"
-    return None
+    kind = run.command()
+    if kind in ("profile", "benchmark"):
+        return kind if (run.profile_file if kind == "profile" else run.benchmark_file).is_file() else None
+    return kind if kind and run.metrics_file.is_file() and run.config() is not None else None
 
 
 def runs_of(directories: list[str]) -> tuple[list[tuple[str, Path, str]], list[Unmatched]]:

@@ -56,11 +56,14 @@ def job_status(job: RunDir, metrics: dict) -> tuple[str, str]:
     """(the job's status, the first line of its error): failed with its error.txt (what a sweep's job that raised,
     or a multirun's that failed before it had a metrics.json, records), finished with a sweep job's done.json; else
     metrics.json's status (running, interrupted, finished, failed with its ``error``: a run that fails while training
-    writes it there), incomplete without one."""
+    writes it there); a benchmark's or profile's run is finished with its results file (a benchmark stopped before
+    its end interrupted: benchmark.json says so); incomplete without any of them."""
     if job.error_file.is_file():
         return "failed", first_line(job.error_file.read_text(errors="replace"))
     if job.done_file.is_file() or metrics.get("status") == "finished":
         return "finished", ""
+    if not metrics and (job.benchmark_file.is_file() or job.profile_file.is_file()):
+        return "interrupted" if job.benchmark().get("complete") is False else "finished", ""
     return str(metrics.get("status", "incomplete")), first_line(str(metrics.get("error", "")))
 
 
@@ -130,7 +133,11 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
             r.update({k: r["_overrides"].get(k, "") for k in keys})
     if spec.get("from"):
         keys = join_pretraining(rows, Path(spec["from"]))
-    metric, mode = (spec["metric"], spec.get("mode", "min")) if "metric" in spec else plain_metric(sweep_dir, rows)
+    kinds = set() if "metric" in spec else run_kinds(sweep_dir, rows)
+    if kinds & MEASURED:
+        summarize_measurements(console, sweep, rows, keys, kinds.pop())
+        return rows
+    metric, mode = (spec["metric"], spec.get("mode", "min")) if "metric" in spec else plain_metric(kinds)
     rows = rank(rows, metric, mode)
     order = "best first"
     if "metric" not in spec:  # runs of any commands' lines (runs/finetune): scores on other sets are not ranked as one
@@ -257,17 +264,62 @@ QA_METRICS = ("dev/exact_match", "dev/exact", "dev/f1", "test/exact_match", "tes
 script's ``exact``; ``f1`` in both."""
 
 
-def plain_metric(sweep_dir: Path, rows: list[dict]) -> tuple[str, str]:
-    """(metric, mode) of a directory without sweep.yaml (a plain multirun, ``runs/<command>``): nothing names its
-    metric, so it follows from what the runs are -- fine-tuning is ranked by dev F1 (SQuAD 1.1, 2.0 and MRQA all
-    write ``dev/f1``, as sweeps/finetune_grid.yaml ranks), pre-training by validation perplexity."""
+def run_kinds(sweep_dir: Path, rows: list[dict]) -> set[str]:
+    """The commands that wrote the jobs of a directory without sweep.yaml (a plain multirun, ``runs/<command>``), one
+    at most: their results are ranked (or listed) as one kind's; an error for several."""
     kinds = {job_kind(RunDir(sweep_dir / row["job"]), row) for row in rows} - {None}
     if len(kinds) > 1:
         raise ConfigError(
-            f"{sweep_dir}: holds both pre-training and fine-tuning runs, which no one metric ranks: "
+            f"{sweep_dir}: holds runs of {' and '.join(sorted(kinds))}, which no one table compares: "
             "report each command's runs from a directory of their own"
         )
+    return kinds
+
+
+def plain_metric(kinds: set[str]) -> tuple[str, str]:
+    """(metric, mode) of a directory without sweep.yaml: nothing names its metric, so it follows from what the runs
+    are (:func:`run_kinds`) -- fine-tuning is ranked by dev F1 (SQuAD 1.1, 2.0 and MRQA all write ``dev/f1``, as
+    sweeps/finetune_grid.yaml ranks), pre-training by validation perplexity."""
     return ("dev/f1", "max") if kinds == {"finetune"} else ("val/ppl", "min")
+
+
+MEASURED = {"benchmark", "profile"}
+"""The commands whose runs measure rather than train: no one number ranks them."""
+
+
+def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: list[str], kind: str) -> None:
+    """The summary of benchmark or profile runs: a row per run, in job order (a dated run directory's is its start),
+    with what it measured (a benchmark's mode), on which device, how many points, and its status; summary.csv and
+    summary.md. Their results are each run's own (benchmark.json, profile.json); ``report --paper`` sets them beside
+    the paper's numbers."""
+    for row in rows:
+        job = RunDir(sweep.path / row["job"])
+        results = job.benchmark() if kind == "benchmark" else job.profile()
+        config = job.config() or {}
+        row["measured"] = results.get("mode", config.get("mode", "")) if kind == "benchmark" else "memory"
+        row["device"] = str(results.get("device", config.get("device", "")))
+        row["points"] = measured_points(results, kind) if results else ""
+    columns = ["job", *keys, "measured", "device", "points", "status"]
+    columns += ["error"] if any(r.get("error") for r in rows) else []
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    print_table(console, f"{sweep.path.name}: {kind} runs", columns, cells)
+    print_counts(console, rows)
+    console.print(
+        f"each run's results are in its {kind}.json (and .png); `blockbert report --paper {sweep.path}` sets them "
+        "beside the paper's numbers",
+        markup=False,
+        highlight=False,
+    )
+    write_csv(rows, keys, ["measured", "device", "points"], sweep.summary(".csv"))
+    write_table_markdown(columns, cells, sweep.summary(".md"))
+
+
+def measured_points(results: dict, kind: str) -> int:
+    """How many points a benchmark or profile run measured: its records that ran (not those skipped or out of
+    memory), or its models' rows."""
+    if kind == "benchmark":
+        return sum(record.get("status", "ok") == "ok" for record in results.get("records", []))
+    return sum(len(model.get("rows", [])) for model in results.get("models", {}).values())
 
 
 def scored_column(sweep_dir: Path, rows: list[dict], metric: str) -> str | None:
@@ -312,11 +364,11 @@ def scored_on(job: RunDir, column: str) -> str | None:
 
 
 def job_kind(job: RunDir, row: dict) -> str | None:
-    """finetune or pretrain: a fine-tuning config has a ``task`` (as ``report --paper`` tells them); without a
-    readable config, the scores the job wrote; None when neither tells."""
-    config = job.config()
-    if config is not None:
-        return "finetune" if "task" in config else "pretrain"
+    """The command that wrote the job (:meth:`RunDir.command`); without a readable config, told from the scores it
+    wrote; None when nothing tells."""
+    kind = job.command()
+    if kind:
+        return kind
     if any(key.startswith(("dev/", "test/")) for key in row):
         return "finetune"
     return "pretrain" if any(key.startswith("val/") for key in row) else None

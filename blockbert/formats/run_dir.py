@@ -34,6 +34,7 @@ import yaml
 
 from blockbert.errors import ConfigError, named_line
 
+COMMANDS = ("pretrain", "finetune", "profile", "benchmark")  # the commands that write a run directory through Hydra
 STAMP = "%Y-%m-%d_%H-%M-%S"  # a new directory's name: Hydra's runs and multiruns are named so (conf/hydra/default.yaml)
 
 
@@ -195,6 +196,20 @@ class RunDir:
     def hydra(self) -> dict:
         """Hydra's own settings of the run (.hydra/hydra.yaml's ``hydra`` node), empty without them."""
         return (_read_yaml(self.hydra_dir / "hydra.yaml", dict) or {}).get("hydra") or {}
+
+    def command(self) -> str | None:
+        """The command that wrote the run -- pretrain, finetune, profile or benchmark --: the config Hydra composed
+        for it (hydra.yaml's ``job.config_name``), else told from what it wrote (profile.json, benchmark.json; a
+        config with a ``task`` is fine-tuning's, with a ``trainer`` pre-training's); None when nothing tells."""
+        name = self.hydra().get("job", {}).get("config_name")
+        if name in COMMANDS:
+            return name
+        if self.profile_file.is_file():
+            return "profile"
+        if self.benchmark_file.is_file():
+            return "benchmark"
+        config = self.config() or {}
+        return "finetune" if "task" in config else "pretrain" if "trainer" in config else None
 
     def launch_directory(self) -> Path:
         """Where the run was started (Hydra's runtime.cwd): what its relative paths are relative to."""
