@@ -299,8 +299,8 @@ def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: lis
         row["measured"] = results.get("mode", config.get("mode", "")) if kind == "benchmark" else "memory"
         row["device"] = str(results.get("device", config.get("device", "")))
         row["points"] = measured_points(results, kind) if results else ""
-    columns = ["job", *keys, "measured", "device", "points", "status"]
-    columns += ["error"] if any(r.get("error") for r in rows) else []
+    shown = [*(["measured"] if "mode" not in keys else []), "device", "points"]  # a swept mode is what it measured
+    columns = ["job", *keys, *shown, "status", *(["error"] if any(r.get("error") for r in rows) else [])]
     cells = [[str(row.get(c, "")) for c in columns] for row in rows]
     print_table(console, f"{sweep.path.name}: {kind} runs", columns, cells)
     print_counts(console, rows)
@@ -310,7 +310,7 @@ def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: lis
         markup=False,
         highlight=False,
     )
-    write_csv(rows, keys, ["measured", "device", "points"], sweep.summary(".csv"))
+    write_csv(rows, keys, shown, sweep.summary(".csv"))
     write_table_markdown(columns, cells, sweep.summary(".md"))
 
 
