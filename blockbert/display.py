@@ -1,6 +1,7 @@
 """Output helpers every command shares: sizes in MiB, a rich console readable in logs, pyplot without a display, and
 the closing lines that name the run directory."""
 
+import errno
 import sys
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def print_results(contents: str, directory: Path, what: str = "results") -> None
     print(Path(directory).resolve())
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed stdout (`| head`) ends the command as errors.one_line_errors ends it (exit code 141, as `cat`
+        ends); rich's own ends the process with exit code 1."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout was closed")
+
+
 def console() -> Console:
     """A rich console; wide when the output is not a terminal, so tables stay readable in logs."""
-    return Console(width=None if sys.stdout.isatty() else 160)
+    return _Console(width=None if sys.stdout.isatty() else 160)

@@ -5,6 +5,8 @@ it imports nothing of blockbert and nothing heavy, so every layer (the pure-torc
 from __future__ import annotations
 
 import functools
+import os
+import select
 import sys
 from pathlib import Path
 
@@ -174,9 +176,27 @@ def one_line_errors(command: str):
         def run(*args, debug: bool = False, **kwargs) -> int:
             try:
                 return function(*args, **kwargs) or 0
+            except BrokenPipeError as err:
+                if not stdout_closed():
+                    return report_error(command, err, debug)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit is quiet
+                return SIGPIPE_EXIT_CODE
             except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
                 return report_error(command, err, debug)
 
         return run
 
     return decorate
+
+
+def stdout_closed() -> bool:
+    """Whether the reader of stdout closed it (`blockbert report DIR | head`): then a command ends quietly with exit
+    code 141, as `cat` ends, by Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe); before, it
+    ended in "[Errno 32] Broken pipe" as an error. A pipe without its reader polls as an error (POLLERR); a broken
+    pipe of another file (a worker's) is an error as before. Without poll (Windows), any broken pipe is taken for
+    stdout's."""
+    if not hasattr(select, "poll"):
+        return True
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))

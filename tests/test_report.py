@@ -5,6 +5,8 @@ the one end-to-end test."""
 
 import csv
 import json
+import os
+import subprocess
 
 import pytest
 import yaml
@@ -229,6 +231,20 @@ def test_benchmark_and_profile_runs_are_listed_with_what_they_measured(tmp_path)
     measured_run(profiles, "b", "benchmark", [], {"mode": "model", "records": []})
     code, out = report(profiles)
     assert code == 2 and "holds runs of benchmark and profile, which no one table compares" in out
+
+
+def test_report_piped_to_a_closed_reader_ends_quietly_as_cat_does(tmp_path):
+    """`blockbert report DIR | head` ended in "blockbert report: error: [Errno 32] Broken pipe"; every command now
+    ends as `cat` does (exit code 141, nothing on stderr), as `evaluate` already did."""
+    directory = tmp_path / "runs"
+    job(directory, "0", ["optim.lr=1e-3"], finished(10.0))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        out = subprocess.run(["blockbert", "report", str(directory)], stdout=write, stderr=subprocess.PIPE)
+    finally:
+        os.close(write)
+    assert (out.returncode, out.stderr) == (141, b"")
 
 
 def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path, monkeypatch, capsys):

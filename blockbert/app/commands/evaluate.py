@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from blockbert.data.qa import FORMATS, QADataError, load_json, read_qa_file, short
 from blockbert.display import counted
-from blockbert.errors import SIGPIPE_EXIT_CODE, json_kind, one_line_errors
+from blockbert.errors import json_kind, one_line_errors
 from blockbert.eval.squad import score_v1, score_v2
 
 # what each file `blockbert evaluate` reads besides the data holds, and the file a finetune run writes it to
@@ -134,14 +133,9 @@ def is_checkpoint(file: Path) -> bool:
 
 @one_line_errors("evaluate")
 def run_evaluate(data_file, predictions_file, na_prob_file, fmt) -> int:
-    """Print the scores; a reader that closed stdout (`| head -4`) ends it quietly with exit code 141, as `cat`
-    ends, by Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe): it said "[Errno 32] Broken
-    pipe", exit code 1."""
+    """Print the scores (flushed here: a reader that closed stdout, `| head -4`, ends the command quietly with exit
+    code 141 in :func:`one_line_errors`)."""
     scores = evaluate_files(data_file, predictions_file, na_prob_file, fmt)
-    try:
-        print(json.dumps(scores, indent=2))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's own flush at exit is quiet
-        return SIGPIPE_EXIT_CODE
+    print(json.dumps(scores, indent=2))
+    sys.stdout.flush()
     return 0
