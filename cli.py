@@ -19,7 +19,14 @@ import typer._completion_shared
 # process and the ones it starts.
 os.environ["BLOCKBERT_CLI"] = "1"
 
-from blockbert.errors import SIGINT_EXIT_CODE, print_error  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
+from blockbert.errors import (  # noqa: E402 -- after BLOCKBERT_CLI: the package's import reads it
+    SIGINT_EXIT_CODE,
+    SIGTERM_EXIT_CODE,
+    SigtermRaises,
+    Terminated,
+    print_error,
+    print_interrupted,
+)
 
 
 class Commands(typer.core.TyperGroup):
@@ -515,7 +522,11 @@ def main() -> None:
         if code is not None:
             sys.exit(code)
     try:  # not standalone: click's own display of a usage error is a box of several lines
-        code = app(prog_name="blockbert", standalone_mode=False)
+        with SigtermRaises():  # a scheduler's SIGTERM ends any command in one line (the long ones say where it stopped)
+            code = app(prog_name="blockbert", standalone_mode=False)
+    except Terminated:  # before a command's own handling of it (while it starts: imports, composing its config)
+        print_interrupted(context_of(sys.argv[1:]).command_path.partition(" ")[2] or "", "stopped by SIGTERM")
+        code = SIGTERM_EXIT_CODE
     except CLICK_EXCEPTION as err:
         code = usage_error(err)
     except typer.Abort:  # a typer before 0.13 turns Ctrl-C into Abort (later ones into exit code 130); we never prompt

@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 import os
 import select
+import signal
 import sys
+import threading
 from pathlib import Path
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention: schedulers must not read it as success
@@ -44,6 +46,42 @@ class RunInterrupted(Exception):
 
     def __str__(self) -> str:
         return f"{self.state}; {self.resume}"
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop or time limit) where a command stops as Ctrl-C stops it (:class:`SigtermRaises`).
+    A BaseException, as KeyboardInterrupt is, so that a library's ``except Exception`` does not take it for its own
+    error."""
+
+
+class SigtermRaises:
+    """Within ``with SigtermRaises():``, SIGTERM raises :class:`Terminated` in this process, as Ctrl-C raises
+    KeyboardInterrupt, so that a command stopped by a scheduler ends in its interrupted line and exit code 143;
+    without it the process dies at once, saying nothing. Installed from the main thread only (where Python runs
+    signal handlers; elsewhere nothing changes); the handler before it is back after the block.
+
+    Another handler that takes SIGTERM's place and calls this one as well (Lightning's, while a Trainer runs: it
+    stops training at the next micro-batch, with a checkpoint) keeps its own way: this one does nothing while it is
+    not the installed handler. A forked worker that inherited it ends as SIGTERM ends it."""
+
+    def __init__(self):
+        self.pid, self.previous, self.installed = os.getpid(), None, False
+
+    def __enter__(self) -> SigtermRaises:
+        if threading.current_thread() is threading.main_thread():
+            self.previous, self.installed = signal.signal(signal.SIGTERM, self), True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:  # None: a handler set outside Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+    def __call__(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif signal.getsignal(signal.SIGTERM) is self:
+            raise Terminated
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,7 +136,7 @@ def print_error(command: str, text: str) -> None:
     print(f"{' '.join(('blockbert', command)).rstrip()}: error: {text}", file=sys.stderr)
 
 
-def print_interrupted(command: str, err: RunInterrupted) -> None:
+def print_interrupted(command: str, err: RunInterrupted | str) -> None:
     """The line a stopped run ends with, on stderr (its directory follows on stdout)."""
     print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
 

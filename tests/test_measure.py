@@ -418,25 +418,26 @@ CTRL_C_AT_FIRST_STEP = """
 import os, signal
 from blockbert.measure import profile
 def ctrl_c(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    raise AssertionError("Ctrl-C did not stop the measurement")
+    os.kill(os.getpid(), getattr(signal, os.environ.get("STOP_WITH", "SIGINT")))
+    raise AssertionError("the signal did not stop the measurement")
 profile.measure_step = ctrl_c
 from cli import main
 main()
 """
 
 
-def test_a_profile_stopped_by_ctrl_c_ends_in_the_interrupted_line(tmp_path):
-    """Before: exit 130 and nothing printed."""
+@pytest.mark.parametrize(("stop", "said", "code"), [("SIGINT", "Ctrl-C", 130), ("SIGTERM", "SIGTERM", 143)])
+def test_a_profile_stopped_by_ctrl_c_ends_in_the_interrupted_line(tmp_path, stop, said, code):
+    """Before: exit 130 and nothing printed (SIGTERM: killed, nothing printed)."""
     out = subprocess.run(
         [sys.executable, "-c", CTRL_C_AT_FIRST_STEP, "profile", "seq_lengths=[96,192]", "hydra.run.dir=p"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache"), "STOP_WITH": stop},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal has it
     )  # fmt: skip
-    assert out.returncode == 130, out.stderr[-3000:]
+    assert out.returncode == code, out.stderr[-3000:]
     assert [line for line in out.stderr.splitlines() if "blockbert profile:" in line] == [
-        "blockbert profile: interrupted: stopped by Ctrl-C before its results were written; a rerun measures "
+        f"blockbert profile: interrupted: stopped by {said} before its results were written; a rerun measures "
         "everything again"
     ]
     assert out.stdout.strip().splitlines()[-1] == str((tmp_path / "p").resolve()) and "Traceback" not in out.stderr

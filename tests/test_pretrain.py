@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -126,6 +127,62 @@ def test_sigterm_keeps_a_checkpoint_that_resumes(run, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     run(tmp_path, f"trainer.max_steps={step + 2}", f"hydra.run.dir={run_dir}", logger="none")
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
+
+
+BEFORE_TRAINING = (
+    "stopped by SIGTERM before training: nothing was saved; run the same command with hydra.run.dir={run_dir} to "
+    "start it again"
+)
+# the command with SIGTERM sent to itself as STOP_IN (module:attribute) is called: a scheduler's stop at that moment
+SIGTERM_IN = """
+import importlib, os, signal
+where, _, path = os.environ["STOP_IN"].partition(":")
+owner_path, _, name = path.rpartition(".")
+owner = importlib.import_module(where)
+for part in filter(None, owner_path.split(".")):
+    owner = getattr(owner, part)
+original = getattr(owner, name)
+def stop_here(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+setattr(owner, name, stop_here)
+from cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("stop_in", "said"),
+    [
+        ("blockbert.app.launch:run_task", "blockbert pretrain: interrupted: stopped by SIGTERM"),
+        ("blockbert.app.run_config:check_data", BEFORE_TRAINING),
+        ("blockbert.data.pretrain_datamodule:PretrainDataModule.setup", BEFORE_TRAINING),
+        ("blockbert.train.pretrain_module:PretrainModule.configure_optimizers", "stopped by SIGTERM at step 0: no "
+         "optimizer step since it started, so nothing new was saved; run the same command with "
+         "hydra.run.dir={run_dir} to resume"),  # in Lightning's fit, before its own handler is there
+    ],
+    ids=["starting", "checking-the-data", "building-the-data", "setting-up-the-fit"],
+)  # fmt: skip
+def test_sigterm_before_training_ends_in_the_interrupted_line(run, tmp_path, stop_in, said):
+    """Before: a SIGTERM in the first seconds of a run (its start, its checks, the data built: minutes on a large
+    corpus, when a scheduler's SIGTERM may well come) killed it silently, before Lightning's handler was there. Now
+    exit 143 and the interrupted line; the same command in the same directory then runs."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), BLOCKBERT_CLI="1")
+    args = ["pretrain", *TINY, "logger=none", "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
+    out = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**env, "STOP_IN": stop_in},
+    )  # fmt: skip
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("blockbert pretrain:")]
+    assert lines == [said.format(run_dir=run_dir) if said.startswith("blockbert") else
+                     f"blockbert pretrain: interrupted: {said.format(run_dir=run_dir)}"]  # fmt: skip
+    if run_dir.exists():
+        assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    run(tmp_path, "trainer.max_steps=2", f"hydra.run.dir={run_dir}", logger="none")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
 
 
 def test_sentence_pairs_model_trains_with_nsp_and_wandb_offline(run, tmp_path):

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, RunInterrupted, as_yaml, is_user_error
+from blockbert.errors import (
+    SIGINT_EXIT_CODE,
+    SIGTERM_EXIT_CODE,
+    ConfigError,
+    RunInterrupted,
+    SigtermRaises,
+    Terminated,
+    as_yaml,
+    is_user_error,
+)
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
 from blockbert.model.config import COMPUTE_ONLY
@@ -104,7 +113,8 @@ def forgotten_if_refused(run: RunDir, whole: bool):
 def run_measurement(cfg: DictConfig, measure) -> dict:
     """A measuring command's job (benchmark, profile): ``measure(cfg, run)`` in the job's run directory. Refused (a
     device this machine lacks, a model it does not know), it leaves what it measured and no other trace, except a
-    multirun's job, whose directory records why; stopped by Ctrl-C, it ends in the interrupted line (exit 130)."""
+    multirun's job, whose directory records why; stopped by Ctrl-C or SIGTERM, it ends in the interrupted line (exit
+    130, 143)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -116,11 +126,14 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
 
             pick_device(cfg.device)
         try:
-            return measure(cfg, run)
-        except KeyboardInterrupt:  # a measurement that keeps no rows of its own (benchmark's do: RunInterrupted)
+            with SigtermRaises():
+                return measure(cfg, run)
+        except (KeyboardInterrupt, Terminated) as stop:  # a measurement that keeps no rows (benchmark's keep theirs)
+            ctrl_c = isinstance(stop, KeyboardInterrupt)
             raise RunInterrupted(
-                "stopped by Ctrl-C before its results were written", "a rerun measures everything again", run.path,
-                SIGINT_EXIT_CODE, resumable=False,
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} before its results were written",
+                "a rerun measures everything again", run.path, SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
+                resumable=False,
             ) from None  # fmt: skip
 
 
@@ -250,10 +263,18 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     the paper row and the device's memory (:func:`blockbert.measure.plan.check_fit`, by rank 0: the other ranks
     start after it): a run refused there leaves no trace, except a sweep's job, whose directory records why."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     hydra = HydraConfig.get()
     run = RunDir(hydra.runtime.output_dir)
+    metrics_before = _stamp(run.metrics_file)
+    with stops_outside_training(run, lambda: _stamp(run.metrics_file) != metrics_before):
+        return _checked_training(cfg, command, train, run, hydra, metrics_before)
+
+
+def _checked_training(cfg: DictConfig, command: str, train, run: RunDir, hydra, metrics_before) -> dict:
+    """:func:`run_training`'s job: the checks, then ``train`` (``hydra``: the job's Hydra settings)."""
+    from hydra.types import RunMode
+
     whole = hydra.mode != RunMode.MULTIRUN
     with forgotten_if_refused(run, whole):
         check_accelerator(cfg.trainer)
@@ -266,7 +287,6 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
     from blockbert.measure.plan import check_fit
 
     started_with = {entry.name for entry in run.path.iterdir()}  # what a refused new run leaves: nothing beyond
-    metrics_before = _stamp(run.metrics_file)
     with locked(run):
         log_starting_point(cfg, command)
         check_paper_row(cfg, command)
@@ -281,6 +301,33 @@ def run_training(cfg: DictConfig, command: str, train) -> dict:
             if is_user_error(err) and _stamp(run.metrics_file) == metrics_before:
                 forget_job(run, whole, created={entry.name for entry in run.path.iterdir()} - started_with)
             raise
+
+
+@contextmanager
+def stops_outside_training(run: RunDir, trained):
+    """SIGTERM or Ctrl-C outside Lightning's fit (which stops training at the next micro-batch with a checkpoint:
+    RunSafety) ends the job in its interrupted line, exit code 143 or 130, instead of a silent death: before training
+    (its checks, the data built: minutes on a large corpus, when a scheduler's SIGTERM may well come; its memory
+    fitted) or after it (its results written). ``trained()``: whether it trained (metrics.json written). Nothing is
+    removed: a new run's directory holds its config, a resumed one its checkpoints, as they were."""
+    try:
+        with SigtermRaises():
+            yield
+    except (KeyboardInterrupt, Terminated) as stop:
+        began = trained()
+        if not began and not run.checkpoint_candidates():
+            state, then = "nothing was saved", f"run the same command with hydra.run.dir={run.path} to start it again"
+        else:
+            state = f"{'its checkpoints' if began else 'the checkpoints it would resume from'} are in {run.checkpoints}"
+            then = f"run the same command with hydra.run.dir={run.path} to resume"
+        ctrl_c = isinstance(stop, KeyboardInterrupt)
+        raise RunInterrupted(
+            f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} {'after training' if began else 'before training'}: "
+            f"{state}",
+            then,
+            run.path,
+            SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
+        ) from None
 
 
 def check_data(cfg: DictConfig, command: str) -> None:

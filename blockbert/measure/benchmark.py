@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from rich.table import Table
 
 from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.display import MiB, console, print_results, pyplot
-from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, RunInterrupted
+from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, RunInterrupted, SigtermRaises, Terminated
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.schema import BENCHMARK_MODES
@@ -131,42 +129,20 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str 
     records so far); and what stopped the measurement: "Ctrl-C", "SIGTERM" or None."""
     results = {**header, "complete": False, "records": []}
     stopped = None
-    main = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
-    previous = signal.signal(signal.SIGTERM, _terminated(os.getpid())) if main else None
     try:
-        for rows in points:
-            results["records"] += rows
-            if derive:
-                derive(results)
-            _write(run, results)
+        with SigtermRaises():
+            for rows in points:
+                results["records"] += rows
+                if derive:
+                    derive(results)
+                _write(run, results)
     except KeyboardInterrupt:
         stopped = "Ctrl-C"
     except Terminated:
         stopped = "SIGTERM"
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
     results["complete"] = stopped is None
     _write(run, results)
     return results, stopped
-
-
-class Terminated(BaseException):
-    """SIGTERM while a benchmark measures (a scheduler's time limit): it stops as Ctrl-C stops it. A BaseException, as
-    KeyboardInterrupt is, so that a library's ``except Exception`` does not take it for its own error."""
-
-
-def _terminated(measuring: int):
-    """The SIGTERM handler that stops the measurement in process ``measuring``."""
-
-    def handler(signum, frame) -> None:
-        if os.getpid() != measuring:  # a forked worker inherited the handler: it ends as SIGTERM ends it
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise Terminated
-
-    return handler
 
 
 def _write(run: RunDir, results: dict) -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from blockbert.data.cache import write_atomically
 from blockbert.data.qa import QADataset
+from blockbert.errors import Terminated
 from blockbert.eval.qa_eval import AnswerSettings, evaluate_split
 
 METRICS_EVERY_S = 1.0  # our choice: how often the progress bar reads the logged values
@@ -78,7 +79,7 @@ class MetricsJson(pl.Callback):
         self.write(trainer, "finished")
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt, Terminated)):
             self.write(trainer, "interrupted")
         else:
             self.write(trainer, "failed", f"{type(exception).__name__}: {exception}".splitlines()[0][:500])

@@ -35,7 +35,14 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.data.sampler import ResumableData, stream_seed
-from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, NonFiniteLossError, RunInterrupted
+from blockbert.errors import (
+    SIGINT_EXIT_CODE,
+    SIGTERM_EXIT_CODE,
+    ConfigError,
+    NonFiniteLossError,
+    RunInterrupted,
+    Terminated,
+)
 from blockbert.formats.checkpoints import checkpoint_step, load_checkpoint, newest_checkpoint
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import CheckpointError
@@ -413,8 +420,9 @@ class RunSafety:
             yield
         except BaseException as err:
             ctrl_c = isinstance(err, SystemExit) and isinstance(self.exception_checkpoint.exception, KeyboardInterrupt)
-            stopped = isinstance(err, SIGTERMException) or ctrl_c
-            if isinstance(err, SIGTERMException):  # the state is saved: a second SIGTERM must not cut the report short
+            # Terminated: SIGTERM while fit builds the data, before Lightning's handler is there (SigtermRaises)
+            stopped = isinstance(err, (SIGTERMException, Terminated)) or ctrl_c
+            if stopped and not ctrl_c:  # the state is saved: a second SIGTERM must not cut the report short
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             exit_code = (SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) if stopped else 1
             finish_wandb(exit_code)
