@@ -142,6 +142,8 @@ def test_tiny_sweep_with_a_failing_job_then_resume_and_report(run, tmp_path):
     assert (sweep_dir / "2" / "error.txt").is_file()
     again = run(tmp_path, "sweep", str(spec), *TINY_JOB, "--dir", str(sweep_dir), check=False)
     assert again.returncode == 2 and "skipping job 0" in again.stdout and "skipping job 1" in again.stdout
+    # a skipped job keeps no config of a start that never ran (an export's card counted it as a resume)
+    assert not list(sweep_dir.glob("[01]/.hydra/resume-*")) and (sweep_dir / "0" / ".hydra" / "config.yaml").is_file()
     report = run(tmp_path, "report", str(sweep_dir))
     assert NO_TOKENIZER in report.stdout and "failed" in report.stdout
 

@@ -16,6 +16,7 @@ import yaml
 from rich.table import Table
 
 from blockbert.app.launch import run_task
+from blockbert.app.run_config import forget_job
 from blockbert.display import console, counted
 from blockbert.errors import ConfigError, is_user_error, not_an_override, one_line, one_line_errors, print_error
 from blockbert.experiments.sweep_plan import (
@@ -48,6 +49,7 @@ def tolerant(main, failures: list[Exception]):
         overrides = list(hydra_cfg.overrides.task)
         if run.done_file.is_file() and json.loads(run.done_file.read_text()).get("overrides") == overrides:
             print(f"skipping job {hydra_cfg.job.num}: already complete in {run.path}")
+            forget_job(run, whole=False)  # the config Hydra stored for this start (.hydra/resume-K): it never ran
             return None
         run.error_file.unlink(missing_ok=True)
         try:
