@@ -722,11 +722,18 @@ def test_fine_tuning_runs_on_other_dev_sets_are_ranked_within_each(tmp_path):
             ("", 99.0),  # no config: its set is unknown, listed last as rank lists what it cannot rank
         ]
     corpora = tmp_path / "pretrain"
-    plain_runs(corpora, {"a": ([], {"val/ppl": 9.0})}, {"data": {"name": "text_files", "files": ["a.txt"]}})
-    plain_runs(corpora, {"b": ([], {"val/ppl": 5.0})}, {"data": {"name": "tiny_corpus", "files": None}})
-    out, rows, _ = report_of(corpora)
-    assert "best first within each data" in " ".join(out.split())
-    assert [r["data"] for r in rows] == ["text_files a.txt", "tiny_corpus"]
+    plain_runs(
+        corpora, {"a": (["data=text_files"], {"val/ppl": 9.0})}, {"data": {"name": "text_files", "files": ["a.txt"]}}
+    )
+    plain_runs(
+        corpora, {"b": (["data=tiny_corpus"], {"val/ppl": 5.0})}, {"data": {"name": "tiny_corpus", "files": None}}
+    )
+    out, rows, markdown = report_of(corpora)
+    assert markdown[0].startswith(
+        "| job | corpus | data | val/ppl |"
+    )  # before: two columns named data, both the corpus
+    assert "best first within each corpus" in " ".join(out.split())
+    assert [r["corpus"] for r in rows] == ["text_files a.txt", "tiny_corpus"]
 
 
 def test_a_directory_of_both_commands_runs_is_a_one_line_error(tmp_path):

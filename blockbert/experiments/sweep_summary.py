@@ -325,8 +325,9 @@ def measured_points(results: dict, kind: str) -> int:
 def scored_column(sweep_dir: Path, rows: list[dict], metric: str) -> str | None:
     """A plain directory's runs scored on different sets: fine-tuning on other tasks or dev files, pre-training on
     other corpora, whose scores no one ranking compares. Each row gets the set it was scored on in a column of that
-    name ("dev set", "data"), returned to rank within it; None, and no column, when they share one (or none says)."""
-    column = "dev set" if metric == "dev/f1" else "data"
+    name ("dev set", "corpus": not "data", the override that picks one, which may be a column of its own), returned
+    to rank within it; None, and no column, when they share one (or none says)."""
+    column = "dev set" if metric == "dev/f1" else "corpus"
     scored = {row["job"]: scored_on(RunDir(sweep_dir / row["job"]), column) for row in rows}
     if len(set(scored.values()) - {None}) < 2:
         return None
@@ -352,7 +353,9 @@ def scored_on(job: RunDir, column: str) -> str | None:
     files = node.get("dev_file") if column == "dev set" else node.get("files")
     files = [files] if isinstance(files, str) else list(files or [])
     parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
-    if column == "data" and node.get("source") == "hub":  # its name may be another source's (tiny_corpus from the hub)
+    if (
+        column == "corpus" and node.get("source") == "hub"
+    ):  # its name may be another source's (tiny_corpus from the hub)
         parts.append(f"hub {node.get('hub_name')}")
     if column == "dev set" and not files and node.get("version"):  # the generated set: its version and size
         parts.append(f"v{node['version']}")
