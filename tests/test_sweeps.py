@@ -168,7 +168,7 @@ def test_sweep_through_submitit_local(run, tmp_path):
     assert list(Path(sweep_dir).glob(".submitit/*"))  # really went through submitit
 
 
-def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
+def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path, capsys):
     from blockbert.experiments.sweep_summary import summarize_sweep
 
     sweep_dir = tmp_path / "grid"
@@ -192,6 +192,14 @@ def test_finetune_grid_selects_best_dev_and_reports_test(tmp_path):
     rows = summarize_sweep(sweep_dir)
     assert [r["job"] for r in rows] == ["1", "2", "0"]
     assert json.loads((sweep_dir / "selection.json").read_text())["test/f1"] == 75.0
+    assert "selected by dev/f1: job 1 -> test/f1 = 75.0" in capsys.readouterr().out
+    for job in ("0", "1", "2"):  # no test set: it said "test/f1 = None"
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        (sweep_dir / job / "metrics.json").write_text(json.dumps({**metrics, "test/f1": None}))
+    summarize_sweep(sweep_dir)
+    assert "job 1 -> test/f1 not recorded by that job: its task has no test set (task.test_file)" in " ".join(
+        capsys.readouterr().out.split()
+    )
 
 
 def test_report_of_one_run_says_what_report_takes(tmp_path):

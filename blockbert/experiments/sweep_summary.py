@@ -185,10 +185,13 @@ def select_job(console, sweep: SweepDir, rows: list[dict], keys: list[str], sele
         select["report"]: chosen.get(select["report"]),
     }
     sweep.selection_file.write_text(json.dumps(selection, indent=2) + "\n")
-    console.print(
-        f"selected by {select['by']}: job {chosen['job']} -> {select['report']} = {chosen.get(select['report'])}",
-        markup=False,
-    )
+    reported = chosen.get(select["report"])
+    if reported is None:  # finetune_grid's test/f1 without a test set (the generated task; a dev file alone)
+        no_test = select["report"].startswith("test/")
+        reported = "not recorded by that job" + (": its task has no test set (task.test_file)" if no_test else "")
+    else:
+        reported = f"= {reported}"
+    console.print(f"selected by {select['by']}: job {chosen['job']} -> {select['report']} {reported}", markup=False)
 
 
 def print_table(console, title: str, columns: list[str], cells: list[list[str]]) -> None:
