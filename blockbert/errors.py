@@ -91,17 +91,17 @@ class NonFiniteLossError(RuntimeError):
 MAX_ERROR_CHARS = 1000
 
 
-def report_error(command: str, err: Exception, debug: bool) -> int:
-    """Print ``err`` as one line (re-raise it with ``debug``), and for a failure that is not bad input a second line
-    offering its traceback; the exit code: 2 for bad input, 143 (130) for a run stopped by SIGTERM (Ctrl-C; it prints
-    its run directory), else 1."""
+def report_error(command: str, err: Exception, debug: bool, where: str = "") -> int:
+    """Print ``err`` as one line, after ``where`` it happened (a multirun's job), re-raised with ``debug``; for a
+    failure that is not bad input a second line offering its traceback; the exit code: 2 for bad input, 143 (130)
+    for a run stopped by SIGTERM (Ctrl-C; it prints its run directory), else 1."""
     if isinstance(err, RunInterrupted):  # not an error: the run resumes from its directory
         print_interrupted(command, err)
         print(Path(err.run_dir).resolve())
         return err.exit_code
     if debug:
         raise err
-    text = one_line(err)
+    text = f"{where}: {one_line(err)}" if where else one_line(err)
     if len(text) > MAX_ERROR_CHARS:  # e.g. a cluster job's whole stderr: the start says what went wrong
         text = text[:MAX_ERROR_CHARS] + " ... (--debug shows all)"
     print_error(command, text)

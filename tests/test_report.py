@@ -273,7 +273,12 @@ def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path,
     (directory / "2" / "error.txt").write_text("an earlier try's error\n")
     job(directory, "3", ["seed=7"], finished(9.0))
     code = launch.run_task("pretrain", ["-m", "seed=0,1,2,3", "logger=none", f"hydra.sweep.dir={directory}"])
-    assert code == 2, capsys.readouterr().err[-3000:]
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert err.splitlines()[-1] == (  # the job named (before: the error alone, as if of a single run)
+        f"blockbert pretrain: error: job 0 ({directory / '0'}), the first of 3 failed jobs: data.files: no file "
+        "matches 'missing.txt'"
+    )
     first_lines = {n: (directory / n / "error.txt").read_text().splitlines()[0] for n in "01"}
     assert first_lines == {
         "0": "ConfigError: data.files: no file matches 'missing.txt'",

@@ -159,7 +159,7 @@ def run_task(
     task_function = _as_job(task, debug, _entry_point(task))
     if wrap is not None:
         task_function = wrap(task_function)
-    job_errors: list[Exception] = []
+    job_errors: list[tuple[str, Exception]] = []
     if not debug:
         task_function = _keep_errors(task_function, job_errors)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach the handler below instead of Hydra's printer
@@ -199,8 +199,10 @@ def run_task(
         _NEW_SWEEP_DIRS.clear()
         if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # set by a stopped run until its line was printed
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if job_errors:
-        return report_error(command or task, job_errors[0], debug)
+    if job_errors:  # a multirun's: its first failed job's, named (report DIR lists each)
+        label, err = job_errors[0]
+        more = f", the first of {len(job_errors)} failed jobs" if len(job_errors) > 1 else ""
+        return report_error(command or task, err, debug, where=f"{label}{more}")
     return 0
 
 
@@ -370,10 +372,19 @@ def _keep_errors(task_function, errors: list):
                 run.record_error(err)
             if os.getpid() != main_pid:
                 raise
-            errors.append(err)
+            errors.append((_job_label(run), err))
             return None
 
     return job
+
+
+def _job_label(run: RunDir | None) -> str:
+    """How a failed job of a multirun is named in the command's last line (nothing for a single run)."""
+    if run is None:
+        return ""
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"job {HydraConfig.get().job.num} ({run.path})"
 
 
 def _multirun_job_dir() -> RunDir | None:
