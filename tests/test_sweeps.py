@@ -305,6 +305,28 @@ def test_a_resumed_finetune_each_keeps_its_job_numbers(tmp_path):
     assert job_differences(sweep, grid, Path("/other"), stored) == ["--from given /other, recorded /pre"]
 
 
+def test_a_sweep_from_a_sweep_with_unfinished_jobs_names_those_it_leaves_out(tmp_path, capsys):
+    """Before: `finetune_each --from` a pre-training sweep with a stopped job and one not started planned the
+    finished jobs alone, without a word."""
+    from blockbert.app.commands.sweep import say_left_out
+
+    source = plain_runs(tmp_path / "pre", {"0": ([], {"val/ppl": 9.0})}, {"trainer": {}})
+    plain_runs(source, {"2": ([], {"val/ppl": 9.5})}, {"trainer": {}})
+    (source / "2" / "metrics.json").write_text(json.dumps({"val/ppl": 9.5, "status": "interrupted"}))
+    multirun_yaml = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                     "params": {"seed": "0,1,2"}}, "overrides": {"task": []}}}  # fmt: skip
+    (source / "multirun.yaml").write_text(yaml.safe_dump(multirun_yaml))
+    say_left_out(source)
+    assert capsys.readouterr().err == (
+        f"--from {source}: 2 jobs not finished, left out: job 1 (not started), job 2 (interrupted); once they finish "
+        "(`blockbert sweep NAME --dir` resumes that sweep), this sweep run again with --dir adds them\n"
+    )
+    (source / "2" / "metrics.json").write_text(json.dumps({"val/ppl": 9.5, "status": "finished"}))
+    plain_runs(source, {"1": ([], {"val/ppl": 9.7})}, {"trainer": {}})
+    say_left_out(source)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_pre_training_jobs_are_the_outermost_key_so_one_finished_since_adds_jobs_at_the_end(monkeypatch):
     """Before: a sweep file listing another parameter before its pretrained_jobs swept that one outermost; a job
     appended on resume (above) then renumbered the jobs after it (job 2 would fine-tune /pre/2 in /pre/1's job's

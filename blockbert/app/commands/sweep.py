@@ -135,6 +135,8 @@ def run_sweep(
     # the multirun's config, then each job's, as Hydra composes them before it starts any job
     config = compose_multirun(sweep.command, [*multirun, f"hydra.job.name={sweep.command}"], config_dirs)
     check_jobs(sweep, per_job, config, config_dirs)
+    if source_dir is not None:
+        say_left_out(source_dir)
     if dry_run:
         print_plan(sweep, grid, per_job, config, config_dirs)
         return 0
@@ -161,6 +163,23 @@ def run_sweep(
 
     report_sweep(sweep_dir)  # its errors are the sweep's (one_line_errors above)
     return failed_jobs_code(sweep_dir, len(per_job), failures)
+
+
+def say_left_out(source_dir: Path) -> None:
+    """The jobs of the ``--from`` sweep that a sweep over its finished jobs leaves out (still to run, stopped,
+    failed), in one line: before, it ran fewer jobs without a word."""
+    from blockbert.app.commands.report import planned_jobs
+    from blockbert.experiments.sweep_summary import read_jobs, unstarted_rows
+
+    rows = read_jobs(source_dir, []) + unstarted_rows(SweepDir(source_dir), planned_jobs(source_dir) or [], [])
+    rows = sorted(rows, key=lambda row: (len(row["job"]), row["job"]))  # in job order
+    left = [f"job {row['job']} ({row['status']})" for row in rows if row["status"] != "finished"]
+    if left:
+        print(
+            f"--from {source_dir}: {counted(len(left), 'job')} not finished, left out: {', '.join(left)}; once they "
+            "finish (`blockbert sweep NAME --dir` resumes that sweep), this sweep run again with --dir adds them",
+            file=sys.stderr,
+        )
 
 
 def failed_jobs_code(sweep_dir: Path, planned: int, failures: list[Exception]) -> int:
@@ -319,7 +338,8 @@ def print_plan(sweep, grid: dict, per_job: list[list[str]], config, config_dirs:
     planned = jobs(grid)
     # the title as its own line: a table's title wraps at the table's width
     console().print(
-        f"sweep {sweep.name}: {len(planned)} {sweep.command} jobs (fixed: {' '.join(sweep.overrides) or 'none'})"
+        f"sweep {sweep.name}: {counted(len(planned), sweep.command + ' job')} (fixed: "
+        f"{' '.join(sweep.overrides) or 'none'})"
     )
     table = Table()
     table.add_column("job")
