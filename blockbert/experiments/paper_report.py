@@ -518,7 +518,10 @@ def benchmark_report(paper: Paper, run: str, path: Path) -> RunReport:
     result = RunDir(path).benchmark()
     report = RunReport(run, "benchmark", benchmark_setting(result, path))
     if result.get("mode", "model") != "model":
-        reason = "the paper's Table 5 is models' inference time (benchmark mode=model); no table holds this mode's"
+        reason = (
+            "the paper's Table 5 is models' inference time (benchmark mode=model); no table of the paper holds what "
+            "this mode measures"
+        )
         report.unmatched.append(Unmatched(run, "benchmark", f"mode={result.get('mode')}", reason))
         return report
     times, missing = {}, defaultdict(list)

@@ -282,11 +282,12 @@ def _plans_against_runs(cfg, settings: dict, device: torch.device) -> Iterator[d
             record["time_ratio"] = predicted["step_s"] / run_measured["median_s"]
             if device.type == "cuda":
                 record["memory_ratio"] = predicted["peak_mb"] / run_measured["peak_memory_mb"]
+        measured_s = run_measured.get("median_s")
         log.info(
             "%s: predicted %.3f, measured %s s/step",
             planned["model"],
             predicted["step_s"],
-            run_measured.get("median_s"),
+            "nothing (the run failed)" if measured_s is None else f"{measured_s:.3f}",
         )
         yield record
 
@@ -321,7 +322,8 @@ def print_run_table(results: dict) -> None:
         f"{size['num_layers']} layers, N={spec['seq_len']}, batch {spec['batch_size']}, {spec['steps']} steps "
         f"after {spec['warmup']}"
     )
-    for column in ("loop", "model", "median s/step", "IQR s", unit, "× HF Trainer", "step ÷ bare", "peak MiB"):
+    # the Trainer's ratio is of throughput (above 1: faster), unlike the time ratios (×) of the other modes' tables
+    for column in ("loop", "model", "median s/step", "IQR s", unit, f"{unit} × HF Trainer", "step ÷ bare", "peak MiB"):
         table.add_column(column, justify="left" if column in ("loop", "model") else "right")
     if results["mode"] == "finetune":
         table.add_column("dev questions/s", justify="right")
@@ -583,7 +585,9 @@ def print_table(results: dict) -> None:
     bounded = any(r.get("ratio_to_bound") for r in results["records"])
     floored = any(r.get("floor") for r in results["records"])
     baselines = results["baselines"]
-    columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines), "memory MiB")
+    measured_memory = any(r["memory_mb"] is not None for r in results["records"])  # none: attention, layout on CPU
+    columns = ("phase", "B", "N", "model", "median s", "mean s", "IQR s", *(f"× {b}" for b in baselines))
+    columns += ("memory MiB",) if measured_memory else ()
     for column in columns + (("× bound",) if bounded else ()) + (("1/n floor",) if floored else ()):
         table.add_column(column, justify="left" if column in ("phase", "model") else "right")
     for r in results["records"]:
@@ -597,7 +601,11 @@ def print_table(results: dict) -> None:
             "" if r.get("mean_s") is None else f"{r['mean_s']:.4f}",
             "" if r["iqr_s"] is None else f"{r['iqr_s']:.4f}",
             *("" if r["ratios"][b] is None else f"{r['ratios'][b]:.3f}" for b in baselines),
-            "" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}",
+            *(
+                ["" if memory is None else memory if isinstance(memory, str) else f"{memory:.0f}"]
+                if measured_memory
+                else []
+            ),
             *([f"{r['ratio_to_bound']:.3f}" if r.get("ratio_to_bound") else ""] if bounded else []),
             *([f"{r['floor']:.3f}" if r.get("floor") else ""] if floored else []),
         )
