@@ -233,6 +233,16 @@ def test_benchmark_and_profile_runs_are_listed_with_what_they_measured(tmp_path)
     assert code == 2 and "holds runs of benchmark and profile, which no one table compares" in out
 
 
+def test_a_folder_of_multiruns_points_at_them(tmp_path):
+    """`report multirun/pretrain` (a folder of multiruns) said only that it has no job directories."""
+    job(tmp_path / "multirun" / "pretrain" / "2026-12-06_08-00-00", "0", ["seed=0"], finished(10.0))
+    code, out = report(tmp_path / "multirun" / "pretrain")
+    assert code == 2 and " ".join(out.split()).endswith(
+        "found: it holds multiruns or sweeps, report one of them (e.g. "
+        f"{tmp_path / 'multirun' / 'pretrain' / '2026-12-06_08-00-00'})"
+    )
+
+
 def test_report_piped_to_a_closed_reader_ends_quietly_as_cat_does(tmp_path):
     """`blockbert report DIR | head` ended in "blockbert report: error: [Errno 32] Broken pipe"; every command now
     ends as `cat` does (exit code 141, nothing on stderr), as `evaluate` already did."""

@@ -125,7 +125,9 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
         )
     rows += unstarted_rows(sweep, planned or [], keys)
     if not rows:
-        raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
+        inside = sorted(path for path in sweep_dir.iterdir() if path.is_dir() and SweepDir(path).jobs())
+        hint = f": it holds multiruns or sweeps, report one of them (e.g. {inside[-1]})" if inside else ""
+        raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found{hint}")
     if not keys:  # a plain multirun: the overrides whose values differ between jobs
         every = {k for r in rows for k in r["_overrides"]}
         keys = sorted(k for k in every if len({r["_overrides"].get(k) for r in rows}) > 1)
