@@ -58,7 +58,8 @@ class SigtermRaises:
     """Within ``with SigtermRaises():``, SIGTERM raises :class:`Terminated` in this process, as Ctrl-C raises
     KeyboardInterrupt, so that a command stopped by a scheduler ends in its interrupted line and exit code 143;
     without it the process dies at once, saying nothing. Installed from the main thread only (where Python runs
-    signal handlers; elsewhere nothing changes); the handler before it is back after the block.
+    signal handlers; elsewhere nothing changes); the handler before it is back after the block, unless another was
+    set meanwhile.
 
     Another handler that takes SIGTERM's place and calls this one as well (Lightning's, while a Trainer runs: it
     stops training at the next micro-batch, with a checkpoint) keeps its own way: this one does nothing while it is
@@ -73,7 +74,8 @@ class SigtermRaises:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.installed:  # None: a handler set outside Python
+        # a handler set since is left (SIG_IGN: a stopped run's, until its line is printed); None: set outside Python
+        if self.installed and signal.getsignal(signal.SIGTERM) is self:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
 
     def __call__(self, signum, frame) -> None:

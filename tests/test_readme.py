@@ -137,7 +137,7 @@ def test_readme_command_does_what_it_says(command, tmp_path, monkeypatch):
             args[args.index("--from") + 1] = str(finished_sweep(tmp_path / "pretrained", run / "checkpoints"))
         result = runner.invoke(app, [*args, "--dry-run"] if "--dry-run" not in args else args)
         assert result.exit_code == 0, result.output
-        assert "jobs" in result.output
+        assert re.search(r"sweep \S+: \d+ \w+ jobs? \(fixed", result.output), result.output  # the plan
         return
     assert name in HYDRA_COMMANDS, command
     for run in one_job_each(args):
