@@ -2,6 +2,7 @@
 the closing lines that name the run directory."""
 
 import errno
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def print_results(contents: str, directory: Path, what: str = "results") -> None
     itself, the last line printed."""
     print(f"{what} ({contents}) {'are' if what.endswith('s') else 'is'} in:")
     print(Path(directory).resolve())
+
+
+class ConsoleLogHandler(logging.StreamHandler):
+    """The console handler of a command's log (conf/hydra/default.yaml: Hydra's, which writes to stdout), quiet when
+    stdout's reader has left (`| head`): the command then ends as `cat` ends (errors.one_line_errors), not in a
+    "--- Logging error ---" traceback per line logged."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], BrokenPipeError):
+            super().handleError(record)
 
 
 class _Console(Console):

@@ -83,6 +83,7 @@ class SigtermRaises:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
         elif signal.getsignal(signal.SIGTERM) is self:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # told to stop: a second SIGTERM must not cut the report
             raise Terminated
 
 
@@ -140,7 +141,7 @@ def print_error(command: str, text: str) -> None:
 
 def print_interrupted(command: str, err: RunInterrupted | str) -> None:
     """The line a stopped run ends with, on stderr (its directory follows on stdout)."""
-    print(f"blockbert {command}: interrupted: {err}", file=sys.stderr)
+    print(f"{' '.join(('blockbert', command)).rstrip()}: interrupted: {err}", file=sys.stderr)
 
 
 # a path given that cannot be used as it is (a missing file, a directory that cannot be written, a file in the way)
@@ -217,10 +218,7 @@ def one_line_errors(command: str):
             try:
                 return function(*args, **kwargs) or 0
             except BrokenPipeError as err:
-                if not stdout_closed():
-                    return report_error(command, err, debug)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit is quiet
-                return SIGPIPE_EXIT_CODE
+                return quiet_exit_for_closed_stdout() if stdout_closed() else report_error(command, err, debug)
             except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
                 return report_error(command, err, debug)
 
@@ -237,6 +235,16 @@ def stdout_closed() -> bool:
     stdout's."""
     if not hasattr(select, "poll"):
         return True
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation: no file behind stdout (captured)
+        return False
     poll = select.poll()
-    poll.register(sys.stdout.fileno(), select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poll.poll(0))
+    poll.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+
+
+def quiet_exit_for_closed_stdout() -> int:
+    """Python's flush at exit made quiet (stdout pointed at /dev/null); the exit code of `cat` whose reader left."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return SIGPIPE_EXIT_CODE

@@ -1,7 +1,10 @@
 """Fine-tuning end to end at tiny scale, and `blockbert evaluate` agreeing with it."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -326,3 +329,27 @@ def test_a_finished_run_rescored_on_another_dev_file_has_that_files_loss(tmp_pat
     blockbert(tmp_path, "finetune", *args, f"task.dev_file={other}")
     again = json.loads((run_dir / "metrics.json").read_text())
     assert again["step"] == first["step"] == 2 and 0 < again["dev/loss"] != first["dev/loss"] > 0
+
+
+def test_sigterm_while_scoring_dev_ends_in_the_interrupted_line(blockbert, tmp_path):
+    """Before: a SIGTERM while a fine-tuned model scored dev went unnoticed (Lightning's prediction loop does not
+    look at it): the run wrote its predictions and exited 0. Now exit 143 and the line; the rerun scores it."""
+    from test_pretrain import SIGTERM_IN
+
+    run_dir = tmp_path / "ft"
+    args = ["finetune", *FAST, "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    env = dict(os.environ, WANDB_MODE="disabled", BLOCKBERT_CACHE=str(tmp_path / "cache"), BLOCKBERT_CLI="1")
+    out = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**env, "STOP_IN": "blockbert.train.qa_module:QAModule.predict_step"},
+    )  # fmt: skip
+    assert out.returncode == 143, out.stderr[-3000:]
+    line = next(line for line in out.stderr.splitlines() if "interrupted:" in line)
+    assert line.startswith("blockbert finetune: interrupted: stopped by SIGTERM while scoring at step ")
+    assert line.endswith(
+        f"training is complete and saved in checkpoints/last.ckpt; run the same command with hydra.run.dir={run_dir} "
+        "to score it"
+    )
+    assert not (run_dir / "dev" / "predictions.json").exists()
+    blockbert(tmp_path, *args)
+    assert (run_dir / "dev" / "predictions.json").is_file()

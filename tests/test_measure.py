@@ -427,7 +427,7 @@ main()
 
 
 @pytest.mark.parametrize(("stop", "said", "code"), [("SIGINT", "Ctrl-C", 130), ("SIGTERM", "SIGTERM", 143)])
-def test_a_profile_stopped_by_ctrl_c_ends_in_the_interrupted_line(tmp_path, stop, said, code):
+def test_a_profile_stopped_by_ctrl_c_or_sigterm_ends_in_the_interrupted_line(tmp_path, stop, said, code):
     """Before: exit 130 and nothing printed (SIGTERM: killed, nothing printed)."""
     out = subprocess.run(
         [sys.executable, "-c", CTRL_C_AT_FIRST_STEP, "profile", "seq_lengths=[96,192]", "hydra.run.dir=p"],

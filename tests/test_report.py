@@ -243,18 +243,27 @@ def test_a_folder_of_multiruns_points_at_them(tmp_path):
     )
 
 
-def test_report_piped_to_a_closed_reader_ends_quietly_as_cat_does(tmp_path):
+@pytest.mark.parametrize("command", ["report", "benchmark"])
+def test_a_command_piped_to_a_closed_reader_ends_quietly_as_cat_does(tmp_path, command):
     """`blockbert report DIR | head` ended in "blockbert report: error: [Errno 32] Broken pipe"; every command now
-    ends as `cat` does (exit code 141, nothing on stderr), as `evaluate` already did."""
+    ends as `cat` does (exit code 141, nothing on stderr), as `evaluate` already did: one Hydra runs too (benchmark:
+    no "Error executing job", no job recorded as failed)."""
     directory = tmp_path / "runs"
     job(directory, "0", ["optim.lr=1e-3"], finished(10.0))
+    args = {
+        "report": [str(directory)],
+        "benchmark": ["mode=attention", "attention_seq_lengths=[32]", "attention_dropout=[0.0]", "repeats=1",
+                      "warmup=0", f"hydra.run.dir={tmp_path / 'b'}"],
+    }[command]  # fmt: skip
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written
     try:
-        out = subprocess.run(["blockbert", "report", str(directory)], stdout=write, stderr=subprocess.PIPE)
+        env = {**os.environ, "BLOCKBERT_CACHE": str(tmp_path / "cache")}
+        out = subprocess.run(["blockbert", command, *args], stdout=write, stderr=subprocess.PIPE, env=env)
     finally:
         os.close(write)
-    assert (out.returncode, out.stderr) == (141, b"")
+    assert out.returncode == 141, out.stderr.decode()[-3000:]
+    assert b"error" not in out.stderr.lower() and b"Traceback" not in out.stderr
 
 
 def test_a_plain_multiruns_failed_job_records_its_error_for_the_report(tmp_path, monkeypatch, capsys):

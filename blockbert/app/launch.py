@@ -33,7 +33,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from blockbert.app import ENTRY_POINTS, cluster
-from blockbert.errors import ConfigError, report_error
+from blockbert.errors import ConfigError, Terminated, quiet_exit_for_closed_stdout, report_error, stdout_closed
 from blockbert.formats.compose import config_loader, finishing_loader
 from blockbert.formats.run_dir import RunDir, SweepDir
 from blockbert.paths import config_dir
@@ -179,6 +179,8 @@ def run_task(
                 config_path=str(config_dir()),
                 config_name=task,
             )
+    except StdoutClosed:  # a reader that closed stdout (`blockbert benchmark | head`): the command ends as `cat` ends
+        return quiet_exit_for_closed_stdout()
     except Exception as err:  # noqa: BLE001 -- every failure ends in one readable line
         _remove_unstarted()
         return report_error(command or task, _named_directory(err, argv), debug)
@@ -241,6 +243,11 @@ def _name_job_directory(stopped, sweep_dir: str) -> None:
         stopped.state = f"{stopped.state} (in the job's directory, {job_dir})"
 
 
+class StdoutClosed(BaseException):
+    """The reader of the command's stdout closed it (`| head`): no job's failure. A BaseException, which Hydra lets
+    through (it would print "Error executing job" first, then run the next job)."""
+
+
 class MultirunStopped(BaseException):
     """A job of a multirun run in this process was stopped (SIGTERM, Ctrl-C): the remaining jobs must not start.
     A BaseException, which Hydra's job runner lets through instead of recording it as one failed job and going on."""
@@ -280,17 +287,19 @@ def _as_job(task: str, debug: bool, task_function):
         set_process_rank()
         try:
             return task_function(cfg)
-        except KeyboardInterrupt as err:  # before its training began (it stops there with RunInterrupted)
-            from blockbert.errors import SIGINT_EXIT_CODE, RunInterrupted
+        except (KeyboardInterrupt, Terminated) as err:  # before the job's own handling (training: RunInterrupted)
+            from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, RunInterrupted
 
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 raise
             trains = task in ("pretrain", "finetune")  # a stopped training job resumes; a measurement is run again
+            ctrl_c = isinstance(err, KeyboardInterrupt)
             stopped = RunInterrupted(
-                f"stopped by Ctrl-C in job {hydra_cfg.job.num}" + (" before it trained" if trains else ""),
+                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} in job {hydra_cfg.job.num}"
+                + (" before it trained" if trains else ""),
                 "" if trains else "a rerun runs every job again",
                 hydra_cfg.sweep.dir,
-                SIGINT_EXIT_CODE,
+                SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
                 resumable=trains,
             )
             raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err
@@ -368,6 +377,8 @@ def _keep_errors(task_function, errors: list):
         try:
             return task_function(cfg)
         except Exception as err:  # noqa: BLE001 -- reported by run_task
+            if isinstance(err, BrokenPipeError) and stdout_closed():  # no job's failure: the command ends quietly
+                raise StdoutClosed from err
             if run is not None and run.path.is_dir() and not run.metrics_file.is_file():
                 run.record_error(err)
             if os.getpid() != main_pid:

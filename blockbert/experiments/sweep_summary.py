@@ -297,6 +297,7 @@ def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: lis
     with what it measured (a benchmark's mode), on which device, how many points, and its status; summary.csv and
     summary.md. Their results are each run's own (benchmark.json, profile.json); ``report --paper`` sets them beside
     the paper's numbers."""
+    rows.sort(key=lambda row: (len(row["job"]), row["job"]))  # those not started too (listed after the others)
     for row in rows:
         job = RunDir(sweep.path / row["job"])
         results = job.benchmark() if kind == "benchmark" else job.profile()
@@ -321,9 +322,9 @@ def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: lis
 
 def measured_points(results: dict, kind: str) -> int:
     """How many points a benchmark or profile run measured: its records that ran (not those skipped or out of
-    memory), or its models' rows."""
-    if kind == "benchmark":
-        return sum(record.get("status", "ok") == "ok" for record in results.get("records", []))
+    memory; a whole run or a plan's run that failed), or its models' rows."""
+    if kind == "benchmark":  # a whole run's record that failed has an error and no status
+        return sum(r.get("status", "ok") == "ok" and not r.get("error") for r in results.get("records", []))
     return sum(len(model.get("rows", [])) for model in results.get("models", {}).values())
 
 

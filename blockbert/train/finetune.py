@@ -102,7 +102,7 @@ def evaluate(training: TrainingRun, module: QAModule, datamodule, data: dict, an
     results, threshold, timing = {}, None, {}
     for split in [s for s in ("dev", "test") if s in data]:
         start = time.perf_counter()
-        outputs = training.trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
+        outputs = training.safety.predict(training.trainer, module, datamodule.eval_dataloader(split))
         # every process scores the whole split (the same scores); rank 0 writes the files
         out_dir = training.run.predictions_dir(split) if training.trainer.global_rank == 0 else None
         scores, threshold = evaluate_split(

@@ -367,6 +367,10 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         self.saved = True
 
 
+CLOSING_VALIDATION, SCORING = " in the closing validation", " while scoring"
+AFTER_TRAINING = {CLOSING_VALIDATION: "validate", SCORING: "score"}  # where a stop after training came: the rerun's
+
+
 class RunSafety:
     """The pieces a training entry point adds to its Trainer, and its ``fit``: run guard, on-exception
     checkpoint, atomic checkpoint writes, the cluster environment, the resume lookup and SIGTERM."""
@@ -409,8 +413,18 @@ class RunSafety:
     def validate(self, trainer: pl.Trainer, module, datamodule) -> None:
         """``trainer.validate`` after training (the final state is saved already): a SIGTERM or Ctrl-C ends in
         :class:`RunInterrupted` with its exit code, as in :meth:`fit`, not in a plain exit."""
-        with self._stops_as_interrupted(trainer, " in the closing validation"):
+        with self._stops_as_interrupted(trainer, CLOSING_VALIDATION):
             trainer.validate(module, datamodule=datamodule, verbose=False)
+
+    def predict(self, trainer: pl.Trainer, module, dataloader) -> list:
+        """``trainer.predict`` after training (a fine-tuning run's scoring): a SIGTERM or Ctrl-C ends in
+        :class:`RunInterrupted`, as in :meth:`validate`. Lightning's prediction loop does not look at the SIGTERM its
+        handler notes (fit's and validation's do): it is read here when the loop ends."""
+        with self._stops_as_interrupted(trainer, SCORING):
+            outputs = trainer.predict(module, dataloaders=dataloader)
+            if trainer.received_sigterm:
+                raise SIGTERMException
+        return outputs
 
     @contextmanager
     def _stops_as_interrupted(self, trainer: pl.Trainer, where: str):
@@ -431,7 +445,7 @@ class RunSafety:
             if where:  # after training
                 checkpoint = self.run.last_checkpoint.relative_to(self.run.path)
                 saved = f"training is complete and saved in {checkpoint}"
-                then = f"run the same command with hydra.run.dir={self.run.path} to validate it"
+                then = f"run the same command with hydra.run.dir={self.run.path} to {AFTER_TRAINING[where]} it"
             else:
                 checkpoint = self.run.interrupted_checkpoint.relative_to(self.run.path)
                 checkpoint = checkpoint if self.exception_checkpoint.saved else None

@@ -15,10 +15,18 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from blockbert.app.launch import run_task
+from blockbert.app.launch import StdoutClosed, run_task
 from blockbert.app.run_config import forget_job
 from blockbert.display import console, counted
-from blockbert.errors import ConfigError, is_user_error, not_an_override, one_line, one_line_errors, print_error
+from blockbert.errors import (
+    ConfigError,
+    is_user_error,
+    not_an_override,
+    one_line,
+    one_line_errors,
+    print_error,
+    stdout_closed,
+)
 from blockbert.experiments.sweep_plan import (
     expand,
     job_overrides,
@@ -55,6 +63,8 @@ def tolerant(main, failures: list[Exception]):
         try:
             main(cfg)  # a stopped job stops the whole sweep (launch.MultirunStopped passes): --dir resumes it
         except Exception as err:  # noqa: BLE001 -- recorded, the sweep goes on
+            if isinstance(err, BrokenPipeError) and stdout_closed():  # the sweep's reader left: no job's failure
+                raise StdoutClosed from err
             run.record_error(err)
             print(f"job {hydra_cfg.job.num} failed: {one_line(err)}", file=sys.stderr)
             finish_wandb(exit_code=1)
