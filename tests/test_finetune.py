@@ -351,5 +351,7 @@ def test_sigterm_while_scoring_dev_ends_in_the_interrupted_line(blockbert, tmp_p
         "to score it"
     )
     assert not (run_dir / "dev" / "predictions.json").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"  # not training's "finished"
     blockbert(tmp_path, *args)
     assert (run_dir / "dev" / "predictions.json").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"

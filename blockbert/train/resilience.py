@@ -46,6 +46,7 @@ from blockbert.errors import (
 from blockbert.formats.checkpoints import checkpoint_step, load_checkpoint, newest_checkpoint
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.safe_load import CheckpointError
+from blockbert.train.callbacks import MetricsJson
 from blockbert.train.cluster import cluster_environment
 from blockbert.train.loggers import finish_wandb
 
@@ -442,7 +443,9 @@ class RunSafety:
             finish_wandb(exit_code)
             if not stopped:
                 raise
-            if where:  # after training
+            if where:  # after training, which wrote "finished": the run's results are not all there
+                for metrics in (c for c in trainer.callbacks if isinstance(c, MetricsJson)):
+                    metrics.write(trainer, "interrupted")
                 checkpoint = self.run.last_checkpoint.relative_to(self.run.path)
                 saved = f"training is complete and saved in {checkpoint}"
                 then = f"run the same command with hydra.run.dir={self.run.path} to {AFTER_TRAINING[where]} it"
