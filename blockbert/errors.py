@@ -87,6 +87,15 @@ class SigtermRaises:
             raise Terminated
 
 
+STOP_EXIT_CODES = {"Ctrl-C": SIGINT_EXIT_CODE, "SIGTERM": SIGTERM_EXIT_CODE}  # what stopped a command: its exit code
+
+
+def stop_name(stop: BaseException) -> str:
+    """What a stopped command's line says stopped it: Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Terminated`,
+    Lightning's SIGTERMException)."""
+    return "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else "SIGTERM"
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss or the weights became NaN or infinite; nothing from that state is saved."""
 

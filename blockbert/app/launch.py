@@ -288,18 +288,16 @@ def _as_job(task: str, debug: bool, task_function):
         try:
             return task_function(cfg)
         except (KeyboardInterrupt, Terminated) as err:  # before the job's own handling (training: RunInterrupted)
-            from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, RunInterrupted
+            from blockbert.errors import STOP_EXIT_CODES, RunInterrupted, stop_name
 
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 raise
             trains = task in ("pretrain", "finetune")  # a stopped training job resumes; a measurement is run again
-            ctrl_c = isinstance(err, KeyboardInterrupt)
             stopped = RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} in job {hydra_cfg.job.num}"
-                + (" before it trained" if trains else ""),
+                f"stopped by {stop_name(err)} in job {hydra_cfg.job.num}" + (" before it trained" if trains else ""),
                 "" if trains else "a rerun runs every job again",
                 hydra_cfg.sweep.dir,
-                SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
+                STOP_EXIT_CODES[stop_name(err)],
                 resumable=trains,
             )
             raise MultirunStopped(stopped, hydra_cfg.sweep.dir) from err

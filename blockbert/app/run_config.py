@@ -15,14 +15,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from blockbert.errors import (
-    SIGINT_EXIT_CODE,
-    SIGTERM_EXIT_CODE,
+    STOP_EXIT_CODES,
     ConfigError,
     RunInterrupted,
     SigtermRaises,
     Terminated,
     as_yaml,
     is_user_error,
+    stop_name,
 )
 from blockbert.formats.compose import compose, override_key
 from blockbert.formats.run_dir import RunDir
@@ -129,11 +129,9 @@ def run_measurement(cfg: DictConfig, measure) -> dict:
             with SigtermRaises():
                 return measure(cfg, run)
         except (KeyboardInterrupt, Terminated) as stop:  # a measurement that keeps no rows (benchmark's keep theirs)
-            ctrl_c = isinstance(stop, KeyboardInterrupt)
             raise RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} before its results were written",
-                "a rerun measures everything again", run.path, SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
-                resumable=False,
+                f"stopped by {stop_name(stop)} before its results were written", "a rerun measures everything again",
+                run.path, STOP_EXIT_CODES[stop_name(stop)], resumable=False,
             ) from None  # fmt: skip
 
 
@@ -320,13 +318,11 @@ def stops_outside_training(run: RunDir, trained):
         else:
             state = f"{'its checkpoints' if began else 'the checkpoints it would resume from'} are in {run.checkpoints}"
             then = f"run the same command with hydra.run.dir={run.path} to resume"
-        ctrl_c = isinstance(stop, KeyboardInterrupt)
         raise RunInterrupted(
-            f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} {'after training' if began else 'before training'}: "
-            f"{state}",
+            f"stopped by {stop_name(stop)} {'after training' if began else 'before training'}: {state}",
             then,
             run.path,
-            SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE,
+            STOP_EXIT_CODES[stop_name(stop)],
         ) from None
 
 

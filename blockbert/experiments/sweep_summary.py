@@ -16,7 +16,7 @@ from blockbert.display import console as make_console
 from blockbert.display import counted, pyplot
 from blockbert.errors import ConfigError
 from blockbert.experiments.sweep_plan import shown
-from blockbert.formats.run_dir import STAMP, RunDir, SweepDir
+from blockbert.formats.run_dir import STAMP, RunDir, SweepDir, job_order
 from blockbert.model.config import parse_heads
 
 STATUS_ORDER = {"finished": 0, "running": 1, "interrupted": 2, "incomplete": 3, "failed": 4, "not started": 5}
@@ -297,7 +297,7 @@ def summarize_measurements(console, sweep: SweepDir, rows: list[dict], keys: lis
     with what it measured (a benchmark's mode), on which device, how many points, and its status; summary.csv and
     summary.md. Their results are each run's own (benchmark.json, profile.json); ``report --paper`` sets them beside
     the paper's numbers."""
-    rows.sort(key=lambda row: (len(row["job"]), row["job"]))  # those not started too (listed after the others)
+    rows.sort(key=lambda row: job_order(row["job"]))  # those not started too (listed after the others)
     for row in rows:
         job = RunDir(sweep.path / row["job"])
         results = job.benchmark() if kind == "benchmark" else job.profile()
@@ -359,9 +359,7 @@ def scored_on(job: RunDir, column: str) -> str | None:
     files = node.get("dev_file") if column == "dev set" else node.get("files")
     files = [files] if isinstance(files, str) else list(files or [])
     parts = [str(node.get("name", "?")), *(Path(str(f)).name for f in files)]
-    if (
-        column == "corpus" and node.get("source") == "hub"
-    ):  # its name may be another source's (tiny_corpus from the hub)
+    if column == "corpus" and node.get("source") == "hub":  # its name may be another source's (tiny_corpus, hub)
         parts.append(f"hub {node.get('hub_name')}")
     if column == "dev set" and not files and node.get("version"):  # the generated set: its version and size
         parts.append(f"v{node['version']}")

@@ -261,7 +261,7 @@ class SweepDir:
     def jobs(self) -> list[RunDir]:
         """The job directories (those with Hydra's overrides.yaml), in job order."""
         jobs = (job for job in map(RunDir, self.path.iterdir()) if job.overrides_file.is_file())
-        return sorted(jobs, key=lambda job: (len(job.path.name), job.path.name))
+        return sorted(jobs, key=lambda job: job_order(job.path.name))
 
     def summaries(self) -> list[Path]:
         """Every summary file a sweep's report may write (which it writes depends on the sweep)."""
@@ -278,6 +278,11 @@ class SweepDir:
     @property
     def selection_file(self) -> Path:
         return self.path / "selection.json"
+
+
+def job_order(name: str) -> tuple[int, str]:
+    """The sort key of job directories' names: numbered jobs by number (2 before 10), dated runs by date."""
+    return len(name), name
 
 
 def check_writable(path: str | Path, setting: str) -> None:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from blockbert.data.cache import cache_dir, write_atomically
 from blockbert.display import MiB, console, print_results, pyplot
-from blockbert.errors import SIGINT_EXIT_CODE, SIGTERM_EXIT_CODE, ConfigError, RunInterrupted, SigtermRaises, Terminated
+from blockbert.errors import STOP_EXIT_CODES, ConfigError, RunInterrupted, SigtermRaises, Terminated, stop_name
 from blockbert.formats.presets import with_heads
 from blockbert.formats.run_dir import RunDir
 from blockbert.formats.schema import BENCHMARK_MODES
@@ -136,10 +136,8 @@ def measured(run: RunDir, header: dict, points, derive=None) -> tuple[dict, str 
                 if derive:
                     derive(results)
                 _write(run, results)
-    except KeyboardInterrupt:
-        stopped = "Ctrl-C"
-    except Terminated:
-        stopped = "SIGTERM"
+    except (KeyboardInterrupt, Terminated) as stop:
+        stopped = stop_name(stop)
     results["complete"] = stopped is None
     _write(run, results)
     return results, stopped
@@ -160,7 +158,7 @@ def end(run: RunDir, results: dict, stopped: str | None, contents: str) -> None:
             f"stopped by {stopped} after {rows} measured rows; {kept}",
             "a rerun measures everything again",
             run.path,
-            SIGINT_EXIT_CODE if stopped == "Ctrl-C" else SIGTERM_EXIT_CODE,
+            STOP_EXIT_CODES[stopped],
             resumable=False,
         )
     print_results(contents, run.path)

@@ -36,8 +36,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from blockbert.data.sampler import ResumableData, stream_seed
 from blockbert.errors import (
-    SIGINT_EXIT_CODE,
-    SIGTERM_EXIT_CODE,
+    STOP_EXIT_CODES,
     ConfigError,
     NonFiniteLossError,
     RunInterrupted,
@@ -439,7 +438,8 @@ class RunSafety:
             stopped = isinstance(err, (SIGTERMException, Terminated)) or ctrl_c
             if stopped and not ctrl_c:  # the state is saved: a second SIGTERM must not cut the report short
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            exit_code = (SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) if stopped else 1
+            cause = "Ctrl-C" if ctrl_c else "SIGTERM"  # Lightning ends a Ctrl-C in SystemExit, not KeyboardInterrupt
+            exit_code = STOP_EXIT_CODES[cause] if stopped else 1
             finish_wandb(exit_code)
             if not stopped:
                 raise
@@ -459,7 +459,7 @@ class RunSafety:
                 )
                 then = f"run the same command with hydra.run.dir={self.run.path} to resume"
             raise RunInterrupted(
-                f"stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'}{where} at step {trainer.global_step}: {saved}",
+                f"stopped by {cause}{where} at step {trainer.global_step}: {saved}",
                 then,
                 self.run.path,
                 exit_code,

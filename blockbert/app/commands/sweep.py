@@ -37,7 +37,7 @@ from blockbert.experiments.sweep_plan import (
     wandb_sweep,
 )
 from blockbert.formats.compose import compose, compose_multirun, config_loader, job_passes, override_key
-from blockbert.formats.run_dir import RunDir, SweepDir, new_sweep_path
+from blockbert.formats.run_dir import RunDir, SweepDir, job_order, new_sweep_path
 from blockbert.train.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def say_left_out(source_dir: Path) -> None:
     from blockbert.experiments.sweep_summary import read_jobs, unstarted_rows
 
     rows = read_jobs(source_dir, []) + unstarted_rows(SweepDir(source_dir), planned_jobs(source_dir) or [], [])
-    rows = sorted(rows, key=lambda row: (len(row["job"]), row["job"]))  # in job order
+    rows = sorted(rows, key=lambda row: job_order(row["job"]))
     left = [f"job {row['job']} ({row['status']})" for row in rows if row["status"] != "finished"]
     if left:
         print(
