@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from blockbert.errors import ConfigError
+from blockbert.errors import ConfigError, Terminated
 from blockbert.formats.compose import compose
 from blockbert.measure import plan, plan_fit
 from blockbert.measure.memory import resident_bytes, step_peaks
@@ -305,21 +305,22 @@ def test_a_gpu_name_matching_several_calibrations_names_them(tmp_path):
     assert plan_fit.named_store(tmp_path, "nvidia-h100-sxm").kind == "nvidia-h100-sxm"
 
 
-def test_plan_stopped_by_ctrl_c_while_fitting_says_so(tmp_path, monkeypatch):
-    """Before: exit 130 without a word."""
+@pytest.mark.parametrize(("stop", "said", "code"), [(KeyboardInterrupt, "Ctrl-C", 130), (Terminated, "SIGTERM", 143)])
+def test_plan_stopped_by_ctrl_c_while_fitting_says_so(tmp_path, monkeypatch, stop, said, code):
+    """Before: exit 130 without a word (SIGTERM: "stopped by SIGTERM" alone, not where)."""
     from typer.testing import CliRunner
 
     import cli
 
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
+    def stopped(*args, **kwargs):
+        raise stop
 
     monkeypatch.setenv("BLOCKBERT_PLAN_DIR", str(tmp_path / "fits"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(plan_fit, "measure_fit", ctrl_c)
+    monkeypatch.setattr(plan_fit, "measure_fit", stopped)
     result = CliRunner().invoke(cli.app, ["plan"])
-    assert result.exit_code == 130
-    assert "blockbert plan: interrupted: stopped by Ctrl-C while fitting: nothing was stored; a rerun fits again" in (
+    assert result.exit_code == code
+    assert f"blockbert plan: interrupted: stopped by {said} while fitting: nothing was stored; a rerun fits again" in (
         result.output
     )
     assert not (tmp_path / "fits").exists()

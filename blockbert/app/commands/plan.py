@@ -13,7 +13,7 @@ from rich.table import Table
 
 from blockbert.app.commands.sweep import config_dirs_of, expanded_sweep
 from blockbert.display import console, print_results
-from blockbert.errors import SIGINT_EXIT_CODE, ConfigError, one_line_errors, print_interrupted
+from blockbert.errors import STOP_EXIT_CODES, ConfigError, Terminated, one_line_errors, print_interrupted, stop_name
 from blockbert.experiments.sweep_plan import job_overrides, shown
 from blockbert.formats.compose import compose
 from blockbert.formats.run_dir import check_writable, new_run_path
@@ -83,9 +83,11 @@ def run_plan(
         try:
             with _progress_shown():
                 fit, source = plan_fit.fit_for(target, store, device, timed=True)
-        except KeyboardInterrupt:  # before: exit 130 without a word
-            print_interrupted("plan", "stopped by Ctrl-C while fitting: nothing was stored; a rerun fits again")
-            return SIGINT_EXIT_CODE
+        except (KeyboardInterrupt, Terminated) as stop:  # before: exit 130 without a word (SIGTERM: no "while fitting")
+            print_interrupted(
+                "plan", f"stopped by {stop_name(stop)} while fitting: nothing was stored; a rerun fits again"
+            )
+            return STOP_EXIT_CODES[stop_name(stop)]
         result = planner.plan(target, fit, source, capacity, described, notes)
         result["overrides"] = job
         results.append(result)
